@@ -1,0 +1,18 @@
+//! transferd's transfer logic.
+//!
+//! Built for `wasm32-wasip2` this crate is the component that implements the
+//! `transferd:transfer/transfer-logic` world (see `component`). Built natively it is a plain
+//! library: the host reuses its money formatting and runs the same logic in benchmarks, and the
+//! unit tests run here without any wasm runtime.
+//!
+//! Nothing here does I/O. Every fact the logic needs arrives as an argument or through
+//! [`logic::Imports`], so a decision depends only on its inputs.
+
+pub mod logic;
+pub mod message;
+pub mod money;
+pub mod rules;
+pub mod time;
+
+#[cfg(target_arch = "wasm32")]
+mod component;

@@ -1,0 +1,251 @@
+//! The decision: validate, look up balances, publish with a hold on the sender.
+//!
+//! Written against the [`Imports`] trait instead of the generated bindings so the same code
+//! runs inside the component, natively in the host's benchmarks and in unit tests.
+
+use crate::message;
+use crate::rules::{self, FieldError, TransferRequest};
+
+/// Everything non-deterministic, from the host (the WIT `request-context`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestContext {
+    pub transaction_id: String,
+    pub received_at_ms: u64,
+    pub principal: Option<i64>,
+    pub guest_version: String,
+}
+
+/// The WIT `accepted`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Accepted {
+    pub transaction_id: String,
+    pub amount_minor: i64,
+}
+
+/// The WIT `rejection`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rejection {
+    Invalid(Vec<FieldError>),
+    InsufficientFunds,
+    ReceiverNotFound,
+    Forbidden(String),
+    Unavailable(String),
+}
+
+/// The WIT `publish.hold`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hold {
+    pub account_id: i64,
+    pub currency: String,
+    pub amount_minor: i64,
+}
+
+/// The WIT `publish.outgoing`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outgoing {
+    pub topic: String,
+    pub key: String,
+    pub payload: Vec<u8>,
+    pub hold: Option<Hold>,
+}
+
+/// The WIT `publish.publish-error`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PublishError {
+    InsufficientFunds,
+    Unavailable(String),
+}
+
+/// The guest's imports: `balance-lookup.available` and `publish.send`.
+pub trait Imports {
+    fn available(&mut self, account_id: i64, currency: &str) -> Result<Option<i64>, String>;
+    fn send(&mut self, message: Outgoing) -> Result<(), PublishError>;
+}
+
+/// Decides one transfer. Returns `Accepted` only after `send` succeeded.
+pub fn initiate_transfer(
+    imports: &mut impl Imports,
+    context: &RequestContext,
+    request: &TransferRequest,
+) -> Result<Accepted, Rejection> {
+    let transfer = rules::validate(request).map_err(Rejection::Invalid)?;
+    if let Some(principal) = context.principal
+        && principal != transfer.sender_id
+    {
+        return Err(Rejection::Forbidden(format!(
+            "user {principal} may not send money from account {}",
+            transfer.sender_id
+        )));
+    }
+
+    let receiver = imports
+        .available(transfer.receiver_id, &transfer.currency)
+        .map_err(Rejection::Unavailable)?;
+    if receiver.is_none() {
+        return Err(Rejection::ReceiverNotFound);
+    }
+    // A sender without an account in this currency has nothing to send.
+    let sender_available = imports
+        .available(transfer.sender_id, &transfer.currency)
+        .map_err(Rejection::Unavailable)?
+        .unwrap_or(0);
+    if sender_available < transfer.amount_minor {
+        return Err(Rejection::InsufficientFunds);
+    }
+
+    let payload = message::transfer_message(
+        &context.transaction_id,
+        context.received_at_ms,
+        &context.guest_version,
+        &transfer,
+    );
+    let outgoing = Outgoing {
+        topic: message::TRANSFER_TOPIC.to_string(),
+        key: transfer.sender_id.to_string(),
+        payload,
+        hold: Some(Hold {
+            account_id: transfer.sender_id,
+            currency: transfer.currency.clone(),
+            amount_minor: transfer.amount_minor,
+        }),
+    };
+    imports.send(outgoing).map_err(|error| match error {
+        PublishError::InsufficientFunds => Rejection::InsufficientFunds,
+        PublishError::Unavailable(reason) => Rejection::Unavailable(reason),
+    })?;
+    Ok(Accepted { transaction_id: context.transaction_id.clone(), amount_minor: transfer.amount_minor })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    /// Imports that answer from a table and record what was asked and sent.
+    #[derive(Default)]
+    struct Recorded {
+        balances: HashMap<(i64, String), i64>,
+        lookup_error: Option<String>,
+        publish_error: Option<PublishError>,
+        asked: Vec<(i64, String)>,
+        sent: Vec<Outgoing>,
+    }
+
+    impl Imports for Recorded {
+        fn available(&mut self, account_id: i64, currency: &str) -> Result<Option<i64>, String> {
+            self.asked.push((account_id, currency.to_string()));
+            if let Some(error) = &self.lookup_error {
+                return Err(error.clone());
+            }
+            Ok(self.balances.get(&(account_id, currency.to_string())).copied())
+        }
+        fn send(&mut self, message: Outgoing) -> Result<(), PublishError> {
+            self.sent.push(message);
+            match &self.publish_error {
+                Some(error) => Err(error.clone()),
+                None => Ok(()),
+            }
+        }
+    }
+
+    fn context() -> RequestContext {
+        RequestContext {
+            transaction_id: "tx-1".into(),
+            received_at_ms: 1_000,
+            principal: None,
+            guest_version: "test".into(),
+        }
+    }
+
+    fn request(amount: &str) -> TransferRequest {
+        TransferRequest {
+            sender_id: 1,
+            receiver_id: 2,
+            amount: amount.into(),
+            currency: "USD".into(),
+            description: None,
+        }
+    }
+
+    fn funded(sender_minor: i64) -> Recorded {
+        let mut imports = Recorded::default();
+        imports.balances.insert((1, "USD".into()), sender_minor);
+        imports.balances.insert((2, "USD".into()), 0);
+        imports
+    }
+
+    #[test]
+    fn accepts_and_publishes_with_a_hold() {
+        let mut imports = funded(2_000);
+        let accepted = initiate_transfer(&mut imports, &context(), &request("10.50")).expect("accepted");
+        assert_eq!(accepted, Accepted { transaction_id: "tx-1".into(), amount_minor: 1050 });
+        assert_eq!(imports.sent.len(), 1);
+        let sent = &imports.sent[0];
+        assert_eq!(sent.topic, "transfer_topic");
+        assert_eq!(sent.key, "1");
+        assert_eq!(sent.hold, Some(Hold { account_id: 1, currency: "USD".into(), amount_minor: 1050 }));
+    }
+
+    #[test]
+    fn exact_balance_is_enough_one_minor_unit_less_is_not() {
+        assert!(initiate_transfer(&mut funded(1050), &context(), &request("10.50")).is_ok());
+        let mut short = funded(1049);
+        assert_eq!(initiate_transfer(&mut short, &context(), &request("10.50")), Err(Rejection::InsufficientFunds));
+        assert!(short.sent.is_empty());
+    }
+
+    #[test]
+    fn sender_without_account_has_insufficient_funds() {
+        let mut imports = funded(0);
+        imports.balances.remove(&(1, "USD".into()));
+        assert_eq!(initiate_transfer(&mut imports, &context(), &request("1")), Err(Rejection::InsufficientFunds));
+    }
+
+    #[test]
+    fn unknown_receiver_is_rejected_before_anything_is_sent() {
+        let mut imports = funded(10_000);
+        imports.balances.remove(&(2, "USD".into()));
+        assert_eq!(initiate_transfer(&mut imports, &context(), &request("1")), Err(Rejection::ReceiverNotFound));
+        assert!(imports.sent.is_empty());
+    }
+
+    #[test]
+    fn invalid_requests_look_nothing_up() {
+        let mut imports = funded(10_000);
+        let rejection = initiate_transfer(&mut imports, &context(), &request("-1")).expect_err("invalid");
+        assert!(matches!(rejection, Rejection::Invalid(errors) if errors[0].field == "amount"));
+        assert!(imports.asked.is_empty() && imports.sent.is_empty());
+    }
+
+    #[test]
+    fn failures_of_the_imports_are_never_accepted() {
+        let mut lookup_down = funded(10_000);
+        lookup_down.lookup_error = Some("redis and postgres down".into());
+        assert_eq!(
+            initiate_transfer(&mut lookup_down, &context(), &request("1")),
+            Err(Rejection::Unavailable("redis and postgres down".into()))
+        );
+        let mut log_down = funded(10_000);
+        log_down.publish_error = Some(PublishError::Unavailable("no ack".into()));
+        assert_eq!(
+            initiate_transfer(&mut log_down, &context(), &request("1")),
+            Err(Rejection::Unavailable("no ack".into()))
+        );
+        let mut hold_refused = funded(10_000);
+        hold_refused.publish_error = Some(PublishError::InsufficientFunds);
+        assert_eq!(
+            initiate_transfer(&mut hold_refused, &context(), &request("1")),
+            Err(Rejection::InsufficientFunds)
+        );
+    }
+
+    #[test]
+    fn a_principal_may_only_send_from_its_own_account() {
+        let mut imports = funded(10_000);
+        let mut other = context();
+        other.principal = Some(99);
+        assert!(matches!(initiate_transfer(&mut imports, &other, &request("1")), Err(Rejection::Forbidden(_))));
+        other.principal = Some(1);
+        assert!(initiate_transfer(&mut imports, &other, &request("1")).is_ok());
+    }
+}

@@ -1,0 +1,351 @@
+//! Exact money: ISO 4217 exponents, decimal text to integer minor units and back.
+//!
+//! Money is never a float here. An amount arrives as the client's decimal text, becomes an
+//! integer count of minor units, and is written back as decimal text with exactly the
+//! currency's number of decimals.
+
+/// Active ISO 4217 codes with their minor-unit exponent, sorted by code for binary search.
+/// Codes without minor units (XAU, XDR, XXX …) are not currencies one can transfer.
+const CURRENCIES: &[(&str, u32)] = &[
+    ("AED", 2), ("AFN", 2), ("ALL", 2), ("AMD", 2), ("ANG", 2), ("AOA", 2), ("ARS", 2),
+    ("AUD", 2), ("AWG", 2), ("AZN", 2), ("BAM", 2), ("BBD", 2), ("BDT", 2), ("BGN", 2),
+    ("BHD", 3), ("BIF", 0), ("BMD", 2), ("BND", 2), ("BOB", 2), ("BOV", 2), ("BRL", 2),
+    ("BSD", 2), ("BTN", 2), ("BWP", 2), ("BYN", 2), ("BZD", 2), ("CAD", 2), ("CDF", 2),
+    ("CHE", 2), ("CHF", 2), ("CHW", 2), ("CLF", 4), ("CLP", 0), ("CNY", 2), ("COP", 2),
+    ("COU", 2), ("CRC", 2), ("CUP", 2), ("CVE", 2), ("CZK", 2), ("DJF", 0), ("DKK", 2),
+    ("DOP", 2), ("DZD", 2), ("EGP", 2), ("ERN", 2), ("ETB", 2), ("EUR", 2), ("FJD", 2),
+    ("FKP", 2), ("GBP", 2), ("GEL", 2), ("GHS", 2), ("GIP", 2), ("GMD", 2), ("GNF", 0),
+    ("GTQ", 2), ("GYD", 2), ("HKD", 2), ("HNL", 2), ("HTG", 2), ("HUF", 2), ("IDR", 2),
+    ("ILS", 2), ("INR", 2), ("IQD", 3), ("IRR", 2), ("ISK", 0), ("JMD", 2), ("JOD", 3),
+    ("JPY", 0), ("KES", 2), ("KGS", 2), ("KHR", 2), ("KMF", 0), ("KPW", 2), ("KRW", 0),
+    ("KWD", 3), ("KYD", 2), ("KZT", 2), ("LAK", 2), ("LBP", 2), ("LKR", 2), ("LRD", 2),
+    ("LSL", 2), ("LYD", 3), ("MAD", 2), ("MDL", 2), ("MGA", 2), ("MKD", 2), ("MMK", 2),
+    ("MNT", 2), ("MOP", 2), ("MRU", 2), ("MUR", 2), ("MVR", 2), ("MWK", 2), ("MXN", 2),
+    ("MXV", 2), ("MYR", 2), ("MZN", 2), ("NAD", 2), ("NGN", 2), ("NIO", 2), ("NOK", 2),
+    ("NPR", 2), ("NZD", 2), ("OMR", 3), ("PAB", 2), ("PEN", 2), ("PGK", 2), ("PHP", 2),
+    ("PKR", 2), ("PLN", 2), ("PYG", 0), ("QAR", 2), ("RON", 2), ("RSD", 2), ("RUB", 2),
+    ("RWF", 0), ("SAR", 2), ("SBD", 2), ("SCR", 2), ("SDG", 2), ("SEK", 2), ("SGD", 2),
+    ("SHP", 2), ("SLE", 2), ("SOS", 2), ("SRD", 2), ("SSP", 2), ("STN", 2), ("SVC", 2),
+    ("SYP", 2), ("SZL", 2), ("THB", 2), ("TJS", 2), ("TMT", 2), ("TND", 3), ("TOP", 2),
+    ("TRY", 2), ("TTD", 2), ("TWD", 2), ("TZS", 2), ("UAH", 2), ("UGX", 0), ("USD", 2),
+    ("USN", 2), ("UYI", 0), ("UYU", 2), ("UYW", 4), ("UZS", 2), ("VED", 2), ("VES", 2),
+    ("VND", 0), ("VUV", 0), ("WST", 2), ("XAF", 0), ("XCD", 2), ("XOF", 0), ("XPF", 0),
+    ("YER", 2), ("ZAR", 2), ("ZMW", 2), ("ZWG", 2),
+];
+
+/// The number of decimals of an ISO 4217 currency, or `None` for an unknown code.
+/// Codes are case-sensitive: "usd" is not a code.
+pub fn currency_exponent(code: &str) -> Option<u32> {
+    CURRENCIES
+        .binary_search_by(|(known, _)| (*known).cmp(code))
+        .ok()
+        .map(|index| CURRENCIES[index].1)
+}
+
+/// The largest exponent in the table; bounds every power of ten computed here.
+pub const MAX_EXPONENT: u32 = 4;
+
+/// Longest amount text considered; anything longer is refused before it is looked at.
+pub const MAX_AMOUNT_TEXT_LEN: usize = 64;
+
+/// Why decimal text is not an amount.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AmountError {
+    /// Not a plain decimal number (empty, letters, NaN, Infinity, spaces …).
+    NotDecimal,
+    /// Zero or negative.
+    NotPositive,
+    /// More decimals than the currency has (after dropping trailing zeros).
+    TooManyDecimals { allowed: u32 },
+    /// Above `max_minor`.
+    TooLarge,
+}
+
+/// Converts decimal text ("10.50", "7", "1.5e3") into minor units of a currency with
+/// `exponent` decimals. Accepts `digits[.digits][(e|E)[+|-]digits]`; trailing zeros after the
+/// point do not count as decimals ("10.500" is 10.50). Refuses anything above `max_minor`.
+pub fn parse_amount(text: &str, exponent: u32, max_minor: i64) -> Result<i64, AmountError> {
+    assert!(exponent <= MAX_EXPONENT, "exponent {exponent} is beyond the table");
+    assert!(max_minor > 0, "max_minor must be positive");
+    let decimal = Decimal::parse(text).map_err(|error| match error {
+        AmountError::TooManyDecimals { .. } => AmountError::TooManyDecimals { allowed: exponent },
+        other => other,
+    })?;
+    if decimal.is_zero() || decimal.negative {
+        return Err(AmountError::NotPositive);
+    }
+    if decimal.fraction_digits > i64::from(exponent) {
+        return Err(AmountError::TooManyDecimals { allowed: exponent });
+    }
+    // value = significand × 10^(−fraction_digits); minor = value × 10^exponent.
+    let shift = i64::from(exponent) - decimal.fraction_digits;
+    let mut minor: u128 = decimal.significand;
+    if minor > max_minor as u128 {
+        return Err(AmountError::TooLarge);
+    }
+    for _ in 0..shift {
+        // The loop stops as soon as the maximum is passed, so it runs at most ~20 times.
+        minor *= 10;
+        if minor > max_minor as u128 {
+            return Err(AmountError::TooLarge);
+        }
+    }
+    // minor <= max_minor <= i64::MAX, so the conversion cannot fail.
+    Ok(i64::try_from(minor).unwrap_or(i64::MAX))
+}
+
+/// Checks the shape of decimal text without a currency: is it a positive decimal number?
+/// Used when the currency is unknown, so the amount still gets its own clear error.
+pub fn check_positive_decimal(text: &str) -> Result<(), AmountError> {
+    let decimal = match Decimal::parse(text) {
+        // Precision cannot be judged without a currency.
+        Err(AmountError::TooManyDecimals { .. }) => return Ok(()),
+        other => other?,
+    };
+    if decimal.is_zero() || decimal.negative {
+        return Err(AmountError::NotPositive);
+    }
+    Ok(())
+}
+
+/// Writes minor units as decimal text with exactly `exponent` decimals: (1050, 2) → "10.50".
+pub fn format_minor(minor: i64, exponent: u32) -> String {
+    assert!(exponent <= MAX_EXPONENT, "exponent {exponent} is beyond the table");
+    let sign = if minor < 0 { "-" } else { "" };
+    let magnitude = minor.unsigned_abs();
+    if exponent == 0 {
+        return format!("{sign}{magnitude}");
+    }
+    let unit = 10u64.pow(exponent);
+    let whole = magnitude / unit;
+    let fraction = magnitude % unit;
+    format!("{sign}{whole}.{fraction:0width$}", width = exponent as usize)
+}
+
+/// A parsed decimal: significand × 10^(−fraction_digits), trailing zeros removed from the significand.
+struct Decimal {
+    negative: bool,
+    /// Significant digits with trailing zeros stripped; bounded to 38 digits.
+    significand: u128,
+    /// Digits after the point as written, minus the exponent, plus stripped trailing zeros.
+    fraction_digits: i64,
+}
+
+impl Decimal {
+    /// Digits in a significand we keep; more than an i64 can hold, fewer than overflow u128.
+    const MAX_SIGNIFICANT_DIGITS: usize = 30;
+    /// Exponents beyond this are refused as not a sensible amount.
+    const MAX_ABS_EXPONENT: i64 = 1000;
+
+    fn parse(text: &str) -> Result<Decimal, AmountError> {
+        if text.is_empty() || text.len() > MAX_AMOUNT_TEXT_LEN {
+            return Err(AmountError::NotDecimal);
+        }
+        let bytes = text.as_bytes();
+        let mut position = 0;
+        let negative = match bytes[0] {
+            b'-' => {
+                position += 1;
+                true
+            }
+            _ => false,
+        };
+        let integer_start = position;
+        while position < bytes.len() && bytes[position].is_ascii_digit() {
+            position += 1;
+        }
+        let integer_digits = &text[integer_start..position];
+        let mut fraction_digits = "";
+        if position < bytes.len() && bytes[position] == b'.' {
+            position += 1;
+            let fraction_start = position;
+            while position < bytes.len() && bytes[position].is_ascii_digit() {
+                position += 1;
+            }
+            fraction_digits = &text[fraction_start..position];
+            if fraction_digits.is_empty() {
+                return Err(AmountError::NotDecimal);
+            }
+        }
+        if integer_digits.is_empty() {
+            return Err(AmountError::NotDecimal);
+        }
+        let mut exponent: i64 = 0;
+        if position < bytes.len() && (bytes[position] == b'e' || bytes[position] == b'E') {
+            position += 1;
+            let exponent_negative = match bytes.get(position) {
+                Some(b'-') => {
+                    position += 1;
+                    true
+                }
+                Some(b'+') => {
+                    position += 1;
+                    false
+                }
+                _ => false,
+            };
+            let exponent_start = position;
+            while position < bytes.len() && bytes[position].is_ascii_digit() {
+                position += 1;
+            }
+            let exponent_digits = &text[exponent_start..position];
+            if exponent_digits.is_empty() || exponent_digits.len() > 4 {
+                return Err(AmountError::NotDecimal);
+            }
+            let magnitude: i64 = exponent_digits
+                .parse()
+                .map_err(|_| AmountError::NotDecimal)?;
+            if magnitude > Self::MAX_ABS_EXPONENT {
+                return Err(AmountError::NotDecimal);
+            }
+            exponent = if exponent_negative { -magnitude } else { magnitude };
+        }
+        if position != bytes.len() {
+            return Err(AmountError::NotDecimal);
+        }
+
+        let all_digits = integer_digits.bytes().chain(fraction_digits.bytes());
+        let significant: Vec<u8> = all_digits.skip_while(|digit| *digit == b'0').collect();
+        let trailing_zeros = significant.iter().rev().take_while(|d| **d == b'0').count();
+        let kept = &significant[..significant.len() - trailing_zeros];
+        if kept.len() > Self::MAX_SIGNIFICANT_DIGITS {
+            // Either absurdly large or absurdly precise; both are refused, as too large when
+            // the integer part alone is that long.
+            return Err(if integer_digits.trim_start_matches('0').len() > 20 {
+                AmountError::TooLarge
+            } else {
+                // More precision than any currency has; the caller names the allowed count.
+                AmountError::TooManyDecimals { allowed: 0 }
+            });
+        }
+        let mut significand: u128 = 0;
+        for digit in kept {
+            significand = significand * 10 + u128::from(digit - b'0');
+        }
+        // value = kept × 10^(trailing_zeros − fraction_len + exponent)
+        let fraction_len = fraction_digits.len() as i64;
+        let fraction_digits_total = fraction_len - trailing_zeros as i64 - exponent;
+        Ok(Decimal {
+            negative,
+            significand,
+            fraction_digits: fraction_digits_total,
+        })
+    }
+
+    fn is_zero(&self) -> bool {
+        self.significand == 0
+    }
+
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const MAX: i64 = 1_000_000_000_000_000;
+
+    #[test]
+    fn exponents_follow_iso_4217() {
+        assert_eq!(currency_exponent("USD"), Some(2));
+        assert_eq!(currency_exponent("EUR"), Some(2));
+        assert_eq!(currency_exponent("JPY"), Some(0));
+        assert_eq!(currency_exponent("KWD"), Some(3));
+        assert_eq!(currency_exponent("CLF"), Some(4));
+        assert_eq!(currency_exponent("usd"), None);
+        assert_eq!(currency_exponent("XAU"), None);
+        assert_eq!(currency_exponent(""), None);
+    }
+
+    #[test]
+    fn table_is_sorted_and_bounded() {
+        for pair in CURRENCIES.windows(2) {
+            assert!(pair[0].0 < pair[1].0, "{} before {}", pair[0].0, pair[1].0);
+        }
+        assert!(CURRENCIES.iter().all(|(code, exponent)| code.len() == 3
+            && code.bytes().all(|b| b.is_ascii_uppercase())
+            && *exponent <= MAX_EXPONENT));
+    }
+
+    #[test]
+    fn parses_plain_decimals() {
+        assert_eq!(parse_amount("10.50", 2, MAX), Ok(1050));
+        assert_eq!(parse_amount("10.5", 2, MAX), Ok(1050));
+        assert_eq!(parse_amount("10", 2, MAX), Ok(1000));
+        assert_eq!(parse_amount("0.01", 2, MAX), Ok(1));
+        assert_eq!(parse_amount("007.10", 2, MAX), Ok(710));
+        assert_eq!(parse_amount("10.500", 2, MAX), Ok(1050));
+        assert_eq!(parse_amount("1000", 0, MAX), Ok(1000));
+        assert_eq!(parse_amount("1.234", 3, MAX), Ok(1234));
+    }
+
+    #[test]
+    fn parses_exponent_notation() {
+        assert_eq!(parse_amount("1e3", 2, MAX), Ok(100_000));
+        assert_eq!(parse_amount("1.5E2", 0, MAX), Ok(150));
+        assert_eq!(parse_amount("125e-2", 2, MAX), Ok(125));
+        assert_eq!(parse_amount("1e-3", 2, MAX), Err(AmountError::TooManyDecimals { allowed: 2 }));
+        assert_eq!(parse_amount("1e+2", 0, MAX), Ok(100));
+    }
+
+    #[test]
+    fn refuses_what_is_not_an_amount() {
+        for text in ["", "abc", "NaN", "nan", "Infinity", "-Infinity", "inf", " 1", "1 ", "1,5",
+            ".5", "5.", "+5", "--5", "1e", "1e+", "0x10", "1.2.3", "١٢", "1e99999"] {
+            assert_eq!(parse_amount(text, 2, MAX), Err(AmountError::NotDecimal), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn refuses_zero_negative_precision_and_size() {
+        assert_eq!(parse_amount("0", 2, MAX), Err(AmountError::NotPositive));
+        assert_eq!(parse_amount("0.00", 2, MAX), Err(AmountError::NotPositive));
+        assert_eq!(parse_amount("-0", 2, MAX), Err(AmountError::NotPositive));
+        assert_eq!(parse_amount("-1", 2, MAX), Err(AmountError::NotPositive));
+        assert_eq!(parse_amount("0.001", 2, MAX), Err(AmountError::TooManyDecimals { allowed: 2 }));
+        assert_eq!(parse_amount("1.5", 0, MAX), Err(AmountError::TooManyDecimals { allowed: 0 }));
+        assert_eq!(parse_amount("100.01", 2, 10_000), Err(AmountError::TooLarge));
+        assert_eq!(parse_amount("100.00", 2, 10_000), Ok(10_000));
+        assert_eq!(parse_amount("99999999999999999999999999", 2, MAX), Err(AmountError::TooLarge));
+        assert_eq!(parse_amount("1e300", 2, MAX), Err(AmountError::TooLarge));
+    }
+
+    #[test]
+    fn formats_with_the_currency_decimals() {
+        assert_eq!(format_minor(1050, 2), "10.50");
+        assert_eq!(format_minor(5, 2), "0.05");
+        assert_eq!(format_minor(1000, 0), "1000");
+        assert_eq!(format_minor(1, 3), "0.001");
+        assert_eq!(format_minor(-1050, 2), "-10.50");
+        assert_eq!(format_minor(i64::MIN, 2), "-92233720368547758.08");
+    }
+
+    proptest! {
+        #[test]
+        fn format_then_parse_is_identity(minor in 1i64..=MAX, exponent in 0u32..=MAX_EXPONENT) {
+            let text = format_minor(minor, exponent);
+            prop_assert_eq!(parse_amount(&text, exponent, MAX), Ok(minor));
+        }
+
+        #[test]
+        fn never_panics_and_never_exceeds_the_maximum(text in "[-+0-9.eE]{0,40}", exponent in 0u32..=MAX_EXPONENT, max in 1i64..=MAX) {
+            if let Ok(minor) = parse_amount(&text, exponent, max) {
+                prop_assert!(minor > 0 && minor <= max);
+            }
+        }
+
+        #[test]
+        fn exponent_notation_agrees_with_plain(significand in 1u64..1_000_000, shift in 0u32..=4) {
+            let plain = significand.to_string();
+            let scientific = format!("{significand}0e-1");
+            prop_assert_eq!(parse_amount(&plain, shift, MAX), parse_amount(&scientific, shift, MAX));
+        }
+
+        #[test]
+        fn extra_decimals_are_refused(minor in 1i64..1_000_000, exponent in 0u32..=3) {
+            // One more significant decimal than the currency allows.
+            let text = format!("{}1", if exponent == 0 { format!("{minor}.") } else { format_minor(minor, exponent) });
+            prop_assert_eq!(parse_amount(&text, exponent, MAX), Err(AmountError::TooManyDecimals { allowed: exponent }));
+        }
+    }
+}
