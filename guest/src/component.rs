@@ -76,7 +76,11 @@ impl Guest for Component {
 }
 
 fn field_error(error: FieldError) -> types::FieldError {
-    types::FieldError { field: error.field, message: error.message, code: error.code }
+    types::FieldError {
+        field: error.field,
+        message: error.message,
+        code: error.code,
+    }
 }
 
 export!(Component);

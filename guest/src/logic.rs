@@ -113,7 +113,10 @@ pub fn initiate_transfer(
         PublishError::InsufficientFunds => Rejection::InsufficientFunds,
         PublishError::Unavailable(reason) => Rejection::Unavailable(reason),
     })?;
-    Ok(Accepted { transaction_id: context.transaction_id.clone(), amount_minor: transfer.amount_minor })
+    Ok(Accepted {
+        transaction_id: context.transaction_id.clone(),
+        amount_minor: transfer.amount_minor,
+    })
 }
 
 #[cfg(test)]
@@ -137,7 +140,10 @@ mod tests {
             if let Some(error) = &self.lookup_error {
                 return Err(error.clone());
             }
-            Ok(self.balances.get(&(account_id, currency.to_string())).copied())
+            Ok(self
+                .balances
+                .get(&(account_id, currency.to_string()))
+                .copied())
         }
         fn send(&mut self, message: Outgoing) -> Result<(), PublishError> {
             self.sent.push(message);
@@ -177,20 +183,37 @@ mod tests {
     #[test]
     fn accepts_and_publishes_with_a_hold() {
         let mut imports = funded(2_000);
-        let accepted = initiate_transfer(&mut imports, &context(), &request("10.50")).expect("accepted");
-        assert_eq!(accepted, Accepted { transaction_id: "tx-1".into(), amount_minor: 1050 });
+        let accepted =
+            initiate_transfer(&mut imports, &context(), &request("10.50")).expect("accepted");
+        assert_eq!(
+            accepted,
+            Accepted {
+                transaction_id: "tx-1".into(),
+                amount_minor: 1050
+            }
+        );
         assert_eq!(imports.sent.len(), 1);
         let sent = &imports.sent[0];
         assert_eq!(sent.topic, "transfer_topic");
         assert_eq!(sent.key, "1");
-        assert_eq!(sent.hold, Some(Hold { account_id: 1, currency: "USD".into(), amount_minor: 1050 }));
+        assert_eq!(
+            sent.hold,
+            Some(Hold {
+                account_id: 1,
+                currency: "USD".into(),
+                amount_minor: 1050
+            })
+        );
     }
 
     #[test]
     fn exact_balance_is_enough_one_minor_unit_less_is_not() {
         assert!(initiate_transfer(&mut funded(1050), &context(), &request("10.50")).is_ok());
         let mut short = funded(1049);
-        assert_eq!(initiate_transfer(&mut short, &context(), &request("10.50")), Err(Rejection::InsufficientFunds));
+        assert_eq!(
+            initiate_transfer(&mut short, &context(), &request("10.50")),
+            Err(Rejection::InsufficientFunds)
+        );
         assert!(short.sent.is_empty());
     }
 
@@ -198,21 +221,28 @@ mod tests {
     fn sender_without_account_has_insufficient_funds() {
         let mut imports = funded(0);
         imports.balances.remove(&(1, "USD".into()));
-        assert_eq!(initiate_transfer(&mut imports, &context(), &request("1")), Err(Rejection::InsufficientFunds));
+        assert_eq!(
+            initiate_transfer(&mut imports, &context(), &request("1")),
+            Err(Rejection::InsufficientFunds)
+        );
     }
 
     #[test]
     fn unknown_receiver_is_rejected_before_anything_is_sent() {
         let mut imports = funded(10_000);
         imports.balances.remove(&(2, "USD".into()));
-        assert_eq!(initiate_transfer(&mut imports, &context(), &request("1")), Err(Rejection::ReceiverNotFound));
+        assert_eq!(
+            initiate_transfer(&mut imports, &context(), &request("1")),
+            Err(Rejection::ReceiverNotFound)
+        );
         assert!(imports.sent.is_empty());
     }
 
     #[test]
     fn invalid_requests_look_nothing_up() {
         let mut imports = funded(10_000);
-        let rejection = initiate_transfer(&mut imports, &context(), &request("-1")).expect_err("invalid");
+        let rejection =
+            initiate_transfer(&mut imports, &context(), &request("-1")).expect_err("invalid");
         assert!(matches!(rejection, Rejection::Invalid(errors) if errors[0].field == "amount"));
         assert!(imports.asked.is_empty() && imports.sent.is_empty());
     }
@@ -244,7 +274,10 @@ mod tests {
         let mut imports = funded(10_000);
         let mut other = context();
         other.principal = Some(99);
-        assert!(matches!(initiate_transfer(&mut imports, &other, &request("1")), Err(Rejection::Forbidden(_))));
+        assert!(matches!(
+            initiate_transfer(&mut imports, &other, &request("1")),
+            Err(Rejection::Forbidden(_))
+        ));
         other.principal = Some(1);
         assert!(initiate_transfer(&mut imports, &other, &request("1")).is_ok());
     }

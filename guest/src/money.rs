@@ -7,30 +7,171 @@
 /// Active ISO 4217 codes with their minor-unit exponent, sorted by code for binary search.
 /// Codes without minor units (XAU, XDR, XXX …) are not currencies one can transfer.
 const CURRENCIES: &[(&str, u32)] = &[
-    ("AED", 2), ("AFN", 2), ("ALL", 2), ("AMD", 2), ("ANG", 2), ("AOA", 2), ("ARS", 2),
-    ("AUD", 2), ("AWG", 2), ("AZN", 2), ("BAM", 2), ("BBD", 2), ("BDT", 2), ("BGN", 2),
-    ("BHD", 3), ("BIF", 0), ("BMD", 2), ("BND", 2), ("BOB", 2), ("BOV", 2), ("BRL", 2),
-    ("BSD", 2), ("BTN", 2), ("BWP", 2), ("BYN", 2), ("BZD", 2), ("CAD", 2), ("CDF", 2),
-    ("CHE", 2), ("CHF", 2), ("CHW", 2), ("CLF", 4), ("CLP", 0), ("CNY", 2), ("COP", 2),
-    ("COU", 2), ("CRC", 2), ("CUP", 2), ("CVE", 2), ("CZK", 2), ("DJF", 0), ("DKK", 2),
-    ("DOP", 2), ("DZD", 2), ("EGP", 2), ("ERN", 2), ("ETB", 2), ("EUR", 2), ("FJD", 2),
-    ("FKP", 2), ("GBP", 2), ("GEL", 2), ("GHS", 2), ("GIP", 2), ("GMD", 2), ("GNF", 0),
-    ("GTQ", 2), ("GYD", 2), ("HKD", 2), ("HNL", 2), ("HTG", 2), ("HUF", 2), ("IDR", 2),
-    ("ILS", 2), ("INR", 2), ("IQD", 3), ("IRR", 2), ("ISK", 0), ("JMD", 2), ("JOD", 3),
-    ("JPY", 0), ("KES", 2), ("KGS", 2), ("KHR", 2), ("KMF", 0), ("KPW", 2), ("KRW", 0),
-    ("KWD", 3), ("KYD", 2), ("KZT", 2), ("LAK", 2), ("LBP", 2), ("LKR", 2), ("LRD", 2),
-    ("LSL", 2), ("LYD", 3), ("MAD", 2), ("MDL", 2), ("MGA", 2), ("MKD", 2), ("MMK", 2),
-    ("MNT", 2), ("MOP", 2), ("MRU", 2), ("MUR", 2), ("MVR", 2), ("MWK", 2), ("MXN", 2),
-    ("MXV", 2), ("MYR", 2), ("MZN", 2), ("NAD", 2), ("NGN", 2), ("NIO", 2), ("NOK", 2),
-    ("NPR", 2), ("NZD", 2), ("OMR", 3), ("PAB", 2), ("PEN", 2), ("PGK", 2), ("PHP", 2),
-    ("PKR", 2), ("PLN", 2), ("PYG", 0), ("QAR", 2), ("RON", 2), ("RSD", 2), ("RUB", 2),
-    ("RWF", 0), ("SAR", 2), ("SBD", 2), ("SCR", 2), ("SDG", 2), ("SEK", 2), ("SGD", 2),
-    ("SHP", 2), ("SLE", 2), ("SOS", 2), ("SRD", 2), ("SSP", 2), ("STN", 2), ("SVC", 2),
-    ("SYP", 2), ("SZL", 2), ("THB", 2), ("TJS", 2), ("TMT", 2), ("TND", 3), ("TOP", 2),
-    ("TRY", 2), ("TTD", 2), ("TWD", 2), ("TZS", 2), ("UAH", 2), ("UGX", 0), ("USD", 2),
-    ("USN", 2), ("UYI", 0), ("UYU", 2), ("UYW", 4), ("UZS", 2), ("VED", 2), ("VES", 2),
-    ("VND", 0), ("VUV", 0), ("WST", 2), ("XAF", 0), ("XCD", 2), ("XOF", 0), ("XPF", 0),
-    ("YER", 2), ("ZAR", 2), ("ZMW", 2), ("ZWG", 2),
+    ("AED", 2),
+    ("AFN", 2),
+    ("ALL", 2),
+    ("AMD", 2),
+    ("ANG", 2),
+    ("AOA", 2),
+    ("ARS", 2),
+    ("AUD", 2),
+    ("AWG", 2),
+    ("AZN", 2),
+    ("BAM", 2),
+    ("BBD", 2),
+    ("BDT", 2),
+    ("BGN", 2),
+    ("BHD", 3),
+    ("BIF", 0),
+    ("BMD", 2),
+    ("BND", 2),
+    ("BOB", 2),
+    ("BOV", 2),
+    ("BRL", 2),
+    ("BSD", 2),
+    ("BTN", 2),
+    ("BWP", 2),
+    ("BYN", 2),
+    ("BZD", 2),
+    ("CAD", 2),
+    ("CDF", 2),
+    ("CHE", 2),
+    ("CHF", 2),
+    ("CHW", 2),
+    ("CLF", 4),
+    ("CLP", 0),
+    ("CNY", 2),
+    ("COP", 2),
+    ("COU", 2),
+    ("CRC", 2),
+    ("CUP", 2),
+    ("CVE", 2),
+    ("CZK", 2),
+    ("DJF", 0),
+    ("DKK", 2),
+    ("DOP", 2),
+    ("DZD", 2),
+    ("EGP", 2),
+    ("ERN", 2),
+    ("ETB", 2),
+    ("EUR", 2),
+    ("FJD", 2),
+    ("FKP", 2),
+    ("GBP", 2),
+    ("GEL", 2),
+    ("GHS", 2),
+    ("GIP", 2),
+    ("GMD", 2),
+    ("GNF", 0),
+    ("GTQ", 2),
+    ("GYD", 2),
+    ("HKD", 2),
+    ("HNL", 2),
+    ("HTG", 2),
+    ("HUF", 2),
+    ("IDR", 2),
+    ("ILS", 2),
+    ("INR", 2),
+    ("IQD", 3),
+    ("IRR", 2),
+    ("ISK", 0),
+    ("JMD", 2),
+    ("JOD", 3),
+    ("JPY", 0),
+    ("KES", 2),
+    ("KGS", 2),
+    ("KHR", 2),
+    ("KMF", 0),
+    ("KPW", 2),
+    ("KRW", 0),
+    ("KWD", 3),
+    ("KYD", 2),
+    ("KZT", 2),
+    ("LAK", 2),
+    ("LBP", 2),
+    ("LKR", 2),
+    ("LRD", 2),
+    ("LSL", 2),
+    ("LYD", 3),
+    ("MAD", 2),
+    ("MDL", 2),
+    ("MGA", 2),
+    ("MKD", 2),
+    ("MMK", 2),
+    ("MNT", 2),
+    ("MOP", 2),
+    ("MRU", 2),
+    ("MUR", 2),
+    ("MVR", 2),
+    ("MWK", 2),
+    ("MXN", 2),
+    ("MXV", 2),
+    ("MYR", 2),
+    ("MZN", 2),
+    ("NAD", 2),
+    ("NGN", 2),
+    ("NIO", 2),
+    ("NOK", 2),
+    ("NPR", 2),
+    ("NZD", 2),
+    ("OMR", 3),
+    ("PAB", 2),
+    ("PEN", 2),
+    ("PGK", 2),
+    ("PHP", 2),
+    ("PKR", 2),
+    ("PLN", 2),
+    ("PYG", 0),
+    ("QAR", 2),
+    ("RON", 2),
+    ("RSD", 2),
+    ("RUB", 2),
+    ("RWF", 0),
+    ("SAR", 2),
+    ("SBD", 2),
+    ("SCR", 2),
+    ("SDG", 2),
+    ("SEK", 2),
+    ("SGD", 2),
+    ("SHP", 2),
+    ("SLE", 2),
+    ("SOS", 2),
+    ("SRD", 2),
+    ("SSP", 2),
+    ("STN", 2),
+    ("SVC", 2),
+    ("SYP", 2),
+    ("SZL", 2),
+    ("THB", 2),
+    ("TJS", 2),
+    ("TMT", 2),
+    ("TND", 3),
+    ("TOP", 2),
+    ("TRY", 2),
+    ("TTD", 2),
+    ("TWD", 2),
+    ("TZS", 2),
+    ("UAH", 2),
+    ("UGX", 0),
+    ("USD", 2),
+    ("USN", 2),
+    ("UYI", 0),
+    ("UYU", 2),
+    ("UYW", 4),
+    ("UZS", 2),
+    ("VED", 2),
+    ("VES", 2),
+    ("VND", 0),
+    ("VUV", 0),
+    ("WST", 2),
+    ("XAF", 0),
+    ("XCD", 2),
+    ("XOF", 0),
+    ("XPF", 0),
+    ("YER", 2),
+    ("ZAR", 2),
+    ("ZMW", 2),
+    ("ZWG", 2),
 ];
 
 /// The number of decimals of an ISO 4217 currency, or `None` for an unknown code.
@@ -65,7 +206,10 @@ pub enum AmountError {
 /// `exponent` decimals. Accepts `digits[.digits][(e|E)[+|-]digits]`; trailing zeros after the
 /// point do not count as decimals ("10.500" is 10.50). Refuses anything above `max_minor`.
 pub fn parse_amount(text: &str, exponent: u32, max_minor: i64) -> Result<i64, AmountError> {
-    assert!(exponent <= MAX_EXPONENT, "exponent {exponent} is beyond the table");
+    assert!(
+        exponent <= MAX_EXPONENT,
+        "exponent {exponent} is beyond the table"
+    );
     assert!(max_minor > 0, "max_minor must be positive");
     let decimal = Decimal::parse(text).map_err(|error| match error {
         AmountError::TooManyDecimals { .. } => AmountError::TooManyDecimals { allowed: exponent },
@@ -110,7 +254,10 @@ pub fn check_positive_decimal(text: &str) -> Result<(), AmountError> {
 
 /// Writes minor units as decimal text with exactly `exponent` decimals: (1050, 2) → "10.50".
 pub fn format_minor(minor: i64, exponent: u32) -> String {
-    assert!(exponent <= MAX_EXPONENT, "exponent {exponent} is beyond the table");
+    assert!(
+        exponent <= MAX_EXPONENT,
+        "exponent {exponent} is beyond the table"
+    );
     let sign = if minor < 0 { "-" } else { "" };
     let magnitude = minor.unsigned_abs();
     if exponent == 0 {
@@ -119,7 +266,10 @@ pub fn format_minor(minor: i64, exponent: u32) -> String {
     let unit = 10u64.pow(exponent);
     let whole = magnitude / unit;
     let fraction = magnitude % unit;
-    format!("{sign}{whole}.{fraction:0width$}", width = exponent as usize)
+    format!(
+        "{sign}{whole}.{fraction:0width$}",
+        width = exponent as usize
+    )
 }
 
 /// A parsed decimal: significand × 10^(−fraction_digits), trailing zeros removed from the significand.
@@ -198,7 +348,11 @@ impl Decimal {
             if magnitude > Self::MAX_ABS_EXPONENT {
                 return Err(AmountError::NotDecimal);
             }
-            exponent = if exponent_negative { -magnitude } else { magnitude };
+            exponent = if exponent_negative {
+                -magnitude
+            } else {
+                magnitude
+            };
         }
         if position != bytes.len() {
             return Err(AmountError::NotDecimal);
@@ -235,7 +389,6 @@ impl Decimal {
     fn is_zero(&self) -> bool {
         self.significand == 0
     }
-
 }
 
 #[cfg(test)]
@@ -284,15 +437,42 @@ mod tests {
         assert_eq!(parse_amount("1e3", 2, MAX), Ok(100_000));
         assert_eq!(parse_amount("1.5E2", 0, MAX), Ok(150));
         assert_eq!(parse_amount("125e-2", 2, MAX), Ok(125));
-        assert_eq!(parse_amount("1e-3", 2, MAX), Err(AmountError::TooManyDecimals { allowed: 2 }));
+        assert_eq!(
+            parse_amount("1e-3", 2, MAX),
+            Err(AmountError::TooManyDecimals { allowed: 2 })
+        );
         assert_eq!(parse_amount("1e+2", 0, MAX), Ok(100));
     }
 
     #[test]
     fn refuses_what_is_not_an_amount() {
-        for text in ["", "abc", "NaN", "nan", "Infinity", "-Infinity", "inf", " 1", "1 ", "1,5",
-            ".5", "5.", "+5", "--5", "1e", "1e+", "0x10", "1.2.3", "١٢", "1e99999"] {
-            assert_eq!(parse_amount(text, 2, MAX), Err(AmountError::NotDecimal), "{text:?}");
+        for text in [
+            "",
+            "abc",
+            "NaN",
+            "nan",
+            "Infinity",
+            "-Infinity",
+            "inf",
+            " 1",
+            "1 ",
+            "1,5",
+            ".5",
+            "5.",
+            "+5",
+            "--5",
+            "1e",
+            "1e+",
+            "0x10",
+            "1.2.3",
+            "١٢",
+            "1e99999",
+        ] {
+            assert_eq!(
+                parse_amount(text, 2, MAX),
+                Err(AmountError::NotDecimal),
+                "{text:?}"
+            );
         }
     }
 
@@ -302,11 +482,23 @@ mod tests {
         assert_eq!(parse_amount("0.00", 2, MAX), Err(AmountError::NotPositive));
         assert_eq!(parse_amount("-0", 2, MAX), Err(AmountError::NotPositive));
         assert_eq!(parse_amount("-1", 2, MAX), Err(AmountError::NotPositive));
-        assert_eq!(parse_amount("0.001", 2, MAX), Err(AmountError::TooManyDecimals { allowed: 2 }));
-        assert_eq!(parse_amount("1.5", 0, MAX), Err(AmountError::TooManyDecimals { allowed: 0 }));
-        assert_eq!(parse_amount("100.01", 2, 10_000), Err(AmountError::TooLarge));
+        assert_eq!(
+            parse_amount("0.001", 2, MAX),
+            Err(AmountError::TooManyDecimals { allowed: 2 })
+        );
+        assert_eq!(
+            parse_amount("1.5", 0, MAX),
+            Err(AmountError::TooManyDecimals { allowed: 0 })
+        );
+        assert_eq!(
+            parse_amount("100.01", 2, 10_000),
+            Err(AmountError::TooLarge)
+        );
         assert_eq!(parse_amount("100.00", 2, 10_000), Ok(10_000));
-        assert_eq!(parse_amount("99999999999999999999999999", 2, MAX), Err(AmountError::TooLarge));
+        assert_eq!(
+            parse_amount("99999999999999999999999999", 2, MAX),
+            Err(AmountError::TooLarge)
+        );
         assert_eq!(parse_amount("1e300", 2, MAX), Err(AmountError::TooLarge));
     }
 

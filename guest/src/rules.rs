@@ -33,7 +33,11 @@ pub struct FieldError {
 
 impl FieldError {
     fn new(field: &str, code: &str, message: String) -> FieldError {
-        FieldError { field: field.to_string(), message, code: code.to_string() }
+        FieldError {
+            field: field.to_string(),
+            message,
+            code: code.to_string(),
+        }
     }
 }
 
@@ -59,17 +63,31 @@ pub fn max_amount_minor(exponent: u32) -> i64 {
 pub fn validate(request: &TransferRequest) -> Result<ValidTransfer, Vec<FieldError>> {
     let mut errors = Vec::new();
     if request.sender_id <= 0 {
-        errors.push(FieldError::new("sender_id", "greater_than", "sender_id must be a positive integer".into()));
+        errors.push(FieldError::new(
+            "sender_id",
+            "greater_than",
+            "sender_id must be a positive integer".into(),
+        ));
     }
     if request.receiver_id <= 0 {
-        errors.push(FieldError::new("receiver_id", "greater_than", "receiver_id must be a positive integer".into()));
+        errors.push(FieldError::new(
+            "receiver_id",
+            "greater_than",
+            "receiver_id must be a positive integer".into(),
+        ));
     } else if request.receiver_id == request.sender_id {
-        errors.push(FieldError::new("receiver_id", "same_account", "receiver_id must differ from sender_id".into()));
+        errors.push(FieldError::new(
+            "receiver_id",
+            "same_account",
+            "receiver_id must differ from sender_id".into(),
+        ));
     }
 
     let exponent = money::currency_exponent(&request.currency);
     let amount = match exponent {
-        Some(exponent) => money::parse_amount(&request.amount, exponent, max_amount_minor(exponent)).map(Some),
+        Some(exponent) => {
+            money::parse_amount(&request.amount, exponent, max_amount_minor(exponent)).map(Some)
+        }
         None => money::check_positive_decimal(&request.amount).map(|()| None),
     };
     let amount_minor = match amount {
@@ -83,7 +101,10 @@ pub fn validate(request: &TransferRequest) -> Result<ValidTransfer, Vec<FieldErr
         errors.push(FieldError::new(
             "currency",
             "unknown_currency",
-            format!("currency must be an ISO 4217 code in capitals, like USD; {:?} is not one", truncate(&request.currency, 16)),
+            format!(
+                "currency must be an ISO 4217 code in capitals, like USD; {:?} is not one",
+                truncate(&request.currency, 16)
+            ),
         ));
     }
 
@@ -93,7 +114,9 @@ pub fn validate(request: &TransferRequest) -> Result<ValidTransfer, Vec<FieldErr
             errors.push(FieldError::new(
                 "description",
                 "string_too_long",
-                format!("description must be at most {MAX_DESCRIPTION_CHARS} characters, not {length}"),
+                format!(
+                    "description must be at most {MAX_DESCRIPTION_CHARS} characters, not {length}"
+                ),
             ));
         }
     }
@@ -108,22 +131,28 @@ pub fn validate(request: &TransferRequest) -> Result<ValidTransfer, Vec<FieldErr
             description: request.description.clone(),
         }),
         _ => {
-            assert!(!errors.is_empty(), "an invalid request names at least one broken rule");
+            assert!(
+                !errors.is_empty(),
+                "an invalid request names at least one broken rule"
+            );
             Err(errors)
         }
     }
 }
 
-fn amount_error(error: &AmountError, currency: &str) -> FieldError {
+/// The field error for an amount that is not valid in `currency`.
+pub fn amount_error(error: &AmountError, currency: &str) -> FieldError {
     match error {
         AmountError::NotDecimal => FieldError::new(
             "amount",
             "decimal_parsing",
             "amount must be a decimal number, like 10.50".into(),
         ),
-        AmountError::NotPositive => {
-            FieldError::new("amount", "greater_than", "amount must be greater than 0".into())
-        }
+        AmountError::NotPositive => FieldError::new(
+            "amount",
+            "greater_than",
+            "amount must be greater than 0".into(),
+        ),
         AmountError::TooManyDecimals { allowed } => FieldError::new(
             "amount",
             "decimal_places",
@@ -173,22 +202,59 @@ mod tests {
         let valid = validate(&request("10.50", "USD")).expect("valid");
         assert_eq!(valid.amount_minor, 1050);
         assert_eq!(valid.exponent, 2);
-        assert_eq!(validate(&request("500", "JPY")).expect("valid").amount_minor, 500);
-        assert_eq!(validate(&request("1.005", "KWD")).expect("valid").amount_minor, 1005);
+        assert_eq!(
+            validate(&request("500", "JPY"))
+                .expect("valid")
+                .amount_minor,
+            500
+        );
+        assert_eq!(
+            validate(&request("1.005", "KWD"))
+                .expect("valid")
+                .amount_minor,
+            1005
+        );
     }
 
     #[test]
     fn every_rule_names_its_field() {
-        assert_eq!(codes(&request("0", "USD")), vec![pair("amount", "greater_than")]);
-        assert_eq!(codes(&request("-5", "USD")), vec![pair("amount", "greater_than")]);
-        assert_eq!(codes(&request("NaN", "USD")), vec![pair("amount", "decimal_parsing")]);
-        assert_eq!(codes(&request("Infinity", "USD")), vec![pair("amount", "decimal_parsing")]);
-        assert_eq!(codes(&request("1.001", "USD")), vec![pair("amount", "decimal_places")]);
-        assert_eq!(codes(&request("1.5", "JPY")), vec![pair("amount", "decimal_places")]);
-        assert_eq!(codes(&request("1000000000.01", "USD")), vec![pair("amount", "less_than_equal")]);
+        assert_eq!(
+            codes(&request("0", "USD")),
+            vec![pair("amount", "greater_than")]
+        );
+        assert_eq!(
+            codes(&request("-5", "USD")),
+            vec![pair("amount", "greater_than")]
+        );
+        assert_eq!(
+            codes(&request("NaN", "USD")),
+            vec![pair("amount", "decimal_parsing")]
+        );
+        assert_eq!(
+            codes(&request("Infinity", "USD")),
+            vec![pair("amount", "decimal_parsing")]
+        );
+        assert_eq!(
+            codes(&request("1.001", "USD")),
+            vec![pair("amount", "decimal_places")]
+        );
+        assert_eq!(
+            codes(&request("1.5", "JPY")),
+            vec![pair("amount", "decimal_places")]
+        );
+        assert_eq!(
+            codes(&request("1000000000.01", "USD")),
+            vec![pair("amount", "less_than_equal")]
+        );
         assert_eq!(codes(&request("1000000000.00", "USD")), vec![]);
-        assert_eq!(codes(&request("10", "XYZ")), vec![pair("currency", "unknown_currency")]);
-        assert_eq!(codes(&request("10", "usd")), vec![pair("currency", "unknown_currency")]);
+        assert_eq!(
+            codes(&request("10", "XYZ")),
+            vec![pair("currency", "unknown_currency")]
+        );
+        assert_eq!(
+            codes(&request("10", "usd")),
+            vec![pair("currency", "unknown_currency")]
+        );
 
         let mut same = request("10", "USD");
         same.receiver_id = same.sender_id;
@@ -197,7 +263,13 @@ mod tests {
         let mut ids = request("10", "USD");
         ids.sender_id = 0;
         ids.receiver_id = -3;
-        assert_eq!(codes(&ids), vec![pair("sender_id", "greater_than"), pair("receiver_id", "greater_than")]);
+        assert_eq!(
+            codes(&ids),
+            vec![
+                pair("sender_id", "greater_than"),
+                pair("receiver_id", "greater_than")
+            ]
+        );
 
         let mut long = request("10", "USD");
         long.description = Some("ж".repeat(MAX_DESCRIPTION_CHARS + 1));

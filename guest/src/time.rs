@@ -27,7 +27,11 @@ fn civil_from_days(days: u64) -> (u64, u64, u64) {
     let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
     let month_index = (5 * day_of_year + 2) / 153;
     let day = day_of_year - (153 * month_index + 2) / 5 + 1;
-    let month = if month_index < 10 { month_index + 3 } else { month_index - 9 };
+    let month = if month_index < 10 {
+        month_index + 3
+    } else {
+        month_index - 9
+    };
     let year = year_of_era + era * 400 + u64::from(month <= 2);
     (year, month, day)
 }
@@ -40,7 +44,13 @@ mod tests {
     fn formats_known_instants() {
         assert_eq!(rfc3339_from_ms(0), "1970-01-01T00:00:00.000Z");
         assert_eq!(rfc3339_from_ms(951_782_400_000), "2000-02-29T00:00:00.000Z");
-        assert_eq!(rfc3339_from_ms(1_795_960_800_123), "2026-11-29T14:00:00.123Z");
-        assert_eq!(rfc3339_from_ms(4_102_444_799_999), "2099-12-31T23:59:59.999Z");
+        assert_eq!(
+            rfc3339_from_ms(1_795_960_800_123),
+            "2026-11-29T14:00:00.123Z"
+        );
+        assert_eq!(
+            rfc3339_from_ms(4_102_444_799_999),
+            "2099-12-31T23:59:59.999Z"
+        );
     }
 }

@@ -1,1 +1,475 @@
-//! placeholder
+//! The end-to-end harness: a private database, Redis key prefix and topic prefix per test,
+//! the real `transferd` binary started as a child process, a Kafka consumer to read back what
+//! it produced, and a TCP proxy that can cut a dependency off and bring it back.
+//!
+//! Every test makes its own names, so tests run in parallel and never depend on leftovers.
+
+pub mod proxy;
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Headers, Message};
+use serde_json::Value;
+
+pub const POSTGRES_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+pub const REDIS_URL: &str = "redis://127.0.0.1:6379";
+pub const KAFKA_BROKERS: &str = "127.0.0.1:9092";
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+
+/// A target directory's file: from an environment variable, else next to the test binary.
+fn artifact(variable: &str, relative: &str) -> PathBuf {
+    if let Ok(path) = std::env::var(variable) {
+        return PathBuf::from(path);
+    }
+    // target/release/deps/<test> → target/
+    let executable = std::env::current_exe().expect("the test binary has a path");
+    let target = executable
+        .ancestors()
+        .nth(3)
+        .expect("the test binary lives in target/<profile>/deps");
+    target.join(relative)
+}
+
+pub fn transferd_binary() -> PathBuf {
+    artifact("TRANSFERD_BIN", "release/transferd")
+}
+
+pub fn guest_file() -> PathBuf {
+    artifact(
+        "TRANSFERD_GUEST",
+        "wasm32-wasip2/release/transferd_guest.wasm",
+    )
+}
+
+pub fn panicking_guest_file() -> PathBuf {
+    artifact(
+        "TRANSFERD_TEST_PANICKING_GUEST",
+        "wasm32-wasip2/release/transferd_test_guest_panicking.wasm",
+    )
+}
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    listener.local_addr().expect("local address").port()
+}
+
+/// Names private to one test: a database, a Redis key prefix, a topic prefix.
+pub struct Namespace {
+    pub id: String,
+    pub database: String,
+}
+
+impl Namespace {
+    pub async fn new() -> anyhow::Result<Namespace> {
+        let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
+        let database = format!("transferd_test_{id}");
+        let admin = sqlx::PgPool::connect(POSTGRES_ADMIN_URL).await?;
+        sqlx::query(&format!("CREATE DATABASE \"{database}\""))
+            .execute(&admin)
+            .await?;
+        admin.close().await;
+        Ok(Namespace { id, database })
+    }
+
+    pub fn database_url(&self) -> String {
+        self.database_url_via(5432)
+    }
+
+    pub fn database_url_via(&self, port: u16) -> String {
+        format!("postgres://postgres@127.0.0.1:{port}/{}", self.database)
+    }
+
+    pub fn redis_prefix(&self) -> String {
+        format!("t{}:", self.id)
+    }
+
+    pub fn topic_prefix(&self) -> String {
+        format!("t{}.", self.id)
+    }
+
+    pub fn transfer_topic(&self) -> String {
+        format!("{}transfer_topic", self.topic_prefix())
+    }
+
+    pub fn redis_key(&self, key: &str) -> String {
+        format!("{}{key}", self.redis_prefix())
+    }
+
+    pub async fn ledger(&self) -> anyhow::Result<sqlx::PgPool> {
+        Ok(sqlx::PgPool::connect(&self.database_url()).await?)
+    }
+
+    pub async fn redis(&self) -> anyhow::Result<redis::aio::MultiplexedConnection> {
+        let client = redis::Client::open(REDIS_URL)?;
+        Ok(client.get_multiplexed_async_connection().await?)
+    }
+
+    /// The settled balance in the ledger, in minor units.
+    pub async fn ledger_balance(
+        &self,
+        user_id: i64,
+        currency: &str,
+    ) -> anyhow::Result<Option<i64>> {
+        let pool = self.ledger().await?;
+        let balance = sqlx::query_scalar(
+            "SELECT balance_minor FROM accounts WHERE user_id = $1 AND currency = $2",
+        )
+        .bind(user_id)
+        .bind(currency)
+        .fetch_optional(&pool)
+        .await?;
+        pool.close().await;
+        Ok(balance)
+    }
+}
+
+/// How to start a host; defaults talk to the shared local services directly.
+pub struct HostOptions {
+    pub database_url: String,
+    pub redis_url: String,
+    pub kafka_brokers: String,
+    pub guest_file: PathBuf,
+    pub kafka_timeout_ms: u64,
+    pub extra_env: Vec<(String, String)>,
+}
+
+impl HostOptions {
+    pub fn new(namespace: &Namespace) -> HostOptions {
+        HostOptions {
+            database_url: namespace.database_url(),
+            redis_url: REDIS_URL.to_string(),
+            kafka_brokers: KAFKA_BROKERS.to_string(),
+            guest_file: guest_file(),
+            kafka_timeout_ms: 5_000,
+            extra_env: Vec::new(),
+        }
+    }
+}
+
+/// A running `transferd serve`, killed when dropped.
+pub struct Host {
+    child: Child,
+    pub base_url: String,
+    pub client: reqwest::Client,
+}
+
+impl Host {
+    pub async fn start(namespace: &Namespace) -> anyhow::Result<Host> {
+        Host::start_with(namespace, HostOptions::new(namespace)).await
+    }
+
+    pub async fn start_with(namespace: &Namespace, options: HostOptions) -> anyhow::Result<Host> {
+        let port = free_port();
+        let binary = transferd_binary();
+        let mut command = Command::new(&binary);
+        command
+            .arg("serve")
+            .env("TRANSFERD_LISTEN", format!("127.0.0.1:{port}"))
+            .env("TRANSFERD_DATABASE_URL", &options.database_url)
+            .env("TRANSFERD_REDIS_URL", &options.redis_url)
+            .env("TRANSFERD_REDIS_PREFIX", namespace.redis_prefix())
+            .env("TRANSFERD_KAFKA_BROKERS", &options.kafka_brokers)
+            .env("TRANSFERD_TOPIC_PREFIX", namespace.topic_prefix())
+            .env("TRANSFERD_TOPIC_PARTITIONS", "3")
+            .env(
+                "TRANSFERD_KAFKA_TIMEOUT_MS",
+                options.kafka_timeout_ms.to_string(),
+            )
+            .env("TRANSFERD_GUEST", &options.guest_file)
+            .env("TRANSFERD_ADMIN_TOKEN", ADMIN_TOKEN)
+            .env("TRANSFERD_LOG", "warn")
+            .stdin(Stdio::null());
+        for (name, value) in &options.extra_env {
+            command.env(name, value);
+        }
+        // The host's log goes to a file, named in the test's output (shown when it fails).
+        let log_path =
+            std::env::temp_dir().join(format!("transferd-test-{}-{port}.log", namespace.id));
+        let log_file = std::fs::File::create(&log_path)?;
+        command.stdout(log_file.try_clone()?).stderr(log_file);
+        eprintln!("transferd log: {}", log_path.display());
+        let child = command
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        let mut host = Host {
+            child,
+            base_url: format!("http://127.0.0.1:{port}"),
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()?,
+        };
+        host.wait_ready(Duration::from_secs(60)).await?;
+        Ok(host)
+    }
+
+    async fn wait_ready(&mut self, limit: Duration) -> anyhow::Result<()> {
+        let started = Instant::now();
+        while started.elapsed() < limit {
+            if let Some(status) = self.child.try_wait()? {
+                bail!("transferd exited before it was ready: {status}");
+            }
+            if let Ok(response) = self
+                .client
+                .get(format!("{}/healthz", self.base_url))
+                .send()
+                .await
+                && response.status().is_success()
+            {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        bail!("transferd was not ready within {limit:?}")
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    pub async fn post_json(&self, path: &str, body: &str) -> anyhow::Result<Reply> {
+        let response = self
+            .client
+            .post(format!("{}{path}", self.base_url))
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await?;
+        Reply::read(response).await
+    }
+
+    pub async fn transfer(&self, body: Value) -> anyhow::Result<Reply> {
+        self.post_json("/transfers", &body.to_string()).await
+    }
+
+    /// Funds an account through the admin API; fails the test if it is refused.
+    pub async fn deposit(
+        &self,
+        user_id: i64,
+        currency: &str,
+        amount: &str,
+    ) -> anyhow::Result<Value> {
+        let body = serde_json::json!({"user_id": user_id, "currency": currency, "amount": amount});
+        let response = self
+            .client
+            .post(format!("{}/admin/deposits", self.base_url))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&body)
+            .send()
+            .await?;
+        let reply = Reply::read(response).await?;
+        anyhow::ensure!(
+            reply.status == 200,
+            "deposit refused: {} {}",
+            reply.status,
+            reply.body
+        );
+        Ok(reply.body)
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A response, read whole.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Value,
+}
+
+impl Reply {
+    async fn read(response: reqwest::Response) -> anyhow::Result<Reply> {
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let text = response.text().await?;
+        let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        Ok(Reply {
+            status,
+            headers,
+            body,
+        })
+    }
+
+    /// The `type`s of a FastAPI-style validation error, with the field each names.
+    pub fn problems(&self) -> Vec<(String, String)> {
+        self.body["detail"]
+            .as_array()
+            .map(|items| {
+                items
+                    .iter()
+                    .map(|item| {
+                        let field = item["loc"]
+                            .as_array()
+                            .and_then(|loc| loc.last())
+                            .and_then(Value::as_str);
+                        (
+                            field.unwrap_or("").to_string(),
+                            item["type"].as_str().unwrap_or("").to_string(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// One message read back from Kafka.
+#[derive(Debug, Clone)]
+pub struct Consumed {
+    pub key: String,
+    pub payload: String,
+    pub json: Value,
+    pub headers: Vec<(String, String)>,
+}
+
+/// Reads messages from `topic` from the beginning until `count` arrived or `limit` passed.
+pub async fn consume(
+    brokers: &str,
+    topic: &str,
+    count: usize,
+    limit: Duration,
+) -> anyhow::Result<Vec<Consumed>> {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("test-{}", uuid::Uuid::new_v4()))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()?;
+    consumer.subscribe(&[topic])?;
+    let mut consumed = Vec::new();
+    let deadline = Instant::now() + limit;
+    while consumed.len() < count {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            break;
+        }
+        match tokio::time::timeout(remaining, consumer.recv()).await {
+            Err(_) => break,
+            Ok(Err(_error)) => {
+                // The topic may not exist yet the first time the consumer asks; keep waiting.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Ok(Ok(message)) => {
+                let key = String::from_utf8_lossy(message.key().unwrap_or_default()).to_string();
+                let payload =
+                    String::from_utf8_lossy(message.payload().unwrap_or_default()).to_string();
+                let json = serde_json::from_str(&payload).unwrap_or(Value::Null);
+                let headers = message
+                    .headers()
+                    .map(|headers| {
+                        headers
+                            .iter()
+                            .map(|header| {
+                                let value =
+                                    String::from_utf8_lossy(header.value.unwrap_or_default())
+                                        .to_string();
+                                (header.key.to_string(), value)
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                consumed.push(Consumed {
+                    key,
+                    payload,
+                    json,
+                    headers,
+                });
+            }
+        }
+    }
+    Ok(consumed)
+}
+
+/// A private Tansu broker reached only through a proxy, for tests that take the broker away:
+/// it advertises the proxy's port, so cutting the proxy cuts every client off while the broker
+/// keeps its log, as a network outage would (memory storage would lose it on a restart).
+pub struct Broker {
+    child: Child,
+    proxy: proxy::Proxy,
+}
+
+impl Broker {
+    pub async fn start() -> anyhow::Result<Broker> {
+        let internal_port = free_port();
+        let proxy = proxy::Proxy::start(internal_port).await?;
+        let listener = format!("tcp://127.0.0.1:{internal_port}");
+        let advertised = format!("tcp://127.0.0.1:{}", proxy.port);
+        let child = Command::new("tansu")
+            .args([
+                "broker",
+                "--listener-url",
+                &listener,
+                "--advertised-listener-url",
+                &advertised,
+            ])
+            .args(["--storage-engine", "memory://tansu/"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting tansu (scripts/services.sh installs it)")?;
+        let broker = Broker { child, proxy };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if tokio::net::TcpStream::connect(("127.0.0.1", internal_port))
+                .await
+                .is_ok()
+            {
+                return Ok(broker);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        bail!("tansu did not listen on {internal_port} within 30s")
+    }
+
+    pub fn brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.proxy.port)
+    }
+
+    /// Cuts every client off the broker.
+    pub async fn cut(&mut self) {
+        self.proxy.cut().await;
+    }
+
+    /// Lets clients reach the broker again.
+    pub async fn restore(&mut self) -> anyhow::Result<()> {
+        self.proxy.restore().await
+    }
+
+    /// Creates a topic on this broker.
+    pub async fn create_topic(&self, topic: &str, partitions: i32) -> anyhow::Result<()> {
+        use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+        let admin: AdminClient<rdkafka::client::DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", self.brokers())
+            .create()?;
+        let topic = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+        for result in admin.create_topics([&topic], &options).await? {
+            if let Err((name, code)) = result
+                && code != rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists
+            {
+                bail!("creating {name}: {code}");
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,172 @@
+//! Every setting, from flags and environment variables, validated once at start-up.
+//!
+//! Each flag has an environment variable of the same meaning; README.md has the table.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+
+/// Where the service's dependencies are and how long it waits for each.
+#[derive(Debug, Clone, Args)]
+pub struct Services {
+    /// PostgreSQL connection URL (the ledger).
+    #[arg(
+        long,
+        env = "TRANSFERD_DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/transferd"
+    )]
+    pub database_url: String,
+
+    /// Redis connection URL (balance cache and holds).
+    #[arg(
+        long,
+        env = "TRANSFERD_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379"
+    )]
+    pub redis_url: String,
+
+    /// Prefix for every Redis key (empty keeps the original `balance:{user_id}:{currency}`).
+    #[arg(long, env = "TRANSFERD_REDIS_PREFIX", default_value = "")]
+    pub redis_prefix: String,
+
+    /// Kafka bootstrap servers, comma-separated.
+    #[arg(
+        long,
+        env = "TRANSFERD_KAFKA_BROKERS",
+        default_value = "127.0.0.1:9092"
+    )]
+    pub kafka_brokers: String,
+
+    /// Prefix for every Kafka topic name (empty keeps the original `transfer_topic`).
+    #[arg(long, env = "TRANSFERD_TOPIC_PREFIX", default_value = "")]
+    pub topic_prefix: String,
+
+    /// Partitions for topics transferd creates when they are missing.
+    #[arg(long, env = "TRANSFERD_TOPIC_PARTITIONS", default_value_t = 6)]
+    pub topic_partitions: i32,
+
+    /// How long a transfer waits for Kafka to acknowledge its message before it fails with 503.
+    #[arg(long, env = "TRANSFERD_KAFKA_TIMEOUT_MS", default_value_t = 5_000)]
+    pub kafka_timeout_ms: u64,
+
+    /// How long a request waits for a PostgreSQL connection before it fails with 503.
+    #[arg(long, env = "TRANSFERD_DATABASE_TIMEOUT_MS", default_value_t = 2_000)]
+    pub database_timeout_ms: u64,
+
+    /// PostgreSQL connections in the pool.
+    #[arg(long, env = "TRANSFERD_DATABASE_CONNECTIONS", default_value_t = 16)]
+    pub database_connections: u32,
+
+    /// How long a Redis command may take before the host falls back to PostgreSQL.
+    #[arg(long, env = "TRANSFERD_REDIS_TIMEOUT_MS", default_value_t = 250)]
+    pub redis_timeout_ms: u64,
+}
+
+impl Services {
+    pub fn kafka_timeout(&self) -> Duration {
+        Duration::from_millis(self.kafka_timeout_ms)
+    }
+    pub fn database_timeout(&self) -> Duration {
+        Duration::from_millis(self.database_timeout_ms)
+    }
+    pub fn redis_timeout(&self) -> Duration {
+        Duration::from_millis(self.redis_timeout_ms)
+    }
+
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            (1..=600_000).contains(&self.kafka_timeout_ms),
+            "TRANSFERD_KAFKA_TIMEOUT_MS must be 1..=600000"
+        );
+        anyhow::ensure!(
+            (1..=60_000).contains(&self.database_timeout_ms),
+            "TRANSFERD_DATABASE_TIMEOUT_MS must be 1..=60000"
+        );
+        anyhow::ensure!(
+            (1..=60_000).contains(&self.redis_timeout_ms),
+            "TRANSFERD_REDIS_TIMEOUT_MS must be 1..=60000"
+        );
+        anyhow::ensure!(
+            (1..=1_000).contains(&self.database_connections),
+            "TRANSFERD_DATABASE_CONNECTIONS must be 1..=1000"
+        );
+        anyhow::ensure!(
+            (1..=1_000).contains(&self.topic_partitions),
+            "TRANSFERD_TOPIC_PARTITIONS must be 1..=1000"
+        );
+        let topic_safe = |c: char| c.is_ascii_alphanumeric() || "._-".contains(c);
+        anyhow::ensure!(
+            self.topic_prefix.chars().all(topic_safe),
+            "TRANSFERD_TOPIC_PREFIX may hold only letters, digits, '.', '_' and '-'"
+        );
+        Ok(())
+    }
+}
+
+/// Settings of the HTTP API and the guest.
+#[derive(Debug, Clone, Args)]
+pub struct Serve {
+    #[command(flatten)]
+    pub services: Services,
+
+    /// Address the HTTP API listens on.
+    #[arg(long, env = "TRANSFERD_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// The guest component (.wasm) that decides transfers.
+    #[arg(
+        long,
+        env = "TRANSFERD_GUEST",
+        default_value = "target/wasm32-wasip2/release/transferd_guest.wasm"
+    )]
+    pub guest_file: PathBuf,
+
+    /// Bearer token for /admin routes. Without one the admin API answers 401 to everyone.
+    #[arg(long, env = "TRANSFERD_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+
+    /// Longest a guest call may take, imports included; must exceed the Kafka timeout so a
+    /// message is never acknowledged after its request gave up.
+    #[arg(long, env = "TRANSFERD_GUEST_TIMEOUT_MS", default_value_t = 15_000)]
+    pub guest_timeout_ms: u64,
+
+    /// Largest linear memory a guest instance may grow to, in MiB.
+    #[arg(long, env = "TRANSFERD_GUEST_MEMORY_MIB", default_value_t = 64)]
+    pub guest_memory_mib: u64,
+
+    /// Guest calls that may run at once; further requests wait for a slot.
+    #[arg(long, env = "TRANSFERD_GUEST_CONCURRENCY", default_value_t = 256)]
+    pub guest_concurrency: u32,
+}
+
+impl Serve {
+    pub fn guest_timeout(&self) -> Duration {
+        Duration::from_millis(self.guest_timeout_ms)
+    }
+
+    pub fn validate(&self) -> anyhow::Result<()> {
+        self.services.validate()?;
+        anyhow::ensure!(
+            self.guest_timeout_ms
+                > self.services.kafka_timeout_ms + self.services.database_timeout_ms,
+            "TRANSFERD_GUEST_TIMEOUT_MS must exceed TRANSFERD_KAFKA_TIMEOUT_MS + TRANSFERD_DATABASE_TIMEOUT_MS"
+        );
+        anyhow::ensure!(
+            (1..=4096).contains(&self.guest_memory_mib),
+            "TRANSFERD_GUEST_MEMORY_MIB must be 1..=4096"
+        );
+        anyhow::ensure!(
+            (1..=10_000).contains(&self.guest_concurrency),
+            "TRANSFERD_GUEST_CONCURRENCY must be 1..=10000"
+        );
+        if let Some(token) = &self.admin_token {
+            anyhow::ensure!(
+                token.len() >= 16,
+                "TRANSFERD_ADMIN_TOKEN must be at least 16 characters"
+            );
+        }
+        Ok(())
+    }
+}

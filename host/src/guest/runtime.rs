@@ -1,0 +1,228 @@
+//! Runs the guest: one engine, one pre-instantiated component, a fresh store per request.
+//!
+//! A fresh store per request means no state leaks from one transfer into the next, and a trap
+//! poisons nothing but its own request. The store is dropped after the response is decided,
+//! on a spawned task, so its teardown stays off the request path.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use tokio::sync::Semaphore;
+use transferd_guest::logic::{Accepted, Rejection, RequestContext};
+use transferd_guest::rules::{FieldError, TransferRequest};
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimitsBuilder,
+};
+
+use crate::capabilities::{Capabilities, RequestState};
+use crate::guest::bindings::{TransferLogic, TransferLogicPre, transferd::transfer::types};
+
+/// How often the engine's epoch advances; a running guest yields to the scheduler at each
+/// tick, so a guest stuck in a loop cannot hold a worker thread past its deadline.
+const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Why a guest call produced no decision.
+#[derive(Debug, thiserror::Error)]
+pub enum GuestFailure {
+    #[error("the transfer logic failed: {0}")]
+    Trap(String),
+    #[error("the transfer logic did not finish within {0} ms")]
+    Timeout(u128),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read the guest file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("the guest is not a usable transfer-logic component: {0:#}")]
+    Invalid(wasmtime::Error),
+}
+
+/// Limits every guest call runs under.
+#[derive(Debug, Clone, Copy)]
+pub struct GuestLimits {
+    pub timeout: Duration,
+    pub memory_bytes: usize,
+    pub concurrency: u32,
+}
+
+/// The engine and linker, shared by every guest version.
+pub struct GuestEngine {
+    engine: Engine,
+    linker: Linker<RequestState>,
+    limits: GuestLimits,
+}
+
+impl GuestEngine {
+    pub fn new(limits: GuestLimits) -> Result<GuestEngine, LoadError> {
+        let instances = limits.concurrency;
+        let mut pooling = PoolingAllocationConfig::default();
+        pooling
+            .total_component_instances(instances)
+            .total_core_instances(instances * 8)
+            .total_memories(instances * 2)
+            .total_tables(instances * 8)
+            .max_memory_size(limits.memory_bytes);
+        let mut config = Config::new();
+        config
+            .wasm_component_model(true)
+            .epoch_interruption(true)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
+        let engine = Engine::new(&config).map_err(LoadError::Invalid)?;
+
+        let ticker = engine.weak();
+        std::thread::Builder::new()
+            .name("wasm-epoch".into())
+            .spawn(move || {
+                while let Some(engine) = ticker.upgrade() {
+                    engine.increment_epoch();
+                    drop(engine);
+                    std::thread::sleep(EPOCH_TICK);
+                }
+            })
+            .map_err(|error| LoadError::Invalid(error.into()))?;
+
+        let mut linker = Linker::new(&engine);
+        // A Rust guest imports wasi:io and wasi:cli through std even though the world does not
+        // ask for them; they are satisfied with an empty context (no files, network or env).
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(LoadError::Invalid)?;
+        TransferLogic::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
+            .map_err(LoadError::Invalid)?;
+        Ok(GuestEngine {
+            engine,
+            linker,
+            limits,
+        })
+    }
+
+    /// Compiles a component and checks it against the `transfer-logic` world.
+    pub fn load(self: &Arc<Self>, bytes: &[u8]) -> Result<Guest, LoadError> {
+        let version = hex_sha256(bytes);
+        let component = Component::new(&self.engine, bytes).map_err(LoadError::Invalid)?;
+        let instance_pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(LoadError::Invalid)?;
+        let pre = TransferLogicPre::new(instance_pre).map_err(LoadError::Invalid)?;
+        Ok(Guest {
+            engine: Arc::clone(self),
+            pre,
+            version,
+            slots: Arc::new(Semaphore::new(self.limits.concurrency as usize)),
+        })
+    }
+
+    pub fn load_file(self: &Arc<Self>, path: &Path) -> Result<Guest, LoadError> {
+        let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        self.load(&bytes)
+    }
+}
+
+/// One compiled guest version, ready to serve.
+pub struct Guest {
+    engine: Arc<GuestEngine>,
+    pre: TransferLogicPre<RequestState>,
+    version: String,
+    /// Bounds concurrent calls to what the instance pool holds.
+    slots: Arc<Semaphore>,
+}
+
+impl Guest {
+    /// The sha256 of the component's bytes, in hex.
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    /// Runs `initiate-transfer` in a fresh store.
+    pub async fn initiate_transfer(
+        &self,
+        capabilities: Arc<Capabilities>,
+        context: &RequestContext,
+        request: &TransferRequest,
+    ) -> Result<Result<Accepted, Rejection>, GuestFailure> {
+        let limits = self.engine.limits;
+        let _slot = self
+            .slots
+            .acquire()
+            .await
+            .map_err(|_| GuestFailure::Trap("guest closed".into()))?;
+        let store_limits = StoreLimitsBuilder::new()
+            .memory_size(limits.memory_bytes)
+            .instances(64)
+            .build();
+        let state = RequestState::new(capabilities, context.transaction_id.clone(), store_limits);
+        let mut store = Store::new(&self.engine.engine, state);
+        store.limiter(|state| &mut state.limits);
+        store.epoch_deadline_async_yield_and_update(1);
+
+        let wit_context = types::RequestContext {
+            transaction_id: context.transaction_id.clone(),
+            received_at_ms: context.received_at_ms,
+            principal: context.principal,
+            guest_version: context.guest_version.clone(),
+        };
+        let wit_request = types::TransferRequest {
+            sender_id: request.sender_id,
+            receiver_id: request.receiver_id,
+            amount: request.amount.clone(),
+            currency: request.currency.clone(),
+            description: request.description.clone(),
+        };
+        let call = async {
+            let instance = self.pre.instantiate_async(&mut store).await?;
+            instance
+                .transferd_transfer_handler()
+                .call_initiate_transfer(&mut store, &wit_context, &wit_request)
+                .await
+        };
+        let outcome = tokio::time::timeout(limits.timeout, call).await;
+        tokio::spawn(async move { drop(store) });
+        match outcome {
+            Err(_elapsed) => Err(GuestFailure::Timeout(limits.timeout.as_millis())),
+            Ok(Err(trap)) => Err(GuestFailure::Trap(format!("{trap:#}"))),
+            Ok(Ok(decision)) => Ok(decision.map(accepted).map_err(rejection)),
+        }
+    }
+}
+
+fn accepted(accepted: types::Accepted) -> Accepted {
+    Accepted {
+        transaction_id: accepted.transaction_id,
+        amount_minor: accepted.amount_minor,
+    }
+}
+
+fn rejection(rejection: types::Rejection) -> Rejection {
+    match rejection {
+        types::Rejection::Invalid(errors) => Rejection::Invalid(
+            errors
+                .into_iter()
+                .map(|error| FieldError {
+                    field: error.field,
+                    message: error.message,
+                    code: error.code,
+                })
+                .collect(),
+        ),
+        types::Rejection::InsufficientFunds => Rejection::InsufficientFunds,
+        types::Rejection::ReceiverNotFound => Rejection::ReceiverNotFound,
+        types::Rejection::Forbidden(reason) => Rejection::Forbidden(reason),
+        types::Rejection::Unavailable(reason) => Rejection::Unavailable(reason),
+    }
+}
+
+fn hex_sha256(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
+}

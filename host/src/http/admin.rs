@@ -1,0 +1,126 @@
+//! `/admin` routes, behind the admin bearer token.
+
+use http::{HeaderMap, StatusCode, header};
+use hyper::body::Incoming;
+use serde_json::json;
+use transferd_guest::money;
+use transferd_guest::rules::{amount_error, max_amount_minor};
+
+use crate::http::App;
+use crate::http::body::{Fields, read_json_body};
+use crate::http::error::{ApiError, Invalid, Reply, json_response};
+use crate::stores::postgres::LedgerError;
+
+/// Passes when the request carries `Authorization: Bearer <admin token>`.
+pub fn authorize(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(expected) = app.admin_token.as_deref() else {
+        return Err(ApiError::Unauthorized);
+    };
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "));
+    match presented {
+        Some(token) if constant_time_eq(token.as_bytes(), expected.as_bytes()) => Ok(()),
+        _ => Err(ApiError::Unauthorized),
+    }
+}
+
+/// `POST /admin/deposits` `{user_id, currency, amount}`: adds money to an account, creating it.
+pub async fn deposit(app: &App, headers: &HeaderMap, body: Incoming) -> Result<Reply, ApiError> {
+    authorize(app, headers)?;
+    let bytes = read_json_body(headers, body).await?;
+    let mut fields = Fields::parse(&bytes)?;
+    let user_id = fields.integer("user_id");
+    let currency = fields.string("currency");
+    let amount = fields.decimal_text("amount");
+    let mut problems = std::mem::take(&mut fields.problems);
+
+    if let Some(user_id) = user_id
+        && user_id <= 0
+    {
+        problems.push(Invalid::body_field(
+            "user_id",
+            "greater_than",
+            "user_id must be a positive integer",
+        ));
+    }
+    let exponent = currency.as_deref().and_then(money::currency_exponent);
+    if currency.is_some() && exponent.is_none() {
+        problems.push(Invalid::body_field(
+            "currency",
+            "unknown_currency",
+            "currency must be an ISO 4217 code in capitals, like USD",
+        ));
+    }
+    let amount_minor = match (&amount, exponent) {
+        (Some(text), Some(exponent)) => {
+            match money::parse_amount(text, exponent, max_amount_minor(exponent)) {
+                Ok(minor) => Some(minor),
+                Err(error) => {
+                    let field_error = amount_error(&error, currency.as_deref().unwrap_or_default());
+                    problems.push(Invalid::body_field(
+                        &field_error.field,
+                        &field_error.code,
+                        field_error.message,
+                    ));
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
+    if !problems.is_empty() {
+        return Err(ApiError::Validation(problems));
+    }
+    let (Some(user_id), Some(currency), Some(amount_minor), Some(exponent)) =
+        (user_id, currency, amount_minor, exponent)
+    else {
+        return Err(ApiError::Internal(
+            "a deposit field was neither read nor reported".into(),
+        ));
+    };
+
+    let balance = app
+        .capabilities
+        .ledger
+        .deposit(user_id, &currency, amount_minor)
+        .await
+        .map_err(|error| match error {
+            LedgerError::Overflow => ApiError::Validation(vec![Invalid::body_field(
+                "amount",
+                "less_than_equal",
+                error.to_string(),
+            )]),
+            other => ApiError::Unavailable(other.to_string()),
+        })?;
+    if let Err(error) = app
+        .capabilities
+        .cache
+        .store_balance(user_id, &currency, balance.balance_minor, balance.version)
+        .await
+    {
+        tracing::warn!(%error, user_id, currency, "deposit not reflected in the balance cache");
+    }
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({
+            "status": "success",
+            "user_id": user_id,
+            "currency": currency,
+            "balance": money::format_minor(balance.balance_minor, exponent),
+            "balance_minor": balance.balance_minor,
+            "version": balance.version,
+        }),
+    ))
+}
+
+/// Compares secrets without stopping at the first difference.
+fn constant_time_eq(left: &[u8], right: &[u8]) -> bool {
+    left.len() == right.len()
+        && left
+            .iter()
+            .zip(right)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+}

@@ -1,0 +1,158 @@
+//! Every error the API answers with, and its HTTP form, in one place.
+//!
+//! Bodies keep the original FastAPI service's shapes: `{"detail": "text"}` for single errors,
+//! `{"detail": [{"loc": [...], "msg": ..., "type": ...}]}` for validation errors.
+
+use bytes::Bytes;
+use http::{HeaderValue, StatusCode, header};
+use http_body_util::Full;
+use hyper::Response;
+use serde_json::{Value, json};
+
+/// One validation problem, FastAPI-style.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invalid {
+    /// Where: `["body", "amount"]`.
+    pub location: Vec<String>,
+    pub message: String,
+    /// Machine-readable, pydantic's names where one fits ("missing", "greater_than").
+    pub kind: String,
+}
+
+impl Invalid {
+    pub fn body_field(field: &str, kind: &str, message: impl Into<String>) -> Invalid {
+        Invalid {
+            location: vec!["body".into(), field.into()],
+            message: message.into(),
+            kind: kind.into(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("invalid request")]
+    Validation(Vec<Invalid>),
+    #[error("insufficient funds")]
+    InsufficientFunds,
+    #[error("unsupported media type")]
+    UnsupportedMediaType,
+    #[error("request body too large")]
+    PayloadTooLarge { limit_bytes: usize },
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    #[error("unauthorized")]
+    Unauthorized,
+    #[error("forbidden: {0}")]
+    Forbidden(String),
+    #[error("not found")]
+    NotFound,
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error("service unavailable: {0}")]
+    Unavailable(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+pub type Reply = Response<Full<Bytes>>;
+
+/// A JSON response.
+pub fn json_response(status: StatusCode, body: &Value) -> Reply {
+    let bytes = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
+    let mut response = Response::new(Full::new(Bytes::from(bytes)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::InsufficientFunds | ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn body(&self) -> Value {
+        match self {
+            ApiError::Validation(problems) => json!({
+                "detail": problems.iter().map(|problem| json!({
+                    "loc": problem.location,
+                    "msg": problem.message,
+                    "type": problem.kind,
+                })).collect::<Vec<_>>()
+            }),
+            // The original service's words, kept for its clients.
+            ApiError::InsufficientFunds => {
+                json!({"detail": "Недостаточно средств", "code": "insufficient_funds"})
+            }
+            ApiError::UnsupportedMediaType => json!({
+                "detail": "Content-Type must be application/json",
+                "code": "unsupported_media_type",
+            }),
+            ApiError::PayloadTooLarge { limit_bytes } => json!({
+                "detail": format!("request body must be at most {limit_bytes} bytes"),
+                "code": "payload_too_large",
+            }),
+            ApiError::BadRequest(message) => json!({"detail": message, "code": "bad_request"}),
+            ApiError::Unauthorized => {
+                json!({"detail": "missing or wrong bearer token", "code": "unauthorized"})
+            }
+            ApiError::Forbidden(message) => json!({"detail": message, "code": "forbidden"}),
+            ApiError::NotFound => json!({"detail": "Not Found", "code": "not_found"}),
+            ApiError::MethodNotAllowed => {
+                json!({"detail": "Method Not Allowed", "code": "method_not_allowed"})
+            }
+            ApiError::Unavailable(message) => json!({"detail": message, "code": "unavailable"}),
+            ApiError::Internal(message) => json!({"detail": message, "code": "internal"}),
+        }
+    }
+
+    pub fn into_response(self) -> Reply {
+        let mut response = json_response(self.status(), &self.body());
+        if matches!(self, ApiError::Unauthorized) {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn insufficient_funds_keeps_the_original_words() {
+        let error = ApiError::InsufficientFunds;
+        assert_eq!(error.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(error.body()["detail"], "Недостаточно средств");
+    }
+
+    #[test]
+    fn validation_errors_are_fastapi_shaped() {
+        let error = ApiError::Validation(vec![Invalid::body_field(
+            "amount",
+            "greater_than",
+            "amount must be greater than 0",
+        )]);
+        assert_eq!(error.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(
+            error.body(),
+            json!({"detail": [{"loc": ["body", "amount"], "msg": "amount must be greater than 0", "type": "greater_than"}]})
+        );
+    }
+}

@@ -1,0 +1,189 @@
+//! The transfer log in Kafka: an idempotent producer that reports success only for messages
+//! the broker acknowledged on all in-sync replicas.
+
+use std::sync::{PoisonError, RwLock};
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::types::RDKafkaErrorCode;
+
+use crate::config::Services;
+
+/// Topics a guest may publish to, by their logical (unprefixed) names.
+pub const GUEST_TOPICS: &[&str] = &["transfer_topic"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error("kafka did not acknowledge the message: {0}")]
+    NotAcknowledged(String),
+    #[error("kafka client error: {0}")]
+    Client(#[from] KafkaError),
+}
+
+/// Errors after which an idempotent producer never succeeds again. librdkafka recovers from
+/// them itself only where the broker supports bumping the producer epoch (KIP-360); Tansu 0.6
+/// answers that with ProducerFenced, and the producer would stay fenced forever.
+fn producer_is_stuck(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::ProducerFenced
+                | RDKafkaErrorCode::InvalidProducerEpoch
+                | RDKafkaErrorCode::UnknownProducerId
+                | RDKafkaErrorCode::OutOfOrderSequenceNumber
+                | RDKafkaErrorCode::Fatal
+        )
+    )
+}
+
+fn new_producer(brokers: &str, kafka_timeout_ms: u64) -> Result<FutureProducer, LogError> {
+    Ok(ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        // The delivery report is final within this time: acknowledged or failed, never
+        // delivered after the request was told it failed.
+        .set("message.timeout.ms", kafka_timeout_ms.to_string())
+        .set("linger.ms", "1")
+        .set("reconnect.backoff.max.ms", "1000")
+        .create()?)
+}
+
+/// Where a message landed.
+#[derive(Debug, Clone, Copy)]
+pub struct Acknowledged {
+    pub partition: i32,
+    pub offset: i64,
+}
+
+pub struct TransferLog {
+    /// Replaced when it hits a fatal error (an idempotent producer fenced by the broker after
+    /// an outage cannot produce again); the generation says which one failed.
+    producer: RwLock<(u64, FutureProducer)>,
+    kafka_timeout_ms: u64,
+    brokers: String,
+    topic_prefix: String,
+    partitions: i32,
+    timeout: Duration,
+}
+
+impl TransferLog {
+    /// Creates the producer; it connects in the background and reconnects by itself.
+    pub fn new(services: &Services) -> Result<TransferLog, LogError> {
+        let producer = new_producer(&services.kafka_brokers, services.kafka_timeout_ms)?;
+        Ok(TransferLog {
+            producer: RwLock::new((0, producer)),
+            kafka_timeout_ms: services.kafka_timeout_ms,
+            brokers: services.kafka_brokers.clone(),
+            topic_prefix: services.topic_prefix.clone(),
+            partitions: services.topic_partitions,
+            timeout: services.kafka_timeout(),
+        })
+    }
+
+    /// The broker's name for a logical topic.
+    pub fn physical_topic(&self, logical: &str) -> String {
+        format!("{}{logical}", self.topic_prefix)
+    }
+
+    /// Produces one message and waits for the broker's acknowledgement.
+    pub async fn produce(
+        &self,
+        logical_topic: &str,
+        key: &str,
+        payload: &[u8],
+        headers: &[(&str, &str)],
+    ) -> Result<Acknowledged, LogError> {
+        let topic = self.physical_topic(logical_topic);
+        let mut owned_headers = OwnedHeaders::new_with_capacity(headers.len());
+        for (name, value) in headers {
+            owned_headers = owned_headers.insert(Header {
+                key: name,
+                value: Some(*value),
+            });
+        }
+        let record = FutureRecord::to(&topic)
+            .key(key)
+            .payload(payload)
+            .headers(owned_headers);
+        // queue_timeout bounds the wait for room in the local queue; message.timeout.ms bounds
+        // the wait for the acknowledgement.
+        let (generation, producer) = self.current_producer();
+        match producer.send(record, self.timeout).await {
+            Ok(delivery) => Ok(Acknowledged {
+                partition: delivery.partition,
+                offset: delivery.offset,
+            }),
+            Err((error, _message)) => {
+                if let Some((_, reason)) = producer.client().fatal_error() {
+                    self.replace_producer(generation, &reason);
+                } else if producer_is_stuck(&error) {
+                    self.replace_producer(generation, &error.to_string());
+                }
+                Err(LogError::NotAcknowledged(error.to_string()))
+            }
+        }
+    }
+
+    fn current_producer(&self) -> (u64, FutureProducer) {
+        let guard = self.producer.read().unwrap_or_else(PoisonError::into_inner);
+        (guard.0, guard.1.clone())
+    }
+
+    /// Swaps in a new producer unless another request already replaced this generation.
+    fn replace_producer(&self, failed_generation: u64, reason: &str) {
+        let mut guard = self
+            .producer
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if guard.0 != failed_generation {
+            return;
+        }
+        match new_producer(&self.brokers, self.kafka_timeout_ms) {
+            Ok(producer) => {
+                tracing::warn!(
+                    reason,
+                    generation = failed_generation + 1,
+                    "kafka producer failed fatally; replaced it"
+                );
+                *guard = (failed_generation + 1, producer);
+            }
+            Err(error) => tracing::error!(%error, "could not replace the failed kafka producer"),
+        }
+    }
+
+    /// Creates the topics transferd writes to when they are missing. Production clusters
+    /// usually create them beforehand; an existing topic is left as it is.
+    pub async fn ensure_topics(&self, logical_topics: &[&str]) -> Result<(), LogError> {
+        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", &self.brokers)
+            .create()?;
+        let names: Vec<String> = logical_topics
+            .iter()
+            .map(|topic| self.physical_topic(topic))
+            .collect();
+        let new_topics: Vec<NewTopic<'_>> = names
+            .iter()
+            .map(|name| NewTopic::new(name, self.partitions, TopicReplication::Fixed(1)))
+            .collect();
+        let options = AdminOptions::new()
+            .operation_timeout(Some(self.timeout))
+            .request_timeout(Some(self.timeout));
+        for result in admin.create_topics(&new_topics, &options).await? {
+            match result {
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((name, code)) => {
+                    return Err(LogError::NotAcknowledged(format!(
+                        "creating topic {name} failed: {code}"
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,60 @@
+# Shared by the scripts (sourced, not run): toolchain, build directory, ports.
+# shellcheck shell=bash
+
+export PATH="$HOME/.cargo/bin:$PATH"
+# Build outside the checkout so a fresh clone (CI) reuses what an earlier build compiled.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/transferd-target}"
+# Where the scripts keep logs and pid files of the services they start.
+export TRANSFERD_STATE_DIR="${TRANSFERD_STATE_DIR:-$HOME/.cache/transferd-state}"
+mkdir -p "$TRANSFERD_STATE_DIR"
+
+TRANSFERD_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+export TRANSFERD_ROOT
+export TRANSFERD_GUEST="${TRANSFERD_GUEST:-$CARGO_TARGET_DIR/wasm32-wasip2/release/transferd_guest.wasm}"
+
+log() { printf '[%s] %s\n' "$(basename "$0")" "$*" >&2; }
+
+# True when something accepts TCP connections on 127.0.0.1:$1.
+listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# Waits up to $2 seconds for port $1.
+wait_for_port() {
+  local port=$1 seconds=$2
+  for _ in $(seq 1 $((seconds * 10))); do
+    listening "$port" && return 0
+    sleep 0.1
+  done
+  log "nothing is listening on 127.0.0.1:$port after ${seconds}s"
+  return 1
+}
+
+apt_updated=""
+apt_install() {
+  if [ -z "$apt_updated" ]; then
+    apt-get update -qq >/dev/null
+    apt_updated=yes
+  fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+# The Rust toolchain pieces the build needs: the wasm target and a C toolchain for the bundled librdkafka.
+ensure_toolchain() {
+  if ! rustup target list --installed | grep -qx wasm32-wasip2; then
+    log "adding the wasm32-wasip2 target"
+    rustup target add wasm32-wasip2
+  fi
+  local missing=()
+  command -v cc >/dev/null || missing+=(build-essential)
+  command -v make >/dev/null || missing+=(make)
+  command -v psql >/dev/null || missing+=(postgresql-client)
+  if [ ${#missing[@]} -gt 0 ]; then
+    log "installing ${missing[*]}"
+    apt_install "${missing[@]}"
+  fi
+}
+
+# Builds the guest component: plain cargo, target wasm32-wasip2.
+build_guest() {
+  (cd "$TRANSFERD_ROOT/guest" && cargo build --release --target wasm32-wasip2 --quiet)
+  test -f "$TRANSFERD_GUEST"
+}

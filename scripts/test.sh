@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Runs every test: formatting and lints, the guest's unit and property tests, the host's unit
+# tests, and the end-to-end tests against real PostgreSQL, Redis and Tansu (started if missing).
+set -euo pipefail
+source "$(dirname "$0")/env.sh"
+cd "$TRANSFERD_ROOT"
+
+"$TRANSFERD_ROOT/scripts/services.sh"
+
+log "checking formatting and lints"
+cargo fmt --all --check
+cargo clippy --release --quiet --all-targets -- -D warnings
+
+log "building the guests (wasm32-wasip2)"
+build_guest
+(cd tests/guests/panicking && cargo build --release --target wasm32-wasip2 --quiet)
+export TRANSFERD_TEST_PANICKING_GUEST="$CARGO_TARGET_DIR/wasm32-wasip2/release/transferd_test_guest_panicking.wasm"
+
+log "building the host"
+cargo build --release --quiet -p transferd
+export TRANSFERD_BIN="$CARGO_TARGET_DIR/release/transferd"
+
+log "running the tests"
+cargo test --release --workspace "$@"

@@ -1,0 +1,270 @@
+//! How transfers behave as each dependency answers, goes away and comes back: Redis serves
+//! balances when it has them, PostgreSQL when it does not, Kafka must acknowledge, and a
+//! failing guest fails only its own request.
+
+use std::time::Duration;
+
+use redis::AsyncCommands;
+use serde_json::json;
+use transferd_e2e::proxy::Proxy;
+use transferd_e2e::{
+    Broker, Host, HostOptions, KAFKA_BROKERS, Namespace, consume, panicking_guest_file,
+};
+
+fn transfer(sender_id: i64, receiver_id: i64, amount: &str) -> serde_json::Value {
+    json!({"sender_id": sender_id, "receiver_id": receiver_id, "amount": amount, "currency": "USD"})
+}
+
+#[tokio::test]
+async fn balances_are_served_from_redis_when_cached() -> anyhow::Result<()> {
+    let namespace = Namespace::new().await?;
+    let host = Host::start(&namespace).await?;
+    host.deposit(1, "USD", "1.00").await?;
+    host.deposit(2, "USD", "1.00").await?;
+    let mut redis = namespace.redis().await?;
+    assert_eq!(
+        redis
+            .get::<_, Option<i64>>(namespace.redis_key("balance:1:USD"))
+            .await?,
+        Some(100),
+        "deposits fill the cache"
+    );
+
+    // The cache says 1000.00 while the ledger says 1.00: an accepted 500.00 proves Redis decided.
+    let () = redis
+        .set(namespace.redis_key("balance:1:USD"), 100_000)
+        .await?;
+    let () = redis
+        .set(namespace.redis_key("balance_version:1:USD"), 1_000)
+        .await?;
+    let reply = host.transfer(transfer(1, 2, "500.00")).await?;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let held: i64 = redis
+        .hget(namespace.redis_key("holds:1:USD"), "total")
+        .await?;
+    assert_eq!(held, 50_000, "the transfer holds its amount");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_missing_cache_key_falls_back_to_postgres_and_is_refilled() -> anyhow::Result<()> {
+    let namespace = Namespace::new().await?;
+    let host = Host::start(&namespace).await?;
+    host.deposit(1, "USD", "20.00").await?;
+    host.deposit(2, "USD", "1.00").await?;
+    let mut redis = namespace.redis().await?;
+    let () = redis.del(namespace.redis_key("balance:1:USD")).await?;
+
+    let too_much = host.transfer(transfer(1, 2, "20.01")).await?;
+    assert_eq!(
+        too_much.status, 400,
+        "the ledger's 20.00 decides: {}",
+        too_much.body
+    );
+    let reply = host.transfer(transfer(1, 2, "10.00")).await?;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(
+        redis
+            .get::<_, Option<i64>>(namespace.redis_key("balance:1:USD"))
+            .await?,
+        Some(2_000),
+        "refilled from the ledger"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn redis_down_falls_back_to_postgres_and_recovers() -> anyhow::Result<()> {
+    let namespace = Namespace::new().await?;
+    let mut redis_proxy = Proxy::start(6379).await?;
+    let mut options = HostOptions::new(&namespace);
+    options.redis_url = format!("redis://127.0.0.1:{}", redis_proxy.port);
+    let host = Host::start_with(&namespace, options).await?;
+    host.deposit(1, "USD", "30.00").await?;
+    host.deposit(2, "USD", "1.00").await?;
+
+    redis_proxy.cut().await;
+    let refused = host.transfer(transfer(1, 2, "30.01")).await?;
+    assert_eq!(
+        refused.status, 400,
+        "the ledger still decides: {}",
+        refused.body
+    );
+    let accepted = host.transfer(transfer(1, 2, "5.00")).await?;
+    assert_eq!(
+        accepted.status, 200,
+        "served without Redis: {}",
+        accepted.body
+    );
+
+    redis_proxy.restore().await?;
+    let mut redis = namespace.redis().await?;
+    let mut recovered = false;
+    for _ in 0..50 {
+        let reply = host.transfer(transfer(1, 2, "1.00")).await?;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        if redis
+            .hget::<_, _, Option<i64>>(namespace.redis_key("holds:1:USD"), "total")
+            .await?
+            .is_some()
+        {
+            recovered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(recovered, "holds are taken in Redis again once it is back");
+    let messages = consume(
+        KAFKA_BROKERS,
+        &namespace.transfer_topic(),
+        2,
+        Duration::from_secs(20),
+    )
+    .await?;
+    assert!(messages.len() >= 2);
+    Ok(())
+}
+
+#[tokio::test]
+async fn postgres_down_is_503_when_the_ledger_is_needed_and_recovers() -> anyhow::Result<()> {
+    let namespace = Namespace::new().await?;
+    let mut postgres_proxy = Proxy::start(5432).await?;
+    let mut options = HostOptions::new(&namespace);
+    options.database_url = namespace.database_url_via(postgres_proxy.port);
+    options
+        .extra_env
+        .push(("TRANSFERD_DATABASE_TIMEOUT_MS".into(), "1000".into()));
+    let host = Host::start_with(&namespace, options).await?;
+    host.deposit(1, "USD", "30.00").await?;
+    host.deposit(2, "USD", "1.00").await?;
+    let mut redis = namespace.redis().await?;
+    let () = redis.del(namespace.redis_key("balance:1:USD")).await?;
+
+    postgres_proxy.cut().await;
+    let reply = host.transfer(transfer(1, 2, "5.00")).await?;
+    assert_eq!(reply.status, 503, "{}", reply.body);
+    assert!(
+        reply.body["detail"]
+            .as_str()
+            .is_some_and(|detail| detail.contains("not accepted")),
+        "{}",
+        reply.body
+    );
+    let deposit = host
+        .client
+        .post(format!("{}/admin/deposits", host.base_url))
+        .bearer_auth(transferd_e2e::ADMIN_TOKEN)
+        .json(&json!({"user_id": 1, "currency": "USD", "amount": "1"}))
+        .send()
+        .await?;
+    assert_eq!(deposit.status(), 503);
+
+    postgres_proxy.restore().await?;
+    let mut status = 0;
+    for _ in 0..50 {
+        status = host.transfer(transfer(1, 2, "5.00")).await?.status;
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(status, 200, "transfers resume once PostgreSQL is back");
+    assert_eq!(
+        namespace.ledger_balance(1, "USD").await?,
+        Some(3_000),
+        "the refused deposit changed nothing"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn kafka_down_is_503_releases_the_hold_and_recovers() -> anyhow::Result<()> {
+    let namespace = Namespace::new().await?;
+    let mut broker = Broker::start().await?;
+    let mut options = HostOptions::new(&namespace);
+    options.kafka_brokers = broker.brokers();
+    options.kafka_timeout_ms = 2_000;
+    let host = Host::start_with(&namespace, options).await?;
+    host.deposit(1, "USD", "50.00").await?;
+    host.deposit(2, "USD", "1.00").await?;
+    broker.create_topic(&namespace.transfer_topic(), 3).await?;
+    let first = host.transfer(transfer(1, 2, "10.00")).await?;
+    assert_eq!(first.status, 200, "{}", first.body);
+
+    broker.cut().await;
+    let started = std::time::Instant::now();
+    let reply = host.transfer(transfer(1, 2, "10.00")).await?;
+    assert_eq!(reply.status, 503, "{}", reply.body);
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the configured timeout bounds the wait"
+    );
+    let mut redis = namespace.redis().await?;
+    let held: i64 = redis
+        .hget(namespace.redis_key("holds:1:USD"), "total")
+        .await?;
+    assert_eq!(
+        held, 1_000,
+        "only the acknowledged transfer still holds money"
+    );
+
+    broker.restore().await?;
+    let mut status = 0;
+    for _ in 0..30 {
+        status = host.transfer(transfer(1, 2, "1.00")).await?.status;
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(status, 200, "transfers resume once the broker is back");
+    let messages = consume(
+        &broker.brokers(),
+        &namespace.transfer_topic(),
+        3,
+        Duration::from_secs(10),
+    )
+    .await?;
+    let amounts: Vec<i64> = messages
+        .iter()
+        .filter_map(|m| m.json["amount_minor"].as_i64())
+        .collect();
+    assert_eq!(
+        amounts,
+        vec![1_000, 100],
+        "the failed transfer is not in the log"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_trapping_guest_fails_only_its_own_request() -> anyhow::Result<()> {
+    let namespace = Namespace::new().await?;
+    let mut options = HostOptions::new(&namespace);
+    options.guest_file = panicking_guest_file();
+    let mut host = Host::start_with(&namespace, options).await?;
+    host.deposit(1, "USD", "50.00").await?;
+    host.deposit(2, "USD", "1.00").await?;
+    for _ in 0..3 {
+        let reply = host.transfer(transfer(1, 2, "1.00")).await?;
+        assert_eq!(reply.status, 500, "{}", reply.body);
+        assert!(
+            reply.body["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("transfer logic failed")),
+            "{}",
+            reply.body
+        );
+    }
+    assert!(host.is_running(), "the host survives its guest's traps");
+    host.deposit(1, "USD", "1.00").await?;
+    let messages = consume(
+        KAFKA_BROKERS,
+        &namespace.transfer_topic(),
+        1,
+        Duration::from_secs(3),
+    )
+    .await?;
+    assert!(messages.is_empty(), "a trapped request publishes nothing");
+    Ok(())
+}
