@@ -21,4 +21,7 @@ cargo build --release --quiet -p transferd
 export TRANSFERD_BIN="$CARGO_TARGET_DIR/release/transferd"
 
 log "running the tests"
-cargo test --release --workspace "$@"
+output="$TRANSFERD_STATE_DIR/test-output.txt"
+cargo test --release --workspace --all-targets "$@" 2>&1 | tee "$output"
+# One closing line for the whole run, summed over every test binary.
+awk '/^test result:/ { passed += $4; failed += $6 } END { printf "all: %d passed, %d failed\n", passed, failed }' "$output"

@@ -105,11 +105,70 @@ impl Services {
     }
 }
 
+/// Settings of `transferd worker`.
+#[derive(Debug, Clone, Args)]
+pub struct WorkerOnly {
+    #[command(flatten)]
+    pub services: Services,
+
+    #[command(flatten)]
+    pub worker: Worker,
+}
+
+/// Settings of the settlement worker.
+#[derive(Debug, Clone, Args)]
+pub struct Worker {
+    /// Most messages applied in one database transaction.
+    #[arg(long, env = "TRANSFERD_SETTLEMENT_BATCH", default_value_t = 1000)]
+    pub batch_max: usize,
+
+    /// How long a batch waits for more messages after its first, in milliseconds.
+    #[arg(long, env = "TRANSFERD_SETTLEMENT_LINGER_MS", default_value_t = 5)]
+    pub linger_ms: u64,
+
+    /// Consumer group of the workers (prefixed with the topic prefix).
+    #[arg(
+        long,
+        env = "TRANSFERD_SETTLEMENT_GROUP",
+        default_value = "transferd-settlement"
+    )]
+    pub group: String,
+}
+
+impl Worker {
+    pub fn linger(&self) -> Duration {
+        Duration::from_millis(self.linger_ms)
+    }
+
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            (1..=10_000).contains(&self.batch_max),
+            "TRANSFERD_SETTLEMENT_BATCH must be 1..=10000"
+        );
+        anyhow::ensure!(
+            self.linger_ms <= 10_000,
+            "TRANSFERD_SETTLEMENT_LINGER_MS must be at most 10000"
+        );
+        anyhow::ensure!(
+            !self.group.is_empty(),
+            "TRANSFERD_SETTLEMENT_GROUP must not be empty"
+        );
+        Ok(())
+    }
+}
+
 /// Settings of the HTTP API and the guest.
 #[derive(Debug, Clone, Args)]
 pub struct Serve {
     #[command(flatten)]
     pub services: Services,
+
+    #[command(flatten)]
+    pub worker: Worker,
+
+    /// Run the settlement worker in this process too (`false` for API-only replicas).
+    #[arg(long, env = "TRANSFERD_RUN_WORKER", default_value_t = true, action = clap::ArgAction::Set)]
+    pub run_worker: bool,
 
     /// Address the HTTP API listens on.
     #[arg(long, env = "TRANSFERD_LISTEN", default_value = "127.0.0.1:8080")]
@@ -148,6 +207,7 @@ impl Serve {
 
     pub fn validate(&self) -> anyhow::Result<()> {
         self.services.validate()?;
+        self.worker.validate()?;
         anyhow::ensure!(
             self.guest_timeout_ms
                 > self.services.kafka_timeout_ms + self.services.database_timeout_ms,

@@ -1,13 +1,11 @@
 //! `transferd`: the command line. Parses settings and hands over; nothing else lives here.
 
-mod capabilities;
-mod config;
-mod guest;
-mod http;
-mod stores;
-
 use clap::{Parser, Subcommand};
+use std::sync::Arc;
 use tracing_subscriber::EnvFilter;
+
+use transferd::capabilities::Capabilities;
+use transferd::{config, http, settlement, shutdown, stores};
 
 #[derive(Parser)]
 #[command(
@@ -24,6 +22,8 @@ struct Cli {
 enum Command {
     /// Migrate the database, then serve the HTTP API.
     Serve(config::Serve),
+    /// Run only the settlement worker.
+    Worker(config::WorkerOnly),
     /// Apply the database migrations and exit.
     Migrate(config::Services),
 }
@@ -39,6 +39,19 @@ async fn main() -> anyhow::Result<()> {
         Command::Serve(settings) => {
             settings.validate()?;
             http::serve(settings).await
+        }
+        Command::Worker(settings) => {
+            settings.services.validate()?;
+            settings.worker.validate()?;
+            let capabilities = Arc::new(Capabilities::connect(&settings.services).await?);
+            settlement::run(
+                &settings.services,
+                &settings.worker,
+                capabilities,
+                shutdown::signal(),
+            )
+            .await?;
+            Ok(())
         }
         Command::Migrate(services) => {
             services.validate()?;

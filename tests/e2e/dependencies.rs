@@ -18,7 +18,9 @@ fn transfer(sender_id: i64, receiver_id: i64, amount: &str) -> serde_json::Value
 #[tokio::test]
 async fn balances_are_served_from_redis_when_cached() -> anyhow::Result<()> {
     let namespace = Namespace::new().await?;
-    let host = Host::start(&namespace).await?;
+    let mut options = HostOptions::new(&namespace);
+    options.run_worker = false; // holds stay until settlement; this test reads them
+    let host = Host::start_with(&namespace, options).await?;
     host.deposit(1, "USD", "1.00").await?;
     host.deposit(2, "USD", "1.00").await?;
     let mut redis = namespace.redis().await?;
@@ -79,6 +81,7 @@ async fn redis_down_falls_back_to_postgres_and_recovers() -> anyhow::Result<()> 
     let mut redis_proxy = Proxy::start(6379).await?;
     let mut options = HostOptions::new(&namespace);
     options.redis_url = format!("redis://127.0.0.1:{}", redis_proxy.port);
+    options.run_worker = false; // holds stay until settlement; this test reads them
     let host = Host::start_with(&namespace, options).await?;
     host.deposit(1, "USD", "30.00").await?;
     host.deposit(2, "USD", "1.00").await?;
@@ -184,6 +187,7 @@ async fn kafka_down_is_503_releases_the_hold_and_recovers() -> anyhow::Result<()
     let mut options = HostOptions::new(&namespace);
     options.kafka_brokers = broker.brokers();
     options.kafka_timeout_ms = 2_000;
+    options.run_worker = false; // holds stay until settlement; this test reads them
     let host = Host::start_with(&namespace, options).await?;
     host.deposit(1, "USD", "50.00").await?;
     host.deposit(2, "USD", "1.00").await?;

@@ -136,6 +136,8 @@ pub struct HostOptions {
     pub kafka_brokers: String,
     pub guest_file: PathBuf,
     pub kafka_timeout_ms: u64,
+    /// Run the settlement worker inside the API process.
+    pub run_worker: bool,
     pub extra_env: Vec<(String, String)>,
 }
 
@@ -147,8 +149,76 @@ impl HostOptions {
             kafka_brokers: KAFKA_BROKERS.to_string(),
             guest_file: guest_file(),
             kafka_timeout_ms: 5_000,
+            run_worker: true,
             extra_env: Vec::new(),
         }
+    }
+}
+
+/// `transferd <subcommand>` with the namespace's settings; its log goes to a file named in
+/// the test's output (shown when the test fails).
+fn transferd_command(
+    namespace: &Namespace,
+    options: &HostOptions,
+    subcommand: &str,
+    name: &str,
+) -> anyhow::Result<Command> {
+    let mut command = Command::new(transferd_binary());
+    command
+        .arg(subcommand)
+        .env("TRANSFERD_DATABASE_URL", &options.database_url)
+        .env("TRANSFERD_REDIS_URL", &options.redis_url)
+        .env("TRANSFERD_REDIS_PREFIX", namespace.redis_prefix())
+        .env("TRANSFERD_KAFKA_BROKERS", &options.kafka_brokers)
+        .env("TRANSFERD_TOPIC_PREFIX", namespace.topic_prefix())
+        .env("TRANSFERD_TOPIC_PARTITIONS", "3")
+        .env(
+            "TRANSFERD_KAFKA_TIMEOUT_MS",
+            options.kafka_timeout_ms.to_string(),
+        )
+        .env("TRANSFERD_GUEST", &options.guest_file)
+        .env("TRANSFERD_ADMIN_TOKEN", ADMIN_TOKEN)
+        .env("TRANSFERD_RUN_WORKER", options.run_worker.to_string())
+        .env("TRANSFERD_LOG", "warn")
+        .stdin(Stdio::null());
+    for (name, value) in &options.extra_env {
+        command.env(name, value);
+    }
+    let log_path = std::env::temp_dir().join(format!("transferd-test-{}-{name}.log", namespace.id));
+    let log_file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)?;
+    command.stdout(log_file.try_clone()?).stderr(log_file);
+    eprintln!("transferd {subcommand} log: {}", log_path.display());
+    Ok(command)
+}
+
+/// A running `transferd worker`, killed (SIGKILL) when dropped or told to.
+pub struct WorkerProcess {
+    child: Child,
+}
+
+impl WorkerProcess {
+    pub fn start(
+        namespace: &Namespace,
+        options: &HostOptions,
+        name: &str,
+    ) -> anyhow::Result<WorkerProcess> {
+        let child = transferd_command(namespace, options, "worker", name)?.spawn()?;
+        Ok(WorkerProcess { child })
+    }
+
+    /// SIGKILL: no shutdown, no flushing, no offset commit.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        self.kill();
     }
 }
 
@@ -166,37 +236,11 @@ impl Host {
 
     pub async fn start_with(namespace: &Namespace, options: HostOptions) -> anyhow::Result<Host> {
         let port = free_port();
-        let binary = transferd_binary();
-        let mut command = Command::new(&binary);
-        command
-            .arg("serve")
-            .env("TRANSFERD_LISTEN", format!("127.0.0.1:{port}"))
-            .env("TRANSFERD_DATABASE_URL", &options.database_url)
-            .env("TRANSFERD_REDIS_URL", &options.redis_url)
-            .env("TRANSFERD_REDIS_PREFIX", namespace.redis_prefix())
-            .env("TRANSFERD_KAFKA_BROKERS", &options.kafka_brokers)
-            .env("TRANSFERD_TOPIC_PREFIX", namespace.topic_prefix())
-            .env("TRANSFERD_TOPIC_PARTITIONS", "3")
-            .env(
-                "TRANSFERD_KAFKA_TIMEOUT_MS",
-                options.kafka_timeout_ms.to_string(),
-            )
-            .env("TRANSFERD_GUEST", &options.guest_file)
-            .env("TRANSFERD_ADMIN_TOKEN", ADMIN_TOKEN)
-            .env("TRANSFERD_LOG", "warn")
-            .stdin(Stdio::null());
-        for (name, value) in &options.extra_env {
-            command.env(name, value);
-        }
-        // The host's log goes to a file, named in the test's output (shown when it fails).
-        let log_path =
-            std::env::temp_dir().join(format!("transferd-test-{}-{port}.log", namespace.id));
-        let log_file = std::fs::File::create(&log_path)?;
-        command.stdout(log_file.try_clone()?).stderr(log_file);
-        eprintln!("transferd log: {}", log_path.display());
+        let mut command = transferd_command(namespace, &options, "serve", &format!("api-{port}"))?;
+        command.env("TRANSFERD_LISTEN", format!("127.0.0.1:{port}"));
         let child = command
             .spawn()
-            .with_context(|| format!("starting {}", binary.display()))?;
+            .with_context(|| format!("starting {}", transferd_binary().display()))?;
         let mut host = Host {
             child,
             base_url: format!("http://127.0.0.1:{port}"),
@@ -471,5 +515,123 @@ impl Drop for Broker {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// The ledger's invariants, read in one place so every test checks them the same way.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LedgerCheck {
+    /// Sum of every balance, system account included, per currency: must be zero.
+    pub nonzero_currency_sums: Vec<(String, i64)>,
+    /// User accounts below zero: must be none.
+    pub negative_accounts: i64,
+    pub completed_transfers: i64,
+    pub rejected_transfers: i64,
+    /// Journal entries of kind-transfer rows.
+    pub transfer_entries: i64,
+    /// Transfers whose entries do not sum to zero, or completed ones without exactly two.
+    pub unbalanced_transfers: i64,
+    /// Accounts whose balance differs from the sum of their journal entries.
+    pub balances_off_journal: i64,
+}
+
+impl Namespace {
+    pub async fn check_ledger(&self) -> anyhow::Result<LedgerCheck> {
+        let pool = self.ledger().await?;
+        let nonzero_currency_sums: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT currency, SUM(balance_minor)::bigint FROM accounts GROUP BY currency HAVING SUM(balance_minor) <> 0",
+        )
+        .fetch_all(&pool)
+        .await?;
+        let negative_accounts: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM accounts WHERE user_id > 0 AND balance_minor < 0",
+        )
+        .fetch_one(&pool)
+        .await?;
+        let (completed_transfers, rejected_transfers): (i64, i64) = sqlx::query_as(
+            "SELECT COUNT(*) FILTER (WHERE status = 'completed'), COUNT(*) FILTER (WHERE status = 'rejected')
+             FROM transfers WHERE kind = 'transfer'",
+        )
+        .fetch_one(&pool)
+        .await?;
+        let transfer_entries: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM journal_entries j JOIN transfers t USING (transaction_id) WHERE t.kind = 'transfer'",
+        )
+        .fetch_one(&pool)
+        .await?;
+        let unbalanced_transfers: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM transfers t
+             LEFT JOIN (SELECT transaction_id, COUNT(*) AS n, SUM(amount_minor) AS total
+                        FROM journal_entries GROUP BY transaction_id) j USING (transaction_id)
+             WHERE (t.status = 'completed' AND (j.n IS DISTINCT FROM 2 OR j.total <> 0))
+                OR (t.status <> 'completed' AND j.n IS NOT NULL)",
+        )
+        .fetch_one(&pool)
+        .await?;
+        let balances_off_journal: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM accounts a
+             LEFT JOIN (SELECT user_id, currency, SUM(amount_minor) AS total FROM journal_entries
+                        GROUP BY user_id, currency) j USING (user_id, currency)
+             WHERE a.balance_minor <> COALESCE(j.total, 0)",
+        )
+        .fetch_one(&pool)
+        .await?;
+        pool.close().await;
+        Ok(LedgerCheck {
+            nonzero_currency_sums,
+            negative_accounts,
+            completed_transfers,
+            rejected_transfers,
+            transfer_entries,
+            unbalanced_transfers,
+            balances_off_journal,
+        })
+    }
+
+    /// Waits until the ledger holds `count` settled transfers (kind `transfer`).
+    pub async fn wait_settled(&self, count: i64, limit: Duration) -> anyhow::Result<i64> {
+        let pool = self.ledger().await?;
+        let deadline = Instant::now() + limit;
+        loop {
+            let settled: i64 =
+                sqlx::query_scalar("SELECT COUNT(*) FROM transfers WHERE kind = 'transfer'")
+                    .fetch_one(&pool)
+                    .await?;
+            if settled >= count || Instant::now() >= deadline {
+                pool.close().await;
+                return Ok(settled);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The transaction ids the ledger has settled (kind `transfer`).
+    pub async fn settled_ids(&self) -> anyhow::Result<Vec<uuid::Uuid>> {
+        let pool = self.ledger().await?;
+        let ids =
+            sqlx::query_scalar("SELECT transaction_id FROM transfers WHERE kind = 'transfer'")
+                .fetch_all(&pool)
+                .await?;
+        pool.close().await;
+        Ok(ids)
+    }
+}
+
+/// A small deterministic generator for load tests (xorshift64*): reproducible, no dependency.
+pub struct Random(u64);
+
+impl Random {
+    pub fn new(seed: u64) -> Random {
+        Random(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    /// A number in `low..=high`.
+    pub fn between(&mut self, low: i64, high: i64) -> i64 {
+        assert!(low <= high);
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        let value = self.0.wrapping_mul(0x2545_F491_4F6C_DD1D);
+        low + (value % ((high - low + 1) as u64)) as i64
     }
 }

@@ -26,7 +26,8 @@ impl publish::Host for RequestState {
 
         let held = match &message.hold {
             None => false,
-            Some(hold) => match reserve(capabilities, transaction_id, hold).await {
+            Some(hold) => match reserve(capabilities, transaction_id, hold, &message.payload).await
+            {
                 Ok(held) => held,
                 Err(error) => return Ok(Err(error)),
             },
@@ -64,6 +65,7 @@ async fn reserve(
     capabilities: &Capabilities,
     transaction_id: &str,
     hold: &Hold,
+    payload: &[u8],
 ) -> Result<bool, PublishError> {
     let cache = &capabilities.cache;
     let attempt = || {
@@ -72,6 +74,7 @@ async fn reserve(
             hold.account_id,
             &hold.currency,
             hold.amount_minor,
+            payload,
         )
     };
     let outcome = match attempt().await {

@@ -26,7 +26,9 @@ pub fn authorize(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
-/// `POST /admin/deposits` `{user_id, currency, amount}`: adds money to an account, creating it.
+/// `POST /admin/deposits` `{user_id, currency, amount, deposit_id?}`: moves money from the
+/// system account to a user's account, creating it. With a `deposit_id` (a UUID) a retried
+/// request returns the first result instead of depositing again.
 pub async fn deposit(app: &App, headers: &HeaderMap, body: Incoming) -> Result<Reply, ApiError> {
     authorize(app, headers)?;
     let bytes = read_json_body(headers, body).await?;
@@ -34,7 +36,20 @@ pub async fn deposit(app: &App, headers: &HeaderMap, body: Incoming) -> Result<R
     let user_id = fields.integer("user_id");
     let currency = fields.string("currency");
     let amount = fields.decimal_text("amount");
+    let deposit_id = fields.optional_string("deposit_id");
     let mut problems = std::mem::take(&mut fields.problems);
+    let deposit_id = match deposit_id.as_deref().map(uuid::Uuid::parse_str) {
+        None => Some(uuid::Uuid::now_v7()),
+        Some(Ok(id)) => Some(id),
+        Some(Err(_)) => {
+            problems.push(Invalid::body_field(
+                "deposit_id",
+                "uuid_parsing",
+                "deposit_id must be a UUID",
+            ));
+            None
+        }
+    };
 
     if let Some(user_id) = user_id
         && user_id <= 0
@@ -73,18 +88,18 @@ pub async fn deposit(app: &App, headers: &HeaderMap, body: Incoming) -> Result<R
     if !problems.is_empty() {
         return Err(ApiError::Validation(problems));
     }
-    let (Some(user_id), Some(currency), Some(amount_minor), Some(exponent)) =
-        (user_id, currency, amount_minor, exponent)
+    let (Some(user_id), Some(currency), Some(amount_minor), Some(exponent), Some(deposit_id)) =
+        (user_id, currency, amount_minor, exponent, deposit_id)
     else {
         return Err(ApiError::Internal(
             "a deposit field was neither read nor reported".into(),
         ));
     };
 
-    let balance = app
+    let deposit = app
         .capabilities
         .ledger
-        .deposit(user_id, &currency, amount_minor)
+        .deposit(deposit_id, user_id, &currency, amount_minor)
         .await
         .map_err(|error| match error {
             LedgerError::Overflow => ApiError::Validation(vec![Invalid::body_field(
@@ -92,8 +107,14 @@ pub async fn deposit(app: &App, headers: &HeaderMap, body: Incoming) -> Result<R
                 "less_than_equal",
                 error.to_string(),
             )]),
+            LedgerError::DepositIdReused => ApiError::Validation(vec![Invalid::body_field(
+                "deposit_id",
+                "deposit_id_reused",
+                error.to_string(),
+            )]),
             other => ApiError::Unavailable(other.to_string()),
         })?;
+    let balance = deposit.balance;
     if let Err(error) = app
         .capabilities
         .cache
@@ -106,6 +127,8 @@ pub async fn deposit(app: &App, headers: &HeaderMap, body: Incoming) -> Result<R
         StatusCode::OK,
         &json!({
             "status": "success",
+            "deposit_id": deposit.deposit_id,
+            "replayed": deposit.replayed,
             "user_id": user_id,
             "currency": currency,
             "balance": money::format_minor(balance.balance_minor, exponent),

@@ -47,6 +47,8 @@ pub enum ApiError {
     Forbidden(String),
     #[error("not found")]
     NotFound,
+    #[error("{0}")]
+    NotFoundMessage(String),
     #[error("method not allowed")]
     MethodNotAllowed,
     #[error("service unavailable: {0}")]
@@ -78,7 +80,7 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
-            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::NotFound | ApiError::NotFoundMessage(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -112,6 +114,7 @@ impl ApiError {
             }
             ApiError::Forbidden(message) => json!({"detail": message, "code": "forbidden"}),
             ApiError::NotFound => json!({"detail": "Not Found", "code": "not_found"}),
+            ApiError::NotFoundMessage(message) => json!({"detail": message, "code": "not_found"}),
             ApiError::MethodNotAllowed => {
                 json!({"detail": "Method Not Allowed", "code": "method_not_allowed"})
             }

@@ -1,6 +1,7 @@
 //! The HTTP API: the server loop and the router. One file per resource; errors become
 //! responses in `error.rs` only.
 
+mod accounts;
 mod admin;
 mod body;
 mod error;
@@ -22,9 +23,7 @@ use tokio::net::TcpListener;
 use crate::capabilities::Capabilities;
 use crate::config::Serve;
 use crate::guest::runtime::{Guest, GuestEngine, GuestLimits};
-use crate::stores::kafka::{GUEST_TOPICS, TransferLog};
-use crate::stores::postgres::Ledger;
-use crate::stores::redis::BalanceCache;
+use crate::{settlement, shutdown};
 use error::{ApiError, Reply, json_response};
 
 /// Names the guest version that decided a response.
@@ -44,14 +43,11 @@ impl App {
     }
 }
 
-/// Connects the stores, migrates, loads the guest and serves until SIGINT or SIGTERM.
+/// Connects the stores, migrates, loads the guest and serves until SIGINT or SIGTERM; runs
+/// the settlement worker beside the API unless told not to.
 pub async fn serve(settings: Serve) -> anyhow::Result<()> {
     let services = &settings.services;
-    let ledger = Ledger::connect(services).await?;
-    migrate_with_retry(&ledger).await?;
-    let cache = BalanceCache::new(services)?;
-    let log = TransferLog::new(services)?;
-    ensure_topics_in_background(services.clone());
+    let capabilities = Arc::new(Capabilities::connect(services).await?);
 
     let engine = Arc::new(GuestEngine::new(GuestLimits {
         timeout: settings.guest_timeout(),
@@ -66,8 +62,24 @@ pub async fn serve(settings: Serve) -> anyhow::Result<()> {
         tracing::warn!("TRANSFERD_ADMIN_TOKEN is not set: the admin API refuses every request");
     }
 
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let worker = settings.run_worker.then(|| {
+        let (services, worker, capabilities) = (
+            services.clone(),
+            settings.worker.clone(),
+            Arc::clone(&capabilities),
+        );
+        let mut stopped = stopped.clone();
+        tokio::spawn(async move {
+            let shutdown = async move {
+                let _ = stopped.wait_for(|stop| *stop).await;
+            };
+            settlement::run(&services, &worker, capabilities, shutdown).await
+        })
+    });
+
     let app = Arc::new(App {
-        capabilities: Arc::new(Capabilities { ledger, cache, log }),
+        capabilities,
         guest: Arc::new(guest),
         admin_token: settings.admin_token.clone(),
     });
@@ -77,7 +89,7 @@ pub async fn serve(settings: Serve) -> anyhow::Result<()> {
     tracing::info!(address = %listener.local_addr()?, "serving");
 
     let graceful = GracefulShutdown::new();
-    let mut shutdown = std::pin::pin!(shutdown_signal());
+    let mut shutdown = std::pin::pin!(shutdown::signal());
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -107,77 +119,37 @@ pub async fn serve(settings: Serve) -> anyhow::Result<()> {
     }
     tracing::info!("shutting down: finishing requests in flight");
     graceful.shutdown().await;
+    let _ = stop.send(true);
+    if let Some(worker) = worker {
+        worker.await??;
+    }
     Ok(())
 }
 
 async fn route(app: &App, request: Request<Incoming>) -> Reply {
     let (parts, body) = request.into_parts();
-    let path = parts.uri.path();
-    let result = match (path, &parts.method) {
-        ("/transfers", &Method::POST) => transfers::create(app, &parts.headers, body).await,
-        ("/admin/deposits", &Method::POST) => admin::deposit(app, &parts.headers, body).await,
-        ("/healthz", &Method::GET) => Ok(json_response(StatusCode::OK, &json!({"status": "ok"}))),
-        ("/transfers" | "/admin/deposits" | "/healthz", _) => Err(ApiError::MethodNotAllowed),
+    let segments: Vec<&str> = parts.uri.path().trim_matches('/').split('/').collect();
+    let method = &parts.method;
+    let result = match segments.as_slice() {
+        ["transfers"] if method == Method::POST => {
+            transfers::create(app, &parts.headers, body).await
+        }
+        ["transfers", id] if method == Method::GET => transfers::show(app, id).await,
+        ["accounts", user_id, "balances"] if method == Method::GET => {
+            accounts::balances(app, user_id).await
+        }
+        ["admin", "deposits"] if method == Method::POST => {
+            admin::deposit(app, &parts.headers, body).await
+        }
+        ["healthz"] if method == Method::GET => {
+            Ok(json_response(StatusCode::OK, &json!({"status": "ok"})))
+        }
+        ["transfers"]
+        | ["transfers", _]
+        | ["accounts", _, "balances"]
+        | ["admin", "deposits"]
+        | ["healthz"] => Err(ApiError::MethodNotAllowed),
         _ => Err(ApiError::NotFound),
     };
     result.unwrap_or_else(ApiError::into_response)
-}
-
-/// The database may still be starting (scripts start it just before us): retry for a while.
-async fn migrate_with_retry(ledger: &Ledger) -> anyhow::Result<()> {
-    const ATTEMPTS: u32 = 30;
-    for attempt in 1..=ATTEMPTS {
-        match ledger.migrate().await {
-            Ok(()) => return Ok(()),
-            Err(error) if attempt < ATTEMPTS => {
-                tracing::warn!(%error, attempt, "database not ready; retrying");
-                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-            }
-            Err(error) => return Err(error).context("migrating the database"),
-        }
-    }
-    unreachable!("the loop returns on its last attempt")
-}
-
-/// Creates missing topics, retrying until the broker answers; requests that publish before
-/// then fail with 503, as they would with the broker down.
-fn ensure_topics_in_background(services: crate::config::Services) {
-    tokio::spawn(async move {
-        let mut delay = std::time::Duration::from_millis(200);
-        loop {
-            let outcome = match TransferLog::new(&services) {
-                Ok(log) => log.ensure_topics(GUEST_TOPICS).await,
-                Err(error) => Err(error),
-            };
-            match outcome {
-                Ok(()) => {
-                    tracing::info!(topics = ?GUEST_TOPICS, prefix = services.topic_prefix, "topics ready");
-                    return;
-                }
-                Err(error) => {
-                    tracing::warn!(%error, "cannot create topics yet; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(std::time::Duration::from_secs(5));
-                }
-            }
-        }
-    });
-}
-
-async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut terminate =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(signal) => signal,
-                Err(_) => return std::future::pending().await,
-            };
-        tokio::select! {
-            _ = interrupt => {}
-            _ = terminate.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = interrupt.await;
 }

@@ -9,10 +9,14 @@ use serde_json::json;
 use transferd_guest::logic::{Rejection, RequestContext};
 use transferd_guest::rules::TransferRequest;
 
+use chrono::SecondsFormat;
+use transferd_guest::money::{currency_exponent, format_minor};
+
 use crate::guest::runtime::GuestFailure;
 use crate::http::body::{Fields, read_json_body};
 use crate::http::error::{ApiError, Invalid, Reply, json_response};
 use crate::http::{App, GUEST_VERSION_HEADER};
+use crate::stores::postgres::TransferRecord;
 
 pub async fn create(app: &App, headers: &HeaderMap, body: Incoming) -> Result<Reply, ApiError> {
     let bytes = read_json_body(headers, body).await?;
@@ -105,4 +109,80 @@ fn now_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
     u64::try_from(since_epoch.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// `GET /transfers/{transaction_id}`: the ledger's record once settled; `pending` while the
+/// transfer is accepted but not yet settled (from its pending record in Redis).
+pub async fn show(app: &App, transaction_id: &str) -> Result<Reply, ApiError> {
+    let Ok(id) = uuid::Uuid::parse_str(transaction_id) else {
+        return Err(ApiError::Validation(vec![Invalid {
+            location: vec!["path".into(), "transaction_id".into()],
+            message: "transaction_id must be a UUID".into(),
+            kind: "uuid_parsing".into(),
+        }]));
+    };
+    let capabilities = &app.capabilities;
+    let ledger_error = match capabilities.ledger.transfer(id).await {
+        Ok(Some(record)) => return Ok(json_response(StatusCode::OK, &settled_body(&record))),
+        Ok(None) => None,
+        Err(error) => Some(error),
+    };
+    match capabilities.cache.pending(&id.to_string()).await {
+        Ok(Some(message)) => {
+            let message: serde_json::Value = serde_json::from_slice(&message).unwrap_or_default();
+            Ok(json_response(StatusCode::OK, &pending_body(&message)))
+        }
+        Ok(None) => match ledger_error {
+            Some(error) => Err(ApiError::Unavailable(error.to_string())),
+            None => Err(ApiError::NotFoundMessage(format!("no transfer {id}"))),
+        },
+        Err(cache_error) => match ledger_error {
+            Some(error) => Err(ApiError::Unavailable(format!("{error}; {cache_error}"))),
+            None => Err(ApiError::NotFoundMessage(format!(
+                "no settled transfer {id}"
+            ))),
+        },
+    }
+}
+
+fn settled_body(record: &TransferRecord) -> serde_json::Value {
+    let exponent = currency_exponent(&record.currency).unwrap_or(0);
+    json!({
+        "transaction_id": record.transaction_id,
+        "kind": record.kind,
+        "status": record.status,
+        "reason": record.reason,
+        "sender_id": record.sender_id,
+        "receiver_id": record.receiver_id,
+        "amount": format_minor(record.amount_minor, exponent),
+        "amount_minor": record.amount_minor,
+        "currency": record.currency,
+        "description": record.description,
+        "created_at": record.created_at.to_rfc3339_opts(SecondsFormat::Millis, true),
+        "settled_at": record.settled_at.to_rfc3339_opts(SecondsFormat::Millis, true),
+    })
+}
+
+fn pending_body(message: &serde_json::Value) -> serde_json::Value {
+    let exponent = message["currency"]
+        .as_str()
+        .and_then(currency_exponent)
+        .unwrap_or(0);
+    let amount = message["amount_minor"]
+        .as_i64()
+        .map(|minor| format_minor(minor, exponent));
+    json!({
+        "transaction_id": message["transaction_id"],
+        "kind": "transfer",
+        "status": "pending",
+        "reason": null,
+        "sender_id": message["sender_id"],
+        "receiver_id": message["receiver_id"],
+        "amount": amount,
+        "amount_minor": message["amount_minor"],
+        "currency": message["currency"],
+        "description": message["description"],
+        "created_at": message["created_at"],
+        "settled_at": null,
+    })
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
+use rdkafka::consumer::StreamConsumer;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
@@ -15,7 +16,30 @@ use rdkafka::types::RDKafkaErrorCode;
 use crate::config::Services;
 
 /// Topics a guest may publish to, by their logical (unprefixed) names.
-pub const GUEST_TOPICS: &[&str] = &["transfer_topic"];
+pub const GUEST_TOPICS: &[&str] = &[TRANSFER_TOPIC];
+
+/// Accepted transfers (written through the guest, read by settlement).
+pub const TRANSFER_TOPIC: &str = "transfer_topic";
+
+/// Settlement outcomes, one event per transfer.
+pub const EVENTS_TOPIC: &str = "transfer_events";
+
+/// Every topic transferd writes, created at start-up when missing.
+pub const HOST_TOPICS: &[&str] = &[TRANSFER_TOPIC, EVENTS_TOPIC];
+
+/// A consumer in `group` (prefixed like topics) that commits offsets only when told to.
+pub fn settlement_consumer(services: &Services, group: &str) -> Result<StreamConsumer, LogError> {
+    Ok(ClientConfig::new()
+        .set("bootstrap.servers", &services.kafka_brokers)
+        .set("group.id", format!("{}{group}", services.topic_prefix))
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        // A killed worker's partitions move to the others within seconds, not the default 45.
+        .set("session.timeout.ms", "6000")
+        .set("heartbeat.interval.ms", "1000")
+        .set("reconnect.backoff.max.ms", "1000")
+        .create()?)
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {

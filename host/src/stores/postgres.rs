@@ -2,9 +2,17 @@
 
 use std::time::Duration;
 
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgPool, PgPoolOptions};
+use uuid::Uuid;
 
 use crate::config::Services;
+use crate::settlement::decide::{AccountKey, Outcome, TransferMessage, decide};
+
+/// The system account's user id: it funds deposits and may go negative.
+pub const SYSTEM_USER_ID: i64 = 0;
 
 /// A settled balance and the version it was read at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,6 +27,8 @@ pub enum LedgerError {
     Unavailable(#[source] sqlx::Error),
     #[error("the balance would exceed the largest amount an account can hold")]
     Overflow,
+    #[error("this deposit_id was already used for a different deposit")]
+    DepositIdReused,
     #[error("migrating the ledger database failed: {0}")]
     Migration(#[from] sqlx::migrate::MigrateError),
 }
@@ -78,30 +88,411 @@ impl Ledger {
         }))
     }
 
-    /// Adds money to an account, creating it if needed; returns the new balance.
+    /// Funds an account from the system account (user 0) as a completed ledger transfer,
+    /// creating either account if needed. A `deposit_id` seen before returns the first
+    /// deposit's result and changes nothing.
     pub async fn deposit(
         &self,
+        deposit_id: Uuid,
         user_id: i64,
         currency: &str,
         amount_minor: i64,
-    ) -> Result<Balance, LedgerError> {
+    ) -> Result<Deposit, LedgerError> {
         assert!(amount_minor > 0, "a deposit adds money");
-        let (balance_minor, version): (i64, i64) = sqlx::query_as(
-            "INSERT INTO accounts (user_id, currency, balance_minor, version) VALUES ($1, $2, $3, 1)
-             ON CONFLICT (user_id, currency) DO UPDATE
-             SET balance_minor = accounts.balance_minor + EXCLUDED.balance_minor,
-                 version = accounts.version + 1,
-                 updated_at = now()
-             RETURNING balance_minor, version",
+        assert!(user_id > SYSTEM_USER_ID, "only users receive deposits");
+        let mut transaction = self.pool.begin().await?;
+        for account in [SYSTEM_USER_ID, user_id] {
+            sqlx::query(
+                "INSERT INTO accounts (user_id, currency) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            )
+            .bind(account)
+            .bind(currency)
+            .execute(&mut *transaction)
+            .await?;
+        }
+        // Same lock order as settlement: by user id, so the system account first.
+        let locked: Vec<(i64, i64, i64)> = sqlx::query_as(
+            "SELECT user_id, balance_minor, version FROM accounts
+             WHERE currency = $1 AND user_id IN ($2, $3) ORDER BY user_id FOR UPDATE",
         )
+        .bind(currency)
+        .bind(SYSTEM_USER_ID)
+        .bind(user_id)
+        .fetch_all(&mut *transaction)
+        .await?;
+        assert_eq!(locked.len(), 2, "both accounts exist after the inserts");
+
+        let earlier: Option<(i64, String, i64)> = sqlx::query_as(
+            "SELECT receiver_id, currency, amount_minor FROM transfers WHERE transaction_id = $1",
+        )
+        .bind(deposit_id)
+        .fetch_optional(&mut *transaction)
+        .await?;
+        if let Some(earlier) = earlier {
+            transaction.rollback().await?;
+            if earlier != (user_id, currency.to_string(), amount_minor) {
+                return Err(LedgerError::DepositIdReused);
+            }
+            let balance = self
+                .balance(user_id, currency)
+                .await?
+                .ok_or(LedgerError::DepositIdReused)?;
+            return Ok(Deposit {
+                deposit_id,
+                balance,
+                replayed: true,
+            });
+        }
+
+        let (system_balance, user_balance) = (locked[0].1, locked[1].1);
+        let new_user_balance = user_balance
+            .checked_add(amount_minor)
+            .ok_or(LedgerError::Overflow)?;
+        let new_system_balance = system_balance
+            .checked_sub(amount_minor)
+            .ok_or(LedgerError::Overflow)?;
+        sqlx::query(
+            "INSERT INTO transfers (transaction_id, kind, sender_id, receiver_id, amount_minor, currency,
+                                    description, status, created_at)
+             VALUES ($1, 'deposit', $2, $3, $4, $5, 'deposit', 'completed', now())",
+        )
+        .bind(deposit_id)
+        .bind(SYSTEM_USER_ID)
+        .bind(user_id)
+        .bind(amount_minor)
+        .bind(currency)
+        .execute(&mut *transaction)
+        .await?;
+        sqlx::query(
+            "INSERT INTO journal_entries (transaction_id, user_id, currency, amount_minor)
+             VALUES ($1, $2, $4, $5), ($1, $3, $4, $6)",
+        )
+        .bind(deposit_id)
+        .bind(SYSTEM_USER_ID)
         .bind(user_id)
         .bind(currency)
+        .bind(-amount_minor)
         .bind(amount_minor)
-        .fetch_one(&self.pool)
+        .execute(&mut *transaction)
         .await?;
-        Ok(Balance {
-            balance_minor,
-            version,
+        let updated: Vec<(i64, i64, i64)> = sqlx::query_as(
+            "UPDATE accounts a SET balance_minor = u.balance_minor, version = a.version + 1, updated_at = now()
+             FROM UNNEST($1::bigint[], $2::bigint[]) AS u(user_id, balance_minor)
+             WHERE a.user_id = u.user_id AND a.currency = $3
+             RETURNING a.user_id, a.balance_minor, a.version",
+        )
+        .bind(vec![SYSTEM_USER_ID, user_id])
+        .bind(vec![new_system_balance, new_user_balance])
+        .bind(currency)
+        .fetch_all(&mut *transaction)
+        .await?;
+        transaction.commit().await?;
+        let (_, balance_minor, version) = updated
+            .into_iter()
+            .find(|(account, _, _)| *account == user_id)
+            .ok_or(LedgerError::Overflow)?;
+        Ok(Deposit {
+            deposit_id,
+            balance: Balance {
+                balance_minor,
+                version,
+            },
+            replayed: false,
         })
     }
+
+    /// Applies a batch of transfer-log messages in one transaction: skips transaction ids
+    /// already applied, locks every touched account in (user id, currency) order, decides
+    /// in message order against the locked balances, writes transfers, journal entries and
+    /// balances. Returns the outcome of every message and the committed state of every
+    /// touched account (for the cache).
+    pub async fn settle_batch(
+        &self,
+        messages: &[TransferMessage],
+    ) -> Result<SettledBatch, LedgerError> {
+        let mut transaction = self.pool.begin().await?;
+        let keys: BTreeSet<AccountKey> = messages
+            .iter()
+            .flat_map(|m| [m.sender(), m.receiver()])
+            .collect();
+        let (key_users, key_currencies): (Vec<i64>, Vec<String>) = keys.into_iter().unzip();
+        let locked: Vec<(i64, String, i64, i64)> = sqlx::query_as(
+            "SELECT a.user_id, a.currency, a.balance_minor, a.version
+             FROM accounts a JOIN UNNEST($1::bigint[], $2::text[]) AS k(user_id, currency) USING (user_id, currency)
+             ORDER BY a.user_id, a.currency
+             FOR UPDATE OF a",
+        )
+        .bind(&key_users)
+        .bind(&key_currencies)
+        .fetch_all(&mut *transaction)
+        .await?;
+        // Checked after the locks: a worker that waited for another one's batch sees what it
+        // committed and skips it instead of failing on the primary key.
+        let ids: Vec<Uuid> = messages
+            .iter()
+            .map(|message| message.transaction_id)
+            .collect();
+        let already: Vec<(Uuid, String, Option<String>)> = sqlx::query_as(
+            // A join on UNNEST, not `= ANY($1)`: the generic plan of the
+            // latter scans the whole table once it is large.
+            "SELECT t.transaction_id, t.status, t.reason
+             FROM UNNEST($1::uuid[]) AS i(transaction_id) JOIN transfers t USING (transaction_id)",
+        )
+        .bind(&ids)
+        .fetch_all(&mut *transaction)
+        .await?;
+        let mut settled: HashMap<Uuid, (String, Option<String>)> = already
+            .into_iter()
+            .map(|(id, status, reason)| (id, (status, reason)))
+            .collect();
+
+        let mut seen = HashSet::new();
+        let fresh: Vec<&TransferMessage> = messages
+            .iter()
+            .filter(|message| {
+                !settled.contains_key(&message.transaction_id)
+                    && seen.insert(message.transaction_id)
+            })
+            .collect();
+
+        let mut balances: BTreeMap<AccountKey, i64> = locked
+            .iter()
+            .map(|(user, currency, balance, _)| ((*user, currency.clone()), *balance))
+            .collect();
+        let mut accounts: BTreeMap<AccountKey, Balance> = locked
+            .into_iter()
+            .map(|(user, currency, balance_minor, version)| {
+                (
+                    (user, currency),
+                    Balance {
+                        balance_minor,
+                        version,
+                    },
+                )
+            })
+            .collect();
+
+        let outcomes = decide(&mut balances, &fresh);
+        if !fresh.is_empty() {
+            self.write_settled(&mut transaction, &fresh, &outcomes)
+                .await?;
+            let changed: BTreeSet<AccountKey> = fresh
+                .iter()
+                .zip(&outcomes)
+                .filter(|(_, outcome)| **outcome == Outcome::Completed)
+                .flat_map(|(message, _)| [message.sender(), message.receiver()])
+                .collect();
+            if !changed.is_empty() {
+                let users: Vec<i64> = changed.iter().map(|(user, _)| *user).collect();
+                let currencies: Vec<String> = changed
+                    .iter()
+                    .map(|(_, currency)| currency.clone())
+                    .collect();
+                let new_balances: Vec<i64> = changed.iter().map(|key| balances[key]).collect();
+                let updated: Vec<(i64, String, i64, i64)> = sqlx::query_as(
+                    "UPDATE accounts a SET balance_minor = u.balance_minor, version = a.version + 1, updated_at = now()
+                     FROM UNNEST($1::bigint[], $2::text[], $3::bigint[]) AS u(user_id, currency, balance_minor)
+                     WHERE a.user_id = u.user_id AND a.currency = u.currency
+                     RETURNING a.user_id, a.currency, a.balance_minor, a.version",
+                )
+                .bind(&users)
+                .bind(&currencies)
+                .bind(&new_balances)
+                .fetch_all(&mut *transaction)
+                .await?;
+                assert_eq!(
+                    updated.len(),
+                    changed.len(),
+                    "every changed account was locked"
+                );
+                for (user, currency, balance_minor, version) in updated {
+                    accounts.insert(
+                        (user, currency),
+                        Balance {
+                            balance_minor,
+                            version,
+                        },
+                    );
+                }
+            }
+        }
+        transaction.commit().await?;
+
+        for (message, outcome) in fresh.iter().zip(&outcomes) {
+            settled.insert(
+                message.transaction_id,
+                (
+                    outcome.status().to_string(),
+                    outcome.reason().map(str::to_string),
+                ),
+            );
+        }
+        let newly_applied: HashSet<Uuid> =
+            fresh.iter().map(|message| message.transaction_id).collect();
+        let transfers = messages
+            .iter()
+            .map(|message| {
+                let (status, reason) = settled
+                    .get(&message.transaction_id)
+                    .cloned()
+                    .unwrap_or_default();
+                SettledTransfer {
+                    transaction_id: message.transaction_id,
+                    status,
+                    reason,
+                    newly_applied: newly_applied.contains(&message.transaction_id),
+                }
+            })
+            .collect();
+        Ok(SettledBatch {
+            transfers,
+            accounts,
+        })
+    }
+
+    async fn write_settled(
+        &self,
+        transaction: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+        fresh: &[&TransferMessage],
+        outcomes: &[Outcome],
+    ) -> Result<(), LedgerError> {
+        assert_eq!(fresh.len(), outcomes.len());
+        sqlx::query(
+            "INSERT INTO transfers (transaction_id, kind, sender_id, receiver_id, amount_minor, currency,
+                                    description, status, reason, created_at)
+             SELECT id, 'transfer', sender, receiver, amount, currency, description, status, reason,
+                    to_timestamp(created_ms / 1000.0)
+             FROM UNNEST($1::uuid[], $2::bigint[], $3::bigint[], $4::bigint[], $5::text[], $6::text[],
+                         $7::text[], $8::text[], $9::bigint[])
+                  AS t(id, sender, receiver, amount, currency, description, status, reason, created_ms)",
+        )
+        .bind(fresh.iter().map(|m| m.transaction_id).collect::<Vec<_>>())
+        .bind(fresh.iter().map(|m| m.sender_id).collect::<Vec<_>>())
+        .bind(fresh.iter().map(|m| m.receiver_id).collect::<Vec<_>>())
+        .bind(fresh.iter().map(|m| m.amount_minor).collect::<Vec<_>>())
+        .bind(fresh.iter().map(|m| m.currency.clone()).collect::<Vec<_>>())
+        .bind(fresh.iter().map(|m| m.description.clone()).collect::<Vec<_>>())
+        .bind(outcomes.iter().map(|o| o.status()).collect::<Vec<_>>())
+        .bind(outcomes.iter().map(|o| o.reason()).collect::<Vec<_>>())
+        .bind(fresh.iter().map(|m| m.created_at_ms).collect::<Vec<_>>())
+        .execute(&mut **transaction)
+        .await?;
+
+        let completed: Vec<&TransferMessage> = fresh
+            .iter()
+            .zip(outcomes)
+            .filter(|(_, outcome)| **outcome == Outcome::Completed)
+            .map(|(message, _)| *message)
+            .collect();
+        if completed.is_empty() {
+            return Ok(());
+        }
+        let mut ids = Vec::with_capacity(completed.len() * 2);
+        let mut users = Vec::with_capacity(completed.len() * 2);
+        let mut currencies = Vec::with_capacity(completed.len() * 2);
+        let mut amounts = Vec::with_capacity(completed.len() * 2);
+        for message in completed {
+            for (user, amount) in [
+                (message.sender_id, -message.amount_minor),
+                (message.receiver_id, message.amount_minor),
+            ] {
+                ids.push(message.transaction_id);
+                users.push(user);
+                currencies.push(message.currency.clone());
+                amounts.push(amount);
+            }
+        }
+        sqlx::query(
+            "INSERT INTO journal_entries (transaction_id, user_id, currency, amount_minor)
+             SELECT * FROM UNNEST($1::uuid[], $2::bigint[], $3::text[], $4::bigint[])",
+        )
+        .bind(&ids)
+        .bind(&users)
+        .bind(&currencies)
+        .bind(&amounts)
+        .execute(&mut **transaction)
+        .await?;
+        Ok(())
+    }
+
+    /// A transfer as the ledger recorded it, or `None` when it has not been settled.
+    pub async fn transfer(
+        &self,
+        transaction_id: Uuid,
+    ) -> Result<Option<TransferRecord>, LedgerError> {
+        Ok(sqlx::query_as(
+            "SELECT transaction_id, kind, sender_id, receiver_id, amount_minor, currency, description,
+                    status, reason, created_at, settled_at
+             FROM transfers WHERE transaction_id = $1",
+        )
+        .bind(transaction_id)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    /// Every account of a user: (currency, balance), by currency.
+    pub async fn balances(&self, user_id: i64) -> Result<Vec<(String, Balance)>, LedgerError> {
+        let rows: Vec<(String, i64, i64)> = sqlx::query_as(
+            "SELECT currency, balance_minor, version FROM accounts WHERE user_id = $1 ORDER BY currency",
+        )
+        .bind(user_id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(currency, balance_minor, version)| {
+                (
+                    currency,
+                    Balance {
+                        balance_minor,
+                        version,
+                    },
+                )
+            })
+            .collect())
+    }
+}
+
+/// The result of a deposit.
+#[derive(Debug, Clone, Copy)]
+pub struct Deposit {
+    pub deposit_id: Uuid,
+    pub balance: Balance,
+    /// The deposit id had been used before; nothing changed.
+    pub replayed: bool,
+}
+
+/// What settlement did with one message.
+#[derive(Debug, Clone)]
+pub struct SettledTransfer {
+    pub transaction_id: Uuid,
+    pub status: String,
+    pub reason: Option<String>,
+    /// Applied by this batch (false: applied before, this was a redelivery).
+    pub newly_applied: bool,
+}
+
+/// What settlement did with a batch.
+#[derive(Debug, Clone)]
+pub struct SettledBatch {
+    /// One per message, in message order.
+    pub transfers: Vec<SettledTransfer>,
+    /// The committed state of every touched account that exists.
+    pub accounts: BTreeMap<AccountKey, Balance>,
+}
+
+/// A row of `transfers`.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct TransferRecord {
+    pub transaction_id: Uuid,
+    pub kind: String,
+    pub sender_id: i64,
+    pub receiver_id: i64,
+    pub amount_minor: i64,
+    pub currency: String,
+    pub description: Option<String>,
+    pub status: String,
+    pub reason: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub settled_at: DateTime<Utc>,
 }

@@ -8,6 +8,9 @@
 //!   balance never overwrites a newer one;
 //! - `holds:{user_id}:{currency}`: a hash of transaction id → held minor units, plus the
 //!   field `total`. Reserving and releasing are idempotent per transaction id.
+//! - `pending:{transaction_id}`: the message of an accepted transfer until it settles (kept
+//!   at most [`PENDING_TTL_SECONDS`]), so `GET /transfers/{id}` can say `pending`. Written
+//!   atomically with the hold, removed with it.
 //!
 //! Amounts are compared in Lua, whose numbers are doubles: exact up to 2^53 minor units
 //! (90 trillion USD), far above any balance the amount limits allow.
@@ -55,6 +58,10 @@ local held = redis.call('HGET', KEYS[2], 'total')
 return tonumber(balance) - tonumber(held or '0')
 ";
 
+/// How long a pending record outlives its transfer's acceptance at most: far beyond any
+/// settlement delay, short enough that a lost one does not stay forever.
+pub const PENDING_TTL_SECONDS: u64 = 7 * 24 * 3600;
+
 const RESERVE: &str = r"
 if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then return 1 end
 local balance = redis.call('GET', KEYS[1])
@@ -63,14 +70,45 @@ local held = tonumber(redis.call('HGET', KEYS[2], 'total') or '0')
 if tonumber(balance) - held < tonumber(ARGV[2]) then return 0 end
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 redis.call('HINCRBY', KEYS[2], 'total', ARGV[2])
+redis.call('SET', KEYS[3], ARGV[3], 'EX', ARGV[4])
 return 1
 ";
 
 const RELEASE: &str = r"
+redis.call('DEL', KEYS[2])
 local amount = redis.call('HGET', KEYS[1], ARGV[1])
 if not amount then return 0 end
 redis.call('HDEL', KEYS[1], ARGV[1])
 redis.call('HINCRBY', KEYS[1], 'total', -tonumber(amount))
+return 1
+";
+
+/// After settlement: store the new balances (never over newer ones), then release the holds
+/// and pending records of the settled transfers, in one atomic step, so the available
+/// balance never counts a settled transfer twice or not at all.
+/// KEYS: per account (balance, version), then per transfer (holds, pending).
+/// ARGV: account count, per account (balance, version), then per transfer the transaction id.
+const SETTLE: &str = r"
+local accounts = tonumber(ARGV[1])
+for i = 1, accounts do
+  local current = redis.call('GET', KEYS[2 * i])
+  local version = ARGV[2 * i + 1]
+  if not current or tonumber(current) <= tonumber(version) then
+    redis.call('SET', KEYS[2 * i - 1], ARGV[2 * i])
+    redis.call('SET', KEYS[2 * i], version)
+  end
+end
+local transfers = (#KEYS - 2 * accounts) / 2
+for j = 1, transfers do
+  local holds = KEYS[2 * accounts + 2 * j - 1]
+  local id = ARGV[2 * accounts + 1 + j]
+  local amount = redis.call('HGET', holds, id)
+  if amount then
+    redis.call('HDEL', holds, id)
+    redis.call('HINCRBY', holds, 'total', -tonumber(amount))
+  end
+  redis.call('DEL', KEYS[2 * accounts + 2 * j])
+end
 return 1
 ";
 
@@ -96,6 +134,24 @@ pub struct BalanceCache {
     reserve: Script,
     release: Script,
     store_balance: Script,
+    settle: Script,
+}
+
+/// A settled account balance, for [`BalanceCache::settle`].
+#[derive(Debug, Clone)]
+pub struct SettledBalance {
+    pub user_id: i64,
+    pub currency: String,
+    pub balance_minor: i64,
+    pub version: i64,
+}
+
+/// A settled transfer whose hold is released, for [`BalanceCache::settle`].
+#[derive(Debug, Clone)]
+pub struct SettledHold {
+    pub transaction_id: String,
+    pub user_id: i64,
+    pub currency: String,
 }
 
 impl BalanceCache {
@@ -113,6 +169,7 @@ impl BalanceCache {
             reserve: Script::new(RESERVE),
             release: Script::new(RELEASE),
             store_balance: Script::new(STORE_BALANCE),
+            settle: Script::new(SETTLE),
         }))
     }
 
@@ -125,26 +182,29 @@ impl BalanceCache {
         self.run(&self.available, &keys, &[]).await
     }
 
-    /// Reserves `amount_minor` of the account's available balance for `transaction_id`.
+    /// Reserves `amount_minor` of the account's available balance for `transaction_id` and
+    /// records the transfer's message as pending.
     pub async fn reserve_hold(
         &self,
         transaction_id: &str,
         user_id: i64,
         currency: &str,
         amount_minor: i64,
+        message: &[u8],
     ) -> Result<HoldOutcome, CacheError> {
         assert!(amount_minor > 0, "a hold sets money aside");
         let keys = [
             self.balance_key(user_id, currency),
             self.holds_key(user_id, currency),
+            self.pending_key(transaction_id),
         ];
-        let outcome: i64 = self
-            .run(
-                &self.reserve,
-                &keys,
-                &[transaction_id.to_string(), amount_minor.to_string()],
-            )
-            .await?;
+        let args = [
+            transaction_id.as_bytes().to_vec(),
+            amount_minor.to_string().into_bytes(),
+            message.to_vec(),
+            PENDING_TTL_SECONDS.to_string().into_bytes(),
+        ];
+        let outcome: i64 = self.run(&self.reserve, &keys, &args).await?;
         Ok(match outcome {
             1 => HoldOutcome::Reserved,
             0 => HoldOutcome::Insufficient,
@@ -152,18 +212,61 @@ impl BalanceCache {
         })
     }
 
-    /// Releases the hold of `transaction_id`; releasing twice changes nothing.
+    /// Releases the hold and pending record of `transaction_id`; releasing twice changes nothing.
     pub async fn release_hold(
         &self,
         transaction_id: &str,
         user_id: i64,
         currency: &str,
     ) -> Result<(), CacheError> {
-        let keys = [self.holds_key(user_id, currency)];
-        let _released: i64 = self
-            .run(&self.release, &keys, &[transaction_id.to_string()])
-            .await?;
+        let keys = [
+            self.holds_key(user_id, currency),
+            self.pending_key(transaction_id),
+        ];
+        let args = [transaction_id.as_bytes().to_vec()];
+        let _released: i64 = self.run(&self.release, &keys, &args).await?;
         Ok(())
+    }
+
+    /// Stores settled balances and releases the holds of settled transfers, atomically.
+    pub async fn settle(
+        &self,
+        balances: &[SettledBalance],
+        holds: &[SettledHold],
+    ) -> Result<(), CacheError> {
+        let mut keys = Vec::with_capacity(balances.len() * 2 + holds.len() * 2);
+        let mut args = Vec::with_capacity(1 + balances.len() * 2 + holds.len());
+        args.push(balances.len().to_string().into_bytes());
+        for balance in balances {
+            keys.push(self.balance_key(balance.user_id, &balance.currency));
+            keys.push(self.version_key(balance.user_id, &balance.currency));
+            args.push(balance.balance_minor.to_string().into_bytes());
+            args.push(balance.version.to_string().into_bytes());
+        }
+        for hold in holds {
+            keys.push(self.holds_key(hold.user_id, &hold.currency));
+            keys.push(self.pending_key(&hold.transaction_id));
+            args.push(hold.transaction_id.as_bytes().to_vec());
+        }
+        let _: i64 = self.run(&self.settle, &keys, &args).await?;
+        Ok(())
+    }
+
+    /// The message of a transfer accepted but not yet settled, if Redis has it.
+    pub async fn pending(&self, transaction_id: &str) -> Result<Option<Vec<u8>>, CacheError> {
+        let mut connection = self.connection().await?;
+        let mut command = redis::cmd("GET");
+        command.arg(self.pending_key(transaction_id));
+        self.bounded(command.query_async(&mut connection)).await
+    }
+
+    /// The total held on an account (0 when nothing is held).
+    pub async fn held(&self, user_id: i64, currency: &str) -> Result<i64, CacheError> {
+        let mut connection = self.connection().await?;
+        let mut command = redis::cmd("HGET");
+        command.arg(self.holds_key(user_id, currency)).arg("total");
+        let total: Option<i64> = self.bounded(command.query_async(&mut connection)).await?;
+        Ok(total.unwrap_or(0))
     }
 
     /// Caches a settled balance read at `version`; an older version never replaces a newer one.
@@ -179,13 +282,11 @@ impl BalanceCache {
             self.balance_key(user_id, currency),
             self.version_key(user_id, currency),
         ];
-        let written: i64 = self
-            .run(
-                &self.store_balance,
-                &keys,
-                &[balance_minor.to_string(), version.to_string()],
-            )
-            .await?;
+        let args = [
+            balance_minor.to_string().into_bytes(),
+            version.to_string().into_bytes(),
+        ];
+        let written: i64 = self.run(&self.store_balance, &keys, &args).await?;
         Ok(written == 1)
     }
 
@@ -198,6 +299,9 @@ impl BalanceCache {
     fn holds_key(&self, user_id: i64, currency: &str) -> String {
         format!("{}holds:{user_id}:{currency}", self.prefix)
     }
+    fn pending_key(&self, transaction_id: &str) -> String {
+        format!("{}pending:{transaction_id}", self.prefix)
+    }
 
     /// Runs a script (EVALSHA, loading it when Redis does not know it), bounded by the
     /// configured timeout whatever the client library does.
@@ -205,7 +309,7 @@ impl BalanceCache {
         &self,
         script: &Script,
         keys: &[String],
-        args: &[String],
+        args: &[Vec<u8>],
     ) -> Result<T, CacheError> {
         let mut connection = self.connection().await?;
         let mut invocation = script.prepare_invoke();
@@ -213,9 +317,16 @@ impl BalanceCache {
             invocation.key(key);
         }
         for arg in args {
-            invocation.arg(arg);
+            invocation.arg(arg.as_slice());
         }
-        match tokio::time::timeout(self.timeout, invocation.invoke_async(&mut connection)).await {
+        self.bounded(invocation.invoke_async(&mut connection)).await
+    }
+
+    async fn bounded<T>(
+        &self,
+        command: impl Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, CacheError> {
+        match tokio::time::timeout(self.timeout, command).await {
             Ok(result) => Ok(result?),
             Err(_) => Err(CacheError::Unavailable(format!(
                 "no answer within {} ms",

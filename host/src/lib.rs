@@ -1,0 +1,10 @@
+//! The transferd host as a library: the binary (`main.rs`) is a thin command line over it,
+//! and benchmarks reach the same code.
+
+pub mod capabilities;
+pub mod config;
+pub mod guest;
+pub mod http;
+pub mod settlement;
+pub mod shutdown;
+pub mod stores;

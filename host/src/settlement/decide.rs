@@ -1,0 +1,245 @@
+//! The settlement decision for a batch, in memory: which transfers complete, which are
+//! rejected and why, and the balances afterwards. Pure, so the rules are tested without a
+//! database; the ledger SQL around it only loads, locks and writes.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+/// An account: (user id, ISO 4217 currency).
+pub type AccountKey = (i64, String);
+
+/// The fields of a transfer-log message that settlement needs (the message has more).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct TransferMessage {
+    pub transaction_id: uuid::Uuid,
+    pub sender_id: i64,
+    pub receiver_id: i64,
+    pub amount_minor: i64,
+    pub currency: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    pub created_at_ms: i64,
+}
+
+impl TransferMessage {
+    pub fn parse(payload: &[u8]) -> Result<TransferMessage, serde_json::Error> {
+        serde_json::from_slice(payload)
+    }
+
+    pub fn sender(&self) -> AccountKey {
+        (self.sender_id, self.currency.clone())
+    }
+
+    pub fn receiver(&self) -> AccountKey {
+        (self.receiver_id, self.currency.clone())
+    }
+}
+
+/// Why the ledger refused a transfer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    InsufficientFunds,
+    ReceiverNotFound,
+    /// The message breaks a rule no guest may break (ids, amount); a defect upstream.
+    InvalidMessage,
+    /// The receiver's balance would leave the range of a 64-bit integer.
+    BalanceOverflow,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::InsufficientFunds => "insufficient_funds",
+            Reason::ReceiverNotFound => "receiver_not_found",
+            Reason::InvalidMessage => "invalid_message",
+            Reason::BalanceOverflow => "balance_overflow",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Completed,
+    Rejected(Reason),
+}
+
+impl Outcome {
+    pub fn status(self) -> &'static str {
+        match self {
+            Outcome::Completed => "completed",
+            Outcome::Rejected(_) => "rejected",
+        }
+    }
+
+    pub fn reason(self) -> Option<&'static str> {
+        match self {
+            Outcome::Completed => None,
+            Outcome::Rejected(reason) => Some(reason.as_str()),
+        }
+    }
+}
+
+/// Applies `transfers` in order to `balances` (every account the ledger has among those the
+/// transfers name; a missing key is a missing account). Returns one outcome per transfer.
+/// A user's balance never goes below zero; the sum of all balances never changes.
+pub fn decide(
+    balances: &mut BTreeMap<AccountKey, i64>,
+    transfers: &[&TransferMessage],
+) -> Vec<Outcome> {
+    transfers
+        .iter()
+        .map(|transfer| apply_one(balances, transfer))
+        .collect()
+}
+
+fn apply_one(balances: &mut BTreeMap<AccountKey, i64>, transfer: &TransferMessage) -> Outcome {
+    if transfer.sender_id <= 0
+        || transfer.receiver_id <= 0
+        || transfer.sender_id == transfer.receiver_id
+        || transfer.amount_minor <= 0
+    {
+        return Outcome::Rejected(Reason::InvalidMessage);
+    }
+    let Some(&receiver_balance) = balances.get(&transfer.receiver()) else {
+        return Outcome::Rejected(Reason::ReceiverNotFound);
+    };
+    let sender_balance = balances.get(&transfer.sender()).copied().unwrap_or(0);
+    if sender_balance < transfer.amount_minor {
+        return Outcome::Rejected(Reason::InsufficientFunds);
+    }
+    let Some(new_receiver_balance) = receiver_balance.checked_add(transfer.amount_minor) else {
+        return Outcome::Rejected(Reason::BalanceOverflow);
+    };
+    let new_sender_balance = sender_balance - transfer.amount_minor;
+    assert!(
+        new_sender_balance >= 0,
+        "a user balance never goes negative"
+    );
+    balances.insert(transfer.sender(), new_sender_balance);
+    balances.insert(transfer.receiver(), new_receiver_balance);
+    Outcome::Completed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn message(sender_id: i64, receiver_id: i64, amount_minor: i64) -> TransferMessage {
+        TransferMessage {
+            transaction_id: uuid::Uuid::now_v7(),
+            sender_id,
+            receiver_id,
+            amount_minor,
+            currency: "USD".into(),
+            description: None,
+            created_at_ms: 0,
+        }
+    }
+
+    fn accounts(entries: &[(i64, i64)]) -> BTreeMap<AccountKey, i64> {
+        entries
+            .iter()
+            .map(|(user, balance)| ((*user, "USD".to_string()), *balance))
+            .collect()
+    }
+
+    #[test]
+    fn transfers_apply_in_order_against_the_running_balance() {
+        let mut balances = accounts(&[(1, 100), (2, 0)]);
+        let (a, b, c) = (message(1, 2, 60), message(1, 2, 60), message(1, 2, 40));
+        let outcomes = decide(&mut balances, &[&a, &b, &c]);
+        assert_eq!(
+            outcomes,
+            vec![
+                Outcome::Completed,
+                Outcome::Rejected(Reason::InsufficientFunds),
+                Outcome::Completed
+            ]
+        );
+        assert_eq!(balances, accounts(&[(1, 0), (2, 100)]));
+    }
+
+    #[test]
+    fn missing_accounts_and_broken_messages_are_rejected() {
+        let mut balances = accounts(&[(1, 100), (2, 0)]);
+        let cases = [
+            (message(1, 3, 10), Reason::ReceiverNotFound),
+            (message(4, 2, 10), Reason::InsufficientFunds),
+            (message(1, 1, 10), Reason::InvalidMessage),
+            (message(1, 2, 0), Reason::InvalidMessage),
+            (message(1, 2, -5), Reason::InvalidMessage),
+            (message(0, 2, 5), Reason::InvalidMessage),
+        ];
+        for (transfer, reason) in cases {
+            assert_eq!(
+                decide(&mut balances, &[&transfer]),
+                vec![Outcome::Rejected(reason)],
+                "{transfer:?}"
+            );
+        }
+        assert_eq!(
+            balances,
+            accounts(&[(1, 100), (2, 0)]),
+            "rejections change nothing"
+        );
+    }
+
+    #[test]
+    fn a_receiver_at_the_limit_is_not_overflowed() {
+        let mut balances = accounts(&[(1, 100), (2, i64::MAX - 5)]);
+        let transfer = message(1, 2, 10);
+        assert_eq!(
+            decide(&mut balances, &[&transfer]),
+            vec![Outcome::Rejected(Reason::BalanceOverflow)]
+        );
+    }
+
+    #[test]
+    fn messages_parse_from_the_guest_format() {
+        let payload = br#"{"transaction_id":"01a20c11-98f8-747a-b2db-67d75110cae1","sender_id":1,"receiver_id":2,
+            "amount":10.50,"amount_minor":1050,"currency":"USD","description":null,"created_at":"x","created_at_ms":5,
+            "guest_version":"v","schema_version":1}"#;
+        let parsed = TransferMessage::parse(payload).expect("parses");
+        assert_eq!(
+            (parsed.sender_id, parsed.receiver_id, parsed.amount_minor),
+            (1, 2, 1050)
+        );
+        assert!(TransferMessage::parse(b"{\"sender_id\":1}").is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn money_is_conserved_and_never_overdrawn(
+            opening in prop::collection::vec(0i64..1_000, 2..6),
+            moves in prop::collection::vec((0usize..6, 0usize..6, -10i64..400), 0..60),
+        ) {
+            let mut balances: BTreeMap<AccountKey, i64> = opening
+                .iter()
+                .enumerate()
+                .map(|(index, balance)| ((index as i64 + 1, "USD".to_string()), *balance))
+                .collect();
+            let total_before: i64 = balances.values().sum();
+            let messages: Vec<TransferMessage> = moves
+                .iter()
+                .map(|(from, to, amount)| message(*from as i64 + 1, *to as i64 + 1, *amount))
+                .collect();
+            let references: Vec<&TransferMessage> = messages.iter().collect();
+            let before = balances.clone();
+            let outcomes = decide(&mut balances, &references);
+            prop_assert_eq!(outcomes.len(), messages.len());
+            prop_assert_eq!(balances.values().sum::<i64>(), total_before);
+            prop_assert!(balances.values().all(|balance| *balance >= 0));
+            // Replaying only the completed ones from the start gives the same balances.
+            let mut replay = before;
+            for (transfer, outcome) in messages.iter().zip(&outcomes) {
+                if *outcome == Outcome::Completed {
+                    *replay.get_mut(&transfer.sender()).expect("sender exists") -= transfer.amount_minor;
+                    *replay.get_mut(&transfer.receiver()).expect("receiver exists") += transfer.amount_minor;
+                }
+            }
+            prop_assert_eq!(replay, balances);
+        }
+    }
+}

@@ -1,0 +1,191 @@
+//! The ledger and the cache against real PostgreSQL and Redis: settling is idempotent and
+//! serialised, and the cache never goes back to an older balance.
+
+use std::sync::Arc;
+
+use transferd::config::Services;
+use transferd::settlement::decide::TransferMessage;
+use transferd::stores::postgres::Ledger;
+use transferd::stores::redis::{BalanceCache, SettledBalance, SettledHold};
+use uuid::Uuid;
+
+fn services(database: &str, redis_prefix: &str) -> Services {
+    Services {
+        database_url: format!("postgres://postgres@127.0.0.1:5432/{database}"),
+        redis_url: "redis://127.0.0.1:6379".into(),
+        redis_prefix: redis_prefix.into(),
+        kafka_brokers: "127.0.0.1:9092".into(),
+        topic_prefix: String::new(),
+        topic_partitions: 1,
+        kafka_timeout_ms: 5_000,
+        database_timeout_ms: 5_000,
+        database_connections: 8,
+        redis_timeout_ms: 1_000,
+    }
+}
+
+async fn fresh_ledger() -> anyhow::Result<Ledger> {
+    let database = format!("transferd_store_test_{}", Uuid::now_v7().simple());
+    let admin = sqlx::PgPool::connect("postgres://postgres@127.0.0.1:5432/postgres").await?;
+    sqlx::query(&format!("CREATE DATABASE \"{database}\""))
+        .execute(&admin)
+        .await?;
+    admin.close().await;
+    let ledger = Ledger::connect(&services(&database, "")).await?;
+    ledger.migrate().await?;
+    Ok(ledger)
+}
+
+fn message(sender_id: i64, receiver_id: i64, amount_minor: i64) -> TransferMessage {
+    TransferMessage {
+        transaction_id: Uuid::now_v7(),
+        sender_id,
+        receiver_id,
+        amount_minor,
+        currency: "USD".into(),
+        description: None,
+        created_at_ms: 1_795_960_800_000,
+    }
+}
+
+#[tokio::test]
+async fn settling_the_same_batch_again_changes_nothing() -> anyhow::Result<()> {
+    let ledger = fresh_ledger().await?;
+    ledger.deposit(Uuid::now_v7(), 1, "USD", 100).await?;
+    ledger.deposit(Uuid::now_v7(), 2, "USD", 1).await?;
+    let first = message(1, 2, 60);
+    let overdraft = message(1, 2, 60);
+    let batch = vec![first.clone(), overdraft.clone(), first.clone()];
+
+    let settled = ledger.settle_batch(&batch).await?;
+    let statuses: Vec<(&str, bool)> = settled
+        .transfers
+        .iter()
+        .map(|t| (t.status.as_str(), t.newly_applied))
+        .collect();
+    assert_eq!(
+        statuses,
+        vec![("completed", true), ("rejected", true), ("completed", true)]
+    );
+    assert_eq!(
+        settled.transfers[1].reason.as_deref(),
+        Some("insufficient_funds")
+    );
+    let after_first = (
+        ledger.balance(1, "USD").await?,
+        ledger.balance(2, "USD").await?,
+    );
+    assert_eq!(after_first.0.map(|b| b.balance_minor), Some(40));
+    assert_eq!(after_first.1.map(|b| b.balance_minor), Some(61));
+
+    let again = ledger.settle_batch(&batch).await?;
+    assert!(
+        again.transfers.iter().all(|t| !t.newly_applied),
+        "a redelivery applies nothing"
+    );
+    assert_eq!(
+        again.transfers[1].status, "rejected",
+        "a redelivery reports the first outcome"
+    );
+    assert_eq!(
+        (
+            ledger.balance(1, "USD").await?,
+            ledger.balance(2, "USD").await?
+        ),
+        after_first
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn two_workers_settling_the_same_batch_apply_it_once() -> anyhow::Result<()> {
+    let ledger = Arc::new(fresh_ledger().await?);
+    ledger.deposit(Uuid::now_v7(), 1, "USD", 1_000).await?;
+    ledger.deposit(Uuid::now_v7(), 2, "USD", 1_000).await?;
+    let batch: Vec<TransferMessage> = (0..200)
+        .map(|i| {
+            if i % 2 == 0 {
+                message(1, 2, 7)
+            } else {
+                message(2, 1, 3)
+            }
+        })
+        .collect();
+    let (left, right) = tokio::join!(
+        {
+            let (ledger, batch) = (Arc::clone(&ledger), batch.clone());
+            async move { ledger.settle_batch(&batch).await }
+        },
+        {
+            let (ledger, batch) = (Arc::clone(&ledger), batch.clone());
+            async move { ledger.settle_batch(&batch).await }
+        },
+    );
+    let (left, right) = (left?, right?);
+    let applied = |batch: &transferd::stores::postgres::SettledBatch| {
+        batch.transfers.iter().filter(|t| t.newly_applied).count()
+    };
+    assert_eq!(
+        applied(&left) + applied(&right),
+        200,
+        "each transfer applied by exactly one worker"
+    );
+    assert_eq!(
+        ledger.balance(1, "USD").await?.map(|b| b.balance_minor),
+        Some(1_000 - 100 * 7 + 100 * 3)
+    );
+    assert_eq!(
+        ledger.balance(2, "USD").await?.map(|b| b.balance_minor),
+        Some(1_000 + 100 * 7 - 100 * 3)
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_older_balance_never_overwrites_a_newer_one() -> anyhow::Result<()> {
+    let prefix = format!("storetest{}:", Uuid::now_v7().simple());
+    let cache = BalanceCache::new(&services("postgres", &prefix))?;
+    assert!(cache.store_balance(1, "USD", 500, 5).await?);
+    assert!(
+        !cache.store_balance(1, "USD", 900, 4).await?,
+        "version 4 is older than 5"
+    );
+    assert_eq!(cache.available(1, "USD").await?, Some(500));
+
+    // Settlement's atomic step follows the same rule, and releases holds once.
+    let held = cache.reserve_hold("tx-1", 1, "USD", 200, b"{}").await?;
+    assert_eq!(held, transferd::stores::redis::HoldOutcome::Reserved);
+    assert_eq!(cache.available(1, "USD").await?, Some(300));
+    let stale = SettledBalance {
+        user_id: 1,
+        currency: "USD".into(),
+        balance_minor: 100,
+        version: 3,
+    };
+    let hold = SettledHold {
+        transaction_id: "tx-1".into(),
+        user_id: 1,
+        currency: "USD".into(),
+    };
+    cache
+        .settle(std::slice::from_ref(&stale), std::slice::from_ref(&hold))
+        .await?;
+    assert_eq!(
+        cache.available(1, "USD").await?,
+        Some(500),
+        "stale balance ignored, hold released"
+    );
+    let newer = SettledBalance {
+        version: 6,
+        balance_minor: 300,
+        ..stale
+    };
+    cache.settle(&[newer], &[hold]).await?;
+    assert_eq!(
+        cache.available(1, "USD").await?,
+        Some(300),
+        "newer balance stored; hold not released twice"
+    );
+    assert_eq!(cache.held(1, "USD").await?, 0);
+    Ok(())
+}
