@@ -13,6 +13,8 @@ pub mod message;
 pub mod money;
 pub mod rules;
 pub mod time;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod vectors;
 
 #[cfg(target_arch = "wasm32")]
 mod component;

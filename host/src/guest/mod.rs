@@ -2,4 +2,5 @@
 //! bindings generated from `wit/` (bindings).
 
 pub mod bindings;
+pub mod replay;
 pub mod runtime;

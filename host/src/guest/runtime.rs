@@ -17,8 +17,11 @@ use wasmtime::{
     Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimitsBuilder,
 };
 
+use transferd_guest::vectors::{self, Vector};
+
 use crate::capabilities::{Capabilities, RequestState};
 use crate::guest::bindings::{TransferLogic, TransferLogicPre, transferd::transfer::types};
+use crate::guest::replay::ReplayState;
 
 /// How often the engine's epoch advances; a running guest yields to the scheduler at each
 /// tick, so a guest stuck in a loop cannot hold a worker thread past its deadline.
@@ -52,10 +55,12 @@ pub struct GuestLimits {
     pub concurrency: u32,
 }
 
-/// The engine and linker, shared by every guest version.
+/// The engine and linkers, shared by every guest version.
 pub struct GuestEngine {
     engine: Engine,
     linker: Linker<RequestState>,
+    /// The same world with imports that replay conformance vectors.
+    replay_linker: Linker<ReplayState>,
     limits: GuestLimits,
 }
 
@@ -94,9 +99,14 @@ impl GuestEngine {
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(LoadError::Invalid)?;
         TransferLogic::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
             .map_err(LoadError::Invalid)?;
+        let mut replay_linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut replay_linker).map_err(LoadError::Invalid)?;
+        TransferLogic::add_to_linker::<_, HasSelf<_>>(&mut replay_linker, |state| state)
+            .map_err(LoadError::Invalid)?;
         Ok(GuestEngine {
             engine,
             linker,
+            replay_linker,
             limits,
         })
     }
@@ -110,9 +120,16 @@ impl GuestEngine {
             .instantiate_pre(&component)
             .map_err(LoadError::Invalid)?;
         let pre = TransferLogicPre::new(instance_pre).map_err(LoadError::Invalid)?;
+        let replay_pre = TransferLogicPre::new(
+            self.replay_linker
+                .instantiate_pre(&component)
+                .map_err(LoadError::Invalid)?,
+        )
+        .map_err(LoadError::Invalid)?;
         Ok(Guest {
             engine: Arc::clone(self),
             pre,
+            replay_pre,
             version,
             slots: Arc::new(Semaphore::new(self.limits.concurrency as usize)),
         })
@@ -131,6 +148,7 @@ impl GuestEngine {
 pub struct Guest {
     engine: Arc<GuestEngine>,
     pre: TransferLogicPre<RequestState>,
+    replay_pre: TransferLogicPre<ReplayState>,
     version: String,
     /// Bounds concurrent calls to what the instance pool holds.
     slots: Arc<Semaphore>,
@@ -164,19 +182,7 @@ impl Guest {
         store.limiter(|state| &mut state.limits);
         store.epoch_deadline_async_yield_and_update(1);
 
-        let wit_context = types::RequestContext {
-            transaction_id: context.transaction_id.clone(),
-            received_at_ms: context.received_at_ms,
-            principal: context.principal,
-            guest_version: context.guest_version.clone(),
-        };
-        let wit_request = types::TransferRequest {
-            sender_id: request.sender_id,
-            receiver_id: request.receiver_id,
-            amount: request.amount.clone(),
-            currency: request.currency.clone(),
-            description: request.description.clone(),
-        };
+        let (wit_context, wit_request) = wit_arguments(context, request);
         let call = async {
             let instance = self.pre.instantiate_async(&mut store).await?;
             instance
@@ -192,6 +198,60 @@ impl Guest {
             Ok(Ok(decision)) => Ok(decision.map(accepted).map_err(rejection)),
         }
     }
+}
+
+impl Guest {
+    /// Runs one conformance vector with its recorded import answers; returns the outcome in
+    /// the vectors' format (`{"calls": [...], "result": ...}`).
+    pub async fn run_vector(&self, vector: &Vector) -> Result<serde_json::Value, GuestFailure> {
+        let limits = self.engine.limits;
+        let store_limits = StoreLimitsBuilder::new()
+            .memory_size(limits.memory_bytes)
+            .instances(64)
+            .build();
+        let mut store = Store::new(
+            &self.engine.engine,
+            ReplayState::new(vector.replay(), store_limits),
+        );
+        store.limiter(|state| &mut state.limits);
+        store.epoch_deadline_async_yield_and_update(1);
+        let (context, request) = wit_arguments(&vector.context, &vector.request);
+        let call = async {
+            let instance = self.replay_pre.instantiate_async(&mut store).await?;
+            instance
+                .transferd_transfer_handler()
+                .call_initiate_transfer(&mut store, &context, &request)
+                .await
+        };
+        let decision = match tokio::time::timeout(limits.timeout, call).await {
+            Err(_elapsed) => return Err(GuestFailure::Timeout(limits.timeout.as_millis())),
+            Ok(Err(trap)) => return Err(GuestFailure::Trap(format!("{trap:#}"))),
+            Ok(Ok(decision)) => decision.map(accepted).map_err(rejection),
+        };
+        Ok(vectors::outcome(&decision, &store.data().replay.calls))
+    }
+}
+
+/// The WIT forms of a context and a request.
+fn wit_arguments(
+    context: &RequestContext,
+    request: &TransferRequest,
+) -> (types::RequestContext, types::TransferRequest) {
+    (
+        types::RequestContext {
+            transaction_id: context.transaction_id.clone(),
+            received_at_ms: context.received_at_ms,
+            principal: context.principal,
+            guest_version: context.guest_version.clone(),
+        },
+        types::TransferRequest {
+            sender_id: request.sender_id,
+            receiver_id: request.receiver_id,
+            amount: request.amount.clone(),
+            currency: request.currency.clone(),
+            description: request.description.clone(),
+        },
+    )
 }
 
 fn accepted(accepted: types::Accepted) -> Accepted {

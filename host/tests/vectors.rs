@@ -1,0 +1,99 @@
+//! The conformance vectors (tests/vectors) through wasmtime: the real guest component, with
+//! imports that replay each vector's recorded answers. The Node.js harness (tests/jco) runs
+//! the same vectors under jco; both must print byte-identical outcomes.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use transferd::guest::runtime::{Guest, GuestEngine, GuestLimits};
+use transferd_guest::vectors::{Vector, canonical, check_invariant};
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("host/ is in the workspace")
+        .to_path_buf()
+}
+
+fn guest_file() -> PathBuf {
+    if let Ok(path) = std::env::var("TRANSFERD_GUEST") {
+        return PathBuf::from(path);
+    }
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| workspace_root().join("target"));
+    target.join("wasm32-wasip2/release/transferd_guest.wasm")
+}
+
+fn load_guest() -> anyhow::Result<Guest> {
+    let engine = Arc::new(GuestEngine::new(GuestLimits {
+        timeout: Duration::from_secs(10),
+        memory_bytes: 64 << 20,
+        concurrency: 4,
+    })?);
+    Ok(engine.load_file(&guest_file())?)
+}
+
+fn vectors() -> anyhow::Result<Vec<Vector>> {
+    let vectors = Vector::load_dir(&workspace_root().join("tests/vectors"))?;
+    anyhow::ensure!(
+        vectors.len() >= 40,
+        "the vectors are there ({})",
+        vectors.len()
+    );
+    Ok(vectors)
+}
+
+/// `name canonical-outcome` for every vector, the line format every harness prints.
+async fn wasmtime_lines(guest: &Guest, vectors: &[Vector]) -> anyhow::Result<Vec<String>> {
+    let mut lines = Vec::new();
+    for vector in vectors {
+        let outcome = guest.run_vector(vector).await?;
+        lines.push(format!("{} {}", vector.name, canonical(&outcome)));
+    }
+    Ok(lines)
+}
+
+#[tokio::test]
+async fn every_vector_passes_under_wasmtime() -> anyhow::Result<()> {
+    let guest = load_guest()?;
+    let vectors = vectors()?;
+    let mut failures = Vec::new();
+    for vector in &vectors {
+        let actual = guest.run_vector(vector).await?;
+        let expected = vector.expected.as_ref().map(canonical);
+        if expected.as_deref() != Some(canonical(&actual).as_str()) {
+            failures.push(format!("{}: got {}", vector.name, canonical(&actual)));
+        }
+        if vector.invariant {
+            check_invariant(vector, &actual).map_err(anyhow::Error::msg)?;
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} vectors failed:\n{}",
+        failures.len(),
+        vectors.len(),
+        failures.join("\n")
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_changed_expectation_fails() -> anyhow::Result<()> {
+    let guest = load_guest()?;
+    let mut vector = vectors()?
+        .into_iter()
+        .find(|v| v.name == "usd-accepted")
+        .expect("usd-accepted exists");
+    let expected = vector.expected.as_mut().expect("expected outcome");
+    expected["result"]["ok"]["amount_minor"] = serde_json::json!(1051);
+    let actual = guest.run_vector(&vector).await?;
+    assert_ne!(
+        canonical(&actual),
+        canonical(vector.expected.as_ref().expect("expected")),
+        "a wrong expectation is caught"
+    );
+    Ok(())
+}
