@@ -47,6 +47,7 @@ ensure_toolchain() {
   command -v cc >/dev/null || missing+=(build-essential)
   command -v make >/dev/null || missing+=(make)
   command -v psql >/dev/null || missing+=(postgresql-client)
+  command -v node >/dev/null || missing+=(nodejs npm)
   if [ ${#missing[@]} -gt 0 ]; then
     log "installing ${missing[*]}"
     apt_install "${missing[@]}"

@@ -20,6 +20,11 @@ log "building the host"
 cargo build --release --quiet -p transferd
 export TRANSFERD_BIN="$CARGO_TARGET_DIR/release/transferd"
 
+log "checking the conformance vectors against the native guest logic and under jco"
+cargo run --release --quiet -p transferd-guest --example vectors -- tests/vectors
+"$TRANSFERD_ROOT/tests/jco/install.sh" >/dev/null
+node tests/jco/run.mjs
+
 log "running the tests"
 output="$TRANSFERD_STATE_DIR/test-output.txt"
 cargo test --release --workspace --all-targets "$@" 2>&1 | tee "$output"

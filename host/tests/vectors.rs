@@ -97,3 +97,63 @@ async fn a_changed_expectation_fails() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// The Node.js harness's command: `node tests/jco/run.mjs ARGS` (scripts/test.sh installs it).
+fn jco(arguments: &[&str]) -> anyhow::Result<std::process::Output> {
+    let output = std::process::Command::new("node")
+        .arg(workspace_root().join("tests/jco/run.mjs"))
+        .args(arguments)
+        .env("TRANSFERD_GUEST", guest_file())
+        .output()?;
+    Ok(output)
+}
+
+#[tokio::test]
+async fn wasmtime_and_jco_produce_byte_identical_outcomes() -> anyhow::Result<()> {
+    let guest = load_guest()?;
+    let vectors = vectors()?;
+    let wasmtime = wasmtime_lines(&guest, &vectors).await?;
+    let output = jco(&["--print"])?;
+    assert!(
+        output.status.success(),
+        "jco harness failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let jco_lines: Vec<String> = String::from_utf8(output.stdout)?
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(jco_lines.len(), wasmtime.len(), "both ran every vector");
+    for (from_wasmtime, from_jco) in wasmtime.iter().zip(&jco_lines) {
+        assert_eq!(from_wasmtime, from_jco, "wasmtime and jco differ");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn jco_fails_on_a_changed_expectation_too() -> anyhow::Result<()> {
+    let copy = std::env::temp_dir().join(format!(
+        "transferd-vectors-{}",
+        uuid::Uuid::now_v7().simple()
+    ));
+    std::fs::create_dir_all(&copy)?;
+    for vector in vectors()? {
+        let mut document = vector.document.clone();
+        if vector.name == "usd-accepted" {
+            document["expected"]["result"]["ok"]["amount_minor"] = serde_json::json!(1051);
+        }
+        std::fs::write(
+            copy.join(format!("{}.json", vector.name)),
+            serde_json::to_string_pretty(&document)?,
+        )?;
+    }
+    let output = jco(&[copy.to_str().unwrap_or_default()])?;
+    std::fs::remove_dir_all(&copy)?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success(),
+        "a wrong expectation must fail jco: {stderr}"
+    );
+    assert!(stderr.contains("FAIL usd-accepted"), "{stderr}");
+    Ok(())
+}

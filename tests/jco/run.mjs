@@ -177,7 +177,7 @@ for (const file of readdirSync(vectorsDir).filter((name) => name.endsWith('.json
       failed++;
     }
   } catch (error) {
-    console.error(`FAIL ${name}: ${error?.stack ?? error}`);
+    console.error(`FAIL ${name}: ${error}`);
     failed++;
   }
 }
