@@ -2,5 +2,6 @@
 //! bindings generated from `wit/` (bindings).
 
 pub mod bindings;
+pub mod registry;
 pub mod replay;
 pub mod runtime;

@@ -43,8 +43,16 @@ pub enum LoadError {
         path: String,
         source: std::io::Error,
     },
-    #[error("the guest is not a usable transfer-logic component: {0:#}")]
+    #[error("the wasm engine could not be set up: {0:#}")]
     Invalid(wasmtime::Error),
+    #[error("not WebAssembly: the bytes do not start with the wasm magic number")]
+    NotWasm,
+    #[error("a core WebAssembly module, not a component: build the guest for wasm32-wasip2")]
+    CoreModule,
+    #[error("not a valid component: {0:#}")]
+    Compile(wasmtime::Error),
+    #[error("the component does not fit the transfer-logic world: {0:#}")]
+    WrongWorld(wasmtime::Error),
 }
 
 /// Limits every guest call runs under.
@@ -113,19 +121,26 @@ impl GuestEngine {
 
     /// Compiles a component and checks it against the `transfer-logic` world.
     pub fn load(self: &Arc<Self>, bytes: &[u8]) -> Result<Guest, LoadError> {
+        // wasm magic, then version and layer: 1/0 is a core module, 0x0d/1 a component.
+        if bytes.get(0..4) != Some(b"\0asm".as_slice()) {
+            return Err(LoadError::NotWasm);
+        }
+        if bytes.get(4..8) == Some([1, 0, 0, 0].as_slice()) {
+            return Err(LoadError::CoreModule);
+        }
         let version = hex_sha256(bytes);
-        let component = Component::new(&self.engine, bytes).map_err(LoadError::Invalid)?;
+        let component = Component::new(&self.engine, bytes).map_err(LoadError::Compile)?;
         let instance_pre = self
             .linker
             .instantiate_pre(&component)
-            .map_err(LoadError::Invalid)?;
-        let pre = TransferLogicPre::new(instance_pre).map_err(LoadError::Invalid)?;
+            .map_err(LoadError::WrongWorld)?;
+        let pre = TransferLogicPre::new(instance_pre).map_err(LoadError::WrongWorld)?;
         let replay_pre = TransferLogicPre::new(
             self.replay_linker
                 .instantiate_pre(&component)
-                .map_err(LoadError::Invalid)?,
+                .map_err(LoadError::WrongWorld)?,
         )
-        .map_err(LoadError::Invalid)?;
+        .map_err(LoadError::WrongWorld)?;
         Ok(Guest {
             engine: Arc::clone(self),
             pre,

@@ -45,6 +45,10 @@ pub enum ApiError {
     Unauthorized,
     #[error("forbidden: {0}")]
     Forbidden(String),
+    #[error("{0}")]
+    Unprocessable(String),
+    #[error("{0}")]
+    Conflict(String),
     #[error("not found")]
     NotFound,
     #[error("{0}")]
@@ -80,6 +84,8 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::NotFound | ApiError::NotFoundMessage(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -113,6 +119,8 @@ impl ApiError {
                 json!({"detail": "missing or wrong bearer token", "code": "unauthorized"})
             }
             ApiError::Forbidden(message) => json!({"detail": message, "code": "forbidden"}),
+            ApiError::Unprocessable(message) => json!({"detail": message, "code": "unprocessable"}),
+            ApiError::Conflict(message) => json!({"detail": message, "code": "conflict"}),
             ApiError::NotFound => json!({"detail": "Not Found", "code": "not_found"}),
             ApiError::NotFoundMessage(message) => json!({"detail": message, "code": "not_found"}),
             ApiError::MethodNotAllowed => {

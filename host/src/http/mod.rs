@@ -3,6 +3,7 @@
 
 mod accounts;
 mod admin;
+mod admin_guest;
 mod body;
 mod error;
 mod transfers;
@@ -22,6 +23,7 @@ use tokio::net::TcpListener;
 
 use crate::capabilities::Capabilities;
 use crate::config::Serve;
+use crate::guest::registry::{self, Registry, ServingGuest};
 use crate::guest::runtime::{Guest, GuestEngine, GuestLimits};
 use crate::{settlement, shutdown};
 use error::{ApiError, Reply, json_response};
@@ -32,14 +34,16 @@ pub const GUEST_VERSION_HEADER: &str = "x-guest-version";
 /// What every request handler shares.
 pub struct App {
     pub capabilities: Arc<Capabilities>,
-    guest: Arc<Guest>,
+    serving: Arc<ServingGuest>,
+    pub engine: Arc<GuestEngine>,
+    pub registry: Registry,
     pub admin_token: Option<String>,
 }
 
 impl App {
-    /// The guest version serving new requests.
+    /// The guest version serving new requests; a request keeps the one it got to the end.
     pub fn guest(&self) -> Arc<Guest> {
-        Arc::clone(&self.guest)
+        self.serving.get()
     }
 }
 
@@ -58,6 +62,11 @@ pub async fn serve(settings: Serve) -> anyhow::Result<()> {
         .load_file(&settings.guest_file)
         .with_context(|| format!("loading the guest {}", settings.guest_file.display()))?;
     tracing::info!(version = guest.version(), file = %settings.guest_file.display(), "guest loaded");
+    // The registry's active version, once one was activated, wins over the file.
+    let registry = Registry::new(capabilities.ledger.pool().clone());
+    let serving = Arc::new(ServingGuest::new(guest));
+    registry::reconcile(&registry, &engine, &serving).await;
+    registry::follow(registry.clone(), Arc::clone(&engine), Arc::clone(&serving));
     if settings.admin_token.is_none() {
         tracing::warn!("TRANSFERD_ADMIN_TOKEN is not set: the admin API refuses every request");
     }
@@ -80,7 +89,9 @@ pub async fn serve(settings: Serve) -> anyhow::Result<()> {
 
     let app = Arc::new(App {
         capabilities,
-        guest: Arc::new(guest),
+        serving,
+        engine,
+        registry,
         admin_token: settings.admin_token.clone(),
     });
     let listener = TcpListener::bind(settings.listen)
@@ -138,6 +149,18 @@ async fn route(app: &App, request: Request<Incoming>) -> Reply {
         ["accounts", user_id, "balances"] if method == Method::GET => {
             accounts::balances(app, user_id).await
         }
+        ["admin", "guest"] if method == Method::PUT => {
+            admin_guest::upload(app, &parts.headers, body).await
+        }
+        ["admin", "guest"] if method == Method::GET => {
+            admin_guest::status(app, &parts.headers).await
+        }
+        ["admin", "guest", "rollback"] if method == Method::POST => {
+            admin_guest::rollback(app, &parts.headers).await
+        }
+        ["admin", "guest", version, "activate"] if method == Method::POST => {
+            admin_guest::activate(app, &parts.headers, version).await
+        }
         ["admin", "deposits"] if method == Method::POST => {
             admin::deposit(app, &parts.headers, body).await
         }
@@ -148,6 +171,7 @@ async fn route(app: &App, request: Request<Incoming>) -> Reply {
         | ["transfers", _]
         | ["accounts", _, "balances"]
         | ["admin", "deposits"]
+        | ["admin", "guest", ..]
         | ["healthz"] => Err(ApiError::MethodNotAllowed),
         _ => Err(ApiError::NotFound),
     };

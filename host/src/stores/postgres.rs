@@ -63,6 +63,11 @@ impl Ledger {
         Ok(Ledger { pool })
     }
 
+    /// The connection pool, for other tables in the same database (the guest registry).
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
     /// Applies the migrations in `migrations/`; safe to run again and from several replicas.
     pub async fn migrate(&self) -> Result<(), LedgerError> {
         sqlx::migrate!("../migrations").run(&self.pool).await?;

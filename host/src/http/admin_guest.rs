@@ -1,0 +1,105 @@
+//! `/admin/guest`: upload, activate, roll back and inspect guest versions.
+
+use http::{HeaderMap, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use serde_json::json;
+
+use crate::guest::registry::{self, MAX_GUEST_BYTES, RegistryError};
+use crate::http::App;
+use crate::http::admin::authorize;
+use crate::http::error::{ApiError, Reply, json_response};
+
+/// Who did it, until requests carry a user: the admin token's holder.
+const ADMIN: &str = "admin";
+
+/// Longest note kept with an upload (`x-guest-note` header), in characters.
+const MAX_NOTE_CHARS: usize = 500;
+
+/// `PUT /admin/guest` with the component's bytes: compile, check against the world, run the
+/// invariant vectors, store. Nothing is stored when any check fails.
+pub async fn upload(app: &App, headers: &HeaderMap, body: Incoming) -> Result<Reply, ApiError> {
+    authorize(app, headers)?;
+    let bytes = match Limited::new(body, MAX_GUEST_BYTES).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(error) if error.is::<http_body_util::LengthLimitError>() => {
+            return Err(ApiError::PayloadTooLarge {
+                limit_bytes: MAX_GUEST_BYTES,
+            });
+        }
+        Err(error) => {
+            return Err(ApiError::BadRequest(format!(
+                "could not read the component: {error}"
+            )));
+        }
+    };
+    let note = headers
+        .get("x-guest-note")
+        .and_then(|value| value.to_str().ok());
+    if note.is_some_and(|note| note.chars().count() > MAX_NOTE_CHARS) {
+        return Err(ApiError::BadRequest(format!(
+            "x-guest-note must be at most {MAX_NOTE_CHARS} characters"
+        )));
+    }
+    let (guest, invariants) = registry::check(&app.engine, &bytes)
+        .await
+        .map_err(registry_error)?;
+    app.registry
+        .store(guest.version(), &bytes, ADMIN, note)
+        .await
+        .map_err(registry_error)?;
+    tracing::info!(
+        version = guest.version(),
+        size_bytes = bytes.len(),
+        "guest version uploaded"
+    );
+    Ok(json_response(
+        StatusCode::CREATED,
+        &json!({"version": guest.version(), "size_bytes": bytes.len(), "invariant_cases_passed": invariants}),
+    ))
+}
+
+/// `POST /admin/guest/{version}/activate`.
+pub async fn activate(app: &App, headers: &HeaderMap, version: &str) -> Result<Reply, ApiError> {
+    authorize(app, headers)?;
+    app.registry
+        .activate(version, "activate", ADMIN)
+        .await
+        .map_err(registry_error)?;
+    Ok(json_response(StatusCode::OK, &json!({"active": version})))
+}
+
+/// `POST /admin/guest/rollback`: back to the version active before the current one.
+pub async fn rollback(app: &App, headers: &HeaderMap) -> Result<Reply, ApiError> {
+    authorize(app, headers)?;
+    let version = app.registry.rollback(ADMIN).await.map_err(registry_error)?;
+    Ok(json_response(StatusCode::OK, &json!({"active": version})))
+}
+
+/// `GET /admin/guest`: the active version, what this replica serves, versions, history.
+pub async fn status(app: &App, headers: &HeaderMap) -> Result<Reply, ApiError> {
+    authorize(app, headers)?;
+    let active = app.registry.active().await.map_err(registry_error)?;
+    let versions = app.registry.versions().await.map_err(registry_error)?;
+    let history = app.registry.history(100).await.map_err(registry_error)?;
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({
+            "active": active,
+            "serving": app.guest().version(),
+            "versions": versions,
+            "history": history,
+        }),
+    ))
+}
+
+fn registry_error(error: RegistryError) -> ApiError {
+    match error {
+        RegistryError::Load(_) | RegistryError::Invariant { .. } => {
+            ApiError::Unprocessable(error.to_string())
+        }
+        RegistryError::UnknownVersion(_) => ApiError::NotFoundMessage(error.to_string()),
+        RegistryError::NothingToRollBack => ApiError::Conflict(error.to_string()),
+        RegistryError::Database(_) => ApiError::Unavailable(error.to_string()),
+    }
+}

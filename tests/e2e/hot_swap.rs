@@ -1,0 +1,266 @@
+//! Hot swap: uploads are checked before anything can activate them, and every replica
+//! follows an activation and a rollback while serving.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use transferd_e2e::{
+    ADMIN_TOKEN, Host, KAFKA_BROKERS, Namespace, consume, guest_file, panicking_guest_file,
+};
+
+async fn upload(host: &Host, bytes: Vec<u8>) -> anyhow::Result<(u16, Value)> {
+    let response = host
+        .client
+        .put(format!("{}/admin/guest", host.base_url))
+        .bearer_auth(ADMIN_TOKEN)
+        .header("x-guest-note", "test upload")
+        .body(bytes)
+        .send()
+        .await?;
+    Ok((response.status().as_u16(), response.json().await?))
+}
+
+async fn admin_post(host: &Host, path: &str) -> anyhow::Result<(u16, Value)> {
+    let response = host
+        .client
+        .post(format!("{}{path}", host.base_url))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await?;
+    Ok((response.status().as_u16(), response.json().await?))
+}
+
+async fn registry_status(host: &Host) -> anyhow::Result<Value> {
+    let response = host
+        .client
+        .get(format!("{}/admin/guest", host.base_url))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await?;
+    anyhow::ensure!(
+        response.status() == 200,
+        "GET /admin/guest answered {}",
+        response.status()
+    );
+    Ok(response.json().await?)
+}
+
+/// The same component with a custom section appended: identical behaviour, another version.
+fn with_custom_section(mut bytes: Vec<u8>, text: &str) -> Vec<u8> {
+    let name = b"transferd-test";
+    let mut contents = vec![name.len() as u8];
+    contents.extend_from_slice(name);
+    contents.extend_from_slice(text.as_bytes());
+    assert!(contents.len() < 128, "one LEB128 byte of size");
+    bytes.push(0); // custom section id
+    bytes.push(contents.len() as u8);
+    bytes.extend_from_slice(&contents);
+    bytes
+}
+
+fn transfer() -> Value {
+    json!({"sender_id": 1, "receiver_id": 2, "amount": "0.01", "currency": "USD"})
+}
+
+async fn served_version(host: &Host) -> anyhow::Result<String> {
+    let reply = host.transfer(transfer()).await?;
+    anyhow::ensure!(
+        reply.status == 200,
+        "transfer failed: {} {}",
+        reply.status,
+        reply.body
+    );
+    Ok(reply
+        .headers
+        .get("x-guest-version")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string())
+}
+
+/// Polls both replicas until they serve `version`; returns how long that took.
+async fn until_serving(
+    replicas: &[&Host],
+    version: &str,
+    limit: Duration,
+) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    for replica in replicas {
+        while served_version(replica).await? != version {
+            anyhow::ensure!(
+                started.elapsed() < limit,
+                "a replica did not switch to {version} within {limit:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    Ok(started.elapsed())
+}
+
+#[tokio::test]
+async fn uploads_failing_a_check_are_refused_with_the_reason_and_change_nothing()
+-> anyhow::Result<()> {
+    let namespace = Namespace::new().await?;
+    let host = Host::start(&namespace).await?;
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "garbage",
+            b"definitely not wasm".to_vec(),
+            "not WebAssembly",
+        ),
+        (
+            "core module",
+            b"\0asm\x01\0\0\0".to_vec(),
+            "core WebAssembly module",
+        ),
+        (
+            "empty component",
+            b"\0asm\x0d\0\x01\0".to_vec(),
+            "does not fit the transfer-logic world",
+        ),
+        (
+            "trapping guest",
+            std::fs::read(panicking_guest_file())?,
+            "fails invariant case",
+        ),
+    ];
+    for (what, bytes, reason) in cases {
+        let (status, body) = upload(&host, bytes).await?;
+        assert_eq!(status, 422, "{what}: {body}");
+        assert!(
+            body["detail"]
+                .as_str()
+                .is_some_and(|detail| detail.contains(reason)),
+            "{what}: {body}"
+        );
+    }
+    let anonymous = host
+        .client
+        .put(format!("{}/admin/guest", host.base_url))
+        .body(vec![0u8; 8])
+        .send()
+        .await?;
+    assert_eq!(anonymous.status(), 401);
+    let registry = registry_status(&host).await?;
+    assert_eq!(registry["versions"], json!([]), "nothing was stored");
+    assert_eq!(registry["active"], Value::Null);
+    let (status, _) = admin_post(&host, "/admin/guest/rollback").await?;
+    assert_eq!(status, 409, "nothing to roll back to");
+    let (status, _) =
+        admin_post(&host, &format!("/admin/guest/{}/activate", "0".repeat(64))).await?;
+    assert_eq!(status, 404, "an unknown version cannot be activated");
+    Ok(())
+}
+
+#[tokio::test]
+async fn both_replicas_follow_activation_and_rollback_while_serving() -> anyhow::Result<()> {
+    let namespace = Namespace::new().await?;
+    let first = Arc::new(Host::start(&namespace).await?);
+    let second = Arc::new(Host::start(&namespace).await?);
+    first.deposit(1, "USD", "1000000").await?;
+    first.deposit(2, "USD", "1").await?;
+
+    let original = std::fs::read(guest_file())?;
+    let (status_a, body_a) = upload(&first, original.clone()).await?;
+    assert_eq!(status_a, 201, "{body_a}");
+    let version_a = body_a["version"].as_str().expect("version").to_string();
+    assert!(
+        body_a["invariant_cases_passed"]
+            .as_u64()
+            .is_some_and(|n| n >= 10)
+    );
+    let (status_b, body_b) = upload(&second, with_custom_section(original, "version b")).await?;
+    assert_eq!(status_b, 201, "{body_b}");
+    let version_b = body_b["version"].as_str().expect("version").to_string();
+    assert_ne!(version_a, version_b);
+    assert_eq!(
+        admin_post(&first, &format!("/admin/guest/{version_a}/activate"))
+            .await?
+            .0,
+        200
+    );
+    until_serving(&[&first, &second], &version_a, Duration::from_secs(15)).await?;
+
+    // Load on both replicas across the swap: no request may fail because of it.
+    let running = Arc::new(AtomicBool::new(true));
+    let failures = Arc::new(AtomicUsize::new(0));
+    let served = Arc::new(AtomicUsize::new(0));
+    let mut load = Vec::new();
+    for client in 0..8 {
+        let host = Arc::clone(if client % 2 == 0 { &first } else { &second });
+        let (running, failures, served) = (
+            Arc::clone(&running),
+            Arc::clone(&failures),
+            Arc::clone(&served),
+        );
+        load.push(tokio::spawn(async move {
+            while running.load(Ordering::Relaxed) {
+                match host.transfer(transfer()).await {
+                    Ok(reply) if reply.status == 200 => served.fetch_add(1, Ordering::Relaxed),
+                    _ => failures.fetch_add(1, Ordering::Relaxed),
+                };
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        admin_post(&second, &format!("/admin/guest/{version_b}/activate"))
+            .await?
+            .0,
+        200
+    );
+    let switched = until_serving(&[&first, &second], &version_b, Duration::from_secs(15)).await?;
+    eprintln!("both replicas served {version_b} {switched:?} after activation");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    running.store(false, Ordering::Relaxed);
+    for task in load {
+        task.await?;
+    }
+    assert_eq!(
+        failures.load(Ordering::Relaxed),
+        0,
+        "no request failed during the swap"
+    );
+    assert!(served.load(Ordering::Relaxed) > 50, "the load really ran");
+
+    let (status, body) = admin_post(&first, "/admin/guest/rollback").await?;
+    assert_eq!(
+        (status, body["active"].as_str()),
+        (200, Some(version_a.as_str()))
+    );
+    until_serving(&[&first, &second], &version_a, Duration::from_secs(15)).await?;
+
+    let registry = registry_status(&first).await?;
+    assert_eq!(registry["active"], version_a.as_str());
+    let actions: Vec<&str> = registry["history"]
+        .as_array()
+        .expect("history")
+        .iter()
+        .filter_map(|a| a["action"].as_str())
+        .collect();
+    assert_eq!(
+        actions,
+        vec!["rollback", "activate", "activate"],
+        "newest first"
+    );
+
+    // The transfer log names the version that decided each transfer.
+    let messages = consume(
+        KAFKA_BROKERS,
+        &namespace.transfer_topic(),
+        100_000,
+        Duration::from_secs(5),
+    )
+    .await?;
+    let versions: std::collections::HashSet<&str> = messages
+        .iter()
+        .filter_map(|m| m.json["guest_version"].as_str())
+        .collect();
+    assert!(
+        versions.contains(version_a.as_str()) && versions.contains(version_b.as_str()),
+        "{versions:?}"
+    );
+    Ok(())
+}
