@@ -17,4 +17,4 @@ pub mod time;
 pub mod vectors;
 
 #[cfg(target_arch = "wasm32")]
-mod component;
+pub mod component;

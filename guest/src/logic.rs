@@ -62,13 +62,23 @@ pub trait Imports {
     fn send(&mut self, message: Outgoing) -> Result<(), PublishError>;
 }
 
-/// Decides one transfer. Returns `Accepted` only after `send` succeeded.
+/// Decides one transfer under the standard limits.
 pub fn initiate_transfer(
     imports: &mut impl Imports,
     context: &RequestContext,
     request: &TransferRequest,
 ) -> Result<Accepted, Rejection> {
-    let transfer = rules::validate(request).map_err(Rejection::Invalid)?;
+    initiate_transfer_with(&rules::STANDARD, imports, context, request)
+}
+
+/// Decides one transfer. Returns `Accepted` only after `send` succeeded.
+pub fn initiate_transfer_with(
+    limits: &rules::Limits,
+    imports: &mut impl Imports,
+    context: &RequestContext,
+    request: &TransferRequest,
+) -> Result<Accepted, Rejection> {
+    let transfer = rules::validate_with(limits, request).map_err(Rejection::Invalid)?;
     if let Some(principal) = context.principal
         && principal != transfer.sender_id
     {

@@ -13,6 +13,28 @@ pub const MAX_AMOUNT_MAJOR: i64 = 1_000_000_000;
 /// Longest description, in Unicode scalar values (what Python's `len` counts).
 pub const MAX_DESCRIPTION_CHARS: usize = 255;
 
+/// The limits of a guest version's rules. This guest ships [`STANDARD`]; a stricter
+/// version is the same code with other limits (tests/guests/strict).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max_amount_major: i64,
+    pub max_description_chars: usize,
+}
+
+pub const STANDARD: Limits = Limits {
+    max_amount_major: MAX_AMOUNT_MAJOR,
+    max_description_chars: MAX_DESCRIPTION_CHARS,
+};
+
+impl Limits {
+    /// The largest amount in minor units for a currency with `exponent` decimals.
+    pub fn max_amount_minor(&self, exponent: u32) -> i64 {
+        assert!(exponent <= money::MAX_EXPONENT);
+        assert!(self.max_amount_major > 0, "a limit allows something");
+        self.max_amount_major * 10i64.pow(exponent)
+    }
+}
+
 /// A transfer as the client asked for it (the WIT `transfer-request`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TransferRequest {
@@ -53,14 +75,21 @@ pub struct ValidTransfer {
     pub description: Option<String>,
 }
 
-/// The largest amount in minor units for a currency with `exponent` decimals.
+/// The largest amount in minor units under the standard limits.
 pub fn max_amount_minor(exponent: u32) -> i64 {
-    assert!(exponent <= money::MAX_EXPONENT);
-    MAX_AMOUNT_MAJOR * 10i64.pow(exponent)
+    STANDARD.max_amount_minor(exponent)
+}
+
+/// Checks every rule under the standard limits.
+pub fn validate(request: &TransferRequest) -> Result<ValidTransfer, Vec<FieldError>> {
+    validate_with(&STANDARD, request)
 }
 
 /// Checks every rule; returns the valid transfer or all the broken rules, in field order.
-pub fn validate(request: &TransferRequest) -> Result<ValidTransfer, Vec<FieldError>> {
+pub fn validate_with(
+    limits: &Limits,
+    request: &TransferRequest,
+) -> Result<ValidTransfer, Vec<FieldError>> {
     let mut errors = Vec::new();
     if request.sender_id <= 0 {
         errors.push(FieldError::new(
@@ -86,14 +115,15 @@ pub fn validate(request: &TransferRequest) -> Result<ValidTransfer, Vec<FieldErr
     let exponent = money::currency_exponent(&request.currency);
     let amount = match exponent {
         Some(exponent) => {
-            money::parse_amount(&request.amount, exponent, max_amount_minor(exponent)).map(Some)
+            money::parse_amount(&request.amount, exponent, limits.max_amount_minor(exponent))
+                .map(Some)
         }
         None => money::check_positive_decimal(&request.amount).map(|()| None),
     };
     let amount_minor = match amount {
         Ok(minor) => minor,
         Err(error) => {
-            errors.push(amount_error(&error, &request.currency));
+            errors.push(amount_error(&error, &request.currency, limits));
             None
         }
     };
@@ -110,13 +140,12 @@ pub fn validate(request: &TransferRequest) -> Result<ValidTransfer, Vec<FieldErr
 
     if let Some(description) = &request.description {
         let length = description.chars().count();
-        if length > MAX_DESCRIPTION_CHARS {
+        let max_chars = limits.max_description_chars;
+        if length > max_chars {
             errors.push(FieldError::new(
                 "description",
                 "string_too_long",
-                format!(
-                    "description must be at most {MAX_DESCRIPTION_CHARS} characters, not {length}"
-                ),
+                format!("description must be at most {max_chars} characters, not {length}"),
             ));
         }
     }
@@ -140,8 +169,8 @@ pub fn validate(request: &TransferRequest) -> Result<ValidTransfer, Vec<FieldErr
     }
 }
 
-/// The field error for an amount that is not valid in `currency`.
-pub fn amount_error(error: &AmountError, currency: &str) -> FieldError {
+/// The field error for an amount that is not valid in `currency` under `limits`.
+pub fn amount_error(error: &AmountError, currency: &str, limits: &Limits) -> FieldError {
     match error {
         AmountError::NotDecimal => FieldError::new(
             "amount",
@@ -161,7 +190,10 @@ pub fn amount_error(error: &AmountError, currency: &str) -> FieldError {
         AmountError::TooLarge => FieldError::new(
             "amount",
             "less_than_equal",
-            format!("amount must be at most {MAX_AMOUNT_MAJOR} {currency}"),
+            format!(
+                "amount must be at most {} {currency}",
+                limits.max_amount_major
+            ),
         ),
     }
 }

@@ -195,6 +195,11 @@ pub struct Serve {
     #[arg(long, env = "TRANSFERD_GUEST_MEMORY_MIB", default_value_t = 64)]
     pub guest_memory_mib: u64,
 
+    /// Directory for compiled guests, reused across restarts and activations; empty means
+    /// `$HOME/.cache/transferd/compiled`, `off` compiles every time.
+    #[arg(long, env = "TRANSFERD_GUEST_CACHE_DIR", default_value = "")]
+    pub guest_cache_dir: String,
+
     /// Guest calls that may run at once; further requests wait for a slot.
     #[arg(long, env = "TRANSFERD_GUEST_CONCURRENCY", default_value_t = 256)]
     pub guest_concurrency: u32,
@@ -203,6 +208,16 @@ pub struct Serve {
 impl Serve {
     pub fn guest_timeout(&self) -> Duration {
         Duration::from_millis(self.guest_timeout_ms)
+    }
+
+    /// Where compiled guests are cached, if anywhere.
+    pub fn compiled_cache(&self) -> Option<PathBuf> {
+        match self.guest_cache_dir.as_str() {
+            "off" => None,
+            "" => std::env::var_os("HOME")
+                .map(|home| PathBuf::from(home).join(".cache/transferd/compiled")),
+            directory => Some(PathBuf::from(directory)),
+        }
     }
 
     pub fn validate(&self) -> anyhow::Result<()> {

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use transferd_e2e::{
     ADMIN_TOKEN, Host, KAFKA_BROKERS, Namespace, consume, guest_file, panicking_guest_file,
+    strict_guest_file,
 };
 
 async fn upload(host: &Host, bytes: Vec<u8>) -> anyhow::Result<(u16, Value)> {
@@ -262,5 +263,72 @@ async fn both_replicas_follow_activation_and_rollback_while_serving() -> anyhow:
         versions.contains(version_a.as_str()) && versions.contains(version_b.as_str()),
         "{versions:?}"
     );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_rule_change_reaches_both_replicas_and_rollback_restores_the_old_rule()
+-> anyhow::Result<()> {
+    let namespace = Namespace::new().await?;
+    let first = Host::start(&namespace).await?;
+    let second = Host::start(&namespace).await?;
+    first.deposit(1, "USD", "10000").await?;
+    first.deposit(2, "USD", "1").await?;
+    let large = json!({"sender_id": 1, "receiver_id": 2, "amount": "150.00", "currency": "USD"});
+    for replica in [&first, &second] {
+        assert_eq!(
+            replica.transfer(large.clone()).await?.status,
+            200,
+            "150.00 is within the standard limit"
+        );
+    }
+
+    let (status, standard) = upload(&first, std::fs::read(guest_file())?).await?;
+    assert_eq!(status, 201, "{standard}");
+    let (status, strict) = upload(&first, std::fs::read(strict_guest_file())?).await?;
+    assert_eq!(
+        status, 201,
+        "a stricter rule still keeps every invariant: {strict}"
+    );
+    let (standard, strict) = (
+        standard["version"].as_str().expect("v"),
+        strict["version"].as_str().expect("v"),
+    );
+    assert_eq!(
+        admin_post(&first, &format!("/admin/guest/{standard}/activate"))
+            .await?
+            .0,
+        200
+    );
+    until_serving(&[&first, &second], standard, Duration::from_secs(15)).await?;
+    assert_eq!(
+        admin_post(&second, &format!("/admin/guest/{strict}/activate"))
+            .await?
+            .0,
+        200
+    );
+    until_serving(&[&first, &second], strict, Duration::from_secs(15)).await?;
+    for replica in [&first, &second] {
+        let refused = replica.transfer(large.clone()).await?;
+        assert_eq!(
+            refused.status, 422,
+            "the new rule applies: {}",
+            refused.body
+        );
+        assert_eq!(
+            refused.problems(),
+            vec![("amount".to_string(), "less_than_equal".to_string())]
+        );
+    }
+
+    assert_eq!(admin_post(&first, "/admin/guest/rollback").await?.0, 200);
+    until_serving(&[&first, &second], standard, Duration::from_secs(15)).await?;
+    for replica in [&first, &second] {
+        assert_eq!(
+            replica.transfer(large.clone()).await?.status,
+            200,
+            "rollback restores the old rule"
+        );
+    }
     Ok(())
 }

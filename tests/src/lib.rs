@@ -46,6 +46,14 @@ pub fn guest_file() -> PathBuf {
     )
 }
 
+/// The standard logic with a lower amount limit (100 in major units): a rule change.
+pub fn strict_guest_file() -> PathBuf {
+    artifact(
+        "TRANSFERD_TEST_STRICT_GUEST",
+        "strict-guest/wasm32-wasip2/release/transferd_test_guest_strict.wasm",
+    )
+}
+
 pub fn panicking_guest_file() -> PathBuf {
     artifact(
         "TRANSFERD_TEST_PANICKING_GUEST",

@@ -56,11 +56,14 @@ pub enum LoadError {
 }
 
 /// Limits every guest call runs under.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct GuestLimits {
     pub timeout: Duration,
     pub memory_bytes: usize,
     pub concurrency: u32,
+    /// Where compiled guests are kept between runs (keyed by bytes, wasmtime version and
+    /// compiler settings, so another wasmtime never reads them); `None` compiles every time.
+    pub compiled_cache: Option<std::path::PathBuf>,
 }
 
 /// The engine and linkers, shared by every guest version.
@@ -87,6 +90,13 @@ impl GuestEngine {
             .wasm_component_model(true)
             .epoch_interruption(true)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
+        if let Some(directory) = &limits.compiled_cache {
+            let mut cache_config = wasmtime::CacheConfig::new();
+            cache_config.with_directory(directory);
+            config.cache(Some(
+                wasmtime::Cache::new(cache_config).map_err(LoadError::Invalid)?,
+            ));
+        }
         let engine = Engine::new(&config).map_err(LoadError::Invalid)?;
 
         let ticker = engine.weak();
@@ -182,7 +192,7 @@ impl Guest {
         context: &RequestContext,
         request: &TransferRequest,
     ) -> Result<Result<Accepted, Rejection>, GuestFailure> {
-        let limits = self.engine.limits;
+        let limits = &self.engine.limits;
         let _slot = self
             .slots
             .acquire()
@@ -219,7 +229,7 @@ impl Guest {
     /// Runs one conformance vector with its recorded import answers; returns the outcome in
     /// the vectors' format (`{"calls": [...], "result": ...}`).
     pub async fn run_vector(&self, vector: &Vector) -> Result<serde_json::Value, GuestFailure> {
-        let limits = self.engine.limits;
+        let limits = &self.engine.limits;
         let store_limits = StoreLimitsBuilder::new()
             .memory_size(limits.memory_bytes)
             .instances(64)

@@ -4,7 +4,7 @@ use http::{HeaderMap, StatusCode, header};
 use hyper::body::Incoming;
 use serde_json::json;
 use transferd_guest::money;
-use transferd_guest::rules::{amount_error, max_amount_minor};
+use transferd_guest::rules::{STANDARD, amount_error, max_amount_minor};
 
 use crate::http::App;
 use crate::http::body::{Fields, read_json_body};
@@ -73,7 +73,8 @@ pub async fn deposit(app: &App, headers: &HeaderMap, body: Incoming) -> Result<R
             match money::parse_amount(text, exponent, max_amount_minor(exponent)) {
                 Ok(minor) => Some(minor),
                 Err(error) => {
-                    let field_error = amount_error(&error, currency.as_deref().unwrap_or_default());
+                    let field_error =
+                        amount_error(&error, currency.as_deref().unwrap_or_default(), &STANDARD);
                     problems.push(Invalid::body_field(
                         &field_error.field,
                         &field_error.code,

@@ -57,6 +57,7 @@ pub async fn serve(settings: Serve) -> anyhow::Result<()> {
         timeout: settings.guest_timeout(),
         memory_bytes: usize::try_from(settings.guest_memory_mib * 1024 * 1024)?,
         concurrency: settings.guest_concurrency,
+        compiled_cache: settings.compiled_cache(),
     })?);
     let guest = engine
         .load_file(&settings.guest_file)
