@@ -1,5 +1,7 @@
 -- The guest registry: every uploaded transfer-logic component, and who activated what when.
--- The active version is the one named by the latest activation.
+-- The active version is the one named by the latest 'activate' or 'rollback'. The candidate
+-- (served to a share of requests as a canary, or run beside the active one in shadow) is the
+-- one named by the latest row of any action, if that row is a 'canary' or 'shadow'.
 CREATE TABLE guest_versions (
     version     TEXT        PRIMARY KEY,  -- sha256 of the bytes, hex
     bytes       BYTEA       NOT NULL,
@@ -15,7 +17,11 @@ CREATE TABLE guest_activations (
     activation_id BIGSERIAL   PRIMARY KEY,
     version       TEXT        NOT NULL REFERENCES guest_versions (version),
     action        TEXT        NOT NULL,
+    -- the share of requests a canary serves
+    percent       SMALLINT,
     activated_by  TEXT        NOT NULL,
     activated_at  TIMESTAMPTZ NOT NULL DEFAULT now(),
-    CONSTRAINT action_known CHECK (action IN ('activate', 'rollback'))
+    CONSTRAINT action_known CHECK (action IN ('activate', 'rollback', 'canary', 'shadow', 'end-candidate')),
+    CONSTRAINT canary_has_percent CHECK ((action = 'canary') = (percent IS NOT NULL)),
+    CONSTRAINT percent_in_range CHECK (percent BETWEEN 0 AND 100)
 );

@@ -332,3 +332,159 @@ async fn a_rule_change_reaches_both_replicas_and_rollback_restores_the_old_rule(
     }
     Ok(())
 }
+
+/// Uploads the standard and the strict guest and activates the standard one.
+async fn standard_active_strict_uploaded(host: &Host) -> anyhow::Result<(String, String)> {
+    let (status, standard) = upload(host, std::fs::read(guest_file())?).await?;
+    anyhow::ensure!(status == 201, "{standard}");
+    let (status, strict) = upload(host, std::fs::read(strict_guest_file())?).await?;
+    anyhow::ensure!(status == 201, "{strict}");
+    let standard = standard["version"].as_str().unwrap_or_default().to_string();
+    let strict = strict["version"].as_str().unwrap_or_default().to_string();
+    anyhow::ensure!(
+        admin_post(host, &format!("/admin/guest/{standard}/activate"))
+            .await?
+            .0
+            == 200
+    );
+    until_serving(&[host], &standard, Duration::from_secs(15)).await?;
+    Ok((standard, strict))
+}
+
+#[tokio::test]
+async fn a_canary_serves_about_its_share() -> anyhow::Result<()> {
+    let namespace = Namespace::new().await?;
+    let host = Host::start(&namespace).await?;
+    host.deposit(1, "USD", "1000000").await?;
+    host.deposit(2, "USD", "1").await?;
+    let (standard, strict) = standard_active_strict_uploaded(&host).await?;
+    let response = host
+        .client
+        .post(format!("{}/admin/guest/{strict}/canary", host.base_url))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({"percent": 30}))
+        .send()
+        .await?;
+    assert_eq!(response.status(), 200);
+    let bad = host
+        .client
+        .post(format!("{}/admin/guest/{strict}/canary", host.base_url))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({"percent": 101}))
+        .send()
+        .await?;
+    assert_eq!(bad.status(), 422);
+    // The follower picks the canary up; then 400 transfers of 150.00 (over the strict limit).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while registry_status(&host).await?["candidate"]["version"] != strict.as_str() {
+        anyhow::ensure!(Instant::now() < deadline, "the canary was not recorded");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let large = json!({"sender_id": 1, "receiver_id": 2, "amount": "150.00", "currency": "USD"});
+    let (mut by_strict, mut by_standard) = (0, 0);
+    for _ in 0..400 {
+        let reply = host.transfer(large.clone()).await?;
+        let version = reply
+            .headers
+            .get("x-guest-version")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        match (reply.status, version) {
+            (422, v) if v == strict => by_strict += 1,
+            (200, v) if v == standard => by_standard += 1,
+            (status, version) => panic!("unexpected {status} from {version}: {}", reply.body),
+        }
+    }
+    eprintln!("canary at 30%: {by_strict} of 400 served by the candidate");
+    assert!(
+        (80..=160).contains(&by_strict),
+        "about 30% of 400 ({by_strict}, {by_standard})"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_shadow_counts_a_known_difference_and_publishes_nothing() -> anyhow::Result<()> {
+    let namespace = Namespace::new().await?;
+    let host = Host::start(&namespace).await?;
+    host.deposit(1, "USD", "1000000").await?;
+    host.deposit(2, "USD", "1").await?;
+    let (_standard, strict) = standard_active_strict_uploaded(&host).await?;
+    assert_eq!(
+        admin_post(&host, &format!("/admin/guest/{strict}/shadow"))
+            .await?
+            .0,
+        200
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while registry_status(&host).await?["candidate"]["mode"] != "shadow" {
+        anyhow::ensure!(Instant::now() < deadline, "the shadow was not recorded");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // 150.00: the active version accepts, the strict candidate would refuse. 50.00: both accept.
+    for amount in ["150.00", "50.00"] {
+        let reply = host
+            .transfer(
+                json!({"sender_id": 1, "receiver_id": 2, "amount": amount, "currency": "USD"}),
+            )
+            .await?;
+        assert_eq!(
+            reply.status, 200,
+            "the active version decides: {}",
+            reply.body
+        );
+    }
+    let url = format!("{}/admin/guest/{strict}/shadow", host.base_url);
+    let mut stats = Value::Null;
+    for _ in 0..200 {
+        stats = host
+            .client
+            .get(&url)
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await?
+            .json()
+            .await?;
+        if stats["replica_stats"]["runs"] == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(stats["replica_stats"]["runs"], 2, "{stats}");
+    assert_eq!(stats["replica_stats"]["differences"], 1, "{stats}");
+    let difference = &stats["replica_stats"]["recent_differences"][0];
+    assert!(difference["active"]["ok"].is_object(), "{difference}");
+    assert_eq!(
+        difference["candidate"]["err"]["invalid"][0]["code"], "less_than_equal",
+        "{difference}"
+    );
+
+    // Besides the probes of 0.01, exactly the two transfers, both from the active version.
+    let messages = consume(
+        KAFKA_BROKERS,
+        &namespace.transfer_topic(),
+        100,
+        Duration::from_secs(5),
+    )
+    .await?;
+    let mut amounts: Vec<i64> = messages
+        .iter()
+        .filter_map(|m| m.json["amount_minor"].as_i64())
+        .filter(|amount| *amount != 1)
+        .collect();
+    amounts.sort();
+    assert_eq!(
+        amounts,
+        vec![5_000, 15_000],
+        "the candidate published nothing"
+    );
+    assert!(
+        messages
+            .iter()
+            .all(|m| m.json["guest_version"] != strict.as_str())
+    );
+    Ok(())
+}

@@ -86,6 +86,9 @@ fn ensure_topics_in_background(services: Services) {
 pub struct RequestState {
     capabilities: Arc<Capabilities>,
     transaction_id: String,
+    /// What the imports answered, in the vectors' import format, so a shadow candidate can be
+    /// given the same answers (see `guest::shadow`).
+    pub answers: RecordedAnswers,
     wasi: WasiCtx,
     table: ResourceTable,
     pub limits: StoreLimits,
@@ -100,6 +103,7 @@ impl RequestState {
         RequestState {
             capabilities,
             transaction_id,
+            answers: RecordedAnswers::default(),
             // Nothing: no arguments, environment, files, sockets or inherited stdio.
             wasi: WasiCtx::builder().build(),
             table: ResourceTable::new(),
@@ -115,6 +119,15 @@ impl WasiView for RequestState {
             table: &mut self.table,
         }
     }
+}
+
+/// The answers one request's imports gave.
+#[derive(Debug, Clone, Default)]
+pub struct RecordedAnswers {
+    /// (account, currency, answer) per `available` call.
+    pub lookups: Vec<(i64, String, Result<Option<i64>, String>)>,
+    /// `"ok"`, `"insufficient-funds"` or `{"unavailable": reason}`, once `send` answered.
+    pub publish: Option<serde_json::Value>,
 }
 
 /// `types` has no functions; the trait is required by the generated linker code.

@@ -1,6 +1,8 @@
 //! `publish.send`: reserve the hold, produce to Kafka, wait for the acknowledgement; release
 //! the hold when producing fails.
 
+use std::sync::Arc;
+
 use crate::capabilities::{Capabilities, RequestState};
 use crate::guest::bindings::transferd::transfer::publish::{self, Hold, Outgoing, PublishError};
 use crate::stores::kafka::GUEST_TOPICS;
@@ -8,6 +10,23 @@ use crate::stores::redis::HoldOutcome;
 
 impl publish::Host for RequestState {
     async fn send(&mut self, message: Outgoing) -> wasmtime::Result<Result<(), PublishError>> {
+        let capabilities = Arc::clone(&self.capabilities);
+        let answer = deliver(&capabilities, &self.transaction_id, message).await?;
+        self.answers.publish = Some(match &answer {
+            Ok(()) => serde_json::json!("ok"),
+            Err(PublishError::InsufficientFunds) => serde_json::json!("insufficient-funds"),
+            Err(PublishError::Unavailable(reason)) => serde_json::json!({"unavailable": reason}),
+        });
+        Ok(answer)
+    }
+}
+
+async fn deliver(
+    capabilities: &Capabilities,
+    transaction_id: &str,
+    message: Outgoing,
+) -> wasmtime::Result<Result<(), PublishError>> {
+    {
         // A guest that publishes where it may not, or holds nothing, is broken: trap it.
         wasmtime::ensure!(
             GUEST_TOPICS.contains(&message.topic.as_str()),
@@ -21,8 +40,6 @@ impl publish::Host for RequestState {
                 hold.amount_minor
             );
         }
-        let capabilities = &self.capabilities;
-        let transaction_id = self.transaction_id.as_str();
 
         let held = match &message.hold {
             None => false,

@@ -1,7 +1,9 @@
-//! The wasm runtime: the engine, the linker and the pre-instantiated guest (runtime), and the
-//! bindings generated from `wit/` (bindings).
+//! The wasm runtime: the engine, the linkers and the pre-instantiated guest (runtime), the
+//! bindings generated from `wit/` (bindings), replayed imports (replay), the version registry
+//! and hot swap (registry), and shadow runs of a candidate (shadow).
 
 pub mod bindings;
 pub mod registry;
 pub mod replay;
 pub mod runtime;
+pub mod shadow;

@@ -88,12 +88,31 @@ pub struct VersionInfo {
     pub note: Option<String>,
 }
 
+/// How a candidate version takes part in serving.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case", tag = "mode")]
+pub enum CandidateMode {
+    /// Serves this share of requests (by transaction id) instead of the active version.
+    Canary { percent: u8 },
+    /// Runs on every request beside the active version, publishing nothing; its decisions
+    /// are compared with the active version's.
+    Shadow,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Candidate {
+    pub version: String,
+    #[serde(flatten)]
+    pub mode: CandidateMode,
+}
+
 /// One activation.
 #[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
 pub struct Activation {
     pub activation_id: i64,
     pub version: String,
     pub action: String,
+    pub percent: Option<i16>,
     pub activated_by: String,
     pub activated_at: DateTime<Utc>,
 }
@@ -130,11 +149,68 @@ impl Registry {
         Ok(())
     }
 
-    /// Makes `version` the active one and tells every replica.
+    /// Makes `version` the active one (which ends any candidate) and tells every replica.
     pub async fn activate(
         &self,
         version: &str,
         action: &str,
+        activated_by: &str,
+    ) -> Result<(), RegistryError> {
+        self.record(version, action, None, activated_by).await
+    }
+
+    /// Serves `version` to a share of requests (canary) or beside the active one (shadow),
+    /// until the next activation or [`Registry::end_candidate`].
+    pub async fn set_candidate(
+        &self,
+        version: &str,
+        mode: CandidateMode,
+        activated_by: &str,
+    ) -> Result<(), RegistryError> {
+        match mode {
+            CandidateMode::Canary { percent } => {
+                assert!(percent <= 100, "a share of requests");
+                self.record(version, "canary", Some(i16::from(percent)), activated_by)
+                    .await
+            }
+            CandidateMode::Shadow => self.record(version, "shadow", None, activated_by).await,
+        }
+    }
+
+    /// Stops serving the current candidate, if there is one.
+    pub async fn end_candidate(&self, activated_by: &str) -> Result<(), RegistryError> {
+        let Some(candidate) = self.candidate().await? else {
+            return Ok(());
+        };
+        self.record(&candidate.version, "end-candidate", None, activated_by)
+            .await
+    }
+
+    /// The candidate, if the latest registry change set one.
+    pub async fn candidate(&self) -> Result<Option<Candidate>, RegistryError> {
+        let latest: Option<(String, String, Option<i16>)> = sqlx::query_as(
+            "SELECT version, action, percent FROM guest_activations ORDER BY activation_id DESC LIMIT 1",
+        )
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(latest.and_then(|(version, action, percent)| {
+            let mode = match (action.as_str(), percent) {
+                ("canary", Some(percent)) => CandidateMode::Canary {
+                    percent: u8::try_from(percent).ok()?,
+                },
+                ("shadow", _) => CandidateMode::Shadow,
+                _ => return None,
+            };
+            Some(Candidate { version, mode })
+        }))
+    }
+
+    /// Appends a registry change and announces it to every replica.
+    async fn record(
+        &self,
+        version: &str,
+        action: &str,
+        percent: Option<i16>,
         activated_by: &str,
     ) -> Result<(), RegistryError> {
         let mut transaction = self.pool.begin().await?;
@@ -146,14 +222,13 @@ impl Registry {
         if known.is_none() {
             return Err(RegistryError::UnknownVersion(version.to_string()));
         }
-        sqlx::query(
-            "INSERT INTO guest_activations (version, action, activated_by) VALUES ($1, $2, $3)",
-        )
-        .bind(version)
-        .bind(action)
-        .bind(activated_by)
-        .execute(&mut *transaction)
-        .await?;
+        sqlx::query("INSERT INTO guest_activations (version, action, percent, activated_by) VALUES ($1, $2, $3, $4)")
+            .bind(version)
+            .bind(action)
+            .bind(percent)
+            .bind(activated_by)
+            .execute(&mut *transaction)
+            .await?;
         // Delivered at commit, so no replica reads the registry before the row is there.
         sqlx::query("SELECT pg_notify($1, $2)")
             .bind(CHANNEL)
@@ -167,7 +242,10 @@ impl Registry {
     /// Activates the version that was active before the current one.
     pub async fn rollback(&self, activated_by: &str) -> Result<String, RegistryError> {
         let history = self.history(1_000).await?;
-        let mut versions = history.iter().map(|activation| activation.version.as_str());
+        let mut versions = history
+            .iter()
+            .filter(|activation| activation.action == "activate" || activation.action == "rollback")
+            .map(|activation| activation.version.as_str());
         let current = versions.next().ok_or(RegistryError::NothingToRollBack)?;
         let previous = versions
             .find(|version| *version != current)
@@ -177,9 +255,12 @@ impl Registry {
         Ok(previous)
     }
 
+    /// The version named by the latest activation or rollback (canary and shadow rows name
+    /// candidates, not the active version).
     pub async fn active(&self) -> Result<Option<String>, RegistryError> {
         Ok(sqlx::query_scalar(
-            "SELECT version FROM guest_activations ORDER BY activation_id DESC LIMIT 1",
+            "SELECT version FROM guest_activations WHERE action IN ('activate', 'rollback')
+             ORDER BY activation_id DESC LIMIT 1",
         )
         .fetch_optional(&self.pool)
         .await?)
@@ -196,7 +277,7 @@ impl Registry {
     /// The newest activations first, at most `limit`.
     pub async fn history(&self, limit: i64) -> Result<Vec<Activation>, RegistryError> {
         Ok(sqlx::query_as(
-            "SELECT activation_id, version, action, activated_by, activated_at
+            "SELECT activation_id, version, action, percent, activated_by, activated_at
              FROM guest_activations ORDER BY activation_id DESC LIMIT $1",
         )
         .bind(limit)
@@ -213,24 +294,56 @@ impl Registry {
     }
 }
 
-/// The guest this replica serves new requests with; swapped whole, read per request.
+/// What this replica serves: the active version and, maybe, a candidate. Swapped whole,
+/// read once per request, so a request sees one consistent pair.
+pub struct Serving {
+    pub active: Arc<Guest>,
+    pub candidate: Option<(Arc<Guest>, CandidateMode)>,
+}
+
+impl Serving {
+    /// The guest that decides this request, and the one to shadow it with, if any. A canary
+    /// takes the requests whose transaction id falls in its share (ids are random in their
+    /// low bits, so the share is even and a retried id lands on the same side).
+    pub fn pick(&self, transaction_id: &uuid::Uuid) -> (Arc<Guest>, Option<Arc<Guest>>) {
+        match &self.candidate {
+            Some((candidate, CandidateMode::Canary { percent })) => {
+                let bucket = (transaction_id.as_u128() % 100) as u8;
+                if bucket < *percent {
+                    (Arc::clone(candidate), None)
+                } else {
+                    (Arc::clone(&self.active), None)
+                }
+            }
+            Some((candidate, CandidateMode::Shadow)) => {
+                (Arc::clone(&self.active), Some(Arc::clone(candidate)))
+            }
+            None => (Arc::clone(&self.active), None),
+        }
+    }
+}
+
+/// The guests this replica serves new requests with.
 pub struct ServingGuest {
-    current: RwLock<Arc<Guest>>,
+    current: RwLock<Arc<Serving>>,
 }
 
 impl ServingGuest {
     pub fn new(guest: Guest) -> ServingGuest {
         ServingGuest {
-            current: RwLock::new(Arc::new(guest)),
+            current: RwLock::new(Arc::new(Serving {
+                active: Arc::new(guest),
+                candidate: None,
+            })),
         }
     }
 
-    pub fn get(&self) -> Arc<Guest> {
+    pub fn get(&self) -> Arc<Serving> {
         Arc::clone(&self.current.read().unwrap_or_else(PoisonError::into_inner))
     }
 
-    fn replace(&self, guest: Guest) {
-        *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(guest);
+    fn replace(&self, serving: Serving) {
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(serving);
     }
 }
 
@@ -266,31 +379,71 @@ async fn listen(
     }
 }
 
-/// Loads the active version if this replica serves another one. A version that fails to
-/// compile here leaves the current one serving (it passed the same checks at upload).
+/// Loads the active version and the candidate if this replica serves others. A version that
+/// fails to load here leaves the current one serving (it passed the same checks at upload).
 pub async fn reconcile(registry: &Registry, engine: &Arc<GuestEngine>, serving: &ServingGuest) {
-    let active = match registry.active().await {
-        Ok(Some(active)) => active,
-        Ok(None) => return,
-        Err(error) => {
-            tracing::warn!(%error, "cannot read the active guest version");
+    let wanted = match (registry.active().await, registry.candidate().await) {
+        (Ok(active), Ok(candidate)) => (active, candidate),
+        (Err(error), _) | (_, Err(error)) => {
+            tracing::warn!(%error, "cannot read the registry");
             return;
         }
     };
-    if serving.get().version() == active {
+    let current = serving.get();
+    let active = match wanted.0 {
+        None => Arc::clone(&current.active),
+        Some(version) => match load(registry, engine, &current, &version).await {
+            Some(guest) => guest,
+            None => return,
+        },
+    };
+    let candidate = match wanted.1 {
+        None => None,
+        Some(candidate) => load(registry, engine, &current, &candidate.version)
+            .await
+            .map(|guest| (guest, candidate.mode)),
+    };
+    let unchanged = Arc::ptr_eq(&active, &current.active)
+        && match (&candidate, &current.candidate) {
+            (None, None) => true,
+            (Some((new, new_mode)), Some((old, old_mode))) => {
+                Arc::ptr_eq(new, old) && new_mode == old_mode
+            }
+            _ => false,
+        };
+    if unchanged {
         return;
     }
-    let loaded = match registry.bytes(&active).await {
+    tracing::info!(
+        active = active.version(),
+        candidate = candidate.as_ref().map(|(guest, _)| guest.version()),
+        mode = ?candidate.as_ref().map(|(_, mode)| *mode),
+        "now serving"
+    );
+    serving.replace(Serving { active, candidate });
+}
+
+/// The guest of `version`: one this replica already has, or compiled from the registry.
+async fn load(
+    registry: &Registry,
+    engine: &Arc<GuestEngine>,
+    current: &Serving,
+    version: &str,
+) -> Option<Arc<Guest>> {
+    let held =
+        std::iter::once(&current.active).chain(current.candidate.as_ref().map(|(guest, _)| guest));
+    if let Some(guest) = held.into_iter().find(|guest| guest.version() == version) {
+        return Some(Arc::clone(guest));
+    }
+    let loaded = match registry.bytes(version).await {
         Ok(bytes) => engine.load(&bytes).map_err(RegistryError::from),
         Err(error) => Err(error),
     };
     match loaded {
-        Ok(guest) => {
-            serving.replace(guest);
-            tracing::info!(version = active, "now serving guest version");
-        }
+        Ok(guest) => Some(Arc::new(guest)),
         Err(error) => {
-            tracing::error!(%error, version = active, "cannot load the active guest; keeping the current one")
+            tracing::error!(%error, version, "cannot load a guest version; keeping what is served");
+            None
         }
     }
 }

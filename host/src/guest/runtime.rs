@@ -17,15 +17,22 @@ use wasmtime::{
     Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimitsBuilder,
 };
 
-use transferd_guest::vectors::{self, Vector};
+use transferd_guest::vectors::{self, Replay, Vector};
 
-use crate::capabilities::{Capabilities, RequestState};
+use crate::capabilities::{Capabilities, RecordedAnswers, RequestState};
 use crate::guest::bindings::{TransferLogic, TransferLogicPre, transferd::transfer::types};
 use crate::guest::replay::ReplayState;
 
 /// How often the engine's epoch advances; a running guest yields to the scheduler at each
 /// tick, so a guest stuck in a loop cannot hold a worker thread past its deadline.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// A decision and the answers the imports gave to reach it.
+#[derive(Debug)]
+pub struct Decided {
+    pub decision: Result<Accepted, Rejection>,
+    pub answers: RecordedAnswers,
+}
 
 /// Why a guest call produced no decision.
 #[derive(Debug, thiserror::Error)]
@@ -191,7 +198,7 @@ impl Guest {
         capabilities: Arc<Capabilities>,
         context: &RequestContext,
         request: &TransferRequest,
-    ) -> Result<Result<Accepted, Rejection>, GuestFailure> {
+    ) -> Result<Decided, GuestFailure> {
         let limits = &self.engine.limits;
         let _slot = self
             .slots
@@ -216,11 +223,15 @@ impl Guest {
                 .await
         };
         let outcome = tokio::time::timeout(limits.timeout, call).await;
+        let answers = std::mem::take(&mut store.data_mut().answers);
         tokio::spawn(async move { drop(store) });
         match outcome {
             Err(_elapsed) => Err(GuestFailure::Timeout(limits.timeout.as_millis())),
             Ok(Err(trap)) => Err(GuestFailure::Trap(format!("{trap:#}"))),
-            Ok(Ok(decision)) => Ok(decision.map(accepted).map_err(rejection)),
+            Ok(Ok(decision)) => Ok(Decided {
+                decision: decision.map(accepted).map_err(rejection),
+                answers,
+            }),
         }
     }
 }
@@ -229,18 +240,27 @@ impl Guest {
     /// Runs one conformance vector with its recorded import answers; returns the outcome in
     /// the vectors' format (`{"calls": [...], "result": ...}`).
     pub async fn run_vector(&self, vector: &Vector) -> Result<serde_json::Value, GuestFailure> {
+        self.run_replayed(&vector.context, &vector.request, vector.replay())
+            .await
+    }
+
+    /// Runs `initiate-transfer` with imports answering from `replay` (nothing is looked up or
+    /// published); returns the outcome in the vectors' format.
+    pub async fn run_replayed(
+        &self,
+        context: &RequestContext,
+        request: &TransferRequest,
+        replay: Replay,
+    ) -> Result<serde_json::Value, GuestFailure> {
         let limits = &self.engine.limits;
         let store_limits = StoreLimitsBuilder::new()
             .memory_size(limits.memory_bytes)
             .instances(64)
             .build();
-        let mut store = Store::new(
-            &self.engine.engine,
-            ReplayState::new(vector.replay(), store_limits),
-        );
+        let mut store = Store::new(&self.engine.engine, ReplayState::new(replay, store_limits));
         store.limiter(|state| &mut state.limits);
         store.epoch_deadline_async_yield_and_update(1);
-        let (context, request) = wit_arguments(&vector.context, &vector.request);
+        let (context, request) = wit_arguments(context, request);
         let call = async {
             let instance = self.replay_pre.instantiate_async(&mut store).await?;
             instance

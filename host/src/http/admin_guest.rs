@@ -5,10 +5,11 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde_json::json;
 
-use crate::guest::registry::{self, MAX_GUEST_BYTES, RegistryError};
+use crate::guest::registry::{self, CandidateMode, MAX_GUEST_BYTES, RegistryError};
 use crate::http::App;
 use crate::http::admin::authorize;
-use crate::http::error::{ApiError, Reply, json_response};
+use crate::http::body::{Fields, read_json_body};
+use crate::http::error::{ApiError, Invalid, Reply, json_response};
 
 /// Who did it, until requests carry a user: the admin token's holder.
 const ADMIN: &str = "admin";
@@ -86,11 +87,84 @@ pub async fn status(app: &App, headers: &HeaderMap) -> Result<Reply, ApiError> {
         StatusCode::OK,
         &json!({
             "active": active,
-            "serving": app.guest().version(),
+            "serving": app.serving().active.version(),
+            "candidate": app.registry.candidate().await.map_err(registry_error)?,
             "versions": versions,
             "history": history,
         }),
     ))
+}
+
+/// `POST /admin/guest/{version}/canary` `{"percent": 0..=100}`: that share of requests is
+/// served by `version` until the next activation or `DELETE /admin/guest/candidate`.
+pub async fn canary(
+    app: &App,
+    headers: &HeaderMap,
+    version: &str,
+    body: Incoming,
+) -> Result<Reply, ApiError> {
+    authorize(app, headers)?;
+    let bytes = read_json_body(headers, body).await?;
+    let mut fields = Fields::parse(&bytes)?;
+    let percent = fields.integer("percent");
+    fields.finish()?;
+    let percent = match percent.map(u8::try_from) {
+        Some(Ok(percent)) if percent <= 100 => percent,
+        _ => {
+            return Err(ApiError::Validation(vec![Invalid::body_field(
+                "percent",
+                "less_than_equal",
+                "percent must be an integer from 0 to 100",
+            )]));
+        }
+    };
+    let mode = CandidateMode::Canary { percent };
+    app.registry
+        .set_candidate(version, mode, ADMIN)
+        .await
+        .map_err(registry_error)?;
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"candidate": version, "mode": "canary", "percent": percent}),
+    ))
+}
+
+/// `POST /admin/guest/{version}/shadow`: `version` runs beside the active one on every request,
+/// publishing nothing, until the next activation or `DELETE /admin/guest/candidate`.
+pub async fn shadow(app: &App, headers: &HeaderMap, version: &str) -> Result<Reply, ApiError> {
+    authorize(app, headers)?;
+    app.registry
+        .set_candidate(version, CandidateMode::Shadow, ADMIN)
+        .await
+        .map_err(registry_error)?;
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"candidate": version, "mode": "shadow"}),
+    ))
+}
+
+/// `GET /admin/guest/{version}/shadow`: this replica's shadow runs of `version`.
+pub async fn shadow_stats(
+    app: &App,
+    headers: &HeaderMap,
+    version: &str,
+) -> Result<Reply, ApiError> {
+    authorize(app, headers)?;
+    let stats = app.shadow_book.stats(version);
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"version": version, "replica_stats": stats}),
+    ))
+}
+
+/// `DELETE /admin/guest/candidate`: stop the canary or shadow.
+pub async fn end_candidate(app: &App, headers: &HeaderMap) -> Result<Reply, ApiError> {
+    authorize(app, headers)?;
+    app.registry
+        .end_candidate(ADMIN)
+        .await
+        .map_err(registry_error)?;
+    Ok(json_response(StatusCode::OK, &json!({"candidate": null})))
 }
 
 fn registry_error(error: RegistryError) -> ApiError {

@@ -23,8 +23,9 @@ use tokio::net::TcpListener;
 
 use crate::capabilities::Capabilities;
 use crate::config::Serve;
-use crate::guest::registry::{self, Registry, ServingGuest};
-use crate::guest::runtime::{Guest, GuestEngine, GuestLimits};
+use crate::guest::registry::{self, Registry, Serving, ServingGuest};
+use crate::guest::runtime::{GuestEngine, GuestLimits};
+use crate::guest::shadow::ShadowBook;
 use crate::{settlement, shutdown};
 use error::{ApiError, Reply, json_response};
 
@@ -37,12 +38,13 @@ pub struct App {
     serving: Arc<ServingGuest>,
     pub engine: Arc<GuestEngine>,
     pub registry: Registry,
+    pub shadow_book: Arc<ShadowBook>,
     pub admin_token: Option<String>,
 }
 
 impl App {
-    /// The guest version serving new requests; a request keeps the one it got to the end.
-    pub fn guest(&self) -> Arc<Guest> {
+    /// The guests serving new requests; a request keeps what it got to the end.
+    pub fn serving(&self) -> Arc<Serving> {
         self.serving.get()
     }
 }
@@ -93,6 +95,7 @@ pub async fn serve(settings: Serve) -> anyhow::Result<()> {
         serving,
         engine,
         registry,
+        shadow_book: Arc::new(ShadowBook::default()),
         admin_token: settings.admin_token.clone(),
     });
     let listener = TcpListener::bind(settings.listen)
@@ -161,6 +164,18 @@ async fn route(app: &App, request: Request<Incoming>) -> Reply {
         }
         ["admin", "guest", version, "activate"] if method == Method::POST => {
             admin_guest::activate(app, &parts.headers, version).await
+        }
+        ["admin", "guest", version, "canary"] if method == Method::POST => {
+            admin_guest::canary(app, &parts.headers, version, body).await
+        }
+        ["admin", "guest", version, "shadow"] if method == Method::POST => {
+            admin_guest::shadow(app, &parts.headers, version).await
+        }
+        ["admin", "guest", version, "shadow"] if method == Method::GET => {
+            admin_guest::shadow_stats(app, &parts.headers, version).await
+        }
+        ["admin", "guest", "candidate"] if method == Method::DELETE => {
+            admin_guest::end_candidate(app, &parts.headers).await
         }
         ["admin", "deposits"] if method == Method::POST => {
             admin::deposit(app, &parts.headers, body).await

@@ -12,7 +12,10 @@ use transferd_guest::rules::TransferRequest;
 use chrono::SecondsFormat;
 use transferd_guest::money::{currency_exponent, format_minor};
 
-use crate::guest::runtime::GuestFailure;
+use std::sync::Arc;
+
+use crate::guest::runtime::{Decided, Guest, GuestFailure};
+use crate::guest::shadow;
 use crate::http::body::{Fields, read_json_body};
 use crate::http::error::{ApiError, Invalid, Reply, json_response};
 use crate::http::{App, GUEST_VERSION_HEADER};
@@ -22,14 +25,15 @@ pub async fn create(app: &App, headers: &HeaderMap, body: Incoming) -> Result<Re
     let bytes = read_json_body(headers, body).await?;
     let request = parse_request(&bytes)?;
 
-    let guest = app.guest();
+    let transaction_id = uuid::Uuid::now_v7();
+    let (guest, shadow) = app.serving().pick(&transaction_id);
     let context = RequestContext {
-        transaction_id: uuid::Uuid::now_v7().to_string(),
+        transaction_id: transaction_id.to_string(),
         received_at_ms: now_ms(),
         principal: None,
         guest_version: guest.version().to_string(),
     };
-    let decision = guest
+    let decided = guest
         .initiate_transfer(app.capabilities.clone(), &context, &request)
         .await
         .map_err(|failure| {
@@ -39,7 +43,10 @@ pub async fn create(app: &App, headers: &HeaderMap, body: Incoming) -> Result<Re
                 GuestFailure::Timeout(_) => ApiError::Unavailable(failure.to_string()),
             }
         })?;
-    let mut response = match decision {
+    if let Some(candidate) = shadow {
+        shadow_run(app, candidate, &context, &request, &decided);
+    }
+    let mut response = match decided.decision {
         Ok(accepted) => {
             assert_eq!(
                 accepted.transaction_id, context.transaction_id,
@@ -50,8 +57,9 @@ pub async fn create(app: &App, headers: &HeaderMap, body: Incoming) -> Result<Re
                 &json!({"status": "success", "transaction_id": accepted.transaction_id}),
             )
         }
-        Err(rejection) => return Err(rejection_error(rejection, &request)),
+        Err(rejection) => rejection_error(rejection, &request).into_response(),
     };
+    // Every decision names the version that made it, refusals included.
     if let Ok(value) = HeaderValue::from_str(guest.version()) {
         response.headers_mut().insert(GUEST_VERSION_HEADER, value);
     }
@@ -185,4 +193,31 @@ fn pending_body(message: &serde_json::Value) -> serde_json::Value {
         "created_at": message["created_at"],
         "settled_at": null,
     })
+}
+
+/// Runs the shadow candidate on this request in the background, with the answers the active
+/// version got, and records whether it decided the same.
+fn shadow_run(
+    app: &App,
+    candidate: Arc<Guest>,
+    context: &RequestContext,
+    request: &TransferRequest,
+    decided: &Decided,
+) {
+    let book = Arc::clone(&app.shadow_book);
+    let replay = shadow::replay_of(&decided.answers);
+    let active = shadow::result_of(&decided.decision);
+    let mut context = context.clone();
+    context.guest_version = candidate.version().to_string();
+    let request = request.clone();
+    tokio::spawn(async move {
+        let outcome = candidate.run_replayed(&context, &request, replay).await;
+        let result = outcome.as_ref().ok().map(|outcome| &outcome["result"]);
+        book.record(
+            candidate.version(),
+            &context.transaction_id,
+            &active,
+            result,
+        );
+    });
 }
