@@ -182,6 +182,11 @@ pub struct Serve {
     )]
     pub guest_file: PathBuf,
 
+    /// Reload the guest file whenever it changes, instead of following the registry (local
+    /// development).
+    #[arg(long, env = "TRANSFERD_GUEST_WATCH", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub watch: bool,
+
     /// Bearer token for /admin routes. Without one the admin API answers 401 to everyone.
     #[arg(long, env = "TRANSFERD_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,

@@ -1,6 +1,7 @@
 //! The transferd host as a library: the binary (`main.rs`) is a thin command line over it,
 //! and benchmarks reach the same code.
 
+pub mod admin_client;
 pub mod capabilities;
 pub mod config;
 pub mod guest;

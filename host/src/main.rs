@@ -5,7 +5,7 @@ use std::sync::Arc;
 use tracing_subscriber::EnvFilter;
 
 use transferd::capabilities::Capabilities;
-use transferd::{config, http, settlement, shutdown, stores};
+use transferd::{admin_client, config, http, settlement, shutdown, stores};
 
 #[derive(Parser)]
 #[command(
@@ -26,6 +26,8 @@ enum Command {
     Worker(config::WorkerOnly),
     /// Apply the database migrations and exit.
     Migrate(config::Services),
+    /// Manage guest versions through a replica's admin API.
+    Guest(admin_client::GuestCli),
 }
 
 #[tokio::main]
@@ -53,6 +55,7 @@ async fn main() -> anyhow::Result<()> {
             .await?;
             Ok(())
         }
+        Command::Guest(cli) => admin_client::run(cli).await,
         Command::Migrate(services) => {
             services.validate()?;
             let ledger = stores::postgres::Ledger::connect(&services).await?;

@@ -488,3 +488,109 @@ async fn a_shadow_counts_a_known_difference_and_publishes_nothing() -> anyhow::R
     );
     Ok(())
 }
+
+/// `transferd guest ARGS` against `host`; returns (success, stdout).
+fn guest_cli(host: &Host, arguments: &[&str]) -> anyhow::Result<(bool, String)> {
+    let output = std::process::Command::new(transferd_e2e::transferd_binary())
+        .arg("guest")
+        .args(arguments)
+        .env("TRANSFERD_URL", &host.base_url)
+        .env("TRANSFERD_ADMIN_TOKEN", ADMIN_TOKEN)
+        .output()?;
+    Ok((output.status.success(), String::from_utf8(output.stdout)?))
+}
+
+#[tokio::test]
+async fn the_cli_uploads_activates_rolls_back_and_reports() -> anyhow::Result<()> {
+    let namespace = Namespace::new().await?;
+    let host = Host::start(&namespace).await?;
+    host.deposit(1, "USD", "1000").await?;
+    host.deposit(2, "USD", "1").await?;
+    let standard = guest_file();
+    let strict = strict_guest_file();
+
+    let (ok, out) = guest_cli(
+        &host,
+        &[
+            "upload",
+            standard.to_str().unwrap_or_default(),
+            "--note",
+            "standard",
+        ],
+    )?;
+    assert!(ok, "{out}");
+    let standard_version = serde_json::from_str::<Value>(&out)?["version"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let (ok, out) = guest_cli(&host, &["upload", strict.to_str().unwrap_or_default()])?;
+    assert!(ok, "{out}");
+    let strict_version = serde_json::from_str::<Value>(&out)?["version"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let (ok, out) = guest_cli(&host, &["upload", "/dev/null"])?;
+    assert!(!ok, "an empty file is refused: {out}");
+
+    assert!(guest_cli(&host, &["activate", &standard_version])?.0);
+    assert!(guest_cli(&host, &["activate", &strict_version])?.0);
+    until_serving(&[&host], &strict_version, Duration::from_secs(15)).await?;
+    let (ok, out) = guest_cli(&host, &["rollback"])?;
+    assert!(ok && out.contains(&standard_version), "{out}");
+    until_serving(&[&host], &standard_version, Duration::from_secs(15)).await?;
+    let (ok, out) = guest_cli(&host, &["status"])?;
+    assert!(ok, "{out}");
+    let status: Value = serde_json::from_str(&out)?;
+    assert_eq!(status["active"], standard_version.as_str());
+    assert_eq!(status["versions"].as_array().map(Vec::len), Some(2));
+    assert!(
+        !guest_cli(&host, &["activate", "nonexistent"])?.0,
+        "an unknown version fails the command"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn watch_reloads_a_changed_guest_file_and_keeps_the_old_one_on_failure() -> anyhow::Result<()>
+{
+    let namespace = Namespace::new().await?;
+    let file = std::env::temp_dir().join(format!("transferd-watch-{}.wasm", namespace.id));
+    std::fs::copy(guest_file(), &file)?;
+    let mut options = transferd_e2e::HostOptions::new(&namespace);
+    options.guest_file = file.clone();
+    options
+        .extra_env
+        .push(("TRANSFERD_GUEST_WATCH".into(), "true".into()));
+    let host = Host::start_with(&namespace, options).await?;
+    host.deposit(1, "USD", "1000").await?;
+    host.deposit(2, "USD", "1").await?;
+    let first = served_version(&host).await?;
+
+    // Replace the file the way an editor or build does: write aside, then rename over it.
+    let aside = file.with_extension("new");
+    std::fs::copy(strict_guest_file(), &aside)?;
+    std::fs::rename(&aside, &file)?;
+    let strict = {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let version = served_version(&host).await?;
+            if version != first {
+                break version;
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "the changed file was not reloaded"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    std::fs::write(&file, b"not a component")?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        served_version(&host).await?,
+        strict,
+        "a broken file keeps the previous version"
+    );
+    std::fs::remove_file(&file)?;
+    Ok(())
+}

@@ -7,3 +7,4 @@ pub mod registry;
 pub mod replay;
 pub mod runtime;
 pub mod shadow;
+pub mod watch;

@@ -342,6 +342,14 @@ impl ServingGuest {
         Arc::clone(&self.current.read().unwrap_or_else(PoisonError::into_inner))
     }
 
+    /// Serves `guest` alone (no candidate): the `--watch` mode of local development.
+    pub fn serve_only(&self, guest: Guest) {
+        self.replace(Serving {
+            active: Arc::new(guest),
+            candidate: None,
+        });
+    }
+
     fn replace(&self, serving: Serving) {
         *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(serving);
     }

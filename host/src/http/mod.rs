@@ -26,6 +26,7 @@ use crate::config::Serve;
 use crate::guest::registry::{self, Registry, Serving, ServingGuest};
 use crate::guest::runtime::{GuestEngine, GuestLimits};
 use crate::guest::shadow::ShadowBook;
+use crate::guest::watch;
 use crate::{settlement, shutdown};
 use error::{ApiError, Reply, json_response};
 
@@ -68,8 +69,16 @@ pub async fn serve(settings: Serve) -> anyhow::Result<()> {
     // The registry's active version, once one was activated, wins over the file.
     let registry = Registry::new(capabilities.ledger.pool().clone());
     let serving = Arc::new(ServingGuest::new(guest));
-    registry::reconcile(&registry, &engine, &serving).await;
-    registry::follow(registry.clone(), Arc::clone(&engine), Arc::clone(&serving));
+    if settings.watch {
+        watch::watch_file(
+            settings.guest_file.clone(),
+            Arc::clone(&engine),
+            Arc::clone(&serving),
+        );
+    } else {
+        registry::reconcile(&registry, &engine, &serving).await;
+        registry::follow(registry.clone(), Arc::clone(&engine), Arc::clone(&serving));
+    }
     if settings.admin_token.is_none() {
         tracing::warn!("TRANSFERD_ADMIN_TOKEN is not set: the admin API refuses every request");
     }

@@ -1,0 +1,121 @@
+//! `transferd guest …`: the admin API's guest routes from the command line. A thin client:
+//! every check and change happens in the server, so the CLI and curl behave the same.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use bytes::Bytes;
+use clap::{Args, Subcommand};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+#[derive(Debug, Args)]
+pub struct GuestCli {
+    /// Base URL of a transferd replica.
+    #[arg(long, env = "TRANSFERD_URL", default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+
+    /// The admin bearer token.
+    #[arg(long, env = "TRANSFERD_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: String,
+
+    #[command(subcommand)]
+    pub command: GuestCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GuestCommand {
+    /// Upload a component; it is checked (world, invariant cases) and stored, not activated.
+    Upload {
+        file: PathBuf,
+        /// A note kept with the version.
+        #[arg(long)]
+        note: Option<String>,
+    },
+    /// Make a version the active one on every replica.
+    Activate { version: String },
+    /// Go back to the version active before the current one.
+    Rollback,
+    /// Serve a version to a share of requests.
+    Canary { version: String, percent: u8 },
+    /// Run a version beside the active one, publishing nothing, and count differences.
+    Shadow { version: String },
+    /// Stop the canary or shadow.
+    EndCandidate,
+    /// The active version, candidate, versions and history.
+    Status,
+}
+
+/// Sends the command's request and prints the answer; fails on any non-2xx status.
+pub async fn run(cli: GuestCli) -> anyhow::Result<()> {
+    let base = cli.url.trim_end_matches('/');
+    let (method, path, body, note) = match &cli.command {
+        GuestCommand::Upload { file, note } => {
+            let bytes =
+                std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+            ("PUT", "/admin/guest".to_string(), bytes, note.clone())
+        }
+        GuestCommand::Activate { version } => (
+            "POST",
+            format!("/admin/guest/{version}/activate"),
+            Vec::new(),
+            None,
+        ),
+        GuestCommand::Rollback => (
+            "POST",
+            "/admin/guest/rollback".to_string(),
+            Vec::new(),
+            None,
+        ),
+        GuestCommand::Canary { version, percent } => (
+            "POST",
+            format!("/admin/guest/{version}/canary"),
+            serde_json::to_vec(&serde_json::json!({"percent": percent}))?,
+            None,
+        ),
+        GuestCommand::Shadow { version } => (
+            "POST",
+            format!("/admin/guest/{version}/shadow"),
+            Vec::new(),
+            None,
+        ),
+        GuestCommand::EndCandidate => (
+            "DELETE",
+            "/admin/guest/candidate".to_string(),
+            Vec::new(),
+            None,
+        ),
+        GuestCommand::Status => ("GET", "/admin/guest".to_string(), Vec::new(), None),
+    };
+    let mut request = hyper::Request::builder()
+        .method(method)
+        .uri(format!("{base}{path}"))
+        .header("authorization", format!("Bearer {}", cli.admin_token))
+        .header(
+            "content-type",
+            if matches!(cli.command, GuestCommand::Upload { .. }) {
+                "application/wasm"
+            } else {
+                "application/json"
+            },
+        );
+    if let Some(note) = note {
+        request = request.header("x-guest-note", note);
+    }
+    let request = request.body(Full::new(Bytes::from(body)))?;
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let response = client
+        .request(request)
+        .await
+        .with_context(|| format!("reaching {base}"))?;
+    let status = response.status();
+    let body = response.into_body().collect().await?.to_bytes();
+    let text = match serde_json::from_slice::<serde_json::Value>(&body) {
+        Ok(json) => serde_json::to_string_pretty(&json)?,
+        Err(_) => String::from_utf8_lossy(&body).into_owned(),
+    };
+    println!("{text}");
+    anyhow::ensure!(status.is_success(), "{method} {path} answered {status}");
+    Ok(())
+}
