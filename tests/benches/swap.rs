@@ -12,6 +12,14 @@ use tokio::sync::Mutex;
 use transferd_e2e::{ADMIN_TOKEN, Host, Namespace, guest_file, strict_guest_file};
 
 const SWAPS: usize = 10;
+
+/// Request latencies outside swaps, during swaps, and the count of failed requests.
+#[derive(Default)]
+struct Samples {
+    steady: Vec<Duration>,
+    swapping: Vec<Duration>,
+    failed: usize,
+}
 const CLIENTS: usize = 8;
 
 async fn admin(
@@ -90,8 +98,7 @@ async fn main() -> anyhow::Result<()> {
     // Steady load; each latency is tagged with whether a swap was in progress.
     let running = Arc::new(AtomicBool::new(true));
     let swapping = Arc::new(AtomicBool::new(false));
-    let samples: Arc<Mutex<(Vec<Duration>, Vec<Duration>, usize)>> =
-        Arc::new(Mutex::new((Vec::new(), Vec::new(), 0)));
+    let samples = Arc::new(Mutex::new(Samples::default()));
     let mut clients = Vec::new();
     for client in 0..CLIENTS {
         let host = Arc::clone(&replicas[client % 2]);
@@ -107,11 +114,11 @@ async fn main() -> anyhow::Result<()> {
                 let elapsed = started.elapsed();
                 let mut samples = samples.lock().await;
                 if !ok {
-                    samples.2 += 1;
+                    samples.failed += 1;
                 } else if swapping.load(Ordering::Relaxed) {
-                    samples.1.push(elapsed);
+                    samples.swapping.push(elapsed);
                 } else {
-                    samples.0.push(elapsed);
+                    samples.steady.push(elapsed);
                 }
             }
         }));
@@ -166,9 +173,9 @@ async fn main() -> anyhow::Result<()> {
         sorted.last().copied().unwrap_or_default().as_secs_f64() * 1e3
     );
     let mut samples = samples.lock().await;
-    let failed = samples.2;
-    summary("latency, steady", &mut samples.0);
-    summary("latency, during swaps", &mut samples.1);
+    let failed = samples.failed;
+    summary("latency, steady", &mut samples.steady);
+    summary("latency, during swaps", &mut samples.swapping);
     println!("failed requests: {failed}");
     Ok(())
 }
