@@ -31,6 +31,6 @@ node tests/jco/run.mjs
 
 log "running the tests"
 output="$TRANSFERD_STATE_DIR/test-output.txt"
-cargo test --release --workspace --all-targets "$@" 2>&1 | tee "$output"
+cargo test --release --workspace --lib --bins --tests "$@" 2>&1 | tee "$output"
 # One closing line for the whole run, summed over every test binary.
 awk '/^test result:/ { passed += $4; failed += $6 } END { printf "all: %d passed, %d failed\n", passed, failed }' "$output"

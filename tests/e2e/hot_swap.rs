@@ -594,3 +594,78 @@ async fn watch_reloads_a_changed_guest_file_and_keeps_the_old_one_on_failure() -
     std::fs::remove_file(&file)?;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_replica_that_starts_later_serves_the_active_version_from_a_compiled_cache()
+-> anyhow::Result<()> {
+    let namespace = Namespace::new().await?;
+    let cache = std::env::temp_dir().join(format!("transferd-compiled-{}", namespace.id));
+    let mut options = transferd_e2e::HostOptions::new(&namespace);
+    options.extra_env.push((
+        "TRANSFERD_GUEST_CACHE_DIR".into(),
+        cache.display().to_string(),
+    ));
+    let first = Host::start_with(&namespace, options).await?;
+    first.deposit(1, "USD", "1000").await?;
+    first.deposit(2, "USD", "1").await?;
+    let (_standard, strict) = standard_active_strict_uploaded(&first).await?;
+    assert_eq!(
+        admin_post(&first, &format!("/admin/guest/{strict}/activate"))
+            .await?
+            .0,
+        200
+    );
+    until_serving(&[&first], &strict, Duration::from_secs(15)).await?;
+    let cached_files = walk_files(&cache);
+    assert!(
+        cached_files > 0,
+        "compiled guests were written to the cache"
+    );
+
+    // A new replica, started with the standard guest file, serves the registry's version.
+    let mut options = transferd_e2e::HostOptions::new(&namespace);
+    options.extra_env.push((
+        "TRANSFERD_GUEST_CACHE_DIR".into(),
+        cache.display().to_string(),
+    ));
+    let late = Host::start_with(&namespace, options).await?;
+    assert_eq!(
+        served_version(&late).await?,
+        strict,
+        "the active version, not the file"
+    );
+    let health = late
+        .client
+        .get(format!("{}/healthz", late.base_url))
+        .send()
+        .await?;
+    assert_eq!(
+        health
+            .headers()
+            .get("x-guest-version")
+            .and_then(|v| v.to_str().ok()),
+        Some(strict.as_str())
+    );
+    assert_eq!(
+        walk_files(&cache),
+        cached_files,
+        "nothing was compiled again"
+    );
+    std::fs::remove_dir_all(&cache)?;
+    Ok(())
+}
+
+/// Files below `directory`, at any depth.
+fn walk_files(directory: &std::path::Path) -> usize {
+    std::fs::read_dir(directory)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|entry| {
+                    let path = entry.path();
+                    if path.is_dir() { walk_files(&path) } else { 1 }
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}

@@ -200,5 +200,13 @@ async fn route(app: &App, request: Request<Incoming>) -> Reply {
         | ["healthz"] => Err(ApiError::MethodNotAllowed),
         _ => Err(ApiError::NotFound),
     };
-    result.unwrap_or_else(ApiError::into_response)
+    let mut response = result.unwrap_or_else(ApiError::into_response);
+    // Every response names a guest version: the one that decided it (set by the transfer
+    // handler, a canary perhaps), else the active one.
+    if !response.headers().contains_key(GUEST_VERSION_HEADER)
+        && let Ok(value) = http::HeaderValue::from_str(app.serving().active.version())
+    {
+        response.headers_mut().insert(GUEST_VERSION_HEADER, value);
+    }
+    response
 }
