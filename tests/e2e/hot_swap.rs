@@ -669,3 +669,20 @@ fn walk_files(directory: &std::path::Path) -> usize {
         })
         .unwrap_or(0)
 }
+
+#[tokio::test]
+async fn an_overlong_note_is_refused_before_anything_is_stored() -> anyhow::Result<()> {
+    let namespace = Namespace::new().await?;
+    let host = Host::start(&namespace).await?;
+    let response = host
+        .client
+        .put(format!("{}/admin/guest", host.base_url))
+        .bearer_auth(ADMIN_TOKEN)
+        .header("x-guest-note", "n".repeat(501))
+        .body(std::fs::read(guest_file())?)
+        .send()
+        .await?;
+    assert_eq!(response.status(), 400);
+    assert_eq!(registry_status(&host).await?["versions"], json!([]));
+    Ok(())
+}

@@ -451,3 +451,33 @@ async fn workers_killed_mid_batch_lose_nothing_and_apply_nothing_twice() -> anyh
     eprintln!("{} events for {} transfers", events.len(), accepted.len());
     Ok(())
 }
+
+#[tokio::test]
+async fn bad_ids_and_deposit_ids_get_clear_errors_and_change_nothing() -> anyhow::Result<()> {
+    let namespace = Namespace::new().await?;
+    let host = Host::start(&namespace).await?;
+    for (path, status) in [
+        ("/accounts/0/balances", 422),
+        ("/accounts/abc/balances", 422),
+        ("/accounts/424242/balances", 404),
+    ] {
+        assert_eq!(get(&host, path).await?.0, status, "{path}");
+    }
+    let url = format!("{}/admin/deposits", host.base_url);
+    let response = host
+        .client
+        .post(&url)
+        .bearer_auth(transferd_e2e::ADMIN_TOKEN)
+        .json(&json!({"user_id": 3, "currency": "USD", "amount": "5", "deposit_id": "not-a-uuid"}))
+        .send()
+        .await?;
+    assert_eq!(response.status(), 422);
+    let body: Value = response.json().await?;
+    assert_eq!(body["detail"][0]["loc"], json!(["body", "deposit_id"]));
+    assert_eq!(
+        namespace.ledger_balance(3, "USD").await?,
+        None,
+        "nothing was deposited"
+    );
+    Ok(())
+}
