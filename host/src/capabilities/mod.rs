@@ -64,11 +64,7 @@ fn ensure_topics_in_background(services: Services) {
     tokio::spawn(async move {
         let mut delay = Duration::from_millis(200);
         loop {
-            let outcome = match TransferLog::new(&services) {
-                Ok(log) => log.ensure_topics(HOST_TOPICS).await,
-                Err(error) => Err(error),
-            };
-            match outcome {
+            match TransferLog::ensure_topics(&services, HOST_TOPICS).await {
                 Ok(()) => {
                     tracing::info!(topics = ?HOST_TOPICS, prefix = services.topic_prefix, "topics ready");
                     return;

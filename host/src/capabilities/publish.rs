@@ -26,52 +26,49 @@ async fn deliver(
     transaction_id: &str,
     message: Outgoing,
 ) -> wasmtime::Result<Result<(), PublishError>> {
-    {
-        // A guest that publishes where it may not, or holds nothing, is broken: trap it.
+    // A guest that publishes where it may not, or holds nothing, is broken: trap it.
+    wasmtime::ensure!(
+        GUEST_TOPICS.contains(&message.topic.as_str()),
+        "the guest may not publish to topic {:?}",
+        message.topic
+    );
+    if let Some(hold) = &message.hold {
         wasmtime::ensure!(
-            GUEST_TOPICS.contains(&message.topic.as_str()),
-            "the guest may not publish to topic {:?}",
-            message.topic
+            hold.amount_minor > 0,
+            "a hold must be positive, not {}",
+            hold.amount_minor
         );
-        if let Some(hold) = &message.hold {
-            wasmtime::ensure!(
-                hold.amount_minor > 0,
-                "a hold must be positive, not {}",
-                hold.amount_minor
+    }
+
+    let held = match &message.hold {
+        None => false,
+        Some(hold) => match reserve(capabilities, transaction_id, hold, &message.payload).await {
+            Ok(held) => held,
+            Err(error) => return Ok(Err(error)),
+        },
+    };
+
+    let headers = [("transaction_id", transaction_id)];
+    match capabilities
+        .log
+        .produce(&message.topic, &message.key, &message.payload, &headers)
+        .await
+    {
+        Ok(acknowledged) => {
+            tracing::debug!(
+                transaction_id,
+                partition = acknowledged.partition,
+                offset = acknowledged.offset,
+                "published"
             );
+            Ok(Ok(()))
         }
-
-        let held = match &message.hold {
-            None => false,
-            Some(hold) => match reserve(capabilities, transaction_id, hold, &message.payload).await
-            {
-                Ok(held) => held,
-                Err(error) => return Ok(Err(error)),
-            },
-        };
-
-        let headers = [("transaction_id", transaction_id)];
-        match capabilities
-            .log
-            .produce(&message.topic, &message.key, &message.payload, &headers)
-            .await
-        {
-            Ok(acknowledged) => {
-                tracing::debug!(
-                    transaction_id,
-                    partition = acknowledged.partition,
-                    offset = acknowledged.offset,
-                    "published"
-                );
-                Ok(Ok(()))
+        Err(error) => {
+            tracing::warn!(%error, transaction_id, "publish failed");
+            if held && let Some(hold) = &message.hold {
+                release(capabilities, transaction_id, hold).await;
             }
-            Err(error) => {
-                tracing::warn!(%error, transaction_id, "publish failed");
-                if held && let Some(hold) = &message.hold {
-                    release(capabilities, transaction_id, hold).await;
-                }
-                Ok(Err(PublishError::Unavailable(error.to_string())))
-            }
+            Ok(Err(PublishError::Unavailable(error.to_string())))
         }
     }
 }

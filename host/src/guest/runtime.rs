@@ -14,7 +14,8 @@ use transferd_guest::logic::{Accepted, Rejection, RequestContext};
 use transferd_guest::rules::{FieldError, TransferRequest};
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{
-    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimitsBuilder,
+    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimits,
+    StoreLimitsBuilder,
 };
 
 use transferd_guest::vectors::{self, Replay, Vector};
@@ -26,6 +27,23 @@ use crate::guest::replay::ReplayState;
 /// How often the engine's epoch advances; a running guest yields to the scheduler at each
 /// tick, so a guest stuck in a loop cannot hold a worker thread past its deadline.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Store data that carries the store's resource limits.
+pub trait LimitedState: Send + 'static {
+    fn limits(&mut self) -> &mut StoreLimits;
+}
+
+impl LimitedState for RequestState {
+    fn limits(&mut self) -> &mut StoreLimits {
+        &mut self.limits
+    }
+}
+
+impl LimitedState for ReplayState {
+    fn limits(&mut self) -> &mut StoreLimits {
+        &mut self.limits
+    }
+}
 
 /// A decision and the answers the imports gave to reach it.
 #[derive(Debug)]
@@ -187,6 +205,26 @@ pub struct Guest {
 }
 
 impl Guest {
+    /// A place in the instance pool; every call holds one while it runs.
+    async fn slot(&self) -> Result<tokio::sync::SemaphorePermit<'_>, GuestFailure> {
+        self.slots
+            .acquire()
+            .await
+            .map_err(|_| GuestFailure::Trap("guest closed".into()))
+    }
+
+    /// A fresh store under the memory cap, yielding to the scheduler at every epoch tick.
+    fn new_store<T: LimitedState>(&self, state: impl FnOnce(StoreLimits) -> T) -> Store<T> {
+        let store_limits = StoreLimitsBuilder::new()
+            .memory_size(self.engine.limits.memory_bytes)
+            .instances(64)
+            .build();
+        let mut store = Store::new(&self.engine.engine, state(store_limits));
+        store.limiter(|state| state.limits());
+        store.epoch_deadline_async_yield_and_update(1);
+        store
+    }
+
     /// The sha256 of the component's bytes, in hex.
     pub fn version(&self) -> &str {
         &self.version
@@ -200,19 +238,10 @@ impl Guest {
         request: &TransferRequest,
     ) -> Result<Decided, GuestFailure> {
         let limits = &self.engine.limits;
-        let _slot = self
-            .slots
-            .acquire()
-            .await
-            .map_err(|_| GuestFailure::Trap("guest closed".into()))?;
-        let store_limits = StoreLimitsBuilder::new()
-            .memory_size(limits.memory_bytes)
-            .instances(64)
-            .build();
-        let state = RequestState::new(capabilities, context.transaction_id.clone(), store_limits);
-        let mut store = Store::new(&self.engine.engine, state);
-        store.limiter(|state| &mut state.limits);
-        store.epoch_deadline_async_yield_and_update(1);
+        let _slot = self.slot().await?;
+        let mut store = self.new_store(|store_limits| {
+            RequestState::new(capabilities, context.transaction_id.clone(), store_limits)
+        });
 
         let (wit_context, wit_request) = wit_arguments(context, request);
         let call = async {
@@ -253,13 +282,9 @@ impl Guest {
         replay: Replay,
     ) -> Result<serde_json::Value, GuestFailure> {
         let limits = &self.engine.limits;
-        let store_limits = StoreLimitsBuilder::new()
-            .memory_size(limits.memory_bytes)
-            .instances(64)
-            .build();
-        let mut store = Store::new(&self.engine.engine, ReplayState::new(replay, store_limits));
-        store.limiter(|state| &mut state.limits);
-        store.epoch_deadline_async_yield_and_update(1);
+        // Shadow runs take a slot too: they share the instance pool with live requests.
+        let _slot = self.slot().await?;
+        let mut store = self.new_store(|store_limits| ReplayState::new(replay, store_limits));
         let (context, request) = wit_arguments(context, request);
         let call = async {
             let instance = self.replay_pre.instantiate_async(&mut store).await?;

@@ -52,6 +52,11 @@ pub enum LogError {
     Client(#[from] KafkaError),
 }
 
+/// The broker's name for a logical topic under `prefix`.
+fn physical_topic(prefix: &str, logical: &str) -> String {
+    format!("{prefix}{logical}")
+}
+
 /// Errors after which an idempotent producer never succeeds again. librdkafka recovers from
 /// them itself only where the broker supports bumping the producer epoch (KIP-360); Tansu 0.6
 /// answers that with ProducerFenced, and the producer would stay fenced forever.
@@ -95,7 +100,6 @@ pub struct TransferLog {
     kafka_timeout_ms: u64,
     brokers: String,
     topic_prefix: String,
-    partitions: i32,
     timeout: Duration,
 }
 
@@ -108,14 +112,13 @@ impl TransferLog {
             kafka_timeout_ms: services.kafka_timeout_ms,
             brokers: services.kafka_brokers.clone(),
             topic_prefix: services.topic_prefix.clone(),
-            partitions: services.topic_partitions,
             timeout: services.kafka_timeout(),
         })
     }
 
     /// The broker's name for a logical topic.
     pub fn physical_topic(&self, logical: &str) -> String {
-        format!("{}{logical}", self.topic_prefix)
+        physical_topic(&self.topic_prefix, logical)
     }
 
     /// Produces one message and waits for the broker's acknowledgement.
@@ -185,22 +188,27 @@ impl TransferLog {
     }
 
     /// Creates the topics transferd writes to when they are missing. Production clusters
-    /// usually create them beforehand; an existing topic is left as it is.
-    pub async fn ensure_topics(&self, logical_topics: &[&str]) -> Result<(), LogError> {
+    /// usually create them beforehand; an existing topic is left as it is. Needs only an
+    /// admin client, not a producer.
+    pub async fn ensure_topics(
+        services: &Services,
+        logical_topics: &[&str],
+    ) -> Result<(), LogError> {
         let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-            .set("bootstrap.servers", &self.brokers)
+            .set("bootstrap.servers", &services.kafka_brokers)
             .create()?;
+        let timeout = services.kafka_timeout();
         let names: Vec<String> = logical_topics
             .iter()
-            .map(|topic| self.physical_topic(topic))
+            .map(|topic| physical_topic(&services.topic_prefix, topic))
             .collect();
         let new_topics: Vec<NewTopic<'_>> = names
             .iter()
-            .map(|name| NewTopic::new(name, self.partitions, TopicReplication::Fixed(1)))
+            .map(|name| NewTopic::new(name, services.topic_partitions, TopicReplication::Fixed(1)))
             .collect();
         let options = AdminOptions::new()
-            .operation_timeout(Some(self.timeout))
-            .request_timeout(Some(self.timeout));
+            .operation_timeout(Some(timeout))
+            .request_timeout(Some(timeout));
         for result in admin.create_topics(&new_topics, &options).await? {
             match result {
                 Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
