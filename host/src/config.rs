@@ -133,11 +133,63 @@ pub struct Worker {
         default_value = "transferd-settlement"
     )]
     pub group: String,
+
+    /// How often the hold reconciler runs (0: never).
+    #[arg(
+        long,
+        env = "TRANSFERD_RECONCILE_INTERVAL_MS",
+        default_value_t = 60_000
+    )]
+    pub reconcile_interval_ms: u64,
+
+    /// How old a hold must be before the reconciler judges it; far above the Kafka timeout,
+    /// so any message for it was written (or failed) long before.
+    #[arg(
+        long,
+        env = "TRANSFERD_RECONCILE_MIN_AGE_MS",
+        default_value_t = 300_000
+    )]
+    pub reconcile_min_age_ms: u64,
+
+    /// How long a reconciler pass waits for settlement to consume what the log held when the
+    /// pass began; holds not yet settled are judged only once it has.
+    #[arg(long, env = "TRANSFERD_RECONCILE_WAIT_MS", default_value_t = 30_000)]
+    pub reconcile_wait_ms: u64,
 }
 
 impl Worker {
     pub fn linger(&self) -> Duration {
         Duration::from_millis(self.linger_ms)
+    }
+
+    pub fn reconcile_interval(&self) -> Option<Duration> {
+        (self.reconcile_interval_ms > 0).then(|| Duration::from_millis(self.reconcile_interval_ms))
+    }
+
+    pub fn reconcile_wait(&self) -> Duration {
+        Duration::from_millis(self.reconcile_wait_ms)
+    }
+
+    /// The reconciler judges a hold only once any publish for it has long finished.
+    pub fn validate_with(&self, services: &Services) -> anyhow::Result<()> {
+        self.validate()?;
+        anyhow::ensure!(
+            self.reconcile_interval_ms <= 86_400_000,
+            "TRANSFERD_RECONCILE_INTERVAL_MS must be at most 86400000"
+        );
+        anyhow::ensure!(
+            (1_000..=30 * 86_400_000).contains(&self.reconcile_min_age_ms),
+            "TRANSFERD_RECONCILE_MIN_AGE_MS must be 1000..=2592000000"
+        );
+        anyhow::ensure!(
+            self.reconcile_wait_ms <= 600_000,
+            "TRANSFERD_RECONCILE_WAIT_MS must be at most 600000"
+        );
+        anyhow::ensure!(
+            self.reconcile_min_age_ms > services.kafka_timeout_ms,
+            "TRANSFERD_RECONCILE_MIN_AGE_MS must exceed TRANSFERD_KAFKA_TIMEOUT_MS"
+        );
+        Ok(())
     }
 
     pub fn validate(&self) -> anyhow::Result<()> {
@@ -227,7 +279,11 @@ impl Serve {
 
     pub fn validate(&self) -> anyhow::Result<()> {
         self.services.validate()?;
-        self.worker.validate()?;
+        self.worker.validate_with(&self.services)?;
+        anyhow::ensure!(
+            self.worker.reconcile_min_age_ms > self.guest_timeout_ms,
+            "TRANSFERD_RECONCILE_MIN_AGE_MS must exceed TRANSFERD_GUEST_TIMEOUT_MS"
+        );
         anyhow::ensure!(
             self.guest_timeout_ms
                 > self.services.kafka_timeout_ms + self.services.database_timeout_ms,

@@ -24,6 +24,8 @@ enum Command {
     Serve(config::Serve),
     /// Run only the settlement worker.
     Worker(config::WorkerOnly),
+    /// Run one pass of the hold reconciler, print what it did, and exit.
+    Reconcile(config::WorkerOnly),
     /// Apply the database migrations and exit.
     Migrate(config::Services),
     /// Manage guest versions through a replica's admin API.
@@ -44,8 +46,9 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Worker(settings) => {
             settings.services.validate()?;
-            settings.worker.validate()?;
+            settings.worker.validate_with(&settings.services)?;
             let capabilities = Arc::new(Capabilities::connect(&settings.services).await?);
+            settlement::reconcile::spawn(&settings.services, &settings.worker, &capabilities);
             settlement::run(
                 &settings.services,
                 &settings.worker,
@@ -56,6 +59,20 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Guest(cli) => admin_client::run(cli).await,
+        Command::Reconcile(settings) => {
+            settings.services.validate()?;
+            settings.worker.validate_with(&settings.services)?;
+            let capabilities = Capabilities::connect(&settings.services).await?;
+            let position = settlement::reconcile::position(
+                &settings.services,
+                &settings.worker,
+                &capabilities,
+            )?;
+            let report =
+                settlement::reconcile::pass(&capabilities, &position, &settings.worker).await?;
+            println!("{}", serde_json::to_string(&report)?);
+            Ok(())
+        }
         Command::Migrate(services) => {
             services.validate()?;
             let ledger = stores::postgres::Ledger::connect(&services).await?;

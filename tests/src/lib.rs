@@ -202,6 +202,30 @@ fn transferd_command(
     Ok(command)
 }
 
+/// Runs `transferd <subcommand>` to its end (bounded by `limit`) and returns its stdout;
+/// fails when it exits unsuccessfully.
+pub async fn run_to_end(
+    namespace: &Namespace,
+    options: &HostOptions,
+    subcommand: &str,
+    limit: Duration,
+) -> anyhow::Result<String> {
+    let mut command = transferd_command(namespace, options, subcommand, subcommand)?;
+    command.stdout(Stdio::piped());
+    let child = tokio::process::Command::from(command)
+        .kill_on_drop(true)
+        .spawn()?;
+    let output = tokio::time::timeout(limit, child.wait_with_output())
+        .await
+        .with_context(|| format!("transferd {subcommand} did not finish within {limit:?}"))??;
+    anyhow::ensure!(
+        output.status.success(),
+        "transferd {subcommand} failed: {}",
+        output.status
+    );
+    Ok(String::from_utf8(output.stdout)?)
+}
+
 /// A running `transferd worker`, killed (SIGKILL) when dropped or told to.
 pub struct WorkerProcess {
     child: Child,
@@ -294,6 +318,23 @@ impl Host {
             .send()
             .await?;
         Reply::read(response).await
+    }
+
+    /// `GET path`; fails unless the answer is 200 with a JSON body.
+    pub async fn get_json(&self, path: &str) -> anyhow::Result<Value> {
+        let response = self
+            .client
+            .get(format!("{}{path}", self.base_url))
+            .send()
+            .await?;
+        let reply = Reply::read(response).await?;
+        anyhow::ensure!(
+            reply.status == 200,
+            "GET {path}: {} {}",
+            reply.status,
+            reply.body
+        );
+        Ok(reply.body)
     }
 
     pub async fn transfer(&self, body: Value) -> anyhow::Result<Reply> {

@@ -83,6 +83,8 @@ pub async fn serve(settings: Serve) -> anyhow::Result<()> {
         tracing::warn!("TRANSFERD_ADMIN_TOKEN is not set: the admin API refuses every request");
     }
 
+    settlement::reconcile::spawn(services, &settings.worker, &capabilities);
+
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let worker = settings.run_worker.then(|| {
         let (services, worker, capabilities) = (

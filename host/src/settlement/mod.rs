@@ -7,6 +7,7 @@
 //! re-emits the events, which consumers dedupe by transaction id).
 
 pub mod decide;
+pub mod reconcile;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

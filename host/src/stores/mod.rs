@@ -2,5 +2,6 @@
 //! terms (accounts, holds, messages) and hide the client libraries from the rest of the host.
 
 pub mod kafka;
+pub mod log_position;
 pub mod postgres;
 pub mod redis;

@@ -435,6 +435,21 @@ impl Ledger {
         .await?)
     }
 
+    /// Which of `transaction_ids` the ledger has settled (completed or rejected).
+    pub async fn settled_among(
+        &self,
+        transaction_ids: &[Uuid],
+    ) -> Result<HashSet<Uuid>, LedgerError> {
+        let rows: Vec<(Uuid,)> = sqlx::query_as(
+            "SELECT t.transaction_id FROM transfers t
+             JOIN UNNEST($1::uuid[]) AS wanted(id) ON t.transaction_id = wanted.id",
+        )
+        .bind(transaction_ids)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(|(id,)| id).collect())
+    }
+
     /// Every account of a user: (currency, balance), by currency.
     pub async fn balances(&self, user_id: i64) -> Result<Vec<(String, Balance)>, LedgerError> {
         let rows: Vec<(String, i64, i64)> = sqlx::query_as(

@@ -146,6 +146,33 @@ pub struct SettledBalance {
     pub version: i64,
 }
 
+/// One hold as the cache keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldTransfer {
+    pub transaction_id: String,
+    pub user_id: i64,
+    pub currency: String,
+    pub amount_minor: i64,
+}
+
+/// `(user_id, currency)` of a `{prefix}holds:{user_id}:{currency}` key.
+fn parse_account(key: &str, key_prefix: &str) -> Option<(i64, String)> {
+    let (user_id, currency) = key.strip_prefix(key_prefix)?.split_once(':')?;
+    Some((user_id.parse().ok()?, currency.to_string()))
+}
+
+/// `text` with Redis glob characters escaped, for a SCAN MATCH pattern.
+fn escape_glob(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    escaped
+}
+
 /// A settled transfer whose hold is released, for [`BalanceCache::settle`].
 #[derive(Debug, Clone)]
 pub struct SettledHold {
@@ -290,6 +317,51 @@ impl BalanceCache {
         Ok(written == 1)
     }
 
+    /// Every hold in the cache, at most `limit` of them: the reconciler's worklist. SCAN walks
+    /// the key space in steps, so a large cache never blocks Redis.
+    pub async fn held_transfers(&self, limit: usize) -> Result<Vec<HeldTransfer>, CacheError> {
+        let mut connection = self.connection().await?;
+        let key_prefix = format!("{}holds:", self.prefix);
+        let pattern = format!("{}*", escape_glob(&key_prefix));
+        let mut cursor: u64 = 0;
+        let mut held = Vec::new();
+        loop {
+            let mut scan = redis::cmd("SCAN");
+            scan.arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(500);
+            let (next, keys): (u64, Vec<String>) =
+                self.bounded(scan.query_async(&mut connection)).await?;
+            for key in keys {
+                let Some((user_id, currency)) = parse_account(&key, &key_prefix) else {
+                    tracing::warn!(key, "a holds key that names no account; left alone");
+                    continue;
+                };
+                let mut hgetall = redis::cmd("HGETALL");
+                hgetall.arg(&key);
+                let fields: Vec<(String, i64)> =
+                    self.bounded(hgetall.query_async(&mut connection)).await?;
+                for (transaction_id, amount_minor) in fields {
+                    if transaction_id == "total" || held.len() >= limit {
+                        continue;
+                    }
+                    held.push(HeldTransfer {
+                        transaction_id,
+                        user_id,
+                        currency: currency.clone(),
+                        amount_minor,
+                    });
+                }
+            }
+            cursor = next;
+            if cursor == 0 || held.len() >= limit {
+                return Ok(held);
+            }
+        }
+    }
+
     fn balance_key(&self, user_id: i64, currency: &str) -> String {
         format!("{}balance:{user_id}:{currency}", self.prefix)
     }
@@ -374,5 +446,26 @@ impl BalanceCache {
                 Err(CacheError::Unavailable("connecting timed out".into()))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn holds_keys_name_their_account() {
+        assert_eq!(
+            parse_account("t1:holds:42:USD", "t1:holds:"),
+            Some((42, "USD".to_string()))
+        );
+        assert_eq!(parse_account("t1:holds:x:USD", "t1:holds:"), None);
+        assert_eq!(parse_account("other:holds:42:USD", "t1:holds:"), None);
+    }
+
+    #[test]
+    fn glob_characters_are_escaped() {
+        assert_eq!(escape_glob("a*b?[c]\\"), "a\\*b\\?\\[c\\]\\\\");
+        assert_eq!(escape_glob("plain:"), "plain:");
     }
 }
