@@ -8,6 +8,14 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/transferd-target}"
 export TRANSFERD_STATE_DIR="${TRANSFERD_STATE_DIR:-$HOME/.cache/transferd-state}"
 mkdir -p "$TRANSFERD_STATE_DIR"
 
+# Tools the scripts install for the project, one versioned directory each.
+export TRANSFERD_TOOLS_DIR="${TRANSFERD_TOOLS_DIR:-$HOME/.cache/transferd-tools}"
+# Tansu built with SQLite storage; the tests start private brokers with the same binary.
+export TANSU_VERSION="${TANSU_VERSION:-0.6.0}"
+export TANSU_ROOT="$TRANSFERD_TOOLS_DIR/tansu-$TANSU_VERSION-libsql"
+export TANSU_BIN="$TANSU_ROOT/bin/tansu"
+export TRANSFERD_TANSU="${TRANSFERD_TANSU:-$TANSU_BIN}"
+
 TRANSFERD_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export TRANSFERD_ROOT
 export TRANSFERD_GUEST="${TRANSFERD_GUEST:-$CARGO_TARGET_DIR/wasm32-wasip2/release/transferd_guest.wasm}"

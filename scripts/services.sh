@@ -3,13 +3,23 @@
 # is not already listening on 127.0.0.1, installing what is missing, and creates the
 # `transferd` database and the `transfer_topic` topic. Safe to run again.
 #
-# Tansu runs with memory storage: its log is gone when it stops. That suits tests and local
-# runs; production uses Apache Kafka.
+#   scripts/services.sh                  start what is missing
+#   scripts/services.sh restart-broker   stop the broker this script started (SIGTERM, then
+#                                        SIGKILL after 10 s) and start it again
+#   scripts/services.sh kill-broker      SIGKILL the broker this script started (a crash)
+#   scripts/services.sh stop-broker      stop it (SIGTERM) and leave it stopped
+#
+# Tansu keeps its log, topics and consumer-group offsets in SQLite
+# ($TRANSFERD_STATE_DIR/tansu/tansu.db), so what it acknowledged survives a restart or a crash
+# of the broker. TRANSFERD_BROKER_STORAGE=memory runs it with memory storage instead: faster to
+# start, and everything is gone when it stops (a fast mode for throwaway runs). Production uses
+# Apache Kafka.
 set -euo pipefail
 source "$(dirname "$0")/env.sh"
 
 KAFKA_PORT="${TRANSFERD_KAFKA_PORT:-9092}"
-TANSU_VERSION="${TANSU_VERSION:-0.6.0}"
+BROKER_STORAGE="${TRANSFERD_BROKER_STORAGE:-sqlite}"
+TANSU_PID_FILE="$TRANSFERD_STATE_DIR/tansu.pid"
 
 start_postgres() {
   listening 5432 && return 0
@@ -33,23 +43,76 @@ start_redis() {
   wait_for_port 6379 30
 }
 
+# Tansu with the SQLite engine (cargo feature libsql), in its own versioned root so that an
+# older `tansu` elsewhere on PATH (one built without SQLite) is never taken for it.
 ensure_tansu() {
-  command -v tansu >/dev/null && return 0
-  log "installing Tansu $TANSU_VERSION from crates.io (a cold build takes ~16 minutes)"
-  cargo install tansu --version "$TANSU_VERSION" --locked --features dynostore,postgres
+  [ -x "$TANSU_BIN" ] && return 0
+  log "installing Tansu $TANSU_VERSION with SQLite storage from crates.io into $TANSU_ROOT"
+  log "(cargo install --features dynostore,libsql,postgres; a cold build takes ~16 minutes)"
+  cargo install tansu --version "$TANSU_VERSION" --locked \
+    --features dynostore,libsql,postgres --root "$TANSU_ROOT"
+  test -x "$TANSU_BIN"
+}
+
+# The storage engine URL for $BROKER_STORAGE. Tansu resolves `sqlite://NAME` as NAME in its
+# working directory (it even reads an absolute path as relative to it), so the broker runs in
+# the directory that holds the database; it creates the schema on first start.
+storage_engine() {
+  case "$BROKER_STORAGE" in
+    sqlite) echo "sqlite://tansu.db" ;;
+    memory) echo "memory://tansu/" ;;
+    *) log "TRANSFERD_BROKER_STORAGE must be sqlite or memory, not '$BROKER_STORAGE'"; return 1 ;;
+  esac
 }
 
 start_tansu() {
   listening "$KAFKA_PORT" && return 0
   ensure_tansu
-  log "starting Tansu on 127.0.0.1:$KAFKA_PORT (memory storage)"
-  nohup tansu broker \
-    --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
-    --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
-    --storage-engine memory://tansu/ \
-    >"$TRANSFERD_STATE_DIR/tansu.log" 2>&1 &
-  echo $! >"$TRANSFERD_STATE_DIR/tansu.pid"
+  local engine directory="$TRANSFERD_STATE_DIR/tansu"
+  engine="$(storage_engine)"
+  mkdir -p "$directory"
+  log "starting Tansu on 127.0.0.1:$KAFKA_PORT ($BROKER_STORAGE storage, $directory)"
+  # Its own session (setsid): started from run.sh it would otherwise share transferd's
+  # process group, and a signal aimed at the broker's group (a fault script, a supervisor)
+  # would end transferd too, without a word.
+  (
+    cd "$directory"
+    exec setsid "$TANSU_BIN" broker \
+      --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
+      --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
+      --storage-engine "$engine" \
+      </dev/null >>"$TRANSFERD_STATE_DIR/tansu.log" 2>&1
+  ) &
+  echo $! >"$TANSU_PID_FILE"
   wait_for_port "$KAFKA_PORT" 60
+}
+
+# The pid of the broker this script started, if it still runs.
+tansu_pid() {
+  local pid
+  pid="$(cat "$TANSU_PID_FILE" 2>/dev/null)" || return 1
+  [ -n "$pid" ] && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "tansu" ] && echo "$pid"
+}
+
+# Stops the broker with signal $1 (TERM or KILL); after TERM, waits up to 10 s, then kills.
+stop_tansu() {
+  local signal=$1 pid
+  if ! pid="$(tansu_pid)"; then
+    listening "$KAFKA_PORT" && { log "port $KAFKA_PORT is served by a broker this script did not start; not touching it"; return 1; }
+    return 0
+  fi
+  log "stopping Tansu (pid $pid, SIG$signal)"
+  kill "-$signal" "$pid"
+  for _ in $(seq 1 100); do
+    [ -d "/proc/$pid" ] || break
+    sleep 0.1
+  done
+  if [ -d "/proc/$pid" ]; then
+    log "Tansu did not stop within 10 s; SIGKILL"
+    kill -KILL "$pid"
+    sleep 0.2
+  fi
+  rm -f "$TANSU_PID_FILE"
 }
 
 create_database() {
@@ -63,9 +126,17 @@ create_database() {
 create_topic() {
   local topic="$1" partitions="${2:-6}"
   # An existing topic is fine: the broker answers "already exists" and nothing changes.
-  tansu topic create "$topic" --partitions "$partitions" \
+  "$TANSU_BIN" topic create "$topic" --partitions "$partitions" \
     --broker "tcp://127.0.0.1:$KAFKA_PORT" >/dev/null 2>&1 || true
 }
+
+case "${1:-start}" in
+  start) ;;
+  restart-broker) stop_tansu TERM; start_tansu; create_topic transfer_topic 6; exit 0 ;;
+  kill-broker) stop_tansu KILL; exit 0 ;;
+  stop-broker) stop_tansu TERM; exit 0 ;;
+  *) log "usage: $0 [start|restart-broker|kill-broker|stop-broker]"; exit 2 ;;
+esac
 
 ensure_toolchain
 start_postgres
@@ -73,4 +144,4 @@ start_redis
 start_tansu
 create_database transferd
 create_topic transfer_topic 6
-log "PostgreSQL 5432, Redis 6379 and Tansu $KAFKA_PORT are up"
+log "PostgreSQL 5432, Redis 6379 and Tansu $KAFKA_PORT ($BROKER_STORAGE storage) are up"

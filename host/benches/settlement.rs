@@ -25,6 +25,7 @@ fn services(database: &str) -> Services {
         database_timeout_ms: 10_000,
         database_connections: 4,
         redis_timeout_ms: 1_000,
+        drain_timeout_ms: 10_000,
     }
 }
 

@@ -62,6 +62,11 @@ pub struct Services {
     /// How long a Redis command may take before the host falls back to PostgreSQL.
     #[arg(long, env = "TRANSFERD_REDIS_TIMEOUT_MS", default_value_t = 250)]
     pub redis_timeout_ms: u64,
+
+    /// After SIGTERM/SIGINT/SIGHUP: longest time to finish requests in flight, stop the
+    /// settlement worker and flush the producer before the process exits anyway.
+    #[arg(long, env = "TRANSFERD_DRAIN_TIMEOUT_MS", default_value_t = 10_000)]
+    pub drain_timeout_ms: u64,
 }
 
 impl Services {
@@ -73,6 +78,9 @@ impl Services {
     }
     pub fn redis_timeout(&self) -> Duration {
         Duration::from_millis(self.redis_timeout_ms)
+    }
+    pub fn drain_timeout(&self) -> Duration {
+        Duration::from_millis(self.drain_timeout_ms)
     }
 
     pub fn validate(&self) -> anyhow::Result<()> {
@@ -87,6 +95,10 @@ impl Services {
         anyhow::ensure!(
             (1..=60_000).contains(&self.redis_timeout_ms),
             "TRANSFERD_REDIS_TIMEOUT_MS must be 1..=60000"
+        );
+        anyhow::ensure!(
+            (100..=600_000).contains(&self.drain_timeout_ms),
+            "TRANSFERD_DRAIN_TIMEOUT_MS must be 100..=600000"
         );
         anyhow::ensure!(
             (1..=1_000).contains(&self.database_connections),
@@ -243,8 +255,9 @@ pub struct Serve {
     #[arg(long, env = "TRANSFERD_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
 
-    /// Longest a guest call may take, imports included; must exceed the Kafka timeout so a
-    /// message is never acknowledged after its request gave up.
+    /// Longest a guest call may take, imports included; must exceed twice the Kafka timeout
+    /// (a publish to a missing topic creates it and sends again) plus the database timeout, so
+    /// a message is never acknowledged after its request gave up.
     #[arg(long, env = "TRANSFERD_GUEST_TIMEOUT_MS", default_value_t = 15_000)]
     pub guest_timeout_ms: u64,
 
@@ -286,8 +299,8 @@ impl Serve {
         );
         anyhow::ensure!(
             self.guest_timeout_ms
-                > self.services.kafka_timeout_ms + self.services.database_timeout_ms,
-            "TRANSFERD_GUEST_TIMEOUT_MS must exceed TRANSFERD_KAFKA_TIMEOUT_MS + TRANSFERD_DATABASE_TIMEOUT_MS"
+                > 2 * self.services.kafka_timeout_ms + self.services.database_timeout_ms,
+            "TRANSFERD_GUEST_TIMEOUT_MS must exceed 2 × TRANSFERD_KAFKA_TIMEOUT_MS + TRANSFERD_DATABASE_TIMEOUT_MS"
         );
         anyhow::ensure!(
             (1..=4096).contains(&self.guest_memory_mib),

@@ -1,11 +1,16 @@
-//! `transferd`: the command line. Parses settings and hands over; nothing else lives here.
+//! `transferd`: the command line. Parses settings and hands over; nothing else lives here,
+//! except making sure every exit says why (a log line) and happens when decided (an explicit
+//! `process::exit`, so no destructor of a client library can hold the process past its
+//! drain time).
 
 use clap::{Parser, Subcommand};
+use std::process::ExitCode;
 use std::sync::Arc;
 use tracing_subscriber::EnvFilter;
 
 use transferd::capabilities::Capabilities;
-use transferd::{admin_client, config, http, settlement, shutdown, stores};
+use transferd::shutdown::{self, Signals};
+use transferd::{admin_client, config, http, settlement, stores};
 
 #[derive(Parser)]
 #[command(
@@ -32,31 +37,54 @@ enum Command {
     Guest(admin_client::GuestCli),
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_env("TRANSFERD_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .init();
-    match Cli::parse().command {
+    log_panics();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            tracing::error!(%error, "cannot start the async runtime; exiting");
+            return ExitCode::FAILURE;
+        }
+    };
+    let is_service = matches!(cli.command, Command::Serve(_) | Command::Worker(_));
+    let outcome = runtime.block_on(run(cli.command));
+    let code = match &outcome {
+        Ok(()) => 0,
+        Err(error) => {
+            tracing::error!(
+                error = format!("{error:#}"),
+                "transferd is exiting with an error"
+            );
+            eprintln!("Error: {error:#}");
+            1
+        }
+    };
+    if is_service {
+        tracing::info!(code, "transferd exits");
+    }
+    // Not `return`: dropping the runtime would wait for blocking tasks (a librdkafka commit or
+    // close against an unreachable broker) with no bound.
+    std::process::exit(code)
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
         Command::Serve(settings) => {
+            let signals = Signals::register()?;
             settings.validate()?;
-            http::serve(settings).await
+            http::serve(settings, signals).await
         }
         Command::Worker(settings) => {
+            let signals = Signals::register()?;
             settings.services.validate()?;
             settings.worker.validate_with(&settings.services)?;
-            let capabilities = Arc::new(Capabilities::connect(&settings.services).await?);
-            settlement::reconcile::spawn(&settings.services, &settings.worker, &capabilities);
-            settlement::run(
-                &settings.services,
-                &settings.worker,
-                capabilities,
-                shutdown::signal(),
-            )
-            .await?;
-            Ok(())
+            worker(settings, signals).await
         }
         Command::Guest(cli) => admin_client::run(cli).await,
         Command::Reconcile(settings) => {
@@ -81,4 +109,48 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `transferd worker`: the settlement worker until a stop signal, then at most the drain time.
+async fn worker(settings: config::WorkerOnly, mut signals: Signals) -> anyhow::Result<()> {
+    let capabilities = Arc::new(Capabilities::connect(&settings.services).await?);
+    settlement::reconcile::spawn(&settings.services, &settings.worker, &capabilities);
+    let (stop_handle, stop) = shutdown::stop_channel();
+    let mut worker = Some(settlement::spawn(
+        settings.services.clone(),
+        settings.worker.clone(),
+        capabilities,
+        stop,
+    ));
+    tokio::select! {
+        signal = signals.recv() => {
+            tracing::info!(%signal, "stopping the settlement worker");
+        }
+        why = settlement::ended(&mut worker) => {
+            anyhow::bail!("the settlement worker stopped unexpectedly: {why}");
+        }
+    }
+    stop_handle.stop();
+    let deadline = tokio::time::Instant::now() + settings.services.drain_timeout();
+    if let Some(task) = worker
+        && let Some(outcome) = shutdown::within(deadline, "the settlement worker", task).await
+    {
+        settlement::log_end(outcome);
+    }
+    Ok(())
+}
+
+/// Panics anywhere (a spawned task included) go to the log as errors, then to the default
+/// hook; a panic in a task would otherwise only end that task, quietly.
+fn log_panics() {
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let thread = std::thread::current();
+        tracing::error!(
+            thread = thread.name().unwrap_or("unnamed"),
+            panic = %info,
+            "panic"
+        );
+        default_hook(info);
+    }));
 }

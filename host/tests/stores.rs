@@ -21,6 +21,7 @@ fn services(database: &str, redis_prefix: &str) -> Services {
         database_timeout_ms: 5_000,
         database_connections: 8,
         redis_timeout_ms: 1_000,
+        drain_timeout_ms: 10_000,
     }
 }
 

@@ -145,8 +145,13 @@ async fn uploads_failing_a_check_are_refused_with_the_reason_and_change_nothing(
         .await?;
     assert_eq!(anonymous.status(), 401);
     let registry = registry_status(&host).await?;
-    assert_eq!(registry["versions"], json!([]), "nothing was stored");
-    assert_eq!(registry["active"], Value::Null);
+    let started_with = healthz_version(&host).await?;
+    assert_eq!(
+        registry_versions(&registry),
+        vec![started_with.clone()],
+        "nothing was stored but the guest the replica started with"
+    );
+    assert_eq!(registry["active"], started_with.as_str());
     let (status, _) = admin_post(&host, "/admin/guest/rollback").await?;
     assert_eq!(status, 409, "nothing to roll back to");
     let (status, _) =
@@ -243,8 +248,8 @@ async fn both_replicas_follow_activation_and_rollback_while_serving() -> anyhow:
         .collect();
     assert_eq!(
         actions,
-        vec!["rollback", "activate", "activate"],
-        "newest first"
+        vec!["rollback", "activate", "activate", "activate"],
+        "newest first; the oldest records the guest the first replica started with"
     );
 
     // The transfer log names the version that decided each transfer.
@@ -683,6 +688,93 @@ async fn an_overlong_note_is_refused_before_anything_is_stored() -> anyhow::Resu
         .send()
         .await?;
     assert_eq!(response.status(), 400);
-    assert_eq!(registry_status(&host).await?["versions"], json!([]));
+    let registry = registry_status(&host).await?;
+    assert_eq!(
+        registry_versions(&registry).len(),
+        1,
+        "only the guest the replica started with: {registry}"
+    );
+    Ok(())
+}
+
+/// The version a replica names on a response that no guest decided.
+async fn healthz_version(host: &Host) -> anyhow::Result<String> {
+    let response = host
+        .client
+        .get(format!("{}/healthz", host.base_url))
+        .send()
+        .await?;
+    Ok(response
+        .headers()
+        .get("x-guest-version")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string())
+}
+
+/// The versions the registry lists.
+fn registry_versions(registry: &Value) -> Vec<String> {
+    registry["versions"]
+        .as_array()
+        .map(|versions| {
+            versions
+                .iter()
+                .filter_map(|version| version["version"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn the_first_rollback_on_a_fresh_install_returns_to_the_guest_file() -> anyhow::Result<()> {
+    let namespace = Namespace::new().await?;
+    let host = Host::start(&namespace).await?;
+    host.deposit(1, "USD", "10000").await?;
+    host.deposit(2, "USD", "1").await?;
+    let started_with = served_version(&host).await?;
+    let registry = registry_status(&host).await?;
+    assert_eq!(
+        registry["active"],
+        started_with.as_str(),
+        "the guest file is the registry's first active version: {registry}"
+    );
+
+    let (ok, out) = guest_cli(
+        &host,
+        &["upload", strict_guest_file().to_str().unwrap_or_default()],
+    )?;
+    assert!(ok, "{out}");
+    let strict = serde_json::from_str::<Value>(&out)?["version"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(guest_cli(&host, &["activate", &strict])?.0);
+    until_serving(&[&host], &strict, Duration::from_secs(15)).await?;
+    let large = json!({"sender_id": 1, "receiver_id": 2, "amount": "150.00", "currency": "USD"});
+    assert_eq!(
+        host.transfer(large.clone()).await?.status,
+        422,
+        "strict rule"
+    );
+
+    let (ok, out) = guest_cli(&host, &["rollback"])?;
+    assert!(
+        ok && out.contains(&started_with),
+        "the first rollback returns to the guest file: {out}"
+    );
+    until_serving(&[&host], &started_with, Duration::from_secs(15)).await?;
+    let reply = host.transfer(large).await?;
+    assert_eq!(reply.status, 200, "the old rule is back: {}", reply.body);
+
+    // A replica started later with the same file changes nothing in the registry.
+    let second = Host::start(&namespace).await?;
+    assert_eq!(served_version(&second).await?, started_with);
+    let registry = registry_status(&second).await?;
+    assert_eq!(registry_versions(&registry).len(), 2, "{registry}");
+    assert_eq!(
+        registry["history"].as_array().map(Vec::len),
+        Some(3),
+        "start-up, activation, rollback: {registry}"
+    );
     Ok(())
 }

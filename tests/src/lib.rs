@@ -170,7 +170,7 @@ fn transferd_command(
     options: &HostOptions,
     subcommand: &str,
     name: &str,
-) -> anyhow::Result<Command> {
+) -> anyhow::Result<(Command, PathBuf)> {
     let mut command = Command::new(transferd_binary());
     command
         .arg(subcommand)
@@ -199,7 +199,33 @@ fn transferd_command(
         .open(&log_path)?;
     command.stdout(log_file.try_clone()?).stderr(log_file);
     eprintln!("transferd {subcommand} log: {}", log_path.display());
-    Ok(command)
+    Ok((command, log_path))
+}
+
+/// Sends SIGTERM to a child process.
+fn terminate(child: &Child) -> anyhow::Result<()> {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()?;
+    anyhow::ensure!(status.success(), "kill -TERM {} failed", child.id());
+    Ok(())
+}
+
+/// Waits up to `limit` for a child to exit; its status, or `None` if it still runs.
+async fn wait_exit(
+    child: &mut Child,
+    limit: Duration,
+) -> anyhow::Result<Option<std::process::ExitStatus>> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(Some(status));
+        }
+        if Instant::now() >= deadline {
+            return Ok(None);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Runs `transferd <subcommand>` to its end (bounded by `limit`) and returns its stdout;
@@ -229,6 +255,7 @@ pub async fn run_to_end(
 /// A running `transferd worker`, killed (SIGKILL) when dropped or told to.
 pub struct WorkerProcess {
     child: Child,
+    pub log_path: PathBuf,
 }
 
 impl WorkerProcess {
@@ -237,8 +264,18 @@ impl WorkerProcess {
         options: &HostOptions,
         name: &str,
     ) -> anyhow::Result<WorkerProcess> {
-        let child = transferd_command(namespace, options, "worker", name)?.spawn()?;
-        Ok(WorkerProcess { child })
+        let (mut command, log_path) = transferd_command(namespace, options, "worker", name)?;
+        let child = command.spawn()?;
+        Ok(WorkerProcess { child, log_path })
+    }
+
+    /// SIGTERM, then waits up to `limit` for the exit; the status, or `None` if it still runs.
+    pub async fn terminate(
+        &mut self,
+        limit: Duration,
+    ) -> anyhow::Result<Option<std::process::ExitStatus>> {
+        terminate(&self.child)?;
+        wait_exit(&mut self.child, limit).await
     }
 
     /// SIGKILL: no shutdown, no flushing, no offset commit.
@@ -259,6 +296,7 @@ pub struct Host {
     child: Child,
     pub base_url: String,
     pub client: reqwest::Client,
+    pub log_path: PathBuf,
 }
 
 impl Host {
@@ -268,7 +306,8 @@ impl Host {
 
     pub async fn start_with(namespace: &Namespace, options: HostOptions) -> anyhow::Result<Host> {
         let port = free_port();
-        let mut command = transferd_command(namespace, &options, "serve", &format!("api-{port}"))?;
+        let (mut command, log_path) =
+            transferd_command(namespace, &options, "serve", &format!("api-{port}"))?;
         command.env("TRANSFERD_LISTEN", format!("127.0.0.1:{port}"));
         let child = command
             .spawn()
@@ -279,6 +318,7 @@ impl Host {
             client: reqwest::Client::builder()
                 .timeout(Duration::from_secs(30))
                 .build()?,
+            log_path,
         };
         host.wait_ready(Duration::from_secs(60)).await?;
         Ok(host)
@@ -302,6 +342,20 @@ impl Host {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         bail!("transferd was not ready within {limit:?}")
+    }
+
+    /// SIGTERM, then waits up to `limit` for the exit; the status, or `None` if it still runs.
+    pub async fn terminate(
+        &mut self,
+        limit: Duration,
+    ) -> anyhow::Result<Option<std::process::ExitStatus>> {
+        terminate(&self.child)?;
+        wait_exit(&mut self.child, limit).await
+    }
+
+    /// What the process logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 
     /// Whether the process is still running.
@@ -485,46 +539,86 @@ pub async fn consume(
     Ok(consumed)
 }
 
+/// Where a private broker keeps its log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BrokerStorage {
+    /// Gone when the broker stops.
+    Memory,
+    /// A SQLite file in a directory of its own; survives a restart or a crash.
+    Sqlite,
+}
+
+/// The Tansu binary: `TRANSFERD_TANSU` (the scripts set it to the build with SQLite storage),
+/// else `tansu` on PATH.
+pub fn tansu_binary() -> PathBuf {
+    std::env::var_os("TRANSFERD_TANSU")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("tansu"))
+}
+
 /// A private Tansu broker reached only through a proxy, for tests that take the broker away:
 /// it advertises the proxy's port, so cutting the proxy cuts every client off while the broker
-/// keeps its log, as a network outage would (memory storage would lose it on a restart).
+/// keeps its log, as a network outage would. It can also be killed and started again for real.
 pub struct Broker {
     child: Child,
     proxy: proxy::Proxy,
+    internal_port: u16,
+    storage: BrokerStorage,
+    directory: PathBuf,
 }
 
 impl Broker {
+    /// A broker with memory storage.
     pub async fn start() -> anyhow::Result<Broker> {
+        Broker::start_with(BrokerStorage::Memory).await
+    }
+
+    pub async fn start_with(storage: BrokerStorage) -> anyhow::Result<Broker> {
         let internal_port = free_port();
         let proxy = proxy::Proxy::start(internal_port).await?;
-        let listener = format!("tcp://127.0.0.1:{internal_port}");
-        let advertised = format!("tcp://127.0.0.1:{}", proxy.port);
-        let child = Command::new("tansu")
-            .args([
-                "broker",
-                "--listener-url",
-                &listener,
-                "--advertised-listener-url",
-                &advertised,
-            ])
-            .args(["--storage-engine", "memory://tansu/"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting tansu (scripts/services.sh installs it)")?;
-        let broker = Broker { child, proxy };
+        let directory = std::env::temp_dir().join(format!(
+            "transferd-test-broker-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..12]
+        ));
+        std::fs::create_dir_all(&directory)?;
+        let child = spawn_tansu(internal_port, proxy.port, storage, &directory)?;
+        let broker = Broker {
+            child,
+            proxy,
+            internal_port,
+            storage,
+            directory,
+        };
+        broker.wait_listening().await?;
+        Ok(broker)
+    }
+
+    async fn wait_listening(&self) -> anyhow::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
-            if tokio::net::TcpStream::connect(("127.0.0.1", internal_port))
+            if tokio::net::TcpStream::connect(("127.0.0.1", self.internal_port))
                 .await
                 .is_ok()
             {
-                return Ok(broker);
+                return Ok(());
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        bail!("tansu did not listen on {internal_port} within 30s")
+        bail!("tansu did not listen on {} within 30s", self.internal_port)
+    }
+
+    /// SIGKILLs the broker (a crash: nothing flushed) and starts it again on the same port
+    /// and storage.
+    pub async fn kill_and_restart(&mut self) -> anyhow::Result<()> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = spawn_tansu(
+            self.internal_port,
+            self.proxy.port,
+            self.storage,
+            &self.directory,
+        )?;
+        self.wait_listening().await
     }
 
     pub fn brokers(&self) -> String {
@@ -564,7 +658,42 @@ impl Drop for Broker {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.directory);
     }
+}
+
+/// Tansu listening on `internal_port`, advertising `advertised_port`, run in `directory`
+/// (Tansu resolves `sqlite://NAME` in its working directory); its log goes to a file there.
+fn spawn_tansu(
+    internal_port: u16,
+    advertised_port: u16,
+    storage: BrokerStorage,
+    directory: &std::path::Path,
+) -> anyhow::Result<Child> {
+    let engine = match storage {
+        BrokerStorage::Memory => "memory://tansu/",
+        BrokerStorage::Sqlite => "sqlite://tansu.db",
+    };
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(directory.join("tansu.log"))?;
+    Command::new(tansu_binary())
+        .args([
+            "broker",
+            "--listener-url",
+            &format!("tcp://127.0.0.1:{internal_port}"),
+            "--advertised-listener-url",
+            &format!("tcp://127.0.0.1:{advertised_port}"),
+            "--storage-engine",
+            engine,
+        ])
+        .current_dir(directory)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .context("starting tansu (scripts/services.sh installs it)")
 }
 
 /// The ledger's invariants, read in one place so every test checks them the same way.
@@ -683,4 +812,19 @@ impl Random {
         let value = self.0.wrapping_mul(0x2545_F491_4F6C_DD1D);
         low + (value % ((high - low + 1) as u64)) as i64
     }
+}
+
+/// Deletes topics the way an operator (or a broker that lost its log) would take them away.
+pub async fn delete_topics(brokers: &str, topics: &[&str]) -> anyhow::Result<()> {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()?;
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    for result in admin.delete_topics(topics, &options).await? {
+        if let Err((name, code)) = result {
+            bail!("deleting {name}: {code}");
+        }
+    }
+    Ok(())
 }

@@ -22,6 +22,12 @@ pub const CHANNEL: &str = "transferd_guest";
 /// How often a replica re-reads the active version without a notification.
 pub const SAFETY_NET_INTERVAL: Duration = Duration::from_secs(5);
 
+/// Who recorded a version a replica started with (`uploaded_by`, `activated_by`).
+pub const STARTUP: &str = "replica start-up";
+
+/// Serialises start-up adoption across replicas (`pg_advisory_xact_lock` key).
+const ADOPT_LOCK: i64 = 0x7472_616e_7366_6572; // "transfer"
+
 /// Largest component accepted, in bytes.
 pub const MAX_GUEST_BYTES: usize = 32 * 1024 * 1024;
 
@@ -147,6 +153,59 @@ impl Registry {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    /// Records the guest a replica started with (from its file), so an operator can always
+    /// roll back to it: its bytes join the versions if they are new, and it becomes the
+    /// active version if none was ever activated. Returns whether it became active. Replicas
+    /// starting together take turns (an advisory lock), so one start-up activation is recorded.
+    pub async fn adopt_startup(
+        &self,
+        version: &str,
+        bytes: &[u8],
+        file_name: &str,
+    ) -> Result<bool, RegistryError> {
+        let note: String = format!("the guest file {file_name}")
+            .chars()
+            .take(200)
+            .collect();
+        let mut transaction = self.pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(ADOPT_LOCK)
+            .execute(&mut *transaction)
+            .await?;
+        sqlx::query(
+            "INSERT INTO guest_versions (version, bytes, size_bytes, uploaded_by, note)
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (version) DO NOTHING",
+        )
+        .bind(version)
+        .bind(bytes)
+        .bind(bytes.len() as i64)
+        .bind(STARTUP)
+        .bind(note)
+        .execute(&mut *transaction)
+        .await?;
+        let active: Option<String> = sqlx::query_scalar(
+            "SELECT version FROM guest_activations WHERE action IN ('activate', 'rollback') LIMIT 1",
+        )
+        .fetch_optional(&mut *transaction)
+        .await?;
+        if active.is_none() {
+            sqlx::query(
+                "INSERT INTO guest_activations (version, action, activated_by) VALUES ($1, 'activate', $2)",
+            )
+            .bind(version)
+            .bind(STARTUP)
+            .execute(&mut *transaction)
+            .await?;
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(CHANNEL)
+                .bind(version)
+                .execute(&mut *transaction)
+                .await?;
+        }
+        transaction.commit().await?;
+        Ok(active.is_none())
     }
 
     /// Makes `version` the active one (which ends any candidate) and tells every replica.

@@ -27,7 +27,8 @@ use crate::guest::registry::{self, Registry, Serving, ServingGuest};
 use crate::guest::runtime::{GuestEngine, GuestLimits};
 use crate::guest::shadow::ShadowBook;
 use crate::guest::watch;
-use crate::{settlement, shutdown};
+use crate::settlement;
+use crate::shutdown::{self, Signals, StopSignal};
 use error::{ApiError, Reply, json_response};
 
 /// Names the guest version that decided a response.
@@ -50,9 +51,18 @@ impl App {
     }
 }
 
-/// Connects the stores, migrates, loads the guest and serves until SIGINT or SIGTERM; runs
-/// the settlement worker beside the API unless told not to.
-pub async fn serve(settings: Serve) -> anyhow::Result<()> {
+/// Why the serving loop ended.
+enum Ending {
+    Signal(StopSignal),
+    /// The settlement worker ended while nobody asked it to: a bug or a fatal error.
+    WorkerEnded(String),
+}
+
+/// Connects the stores, migrates, loads the guest and serves until a stop signal; runs the
+/// settlement worker beside the API unless told not to. Then drains, bounded by the drain
+/// time: stops accepting, finishes requests in flight, stops the worker between batches and
+/// flushes the producer. An unexpected end of the worker ends the process with an error.
+pub async fn serve(settings: Serve, mut signals: Signals) -> anyhow::Result<()> {
     let services = &settings.services;
     let capabilities = Arc::new(Capabilities::connect(services).await?);
 
@@ -62,12 +72,17 @@ pub async fn serve(settings: Serve) -> anyhow::Result<()> {
         concurrency: settings.guest_concurrency,
         compiled_cache: settings.compiled_cache(),
     })?);
+    let guest_bytes = std::fs::read(&settings.guest_file)
+        .with_context(|| format!("reading the guest {}", settings.guest_file.display()))?;
     let guest = engine
-        .load_file(&settings.guest_file)
+        .load(&guest_bytes)
         .with_context(|| format!("loading the guest {}", settings.guest_file.display()))?;
     tracing::info!(version = guest.version(), file = %settings.guest_file.display(), "guest loaded");
     // The registry's active version, once one was activated, wins over the file.
     let registry = Registry::new(capabilities.ledger.pool().clone());
+    if !settings.watch {
+        adopt_startup_guest(&registry, &guest, &guest_bytes, &settings.guest_file).await;
+    }
     let serving = Arc::new(ServingGuest::new(guest));
     if settings.watch {
         watch::watch_file(
@@ -85,20 +100,14 @@ pub async fn serve(settings: Serve) -> anyhow::Result<()> {
 
     settlement::reconcile::spawn(services, &settings.worker, &capabilities);
 
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let worker = settings.run_worker.then(|| {
-        let (services, worker, capabilities) = (
+    let (stop_handle, stop) = shutdown::stop_channel();
+    let mut worker = settings.run_worker.then(|| {
+        settlement::spawn(
             services.clone(),
             settings.worker.clone(),
             Arc::clone(&capabilities),
-        );
-        let mut stopped = stopped.clone();
-        tokio::spawn(async move {
-            let shutdown = async move {
-                let _ = stopped.wait_for(|stop| *stop).await;
-            };
-            settlement::run(&services, &worker, capabilities, shutdown).await
-        })
+            stop,
+        )
     });
 
     let app = Arc::new(App {
@@ -115,8 +124,7 @@ pub async fn serve(settings: Serve) -> anyhow::Result<()> {
     tracing::info!(address = %listener.local_addr()?, "serving");
 
     let graceful = GracefulShutdown::new();
-    let mut shutdown = std::pin::pin!(shutdown::signal());
-    loop {
+    let ending = loop {
         tokio::select! {
             accepted = listener.accept() => {
                 let (stream, _peer) = match accepted {
@@ -140,16 +148,82 @@ pub async fn serve(settings: Serve) -> anyhow::Result<()> {
                     }
                 });
             }
-            () = &mut shutdown => break,
+            signal = signals.recv() => break Ending::Signal(signal),
+            ended = settlement::ended(&mut worker) => break Ending::WorkerEnded(ended),
+        }
+    };
+    drop(listener);
+    stop_handle.stop();
+    let drain = services.drain_timeout();
+    let deadline = tokio::time::Instant::now() + drain;
+    match &ending {
+        Ending::Signal(signal) => tracing::info!(
+            %signal,
+            drain_ms = drain.as_millis() as u64,
+            "shutting down: no new connections; finishing requests in flight and stopping the worker"
+        ),
+        Ending::WorkerEnded(why) => tracing::error!(
+            why,
+            "the settlement worker stopped unexpectedly; shutting the service down"
+        ),
+    }
+    let worker_stopped = async {
+        if let Some(worker) = worker {
+            settlement::log_end(worker.await);
+        }
+    };
+    shutdown::within(
+        deadline,
+        "requests in flight and the settlement worker",
+        async { tokio::join!(graceful.shutdown(), worker_stopped) },
+    )
+    .await;
+    let flush_time = deadline.saturating_duration_since(tokio::time::Instant::now());
+    if let Some(Err(error)) = shutdown::within(
+        deadline,
+        "the producer's flush",
+        app.capabilities.log.flush(flush_time),
+    )
+    .await
+    {
+        tracing::warn!(%error, "the producer did not flush");
+    }
+    match ending {
+        Ending::Signal(signal) => {
+            tracing::info!(%signal, "drained; exiting");
+            Ok(())
+        }
+        Ending::WorkerEnded(why) => {
+            anyhow::bail!("the settlement worker stopped unexpectedly: {why}")
         }
     }
-    tracing::info!("shutting down: finishing requests in flight");
-    graceful.shutdown().await;
-    let _ = stop.send(true);
-    if let Some(worker) = worker {
-        worker.await??;
+}
+
+/// Records the file's guest in the registry (the version to roll back to on a fresh
+/// install). A registry that cannot be written is logged, not fatal: the replica still serves.
+async fn adopt_startup_guest(
+    registry: &Registry,
+    guest: &crate::guest::runtime::Guest,
+    bytes: &[u8],
+    file: &std::path::Path,
+) {
+    let file_name = file
+        .file_name()
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    match registry
+        .adopt_startup(guest.version(), bytes, &file_name)
+        .await
+    {
+        Ok(true) => tracing::info!(
+            version = guest.version(),
+            "no version was active: recorded the guest file as the active version"
+        ),
+        Ok(false) => {}
+        Err(error) => {
+            tracing::warn!(%error, "cannot record the guest file in the registry")
+        }
     }
-    Ok(())
 }
 
 async fn route(app: &App, request: Request<Incoming>) -> Reply {

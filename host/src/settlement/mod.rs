@@ -8,6 +8,7 @@
 
 pub mod decide;
 pub mod reconcile;
+mod watchdog;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -20,13 +21,23 @@ use serde_json::json;
 
 use crate::capabilities::Capabilities;
 use crate::config::{Services, Worker};
-use crate::stores::kafka::{EVENTS_TOPIC, TRANSFER_TOPIC, settlement_consumer};
+use crate::shutdown::Stop;
+use crate::stores::kafka::{
+    EVENTS_TOPIC, TRANSFER_TOPIC, TransferLog, is_unknown_topic, settlement_consumer,
+};
 use crate::stores::postgres::SettledBatch;
 use crate::stores::redis::{SettledBalance, SettledHold};
 use decide::TransferMessage;
+use watchdog::Watchdog;
 
 /// Longest pause between attempts at a batch that keeps failing (a dependency is down).
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
+
+/// How long the worker waits for a first message before it looks around (the watchdog).
+const IDLE_POLL: Duration = Duration::from_secs(1);
+
+/// Longest wait for the old consumer to leave the group when the worker rejoins.
+const LEAVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum SettlementError {
@@ -40,34 +51,49 @@ pub enum SettlementError {
     Consumer(#[from] rdkafka::error::KafkaError),
 }
 
-/// Runs until `shutdown` resolves; a batch in progress is finished first.
+/// Runs until `stop` is requested. It is checked between batches and between attempts at a
+/// failing batch: an attempt in progress ends (each store bounds its own wait), a batch that
+/// did not settle is not committed and will be delivered again.
 pub async fn run(
     services: &Services,
     settings: &Worker,
     capabilities: Arc<Capabilities>,
-    shutdown: impl Future<Output = ()>,
+    mut stop: Stop,
 ) -> Result<(), SettlementError> {
-    let consumer = Arc::new(settlement_consumer(services, &settings.group)?);
-    let topic = capabilities.log.physical_topic(TRANSFER_TOPIC);
-    consumer.subscribe(&[&topic])?;
+    let log = &capabilities.log;
+    let topic = log.physical_topic(TRANSFER_TOPIC);
+    let mut consumer = subscribe(services, settings, &topic)?;
+    let mut repairs_seen = log.topic_repairs();
+    let mut watchdog = Watchdog::new(topic.clone());
     tracing::info!(topic, group = settings.group, "settlement worker started");
-    let mut shutdown = std::pin::pin!(shutdown);
     loop {
-        let batch = tokio::select! {
-            batch = next_batch(&consumer, settings.batch_max, settings.linger()) => batch,
-            () = &mut shutdown => break,
+        let next = tokio::select! {
+            next = next_batch(&consumer, settings.batch_max, settings.linger(), log) => next,
+            () = stop.requested() => break,
         };
+        // Topics created again: positions held from the deleted topic would skip messages of
+        // the new one, so whatever was just read is dropped and read again by a new member.
+        if log.topic_repairs() != repairs_seen {
+            repairs_seen = log.topic_repairs();
+            consumer = rejoin(services, settings, &topic, consumer).await?;
+            continue;
+        }
+        if watchdog.should_rejoin(&consumer).await {
+            consumer = rejoin(services, settings, &topic, consumer).await?;
+            continue;
+        }
+        let Some(batch) = next else { continue };
         let messages = parse_batch(&batch);
-        let mut delay = Duration::from_millis(100);
-        loop {
-            match settle(&capabilities, &messages).await {
-                Ok(()) => break,
-                Err(error) => {
-                    tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "settling a batch failed");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(MAX_RETRY_DELAY);
-                }
-            }
+        if !settle_until_done(&capabilities, &messages, &mut stop).await {
+            tracing::info!(
+                messages = batch.len(),
+                "stopping with a batch not settled; it will be delivered again"
+            );
+            break;
+        }
+        if log.topic_repairs() != repairs_seen {
+            tracing::warn!("topics were created again while settling; not committing this batch");
+            continue;
         }
         commit_offsets(&consumer, &batch).await;
     }
@@ -75,17 +101,113 @@ pub async fn run(
     Ok(())
 }
 
-/// Waits for one message, then takes whatever else arrives within `linger`, up to `max`.
-async fn next_batch(consumer: &StreamConsumer, max: usize, linger: Duration) -> Vec<OwnedMessage> {
-    let mut batch = Vec::with_capacity(max);
-    while batch.is_empty() {
-        match consumer.recv().await {
-            Ok(message) => batch.push(message.detach()),
+/// The worker running as its own task.
+pub type WorkerTask = tokio::task::JoinHandle<Result<(), SettlementError>>;
+
+pub fn spawn(
+    services: Services,
+    settings: Worker,
+    capabilities: Arc<Capabilities>,
+    stop: Stop,
+) -> WorkerTask {
+    tokio::spawn(async move { run(&services, &settings, capabilities, stop).await })
+}
+
+/// Resolves when the worker task ends, saying how; never when there is no worker. Before a
+/// stop was requested any end is unexpected: the caller treats it as fatal.
+pub async fn ended(worker: &mut Option<WorkerTask>) -> String {
+    let Some(task) = worker.as_mut() else {
+        return std::future::pending().await;
+    };
+    let outcome = task.await;
+    *worker = None;
+    match outcome {
+        Ok(Ok(())) => "it returned without being asked to stop".to_string(),
+        Ok(Err(error)) => error.to_string(),
+        Err(error) => format!("it panicked or was cancelled: {error}"),
+    }
+}
+
+/// Logs how a worker that was asked to stop ended.
+pub fn log_end(outcome: Result<Result<(), SettlementError>, tokio::task::JoinError>) {
+    match outcome {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => tracing::error!(%error, "the settlement worker failed while stopping"),
+        Err(error) => tracing::error!(%error, "the settlement worker panicked while stopping"),
+    }
+}
+
+fn subscribe(
+    services: &Services,
+    settings: &Worker,
+    topic: &str,
+) -> Result<Arc<StreamConsumer>, SettlementError> {
+    let consumer = settlement_consumer(services, &settings.group)?;
+    consumer.subscribe(&[topic])?;
+    Ok(Arc::new(consumer))
+}
+
+/// Leaves the group and joins it again as a new member, which makes the broker hand out every
+/// partition afresh. The old consumer is closed first (its close blocks, so off the runtime).
+async fn rejoin(
+    services: &Services,
+    settings: &Worker,
+    topic: &str,
+    old: Arc<StreamConsumer>,
+) -> Result<Arc<StreamConsumer>, SettlementError> {
+    let closing = tokio::task::spawn_blocking(move || drop(old));
+    if tokio::time::timeout(LEAVE_TIMEOUT, closing).await.is_err() {
+        tracing::warn!("the old consumer did not close in time; joining anyway");
+    }
+    let consumer = subscribe(services, settings, topic)?;
+    tracing::warn!(topic, group = settings.group, "rejoined the consumer group");
+    Ok(consumer)
+}
+
+/// Settles `messages`, retrying with back-off while a dependency is down. Returns false when
+/// stopping was requested before the batch settled.
+async fn settle_until_done(
+    capabilities: &Capabilities,
+    messages: &[TransferMessage],
+    stop: &mut Stop,
+) -> bool {
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match settle(capabilities, messages).await {
+            Ok(()) => return true,
             Err(error) => {
-                tracing::warn!(%error, "consumer error");
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                if stop.is_requested() {
+                    return false;
+                }
+                tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "settling a batch failed");
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = stop.requested() => return false,
+                }
+                delay = (delay * 2).min(MAX_RETRY_DELAY);
             }
         }
+    }
+}
+
+/// Waits up to [`IDLE_POLL`] for one message, then takes whatever else arrives within
+/// `linger`, up to `max`. `None` when nothing came. A topic the broker does not know is
+/// recreated (it is the one this worker reads).
+async fn next_batch(
+    consumer: &StreamConsumer,
+    max: usize,
+    linger: Duration,
+    log: &TransferLog,
+) -> Option<Vec<OwnedMessage>> {
+    let mut batch = Vec::with_capacity(max);
+    match tokio::time::timeout(IDLE_POLL, consumer.recv()).await {
+        Ok(Ok(message)) => batch.push(message.detach()),
+        Ok(Err(error)) => {
+            consumer_error(&error, log).await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            return None;
+        }
+        Err(_idle) => return None,
     }
     let deadline = Instant::now() + linger;
     while batch.len() < max {
@@ -93,13 +215,22 @@ async fn next_batch(consumer: &StreamConsumer, max: usize, linger: Duration) -> 
         match tokio::time::timeout(remaining, consumer.recv()).await {
             Ok(Ok(message)) => batch.push(message.detach()),
             Ok(Err(error)) => {
-                tracing::warn!(%error, "consumer error");
+                consumer_error(&error, log).await;
                 break;
             }
             Err(_elapsed) => break,
         }
     }
-    batch
+    Some(batch)
+}
+
+async fn consumer_error(error: &rdkafka::error::KafkaError, log: &TransferLog) {
+    tracing::warn!(%error, "consumer error");
+    if is_unknown_topic(error)
+        && let Err(error) = log.repair_topics().await
+    {
+        tracing::warn!(%error, "cannot recreate the missing topics yet");
+    }
 }
 
 /// Messages that are not transfer messages are logged and skipped: they cannot be applied,

@@ -1,8 +1,9 @@
 //! The transfer log in Kafka: an idempotent producer that reports success only for messages
 //! the broker acknowledged on all in-sync replicas.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{PoisonError, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -24,8 +25,12 @@ pub const TRANSFER_TOPIC: &str = "transfer_topic";
 /// Settlement outcomes, one event per transfer.
 pub const EVENTS_TOPIC: &str = "transfer_events";
 
-/// Every topic transferd writes, created at start-up when missing.
+/// Every topic transferd writes, created at start-up and whenever one is found missing.
 pub const HOST_TOPICS: &[&str] = &[TRANSFER_TOPIC, EVENTS_TOPIC];
+
+/// Least time between two attempts at recreating missing topics: every request that meets a
+/// missing topic asks, one attempt answers them all.
+pub const TOPIC_REPAIR_INTERVAL: Duration = Duration::from_secs(1);
 
 /// A consumer in `group` (prefixed like topics) that commits offsets only when told to.
 pub fn settlement_consumer(services: &Services, group: &str) -> Result<StreamConsumer, LogError> {
@@ -41,7 +46,19 @@ pub fn settlement_consumer(services: &Services, group: &str) -> Result<StreamCon
         // (Tansu waits the whole time) keeps money held half a second longer than needed.
         .set("fetch.wait.max.ms", "20")
         .set("reconnect.backoff.max.ms", "1000")
+        // A topic deleted and created again (a broker restarted without its log) is seen
+        // within seconds instead of librdkafka's default five minutes.
+        .set("topic.metadata.refresh.interval.ms", "5000")
         .create()?)
+}
+
+/// The broker does not know the topic (or partition): nothing was written, and creating the
+/// topic is the fix. `UnknownTopic` is librdkafka's own code, after metadata said so.
+pub fn is_unknown_topic(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic)
+    )
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -83,7 +100,27 @@ fn new_producer(brokers: &str, kafka_timeout_ms: u64) -> Result<FutureProducer, 
         .set("message.timeout.ms", kafka_timeout_ms.to_string())
         .set("linger.ms", "1")
         .set("reconnect.backoff.max.ms", "1000")
+        // A topic missing from the broker fails the message at once (UnknownTopic, which
+        // `produce` repairs) instead of waiting out librdkafka's 30 s propagation allowance
+        // and timing out as if the broker were down.
+        .set("topic.metadata.propagation.max.ms", "1000")
         .create()?)
+}
+
+/// Why one send failed; an unknown topic is worth creating and sending again.
+enum ProduceFailure {
+    UnknownTopic(String),
+    Other(String),
+}
+
+impl ProduceFailure {
+    fn into_log_error(self) -> LogError {
+        match self {
+            ProduceFailure::UnknownTopic(reason) | ProduceFailure::Other(reason) => {
+                LogError::NotAcknowledged(reason)
+            }
+        }
+    }
 }
 
 /// Where a message landed.
@@ -95,12 +132,15 @@ pub struct Acknowledged {
 
 pub struct TransferLog {
     /// Replaced when it hits a fatal error (an idempotent producer fenced by the broker after
-    /// an outage cannot produce again); the generation says which one failed.
+    /// an outage cannot produce again) and after missing topics were created (its metadata
+    /// still says they do not exist); the generation says which one is replaced.
     producer: RwLock<(u64, FutureProducer)>,
-    kafka_timeout_ms: u64,
-    brokers: String,
-    topic_prefix: String,
+    services: Services,
     timeout: Duration,
+    /// When topics were last recreated; one attempt at a time (see [`TransferLog::repair_topics`]).
+    last_repair: tokio::sync::Mutex<Option<Instant>>,
+    /// Grows with every repair: a consumer that read the topic before must start over.
+    repairs: AtomicU64,
 }
 
 impl TransferLog {
@@ -109,19 +149,21 @@ impl TransferLog {
         let producer = new_producer(&services.kafka_brokers, services.kafka_timeout_ms)?;
         Ok(TransferLog {
             producer: RwLock::new((0, producer)),
-            kafka_timeout_ms: services.kafka_timeout_ms,
-            brokers: services.kafka_brokers.clone(),
-            topic_prefix: services.topic_prefix.clone(),
+            services: services.clone(),
             timeout: services.kafka_timeout(),
+            last_repair: tokio::sync::Mutex::new(None),
+            repairs: AtomicU64::new(0),
         })
     }
 
     /// The broker's name for a logical topic.
     pub fn physical_topic(&self, logical: &str) -> String {
-        physical_topic(&self.topic_prefix, logical)
+        physical_topic(&self.services.topic_prefix, logical)
     }
 
-    /// Produces one message and waits for the broker's acknowledgement.
+    /// Produces one message and waits for the broker's acknowledgement. A topic the broker
+    /// does not know is created (see [`TransferLog::repair_topics`]) and the message sent once
+    /// more: nothing was written the first time, so the retry cannot duplicate it.
     pub async fn produce(
         &self,
         logical_topic: &str,
@@ -129,6 +171,32 @@ impl TransferLog {
         payload: &[u8],
         headers: &[(&str, &str)],
     ) -> Result<Acknowledged, LogError> {
+        match self
+            .produce_once(logical_topic, key, payload, headers)
+            .await
+        {
+            Err(ProduceFailure::UnknownTopic(reason)) => {
+                tracing::warn!(
+                    topic = self.physical_topic(logical_topic),
+                    reason,
+                    "the broker does not know the topic; creating the topics and retrying"
+                );
+                self.repair_topics().await?;
+                self.produce_once(logical_topic, key, payload, headers)
+                    .await
+                    .map_err(ProduceFailure::into_log_error)
+            }
+            other => other.map_err(ProduceFailure::into_log_error),
+        }
+    }
+
+    async fn produce_once(
+        &self,
+        logical_topic: &str,
+        key: &str,
+        payload: &[u8],
+        headers: &[(&str, &str)],
+    ) -> Result<Acknowledged, ProduceFailure> {
         let topic = self.physical_topic(logical_topic);
         let mut owned_headers = OwnedHeaders::new_with_capacity(headers.len());
         for (name, value) in headers {
@@ -155,9 +223,51 @@ impl TransferLog {
                 } else if producer_is_stuck(&error) {
                     self.replace_producer(generation, &error.to_string());
                 }
-                Err(LogError::NotAcknowledged(error.to_string()))
+                if is_unknown_topic(&error) {
+                    Err(ProduceFailure::UnknownTopic(error.to_string()))
+                } else {
+                    Err(ProduceFailure::Other(error.to_string()))
+                }
             }
         }
+    }
+
+    /// Creates whichever of [`HOST_TOPICS`] is missing, then replaces the producer so its
+    /// metadata knows them. Rate-limited: callers that arrive while an attempt runs, or within
+    /// [`TOPIC_REPAIR_INTERVAL`] of the last one, share its result instead of asking again.
+    pub async fn repair_topics(&self) -> Result<(), LogError> {
+        let mut last = self.last_repair.lock().await;
+        if last.is_some_and(|at| at.elapsed() < TOPIC_REPAIR_INTERVAL) {
+            return Ok(());
+        }
+        *last = Some(Instant::now());
+        let (generation, _) = self.current_producer();
+        TransferLog::ensure_topics(&self.services, HOST_TOPICS).await?;
+        self.replace_producer(generation, "missing topics were created");
+        self.repairs.fetch_add(1, Ordering::SeqCst);
+        tracing::warn!(
+            topics = ?HOST_TOPICS,
+            prefix = self.services.topic_prefix,
+            "recreated missing topics"
+        );
+        Ok(())
+    }
+
+    /// How many times missing topics were created. A consumer subscribed before the last
+    /// repair may hold positions in the topic that was deleted; librdkafka does not notice a
+    /// topic created again under the same name, so such a consumer must be replaced.
+    pub fn topic_repairs(&self) -> u64 {
+        self.repairs.load(Ordering::SeqCst)
+    }
+
+    /// Waits until every message handed to the producer was acknowledged or failed, at most
+    /// `timeout` (the producer's wait blocks, so it runs off the runtime).
+    pub async fn flush(&self, timeout: Duration) -> Result<(), LogError> {
+        let (_, producer) = self.current_producer();
+        tokio::task::spawn_blocking(move || producer.flush(timeout))
+            .await
+            .map_err(|error| LogError::NotAcknowledged(format!("flushing panicked: {error}")))??;
+        Ok(())
     }
 
     fn current_producer(&self) -> (u64, FutureProducer) {
@@ -174,12 +284,12 @@ impl TransferLog {
         if guard.0 != failed_generation {
             return;
         }
-        match new_producer(&self.brokers, self.kafka_timeout_ms) {
+        match new_producer(&self.services.kafka_brokers, self.services.kafka_timeout_ms) {
             Ok(producer) => {
                 tracing::warn!(
                     reason,
                     generation = failed_generation + 1,
-                    "kafka producer failed fatally; replaced it"
+                    "replaced the kafka producer"
                 );
                 *guard = (failed_generation + 1, producer);
             }

@@ -1,0 +1,139 @@
+//! Shutdown is bounded: after SIGTERM the process exits within its drain time, even while the
+//! settlement worker retries against a dependency that is down or a request waits for a
+//! broker that is not there, and it says why it exits.
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use transferd_e2e::{Host, HostOptions, Namespace, WorkerProcess, free_port};
+
+const DRAIN_MS: u64 = 3_000;
+
+/// Drain time plus what a process needs to start exiting and the test to notice.
+const EXIT_BOUND: Duration = Duration::from_millis(DRAIN_MS + 2_000);
+
+fn with_drain(mut options: HostOptions) -> HostOptions {
+    options
+        .extra_env
+        .push(("TRANSFERD_DRAIN_TIMEOUT_MS".into(), DRAIN_MS.to_string()));
+    options
+        .extra_env
+        .push(("TRANSFERD_LOG".into(), "info".into()));
+    options
+}
+
+/// Waits until `log()` contains `needle`.
+async fn until_logged(
+    log: impl Fn() -> String,
+    needle: &str,
+    limit: Duration,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + limit;
+    while !log().contains(needle) {
+        anyhow::ensure!(Instant::now() < deadline, "never logged {needle:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn sigterm_exits_within_the_drain_time_while_the_worker_retries() -> anyhow::Result<()> {
+    let namespace = Namespace::new().await?;
+    let mut options = with_drain(HostOptions::new(&namespace));
+    // Redis is unreachable: transfers are accepted from PostgreSQL balances, and settling
+    // fails at the cache update, so the worker retries its batch until it is stopped.
+    options.redis_url = format!("redis://127.0.0.1:{}", free_port());
+    let mut host = Host::start_with(&namespace, options).await?;
+    host.deposit(1, "USD", "10.00").await?;
+    host.deposit(2, "USD", "10.00").await?;
+    let reply = host
+        .transfer(json!({"sender_id": 1, "receiver_id": 2, "amount": "1.00", "currency": "USD"}))
+        .await?;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    until_logged(
+        || host.log(),
+        "settling a batch failed",
+        Duration::from_secs(30),
+    )
+    .await?;
+
+    let asked = Instant::now();
+    let status = host.terminate(EXIT_BOUND).await?;
+    let took = asked.elapsed();
+    eprintln!("exited {took:?} after SIGTERM: {status:?}");
+    let status =
+        status.ok_or_else(|| anyhow::anyhow!("still running {EXIT_BOUND:?} after SIGTERM"))?;
+    assert!(
+        status.success(),
+        "a requested stop is a clean exit: {status}"
+    );
+    let log = host.log();
+    assert!(log.contains("SIGTERM"), "the log says why it stopped");
+    assert!(log.contains("transferd exits"), "the log says it exits");
+    Ok(())
+}
+
+#[tokio::test]
+async fn sigterm_exits_within_the_drain_time_while_a_request_waits_for_the_broker()
+-> anyhow::Result<()> {
+    let namespace = Namespace::new().await?;
+    let mut options = with_drain(HostOptions::new(&namespace));
+    options.kafka_brokers = format!("127.0.0.1:{}", free_port());
+    options.kafka_timeout_ms = 5_000;
+    let mut host = Host::start_with(&namespace, options).await?;
+    host.deposit(1, "USD", "10.00").await?;
+    host.deposit(2, "USD", "10.00").await?;
+    let url = format!("{}/transfers", host.base_url);
+    let client = host.client.clone();
+    let in_flight = tokio::spawn(async move {
+        client
+            .post(url)
+            .header("content-type", "application/json")
+            .body(r#"{"sender_id": 1, "receiver_id": 2, "amount": "1.00", "currency": "USD"}"#)
+            .send()
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let asked = Instant::now();
+    let status = host.terminate(EXIT_BOUND).await?;
+    eprintln!("exited {:?} after SIGTERM: {status:?}", asked.elapsed());
+    assert!(
+        status.is_some(),
+        "still running {EXIT_BOUND:?} after SIGTERM with a request waiting for the broker"
+    );
+    let _ = in_flight.await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_worker_process_stops_within_the_drain_time_while_retrying() -> anyhow::Result<()> {
+    let namespace = Namespace::new().await?;
+    let mut api = HostOptions::new(&namespace);
+    api.run_worker = false;
+    let host = Host::start_with(&namespace, api).await?;
+    host.deposit(1, "USD", "10.00").await?;
+    host.deposit(2, "USD", "10.00").await?;
+    let reply = host
+        .transfer(json!({"sender_id": 1, "receiver_id": 2, "amount": "1.00", "currency": "USD"}))
+        .await?;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+
+    let mut options = with_drain(HostOptions::new(&namespace));
+    options.redis_url = format!("redis://127.0.0.1:{}", free_port());
+    let mut worker = WorkerProcess::start(&namespace, &options, "worker")?;
+    let log_path = worker.log_path.clone();
+    let log = move || std::fs::read_to_string(&log_path).unwrap_or_default();
+    until_logged(&log, "settling a batch failed", Duration::from_secs(30)).await?;
+    let status = worker.terminate(EXIT_BOUND).await?;
+    let status =
+        status.ok_or_else(|| anyhow::anyhow!("still running {EXIT_BOUND:?} after SIGTERM"))?;
+    assert!(status.success(), "{status}");
+    assert!(log().contains("stopping the settlement worker"));
+    assert_eq!(
+        namespace.wait_settled(1, Duration::from_millis(1)).await?,
+        1,
+        "the ledger step had committed; the batch is simply not acknowledged"
+    );
+    Ok(())
+}
