@@ -22,6 +22,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 
 use crate::capabilities::Capabilities;
+use crate::capabilities::guard::ViolationCounts;
 use crate::config::Serve;
 use crate::guest::registry::{self, Registry, Serving, ServingGuest};
 use crate::guest::runtime::{GuestEngine, GuestLimits};
@@ -40,6 +41,8 @@ pub struct App {
     pub engine: Arc<GuestEngine>,
     pub registry: Registry,
     pub shadow_book: Arc<ShadowBook>,
+    /// Host checks the guests broke on this replica, by version.
+    pub violations: Arc<ViolationCounts>,
     pub admin_token: Option<String>,
 }
 
@@ -105,6 +108,7 @@ pub async fn serve(settings: Serve) -> anyhow::Result<()> {
         engine,
         registry,
         shadow_book: Arc::new(ShadowBook::default()),
+        violations: Arc::new(ViolationCounts::default()),
         admin_token: settings.admin_token.clone(),
     });
     let listener = TcpListener::bind(settings.listen)
@@ -150,7 +154,7 @@ pub async fn serve(settings: Serve) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn route(app: &App, request: Request<Incoming>) -> Reply {
+async fn route(app: &Arc<App>, request: Request<Incoming>) -> Reply {
     let (parts, body) = request.into_parts();
     let segments: Vec<&str> = parts.uri.path().trim_matches('/').split('/').collect();
     let method = &parts.method;

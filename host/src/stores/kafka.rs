@@ -46,10 +46,41 @@ pub fn settlement_consumer(services: &Services, group: &str) -> Result<StreamCon
 
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
-    #[error("kafka did not acknowledge the message: {0}")]
-    NotAcknowledged(String),
+    /// Refused before it left this process (or by the broker without writing it): the
+    /// message is certainly not in the log.
+    #[error("kafka did not take the message: {0}")]
+    NotSent(String),
+    /// The message may or may not be in the log (a timeout, a connection lost after sending):
+    /// only the log or the ledger can tell later.
+    #[error("kafka did not acknowledge the message in time, it may still be written: {0}")]
+    InDoubt(String),
     #[error("kafka client error: {0}")]
     Client(#[from] KafkaError),
+}
+
+impl LogError {
+    /// True when the message may have reached the broker.
+    pub fn in_doubt(&self) -> bool {
+        matches!(self, LogError::InDoubt(_))
+    }
+}
+
+/// Whether a failed produce certainly left nothing in the log. Only errors known to happen
+/// before the message is sent (or a broker refusal that writes nothing) count; every other
+/// error, timeouts and lost connections first, leaves the outcome in doubt.
+fn certainly_not_sent(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::QueueFull
+                | RDKafkaErrorCode::UnknownTopic
+                | RDKafkaErrorCode::UnknownPartition
+                | RDKafkaErrorCode::UnknownTopicOrPartition
+                | RDKafkaErrorCode::MessageSizeTooLarge
+                | RDKafkaErrorCode::InvalidArgument
+                | RDKafkaErrorCode::InvalidConfig
+        )
+    )
 }
 
 /// The broker's name for a logical topic under `prefix`.
@@ -121,7 +152,8 @@ impl TransferLog {
         physical_topic(&self.topic_prefix, logical)
     }
 
-    /// Produces one message and waits for the broker's acknowledgement.
+    /// Produces one message and waits for the broker's acknowledgement. A failure says
+    /// whether the message may still be in the log ([`LogError::in_doubt`]).
     pub async fn produce(
         &self,
         logical_topic: &str,
@@ -155,7 +187,11 @@ impl TransferLog {
                 } else if producer_is_stuck(&error) {
                     self.replace_producer(generation, &error.to_string());
                 }
-                Err(LogError::NotAcknowledged(error.to_string()))
+                if certainly_not_sent(&error) {
+                    Err(LogError::NotSent(error.to_string()))
+                } else {
+                    Err(LogError::InDoubt(error.to_string()))
+                }
             }
         }
     }
@@ -213,12 +249,39 @@ impl TransferLog {
             match result {
                 Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
                 Err((name, code)) => {
-                    return Err(LogError::NotAcknowledged(format!(
+                    return Err(LogError::NotSent(format!(
                         "creating topic {name} failed: {code}"
                     )));
                 }
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_errors_before_sending_are_certain() {
+        let produce = KafkaError::MessageProduction;
+        for code in [
+            RDKafkaErrorCode::QueueFull,
+            RDKafkaErrorCode::UnknownTopic,
+            RDKafkaErrorCode::UnknownTopicOrPartition,
+            RDKafkaErrorCode::MessageSizeTooLarge,
+        ] {
+            assert!(certainly_not_sent(&produce(code)), "{code:?}");
+        }
+        for code in [
+            RDKafkaErrorCode::MessageTimedOut,
+            RDKafkaErrorCode::BrokerTransportFailure,
+            RDKafkaErrorCode::AllBrokersDown,
+            RDKafkaErrorCode::NotEnoughReplicas,
+            RDKafkaErrorCode::RequestTimedOut,
+        ] {
+            assert!(!certainly_not_sent(&produce(code)), "{code:?}");
+        }
     }
 }
