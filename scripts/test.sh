@@ -14,11 +14,13 @@ cargo clippy --release --quiet --all-targets -- -D warnings
 log "building the guests (wasm32-wasip2)"
 build_guest
 (cd tests/guests/panicking && cargo build --release --target wasm32-wasip2 --quiet)
-# Its own target directory: building it rebuilds the guest crate without its export, which
+# Their own target directories: building them rebuilds the guest crate without its export, which
 # in the shared directory would overwrite transferd_guest.wasm.
 (cd tests/guests/strict && CARGO_TARGET_DIR="$CARGO_TARGET_DIR/strict-guest" cargo build --release --target wasm32-wasip2 --quiet)
+(cd tests/guests/hostile && CARGO_TARGET_DIR="$CARGO_TARGET_DIR/hostile-guest" cargo build --release --target wasm32-wasip2 --quiet)
 export TRANSFERD_TEST_PANICKING_GUEST="$CARGO_TARGET_DIR/wasm32-wasip2/release/transferd_test_guest_panicking.wasm"
 export TRANSFERD_TEST_STRICT_GUEST="$CARGO_TARGET_DIR/strict-guest/wasm32-wasip2/release/transferd_test_guest_strict.wasm"
+export TRANSFERD_TEST_HOSTILE_GUEST="$CARGO_TARGET_DIR/hostile-guest/wasm32-wasip2/release/transferd_test_guest_hostile.wasm"
 
 log "building the host"
 cargo build --release --quiet -p transferd

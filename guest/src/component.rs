@@ -24,8 +24,9 @@ use transferd::transfer::{balance_lookup, publish};
 /// This crate's guest: the standard limits.
 pub struct Standard;
 
-/// The imports as the host provides them through the canonical ABI.
-struct HostImports;
+/// The imports as the host provides them through the canonical ABI. Public so a test guest
+/// can wrap them (tests/guests/hostile changes what it publishes).
+pub struct HostImports;
 
 impl Imports for HostImports {
     fn available(&mut self, account_id: i64, currency: &str) -> Result<Option<i64>, String> {
@@ -65,6 +66,16 @@ pub fn handle(
     ctx: types::RequestContext,
     request: types::TransferRequest,
 ) -> Result<types::Accepted, types::Rejection> {
+    handle_with(limits, &mut HostImports, ctx, request)
+}
+
+/// [`handle`] with other imports in front of the host's.
+pub fn handle_with(
+    limits: &Limits,
+    imports: &mut impl Imports,
+    ctx: types::RequestContext,
+    request: types::TransferRequest,
+) -> Result<types::Accepted, types::Rejection> {
     let context = logic::RequestContext {
         transaction_id: ctx.transaction_id,
         received_at_ms: ctx.received_at_ms,
@@ -78,7 +89,7 @@ pub fn handle(
         currency: request.currency,
         description: request.description,
     };
-    match logic::initiate_transfer_with(limits, &mut HostImports, &context, &request) {
+    match logic::initiate_transfer_with(limits, imports, &context, &request) {
         Ok(accepted) => Ok(types::Accepted {
             transaction_id: accepted.transaction_id,
             amount_minor: accepted.amount_minor,

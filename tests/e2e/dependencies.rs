@@ -181,7 +181,7 @@ async fn postgres_down_is_503_when_the_ledger_is_needed_and_recovers() -> anyhow
 }
 
 #[tokio::test]
-async fn kafka_down_is_503_releases_the_hold_and_recovers() -> anyhow::Result<()> {
+async fn kafka_down_is_an_unknown_outcome_keeps_the_hold_and_recovers() -> anyhow::Result<()> {
     let namespace = Namespace::new().await?;
     let mut broker = Broker::start().await?;
     let mut options = HostOptions::new(&namespace);
@@ -198,7 +198,18 @@ async fn kafka_down_is_503_releases_the_hold_and_recovers() -> anyhow::Result<()
     broker.cut().await;
     let started = std::time::Instant::now();
     let reply = host.transfer(transfer(1, 2, "10.00")).await?;
+    // A timeout cannot tell whether the broker wrote the message: the outcome is unknown,
+    // the answer names the transfer to ask about, and its hold stays.
     assert_eq!(reply.status, 503, "{}", reply.body);
+    assert_eq!(reply.body["status"], "unknown", "{}", reply.body);
+    let in_doubt = reply.body["transaction_id"].as_str().unwrap_or_default();
+    assert!(
+        reply.body["detail"].as_str().is_some_and(|detail| detail
+            .starts_with("the transfer's outcome is unknown")
+            && detail.ends_with(&format!("GET /transfers/{in_doubt} tells"))),
+        "{}",
+        reply.body
+    );
     assert!(
         started.elapsed() < Duration::from_secs(10),
         "the configured timeout bounds the wait"
@@ -207,17 +218,28 @@ async fn kafka_down_is_503_releases_the_hold_and_recovers() -> anyhow::Result<()
     let held: i64 = redis
         .hget(namespace.redis_key("holds:1:USD"), "total")
         .await?;
-    assert_eq!(
-        held, 1_000,
-        "only the acknowledged transfer still holds money"
-    );
+    assert_eq!(held, 2_000, "the transfer in doubt keeps its hold");
+    let shown = host
+        .client
+        .get(format!("{}/transfers/{in_doubt}", host.base_url))
+        .send()
+        .await?;
+    assert_eq!(shown.status(), 200);
+    let shown: serde_json::Value = shown.json().await?;
+    assert_eq!(shown["status"], "pending", "{shown}");
 
     broker.restore().await?;
     let mut status = 0;
+    // Retries while the producer reconnects may themselves end in doubt, each keeping its hold.
+    let mut unknown_retries = 0;
     for _ in 0..30 {
-        status = host.transfer(transfer(1, 2, "1.00")).await?.status;
+        let reply = host.transfer(transfer(1, 2, "1.00")).await?;
+        status = reply.status;
         if status == 200 {
             break;
+        }
+        if reply.body["status"] == "unknown" {
+            unknown_retries += 1;
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
@@ -236,7 +258,15 @@ async fn kafka_down_is_503_releases_the_hold_and_recovers() -> anyhow::Result<()
     assert_eq!(
         amounts,
         vec![1_000, 100],
-        "the failed transfer is not in the log"
+        "the broker was cut before the message left: it is not in the log"
+    );
+    let held: i64 = redis
+        .hget(namespace.redis_key("holds:1:USD"), "total")
+        .await?;
+    assert_eq!(
+        held,
+        2_100 + 100 * unknown_retries,
+        "the holds in doubt stay until the log or the ledger settles them"
     );
     Ok(())
 }

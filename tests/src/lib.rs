@@ -54,6 +54,15 @@ pub fn strict_guest_file() -> PathBuf {
     )
 }
 
+/// The standard logic publishing the wrong transfer in the way the request's description
+/// names (tests/guests/hostile).
+pub fn hostile_guest_file() -> PathBuf {
+    artifact(
+        "TRANSFERD_TEST_HOSTILE_GUEST",
+        "hostile-guest/wasm32-wasip2/release/transferd_test_guest_hostile.wasm",
+    )
+}
+
 pub fn panicking_guest_file() -> PathBuf {
     artifact(
         "TRANSFERD_TEST_PANICKING_GUEST",

@@ -1,13 +1,16 @@
 //! The guest's imports, implemented with the stores. Thin on purpose: they translate between
-//! the WIT types and the stores and decide nothing about transfers.
+//! the WIT types and the stores; the one policy they apply, the host's checks on what a guest
+//! publishes, lives in `guard`.
 //!
 //! `RequestState` is the data of one request's store: the shared stores plus what this
-//! request may act on (its transaction id names the holds it takes).
+//! request may act on (its transaction id names the holds it takes, its request is what a
+//! publish must match) and what its publish did.
 
 mod balance_lookup;
+pub mod guard;
 mod publish;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -79,9 +82,51 @@ fn ensure_topics_in_background(services: Services) {
     });
 }
 
+/// What a call's publish did. The host answers from this, not from what the guest returns:
+/// a message in the log is a transfer that will settle, whatever the guest says afterwards.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Publication {
+    /// Nothing was published.
+    #[default]
+    None,
+    /// Started and not finished when the call ended (a timeout): its own task finishes it.
+    InFlight,
+    /// The broker acknowledged the message.
+    Acknowledged { amount_minor: i64 },
+    /// The message may or may not be in the log; its hold and pending record stay.
+    InDoubt { reason: String },
+    /// Certainly not in the log (no funds, no hold possible, the broker refused before
+    /// sending); its hold and pending record were released.
+    Refused { reason: String },
+}
+
+/// The publication of one call, shared with the task that delivers it.
+#[derive(Debug, Clone, Default)]
+pub struct PublicationCell(Arc<Mutex<Publication>>);
+
+impl PublicationCell {
+    pub fn get(&self) -> Publication {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn set(&self, publication: Publication) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = publication;
+    }
+}
+
 pub struct RequestState {
     capabilities: Arc<Capabilities>,
-    transaction_id: String,
+    /// What a publish must match: the request and the context's transaction id.
+    expected: guard::Expected,
+    /// Publishes this call made (at most one passes the guard).
+    publishes: u32,
+    /// What the publish did.
+    pub publication: PublicationCell,
+    /// The host check a publish broke, when the call was trapped for it.
+    pub violation: Option<guard::Violation>,
     /// What the imports answered, in the vectors' import format, so a shadow candidate can be
     /// given the same answers (see `guest::shadow`).
     pub answers: RecordedAnswers,
@@ -93,12 +138,16 @@ pub struct RequestState {
 impl RequestState {
     pub fn new(
         capabilities: Arc<Capabilities>,
-        transaction_id: String,
+        expected: guard::Expected,
+        publication: PublicationCell,
         limits: StoreLimits,
     ) -> RequestState {
         RequestState {
             capabilities,
-            transaction_id,
+            expected,
+            publishes: 0,
+            publication,
+            violation: None,
             answers: RecordedAnswers::default(),
             // Nothing: no arguments, environment, files, sockets or inherited stdio.
             wasi: WasiCtx::builder().build(),

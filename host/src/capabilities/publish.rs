@@ -1,17 +1,48 @@
-//! `publish.send`: reserve the hold, produce to Kafka, wait for the acknowledgement; release
-//! the hold when producing fails.
+//! `publish.send`: check the message against the request (`guard`), reserve the hold, produce
+//! to Kafka, wait for the acknowledgement; release the hold when the message is certainly not
+//! in the log, keep it when it may be.
+//!
+//! The hold lives in Redis. When Redis cannot be reached the transfer goes ahead without one
+//! (the ledger re-checks the balance when it settles), but its pending row is written in
+//! PostgreSQL first, so `GET /transfers/{id}` can always find an accepted transfer.
 
 use std::sync::Arc;
 
-use crate::capabilities::{Capabilities, RequestState};
-use crate::guest::bindings::transferd::transfer::publish::{self, Hold, Outgoing, PublishError};
-use crate::stores::kafka::GUEST_TOPICS;
+use transferd_guest::logic::Outgoing;
+
+use crate::capabilities::{Capabilities, Publication, PublicationCell, RequestState, guard};
+use crate::guest::bindings::transferd::transfer::publish::{self, PublishError};
 use crate::stores::redis::HoldOutcome;
 
 impl publish::Host for RequestState {
-    async fn send(&mut self, message: Outgoing) -> wasmtime::Result<Result<(), PublishError>> {
-        let capabilities = Arc::clone(&self.capabilities);
-        let answer = deliver(&capabilities, &self.transaction_id, message).await?;
+    async fn send(
+        &mut self,
+        message: publish::Outgoing,
+    ) -> wasmtime::Result<Result<(), PublishError>> {
+        let outgoing = Outgoing::from(message);
+        // Checked before anything is held or sent; a broken rule is the guest's fault: trap.
+        let amount_minor = match guard::check_publish(&self.expected, self.publishes, &outgoing) {
+            Ok(amount_minor) => amount_minor,
+            Err(violation) => {
+                let description = violation.describe();
+                self.violation = Some(violation);
+                return Err(wasmtime::Error::msg(description));
+            }
+        };
+        self.publishes += 1;
+        self.publication.set(Publication::InFlight);
+        // Its own task: a guest timeout that drops this call cannot stop a publish between
+        // the hold and the acknowledgement; the task always records how it ended.
+        let delivery = tokio::spawn(deliver(
+            Arc::clone(&self.capabilities),
+            self.expected.transaction_id.clone(),
+            outgoing,
+            amount_minor,
+            self.publication.clone(),
+        ));
+        let answer = delivery
+            .await
+            .map_err(|error| wasmtime::Error::msg(format!("the publish task failed: {error}")))?;
         self.answers.publish = Some(match &answer {
             Ok(()) => serde_json::json!("ok"),
             Err(PublishError::InsufficientFunds) => serde_json::json!("insufficient-funds"),
@@ -21,39 +52,39 @@ impl publish::Host for RequestState {
     }
 }
 
-async fn deliver(
-    capabilities: &Capabilities,
-    transaction_id: &str,
-    message: Outgoing,
-) -> wasmtime::Result<Result<(), PublishError>> {
-    // A guest that publishes where it may not, or holds nothing, is broken: trap it.
-    wasmtime::ensure!(
-        GUEST_TOPICS.contains(&message.topic.as_str()),
-        "the guest may not publish to topic {:?}",
-        message.topic
-    );
-    if let Some(hold) = &message.hold {
-        wasmtime::ensure!(
-            hold.amount_minor > 0,
-            "a hold must be positive, not {}",
-            hold.amount_minor
-        );
-    }
+/// Where the transfer's hold (or, without Redis, its pending row) was kept.
+enum Kept {
+    RedisHold,
+    PendingRow,
+}
 
-    let held = match &message.hold {
-        None => false,
-        Some(hold) => match reserve(capabilities, transaction_id, hold, &message.payload).await {
-            Ok(held) => held,
-            Err(error) => return Ok(Err(error)),
-        },
+/// Holds, produces, and records what happened in `publication`. `outgoing` passed the guard:
+/// its hold is present, on the sender, and equals `amount_minor`.
+async fn deliver(
+    capabilities: Arc<Capabilities>,
+    transaction_id: String,
+    outgoing: Outgoing,
+    amount_minor: i64,
+    publication: PublicationCell,
+) -> Result<(), PublishError> {
+    let refused = |reason: String| Publication::Refused { reason };
+    let kept = match keep(&capabilities, &transaction_id, &outgoing, amount_minor).await {
+        Ok(kept) => kept,
+        Err(error) => {
+            publication.set(refused(match &error {
+                PublishError::InsufficientFunds => "insufficient funds".into(),
+                PublishError::Unavailable(reason) => reason.clone(),
+            }));
+            return Err(error);
+        }
     };
 
-    let headers = [("transaction_id", transaction_id)];
-    match capabilities
+    let headers = [("transaction_id", transaction_id.as_str())];
+    let produced = capabilities
         .log
-        .produce(&message.topic, &message.key, &message.payload, &headers)
-        .await
-    {
+        .produce(&outgoing.topic, &outgoing.key, &outgoing.payload, &headers)
+        .await;
+    match produced {
         Ok(acknowledged) => {
             tracing::debug!(
                 transaction_id,
@@ -61,34 +92,47 @@ async fn deliver(
                 offset = acknowledged.offset,
                 "published"
             );
-            Ok(Ok(()))
+            publication.set(Publication::Acknowledged { amount_minor });
+            Ok(())
+        }
+        Err(error) if error.in_doubt() => {
+            // The message may be in the log: the hold stays until the log or the ledger says.
+            tracing::warn!(%error, transaction_id, "publish in doubt; keeping the hold");
+            publication.set(Publication::InDoubt {
+                reason: error.to_string(),
+            });
+            Err(PublishError::Unavailable(error.to_string()))
         }
         Err(error) => {
-            tracing::warn!(%error, transaction_id, "publish failed");
-            if held && let Some(hold) = &message.hold {
-                release(capabilities, transaction_id, hold).await;
-            }
-            Ok(Err(PublishError::Unavailable(error.to_string())))
+            tracing::warn!(%error, transaction_id, "publish refused; releasing the hold");
+            release(&capabilities, &transaction_id, &outgoing, kept).await;
+            publication.set(refused(error.to_string()));
+            Err(PublishError::Unavailable(error.to_string()))
         }
     }
 }
 
-/// Takes the hold. Returns whether one was taken: with Redis down the transfer goes ahead
-/// without one, because the ledger re-checks the balance when it settles.
-async fn reserve(
+/// Takes the hold in Redis, or, when Redis cannot be reached, writes the pending row in
+/// PostgreSQL. Neither possible: the transfer is not accepted.
+async fn keep(
     capabilities: &Capabilities,
     transaction_id: &str,
-    hold: &Hold,
-    payload: &[u8],
-) -> Result<bool, PublishError> {
+    outgoing: &Outgoing,
+    amount_minor: i64,
+) -> Result<Kept, PublishError> {
+    let Some(hold) = &outgoing.hold else {
+        return Err(PublishError::Unavailable(
+            "a checked message carries a hold".into(),
+        ));
+    };
     let cache = &capabilities.cache;
     let attempt = || {
         cache.reserve_hold(
             transaction_id,
             hold.account_id,
             &hold.currency,
-            hold.amount_minor,
-            payload,
+            amount_minor,
+            &outgoing.payload,
         )
     };
     let outcome = match attempt().await {
@@ -120,25 +164,56 @@ async fn reserve(
         other => other,
     };
     match outcome {
-        Ok(HoldOutcome::Reserved) => Ok(true),
+        Ok(HoldOutcome::Reserved) => Ok(Kept::RedisHold),
         Ok(HoldOutcome::Insufficient) => Err(PublishError::InsufficientFunds),
         // Still missing right after filling it: the account vanished; nothing to hold.
         Ok(HoldOutcome::Missing) => Err(PublishError::InsufficientFunds),
-        Err(error) => {
-            tracing::warn!(%error, transaction_id, "cannot reserve a hold; publishing without one");
-            Ok(false)
+        Err(cache_error) => {
+            tracing::warn!(%cache_error, transaction_id, "cannot reserve a hold; recording the transfer as pending in the ledger");
+            let id = uuid::Uuid::parse_str(transaction_id)
+                .map_err(|error| PublishError::Unavailable(error.to_string()))?;
+            capabilities
+                .ledger
+                .insert_pending(
+                    id,
+                    hold.account_id,
+                    &hold.currency,
+                    amount_minor,
+                    &outgoing.payload,
+                )
+                .await
+                .map_err(|error| PublishError::Unavailable(format!("{cache_error}; {error}")))?;
+            Ok(Kept::PendingRow)
         }
     }
 }
 
-async fn release(capabilities: &Capabilities, transaction_id: &str, hold: &Hold) {
-    if let Err(error) = capabilities
-        .cache
-        .release_hold(transaction_id, hold.account_id, &hold.currency)
-        .await
-    {
+/// Undoes [`keep`] for a message certainly not in the log.
+async fn release(
+    capabilities: &Capabilities,
+    transaction_id: &str,
+    outgoing: &Outgoing,
+    kept: Kept,
+) {
+    let released = match (kept, &outgoing.hold) {
+        (Kept::RedisHold, Some(hold)) => capabilities
+            .cache
+            .release_hold(transaction_id, hold.account_id, &hold.currency)
+            .await
+            .map_err(|error| error.to_string()),
+        (Kept::PendingRow, _) => match uuid::Uuid::parse_str(transaction_id) {
+            Ok(id) => capabilities
+                .ledger
+                .delete_pending(&[id])
+                .await
+                .map_err(|error| error.to_string()),
+            Err(error) => Err(error.to_string()),
+        },
+        (Kept::RedisHold, None) => Ok(()),
+    };
+    if let Err(error) = released {
         // The hold stays until it is released by hand or the key is rebuilt; it only makes
         // the account look poorer, never richer.
-        tracing::error!(%error, transaction_id, "could not release the hold of a failed publish");
+        tracing::error!(%error, transaction_id, "could not release the hold of a refused publish");
     }
 }

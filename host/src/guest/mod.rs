@@ -1,10 +1,12 @@
 //! The wasm runtime: the engine, the linkers and the pre-instantiated guest (runtime), the
 //! bindings generated from `wit/` (bindings), replayed imports (replay), the version registry
-//! and hot swap (registry), and shadow runs of a candidate (shadow).
+//! and hot swap (registry), shadow runs of a candidate (shadow), and the host's answer to a
+//! call from what it published (verdict).
 
 pub mod bindings;
 pub mod registry;
 pub mod replay;
 pub mod runtime;
 pub mod shadow;
+pub mod verdict;
 pub mod watch;

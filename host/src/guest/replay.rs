@@ -1,9 +1,13 @@
 //! Runs the guest with imports that replay a conformance vector's recorded answers instead of
 //! Redis and Kafka: the host's conformance harness, and the check that an uploaded guest
-//! still decides the invariant cases as every version must.
+//! still decides the invariant cases as every version must. Publishes pass the same host
+//! checks as live ones (`capabilities::guard`), so a guest that would publish the wrong
+//! transfer is refused at upload.
 
 use transferd_guest::logic::{Imports, Outgoing, PublishError};
 use transferd_guest::vectors::Replay;
+
+use crate::capabilities::guard::{self, Expected, Violation};
 use wasmtime::StoreLimits;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
@@ -13,15 +17,26 @@ use crate::guest::bindings::transferd::transfer::{balance_lookup, publish, types
 /// Store data of a replayed call.
 pub struct ReplayState {
     pub replay: Replay,
+    /// What a publish must match.
+    pub expected: Expected,
+    publishes: u32,
+    /// The `amount_minor` of a publish the replay answered `ok`.
+    pub published_minor: Option<i64>,
+    /// The host check a publish broke, when the call was trapped for it.
+    pub violation: Option<Violation>,
     wasi: WasiCtx,
     table: ResourceTable,
     pub limits: StoreLimits,
 }
 
 impl ReplayState {
-    pub fn new(replay: Replay, limits: StoreLimits) -> ReplayState {
+    pub fn new(replay: Replay, expected: Expected, limits: StoreLimits) -> ReplayState {
         ReplayState {
             replay,
+            expected,
+            publishes: 0,
+            published_minor: None,
+            violation: None,
             wasi: WasiCtx::builder().build(),
             table: ResourceTable::new(),
             limits,
@@ -55,17 +70,21 @@ impl publish::Host for ReplayState {
         &mut self,
         message: publish::Outgoing,
     ) -> wasmtime::Result<Result<(), publish::PublishError>> {
-        let outgoing = Outgoing {
-            topic: message.topic,
-            key: message.key,
-            payload: message.payload,
-            hold: message.hold.map(|hold| transferd_guest::logic::Hold {
-                account_id: hold.account_id,
-                currency: hold.currency,
-                amount_minor: hold.amount_minor,
-            }),
+        let outgoing = Outgoing::from(message);
+        let amount_minor = match guard::check_publish(&self.expected, self.publishes, &outgoing) {
+            Ok(amount_minor) => amount_minor,
+            Err(violation) => {
+                let description = violation.describe();
+                self.violation = Some(violation);
+                return Err(wasmtime::Error::msg(description));
+            }
         };
-        Ok(self.replay.send(outgoing).map_err(|error| match error {
+        self.publishes += 1;
+        let answer = self.replay.send(outgoing);
+        if answer.is_ok() {
+            self.published_minor = Some(amount_minor);
+        }
+        Ok(answer.map_err(|error| match error {
             PublishError::InsufficientFunds => publish::PublishError::InsufficientFunds,
             PublishError::Unavailable(reason) => publish::PublishError::Unavailable(reason),
         }))

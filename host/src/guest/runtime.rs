@@ -3,13 +3,17 @@
 //! A fresh store per request means no state leaks from one transfer into the next, and a trap
 //! poisons nothing but its own request. The store is dropped after the response is decided,
 //! on a spawned task, so its teardown stays off the request path.
+//!
+//! The engine owns one budget of instance-pool slots for every guest it loaded: the active
+//! version, a canary or shadow, vector runs and an old version finishing during a swap all
+//! draw from the same pool, so they share one semaphore of its size.
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use transferd_guest::logic::{Accepted, Rejection, RequestContext};
 use transferd_guest::rules::{FieldError, TransferRequest};
 use wasmtime::component::{Component, HasSelf, Linker};
@@ -20,7 +24,10 @@ use wasmtime::{
 
 use transferd_guest::vectors::{self, Replay, Vector};
 
-use crate::capabilities::{Capabilities, RecordedAnswers, RequestState};
+use crate::capabilities::guard::{self, Expected, Violation};
+use crate::capabilities::{
+    Capabilities, Publication, PublicationCell, RecordedAnswers, RequestState,
+};
 use crate::guest::bindings::{TransferLogic, TransferLogicPre, transferd::transfer::types};
 use crate::guest::replay::ReplayState;
 
@@ -45,20 +52,25 @@ impl LimitedState for ReplayState {
     }
 }
 
-/// A decision and the answers the imports gave to reach it.
+/// What one live call came to: the guest's answer (or why there is none), what its publish
+/// did, and the answers the imports gave.
 #[derive(Debug)]
 pub struct Decided {
-    pub decision: Result<Accepted, Rejection>,
+    pub decision: Result<Result<Accepted, Rejection>, GuestFailure>,
+    pub publication: Publication,
     pub answers: RecordedAnswers,
 }
 
 /// Why a guest call produced no decision.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum GuestFailure {
     #[error("the transfer logic failed: {0}")]
     Trap(String),
     #[error("the transfer logic did not finish within {0} ms")]
     Timeout(u128),
+    /// It broke one of the host's checks (`capabilities::guard`).
+    #[error("the transfer logic failed: {}", .0.describe())]
+    Violation(Violation),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -98,6 +110,9 @@ pub struct GuestEngine {
     /// The same world with imports that replay conformance vectors.
     replay_linker: Linker<ReplayState>,
     limits: GuestLimits,
+    /// One place in the instance pool per running call, whichever guest makes it; held until
+    /// the call's store is dropped, which is when its instance returns to the pool.
+    slots: Arc<Semaphore>,
 }
 
 impl GuestEngine {
@@ -149,9 +164,18 @@ impl GuestEngine {
         Ok(GuestEngine {
             engine,
             linker,
+            slots: Arc::new(Semaphore::new(limits.concurrency as usize)),
             replay_linker,
             limits,
         })
+    }
+
+    /// A place in the instance pool; every call holds one while it runs.
+    async fn slot(&self) -> Result<OwnedSemaphorePermit, GuestFailure> {
+        Arc::clone(&self.slots)
+            .acquire_owned()
+            .await
+            .map_err(|_| GuestFailure::Trap("guest engine closed".into()))
     }
 
     /// Compiles a component and checks it against the `transfer-logic` world.
@@ -181,7 +205,6 @@ impl GuestEngine {
             pre,
             replay_pre,
             version,
-            slots: Arc::new(Semaphore::new(self.limits.concurrency as usize)),
         })
     }
 
@@ -200,19 +223,9 @@ pub struct Guest {
     pre: TransferLogicPre<RequestState>,
     replay_pre: TransferLogicPre<ReplayState>,
     version: String,
-    /// Bounds concurrent calls to what the instance pool holds.
-    slots: Arc<Semaphore>,
 }
 
 impl Guest {
-    /// A place in the instance pool; every call holds one while it runs.
-    async fn slot(&self) -> Result<tokio::sync::SemaphorePermit<'_>, GuestFailure> {
-        self.slots
-            .acquire()
-            .await
-            .map_err(|_| GuestFailure::Trap("guest closed".into()))
-    }
-
     /// A fresh store under the memory cap, yielding to the scheduler at every epoch tick.
     fn new_store<T: LimitedState>(&self, state: impl FnOnce(StoreLimits) -> T) -> Store<T> {
         let store_limits = StoreLimitsBuilder::new()
@@ -230,17 +243,28 @@ impl Guest {
         &self.version
     }
 
-    /// Runs `initiate-transfer` in a fresh store.
+    /// Runs `initiate-transfer` in a fresh store. Returns what the call came to even when
+    /// the guest trapped or ran out of time: its publish may have happened all the same.
     pub async fn initiate_transfer(
         &self,
         capabilities: Arc<Capabilities>,
         context: &RequestContext,
         request: &TransferRequest,
-    ) -> Result<Decided, GuestFailure> {
+    ) -> Decided {
+        let publication = PublicationCell::default();
+        let failed = |failure| Decided {
+            decision: Err(failure),
+            publication: Publication::None,
+            answers: RecordedAnswers::default(),
+        };
         let limits = &self.engine.limits;
-        let _slot = self.slot().await?;
+        let slot = match self.engine.slot().await {
+            Ok(slot) => slot,
+            Err(failure) => return failed(failure),
+        };
+        let expected = Expected::of(context, request);
         let mut store = self.new_store(|store_limits| {
-            RequestState::new(capabilities, context.transaction_id.clone(), store_limits)
+            RequestState::new(capabilities, expected, publication.clone(), store_limits)
         });
 
         let (wit_context, wit_request) = wit_arguments(context, request);
@@ -253,14 +277,23 @@ impl Guest {
         };
         let outcome = tokio::time::timeout(limits.timeout, call).await;
         let answers = std::mem::take(&mut store.data_mut().answers);
-        tokio::spawn(async move { drop(store) });
-        match outcome {
-            Err(_elapsed) => Err(GuestFailure::Timeout(limits.timeout.as_millis())),
-            Ok(Err(trap)) => Err(GuestFailure::Trap(format!("{trap:#}"))),
-            Ok(Ok(decision)) => Ok(Decided {
-                decision: decision.map(accepted).map_err(rejection),
-                answers,
-            }),
+        let violation = store.data_mut().violation.take();
+        // The slot goes back only once the instance is back in the pool.
+        tokio::spawn(async move {
+            drop(store);
+            drop(slot);
+        });
+        let decision = match (outcome, violation) {
+            (Err(_elapsed), _) => Err(GuestFailure::Timeout(limits.timeout.as_millis())),
+            (Ok(Err(_trap)), Some(violation)) => Err(GuestFailure::Violation(violation)),
+            (Ok(Err(trap)), None) => Err(GuestFailure::Trap(format!("{trap:#}"))),
+            (Ok(Ok(decision)), _) => Ok(decision.map(accepted).map_err(rejection)),
+        };
+        Decided {
+            decision,
+            // Read after the call ended: a publish still running is `InFlight`.
+            publication: publication.get(),
+            answers,
         }
     }
 }
@@ -283,8 +316,10 @@ impl Guest {
     ) -> Result<serde_json::Value, GuestFailure> {
         let limits = &self.engine.limits;
         // Shadow runs take a slot too: they share the instance pool with live requests.
-        let _slot = self.slot().await?;
-        let mut store = self.new_store(|store_limits| ReplayState::new(replay, store_limits));
+        let _slot = self.engine.slot().await?;
+        let expected = Expected::of(context, request);
+        let mut store =
+            self.new_store(|store_limits| ReplayState::new(replay, expected, store_limits));
         let (context, request) = wit_arguments(context, request);
         let call = async {
             let instance = self.replay_pre.instantiate_async(&mut store).await?;
@@ -293,12 +328,20 @@ impl Guest {
                 .call_initiate_transfer(&mut store, &context, &request)
                 .await
         };
-        let decision = match tokio::time::timeout(limits.timeout, call).await {
-            Err(_elapsed) => return Err(GuestFailure::Timeout(limits.timeout.as_millis())),
-            Ok(Err(trap)) => return Err(GuestFailure::Trap(format!("{trap:#}"))),
-            Ok(Ok(decision)) => decision.map(accepted).map_err(rejection),
+        let outcome = tokio::time::timeout(limits.timeout, call).await;
+        let state = store.data_mut();
+        let decision = match (outcome, state.violation.take()) {
+            (Err(_elapsed), _) => return Err(GuestFailure::Timeout(limits.timeout.as_millis())),
+            (Ok(Err(_trap)), Some(violation)) => return Err(GuestFailure::Violation(violation)),
+            (Ok(Err(trap)), None) => return Err(GuestFailure::Trap(format!("{trap:#}"))),
+            (Ok(Ok(decision)), _) => decision.map(accepted).map_err(rejection),
         };
-        Ok(vectors::outcome(&decision, &store.data().replay.calls))
+        // The same check as the live path: `accepted` names this transfer and what it published.
+        if let Ok(accepted) = &decision {
+            guard::check_accepted(&state.expected, state.published_minor, accepted)
+                .map_err(GuestFailure::Violation)?;
+        }
+        Ok(vectors::outcome(&decision, &state.replay.calls))
     }
 }
 

@@ -77,7 +77,8 @@ pub async fn rollback(app: &App, headers: &HeaderMap) -> Result<Reply, ApiError>
     Ok(json_response(StatusCode::OK, &json!({"active": version})))
 }
 
-/// `GET /admin/guest`: the active version, what this replica serves, versions, history.
+/// `GET /admin/guest`: the active version, what this replica serves, versions, history, and
+/// how often each version broke a host check on this replica.
 pub async fn status(app: &App, headers: &HeaderMap) -> Result<Reply, ApiError> {
     authorize(app, headers)?;
     let active = app.registry.active().await.map_err(registry_error)?;
@@ -91,6 +92,7 @@ pub async fn status(app: &App, headers: &HeaderMap) -> Result<Reply, ApiError> {
             "candidate": app.registry.candidate().await.map_err(registry_error)?,
             "versions": versions,
             "history": history,
+            "replica_guard_violations": app.violations.snapshot(),
         }),
     ))
 }

@@ -57,6 +57,12 @@ pub enum ApiError {
     MethodNotAllowed,
     #[error("service unavailable: {0}")]
     Unavailable(String),
+    /// The transfer's message may or may not be in the log; `GET /transfers/{id}` tells later.
+    #[error("the outcome of transfer {transaction_id} is unknown: {reason}")]
+    OutcomeUnknown {
+        transaction_id: String,
+        reason: String,
+    },
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -88,7 +94,9 @@ impl ApiError {
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::NotFound | ApiError::NotFoundMessage(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable(_) | ApiError::OutcomeUnknown { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -127,6 +135,16 @@ impl ApiError {
                 json!({"detail": "Method Not Allowed", "code": "method_not_allowed"})
             }
             ApiError::Unavailable(message) => json!({"detail": message, "code": "unavailable"}),
+            ApiError::OutcomeUnknown {
+                transaction_id,
+                reason,
+            } => json!({
+                "detail": format!(
+                    "the transfer's outcome is unknown: {reason}; GET /transfers/{transaction_id} tells"
+                ),
+                "status": "unknown",
+                "transaction_id": transaction_id,
+            }),
             ApiError::Internal(message) => json!({"detail": message, "code": "internal"}),
         }
     }
@@ -151,6 +169,23 @@ mod tests {
         let error = ApiError::InsufficientFunds;
         assert_eq!(error.status(), StatusCode::BAD_REQUEST);
         assert_eq!(error.body()["detail"], "Недостаточно средств");
+    }
+
+    #[test]
+    fn an_unknown_outcome_names_the_transaction_to_ask_about() {
+        let error = ApiError::OutcomeUnknown {
+            transaction_id: "t-1".into(),
+            reason: "timed out".into(),
+        };
+        assert_eq!(error.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            error.body(),
+            json!({
+                "detail": "the transfer's outcome is unknown: timed out; GET /transfers/t-1 tells",
+                "status": "unknown",
+                "transaction_id": "t-1",
+            })
+        );
     }
 
     #[test]

@@ -22,6 +22,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 
 use crate::capabilities::Capabilities;
+use crate::capabilities::guard::ViolationCounts;
 use crate::config::Serve;
 use crate::guest::registry::{self, Registry, Serving, ServingGuest};
 use crate::guest::runtime::{GuestEngine, GuestLimits};
@@ -41,6 +42,8 @@ pub struct App {
     pub engine: Arc<GuestEngine>,
     pub registry: Registry,
     pub shadow_book: Arc<ShadowBook>,
+    /// Host checks the guests broke on this replica, by version.
+    pub violations: Arc<ViolationCounts>,
     pub admin_token: Option<String>,
 }
 
@@ -116,6 +119,7 @@ pub async fn serve(settings: Serve, mut signals: Signals) -> anyhow::Result<()> 
         engine,
         registry,
         shadow_book: Arc::new(ShadowBook::default()),
+        violations: Arc::new(ViolationCounts::default()),
         admin_token: settings.admin_token.clone(),
     });
     let listener = TcpListener::bind(settings.listen)
@@ -226,7 +230,7 @@ async fn adopt_startup_guest(
     }
 }
 
-async fn route(app: &App, request: Request<Incoming>) -> Reply {
+async fn route(app: &Arc<App>, request: Request<Incoming>) -> Reply {
     let (parts, body) = request.into_parts();
     let segments: Vec<&str> = parts.uri.path().trim_matches('/').split('/').collect();
     let method = &parts.method;

@@ -1,12 +1,13 @@
-//! `POST /transfers`: parse the body, mint the transaction id, let the guest decide, answer
-//! in the original service's shapes.
+//! `POST /transfers`: parse the body, mint the transaction id, let the guest decide as its own
+//! task, answer from what was published (`guest::verdict`) in the original service's shapes.
+//! `GET /transfers/{id}`: the ledger, else a pending record in Redis or PostgreSQL.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use http::{HeaderMap, HeaderValue, StatusCode};
 use hyper::body::Incoming;
 use serde_json::json;
-use transferd_guest::logic::{Rejection, RequestContext};
+use transferd_guest::logic::{Accepted, Rejection, RequestContext};
 use transferd_guest::rules::TransferRequest;
 
 use chrono::SecondsFormat;
@@ -14,18 +15,40 @@ use transferd_guest::money::{currency_exponent, format_minor};
 
 use std::sync::Arc;
 
-use crate::guest::runtime::{Decided, Guest, GuestFailure};
+use crate::capabilities::RecordedAnswers;
+use crate::capabilities::guard::Expected;
+use crate::guest::runtime::{Guest, GuestFailure};
 use crate::guest::shadow;
+use crate::guest::verdict::{Answer, verdict};
 use crate::http::body::{Fields, read_json_body};
 use crate::http::error::{ApiError, Invalid, Reply, json_response};
 use crate::http::{App, GUEST_VERSION_HEADER};
 use crate::stores::postgres::TransferRecord;
 
-pub async fn create(app: &App, headers: &HeaderMap, body: Incoming) -> Result<Reply, ApiError> {
+pub async fn create(
+    app: &Arc<App>,
+    headers: &HeaderMap,
+    body: Incoming,
+) -> Result<Reply, ApiError> {
     let bytes = read_json_body(headers, body).await?;
     let request = parse_request(&bytes)?;
-
+    // The transfer's identity, chosen before the decision and handed to it: a retry under
+    // the same idempotency key will hand the same id to the same decision.
     let transaction_id = uuid::Uuid::now_v7();
+    // Its own task: a client that disconnects, or anything else that drops this handler,
+    // cannot stop a decision between its hold and its acknowledgement.
+    let app = Arc::clone(app);
+    tokio::spawn(async move { decide(&app, transaction_id, request).await })
+        .await
+        .map_err(|error| ApiError::Internal(format!("the transfer task failed: {error}")))?
+}
+
+/// Runs the guest on one transfer and answers for it.
+async fn decide(
+    app: &App,
+    transaction_id: uuid::Uuid,
+    request: TransferRequest,
+) -> Result<Reply, ApiError> {
     let (guest, shadow) = app.serving().pick(&transaction_id);
     let context = RequestContext {
         transaction_id: transaction_id.to_string(),
@@ -35,32 +58,61 @@ pub async fn create(app: &App, headers: &HeaderMap, body: Incoming) -> Result<Re
     };
     let decided = guest
         .initiate_transfer(app.capabilities.clone(), &context, &request)
-        .await
-        .map_err(|failure| {
-            tracing::error!(%failure, transaction_id = context.transaction_id, "guest failed");
-            match failure {
-                GuestFailure::Trap(_) => ApiError::Internal(failure.to_string()),
-                GuestFailure::Timeout(_) => ApiError::Unavailable(failure.to_string()),
-            }
-        })?;
-    if let Some(candidate) = shadow {
-        shadow_run(app, candidate, &context, &request, &decided);
+        .await;
+    if let (Some(candidate), Ok(decision)) = (shadow, &decided.decision) {
+        shadow_run(
+            app,
+            candidate,
+            &context,
+            &request,
+            decision,
+            &decided.answers,
+        );
     }
-    let mut response = match decided.decision {
-        Ok(accepted) => {
-            assert_eq!(
-                accepted.transaction_id, context.transaction_id,
-                "the guest accepted a different transfer"
-            );
+    let (answer, violation) = verdict(&Expected::of(&context, &request), &decided);
+    let version = guest.version();
+    let transaction_id = context.transaction_id.as_str();
+    if let Some(violation) = &violation {
+        app.violations.record(version);
+        tracing::error!(
+            version,
+            transaction_id,
+            check = violation.check(),
+            %violation,
+            "the guest broke a host check"
+        );
+    }
+    let mut response = match answer {
+        Answer::Accepted => {
+            if let Err(failure) = &decided.decision {
+                tracing::error!(%failure, version, transaction_id, "the guest failed after its transfer was published; it stands");
+            }
             json_response(
                 StatusCode::OK,
-                &json!({"status": "success", "transaction_id": accepted.transaction_id}),
+                &json!({"status": "success", "transaction_id": transaction_id}),
             )
         }
-        Err(rejection) => rejection_error(rejection, &request).into_response(),
+        Answer::Rejected(rejection) => rejection_error(rejection, &request).into_response(),
+        Answer::InDoubt(reason) => ApiError::OutcomeUnknown {
+            transaction_id: transaction_id.to_string(),
+            reason,
+        }
+        .into_response(),
+        Answer::Failed(failure) => {
+            if !matches!(failure, GuestFailure::Violation(_)) {
+                tracing::error!(%failure, version, transaction_id, "guest failed");
+            }
+            match failure {
+                GuestFailure::Timeout(_) => ApiError::Unavailable(failure.to_string()),
+                GuestFailure::Trap(_) | GuestFailure::Violation(_) => {
+                    ApiError::Internal(failure.to_string())
+                }
+            }
+            .into_response()
+        }
     };
     // Every decision names the version that made it, refusals included.
-    if let Ok(value) = HeaderValue::from_str(guest.version()) {
+    if let Ok(value) = HeaderValue::from_str(version) {
         response.headers_mut().insert(GUEST_VERSION_HEADER, value);
     }
     Ok(response)
@@ -120,7 +172,9 @@ fn now_ms() -> u64 {
 }
 
 /// `GET /transfers/{transaction_id}`: the ledger's record once settled; `pending` while the
-/// transfer is accepted but not yet settled (from its pending record in Redis).
+/// transfer is accepted but not yet settled (from its pending record in Redis, or its pending
+/// row in PostgreSQL when it was accepted without Redis). Never 404 for an accepted transfer:
+/// 503 when a place it could be in could not be asked.
 pub async fn show(app: &App, transaction_id: &str) -> Result<Reply, ApiError> {
     let Ok(id) = uuid::Uuid::parse_str(transaction_id) else {
         return Err(ApiError::Validation(vec![Invalid {
@@ -130,27 +184,40 @@ pub async fn show(app: &App, transaction_id: &str) -> Result<Reply, ApiError> {
         }]));
     };
     let capabilities = &app.capabilities;
-    let ledger_error = match capabilities.ledger.transfer(id).await {
+    let mut unreachable = Vec::new();
+    match capabilities.ledger.transfer(id).await {
         Ok(Some(record)) => return Ok(json_response(StatusCode::OK, &settled_body(&record))),
-        Ok(None) => None,
-        Err(error) => Some(error),
-    };
-    match capabilities.cache.pending(&id.to_string()).await {
-        Ok(Some(message)) => {
-            let message: serde_json::Value = serde_json::from_slice(&message).unwrap_or_default();
-            Ok(json_response(StatusCode::OK, &pending_body(&message)))
-        }
-        Ok(None) => match ledger_error {
-            Some(error) => Err(ApiError::Unavailable(error.to_string())),
-            None => Err(ApiError::NotFoundMessage(format!("no transfer {id}"))),
-        },
-        Err(cache_error) => match ledger_error {
-            Some(error) => Err(ApiError::Unavailable(format!("{error}; {cache_error}"))),
-            None => Err(ApiError::NotFoundMessage(format!(
-                "no settled transfer {id}"
-            ))),
-        },
+        Ok(None) => {}
+        Err(error) => unreachable.push(error.to_string()),
     }
+    match capabilities.cache.pending(&id.to_string()).await {
+        Ok(Some(message)) => return Ok(pending_response(&message)),
+        Ok(None) => {}
+        Err(error) => unreachable.push(error.to_string()),
+    }
+    match capabilities.ledger.pending(id).await {
+        Ok(Some(row)) => return Ok(pending_response(&row.message)),
+        Ok(None) => {}
+        Err(error) => unreachable.push(error.to_string()),
+    }
+    if !unreachable.is_empty() {
+        return Err(ApiError::Unavailable(format!(
+            "cannot tell what became of transfer {id}: {}",
+            unreachable.join("; ")
+        )));
+    }
+    // Settlement deletes the pending records when it commits: a transfer settled between the
+    // first read and the last is in the ledger now.
+    match capabilities.ledger.transfer(id).await {
+        Ok(Some(record)) => Ok(json_response(StatusCode::OK, &settled_body(&record))),
+        Ok(None) => Err(ApiError::NotFoundMessage(format!("no transfer {id}"))),
+        Err(error) => Err(ApiError::Unavailable(error.to_string())),
+    }
+}
+
+fn pending_response(message: &[u8]) -> Reply {
+    let message: serde_json::Value = serde_json::from_slice(message).unwrap_or_default();
+    json_response(StatusCode::OK, &pending_body(&message))
 }
 
 fn settled_body(record: &TransferRecord) -> serde_json::Value {
@@ -202,11 +269,12 @@ fn shadow_run(
     candidate: Arc<Guest>,
     context: &RequestContext,
     request: &TransferRequest,
-    decided: &Decided,
+    decision: &Result<Accepted, Rejection>,
+    answers: &RecordedAnswers,
 ) {
     let book = Arc::clone(&app.shadow_book);
-    let replay = shadow::replay_of(&decided.answers);
-    let active = shadow::result_of(&decided.decision);
+    let replay = shadow::replay_of(answers);
+    let active = shadow::result_of(decision);
     let mut context = context.clone();
     context.guest_version = candidate.version().to_string();
     let request = request.clone();

@@ -63,10 +63,41 @@ pub fn is_unknown_topic(error: &KafkaError) -> bool {
 
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
-    #[error("kafka did not acknowledge the message: {0}")]
-    NotAcknowledged(String),
+    /// Refused before it left this process (or by the broker without writing it): the
+    /// message is certainly not in the log.
+    #[error("kafka did not take the message: {0}")]
+    NotSent(String),
+    /// The message may or may not be in the log (a timeout, a connection lost after sending):
+    /// only the log or the ledger can tell later.
+    #[error("kafka did not acknowledge the message in time, it may still be written: {0}")]
+    InDoubt(String),
     #[error("kafka client error: {0}")]
     Client(#[from] KafkaError),
+}
+
+impl LogError {
+    /// True when the message may have reached the broker.
+    pub fn in_doubt(&self) -> bool {
+        matches!(self, LogError::InDoubt(_))
+    }
+}
+
+/// Whether a failed produce certainly left nothing in the log. Only errors known to happen
+/// before the message is sent (or a broker refusal that writes nothing) count; every other
+/// error, timeouts and lost connections first, leaves the outcome in doubt.
+fn certainly_not_sent(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::QueueFull
+                | RDKafkaErrorCode::UnknownTopic
+                | RDKafkaErrorCode::UnknownPartition
+                | RDKafkaErrorCode::UnknownTopicOrPartition
+                | RDKafkaErrorCode::MessageSizeTooLarge
+                | RDKafkaErrorCode::InvalidArgument
+                | RDKafkaErrorCode::InvalidConfig
+        )
+    )
 }
 
 /// The broker's name for a logical topic under `prefix`.
@@ -110,15 +141,14 @@ fn new_producer(brokers: &str, kafka_timeout_ms: u64) -> Result<FutureProducer, 
 /// Why one send failed; an unknown topic is worth creating and sending again.
 enum ProduceFailure {
     UnknownTopic(String),
-    Other(String),
+    Failed(LogError),
 }
 
 impl ProduceFailure {
     fn into_log_error(self) -> LogError {
         match self {
-            ProduceFailure::UnknownTopic(reason) | ProduceFailure::Other(reason) => {
-                LogError::NotAcknowledged(reason)
-            }
+            ProduceFailure::UnknownTopic(reason) => LogError::NotSent(reason),
+            ProduceFailure::Failed(error) => error,
         }
     }
 }
@@ -163,7 +193,8 @@ impl TransferLog {
 
     /// Produces one message and waits for the broker's acknowledgement. A topic the broker
     /// does not know is created (see [`TransferLog::repair_topics`]) and the message sent once
-    /// more: nothing was written the first time, so the retry cannot duplicate it.
+    /// more: nothing was written the first time, so the retry cannot duplicate it. A failure says
+    /// whether the message may still be in the log ([`LogError::in_doubt`]).
     pub async fn produce(
         &self,
         logical_topic: &str,
@@ -225,8 +256,10 @@ impl TransferLog {
                 }
                 if is_unknown_topic(&error) {
                     Err(ProduceFailure::UnknownTopic(error.to_string()))
+                } else if certainly_not_sent(&error) {
+                    Err(ProduceFailure::Failed(LogError::NotSent(error.to_string())))
                 } else {
-                    Err(ProduceFailure::Other(error.to_string()))
+                    Err(ProduceFailure::Failed(LogError::InDoubt(error.to_string())))
                 }
             }
         }
@@ -266,7 +299,7 @@ impl TransferLog {
         let (_, producer) = self.current_producer();
         tokio::task::spawn_blocking(move || producer.flush(timeout))
             .await
-            .map_err(|error| LogError::NotAcknowledged(format!("flushing panicked: {error}")))??;
+            .map_err(|error| LogError::NotSent(format!("flushing panicked: {error}")))??;
         Ok(())
     }
 
@@ -323,12 +356,39 @@ impl TransferLog {
             match result {
                 Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
                 Err((name, code)) => {
-                    return Err(LogError::NotAcknowledged(format!(
+                    return Err(LogError::NotSent(format!(
                         "creating topic {name} failed: {code}"
                     )));
                 }
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_errors_before_sending_are_certain() {
+        let produce = KafkaError::MessageProduction;
+        for code in [
+            RDKafkaErrorCode::QueueFull,
+            RDKafkaErrorCode::UnknownTopic,
+            RDKafkaErrorCode::UnknownTopicOrPartition,
+            RDKafkaErrorCode::MessageSizeTooLarge,
+        ] {
+            assert!(certainly_not_sent(&produce(code)), "{code:?}");
+        }
+        for code in [
+            RDKafkaErrorCode::MessageTimedOut,
+            RDKafkaErrorCode::BrokerTransportFailure,
+            RDKafkaErrorCode::AllBrokersDown,
+            RDKafkaErrorCode::NotEnoughReplicas,
+            RDKafkaErrorCode::RequestTimedOut,
+        ] {
+            assert!(!certainly_not_sent(&produce(code)), "{code:?}");
+        }
     }
 }

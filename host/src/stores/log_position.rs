@@ -110,7 +110,7 @@ fn partitions(
         .flat_map(|found| found.partitions().iter().map(|partition| partition.id()))
         .collect();
     if partitions.is_empty() {
-        return Err(LogError::NotAcknowledged(format!(
+        return Err(LogError::NotSent(format!(
             "topic {topic} has no partitions"
         )));
     }
@@ -123,7 +123,7 @@ async fn blocking<T: Send + 'static>(
 ) -> Result<T, LogError> {
     tokio::task::spawn_blocking(call)
         .await
-        .map_err(|error| LogError::NotAcknowledged(format!("offset query panicked: {error}")))?
+        .map_err(|error| LogError::NotSent(format!("offset query panicked: {error}")))?
 }
 
 #[cfg(test)]

@@ -321,6 +321,8 @@ impl Ledger {
                 }
             }
         }
+        // Settled (now or before): no longer pending, in the same commit.
+        delete_pending_in(&mut *transaction, &ids).await?;
         transaction.commit().await?;
 
         for (message, outcome) in fresh.iter().zip(&outcomes) {
@@ -450,6 +452,65 @@ impl Ledger {
         Ok(rows.into_iter().map(|(id,)| id).collect())
     }
 
+    /// Records a transfer accepted without a Redis hold (and so without a Redis pending
+    /// record); writing it again changes nothing.
+    pub async fn insert_pending(
+        &self,
+        transaction_id: Uuid,
+        sender_id: i64,
+        currency: &str,
+        amount_minor: i64,
+        message: &[u8],
+    ) -> Result<(), LedgerError> {
+        sqlx::query(
+            "INSERT INTO pending_transfers (transaction_id, sender_id, currency, amount_minor, message)
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (transaction_id) DO NOTHING",
+        )
+        .bind(transaction_id)
+        .bind(sender_id)
+        .bind(currency)
+        .bind(amount_minor)
+        .bind(message)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The pending row of a transfer, if it has one.
+    pub async fn pending(
+        &self,
+        transaction_id: Uuid,
+    ) -> Result<Option<PendingTransfer>, LedgerError> {
+        Ok(sqlx::query_as(
+            "SELECT transaction_id, sender_id, currency, amount_minor, message, accepted_at
+             FROM pending_transfers WHERE transaction_id = $1",
+        )
+        .bind(transaction_id)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    /// Deletes the pending rows of these transfers (settled, or certainly not published).
+    pub async fn delete_pending(&self, transaction_ids: &[Uuid]) -> Result<(), LedgerError> {
+        delete_pending_in(&self.pool, transaction_ids).await
+    }
+
+    /// Pending rows accepted before `before`, oldest first, at most `limit`.
+    pub async fn pending_older_than(
+        &self,
+        before: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<PendingTransfer>, LedgerError> {
+        Ok(sqlx::query_as(
+            "SELECT transaction_id, sender_id, currency, amount_minor, message, accepted_at
+             FROM pending_transfers WHERE accepted_at < $1 ORDER BY accepted_at LIMIT $2",
+        )
+        .bind(before)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
     /// Every account of a user: (currency, balance), by currency.
     pub async fn balances(&self, user_id: i64) -> Result<Vec<(String, Balance)>, LedgerError> {
         let rows: Vec<(String, i64, i64)> = sqlx::query_as(
@@ -499,6 +560,33 @@ pub struct SettledBatch {
     pub transfers: Vec<SettledTransfer>,
     /// The committed state of every touched account that exists.
     pub accounts: BTreeMap<AccountKey, Balance>,
+}
+
+/// Deletes pending rows by transaction id, on the pool or inside a transaction.
+async fn delete_pending_in<'e, E>(executor: E, transaction_ids: &[Uuid]) -> Result<(), LedgerError>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Postgres>,
+{
+    sqlx::query(
+        "DELETE FROM pending_transfers p USING UNNEST($1::uuid[]) AS i(transaction_id)
+         WHERE p.transaction_id = i.transaction_id",
+    )
+    .bind(transaction_ids)
+    .execute(executor)
+    .await?;
+    Ok(())
+}
+
+/// A row of `pending_transfers`: a transfer accepted while Redis was unreachable.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct PendingTransfer {
+    pub transaction_id: Uuid,
+    pub sender_id: i64,
+    pub currency: String,
+    pub amount_minor: i64,
+    /// The transfer-log message, as produced.
+    pub message: Vec<u8>,
+    pub accepted_at: DateTime<Utc>,
 }
 
 /// A row of `transfers`.

@@ -1,0 +1,484 @@
+//! The host's checks on what a guest publishes and what it answers. The guest is replaceable
+//! at run time, so it is never trusted with money: every transfer message must be the
+//! request's transfer, held in full on the request's sender, once per call.
+//!
+//! Pure (no I/O), so the rules have unit and property tests; `publish.send` runs them before
+//! any hold is reserved, the upload check runs them on every invariant vector, and the
+//! transfer handler runs [`check_accepted`] on the guest's answer.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, PoisonError};
+
+use serde::Deserialize;
+use serde_json::Value;
+use transferd_guest::logic::{Accepted, Outgoing, RequestContext};
+use transferd_guest::rules::TransferRequest;
+
+use crate::stores::kafka::GUEST_TOPICS;
+
+/// What a transfer message must say: the request's parties and currency, the context's id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Expected {
+    pub transaction_id: String,
+    pub sender_id: i64,
+    pub receiver_id: i64,
+    pub currency: String,
+}
+
+impl Expected {
+    pub fn of(context: &RequestContext, request: &TransferRequest) -> Expected {
+        Expected {
+            transaction_id: context.transaction_id.clone(),
+            sender_id: request.sender_id,
+            receiver_id: request.receiver_id,
+            currency: request.currency.clone(),
+        }
+    }
+}
+
+/// A broken rule. `check()` names it in a stable form for logs, counters and the 422 of an
+/// upload; the message says what the guest did.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Violation {
+    #[error("a second publish in one call (at most one transfer message per request)")]
+    SecondPublish,
+    #[error("publishes to topic {0:?}, which a guest may not")]
+    Topic(String),
+    #[error("the message is not a JSON object with one value per field: {0}")]
+    NotJson(String),
+    #[error("the message's {field} is {found}, the request's is {expected}")]
+    Field {
+        field: &'static str,
+        found: String,
+        expected: String,
+    },
+    #[error("the message's amount_minor is {0}, not a positive integer")]
+    Amount(String),
+    #[error("publishes a transfer without a hold")]
+    NoHold,
+    #[error(
+        "holds on account {account_id} in {currency}, not on the sender {sender_id} in {expected_currency}"
+    )]
+    HoldAccount {
+        account_id: i64,
+        currency: String,
+        sender_id: i64,
+        expected_currency: String,
+    },
+    #[error("holds {held_minor} minor units for a message of {amount_minor}")]
+    HoldAmount { held_minor: i64, amount_minor: i64 },
+    #[error("the message key is {found:?}, not the sender id {expected}")]
+    Key { found: String, expected: i64 },
+    #[error("accepted transaction {found}, not {expected}")]
+    AcceptedId { found: String, expected: String },
+    #[error("accepted {accepted_minor} minor units, but published {published_minor}")]
+    AcceptedAmount {
+        accepted_minor: i64,
+        published_minor: i64,
+    },
+    #[error("accepted a transfer it did not publish")]
+    AcceptedUnpublished,
+}
+
+impl Violation {
+    /// The check's name.
+    pub fn check(&self) -> &'static str {
+        match self {
+            Violation::SecondPublish => "one_publish",
+            Violation::Topic(_) => "topic",
+            Violation::NotJson(_) => "json",
+            Violation::Field { field, .. } => match *field {
+                "transaction_id" => "transaction_id",
+                "sender_id" => "sender_id",
+                "receiver_id" => "receiver_id",
+                _ => "currency",
+            },
+            Violation::Amount(_) => "amount_minor",
+            Violation::NoHold => "hold_present",
+            Violation::HoldAccount { .. } => "hold_account",
+            Violation::HoldAmount { .. } => "hold_amount",
+            Violation::Key { .. } => "key",
+            Violation::AcceptedId { .. } => "accepted_id",
+            Violation::AcceptedAmount { .. } => "accepted_amount",
+            Violation::AcceptedUnpublished => "accepted_without_publish",
+        }
+    }
+
+    /// `check <name>: <what happened>`, how violations are reported everywhere.
+    pub fn describe(&self) -> String {
+        format!("the host's check {} failed: {self}", self.check())
+    }
+}
+
+/// The fields the checks read. Derived, so a field given twice is refused as settlement's
+/// parser refuses it: what is checked is what would be settled.
+#[derive(Deserialize)]
+struct Fields {
+    #[serde(default)]
+    transaction_id: Value,
+    #[serde(default)]
+    sender_id: Value,
+    #[serde(default)]
+    receiver_id: Value,
+    #[serde(default)]
+    currency: Value,
+    #[serde(default)]
+    amount_minor: Value,
+}
+
+/// Checks one publish of a call, `publishes_before` being how many this call made already.
+/// Returns the message's `amount_minor` (what the hold covers).
+pub fn check_publish(
+    expected: &Expected,
+    publishes_before: u32,
+    outgoing: &Outgoing,
+) -> Result<i64, Violation> {
+    if publishes_before > 0 {
+        return Err(Violation::SecondPublish);
+    }
+    if !GUEST_TOPICS.contains(&outgoing.topic.as_str()) {
+        return Err(Violation::Topic(outgoing.topic.clone()));
+    }
+    let fields: Fields = serde_json::from_slice(&outgoing.payload)
+        .map_err(|error| Violation::NotJson(error.to_string()))?;
+    field_is(
+        "transaction_id",
+        &fields.transaction_id,
+        Value::from(expected.transaction_id.as_str()),
+    )?;
+    field_is(
+        "sender_id",
+        &fields.sender_id,
+        Value::from(expected.sender_id),
+    )?;
+    field_is(
+        "receiver_id",
+        &fields.receiver_id,
+        Value::from(expected.receiver_id),
+    )?;
+    field_is(
+        "currency",
+        &fields.currency,
+        Value::from(expected.currency.as_str()),
+    )?;
+    let amount_minor = match fields.amount_minor.as_i64() {
+        Some(amount_minor) if amount_minor > 0 => amount_minor,
+        _ => return Err(Violation::Amount(fields.amount_minor.to_string())),
+    };
+    let hold = outgoing.hold.as_ref().ok_or(Violation::NoHold)?;
+    if hold.account_id != expected.sender_id || hold.currency != expected.currency {
+        return Err(Violation::HoldAccount {
+            account_id: hold.account_id,
+            currency: hold.currency.clone(),
+            sender_id: expected.sender_id,
+            expected_currency: expected.currency.clone(),
+        });
+    }
+    if hold.amount_minor != amount_minor {
+        return Err(Violation::HoldAmount {
+            held_minor: hold.amount_minor,
+            amount_minor,
+        });
+    }
+    if outgoing.key != expected.sender_id.to_string() {
+        return Err(Violation::Key {
+            found: outgoing.key.clone(),
+            expected: expected.sender_id,
+        });
+    }
+    Ok(amount_minor)
+}
+
+/// Checks an `accepted` answer against what the call published (`published_minor`: the
+/// `amount_minor` of a publish that succeeded, `None` when nothing was published).
+pub fn check_accepted(
+    expected: &Expected,
+    published_minor: Option<i64>,
+    accepted: &Accepted,
+) -> Result<(), Violation> {
+    if accepted.transaction_id != expected.transaction_id {
+        return Err(Violation::AcceptedId {
+            found: accepted.transaction_id.clone(),
+            expected: expected.transaction_id.clone(),
+        });
+    }
+    let published_minor = published_minor.ok_or(Violation::AcceptedUnpublished)?;
+    if accepted.amount_minor != published_minor {
+        return Err(Violation::AcceptedAmount {
+            accepted_minor: accepted.amount_minor,
+            published_minor,
+        });
+    }
+    Ok(())
+}
+
+fn field_is(field: &'static str, found: &Value, expected: Value) -> Result<(), Violation> {
+    if *found == expected {
+        return Ok(());
+    }
+    Err(Violation::Field {
+        field,
+        found: found.to_string(),
+        expected: expected.to_string(),
+    })
+}
+
+/// Violations seen on this replica, by guest version, for `GET /admin/guest`.
+#[derive(Default)]
+pub struct ViolationCounts {
+    by_version: Mutex<HashMap<String, u64>>,
+}
+
+impl ViolationCounts {
+    pub fn record(&self, version: &str) {
+        let mut counts = self
+            .by_version
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        *counts.entry(version.to_string()).or_default() += 1;
+    }
+
+    pub fn snapshot(&self) -> HashMap<String, u64> {
+        self.by_version
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+    use transferd_guest::logic::Hold;
+
+    const ID: &str = "01a20c00-0000-7000-8000-000000000001";
+
+    fn expected() -> Expected {
+        Expected {
+            transaction_id: ID.into(),
+            sender_id: 1,
+            receiver_id: 2,
+            currency: "USD".into(),
+        }
+    }
+
+    fn payload(changes: Value) -> Vec<u8> {
+        let mut message = json!({
+            "transaction_id": ID, "sender_id": 1, "receiver_id": 2, "amount": 10.50,
+            "amount_minor": 1050, "currency": "USD", "description": null,
+            "created_at_ms": 1, "schema_version": 1,
+        });
+        for (key, value) in changes.as_object().into_iter().flatten() {
+            message[key] = value.clone();
+        }
+        serde_json::to_vec(&message).expect("json")
+    }
+
+    fn outgoing(changes: Value, hold: Option<Hold>) -> Outgoing {
+        Outgoing {
+            topic: "transfer_topic".into(),
+            key: "1".into(),
+            payload: payload(changes),
+            hold,
+        }
+    }
+
+    fn hold(account_id: i64, amount_minor: i64) -> Option<Hold> {
+        Some(Hold {
+            account_id,
+            currency: "USD".into(),
+            amount_minor,
+        })
+    }
+
+    fn check(changes: Value, hold: Option<Hold>) -> Result<i64, &'static str> {
+        check_publish(&expected(), 0, &outgoing(changes, hold)).map_err(|v| v.check())
+    }
+
+    #[test]
+    fn the_standard_message_passes() {
+        assert_eq!(check(json!({}), hold(1, 1050)), Ok(1050));
+    }
+
+    #[test]
+    fn each_field_of_the_message_must_be_the_requests() {
+        assert_eq!(
+            check(json!({"transaction_id": "other"}), hold(1, 1050)),
+            Err("transaction_id")
+        );
+        assert_eq!(
+            check(json!({"sender_id": 2}), hold(1, 1050)),
+            Err("sender_id")
+        );
+        assert_eq!(
+            check(json!({"sender_id": "1"}), hold(1, 1050)),
+            Err("sender_id")
+        );
+        assert_eq!(
+            check(json!({"receiver_id": 3}), hold(1, 1050)),
+            Err("receiver_id")
+        );
+        assert_eq!(
+            check(json!({"currency": "EUR"}), hold(1, 1050)),
+            Err("currency")
+        );
+    }
+
+    #[test]
+    fn amount_minor_must_be_a_positive_integer() {
+        for amount in [json!(0), json!(-5), json!(10.5), json!("1050"), json!(null)] {
+            assert_eq!(
+                check(json!({"amount_minor": amount}), hold(1, 1050)),
+                Err("amount_minor"),
+                "{amount}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_hold_must_cover_the_message_on_the_sender() {
+        assert_eq!(check(json!({}), None), Err("hold_present"));
+        assert_eq!(check(json!({}), hold(2, 1050)), Err("hold_account"));
+        let mut other_currency = hold(1, 1050);
+        if let Some(hold) = &mut other_currency {
+            hold.currency = "EUR".into();
+        }
+        assert_eq!(check(json!({}), other_currency), Err("hold_account"));
+        // The issue's hostile guest: 1 minor unit held, 1,000x the amount published.
+        assert_eq!(
+            check(json!({"amount_minor": 1_050_000}), hold(1, 1)),
+            Err("hold_amount")
+        );
+    }
+
+    #[test]
+    fn topic_key_json_and_count_are_checked() {
+        let mut message = outgoing(json!({}), hold(1, 1050));
+        assert_eq!(
+            check_publish(&expected(), 1, &message).map_err(|v| v.check()),
+            Err("one_publish")
+        );
+        message.key = "2".into();
+        assert_eq!(
+            check_publish(&expected(), 0, &message).map_err(|v| v.check()),
+            Err("key")
+        );
+        message.key = "1".into();
+        message.topic = "transfer_events".into();
+        assert_eq!(
+            check_publish(&expected(), 0, &message).map_err(|v| v.check()),
+            Err("topic")
+        );
+        message.topic = "transfer_topic".into();
+        message.payload = b"not json".to_vec();
+        assert_eq!(
+            check_publish(&expected(), 0, &message).map_err(|v| v.check()),
+            Err("json")
+        );
+        // A field given twice: serde_json's Value would keep the last, settlement refuses it.
+        message.payload = format!(
+            r#"{{"transaction_id":"{ID}","sender_id":2,"sender_id":1,"receiver_id":2,"currency":"USD","amount_minor":1050}}"#
+        )
+        .into_bytes();
+        assert_eq!(
+            check_publish(&expected(), 0, &message).map_err(|v| v.check()),
+            Err("json")
+        );
+    }
+
+    #[test]
+    fn accepted_must_name_the_transaction_and_the_published_amount() {
+        let accepted = |id: &str, amount_minor| Accepted {
+            transaction_id: id.into(),
+            amount_minor,
+        };
+        assert_eq!(
+            check_accepted(&expected(), Some(1050), &accepted(ID, 1050)),
+            Ok(())
+        );
+        let failing = [
+            check_accepted(&expected(), Some(1050), &accepted("other", 1050)),
+            check_accepted(&expected(), Some(1050), &accepted(ID, 1)),
+            check_accepted(&expected(), None, &accepted(ID, 1050)),
+        ];
+        let checks: Vec<_> = failing
+            .iter()
+            .map(|result| result.as_ref().map_err(Violation::check).err())
+            .collect();
+        assert_eq!(
+            checks,
+            vec![
+                Some("accepted_id"),
+                Some("accepted_amount"),
+                Some("accepted_without_publish")
+            ]
+        );
+    }
+
+    #[test]
+    fn violations_are_counted_per_version() {
+        let counts = ViolationCounts::default();
+        counts.record("a");
+        counts.record("a");
+        counts.record("b");
+        let snapshot = counts.snapshot();
+        assert_eq!((snapshot["a"], snapshot["b"]), (2, 1));
+    }
+
+    proptest! {
+        /// A message built from the request passes exactly when the hold equals its amount.
+        #[test]
+        fn a_faithful_message_passes_only_with_an_equal_hold(
+            sender_id in 1i64..i64::MAX,
+            receiver_id in 1i64..i64::MAX,
+            amount_minor in 1i64..i64::MAX,
+            held_minor in 1i64..i64::MAX,
+        ) {
+            let expected = Expected { sender_id, receiver_id, ..expected() };
+            let message = Outgoing {
+                topic: "transfer_topic".into(),
+                key: sender_id.to_string(),
+                payload: payload(json!({
+                    "sender_id": sender_id, "receiver_id": receiver_id, "amount_minor": amount_minor,
+                })),
+                hold: Some(Hold { account_id: sender_id, currency: "USD".into(), amount_minor: held_minor }),
+            };
+            let result = check_publish(&expected, 0, &message);
+            if held_minor == amount_minor {
+                prop_assert_eq!(result, Ok(amount_minor));
+            } else {
+                prop_assert_eq!(result, Err(Violation::HoldAmount { held_minor, amount_minor }));
+            }
+        }
+
+        /// Any other sender, receiver or hold account is refused.
+        #[test]
+        fn any_other_party_is_refused(
+            other in 3i64..i64::MAX,
+            which in 0usize..3,
+        ) {
+            let mut message = outgoing(json!({}), hold(1, 1050));
+            match which {
+                0 => message.payload = payload(json!({"sender_id": other})),
+                1 => message.payload = payload(json!({"receiver_id": other})),
+                _ => message.hold = hold(other, 1050),
+            }
+            let check = check_publish(&expected(), 0, &message).map_err(|v| v.check());
+            prop_assert_eq!(check, Err(["sender_id", "receiver_id", "hold_account"][which]));
+        }
+
+        /// Whatever bytes the guest sends, the check answers without panicking, and passes
+        /// only a message that names the request's transfer.
+        #[test]
+        fn arbitrary_payloads_never_pass_unless_they_are_the_transfer(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let message = Outgoing { payload: bytes, ..outgoing(json!({}), hold(1, 1050)) };
+            if let Ok(amount_minor) = check_publish(&expected(), 0, &message) {
+                let value: Value = serde_json::from_slice(&message.payload).expect("passed as JSON");
+                prop_assert_eq!(&value["transaction_id"], &json!(ID));
+                prop_assert_eq!(amount_minor, 1050);
+            }
+        }
+    }
+}

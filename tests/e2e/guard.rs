@@ -1,0 +1,164 @@
+//! The host guards every publish. A guest built on the standard logic but publishing the
+//! wrong transfer (tests/guests/hostile, started from `--guest-file`, which is not
+//! upload-checked) is refused by the host's own checks: 500, nothing held, nothing published,
+//! nothing settled, the violation counted for its version. Uploading it is refused with the
+//! case and the check it breaks. What was published decides the answer: a trap after an
+//! acknowledged publish is a 200 that settles once.
+
+use std::time::Duration;
+
+use redis::AsyncCommands;
+use serde_json::{Value, json};
+use transferd_e2e::{
+    ADMIN_TOKEN, Host, HostOptions, KAFKA_BROKERS, Namespace, consume, hostile_guest_file,
+};
+
+fn hostile(description: &str) -> Value {
+    json!({"sender_id": 1, "receiver_id": 2, "amount": "1.00", "currency": "USD", "description": description})
+}
+
+/// A host serving the hostile guest, with both accounts funded: the receiver has enough for
+/// the reversed 1,000x transfer to settle if it ever reached the log.
+async fn hostile_host(namespace: &Namespace) -> anyhow::Result<Host> {
+    let mut options = HostOptions::new(namespace);
+    options.guest_file = hostile_guest_file();
+    let host = Host::start_with(namespace, options).await?;
+    host.deposit(1, "USD", "50.00").await?;
+    host.deposit(2, "USD", "2000.00").await?;
+    Ok(host)
+}
+
+/// Money held on an account in Redis, in minor units.
+async fn held(namespace: &Namespace, user_id: i64) -> anyhow::Result<i64> {
+    let mut redis = namespace.redis().await?;
+    let total: Option<i64> = redis
+        .hget(
+            namespace.redis_key(&format!("holds:{user_id}:USD")),
+            "total",
+        )
+        .await?;
+    Ok(total.unwrap_or(0))
+}
+
+async fn violations(host: &Host, version: &str) -> anyhow::Result<i64> {
+    let status: Value = host
+        .client
+        .get(format!("{}/admin/guest", host.base_url))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await?
+        .json()
+        .await?;
+    Ok(status["replica_guard_violations"][version]
+        .as_i64()
+        .unwrap_or(0))
+}
+
+#[tokio::test]
+async fn a_publish_that_is_not_the_request_is_refused_before_anything_is_held() -> anyhow::Result<()>
+{
+    let namespace = Namespace::new().await?;
+    let host = hostile_host(&namespace).await?;
+    let cases = [
+        ("hostile:wrong-sender", "sender_id"),
+        ("hostile:hold-mismatch", "hold_amount"),
+        ("hostile:foreign-id", "transaction_id"),
+        // The example: 1 minor unit held, 1,000x published from receiver to sender.
+        ("a gift", "sender_id"),
+    ];
+    let mut version = String::new();
+    for (description, check) in cases {
+        let reply = host.transfer(hostile(description)).await?;
+        assert_eq!(reply.status, 500, "{description}: {}", reply.body);
+        let detail = reply.body["detail"].as_str().unwrap_or_default();
+        assert!(
+            detail.starts_with("the transfer logic failed")
+                && detail.contains(&format!("check {check} failed")),
+            "{description}: {detail}"
+        );
+        version = reply.headers["x-guest-version"].to_str()?.to_string();
+    }
+    assert_eq!(
+        (held(&namespace, 1).await?, held(&namespace, 2).await?),
+        (0, 0)
+    );
+    let published = consume(
+        KAFKA_BROKERS,
+        &namespace.transfer_topic(),
+        1,
+        Duration::from_secs(3),
+    )
+    .await?;
+    assert!(published.is_empty(), "nothing published: {published:?}");
+    assert_eq!(namespace.wait_settled(1, Duration::from_secs(1)).await?, 0);
+    assert_eq!(namespace.ledger_balance(1, "USD").await?, Some(5_000));
+    assert_eq!(namespace.ledger_balance(2, "USD").await?, Some(200_000));
+    assert_eq!(violations(&host, &version).await?, 4, "counted per version");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_second_publish_is_refused_and_the_first_settles_once() -> anyhow::Result<()> {
+    let namespace = Namespace::new().await?;
+    let host = hostile_host(&namespace).await?;
+    let reply = host.transfer(hostile("hostile:two-publishes")).await?;
+    // The first message was acknowledged before the second was refused: it is in the log and
+    // will settle, so the answer is the transfer's, not the trap's.
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let version = reply.headers["x-guest-version"].to_str()?.to_string();
+    let published = consume(
+        KAFKA_BROKERS,
+        &namespace.transfer_topic(),
+        2,
+        Duration::from_secs(5),
+    )
+    .await?;
+    assert_eq!(published.len(), 1, "only the first publish reached the log");
+    assert_eq!(namespace.wait_settled(1, Duration::from_secs(20)).await?, 1);
+    assert_eq!(namespace.ledger_balance(1, "USD").await?, Some(4_900));
+    assert_eq!(violations(&host, &version).await?, 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_trap_after_an_acknowledged_publish_is_accepted_and_settles_once() -> anyhow::Result<()> {
+    let namespace = Namespace::new().await?;
+    let host = hostile_host(&namespace).await?;
+    let reply = host.transfer(hostile("hostile:trap-after-publish")).await?;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let transaction_id = reply.body["transaction_id"].as_str().unwrap_or_default();
+    assert_eq!(namespace.wait_settled(1, Duration::from_secs(20)).await?, 1);
+    let shown: Value = host
+        .client
+        .get(format!("{}/transfers/{transaction_id}", host.base_url))
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(shown["status"], "completed", "{shown}");
+    assert_eq!(namespace.ledger_balance(1, "USD").await?, Some(4_900));
+    assert_eq!(namespace.ledger_balance(2, "USD").await?, Some(200_100));
+    Ok(())
+}
+
+#[tokio::test]
+async fn uploading_a_guest_that_publishes_the_wrong_transfer_is_refused() -> anyhow::Result<()> {
+    let namespace = Namespace::new().await?;
+    let host = Host::start(&namespace).await?;
+    let response = host
+        .client
+        .put(format!("{}/admin/guest", host.base_url))
+        .bearer_auth(ADMIN_TOKEN)
+        .body(std::fs::read(hostile_guest_file())?)
+        .send()
+        .await?;
+    let status = response.status().as_u16();
+    let body: Value = response.json().await?;
+    assert_eq!(status, 422, "{body}");
+    let detail = body["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains("invariant case") && detail.contains("the host's check sender_id failed"),
+        "names the case and the check: {detail}"
+    );
+    Ok(())
+}

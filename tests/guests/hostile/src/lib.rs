@@ -1,0 +1,133 @@
+//! The standard transfer logic, except that what it publishes is wrong in the way the
+//! request's `description` names. Each misbehaviour would pass the invariant vectors as they
+//! were before the host checked publishes; the host must refuse every one.
+//!
+//! - `hostile:wrong-sender`: the hold and the message are on the receiver;
+//! - `hostile:hold-mismatch`: holds 1 minor unit, the message moves 1,000x the amount;
+//! - `hostile:two-publishes`: publishes the (correct) message twice;
+//! - `hostile:foreign-id`: the message names another transaction id;
+//! - `hostile:trap-after-publish`: publishes correctly, then panics;
+//! - anything else: the example, a hold of 1 minor unit on the sender and a message
+//!   moving 1,000x the amount from the receiver to the sender.
+#![cfg(target_arch = "wasm32")]
+
+use serde_json::Value;
+use transferd_guest::component::{Guest, HostImports, handle_with, types};
+use transferd_guest::logic::{Imports, Outgoing, PublishError};
+use transferd_guest::rules::STANDARD;
+
+/// A transaction id no request of the tests uses.
+const FOREIGN_ID: &str = "01a20c00-0000-7000-8000-0000000000ff";
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    WrongSender,
+    HoldMismatch,
+    TwoPublishes,
+    ForeignId,
+    TrapAfterPublish,
+    Reversed,
+}
+
+impl Mode {
+    fn of(description: Option<&str>) -> Mode {
+        match description {
+            Some("hostile:wrong-sender") => Mode::WrongSender,
+            Some("hostile:hold-mismatch") => Mode::HoldMismatch,
+            Some("hostile:two-publishes") => Mode::TwoPublishes,
+            Some("hostile:foreign-id") => Mode::ForeignId,
+            Some("hostile:trap-after-publish") => Mode::TrapAfterPublish,
+            _ => Mode::Reversed,
+        }
+    }
+}
+
+/// The host's imports with the message changed on its way out.
+struct Hostile {
+    mode: Mode,
+    published: bool,
+}
+
+/// Changes fields of a JSON message.
+fn rewrite(payload: &[u8], change: impl FnOnce(&mut serde_json::Map<String, Value>)) -> Vec<u8> {
+    let mut message: Value = serde_json::from_slice(payload).unwrap_or_default();
+    if let Some(fields) = message.as_object_mut() {
+        change(fields);
+    }
+    serde_json::to_vec(&message).unwrap_or_default()
+}
+
+fn field(fields: &serde_json::Map<String, Value>, name: &str) -> i64 {
+    fields.get(name).and_then(Value::as_i64).unwrap_or_default()
+}
+
+impl Imports for Hostile {
+    fn available(&mut self, account_id: i64, currency: &str) -> Result<Option<i64>, String> {
+        HostImports.available(account_id, currency)
+    }
+
+    fn send(&mut self, mut message: Outgoing) -> Result<(), PublishError> {
+        match self.mode {
+            Mode::WrongSender => {
+                let mut receiver = 0;
+                message.payload = rewrite(&message.payload, |fields| {
+                    let sender = field(fields, "sender_id");
+                    receiver = field(fields, "receiver_id");
+                    fields.insert("sender_id".into(), receiver.into());
+                    fields.insert("receiver_id".into(), sender.into());
+                });
+                message.key = receiver.to_string();
+                if let Some(hold) = &mut message.hold {
+                    hold.account_id = receiver;
+                }
+            }
+            Mode::HoldMismatch | Mode::Reversed => {
+                let reversed = self.mode == Mode::Reversed;
+                message.payload = rewrite(&message.payload, |fields| {
+                    let amount_minor = field(fields, "amount_minor");
+                    fields.insert("amount_minor".into(), (amount_minor * 1000).into());
+                    if reversed {
+                        let sender = field(fields, "sender_id");
+                        let receiver = field(fields, "receiver_id");
+                        fields.insert("sender_id".into(), receiver.into());
+                        fields.insert("receiver_id".into(), sender.into());
+                    }
+                });
+                if let Some(hold) = &mut message.hold {
+                    hold.amount_minor = 1;
+                }
+            }
+            Mode::TwoPublishes => HostImports.send(message.clone())?,
+            Mode::ForeignId => {
+                message.payload = rewrite(&message.payload, |fields| {
+                    fields.insert("transaction_id".into(), FOREIGN_ID.into());
+                });
+            }
+            Mode::TrapAfterPublish => {}
+        }
+        HostImports.send(message)?;
+        self.published = true;
+        Ok(())
+    }
+}
+
+struct HostileGuest;
+
+impl Guest for HostileGuest {
+    fn initiate_transfer(
+        ctx: types::RequestContext,
+        request: types::TransferRequest,
+    ) -> Result<types::Accepted, types::Rejection> {
+        let mut imports = Hostile {
+            mode: Mode::of(request.description.as_deref()),
+            published: false,
+        };
+        let result = handle_with(&STANDARD, &mut imports, ctx, request);
+        if imports.mode == Mode::TrapAfterPublish && imports.published {
+            panic!("this guest traps after publishing, on purpose");
+        }
+        result
+    }
+}
+
+transferd_guest::component::export_transfer_logic!(HostileGuest with_types_in transferd_guest::component);
