@@ -48,6 +48,7 @@ async fn deliver(
         },
     };
 
+    crate::crash::point("after-hold");
     let headers = [("transaction_id", transaction_id)];
     match capabilities
         .log
@@ -55,6 +56,7 @@ async fn deliver(
         .await
     {
         Ok(acknowledged) => {
+            crate::crash::point("after-produce");
             tracing::debug!(
                 transaction_id,
                 partition = acknowledged.partition,
