@@ -10,6 +10,7 @@ cd "$TRANSFERD_ROOT"
 log "checking formatting and lints"
 cargo fmt --all --check
 cargo clippy --release --quiet --all-targets -- -D warnings
+cargo clippy --release --quiet -p transferd --features crash-points -- -D warnings
 
 log "building the guests (wasm32-wasip2)"
 build_guest
@@ -22,9 +23,21 @@ export TRANSFERD_TEST_PANICKING_GUEST="$CARGO_TARGET_DIR/wasm32-wasip2/release/t
 export TRANSFERD_TEST_STRICT_GUEST="$CARGO_TARGET_DIR/strict-guest/wasm32-wasip2/release/transferd_test_guest_strict.wasm"
 export TRANSFERD_TEST_HOSTILE_GUEST="$CARGO_TARGET_DIR/hostile-guest/wasm32-wasip2/release/transferd_test_guest_hostile.wasm"
 
-log "building the host"
+log "building the host, and a copy with crash points for the crash tests"
+# Both builds stay cached (features change the artifacts' hashes), so after the first run
+# the pair costs nothing. The copy goes through a rename: a crash binary still running from
+# an earlier run must not make the copy fail.
+cargo build --release --quiet -p transferd --features crash-points
+cp "$CARGO_TARGET_DIR/release/transferd" "$CARGO_TARGET_DIR/release/transferd-crash-points.new"
+mv "$CARGO_TARGET_DIR/release/transferd-crash-points.new" "$CARGO_TARGET_DIR/release/transferd-crash-points"
+export TRANSFERD_CRASH_BIN="$CARGO_TARGET_DIR/release/transferd-crash-points"
 cargo build --release --quiet -p transferd
 export TRANSFERD_BIN="$CARGO_TARGET_DIR/release/transferd"
+# The binary users run must not carry the crash points.
+if grep -q TRANSFERD_CRASH_AT "$TRANSFERD_BIN"; then
+  log "the release binary contains crash points"
+  exit 1
+fi
 
 log "checking the conformance vectors against the native guest logic and under jco"
 cargo run --release --quiet -p transferd-guest --example vectors -- tests/vectors

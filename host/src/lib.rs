@@ -4,6 +4,7 @@
 pub mod admin_client;
 pub mod capabilities;
 pub mod config;
+pub mod crash;
 pub mod guest;
 pub mod http;
 pub mod settlement;

@@ -4,10 +4,13 @@
 //!
 //! Every test makes its own names, so tests run in parallel and never depend on leftovers.
 
+pub mod load;
 pub mod proxy;
+pub mod services;
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -37,6 +40,11 @@ fn artifact(variable: &str, relative: &str) -> PathBuf {
 
 pub fn transferd_binary() -> PathBuf {
     artifact("TRANSFERD_BIN", "release/transferd")
+}
+
+/// The host built with the cargo feature `crash-points` (scripts/test.sh builds it).
+pub fn crash_binary() -> PathBuf {
+    artifact("TRANSFERD_CRASH_BIN", "release/transferd-crash-points")
 }
 
 pub fn guest_file() -> PathBuf {
@@ -147,7 +155,10 @@ impl Namespace {
 }
 
 /// How to start a host; defaults talk to the shared local services directly.
+#[derive(Clone)]
 pub struct HostOptions {
+    /// The executable: the release binary, or [`crash_binary`] for the crash-point tests.
+    pub binary: PathBuf,
     pub database_url: String,
     pub redis_url: String,
     pub kafka_brokers: String,
@@ -161,6 +172,7 @@ pub struct HostOptions {
 impl HostOptions {
     pub fn new(namespace: &Namespace) -> HostOptions {
         HostOptions {
+            binary: transferd_binary(),
             database_url: namespace.database_url(),
             redis_url: REDIS_URL.to_string(),
             kafka_brokers: KAFKA_BROKERS.to_string(),
@@ -172,15 +184,15 @@ impl HostOptions {
     }
 }
 
-/// `transferd <subcommand>` with the namespace's settings; its log goes to a file named in
-/// the test's output (shown when the test fails).
+/// `transferd <subcommand>` with the namespace's settings; its log goes to the returned file,
+/// named in the test's output (shown when the test fails).
 fn transferd_command(
     namespace: &Namespace,
     options: &HostOptions,
     subcommand: &str,
     name: &str,
 ) -> anyhow::Result<(Command, PathBuf)> {
-    let mut command = Command::new(transferd_binary());
+    let mut command = Command::new(&options.binary);
     command
         .arg(subcommand)
         .env("TRANSFERD_DATABASE_URL", &options.database_url)
@@ -261,6 +273,32 @@ pub async fn run_to_end(
     Ok(String::from_utf8(output.stdout)?)
 }
 
+/// Waits up to `limit` for a child to exit by itself.
+fn wait_exit_blocking(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Whether a process ended by SIGKILL (what a crash point and `kill -9` do).
+pub fn killed_by_sigkill(status: &ExitStatus) -> bool {
+    status.signal() == Some(9)
+}
+
+/// The last `lines` lines of a log file, to show why a process ended.
+pub fn log_tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
 /// A running `transferd worker`, killed (SIGKILL) when dropped or told to.
 pub struct WorkerProcess {
     child: Child,
@@ -287,6 +325,18 @@ impl WorkerProcess {
         wait_exit(&mut self.child, limit).await
     }
 
+    /// Waits up to `limit` for the worker to exit by itself (a crash point); None if it runs on.
+    pub async fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        None
+    }
+
     /// SIGKILL: no shutdown, no flushing, no offset commit.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
@@ -303,6 +353,7 @@ impl Drop for WorkerProcess {
 /// A running `transferd serve`, killed when dropped.
 pub struct Host {
     child: Child,
+    pub port: u16,
     pub base_url: String,
     pub client: reqwest::Client,
     pub log_path: PathBuf,
@@ -314,15 +365,24 @@ impl Host {
     }
 
     pub async fn start_with(namespace: &Namespace, options: HostOptions) -> anyhow::Result<Host> {
-        let port = free_port();
+        Host::start_on(namespace, options, free_port()).await
+    }
+
+    /// Starts on a given port: a restarted host keeps its clients' address.
+    pub async fn start_on(
+        namespace: &Namespace,
+        options: HostOptions,
+        port: u16,
+    ) -> anyhow::Result<Host> {
         let (mut command, log_path) =
             transferd_command(namespace, &options, "serve", &format!("api-{port}"))?;
         command.env("TRANSFERD_LISTEN", format!("127.0.0.1:{port}"));
         let child = command
             .spawn()
-            .with_context(|| format!("starting {}", transferd_binary().display()))?;
+            .with_context(|| format!("starting {}", options.binary.display()))?;
         let mut host = Host {
             child,
+            port,
             base_url: format!("http://127.0.0.1:{port}"),
             client: reqwest::Client::builder()
                 .timeout(Duration::from_secs(30))
@@ -370,6 +430,29 @@ impl Host {
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// How the process ended, if it did.
+    pub fn exit_status(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    /// Waits up to `limit` for the process to exit by itself (a crash point).
+    pub async fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Some(status) = self.exit_status() {
+                return Some(status);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        None
+    }
+
+    /// SIGKILL, as a crash or an operator's `kill -9` would: nothing is flushed.
+    pub fn kill(&mut self) -> Option<ExitStatus> {
+        let _ = self.child.kill();
+        wait_exit_blocking(&mut self.child, Duration::from_secs(10))
     }
 
     pub async fn post_json(&self, path: &str, body: &str) -> anyhow::Result<Reply> {
@@ -836,4 +919,111 @@ pub async fn delete_topics(brokers: &str, topics: &[&str]) -> anyhow::Result<()>
         }
     }
     Ok(())
+}
+
+/// One hold still in Redis: the transfer it belongs to and what it holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Held {
+    pub transaction_id: String,
+    pub user_id: i64,
+    pub currency: String,
+    pub amount_minor: i64,
+}
+
+impl Namespace {
+    /// Every hold in the namespace's `holds:{user_id}:{currency}` hashes (the `total` fields
+    /// left out).
+    pub async fn holds(&self) -> anyhow::Result<Vec<Held>> {
+        use redis::AsyncCommands;
+        let mut redis = self.redis().await?;
+        let prefix = self.redis_key("holds:");
+        // KEYS is fine here: a test's namespace holds a few dozen keys.
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{prefix}*"))
+            .query_async(&mut redis)
+            .await?;
+        let mut holds = Vec::new();
+        for key in keys {
+            let Some((user, currency)) = key[prefix.len()..].split_once(':') else {
+                continue;
+            };
+            let user_id: i64 = user.parse().with_context(|| format!("hold key {key}"))?;
+            let fields: Vec<(String, i64)> = redis.hgetall(&key).await?;
+            for (transaction_id, amount_minor) in fields {
+                if transaction_id != "total" {
+                    holds.push(Held {
+                        transaction_id,
+                        user_id,
+                        currency: currency.to_string(),
+                        amount_minor,
+                    });
+                }
+            }
+        }
+        Ok(holds)
+    }
+
+    /// Which of `ids` the ledger has settled (completed or rejected).
+    pub async fn settled_among(
+        &self,
+        ids: &[uuid::Uuid],
+    ) -> anyhow::Result<std::collections::HashSet<uuid::Uuid>> {
+        let pool = self.ledger().await?;
+        let settled: Vec<uuid::Uuid> = sqlx::query_scalar(
+            "SELECT t.transaction_id FROM UNNEST($1::uuid[]) AS i(transaction_id) JOIN transfers t USING (transaction_id)",
+        )
+        .bind(ids)
+        .fetch_all(&pool)
+        .await?;
+        pool.close().await;
+        Ok(settled.into_iter().collect())
+    }
+
+    /// Waits until every one of `ids` is settled or `limit` passed; returns the settled ones.
+    /// A ledger that cannot be reached yet (just restarted) is asked again.
+    pub async fn wait_ids_settled(
+        &self,
+        ids: &[uuid::Uuid],
+        limit: Duration,
+    ) -> anyhow::Result<std::collections::HashSet<uuid::Uuid>> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let settled = self.settled_among(ids).await;
+            if let Ok(settled) = &settled
+                && settled.len() == ids.len()
+            {
+                return Ok(settled.clone());
+            }
+            if Instant::now() >= deadline {
+                return settled;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// User accounts whose cached balance exists and differs from the ledger: (user, currency,
+    /// cached, ledger). A missing cache entry is fine (read from the ledger on demand).
+    pub async fn cache_off_ledger(&self) -> anyhow::Result<Vec<(i64, String, i64, i64)>> {
+        use redis::AsyncCommands;
+        let pool = self.ledger().await?;
+        let accounts: Vec<(i64, String, i64)> = sqlx::query_as(
+            "SELECT user_id, currency, balance_minor FROM accounts WHERE user_id > 0 ORDER BY 1, 2",
+        )
+        .fetch_all(&pool)
+        .await?;
+        pool.close().await;
+        let mut redis = self.redis().await?;
+        let mut off = Vec::new();
+        for (user_id, currency, ledger) in accounts {
+            let cached: Option<i64> = redis
+                .get(self.redis_key(&format!("balance:{user_id}:{currency}")))
+                .await?;
+            if let Some(cached) = cached
+                && cached != ledger
+            {
+                off.push((user_id, currency, cached, ledger));
+            }
+        }
+        Ok(off)
+    }
 }

@@ -79,6 +79,7 @@ async fn deliver(
         }
     };
 
+    crate::crash::point("after-hold");
     let headers = [("transaction_id", transaction_id.as_str())];
     let produced = capabilities
         .log
@@ -86,6 +87,7 @@ async fn deliver(
         .await;
     match produced {
         Ok(acknowledged) => {
+            crate::crash::point("after-produce");
             tracing::debug!(
                 transaction_id,
                 partition = acknowledged.partition,

@@ -264,8 +264,11 @@ pub async fn settle(
         return Ok(());
     }
     let settled = capabilities.ledger.settle_batch(messages).await?;
+    crate::crash::point("after-ledger-commit");
     update_cache(capabilities, messages, &settled).await?;
+    crate::crash::point("after-cache-update");
     emit_events(capabilities, messages, &settled).await?;
+    crate::crash::point("after-events");
     Ok(())
 }
 

@@ -1,0 +1,440 @@
+//! Deterministic crashes: the host built with the `crash-points` feature SIGKILLs itself at
+//! one named step of a transfer's life (see host/src/crash.rs); the release binary then starts
+//! on the same namespace, and the invariants must hold as if nothing had happened: every
+//! transfer answered 200 settled exactly once, money conserved per currency, no user negative,
+//! two journal entries per applied transfer, balances equal to their journals, no hold left on
+//! a settled transfer, cached balances equal to the ledger.
+//!
+//! The timed worker kills in settlement.rs may or may not land between a commit and the
+//! offset commit; these always do.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use anyhow::{Context, ensure};
+use serde_json::{Value, json};
+use transferd_e2e::{
+    Host, HostOptions, KAFKA_BROKERS, Namespace, WorkerProcess, consume, crash_binary,
+    killed_by_sigkill, log_tail, transferd_binary,
+};
+use uuid::Uuid;
+
+/// Each test's whole run, crash and recovery included.
+const TEST_LIMIT: Duration = Duration::from_secs(150);
+const SETTLE_LIMIT: Duration = Duration::from_secs(60);
+const USERS: i64 = 4;
+
+/// The lead's hold reconciler (issue 8, item 4) releases a hold whose transfer never reached
+/// the log. Until it exists, the hold stranded by a crash after the hold is only counted; set
+/// this to true with the reconciler and the test waits for the release.
+const RECONCILER_RELEASES_STRANDED_HOLDS: bool = false;
+/// How long the reconciler may take to release a stranded hold once it exists.
+const RECONCILER_LIMIT: Duration = Duration::from_secs(60);
+
+fn transfer(sender_id: i64, receiver_id: i64, amount: &str) -> Value {
+    json!({"sender_id": sender_id, "receiver_id": receiver_id, "amount": amount, "currency": "USD"})
+}
+
+/// The n-th transfer of a test: senders in turn, amounts all different.
+fn nth_transfer(n: i64) -> (i64, i64, Value) {
+    let sender = n % USERS + 1;
+    let receiver = sender % USERS + 1;
+    let minor = 101 + n;
+    let amount = format!("{}.{:02}", minor / 100, minor % 100);
+    (sender, minor, transfer(sender, receiver, &amount))
+}
+
+async fn fund(host: &Host) -> anyhow::Result<()> {
+    for user in 1..=USERS {
+        host.deposit(user, "USD", "1000.00").await?;
+    }
+    Ok(())
+}
+
+fn transaction_id(body: &Value) -> anyhow::Result<Uuid> {
+    let id = body["transaction_id"]
+        .as_str()
+        .with_context(|| format!("no transaction id in {body}"))?;
+    Ok(Uuid::parse_str(id)?)
+}
+
+/// The crash-points binary with the point armed: it lets `skip` passes go by, then dies.
+fn armed(options: &HostOptions, point: &str, skip: u32) -> HostOptions {
+    let mut armed = options.clone();
+    armed.binary = crash_binary();
+    armed
+        .extra_env
+        .push(("TRANSFERD_CRASH_AT".to_string(), point.to_string()));
+    armed
+        .extra_env
+        .push(("TRANSFERD_CRASH_SKIP".to_string(), skip.to_string()));
+    armed
+}
+
+/// The process died by its own SIGKILL at `point`, not of anything else.
+fn ensure_crashed_at(
+    status: Option<std::process::ExitStatus>,
+    log: &std::path::Path,
+    point: &str,
+) -> anyhow::Result<()> {
+    let status = status.with_context(|| {
+        format!(
+            "transferd never reached crash point {point}; log:\n{}",
+            log_tail(log, 30)
+        )
+    })?;
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    ensure!(
+        killed_by_sigkill(&status) && text.contains(&format!("crash point {point}")),
+        "transferd ended with {status}, not at crash point {point}; log:\n{}",
+        log_tail(log, 30)
+    );
+    Ok(())
+}
+
+/// Everything a user or an auditor would check once the dust settled, for the transfers
+/// answered 200 (`accepted`), with `extra` more that may settle (their answer was lost).
+async fn ensure_invariants(
+    namespace: &Namespace,
+    accepted: &[Uuid],
+    extra: usize,
+) -> anyhow::Result<()> {
+    let settled = namespace.wait_ids_settled(accepted, SETTLE_LIMIT).await?;
+    let accepted_set: HashSet<Uuid> = accepted.iter().copied().collect();
+    ensure!(
+        settled == accepted_set,
+        "{} of {} transfers answered 200 settled within {SETTLE_LIMIT:?}",
+        settled.len(),
+        accepted.len()
+    );
+    let all = namespace.settled_ids().await?;
+    ensure!(
+        all.len() <= accepted.len() + extra,
+        "{} transfers settled; only {} were answered 200 and {extra} unanswered",
+        all.len(),
+        accepted.len()
+    );
+    let check = namespace.check_ledger().await?;
+    ensure!(
+        check.nonzero_currency_sums.is_empty(),
+        "money created or destroyed: {check:?}"
+    );
+    ensure!(check.negative_accounts == 0, "negative balances: {check:?}");
+    ensure!(
+        check.unbalanced_transfers == 0 && check.transfer_entries == 2 * check.completed_transfers,
+        "transfers without exactly two journal entries: {check:?}"
+    );
+    ensure!(
+        check.balances_off_journal == 0,
+        "balances differ from their journal: {check:?}"
+    );
+    let all_settled: HashSet<String> = all.iter().map(Uuid::to_string).collect();
+    let holds = namespace.holds().await?;
+    let on_settled: Vec<_> = holds
+        .iter()
+        .filter(|held| all_settled.contains(&held.transaction_id))
+        .collect();
+    ensure!(
+        on_settled.is_empty(),
+        "holds remain on settled transfers: {on_settled:?}"
+    );
+    let off = namespace.cache_off_ledger().await?;
+    ensure!(
+        off.is_empty(),
+        "cached balances differ from the ledger: {off:?}"
+    );
+    Ok(())
+}
+
+/// A crash on the request path (`serve` with its worker): five transfers go through, the
+/// sixth kills the process at `point`; the release binary takes over the same namespace.
+/// Returns the transfers answered 200 and the unanswered one (sender, minor units).
+async fn crash_while_accepting(
+    namespace: &Namespace,
+    point: &str,
+) -> anyhow::Result<(Vec<Uuid>, (i64, i64), Host)> {
+    let release = HostOptions::new(namespace);
+    let mut crashing = Host::start_with(namespace, armed(&release, point, 5)).await?;
+    fund(&crashing).await?;
+    let mut accepted = Vec::new();
+    let mut unanswered = None;
+    for n in 0..20 {
+        let (sender, minor, body) = nth_transfer(n);
+        match crashing.transfer(body).await {
+            Ok(reply) => {
+                ensure!(reply.status == 200, "{} {}", reply.status, reply.body);
+                accepted.push(transaction_id(&reply.body)?);
+            }
+            Err(_) => {
+                unanswered = Some((sender, minor));
+                break;
+            }
+        }
+    }
+    let status = crashing.wait_exit(Duration::from_secs(10)).await;
+    ensure_crashed_at(status, &crashing.log_path, point)?;
+    ensure!(
+        accepted.len() == 5,
+        "five transfers pass the point before the crash, not {}",
+        accepted.len()
+    );
+    let unanswered = unanswered.context("a request went unanswered")?;
+    let host = Host::start_on(namespace, release, crashing.port).await?;
+    Ok((accepted, unanswered, host))
+}
+
+async fn bounded(test: impl Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+    tokio::time::timeout(TEST_LIMIT, test)
+        .await
+        .context("the test exceeded its time limit")?
+}
+
+#[tokio::test]
+async fn a_crash_after_the_hold_publishes_nothing_and_strands_only_that_hold() -> anyhow::Result<()>
+{
+    bounded(async {
+        let namespace = Namespace::new().await?;
+        let (accepted, (sender, minor), _host) =
+            crash_while_accepting(&namespace, "after-hold").await?;
+        // Never produced, so it must never settle: give settlement time to prove it.
+        ensure_invariants(&namespace, &accepted, 0).await?;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let settled = namespace.settled_ids().await?;
+        ensure!(
+            settled.len() == accepted.len(),
+            "the transfer that crashed before its produce settled anyway"
+        );
+
+        // Today: its hold stays (nothing releases it); it is the only one left.
+        let holds = namespace.holds().await?;
+        ensure!(
+            holds.len() <= 1,
+            "only the unanswered transfer's hold may remain: {holds:?}"
+        );
+        if let Some(held) = holds.first() {
+            ensure!(
+                (held.user_id, held.amount_minor) == (sender, minor),
+                "the stranded hold is the unanswered transfer's ({sender}, {minor}): {held:?}"
+            );
+        }
+        if RECONCILER_RELEASES_STRANDED_HOLDS {
+            let deadline = tokio::time::Instant::now() + RECONCILER_LIMIT;
+            while !namespace.holds().await?.is_empty() {
+                ensure!(
+                    tokio::time::Instant::now() < deadline,
+                    "the reconciler did not release the stranded hold within {RECONCILER_LIMIT:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        } else {
+            eprintln!(
+                "stranded holds after the crash: {} (released by the reconciler once it exists)",
+                holds.len()
+            );
+        }
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_crash_after_the_produce_settles_the_unanswered_transfer_once() -> anyhow::Result<()> {
+    bounded(async {
+        let namespace = Namespace::new().await?;
+        let (accepted, _, _host) = crash_while_accepting(&namespace, "after-produce").await?;
+        // The broker acknowledged the sixth transfer: it is money in the log and must settle,
+        // once, although its sender never heard so.
+        ensure_invariants(&namespace, &accepted, 1).await?;
+        let total = namespace
+            .wait_settled(accepted.len() as i64 + 1, SETTLE_LIMIT)
+            .await?;
+        ensure!(
+            total == accepted.len() as i64 + 1,
+            "{total} transfers settled; the acknowledged one must settle too ({} expected)",
+            accepted.len() + 1
+        );
+        ensure_invariants(&namespace, &accepted, 1).await?;
+        ensure!(
+            namespace.holds().await?.is_empty(),
+            "settling the unanswered transfer released its hold"
+        );
+        Ok(())
+    })
+    .await
+}
+
+/// Messages per settlement batch in these tests: 30 transfers make at least three batches,
+/// so the crash (after the first batch) lands midway.
+const BATCH: &str = "10";
+const QUEUED: i64 = 30;
+
+/// After a crash in settlement: what was accepted, what had settled at the crash, and the
+/// processes that carry on (killed when dropped, at the end of the test).
+struct AfterCrash {
+    accepted: Vec<Uuid>,
+    settled_at_crash: HashSet<Uuid>,
+    _host: Host,
+    _worker: WorkerProcess,
+}
+
+/// A crash in the settlement worker: 30 transfers are accepted with no worker running, then
+/// a crash-points worker settles the first batch and dies at `point` in the second; a release
+/// worker takes over.
+async fn crash_while_settling(namespace: &Namespace, point: &str) -> anyhow::Result<AfterCrash> {
+    let mut api = HostOptions::new(namespace);
+    api.run_worker = false;
+    api.extra_env
+        .push(("TRANSFERD_SETTLEMENT_BATCH".to_string(), BATCH.to_string()));
+    let host = Host::start_with(namespace, api.clone()).await?;
+    fund(&host).await?;
+    let mut accepted = Vec::new();
+    for n in 0..QUEUED {
+        let reply = host.transfer(nth_transfer(n).2).await?;
+        ensure!(reply.status == 200, "{} {}", reply.status, reply.body);
+        accepted.push(transaction_id(&reply.body)?);
+    }
+    let mut crashing = WorkerProcess::start(namespace, &armed(&api, point, 1), "crashing")?;
+    let status = crashing.wait_exit(SETTLE_LIMIT).await;
+    ensure_crashed_at(status, &crashing.log_path, point)?;
+    let settled_at_crash = namespace.settled_among(&accepted).await?;
+    ensure!(
+        !settled_at_crash.is_empty() && settled_at_crash.len() < accepted.len(),
+        "the crash lands midway: {} of {} settled before it",
+        settled_at_crash.len(),
+        accepted.len()
+    );
+    let worker = WorkerProcess::start(namespace, &api, "release")?;
+    Ok(AfterCrash {
+        accepted,
+        settled_at_crash,
+        _host: host,
+        _worker: worker,
+    })
+}
+
+/// Holds left right after a crash on transfers the ledger had already settled.
+async fn holds_on(namespace: &Namespace, settled: &HashSet<Uuid>) -> anyhow::Result<usize> {
+    let ids: HashSet<String> = settled.iter().map(Uuid::to_string).collect();
+    Ok(namespace
+        .holds()
+        .await?
+        .iter()
+        .filter(|held| ids.contains(&held.transaction_id))
+        .count())
+}
+
+/// Every accepted transfer has its event; returns how many events came twice. Events follow
+/// the ledger commit by a moment, and a redelivered batch's come twice, so the topic is read
+/// again, asking for more, until every transfer's event is there or nothing more comes.
+async fn events_duplicated(namespace: &Namespace, accepted: &[Uuid]) -> anyhow::Result<usize> {
+    let topic = format!("{}transfer_events", namespace.topic_prefix());
+    let accepted: HashSet<Uuid> = accepted.iter().copied().collect();
+    let mut wanted = accepted.len();
+    loop {
+        let events = consume(KAFKA_BROKERS, &topic, wanted, Duration::from_secs(20)).await?;
+        let ids: HashSet<Uuid> = events
+            .iter()
+            .filter_map(|event| event.json["transaction_id"].as_str())
+            .filter_map(|id| Uuid::parse_str(id).ok())
+            .collect();
+        if ids == accepted {
+            return Ok(events.len() - ids.len());
+        }
+        ensure!(
+            events.len() == wanted && ids.is_subset(&accepted),
+            "events for {} of {} settled transfers ({} events, {} for unknown transfers)",
+            ids.intersection(&accepted).count(),
+            accepted.len(),
+            events.len(),
+            ids.difference(&accepted).count()
+        );
+        wanted = events.len() + accepted.difference(&ids).count();
+    }
+}
+
+#[tokio::test]
+async fn a_crash_after_the_ledger_commit_changes_nothing_twice() -> anyhow::Result<()> {
+    bounded(async {
+        let namespace = Namespace::new().await?;
+        let after = crash_while_settling(&namespace, "after-ledger-commit").await?;
+        let accepted = &after.accepted;
+        // The window was hit: the crashed batch is in the ledger, its holds still in Redis.
+        ensure!(
+            holds_on(&namespace, &after.settled_at_crash).await? > 0,
+            "the crash came after the cache update, not before it"
+        );
+        ensure_invariants(&namespace, accepted, 0).await?;
+        events_duplicated(&namespace, accepted).await?;
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_crash_after_the_cache_update_changes_nothing_twice() -> anyhow::Result<()> {
+    bounded(async {
+        let namespace = Namespace::new().await?;
+        let after = crash_while_settling(&namespace, "after-cache-update").await?;
+        let accepted = &after.accepted;
+        ensure!(
+            holds_on(&namespace, &after.settled_at_crash).await? == 0,
+            "the cache update released the settled transfers' holds before the crash"
+        );
+        ensure_invariants(&namespace, accepted, 0).await?;
+        events_duplicated(&namespace, accepted).await?;
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_crash_after_the_events_before_the_offset_commit_changes_nothing_twice()
+-> anyhow::Result<()> {
+    bounded(async {
+        let namespace = Namespace::new().await?;
+        let after = crash_while_settling(&namespace, "after-events").await?;
+        let accepted = &after.accepted;
+        ensure!(
+            holds_on(&namespace, &after.settled_at_crash).await? == 0,
+            "the cache update released the settled transfers' holds before the crash"
+        );
+        ensure_invariants(&namespace, accepted, 0).await?;
+        // The crashed batch's offsets were never committed: it came again, and its events
+        // with it (consumers dedupe by transaction id); the ledger applied it once.
+        let duplicated = events_duplicated(&namespace, accepted).await?;
+        ensure!(
+            duplicated > 0,
+            "the batch whose offsets were not committed was delivered again"
+        );
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test]
+async fn the_release_binary_has_no_crash_points() -> anyhow::Result<()> {
+    bounded(async {
+        let bytes = std::fs::read(transferd_binary())?;
+        let needle = b"TRANSFERD_CRASH_AT";
+        ensure!(
+            !bytes.windows(needle.len()).any(|window| window == needle),
+            "the release binary knows TRANSFERD_CRASH_AT"
+        );
+        // And armed, it does not crash.
+        let namespace = Namespace::new().await?;
+        let mut options = HostOptions::new(&namespace);
+        options.extra_env.push((
+            "TRANSFERD_CRASH_AT".to_string(),
+            "after-produce".to_string(),
+        ));
+        let mut host = Host::start_with(&namespace, options).await?;
+        fund(&host).await?;
+        for n in 0..3 {
+            let reply = host.transfer(nth_transfer(n).2).await?;
+            ensure!(reply.status == 200, "{} {}", reply.status, reply.body);
+        }
+        ensure!(host.is_running(), "the release binary crashed");
+        Ok(())
+    })
+    .await
+}

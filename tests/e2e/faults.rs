@@ -1,0 +1,179 @@
+//! Fault injection under load: while clients post transfers, Redis, PostgreSQL and the broker
+//! are each really stopped (not cut off by a proxy) and started again, and transferd is
+//! SIGKILLed and started again. Afterwards every transfer answered 200 must have settled
+//! exactly once and the ledger must add up; inside an outage only 503 (or, while transferd is
+//! dead, no answer) may replace 200/400, and outside one nothing may; transferd must come back
+//! from each dependency's outage by itself, as the same process.
+//!
+//! This stops the services every test uses, so it is its own test binary: `cargo test` runs
+//! test binaries one after another, and this one alone.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use transferd_e2e::load::{Fault, Load, LoadSettings, verify};
+use transferd_e2e::services::{Service, Services};
+use transferd_e2e::{Host, HostOptions, Namespace, log_tail};
+
+const USERS: i64 = 40;
+const CLIENTS: u64 = 12;
+/// Up to 5.00 against balances of 1,000.00: nearly every transfer is accepted.
+const MAX_MINOR: i64 = 500;
+/// Quiet load between faults.
+const STEADY: Duration = Duration::from_secs(5);
+/// How long Redis and PostgreSQL stay down.
+const OUTAGE: Duration = Duration::from_secs(5);
+/// The longest a fault may keep transferd from accepting transfers once the service is back.
+const RECOVERY_LIMIT: Duration = Duration::from_secs(30);
+const SETTLE_LIMIT: Duration = Duration::from_secs(60);
+/// The whole test, faults, settlement and checks included.
+const TEST_LIMIT: Duration = Duration::from_secs(300);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn faults_under_load_lose_nothing_and_double_nothing() -> anyhow::Result<()> {
+    tokio::time::timeout(TEST_LIMIT, run())
+        .await
+        .context("the fault test exceeded its time limit")?
+}
+
+/// The host under test and what it did that nobody asked for.
+struct Subject {
+    namespace: Namespace,
+    options: HostOptions,
+    host: Host,
+    /// Exits nobody caused, with their status and log: each is a failure.
+    unasked_exits: Vec<String>,
+}
+
+impl Subject {
+    /// Fails loudly (later) if transferd ended by itself, and starts it again so the rest of
+    /// the run still measures something.
+    async fn check_alive(&mut self, during: &str) -> anyhow::Result<()> {
+        if let Some(status) = self.host.exit_status() {
+            let report = format!(
+                "transferd exited by itself during {during}: {status}; its last log lines:\n{}",
+                log_tail(&self.host.log_path, 40)
+            );
+            eprintln!("{report}");
+            self.unasked_exits.push(report);
+            self.restart().await?;
+        }
+        Ok(())
+    }
+
+    async fn restart(&mut self) -> anyhow::Result<()> {
+        self.host.kill();
+        self.host = Host::start_on(&self.namespace, self.options.clone(), self.host.port).await?;
+        Ok(())
+    }
+}
+
+async fn run() -> anyhow::Result<()> {
+    let namespace = Namespace::new().await?;
+    let options = HostOptions::new(&namespace);
+    let host = Host::start_with(&namespace, options.clone()).await?;
+    for user in 1..=USERS {
+        host.deposit(user, "USD", "1000.00").await?;
+    }
+    let base_url = host.base_url.clone();
+    let mut subject = Subject {
+        namespace,
+        options,
+        host,
+        unasked_exits: Vec::new(),
+    };
+    let mut services = Services::new();
+    let load = Load::start(LoadSettings {
+        base_url: base_url.clone(),
+        users: USERS,
+        clients: CLIENTS,
+        max_minor: MAX_MINOR,
+        requests: None,
+        seed: 8,
+    })?;
+    let started = Instant::now();
+    let mut faults = Vec::new();
+    tokio::time::sleep(STEADY).await;
+    for (service, name, down) in [
+        (Service::Redis, "Redis stop/start", OUTAGE),
+        (Service::Postgres, "PostgreSQL stop/start", OUTAGE),
+        // Killed and started again at once: the outage is the broker's own restart.
+        (Service::Broker, "broker SIGKILL/restart", Duration::ZERO),
+    ] {
+        let fault = outage(&mut services, &load, service, name, down).await?;
+        subject.check_alive(name).await?;
+        faults.push(fault);
+        tokio::time::sleep(STEADY).await;
+        subject.check_alive(name).await?;
+    }
+    faults.push(kill_transferd(&mut subject, &load).await?);
+    tokio::time::sleep(STEADY).await;
+    subject.check_alive("the load after the faults").await?;
+    let outcomes = load.stop().await?;
+    let load_time = started.elapsed();
+
+    let checks_started = Instant::now();
+    let mut verdict = verify(
+        &subject.namespace,
+        &outcomes,
+        &faults,
+        SETTLE_LIMIT,
+        &base_url,
+    )
+    .await?;
+    subject.check_alive("settlement after the load").await?;
+    verdict.violations.append(&mut subject.unasked_exits);
+    eprintln!(
+        "fault test: {:.0}s of load, {:.0}s to settle and check\n{verdict}",
+        load_time.as_secs_f64(),
+        checks_started.elapsed().as_secs_f64()
+    );
+    anyhow::ensure!(
+        verdict.violations.is_empty(),
+        "{} invariants broken (figures above)",
+        verdict.violations.len()
+    );
+    Ok(())
+}
+
+/// Stops `service`, keeps it down for `down`, starts it, and waits for transferd to accept a
+/// transfer again.
+async fn outage(
+    services: &mut Services,
+    load: &Load,
+    service: Service,
+    name: &str,
+    down: Duration,
+) -> anyhow::Result<Fault> {
+    eprintln!("fault: {name}");
+    let started = Instant::now();
+    services.stop(service).await?;
+    tokio::time::sleep(down).await;
+    services.start(service).await?;
+    let restarted = Instant::now();
+    let recovered = load.wait_accepted_after(restarted, RECOVERY_LIMIT).await;
+    Ok(Fault {
+        name: name.to_string(),
+        kills_transferd: false,
+        started,
+        restarted,
+        recovered,
+    })
+}
+
+/// SIGKILL transferd under load and start it again on the same address.
+async fn kill_transferd(subject: &mut Subject, load: &Load) -> anyhow::Result<Fault> {
+    let name = "transferd SIGKILL/restart";
+    eprintln!("fault: {name}");
+    let started = Instant::now();
+    subject.restart().await?;
+    let restarted = Instant::now();
+    let recovered = load.wait_accepted_after(restarted, RECOVERY_LIMIT).await;
+    Ok(Fault {
+        name: name.to_string(),
+        kills_transferd: true,
+        started,
+        restarted,
+        recovered,
+    })
+}

@@ -1,0 +1,600 @@
+//! Steady transfer load for the fault tests and the soak, and the checks a payments engineer
+//! would run afterwards.
+//!
+//! Clients post small random transfers among funded accounts and record every answer with
+//! when it was sent and answered. Faults (a dependency stopped, transferd killed) are recorded
+//! as windows; [`verify`] then says which answers fell inside an outage, whether every
+//! accepted transfer settled exactly once, and whether the ledger still adds up.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+use crate::{Namespace, Random};
+
+/// The longest a client waits for one answer: above the host's Kafka and database timeouts,
+/// so a slow answer is still an answer.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// After a fault's first accepted transfer, answers still in flight may carry the outage's
+/// errors (they were decided before it ended); this much later everything must be normal.
+const RECOVERY_SLACK: Duration = Duration::from_secs(2);
+
+pub struct LoadSettings {
+    pub base_url: String,
+    /// Accounts 1..=users in USD, all funded beforehand.
+    pub users: i64,
+    pub clients: u64,
+    /// Largest amount, in minor units.
+    pub max_minor: i64,
+    /// Stop after this many requests in all (the soak); none: until stopped.
+    pub requests: Option<u64>,
+    pub seed: u64,
+}
+
+/// What a client got back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    Status(u16),
+    /// The connection was refused: the request never reached transferd.
+    Refused,
+    /// Sent, but no answer (connection dropped, or no answer within [`REQUEST_TIMEOUT`]): the
+    /// transfer may or may not have been accepted.
+    Lost(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub sent: Instant,
+    pub answered: Instant,
+    pub answer: Answer,
+    /// From a 200, or from a 503 whose outcome is unknown (`"status":"unknown"`).
+    pub transaction_id: Option<Uuid>,
+    /// A 503 saying the publish is in doubt: it may settle, at most once.
+    pub in_doubt: bool,
+}
+
+/// Running clients; every outcome is kept in arrival order.
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    outcomes: Arc<Mutex<Vec<Outcome>>>,
+    tasks: Vec<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Load {
+    pub fn start(settings: LoadSettings) -> anyhow::Result<Load> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let outcomes = Arc::new(Mutex::new(Vec::new()));
+        let issued = Arc::new(AtomicU64::new(0));
+        let settings = Arc::new(settings);
+        let mut tasks = Vec::new();
+        for client in 0..settings.clients {
+            let http = reqwest::Client::builder()
+                .timeout(REQUEST_TIMEOUT)
+                .build()?;
+            let context = ClientContext {
+                settings: Arc::clone(&settings),
+                stop: Arc::clone(&stop),
+                outcomes: Arc::clone(&outcomes),
+                issued: Arc::clone(&issued),
+                http,
+            };
+            tasks.push(tokio::spawn(run_client(context, client)));
+        }
+        Ok(Load {
+            stop,
+            outcomes,
+            tasks,
+        })
+    }
+
+    /// Whether every client is done (the request count is reached).
+    pub fn finished(&self) -> bool {
+        self.tasks.iter().all(JoinHandle::is_finished)
+    }
+
+    pub fn answered(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Requests answered 200 so far.
+    pub fn accepted(&self) -> usize {
+        self.lock()
+            .iter()
+            .filter(|outcome| outcome.answer == Answer::Status(200))
+            .count()
+    }
+
+    /// Waits until a request sent at or after `since` is answered 200; returns when.
+    pub async fn wait_accepted_after(&self, since: Instant, limit: Duration) -> Option<Instant> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let first = self
+                .lock()
+                .iter()
+                .rev()
+                .filter(|outcome| outcome.sent >= since && outcome.answer == Answer::Status(200))
+                .map(|outcome| outcome.answered)
+                .min();
+            if first.is_some() || Instant::now() >= deadline {
+                return first;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Stops the clients (requests in flight finish) and returns every outcome.
+    pub async fn stop(self) -> anyhow::Result<Vec<Outcome>> {
+        self.stop.store(true, Ordering::SeqCst);
+        for task in self.tasks {
+            task.await??;
+        }
+        let outcomes = std::mem::take(&mut *self.outcomes.lock().expect("outcomes lock"));
+        Ok(outcomes)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Outcome>> {
+        self.outcomes.lock().expect("outcomes lock")
+    }
+}
+
+struct ClientContext {
+    settings: Arc<LoadSettings>,
+    stop: Arc<AtomicBool>,
+    outcomes: Arc<Mutex<Vec<Outcome>>>,
+    issued: Arc<AtomicU64>,
+    http: reqwest::Client,
+}
+
+async fn run_client(context: ClientContext, client: u64) -> anyhow::Result<()> {
+    let settings = &context.settings;
+    let mut random = Random::new(settings.seed * 1_000 + client + 1);
+    let url = format!("{}/transfers", settings.base_url);
+    while !context.stop.load(Ordering::SeqCst) {
+        let number = context.issued.fetch_add(1, Ordering::SeqCst);
+        if settings.requests.is_some_and(|requests| number >= requests) {
+            break;
+        }
+        let body = random_transfer(&mut random, settings.users, settings.max_minor);
+        let outcome = post(&context.http, &url, &body).await;
+        let refused = outcome.answer == Answer::Refused;
+        context
+            .outcomes
+            .lock()
+            .expect("outcomes lock")
+            .push(outcome);
+        if refused {
+            // transferd is down: do not spin while it starts again.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    Ok(())
+}
+
+/// A transfer between two different funded accounts, 0.01 to `max_minor` minor units.
+fn random_transfer(random: &mut Random, users: i64, max_minor: i64) -> Value {
+    let sender = random.between(1, users);
+    let receiver = (sender + random.between(1, users - 1) - 1) % users + 1;
+    let minor = random.between(1, max_minor);
+    let amount = format!("{}.{:02}", minor / 100, minor % 100);
+    json!({"sender_id": sender, "receiver_id": receiver, "amount": amount, "currency": "USD"})
+}
+
+async fn post(http: &reqwest::Client, url: &str, body: &Value) -> Outcome {
+    let sent = Instant::now();
+    let (answer, reply) = match http.post(url).json(body).send().await {
+        Err(error) if error.is_connect() => (Answer::Refused, Value::Null),
+        Err(error) => (Answer::Lost(error.to_string()), Value::Null),
+        Ok(response) => {
+            let status = response.status().as_u16();
+            match response.text().await {
+                Ok(text) => (
+                    Answer::Status(status),
+                    serde_json::from_str(&text).unwrap_or(Value::Null),
+                ),
+                Err(error) => (Answer::Lost(error.to_string()), Value::Null),
+            }
+        }
+    };
+    let in_doubt = answer == Answer::Status(503) && reply["status"] == "unknown";
+    let transaction_id = reply["transaction_id"]
+        .as_str()
+        .and_then(|id| Uuid::parse_str(id).ok())
+        .filter(|_| answer == Answer::Status(200) || in_doubt);
+    Outcome {
+        sent,
+        answered: Instant::now(),
+        answer,
+        transaction_id,
+        in_doubt,
+    }
+}
+
+/// One fault the test caused.
+#[derive(Debug, Clone)]
+pub struct Fault {
+    pub name: String,
+    /// transferd itself was killed: refused and lost connections are expected inside.
+    pub kills_transferd: bool,
+    pub started: Instant,
+    /// The service (or transferd) was running again.
+    pub restarted: Instant,
+    /// The first transfer sent after the restart was accepted (none: it never recovered).
+    pub recovered: Option<Instant>,
+}
+
+impl Fault {
+    /// Answers overlapping this span fell inside the outage.
+    fn window(&self, end_of_run: Instant) -> (Instant, Instant) {
+        let end = self
+            .recovered
+            .map_or(end_of_run, |recovered| recovered + RECOVERY_SLACK);
+        (self.started, end)
+    }
+
+    fn contains(&self, outcome: &Outcome, end_of_run: Instant) -> bool {
+        let (start, end) = self.window(end_of_run);
+        outcome.sent <= end && outcome.answered >= start
+    }
+}
+
+/// What the checks found: figures, and every broken invariant in words.
+#[derive(Debug, Default)]
+pub struct Verdict {
+    pub requests: usize,
+    pub accepted: usize,
+    pub insufficient: usize,
+    pub unavailable: usize,
+    pub in_doubt: usize,
+    pub refused: usize,
+    pub lost: usize,
+    pub accepted_settled: usize,
+    pub in_doubt_settled: usize,
+    /// Settled transfers nobody was told about (requests lost in flight).
+    pub unattributed_settled: usize,
+    pub completed: i64,
+    pub rejected: i64,
+    /// Holds of transfers that never settled: released later by the reconciler.
+    pub stranded_holds: usize,
+    pub faults: Vec<String>,
+    pub violations: Vec<String>,
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "requests {}: accepted (200) {}, insufficient funds (400) {}, 503 {} (in doubt {}), refused {}, lost in flight {}",
+            self.requests,
+            self.accepted,
+            self.insufficient,
+            self.unavailable,
+            self.in_doubt,
+            self.refused,
+            self.lost
+        )?;
+        writeln!(
+            f,
+            "settled: {} of {} accepted, {} of {} in doubt, {} unattributed; ledger {} completed, {} rejected",
+            self.accepted_settled,
+            self.accepted,
+            self.in_doubt_settled,
+            self.in_doubt,
+            self.unattributed_settled,
+            self.completed,
+            self.rejected
+        )?;
+        writeln!(
+            f,
+            "holds of unsettled transfers left for the reconciler: {}",
+            self.stranded_holds
+        )?;
+        for fault in &self.faults {
+            writeln!(f, "fault: {fault}")?;
+        }
+        if self.violations.is_empty() {
+            writeln!(f, "every invariant holds")
+        } else {
+            writeln!(f, "{} invariants broken:", self.violations.len())?;
+            for violation in &self.violations {
+                writeln!(f, "  - {violation}")?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Checks everything after the load stopped and the services run again. `settle_limit`
+/// bounds the wait for settlement; `base_url` is a running host, asked about accepted
+/// transfers as a client would.
+pub async fn verify(
+    namespace: &Namespace,
+    outcomes: &[Outcome],
+    faults: &[Fault],
+    settle_limit: Duration,
+    base_url: &str,
+) -> anyhow::Result<Verdict> {
+    let mut verdict = Verdict::default();
+    count_answers(&mut verdict, outcomes);
+    check_answers_against_faults(&mut verdict, outcomes, faults);
+    describe_faults(&mut verdict, faults);
+    check_settlement(&mut verdict, namespace, outcomes, faults, settle_limit).await?;
+    check_ledger(&mut verdict, namespace).await?;
+    check_holds(&mut verdict, namespace).await?;
+    check_reads(&mut verdict, outcomes, base_url).await?;
+    Ok(verdict)
+}
+
+fn count_answers(verdict: &mut Verdict, outcomes: &[Outcome]) {
+    verdict.requests = outcomes.len();
+    for outcome in outcomes {
+        match &outcome.answer {
+            Answer::Status(200) => verdict.accepted += 1,
+            Answer::Status(400) => verdict.insufficient += 1,
+            Answer::Status(503) => verdict.unavailable += 1,
+            Answer::Status(_) => {}
+            Answer::Refused => verdict.refused += 1,
+            Answer::Lost(_) => verdict.lost += 1,
+        }
+        if outcome.in_doubt {
+            verdict.in_doubt += 1;
+        }
+    }
+}
+
+/// Only 503 (or, while transferd is dead, no answer) inside an outage; only 200 and 400
+/// outside. Broken answers are grouped by kind, with the first example of each.
+fn check_answers_against_faults(verdict: &mut Verdict, outcomes: &[Outcome], faults: &[Fault]) {
+    let end_of_run = outcomes
+        .iter()
+        .map(|outcome| outcome.answered)
+        .max()
+        .unwrap_or_else(Instant::now);
+    let start = outcomes
+        .iter()
+        .map(|outcome| outcome.sent)
+        .min()
+        .unwrap_or_else(Instant::now);
+    let mut broken: BTreeMap<String, (usize, String)> = BTreeMap::new();
+    for outcome in outcomes {
+        let inside: Vec<&Fault> = faults
+            .iter()
+            .filter(|fault| fault.contains(outcome, end_of_run))
+            .collect();
+        let transferd_dead = inside.iter().any(|fault| fault.kills_transferd);
+        let allowed = match &outcome.answer {
+            Answer::Status(200 | 400) => true,
+            Answer::Status(503) => !inside.is_empty(),
+            Answer::Refused | Answer::Lost(_) => transferd_dead,
+            Answer::Status(_) => false,
+        };
+        if !allowed {
+            let place = match inside.first() {
+                Some(fault) => format!("during {}", fault.name),
+                None => "outside every outage".to_string(),
+            };
+            let answer = match &outcome.answer {
+                Answer::Status(status) => status.to_string(),
+                Answer::Refused => "refused".to_string(),
+                Answer::Lost(_) => "lost".to_string(),
+            };
+            let example = format!(
+                "sent at {:.1}s: {:?}",
+                outcome.sent.duration_since(start).as_secs_f64(),
+                outcome.answer
+            );
+            let entry = broken
+                .entry(format!("{answer} {place}"))
+                .or_insert((0, example));
+            entry.0 += 1;
+        }
+    }
+    for (kind, (count, example)) in broken {
+        verdict
+            .violations
+            .push(format!("{count} answers {kind} (first {example})"));
+    }
+}
+
+fn describe_faults(verdict: &mut Verdict, faults: &[Fault]) {
+    for fault in faults {
+        let down = fault.restarted.duration_since(fault.started);
+        match fault.recovered {
+            Some(recovered) => verdict.faults.push(format!(
+                "{}: down {:.1}s, first accepted transfer {:.2}s after the restart",
+                fault.name,
+                down.as_secs_f64(),
+                recovered.duration_since(fault.restarted).as_secs_f64()
+            )),
+            None => {
+                verdict.faults.push(format!(
+                    "{}: down {:.1}s, never recovered",
+                    fault.name,
+                    down.as_secs_f64()
+                ));
+                verdict.violations.push(format!(
+                    "transferd accepted no transfer after {} ended",
+                    fault.name
+                ));
+            }
+        }
+    }
+}
+
+/// Every 200 settles exactly once; an in-doubt 503 at most once; nothing settles that no
+/// request could have caused.
+async fn check_settlement(
+    verdict: &mut Verdict,
+    namespace: &Namespace,
+    outcomes: &[Outcome],
+    faults: &[Fault],
+    settle_limit: Duration,
+) -> anyhow::Result<()> {
+    let accepted: Vec<Uuid> = ids(outcomes, |outcome| outcome.answer == Answer::Status(200));
+    let in_doubt: Vec<Uuid> = ids(outcomes, |outcome| outcome.in_doubt);
+    let unique: HashSet<Uuid> = accepted.iter().copied().collect();
+    if unique.len() != accepted.len() {
+        verdict.violations.push(format!(
+            "{} transaction ids answered 200 more than once",
+            accepted.len() - unique.len()
+        ));
+    }
+    let settled = namespace.wait_ids_settled(&accepted, settle_limit).await?;
+    verdict.accepted_settled = settled.len();
+    let missing: Vec<&Outcome> = outcomes
+        .iter()
+        .filter(|outcome| {
+            outcome.answer == Answer::Status(200)
+                && outcome
+                    .transaction_id
+                    .is_some_and(|id| !settled.contains(&id))
+        })
+        .collect();
+    if !missing.is_empty() {
+        verdict.violations.push(format!(
+            "{} transfers answered 200 never settled (within {settle_limit:?}); {}",
+            missing.len(),
+            when_relative_to_faults(&missing, faults)
+        ));
+    }
+    verdict.in_doubt_settled = namespace.settled_among(&in_doubt).await?.len();
+
+    let all_settled: HashSet<Uuid> = namespace.settled_ids().await?.into_iter().collect();
+    let known: HashSet<Uuid> = accepted.iter().chain(&in_doubt).copied().collect();
+    verdict.unattributed_settled = all_settled.difference(&known).count();
+    if verdict.unattributed_settled > verdict.lost {
+        verdict.violations.push(format!(
+            "{} settled transfers were never answered 200 or in doubt, but only {} requests were lost in flight",
+            verdict.unattributed_settled, verdict.lost
+        ));
+    }
+    Ok(())
+}
+
+fn ids(outcomes: &[Outcome], keep: impl Fn(&Outcome) -> bool) -> Vec<Uuid> {
+    outcomes
+        .iter()
+        .filter(|outcome| keep(outcome))
+        .filter_map(|outcome| outcome.transaction_id)
+        .collect()
+}
+
+/// For lost transfers: how many were answered within a second before each fault started.
+fn when_relative_to_faults(missing: &[&Outcome], faults: &[Fault]) -> String {
+    let mut parts = Vec::new();
+    for fault in faults {
+        let just_before = missing
+            .iter()
+            .filter(|outcome| {
+                outcome.answered <= fault.started
+                    && fault.started.duration_since(outcome.answered) <= Duration::from_secs(1)
+            })
+            .count();
+        let during = missing
+            .iter()
+            .filter(|outcome| outcome.answered > fault.started && outcome.sent <= fault.restarted)
+            .count();
+        parts.push(format!(
+            "{just_before} answered in the second before {}, {during} during it",
+            fault.name
+        ));
+    }
+    parts.join("; ")
+}
+
+async fn check_ledger(verdict: &mut Verdict, namespace: &Namespace) -> anyhow::Result<()> {
+    let check = namespace.check_ledger().await?;
+    verdict.completed = check.completed_transfers;
+    verdict.rejected = check.rejected_transfers;
+    if !check.nonzero_currency_sums.is_empty() {
+        verdict.violations.push(format!(
+            "money created or destroyed: balances sum to {:?}",
+            check.nonzero_currency_sums
+        ));
+    }
+    if check.negative_accounts != 0 {
+        verdict.violations.push(format!(
+            "{} user balances are negative",
+            check.negative_accounts
+        ));
+    }
+    if check.unbalanced_transfers != 0 || check.transfer_entries != 2 * check.completed_transfers {
+        verdict.violations.push(format!(
+            "{} transfers without exactly two balancing journal entries ({} entries for {} completed)",
+            check.unbalanced_transfers, check.transfer_entries, check.completed_transfers
+        ));
+    }
+    if check.balances_off_journal != 0 {
+        verdict.violations.push(format!(
+            "{} balances differ from the sum of their journal entries",
+            check.balances_off_journal
+        ));
+    }
+    let off = namespace.cache_off_ledger().await?;
+    if !off.is_empty() {
+        verdict.violations.push(format!(
+            "{} cached balances differ from the ledger, e.g. {:?}",
+            off.len(),
+            off.first()
+        ));
+    }
+    Ok(())
+}
+
+/// No hold may remain on a settled transfer. Holds of transfers that never settled (a crash
+/// after the hold, a publish in doubt) are stranded until the reconciler releases them: they
+/// are counted, not failed, until it exists.
+async fn check_holds(verdict: &mut Verdict, namespace: &Namespace) -> anyhow::Result<()> {
+    let holds = namespace.holds().await?;
+    let ids: Vec<Uuid> = holds
+        .iter()
+        .filter_map(|held| Uuid::parse_str(&held.transaction_id).ok())
+        .collect();
+    let settled = namespace.settled_among(&ids).await?;
+    let on_settled = ids.iter().filter(|id| settled.contains(id)).count();
+    if on_settled > 0 {
+        verdict
+            .violations
+            .push(format!("{on_settled} holds remain on settled transfers"));
+    }
+    verdict.stranded_holds = holds.len() - on_settled;
+    Ok(())
+}
+
+/// `GET /transfers/{id}` of accepted transfers, as their senders would ask: never 404. A
+/// sample of at most 200, spread over the run.
+async fn check_reads(
+    verdict: &mut Verdict,
+    outcomes: &[Outcome],
+    base_url: &str,
+) -> anyhow::Result<()> {
+    let accepted = ids(outcomes, |outcome| outcome.answer == Answer::Status(200));
+    let step = (accepted.len() / 200).max(1);
+    let client = reqwest::Client::builder()
+        .timeout(REQUEST_TIMEOUT)
+        .build()?;
+    let mut not_found = 0;
+    let mut asked = 0;
+    for id in accepted.iter().step_by(step) {
+        let response = client
+            .get(format!("{base_url}/transfers/{id}"))
+            .send()
+            .await?;
+        asked += 1;
+        if response.status() == 404 {
+            not_found += 1;
+        }
+    }
+    if not_found > 0 {
+        verdict.violations.push(format!(
+            "GET /transfers/{{id}} answered 404 for {not_found} of {asked} accepted transfers"
+        ));
+    }
+    Ok(())
+}
