@@ -55,6 +55,7 @@ async fn slow_capabilities(database_timeout_ms: u64) -> anyhow::Result<Arc<Capab
         database_timeout_ms,
         database_connections: 4,
         redis_timeout_ms: 100,
+        drain_timeout_ms: 10_000,
     };
     Ok(Arc::new(Capabilities {
         ledger: Ledger::connect(&services).await?,

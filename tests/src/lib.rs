@@ -257,7 +257,7 @@ pub async fn run_to_end(
     subcommand: &str,
     limit: Duration,
 ) -> anyhow::Result<String> {
-    let mut command = transferd_command(namespace, options, subcommand, subcommand)?;
+    let (mut command, _log_path) = transferd_command(namespace, options, subcommand, subcommand)?;
     command.stdout(Stdio::piped());
     let child = tokio::process::Command::from(command)
         .kill_on_drop(true)
