@@ -102,7 +102,28 @@ async fn stale_holds_of_settled_and_absent_transfers_are_released() -> anyhow::R
     let balances = host.get_json("/accounts/1/balances").await?;
     assert_eq!(balances["balances"][0]["available_minor"], 9_900 - 1_100);
 
+    // A transfer accepted while Redis was down keeps a pending row in PostgreSQL instead.
+    let ledger = namespace.ledger().await?;
+    let row_never_written = minted_ago(600);
+    let young_row = Uuid::now_v7();
+    for (id, age_seconds) in [(row_never_written, 600.0), (young_row, 0.0)] {
+        sqlx::query(
+            "INSERT INTO pending_transfers (transaction_id, sender_id, currency, amount_minor, message, accepted_at)
+             VALUES ($1, 1, 'USD', 500, '{}', now() - make_interval(secs => $2))",
+        )
+        .bind(id)
+        .bind(age_seconds)
+        .execute(&ledger)
+        .await?;
+    }
+
     let report = reconcile(&namespace, 30_000).await?;
+    assert_eq!(report["pending_rows"], 1, "{report}");
+    assert_eq!(report["pending_rows_released"], 1, "{report}");
+    let rows: Vec<Uuid> = sqlx::query_scalar("SELECT transaction_id FROM pending_transfers")
+        .fetch_all(&ledger)
+        .await?;
+    assert_eq!(rows, vec![young_row], "only the young pending row stays");
     assert_eq!(report["holds"], 3, "{report}");
     assert_eq!(report["young"], 1, "{report}");
     assert_eq!(report["released_settled"], 1, "{report}");

@@ -54,6 +54,10 @@ pub struct Report {
     pub kept: usize,
     /// Whether settlement had consumed the log as far as it reached when the pass began.
     pub log_consumed: bool,
+    /// Old PostgreSQL pending rows (transfers accepted while Redis was down) found.
+    pub pending_rows: usize,
+    /// Of those, deleted: settled, or provably never written.
+    pub pending_rows_released: usize,
 }
 
 /// What to do with one hold.
@@ -173,6 +177,14 @@ pub async fn pass(
         log_consumed,
         ..Report::default()
     };
+    release_pending_rows(
+        capabilities,
+        began_ms,
+        min_age_ms,
+        log_consumed,
+        &mut report,
+    )
+    .await?;
     for (hold, id) in holds.iter().zip(&ids) {
         let age_ms = id
             .as_ref()
@@ -193,6 +205,45 @@ pub async fn pass(
         }
     }
     Ok(report)
+}
+
+/// The same rule for PostgreSQL pending rows, which stand in for the Redis pending record of a
+/// transfer accepted while Redis was down (settlement deletes them in its own transaction).
+async fn release_pending_rows(
+    capabilities: &Capabilities,
+    began_ms: u64,
+    min_age_ms: u64,
+    log_consumed: bool,
+    report: &mut Report,
+) -> Result<(), ReconcileError> {
+    let cutoff_ms = i64::try_from(began_ms.saturating_sub(min_age_ms)).unwrap_or(i64::MAX);
+    let cutoff = chrono::DateTime::from_timestamp_millis(cutoff_ms).unwrap_or_default();
+    let rows = capabilities
+        .ledger
+        .pending_older_than(cutoff, MAX_HOLDS_PER_PASS as i64)
+        .await?;
+    let ids: Vec<Uuid> = rows.iter().map(|row| row.transaction_id).collect();
+    let settled = capabilities.ledger.settled_among(&ids).await?;
+    let released: Vec<Uuid> = ids
+        .iter()
+        .filter(|id| {
+            let verdict = verdict(
+                Some(min_age_ms),
+                min_age_ms,
+                settled.contains(id),
+                log_consumed,
+            );
+            matches!(verdict, Verdict::ReleaseSettled | Verdict::ReleaseAbsent)
+        })
+        .copied()
+        .collect();
+    capabilities.ledger.delete_pending(&released).await?;
+    for id in &released {
+        tracing::info!(transaction_id = %id, settled = settled.contains(id), "deleted a stale pending row");
+    }
+    report.pending_rows = rows.len();
+    report.pending_rows_released = released.len();
+    Ok(())
 }
 
 /// Waits (at most `wait`) until settlement has committed offsets up to `ends`.
