@@ -144,4 +144,4 @@ start_redis
 start_tansu
 create_database transferd
 create_topic transfer_topic 6
-log "PostgreSQL 5432, Redis 6379 and Tansu $KAFKA_PORT ($BROKER_STORAGE storage) are up"
+log "PostgreSQL 5432, Redis 6379 and Tansu $KAFKA_PORT are up"
