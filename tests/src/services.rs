@@ -133,6 +133,16 @@ async fn run(program: &str, arguments: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Runs a command that starts a long-lived service, without any descriptor beyond stdin,
+/// stdout and stderr: a service that inherited one (a lock held by whoever runs the tests, for
+/// instance) would hold it for as long as it lives.
+async fn run_service_start(program: &str, arguments: &[&str]) -> anyhow::Result<()> {
+    const CLOSE_INHERITED: &str = r#"for fd in /proc/$$/fd/*; do n=${fd##*/}; if [ "$n" -gt 2 ]; then eval "exec $n>&-"; fi; done; exec "$@""#;
+    let mut all = vec!["-c", CLOSE_INHERITED, "bash", program];
+    all.extend_from_slice(arguments);
+    run("bash", &all).await
+}
+
 /// The cluster scripts/services.sh starts: the newest installed PostgreSQL's `main`.
 fn postgres_version() -> anyhow::Result<String> {
     let mut versions: Vec<String> = std::fs::read_dir("/etc/postgresql")
@@ -163,7 +173,7 @@ async fn stop_postgres() -> anyhow::Result<()> {
 
 async fn start_postgres() -> anyhow::Result<()> {
     let version = postgres_version()?;
-    run(
+    run_service_start(
         "pg_ctlcluster",
         &["--skip-systemctl-redirect", &version, "main", "start"],
     )
@@ -214,7 +224,7 @@ async fn start_redis(arguments: Option<&[String]>) -> anyhow::Result<()> {
     match arguments {
         Some(arguments) => {
             let arguments: Vec<&str> = arguments.iter().map(String::as_str).collect();
-            run("redis-server", &arguments).await?;
+            run_service_start("redis-server", &arguments).await?;
         }
         // Never stopped by us, or its settings unknown: the project's own start.
         None => run_services_script().await?,
@@ -250,5 +260,5 @@ async fn start_broker() -> anyhow::Result<()> {
 async fn run_services_script() -> anyhow::Result<()> {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/services.sh");
     let script = script.to_string_lossy().to_string();
-    run("bash", &[&script]).await
+    run_service_start("bash", &[&script]).await
 }
