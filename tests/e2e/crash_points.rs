@@ -24,12 +24,28 @@ const TEST_LIMIT: Duration = Duration::from_secs(150);
 const SETTLE_LIMIT: Duration = Duration::from_secs(60);
 const USERS: i64 = 4;
 
-/// The lead's hold reconciler (issue 8, item 4) releases a hold whose transfer never reached
-/// the log. Until it exists, the hold stranded by a crash after the hold is only counted; set
-/// this to true with the reconciler and the test waits for the release.
-const RECONCILER_RELEASES_STRANDED_HOLDS: bool = false;
-/// How long the reconciler may take to release a stranded hold once it exists.
+/// How long the hold reconciler (running every second, judging holds older than
+/// [`RECONCILE_MIN_AGE_MS`]) may take to release a stranded hold.
 const RECONCILER_LIMIT: Duration = Duration::from_secs(60);
+const RECONCILE_MIN_AGE_MS: u64 = 6_000;
+
+/// Short timeouts so the reconciler may judge a hold a few seconds old: the minimum age must
+/// exceed the guest's timeout, which must exceed two Kafka timeouts and a database one.
+fn with_quick_reconciler(mut options: HostOptions) -> HostOptions {
+    options.kafka_timeout_ms = 1_000;
+    for (name, value) in [
+        ("TRANSFERD_GUEST_TIMEOUT_MS", "5000".to_string()),
+        ("TRANSFERD_RECONCILE_INTERVAL_MS", "1000".to_string()),
+        (
+            "TRANSFERD_RECONCILE_MIN_AGE_MS",
+            RECONCILE_MIN_AGE_MS.to_string(),
+        ),
+        ("TRANSFERD_RECONCILE_WAIT_MS", "5000".to_string()),
+    ] {
+        options.extra_env.push((name.to_string(), value));
+    }
+    options
+}
 
 fn transfer(sender_id: i64, receiver_id: i64, amount: &str) -> Value {
     json!({"sender_id": sender_id, "receiver_id": receiver_id, "amount": amount, "currency": "USD"})
@@ -153,7 +169,7 @@ async fn crash_while_accepting(
     namespace: &Namespace,
     point: &str,
 ) -> anyhow::Result<(Vec<Uuid>, (i64, i64), Host)> {
-    let release = HostOptions::new(namespace);
+    let release = with_quick_reconciler(HostOptions::new(namespace));
     let mut crashing = Host::start_with(namespace, armed(&release, point, 5)).await?;
     fund(&crashing).await?;
     let mut accepted = Vec::new();
@@ -205,7 +221,7 @@ async fn a_crash_after_the_hold_publishes_nothing_and_strands_only_that_hold() -
             "the transfer that crashed before its produce settled anyway"
         );
 
-        // Today: its hold stays (nothing releases it); it is the only one left.
+        // Its hold stays for now; it is the only one left.
         let holds = namespace.holds().await?;
         ensure!(
             holds.len() <= 1,
@@ -217,20 +233,14 @@ async fn a_crash_after_the_hold_publishes_nothing_and_strands_only_that_hold() -
                 "the stranded hold is the unanswered transfer's ({sender}, {minor}): {held:?}"
             );
         }
-        if RECONCILER_RELEASES_STRANDED_HOLDS {
-            let deadline = tokio::time::Instant::now() + RECONCILER_LIMIT;
-            while !namespace.holds().await?.is_empty() {
-                ensure!(
-                    tokio::time::Instant::now() < deadline,
-                    "the reconciler did not release the stranded hold within {RECONCILER_LIMIT:?}"
-                );
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-        } else {
-            eprintln!(
-                "stranded holds after the crash: {} (released by the reconciler once it exists)",
-                holds.len()
+        // The reconciler releases it: old enough, the log consumed, not in the ledger.
+        let deadline = tokio::time::Instant::now() + RECONCILER_LIMIT;
+        while !namespace.holds().await?.is_empty() {
+            ensure!(
+                tokio::time::Instant::now() < deadline,
+                "the reconciler did not release the stranded hold within {RECONCILER_LIMIT:?}"
             );
+            tokio::time::sleep(Duration::from_millis(500)).await;
         }
         Ok(())
     })

@@ -137,3 +137,43 @@ async fn a_worker_process_stops_within_the_drain_time_while_retrying() -> anyhow
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn sigterm_waits_for_a_decision_whose_client_left() -> anyhow::Result<()> {
+    let namespace = Namespace::new().await?;
+    let mut options = with_drain(HostOptions::new(&namespace));
+    // No broker: the publish waits out the Kafka timeout and ends in doubt.
+    options.kafka_brokers = format!("127.0.0.1:{}", free_port());
+    options.kafka_timeout_ms = 1_500;
+    let mut host = Host::start_with(&namespace, options).await?;
+    host.deposit(1, "USD", "10.00").await?;
+    host.deposit(2, "USD", "10.00").await?;
+    let url = format!("{}/transfers", host.base_url);
+    let client = host.client.clone();
+    let gone = tokio::time::timeout(
+        Duration::from_millis(300),
+        client
+            .post(url)
+            .header("content-type", "application/json")
+            .body(r#"{"sender_id": 1, "receiver_id": 2, "amount": "1.00", "currency": "USD"}"#)
+            .send(),
+    )
+    .await;
+    assert!(gone.is_err(), "the client leaves before the answer");
+
+    let status = host.terminate(EXIT_BOUND).await?;
+    assert!(
+        status.is_some(),
+        "still running {EXIT_BOUND:?} after SIGTERM"
+    );
+    let log = host.log();
+    let decided = log
+        .find("publish in doubt")
+        .ok_or_else(|| anyhow::anyhow!("the abandoned decision never finished:\n{log}"))?;
+    let exited = log.find("transferd exits").unwrap_or(usize::MAX);
+    assert!(
+        decided < exited,
+        "the decision ended before the process did"
+    );
+    Ok(())
+}

@@ -20,6 +20,7 @@ use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use serde_json::json;
 use tokio::net::TcpListener;
+use tokio_util::task::TaskTracker;
 
 use crate::capabilities::Capabilities;
 use crate::capabilities::guard::ViolationCounts;
@@ -45,6 +46,8 @@ pub struct App {
     /// Host checks the guests broke on this replica, by version.
     pub violations: Arc<ViolationCounts>,
     pub admin_token: Option<String>,
+    /// Transfer decisions, each its own task: shutdown waits for the ones whose client left.
+    pub decisions: TaskTracker,
 }
 
 impl App {
@@ -121,6 +124,7 @@ pub async fn serve(settings: Serve, mut signals: Signals) -> anyhow::Result<()> 
         shadow_book: Arc::new(ShadowBook::default()),
         violations: Arc::new(ViolationCounts::default()),
         admin_token: settings.admin_token.clone(),
+        decisions: TaskTracker::new(),
     });
     let listener = TcpListener::bind(settings.listen)
         .await
@@ -176,10 +180,13 @@ pub async fn serve(settings: Serve, mut signals: Signals) -> anyhow::Result<()> 
             settlement::log_end(worker.await);
         }
     };
+    // A decision whose client already left is no connection's any more; wait for it too, so
+    // its hold and publish end the way a finished request's would.
+    app.decisions.close();
     shutdown::within(
         deadline,
-        "requests in flight and the settlement worker",
-        async { tokio::join!(graceful.shutdown(), worker_stopped) },
+        "requests in flight, transfer decisions and the settlement worker",
+        async { tokio::join!(graceful.shutdown(), app.decisions.wait(), worker_stopped) },
     )
     .await;
     let flush_time = deadline.saturating_duration_since(tokio::time::Instant::now());

@@ -37,8 +37,9 @@ pub async fn create(
     let transaction_id = uuid::Uuid::now_v7();
     // Its own task: a client that disconnects, or anything else that drops this handler,
     // cannot stop a decision between its hold and its acknowledgement.
-    let app = Arc::clone(app);
-    tokio::spawn(async move { decide(&app, transaction_id, request).await })
+    let task_app = Arc::clone(app);
+    app.decisions
+        .spawn(async move { decide(&task_app, transaction_id, request).await })
         .await
         .map_err(|error| ApiError::Internal(format!("the transfer task failed: {error}")))?
 }
