@@ -5,6 +5,9 @@ set -euo pipefail
 source "$(dirname "$0")/env.sh"
 cd "$TRANSFERD_ROOT"
 
+# The shared broker runs in memory mode for tests: fast, and no test depends on what an
+# earlier run left. Tests of durability start private SQLite brokers of their own.
+export TRANSFERD_BROKER_STORAGE="${TRANSFERD_BROKER_STORAGE:-memory}"
 "$TRANSFERD_ROOT/scripts/services.sh"
 
 log "checking formatting and lints"
