@@ -126,6 +126,28 @@ struct Fields {
     amount_minor: Value,
 }
 
+/// Admits one publish of a call, for the live and the replayed imports alike: checks it,
+/// counts it, and on a violation keeps the violation and returns the trap that stops the
+/// guest. Returns the message's `amount_minor`.
+pub fn admit(
+    expected: &Expected,
+    publishes: &mut u32,
+    violation: &mut Option<Violation>,
+    outgoing: &Outgoing,
+) -> wasmtime::Result<i64> {
+    match check_publish(expected, *publishes, outgoing) {
+        Ok(amount_minor) => {
+            *publishes += 1;
+            Ok(amount_minor)
+        }
+        Err(broken) => {
+            let description = broken.describe();
+            *violation = Some(broken);
+            Err(wasmtime::Error::msg(description))
+        }
+    }
+}
+
 /// Checks one publish of a call, `publishes_before` being how many this call made already.
 /// Returns the message's `amount_minor` (what the hold covers).
 pub fn check_publish(

@@ -21,15 +21,12 @@ impl publish::Host for RequestState {
     ) -> wasmtime::Result<Result<(), PublishError>> {
         let outgoing = Outgoing::from(message);
         // Checked before anything is held or sent; a broken rule is the guest's fault: trap.
-        let amount_minor = match guard::check_publish(&self.expected, self.publishes, &outgoing) {
-            Ok(amount_minor) => amount_minor,
-            Err(violation) => {
-                let description = violation.describe();
-                self.violation = Some(violation);
-                return Err(wasmtime::Error::msg(description));
-            }
-        };
-        self.publishes += 1;
+        let amount_minor = guard::admit(
+            &self.expected,
+            &mut self.publishes,
+            &mut self.violation,
+            &outgoing,
+        )?;
         self.publication.set(Publication::InFlight);
         // Its own task: a guest timeout that drops this call cannot stop a publish between
         // the hold and the acknowledgement; the task always records how it ended.

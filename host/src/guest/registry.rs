@@ -59,6 +59,54 @@ pub fn invariant_vectors() -> Vec<Vector> {
         .collect()
 }
 
+/// Stores a version's bytes; storing the same bytes again changes nothing.
+async fn insert_version<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
+    version: &str,
+    bytes: &[u8],
+    uploaded_by: &str,
+    note: Option<&str>,
+) -> Result<(), RegistryError> {
+    sqlx::query(
+        "INSERT INTO guest_versions (version, bytes, size_bytes, uploaded_by, note)
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (version) DO NOTHING",
+    )
+    .bind(version)
+    .bind(bytes)
+    .bind(bytes.len() as i64)
+    .bind(uploaded_by)
+    .bind(note)
+    .execute(executor)
+    .await?;
+    Ok(())
+}
+
+/// Appends a registry change and announces it. The notification is delivered at commit, so
+/// no replica reads the registry before the row is there.
+async fn append_activation(
+    transaction: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    version: &str,
+    action: &str,
+    percent: Option<i16>,
+    activated_by: &str,
+) -> Result<(), RegistryError> {
+    sqlx::query(
+        "INSERT INTO guest_activations (version, action, percent, activated_by) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(version)
+    .bind(action)
+    .bind(percent)
+    .bind(activated_by)
+    .execute(&mut **transaction)
+    .await?;
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(CHANNEL)
+        .bind(version)
+        .execute(&mut **transaction)
+        .await?;
+    Ok(())
+}
+
 /// Compiles `bytes`, checks them against the world and runs every invariant vector.
 pub async fn check(
     engine: &Arc<GuestEngine>,
@@ -141,18 +189,7 @@ impl Registry {
         uploaded_by: &str,
         note: Option<&str>,
     ) -> Result<(), RegistryError> {
-        sqlx::query(
-            "INSERT INTO guest_versions (version, bytes, size_bytes, uploaded_by, note)
-             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (version) DO NOTHING",
-        )
-        .bind(version)
-        .bind(bytes)
-        .bind(bytes.len() as i64)
-        .bind(uploaded_by)
-        .bind(note)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        insert_version(&self.pool, version, bytes, uploaded_by, note).await
     }
 
     /// Records the guest a replica started with (from its file), so an operator can always
@@ -174,35 +211,14 @@ impl Registry {
             .bind(ADOPT_LOCK)
             .execute(&mut *transaction)
             .await?;
-        sqlx::query(
-            "INSERT INTO guest_versions (version, bytes, size_bytes, uploaded_by, note)
-             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (version) DO NOTHING",
-        )
-        .bind(version)
-        .bind(bytes)
-        .bind(bytes.len() as i64)
-        .bind(STARTUP)
-        .bind(note)
-        .execute(&mut *transaction)
-        .await?;
+        insert_version(&mut *transaction, version, bytes, STARTUP, Some(&note)).await?;
         let active: Option<String> = sqlx::query_scalar(
             "SELECT version FROM guest_activations WHERE action IN ('activate', 'rollback') LIMIT 1",
         )
         .fetch_optional(&mut *transaction)
         .await?;
         if active.is_none() {
-            sqlx::query(
-                "INSERT INTO guest_activations (version, action, activated_by) VALUES ($1, 'activate', $2)",
-            )
-            .bind(version)
-            .bind(STARTUP)
-            .execute(&mut *transaction)
-            .await?;
-            sqlx::query("SELECT pg_notify($1, $2)")
-                .bind(CHANNEL)
-                .bind(version)
-                .execute(&mut *transaction)
-                .await?;
+            append_activation(&mut transaction, version, "activate", None, STARTUP).await?;
         }
         transaction.commit().await?;
         Ok(active.is_none())
@@ -281,19 +297,7 @@ impl Registry {
         if known.is_none() {
             return Err(RegistryError::UnknownVersion(version.to_string()));
         }
-        sqlx::query("INSERT INTO guest_activations (version, action, percent, activated_by) VALUES ($1, $2, $3, $4)")
-            .bind(version)
-            .bind(action)
-            .bind(percent)
-            .bind(activated_by)
-            .execute(&mut *transaction)
-            .await?;
-        // Delivered at commit, so no replica reads the registry before the row is there.
-        sqlx::query("SELECT pg_notify($1, $2)")
-            .bind(CHANNEL)
-            .bind(version)
-            .execute(&mut *transaction)
-            .await?;
+        append_activation(&mut transaction, version, action, percent, activated_by).await?;
         transaction.commit().await?;
         Ok(())
     }

@@ -71,15 +71,12 @@ impl publish::Host for ReplayState {
         message: publish::Outgoing,
     ) -> wasmtime::Result<Result<(), publish::PublishError>> {
         let outgoing = Outgoing::from(message);
-        let amount_minor = match guard::check_publish(&self.expected, self.publishes, &outgoing) {
-            Ok(amount_minor) => amount_minor,
-            Err(violation) => {
-                let description = violation.describe();
-                self.violation = Some(violation);
-                return Err(wasmtime::Error::msg(description));
-            }
-        };
-        self.publishes += 1;
+        let amount_minor = guard::admit(
+            &self.expected,
+            &mut self.publishes,
+            &mut self.violation,
+            &outgoing,
+        )?;
         let answer = self.replay.send(outgoing);
         if answer.is_ok() {
             self.published_minor = Some(amount_minor);
