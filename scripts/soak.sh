@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The soak (not part of ./scripts/test.sh): SOAK_REQUESTS transfers (default 52,000) while the
 # settlement worker and the broker are each SIGKILLed SOAK_KILLS times (default 3), then every
-# invariant of the fault test; prints the figures. It stops the shared broker, so run nothing
-# else against these services meanwhile. SOAK_LIMIT_SECS bounds the run (default 1,800).
+# invariant of the fault test; prints the figures. The broker is a private Tansu with SQLite
+# storage that the test starts and kills. SOAK_LIMIT_SECS bounds the run (default 1,800).
 set -euo pipefail
 source "$(dirname "$0")/env.sh"
 cd "$TRANSFERD_ROOT"

@@ -1,5 +1,6 @@
-//! Settlement throughput into PostgreSQL: transfers applied per second by `settle_batch` for
-//! batch sizes 1, 100 and 1000, with the server's durability settings as they are (fsync on,
+//! Settlement throughput into PostgreSQL: transfers applied per second by the settlement
+//! transaction (ledger writes, position, effects record) and the effects' clean-up, for batch
+//! sizes 1, 100 and 1000, with the server's durability settings as they are (fsync on,
 //! synchronous_commit on by default). Prints the figures; run with
 //! `./scripts/bench-settlement.sh` (or `cargo bench -p transferd --bench settlement`).
 
@@ -7,6 +8,7 @@ use std::time::Instant;
 
 use transferd::config::Services;
 use transferd::settlement::decide::TransferMessage;
+use transferd::settlement::ledger::{Advance, Offsets, Settlements};
 use transferd::stores::postgres::Ledger;
 use uuid::Uuid;
 
@@ -88,6 +90,8 @@ async fn main() -> anyhow::Result<()> {
             .deposit(Uuid::now_v7(), user, "USD", OPENING_MINOR)
             .await?;
     }
+    let settlements = Settlements::new(ledger.pool().clone());
+    let mut position = settlements.positions("bench", &[0]).await?[&0];
     let mut random = Random(0x5EED_1234_ABCD_0001);
     let mut results = Vec::new();
     for (batch_size, count) in [(1usize, 2_000usize), (100, 20_000), (1_000, 50_000)] {
@@ -95,7 +99,16 @@ async fn main() -> anyhow::Result<()> {
         let started = Instant::now();
         let mut completed = 0usize;
         for batch in messages.chunks(batch_size) {
-            let settled = ledger.settle_batch(batch).await?;
+            let next = position + batch.len() as i64;
+            let advance = Advance {
+                topic: "bench".into(),
+                from: Offsets::from([(0, position)]),
+                to: Offsets::from([(0, next)]),
+            };
+            let settled = settlements.apply(batch, &advance).await?;
+            let ids: Vec<Uuid> = batch.iter().map(|m| m.transaction_id).collect();
+            settlements.effects_done(&ids).await?;
+            position = next;
             completed += settled
                 .transfers
                 .iter()

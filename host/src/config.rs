@@ -138,14 +138,6 @@ pub struct Worker {
     #[arg(long, env = "TRANSFERD_SETTLEMENT_LINGER_MS", default_value_t = 5)]
     pub linger_ms: u64,
 
-    /// Consumer group of the workers (prefixed with the topic prefix).
-    #[arg(
-        long,
-        env = "TRANSFERD_SETTLEMENT_GROUP",
-        default_value = "transferd-settlement"
-    )]
-    pub group: String,
-
     /// How often the hold reconciler runs (0: never).
     #[arg(
         long,
@@ -212,10 +204,6 @@ impl Worker {
         anyhow::ensure!(
             self.linger_ms <= 10_000,
             "TRANSFERD_SETTLEMENT_LINGER_MS must be at most 10000"
-        );
-        anyhow::ensure!(
-            !self.group.is_empty(),
-            "TRANSFERD_SETTLEMENT_GROUP must not be empty"
         );
         Ok(())
     }

@@ -91,11 +91,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             settings.services.validate()?;
             settings.worker.validate_with(&settings.services)?;
             let capabilities = Capabilities::connect(&settings.services).await?;
-            let position = settlement::reconcile::position(
-                &settings.services,
-                &settings.worker,
-                &capabilities,
-            )?;
+            let position = settlement::reconcile::position(&settings.services, &capabilities)?;
             let report =
                 settlement::reconcile::pass(&capabilities, &position, &settings.worker).await?;
             println!("{}", serde_json::to_string(&report)?);

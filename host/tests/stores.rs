@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use transferd::config::Services;
 use transferd::settlement::decide::TransferMessage;
+use transferd::settlement::ledger::{Advance, Offsets, SettleError, SettledBatch, Settlements};
 use transferd::stores::postgres::Ledger;
 use transferd::stores::redis::{BalanceCache, SettledBalance, SettledHold};
 use uuid::Uuid;
@@ -52,13 +53,14 @@ fn message(sender_id: i64, receiver_id: i64, amount_minor: i64) -> TransferMessa
 #[tokio::test]
 async fn settling_the_same_batch_again_changes_nothing() -> anyhow::Result<()> {
     let ledger = fresh_ledger().await?;
+    let settlements = Settlements::new(ledger.pool().clone());
     ledger.deposit(Uuid::now_v7(), 1, "USD", 100).await?;
     ledger.deposit(Uuid::now_v7(), 2, "USD", 1).await?;
     let first = message(1, 2, 60);
     let overdraft = message(1, 2, 60);
     let batch = vec![first.clone(), overdraft.clone(), first.clone()];
 
-    let settled = ledger.settle_batch(&batch).await?;
+    let settled = settlements.apply(&batch, &Advance::none()).await?;
     let statuses: Vec<(&str, bool)> = settled
         .transfers
         .iter()
@@ -79,7 +81,7 @@ async fn settling_the_same_batch_again_changes_nothing() -> anyhow::Result<()> {
     assert_eq!(after_first.0.map(|b| b.balance_minor), Some(40));
     assert_eq!(after_first.1.map(|b| b.balance_minor), Some(61));
 
-    let again = ledger.settle_batch(&batch).await?;
+    let again = settlements.apply(&batch, &Advance::none()).await?;
     assert!(
         again.transfers.iter().all(|t| !t.newly_applied),
         "a redelivery applies nothing"
@@ -114,18 +116,16 @@ async fn two_workers_settling_the_same_batch_apply_it_once() -> anyhow::Result<(
         .collect();
     let (left, right) = tokio::join!(
         {
-            let (ledger, batch) = (Arc::clone(&ledger), batch.clone());
-            async move { ledger.settle_batch(&batch).await }
+            let (settlements, batch) = (Settlements::new(ledger.pool().clone()), batch.clone());
+            async move { settlements.apply(&batch, &Advance::none()).await }
         },
         {
-            let (ledger, batch) = (Arc::clone(&ledger), batch.clone());
-            async move { ledger.settle_batch(&batch).await }
+            let (settlements, batch) = (Settlements::new(ledger.pool().clone()), batch.clone());
+            async move { settlements.apply(&batch, &Advance::none()).await }
         },
     );
     let (left, right) = (left?, right?);
-    let applied = |batch: &transferd::stores::postgres::SettledBatch| {
-        batch.transfers.iter().filter(|t| t.newly_applied).count()
-    };
+    let applied = |batch: &SettledBatch| batch.transfers.iter().filter(|t| t.newly_applied).count();
     assert_eq!(
         applied(&left) + applied(&right),
         200,
@@ -139,6 +139,103 @@ async fn two_workers_settling_the_same_batch_apply_it_once() -> anyhow::Result<(
         ledger.balance(2, "USD").await?.map(|b| b.balance_minor),
         Some(1_000 + 100 * 7 - 100 * 3)
     );
+    Ok(())
+}
+
+/// An advance of partition 0 of `topic` from `from` to `to`.
+fn advance(topic: &str, from: i64, to: i64) -> Advance {
+    Advance {
+        topic: topic.into(),
+        from: Offsets::from([(0, from)]),
+        to: Offsets::from([(0, to)]),
+    }
+}
+
+#[tokio::test]
+async fn a_batch_read_from_a_stale_position_changes_nothing() -> anyhow::Result<()> {
+    let ledger = fresh_ledger().await?;
+    let settlements = Settlements::new(ledger.pool().clone());
+    ledger.deposit(Uuid::now_v7(), 1, "USD", 1_000).await?;
+    ledger.deposit(Uuid::now_v7(), 2, "USD", 1).await?;
+    assert_eq!(
+        settlements.positions("log", &[0, 1]).await?,
+        Offsets::from([(0, 0), (1, 0)]),
+        "a partition never settled starts at 0"
+    );
+    settlements
+        .apply(&[message(1, 2, 100)], &advance("log", 0, 1))
+        .await?;
+    assert_eq!(settlements.read_positions("log").await?[&0], 1);
+
+    // A second worker that read from offset 0 too: refused, nothing applied.
+    let late = settlements
+        .apply(&[message(1, 2, 300)], &advance("log", 0, 1))
+        .await;
+    assert!(
+        matches!(late, Err(SettleError::PositionMoved { .. })),
+        "{late:?}"
+    );
+    assert_eq!(
+        ledger.balance(1, "USD").await?.map(|b| b.balance_minor),
+        Some(900)
+    );
+    assert_eq!(settlements.read_positions("log").await?[&0], 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn two_workers_reading_from_one_position_apply_the_batch_once() -> anyhow::Result<()> {
+    let ledger = fresh_ledger().await?;
+    ledger.deposit(Uuid::now_v7(), 1, "USD", 1_000).await?;
+    ledger.deposit(Uuid::now_v7(), 2, "USD", 1).await?;
+    let first = Settlements::new(ledger.pool().clone());
+    first.positions("log", &[0]).await?;
+    // Different messages at the same offsets: only the position tells them apart.
+    let second = Settlements::new(ledger.pool().clone());
+    let (ten, twenty) = ([message(1, 2, 10)], [message(1, 2, 20)]);
+    let from_zero = advance("log", 0, 1);
+    let (left, right) = tokio::join!(
+        first.apply(&ten, &from_zero),
+        second.apply(&twenty, &from_zero),
+    );
+    assert!(
+        left.is_ok() != right.is_ok(),
+        "exactly one commits: {left:?} / {right:?}"
+    );
+    let balance = ledger.balance(1, "USD").await?.map(|b| b.balance_minor);
+    assert!(balance == Some(990) || balance == Some(980), "{balance:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_settled_batch_s_effects_stay_recorded_until_done() -> anyhow::Result<()> {
+    let ledger = fresh_ledger().await?;
+    let settlements = Settlements::new(ledger.pool().clone());
+    ledger.deposit(Uuid::now_v7(), 1, "USD", 100).await?;
+    ledger.deposit(Uuid::now_v7(), 2, "USD", 1).await?;
+    let (paid, refused) = (message(1, 2, 60), message(1, 2, 60));
+    settlements
+        .apply(&[paid.clone(), refused.clone()], &Advance::none())
+        .await?;
+
+    let (messages, settled) = settlements.outstanding_effects(10).await?;
+    assert_eq!(messages, vec![paid.clone(), refused.clone()]);
+    let statuses: Vec<&str> = settled
+        .transfers
+        .iter()
+        .map(|t| t.status.as_str())
+        .collect();
+    assert_eq!(statuses, vec!["completed", "rejected"]);
+    assert_eq!(
+        settled.accounts[&(1, "USD".to_string())].balance_minor,
+        40,
+        "the balances the effects put in the cache are the ledger's"
+    );
+    settlements.effects_done(&[paid.transaction_id]).await?;
+    let (left, _) = settlements.outstanding_effects(10).await?;
+    assert_eq!(left, vec![refused.clone()]);
+    settlements.effects_done(&[refused.transaction_id]).await?;
+    assert!(settlements.outstanding_effects(10).await?.0.is_empty());
     Ok(())
 }
 

@@ -5,16 +5,17 @@
 //! dead, no answer) may replace 200/400, and outside one nothing may; transferd must come back
 //! from each dependency's outage by itself, as the same process.
 //!
-//! This stops the services every test uses, so it is its own test binary: `cargo test` runs
-//! test binaries one after another, and this one alone. It is ignored in `./scripts/test.sh`
-//! until the restarted worker's take-over on Tansu is fixed; `scripts/faults.sh` runs it.
+//! It stops PostgreSQL and Redis, which every test uses, so it is its own test binary: `cargo
+//! test` runs test binaries one after another, and this one alone. The broker is a private
+//! Tansu with SQLite storage (what `scripts/run.sh` runs), SIGKILLed and started again.
+//! `scripts/faults.sh` runs only this test.
 
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use transferd_e2e::load::{Fault, Load, LoadSettings, verify};
 use transferd_e2e::services::{Service, Services};
-use transferd_e2e::{Host, HostOptions, Namespace, log_tail};
+use transferd_e2e::{Broker, BrokerStorage, Host, HostOptions, Namespace, log_tail};
 
 const USERS: i64 = 40;
 const CLIENTS: u64 = 12;
@@ -31,7 +32,6 @@ const SETTLE_LIMIT: Duration = Duration::from_secs(60);
 const TEST_LIMIT: Duration = Duration::from_secs(300);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "fails today: after transferd is SIGKILLed and restarted, Tansu 0.6's group coordinator stops answering the new member and settlement stalls; run it with scripts/faults.sh"]
 async fn faults_under_load_lose_nothing_and_double_nothing() -> anyhow::Result<()> {
     tokio::time::timeout(TEST_LIMIT, run())
         .await
@@ -72,7 +72,9 @@ impl Subject {
 
 async fn run() -> anyhow::Result<()> {
     let namespace = Namespace::new().await?;
-    let options = HostOptions::new(&namespace);
+    let mut broker = Broker::start_with(BrokerStorage::Sqlite).await?;
+    let mut options = HostOptions::new(&namespace);
+    options.kafka_brokers = broker.brokers();
     let host = Host::start_with(&namespace, options.clone()).await?;
     for user in 1..=USERS {
         host.deposit(user, "USD", "1000.00").await?;
@@ -96,18 +98,20 @@ async fn run() -> anyhow::Result<()> {
     let started = Instant::now();
     let mut faults = Vec::new();
     tokio::time::sleep(STEADY).await;
-    for (service, name, down) in [
-        (Service::Redis, "Redis stop/start", OUTAGE),
-        (Service::Postgres, "PostgreSQL stop/start", OUTAGE),
-        // Killed and started again at once: the outage is the broker's own restart.
-        (Service::Broker, "broker SIGKILL/restart", Duration::ZERO),
+    for (service, name) in [
+        (Service::Redis, "Redis stop/start"),
+        (Service::Postgres, "PostgreSQL stop/start"),
     ] {
-        let fault = outage(&mut services, &load, service, name, down).await?;
+        let fault = outage(&mut services, &load, service, name).await?;
         subject.check_alive(name).await?;
         faults.push(fault);
         tokio::time::sleep(STEADY).await;
         subject.check_alive(name).await?;
     }
+    faults.push(kill_broker(&mut broker, &load).await?);
+    subject.check_alive("the broker's restart").await?;
+    tokio::time::sleep(STEADY).await;
+    subject.check_alive("the broker's restart").await?;
     faults.push(kill_transferd(&mut subject, &load).await?);
     tokio::time::sleep(STEADY).await;
     subject.check_alive("the load after the faults").await?;
@@ -138,44 +142,55 @@ async fn run() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Stops `service`, keeps it down for `down`, starts it, and waits for transferd to accept a
-/// transfer again.
-async fn outage(
-    services: &mut Services,
+/// Runs `restart` (which takes something away and brings it back) under load, then waits for
+/// transferd to accept a transfer again.
+async fn fault(
     load: &Load,
-    service: Service,
     name: &str,
-    down: Duration,
+    kills_transferd: bool,
+    restart: impl Future<Output = anyhow::Result<()>>,
 ) -> anyhow::Result<Fault> {
     eprintln!("fault: {name}");
     let started = Instant::now();
-    services.stop(service).await?;
-    tokio::time::sleep(down).await;
-    services.start(service).await?;
+    restart.await?;
     let restarted = Instant::now();
     let recovered = load.wait_accepted_after(restarted, RECOVERY_LIMIT).await;
     Ok(Fault {
         name: name.to_string(),
-        kills_transferd: false,
+        kills_transferd,
         started,
         restarted,
         recovered,
     })
 }
 
-/// SIGKILL transferd under load and start it again on the same address.
-async fn kill_transferd(subject: &mut Subject, load: &Load) -> anyhow::Result<Fault> {
-    let name = "transferd SIGKILL/restart";
-    eprintln!("fault: {name}");
-    let started = Instant::now();
-    subject.restart().await?;
-    let restarted = Instant::now();
-    let recovered = load.wait_accepted_after(restarted, RECOVERY_LIMIT).await;
-    Ok(Fault {
-        name: name.to_string(),
-        kills_transferd: true,
-        started,
-        restarted,
-        recovered,
+/// Stops `service`, keeps it down for [`OUTAGE`], starts it.
+async fn outage(
+    services: &mut Services,
+    load: &Load,
+    service: Service,
+    name: &str,
+) -> anyhow::Result<Fault> {
+    fault(load, name, false, async {
+        services.stop(service).await?;
+        tokio::time::sleep(OUTAGE).await;
+        services.start(service).await
     })
+    .await
+}
+
+/// SIGKILL the broker and start it again at once on its storage: the outage is its restart.
+async fn kill_broker(broker: &mut Broker, load: &Load) -> anyhow::Result<Fault> {
+    fault(
+        load,
+        "broker SIGKILL/restart",
+        false,
+        broker.kill_and_restart(),
+    )
+    .await
+}
+
+/// SIGKILL transferd and start it again on the same address.
+async fn kill_transferd(subject: &mut Subject, load: &Load) -> anyhow::Result<Fault> {
+    fault(load, "transferd SIGKILL/restart", true, subject.restart()).await
 }

@@ -6,14 +6,14 @@
 //! - `SOAK_KILLS` (default 3): times the worker, and separately the broker, are killed;
 //! - `SOAK_LIMIT_SECS` (default 1,800): the whole run, settlement and checks included.
 //!
-//! It stops the broker every test uses, so nothing else may run beside it.
+//! The broker is a private Tansu with SQLite storage, SIGKILLed and started again on its
+//! database; the shared services are left alone.
 
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use transferd_e2e::load::{Fault, Load, LoadSettings, verify};
-use transferd_e2e::services::{Service, Services};
-use transferd_e2e::{Host, HostOptions, Namespace, WorkerProcess};
+use transferd_e2e::{Broker, BrokerStorage, Host, HostOptions, Namespace, WorkerProcess};
 
 const USERS: i64 = 40;
 const CLIENTS: u64 = 12;
@@ -41,14 +41,15 @@ async fn soak_with_worker_and_broker_kills() -> anyhow::Result<()> {
 
 async fn run(requests: u64, kills: u64) -> anyhow::Result<()> {
     let namespace = Namespace::new().await?;
+    let mut broker = Broker::start_with(BrokerStorage::Sqlite).await?;
     let mut options = HostOptions::new(&namespace);
+    options.kafka_brokers = broker.brokers();
     options.run_worker = false;
     let mut host = Host::start_with(&namespace, options.clone()).await?;
     for user in 1..=USERS {
         host.deposit(user, "USD", "1000.00").await?;
     }
     let mut worker = WorkerProcess::start(&namespace, &options, "worker-0")?;
-    let mut services = Services::new();
     let load = Load::start(LoadSettings {
         base_url: host.base_url.clone(),
         users: USERS,
@@ -78,7 +79,7 @@ async fn run(requests: u64, kills: u64) -> anyhow::Result<()> {
             );
             worker = WorkerProcess::start(&namespace, &options, &format!("worker-{worker_kills}"))?;
         } else {
-            faults.push(kill_broker(&mut services, &load, faults.len() + 1).await?);
+            faults.push(kill_broker(&mut broker, &load, faults.len() + 1).await?);
         }
         if let Some(status) = host.exit_status() {
             anyhow::bail!(
@@ -108,12 +109,11 @@ async fn run(requests: u64, kills: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn kill_broker(services: &mut Services, load: &Load, number: usize) -> anyhow::Result<Fault> {
+async fn kill_broker(broker: &mut Broker, load: &Load, number: usize) -> anyhow::Result<Fault> {
     let name = format!("broker SIGKILL {number}");
     eprintln!("soak: {name} at {} answers", load.answered());
     let started = Instant::now();
-    services.stop(Service::Broker).await?;
-    services.start(Service::Broker).await?;
+    broker.kill_and_restart().await?;
     let restarted = Instant::now();
     let mut recovered = load.wait_accepted_after(restarted, RECOVERY_LIMIT).await;
     if recovered.is_none() && load.finished() {

@@ -673,6 +673,7 @@ impl Broker {
             &uuid::Uuid::new_v4().simple().to_string()[..12]
         ));
         std::fs::create_dir_all(&directory)?;
+        eprintln!("broker log: {}", directory.with_extension("log").display());
         let child = spawn_tansu(internal_port, proxy.port, storage, &directory)?;
         let broker = Broker {
             child,
@@ -755,7 +756,7 @@ impl Drop for Broker {
 }
 
 /// Tansu listening on `internal_port`, advertising `advertised_port`, run in `directory`
-/// (Tansu resolves `sqlite://NAME` in its working directory); its log goes to a file there.
+/// (Tansu resolves `sqlite://NAME` in its working directory); its log goes to `directory.log`.
 fn spawn_tansu(
     internal_port: u16,
     advertised_port: u16,
@@ -766,10 +767,11 @@ fn spawn_tansu(
         BrokerStorage::Memory => "memory://tansu/",
         BrokerStorage::Sqlite => "sqlite://tansu.db",
     };
+    // Beside the directory, which is removed with the broker: the log outlives a failed test.
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(directory.join("tansu.log"))?;
+        .open(directory.with_extension("log"))?;
     Command::new(tansu_binary())
         .args([
             "broker",

@@ -1,20 +1,23 @@
-//! The settlement worker: reads accepted transfers from `transfer_topic` in a consumer group,
-//! applies each polled batch in one PostgreSQL transaction, then runs the after-commit effects
-//! (cache, holds, events) and only then commits the Kafka offsets.
+//! The settlement worker: reads accepted transfers from `transfer_topic`, applies each polled
+//! batch to the ledger in one PostgreSQL transaction that also moves settlement's position in
+//! the log (so each message is applied exactly once), then runs the batch's after-commit
+//! effects: new balances into the cache with the holds released, and one event per transfer.
 //!
-//! A crash anywhere means the batch is delivered again; the ledger skips transaction ids it
-//! already applied and the effects are idempotent, so redelivery changes nothing twice (it
-//! re-emits the events, which consumers dedupe by transaction id).
+//! Positions live in the ledger, not in a Kafka consumer group: the worker holding the topic's
+//! advisory lock (`ownership.rs`) assigns itself every partition at the positions the ledger
+//! holds. A crash anywhere loses nothing: before the commit the batch is read again; after it,
+//! the effects recorded in the same commit are run by the next worker before it reads on
+//! (effects are idempotent; events may come twice and consumers dedupe by transaction id).
 
 pub mod decide;
+pub mod ledger;
+pub mod ownership;
 pub mod reconcile;
-mod watchdog;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::json;
@@ -25,19 +28,20 @@ use crate::shutdown::Stop;
 use crate::stores::kafka::{
     EVENTS_TOPIC, TRANSFER_TOPIC, TransferLog, is_unknown_topic, settlement_consumer,
 };
-use crate::stores::postgres::SettledBatch;
+use crate::stores::log_position::partitions;
 use crate::stores::redis::{SettledBalance, SettledHold};
 use decide::TransferMessage;
-use watchdog::Watchdog;
+use ledger::{Advance, MAX_EFFECTS_PER_STEP, Offsets, SettleError, SettledBatch, Settlements};
+use ownership::Ownership;
 
-/// Longest pause between attempts at a batch that keeps failing (a dependency is down).
+/// Longest pause between attempts at a step that keeps failing (a dependency is down).
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
 
-/// How long the worker waits for a first message before it looks around (the watchdog).
+/// How long the worker waits for a first message before it looks around.
 const IDLE_POLL: Duration = Duration::from_secs(1);
 
-/// Longest wait for the old consumer to leave the group when the worker rejoins.
-const LEAVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often the worker checks that it still holds the settlement lock.
+const OWNERSHIP_CHECK: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum SettlementError {
@@ -51,57 +55,60 @@ pub enum SettlementError {
     Consumer(#[from] rdkafka::error::KafkaError),
 }
 
-/// Runs until `stop` is requested. It is checked between batches and between attempts at a
-/// failing batch: an attempt in progress ends (each store bounds its own wait), a batch that
-/// did not settle is not committed and will be delivered again.
+/// How a stretch of settling ended.
+enum Ended {
+    /// Stopping was requested.
+    Stop,
+    /// Start over from the ledger's positions (the lock or the position was lost, the topics
+    /// were created again, or the log could not be read).
+    Restart(String),
+}
+
+/// Runs until `stop` is requested: takes the topic's lock (or waits for it), runs the effects
+/// a previous owner left, then settles the log from the ledger's positions. Stopping is
+/// checked between batches and between attempts at a failing step; an attempt in progress
+/// ends (each store bounds its own wait).
 pub async fn run(
     services: &Services,
     settings: &Worker,
     capabilities: Arc<Capabilities>,
     mut stop: Stop,
 ) -> Result<(), SettlementError> {
-    let log = &capabilities.log;
-    let topic = log.physical_topic(TRANSFER_TOPIC);
-    let mut consumer = subscribe(services, settings, &topic)?;
-    let mut repairs_seen = log.topic_repairs();
-    let mut watchdog = Watchdog::new(topic.clone());
-    tracing::info!(topic, group = settings.group, "settlement worker started");
+    let topic = capabilities.log.physical_topic(TRANSFER_TOPIC);
+    let settlements = Settlements::new(capabilities.ledger.pool().clone());
+    tracing::info!(topic, "settlement worker started");
     loop {
-        let next = tokio::select! {
-            next = next_batch(&consumer, settings.batch_max, settings.linger(), log) => next,
+        let mut owner = tokio::select! {
+            owner = Ownership::acquire(&services.database_url, &topic) => owner,
             () = stop.requested() => break,
         };
-        // Topics created again: positions held from the deleted topic would skip messages of
-        // the new one, so whatever was just read is dropped and read again by a new member.
-        if log.topic_repairs() != repairs_seen {
-            repairs_seen = log.topic_repairs();
-            consumer = rejoin(services, settings, &topic, consumer).await?;
-            continue;
-        }
-        if watchdog.should_rejoin(&consumer).await {
-            consumer = rejoin(services, settings, &topic, consumer).await?;
-            continue;
-        }
-        let Some(batch) = next else { continue };
-        let messages = parse_batch(&batch);
-        if !settle_until_done(&capabilities, &messages, &mut stop).await {
-            tracing::info!(
-                messages = batch.len(),
-                "stopping with a batch not settled; it will be delivered again"
-            );
+        if !finish_outstanding(&capabilities, &settlements, &mut stop).await {
             break;
         }
-        if log.topic_repairs() != repairs_seen {
-            tracing::warn!("topics were created again while settling; not committing this batch");
-            continue;
+        let worker = TopicWorker {
+            services,
+            settings,
+            capabilities: &capabilities,
+            settlements: &settlements,
+            topic: &topic,
+        };
+        match worker.settle(&mut owner, &mut stop).await {
+            Ended::Stop => break,
+            Ended::Restart(why) => {
+                tracing::warn!(
+                    topic,
+                    why,
+                    "settlement starts again from the ledger's positions"
+                );
+                tokio::time::sleep(ownership::RETRY).await;
+            }
         }
-        commit_offsets(&consumer, &batch).await;
     }
     tracing::info!("settlement worker stopped");
     Ok(())
 }
 
-/// The worker running as its own task.
+/// The worker task, as spawned.
 pub type WorkerTask = tokio::task::JoinHandle<Result<(), SettlementError>>;
 
 pub fn spawn(
@@ -137,52 +144,244 @@ pub fn log_end(outcome: Result<Result<(), SettlementError>, tokio::task::JoinErr
     }
 }
 
-fn subscribe(
-    services: &Services,
-    settings: &Worker,
-    topic: &str,
-) -> Result<Arc<StreamConsumer>, SettlementError> {
-    let consumer = settlement_consumer(services, &settings.group)?;
-    consumer.subscribe(&[topic])?;
-    Ok(Arc::new(consumer))
+/// Settling one topic while this worker owns it.
+struct TopicWorker<'a> {
+    services: &'a Services,
+    settings: &'a Worker,
+    capabilities: &'a Capabilities,
+    settlements: &'a Settlements,
+    topic: &'a str,
 }
 
-/// Leaves the group and joins it again as a new member, which makes the broker hand out every
-/// partition afresh. The old consumer is closed first (its close blocks, so off the runtime).
-async fn rejoin(
-    services: &Services,
-    settings: &Worker,
-    topic: &str,
-    old: Arc<StreamConsumer>,
-) -> Result<Arc<StreamConsumer>, SettlementError> {
-    let closing = tokio::task::spawn_blocking(move || drop(old));
-    if tokio::time::timeout(LEAVE_TIMEOUT, closing).await.is_err() {
-        tracing::warn!("the old consumer did not close in time; joining anyway");
+impl TopicWorker<'_> {
+    /// Reads the log from the ledger's positions and settles batch after batch, until
+    /// stopping, or until something means starting over.
+    async fn settle(&self, owner: &mut Ownership, stop: &mut Stop) -> Ended {
+        let log = &self.capabilities.log;
+        let repairs_seen = log.topic_repairs();
+        let (consumer, mut positions) = match self.assign().await {
+            Ok(assigned) => assigned,
+            Err(why) => return Ended::Restart(why),
+        };
+        tracing::info!(
+            topic = self.topic,
+            ?positions,
+            "settling from the ledger's positions"
+        );
+        let mut last_check = Instant::now();
+        loop {
+            let next = tokio::select! {
+                next = next_batch(&consumer, self.settings.batch_max, self.settings.linger(), log) => next,
+                () = stop.requested() => return Ended::Stop,
+            };
+            // Topics created again: what was just read may come from the deleted topic.
+            if log.topic_repairs() != repairs_seen {
+                return Ended::Restart("the topics were created again".into());
+            }
+            if last_check.elapsed() >= OWNERSHIP_CHECK {
+                if !owner.still_held().await {
+                    return Ended::Restart("the settlement lock was lost".into());
+                }
+                last_check = Instant::now();
+            }
+            let Some(batch) = next else { continue };
+            let advance = advance_of(self.topic, &positions, &batch);
+            let messages = parse_batch(&batch);
+            if let Some(ended) = settle_batch(
+                self.capabilities,
+                self.settlements,
+                &messages,
+                &advance,
+                stop,
+            )
+            .await
+            {
+                return ended;
+            }
+            positions.extend(advance.to);
+        }
     }
-    let consumer = subscribe(services, settings, topic)?;
-    tracing::warn!(topic, group = settings.group, "rejoined the consumer group");
-    Ok(consumer)
+
+    /// A consumer assigned every partition of the topic at the ledger's positions. A topic
+    /// the broker does not know is created again.
+    async fn assign(&self) -> Result<(Arc<StreamConsumer>, Offsets), String> {
+        let consumer = settlement_consumer(self.services).map_err(|error| error.to_string())?;
+        let consumer = Arc::new(consumer);
+        let timeout = self.services.kafka_timeout();
+        let (reader, topic) = (Arc::clone(&consumer), self.topic.to_string());
+        let found =
+            tokio::task::spawn_blocking(move || partitions(&*reader, &topic, timeout)).await;
+        let partitions = match found {
+            Ok(Ok(partitions)) => partitions,
+            Ok(Err(error)) => {
+                if let Err(repair) = self.capabilities.log.repair_topics().await {
+                    tracing::warn!(error = %repair, "cannot create the topics yet");
+                }
+                return Err(format!("cannot read the topic's partitions: {error}"));
+            }
+            Err(error) => return Err(format!("reading the partitions panicked: {error}")),
+        };
+        let positions = self
+            .settlements
+            .positions(self.topic, &partitions)
+            .await
+            .map_err(|error| error.to_string())?;
+        let mut list = TopicPartitionList::new();
+        for partition in partitions {
+            let next = positions.get(&partition).copied().unwrap_or(0);
+            list.add_partition_offset(self.topic, partition, Offset::Offset(next))
+                .map_err(|error| error.to_string())?;
+        }
+        consumer.assign(&list).map_err(|error| error.to_string())?;
+        Ok((consumer, positions))
+    }
 }
 
-/// Settles `messages`, retrying with back-off while a dependency is down. Returns false when
-/// stopping was requested before the batch settled.
-async fn settle_until_done(
+/// Where the batch moves settlement's position: per partition it touches, from where the
+/// worker stood to past its last message. A message below the position means the broker lost
+/// its log and numbers a new one from the start (librdkafka resets to the earliest offset):
+/// the new log is settled from there, and the ledger skips anything it already has.
+fn advance_of(topic: &str, positions: &Offsets, batch: &[OwnedMessage]) -> Advance {
+    let mut advance = Advance {
+        topic: topic.to_string(),
+        ..Advance::default()
+    };
+    for message in batch {
+        let partition = message.partition();
+        let from = positions.get(&partition).copied().unwrap_or(0);
+        if message.offset() < from && !advance.to.contains_key(&partition) {
+            tracing::warn!(
+                topic,
+                partition,
+                offset = message.offset(),
+                position = from,
+                "the log restarted below settlement's position (the broker lost it); settling the new log from its start"
+            );
+        }
+        advance.from.insert(partition, from);
+        let to = advance.to.entry(partition).or_insert(0);
+        *to = (*to).max(message.offset() + 1);
+    }
+    advance
+}
+
+/// Applies one batch, then runs its effects. `None` when done; otherwise how the worker ends.
+async fn settle_batch(
     capabilities: &Capabilities,
+    settlements: &Settlements,
     messages: &[TransferMessage],
+    advance: &Advance,
+    stop: &mut Stop,
+) -> Option<Ended> {
+    let applied = retrying(stop, "settling a batch", || async {
+        match settlements.apply(messages, advance).await {
+            Ok(settled) => Ok(Ok(settled)),
+            Err(SettleError::PositionMoved { topic }) => Ok(Err(topic)),
+            Err(SettleError::Ledger(error)) => Err(error),
+        }
+    })
+    .await;
+    let settled = match applied {
+        None => {
+            tracing::info!(
+                messages = messages.len(),
+                "stopping with a batch not settled; it will be read again"
+            );
+            return Some(Ended::Stop);
+        }
+        Some(Err(topic)) => {
+            return Some(Ended::Restart(format!(
+                "another worker moved the position in {topic}"
+            )));
+        }
+        Some(Ok(settled)) => settled,
+    };
+    crate::crash::point("after-ledger-commit");
+    if !run_effects(capabilities, settlements, messages, &settled, stop).await {
+        return Some(Ended::Stop);
+    }
+    None
+}
+
+/// Runs the effects a previous owner of the topic recorded and did not finish. False when
+/// stopping was requested first.
+async fn finish_outstanding(
+    capabilities: &Capabilities,
+    settlements: &Settlements,
     stop: &mut Stop,
 ) -> bool {
+    loop {
+        let Some((messages, settled)) = retrying(stop, "reading outstanding effects", || {
+            settlements.outstanding_effects(MAX_EFFECTS_PER_STEP)
+        })
+        .await
+        else {
+            return false;
+        };
+        if messages.is_empty() {
+            return true;
+        }
+        tracing::info!(
+            transfers = messages.len(),
+            "running the effects a previous worker left"
+        );
+        if !run_effects(capabilities, settlements, &messages, &settled, stop).await {
+            return false;
+        }
+    }
+}
+
+/// The after-commit effects of settled transfers, retried until they run, then forgotten.
+/// False when stopping was requested first (they stay recorded for the next worker).
+async fn run_effects(
+    capabilities: &Capabilities,
+    settlements: &Settlements,
+    messages: &[TransferMessage],
+    settled: &SettledBatch,
+    stop: &mut Stop,
+) -> bool {
+    if messages.is_empty() {
+        return true;
+    }
+    let done = retrying(stop, "running a batch's effects", || async {
+        update_cache(capabilities, messages, settled).await?;
+        crate::crash::point("after-cache-update");
+        emit_events(capabilities, messages, settled).await?;
+        Ok::<(), SettlementError>(())
+    })
+    .await;
+    if done.is_none() {
+        return false;
+    }
+    crate::crash::point("after-events");
+    let ids: Vec<uuid::Uuid> = messages.iter().map(|m| m.transaction_id).collect();
+    retrying(stop, "forgetting a batch's effects", || {
+        settlements.effects_done(&ids)
+    })
+    .await
+    .is_some()
+}
+
+/// Runs `attempt` until it succeeds, backing off while it fails; `None` when stopping was
+/// requested first.
+async fn retrying<T, E, F, Fut>(stop: &mut Stop, what: &str, mut attempt: F) -> Option<T>
+where
+    E: std::fmt::Display,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
     let mut delay = Duration::from_millis(100);
     loop {
-        match settle(capabilities, messages).await {
-            Ok(()) => return true,
+        match attempt().await {
+            Ok(value) => return Some(value),
             Err(error) => {
                 if stop.is_requested() {
-                    return false;
+                    return None;
                 }
-                tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "settling a batch failed");
+                tracing::warn!(%error, what, retry_in_ms = delay.as_millis() as u64, "failed; retrying");
                 tokio::select! {
                     () = tokio::time::sleep(delay) => {}
-                    () = stop.requested() => return false,
+                    () = stop.requested() => return None,
                 }
                 delay = (delay * 2).min(MAX_RETRY_DELAY);
             }
@@ -253,23 +452,6 @@ fn parse_batch(batch: &[OwnedMessage]) -> Vec<TransferMessage> {
             },
         )
         .collect()
-}
-
-/// Applies a batch and runs its after-commit effects. Safe to call again with the same batch.
-pub async fn settle(
-    capabilities: &Capabilities,
-    messages: &[TransferMessage],
-) -> Result<(), SettlementError> {
-    if messages.is_empty() {
-        return Ok(());
-    }
-    let settled = capabilities.ledger.settle_batch(messages).await?;
-    crate::crash::point("after-ledger-commit");
-    update_cache(capabilities, messages, &settled).await?;
-    crate::crash::point("after-cache-update");
-    emit_events(capabilities, messages, &settled).await?;
-    crate::crash::point("after-events");
-    Ok(())
 }
 
 /// New balances first, holds released in the same atomic step: available never counts a
@@ -346,33 +528,4 @@ async fn emit_events(
         delivery?;
     }
     Ok(())
-}
-
-/// Commits the next offset of every partition in the batch. A failed commit only means the
-/// batch is delivered again, which changes nothing.
-async fn commit_offsets(consumer: &Arc<StreamConsumer>, batch: &[OwnedMessage]) {
-    let mut next: BTreeMap<(String, i32), i64> = BTreeMap::new();
-    for message in batch {
-        let entry = next
-            .entry((message.topic().to_string(), message.partition()))
-            .or_insert(0);
-        *entry = (*entry).max(message.offset() + 1);
-    }
-    let mut list = TopicPartitionList::new();
-    for ((topic, partition), offset) in next {
-        if let Err(error) = list.add_partition_offset(&topic, partition, Offset::Offset(offset)) {
-            tracing::warn!(%error, "cannot build the offset list");
-            return;
-        }
-    }
-    let consumer = Arc::clone(consumer);
-    let committed =
-        tokio::task::spawn_blocking(move || consumer.commit(&list, CommitMode::Sync)).await;
-    match committed {
-        Ok(Ok(())) => {}
-        Ok(Err(error)) => {
-            tracing::warn!(%error, "committing offsets failed; the batch will be redelivered")
-        }
-        Err(error) => tracing::warn!(%error, "committing offsets panicked"),
-    }
 }

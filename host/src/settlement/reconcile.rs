@@ -9,8 +9,8 @@
 //! long ago (its UUIDv7 carries the acceptance time; `min_age` far exceeds the produce
 //! timeout), and either
 //! - the ledger has the transfer (settled or rejected: settlement's own release was lost), or
-//! - the settlement group has consumed the transfer log past every message written before this
-//!   pass began, and the ledger still does not have it: the message was never written (or was
+//! - settlement's position (kept in the ledger) has passed every message the transfer log held
+//!   when this pass began, and the ledger still does not have it: the message was never written (or was
 //!   unreadable), so it will never settle.
 //!
 //! Every pass is idempotent; replicas may run it at the same time.
@@ -22,8 +22,9 @@ use uuid::Uuid;
 
 use crate::capabilities::Capabilities;
 use crate::config::{Services, Worker};
+use crate::settlement::ledger::Settlements;
 use crate::stores::kafka::{LogError, TRANSFER_TOPIC};
-use crate::stores::log_position::{LogPosition, consumed_through};
+use crate::stores::log_position::{LogPosition, Offsets, consumed_through};
 use crate::stores::redis::HeldTransfer;
 
 /// Most holds looked at in one pass; the next pass takes the rest.
@@ -99,7 +100,7 @@ pub async fn run(
         tracing::info!("hold reconciler off");
         return Ok(());
     };
-    let position = position(services, settings, &capabilities)?;
+    let position = position(services, &capabilities)?;
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         tokio::select! {
@@ -138,29 +139,56 @@ pub fn spawn(services: &Services, settings: &Worker, capabilities: &Arc<Capabili
     });
 }
 
-/// The transfer log's position as the settlement group sees it.
+/// How far the transfer log was written, and how far settlement has consumed it.
+pub struct Position {
+    log: LogPosition,
+    settlements: Settlements,
+    topic: String,
+}
+
+impl Position {
+    /// Waits (at most `wait`) until settlement's positions reach `ends`.
+    async fn wait_consumed(&self, ends: &Offsets, wait: Duration) -> Result<bool, ReconcileError> {
+        let deadline = Instant::now() + wait;
+        loop {
+            let positions = self.settlements.read_positions(&self.topic).await?;
+            let ends_now = self.log.end_offsets().await?;
+            if consumed_through(&positions, ends, &ends_now) {
+                return Ok(true);
+            }
+            if Instant::now() >= deadline {
+                return Ok(false);
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+}
+
+/// The transfer log's position and settlement's.
 pub fn position(
     services: &Services,
-    settings: &Worker,
     capabilities: &Capabilities,
-) -> Result<LogPosition, ReconcileError> {
-    Ok(LogPosition::new(
-        services,
-        capabilities.log.physical_topic(TRANSFER_TOPIC),
-        format!("{}{}", services.topic_prefix, settings.group),
-    )?)
+) -> Result<Position, ReconcileError> {
+    let topic = capabilities.log.physical_topic(TRANSFER_TOPIC);
+    Ok(Position {
+        log: LogPosition::new(services, topic.clone())?,
+        settlements: Settlements::new(capabilities.ledger.pool().clone()),
+        topic,
+    })
 }
 
 /// One pass over every hold (up to [`MAX_HOLDS_PER_PASS`]).
 pub async fn pass(
     capabilities: &Capabilities,
-    position: &LogPosition,
+    position: &Position,
     settings: &Worker,
 ) -> Result<Report, ReconcileError> {
     let min_age_ms = settings.reconcile_min_age_ms;
     let began_ms = now_ms();
-    let ends = position.end_offsets().await?;
-    let log_consumed = wait_consumed(position, &ends, settings.reconcile_wait()).await?;
+    let ends = position.log.end_offsets().await?;
+    let log_consumed = position
+        .wait_consumed(&ends, settings.reconcile_wait())
+        .await?;
     let holds = capabilities
         .cache
         .held_transfers(MAX_HOLDS_PER_PASS)
@@ -244,24 +272,6 @@ async fn release_pending_rows(
     report.pending_rows = rows.len();
     report.pending_rows_released = released.len();
     Ok(())
-}
-
-/// Waits (at most `wait`) until settlement has committed offsets up to `ends`.
-async fn wait_consumed(
-    position: &LogPosition,
-    ends: &crate::stores::log_position::Offsets,
-    wait: Duration,
-) -> Result<bool, ReconcileError> {
-    let deadline = Instant::now() + wait;
-    loop {
-        if consumed_through(&position.committed_offsets().await?, ends) {
-            return Ok(true);
-        }
-        if Instant::now() >= deadline {
-            return Ok(false);
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
 }
 
 async fn release(

@@ -32,16 +32,21 @@ pub const HOST_TOPICS: &[&str] = &[TRANSFER_TOPIC, EVENTS_TOPIC];
 /// missing topic asks, one attempt answers them all.
 pub const TOPIC_REPAIR_INTERVAL: Duration = Duration::from_secs(1);
 
-/// A consumer in `group` (prefixed like topics) that commits offsets only when told to.
-pub fn settlement_consumer(services: &Services, group: &str) -> Result<StreamConsumer, LogError> {
+/// The settlement worker's consumer: reads partitions it assigns itself, commits nothing.
+pub fn settlement_consumer(services: &Services) -> Result<StreamConsumer, LogError> {
     Ok(ClientConfig::new()
         .set("bootstrap.servers", &services.kafka_brokers)
-        .set("group.id", format!("{}{group}", services.topic_prefix))
+        // Never joined: the worker assigns itself partitions at the ledger's positions and
+        // commits nothing to the broker. librdkafka still wants a group name for a consumer.
+        .set(
+            "group.id",
+            format!("{}transferd-settlement", services.topic_prefix),
+        )
         .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        // Only when a position is past the log's end: the broker lost its log and numbers a
+        // new one from 0, which is read from its start.
         .set("auto.offset.reset", "earliest")
-        // A killed worker's partitions move to the others within seconds, not the default 45.
-        .set("session.timeout.ms", "6000")
-        .set("heartbeat.interval.ms", "1000")
         // Holds stay until settlement; a fetch that waits librdkafka's default 500 ms for data
         // (Tansu waits the whole time) keeps money held half a second longer than needed.
         .set("fetch.wait.max.ms", "20")
@@ -124,7 +129,12 @@ fn producer_is_stuck(error: &KafkaError) -> bool {
 fn new_producer(brokers: &str, kafka_timeout_ms: u64) -> Result<FutureProducer, LogError> {
     Ok(ClientConfig::new()
         .set("bootstrap.servers", brokers)
-        .set("enable.idempotence", "true")
+        // Not idempotent: Tansu 0.6's SQLite engine panics in its idempotent-producer check
+        // ("more or less than one row") after a timed-out request, and that panic takes its
+        // storage, so the whole broker, down for every client until the producer goes away.
+        // A retried send may therefore write a message twice; settlement applies a
+        // transaction id once, and the order of two transfers does not change what each holds.
+        .set("enable.idempotence", "false")
         .set("acks", "all")
         // The delivery report is final within this time: acknowledged or failed, never
         // delivered after the request was told it failed.

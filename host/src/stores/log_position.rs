@@ -1,9 +1,8 @@
-//! How far the transfer log has been written and how far settlement has consumed it.
+//! How far the transfer log has been written.
 //!
-//! The reconciler needs one fact from Kafka: "every message written before this moment has
-//! been settled". It gets it by comparing the log's end offsets (high watermarks), read at that
-//! moment, with the settlement group's committed offsets. The client used here never joins the
-//! group: it only reads the group's committed offsets.
+//! The reconciler needs one fact: "every message written before this moment has been
+//! settled". It gets it by comparing the log's end offsets (high watermarks), read at that
+//! moment, with settlement's positions, which the ledger keeps (`settlement::ledger`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -11,7 +10,6 @@ use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::{Offset, TopicPartitionList};
 
 use crate::config::Services;
 use crate::stores::kafka::LogError;
@@ -26,12 +24,10 @@ pub struct LogPosition {
 }
 
 impl LogPosition {
-    /// For `topic` (physical name) and the consumer group `group` (physical name).
-    pub fn new(services: &Services, topic: String, group: String) -> Result<LogPosition, LogError> {
+    /// For `topic` (physical name).
+    pub fn new(services: &Services, topic: String) -> Result<LogPosition, LogError> {
         let consumer: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", &services.kafka_brokers)
-            .set("group.id", group)
-            .set("enable.auto.commit", "false")
             .create()?;
         Ok(LogPosition {
             consumer: Arc::new(consumer),
@@ -45,38 +41,11 @@ impl LogPosition {
         let (consumer, topic, timeout) = self.parts();
         blocking(move || {
             let mut ends = Offsets::new();
-            for partition in partitions(&consumer, &topic, timeout)? {
+            for partition in partitions(&*consumer, &topic, timeout)? {
                 let (_low, high) = consumer.fetch_watermarks(&topic, partition, timeout)?;
                 ends.insert(partition, high);
             }
             Ok(ends)
-        })
-        .await
-    }
-
-    /// The group's committed offset of each partition; a partition the group never committed
-    /// counts from the start of what the log still holds.
-    pub async fn committed_offsets(&self) -> Result<Offsets, LogError> {
-        let (consumer, topic, timeout) = self.parts();
-        blocking(move || {
-            let mut list = TopicPartitionList::new();
-            for partition in partitions(&consumer, &topic, timeout)? {
-                list.add_partition(&topic, partition);
-            }
-            let committed = consumer.committed_offsets(list, timeout)?;
-            let mut offsets = Offsets::new();
-            for element in committed.elements() {
-                let offset = match element.offset() {
-                    Offset::Offset(offset) => offset,
-                    _ => {
-                        consumer
-                            .fetch_watermarks(&topic, element.partition(), timeout)?
-                            .0
-                    }
-                };
-                offsets.insert(element.partition(), offset);
-            }
-            Ok(offsets)
         })
         .await
     }
@@ -86,19 +55,24 @@ impl LogPosition {
     }
 }
 
-/// True when every partition's committed offset has reached `ends`: every message written
-/// before `ends` was read has been settled (or skipped as unreadable).
-pub fn consumed_through(committed: &Offsets, ends: &Offsets) -> bool {
+/// True when settlement's position in every partition has reached `ends` (the log's end when a
+/// wait began): every message written before then has been settled (or skipped as
+/// unreadable). `ends_now` is the log's end read after the positions: a position past it means
+/// the broker lost its log and numbers a new one from 0, whose messages may not be settled
+/// yet, so that partition does not count as consumed.
+pub fn consumed_through(positions: &Offsets, ends: &Offsets, ends_now: &Offsets) -> bool {
     ends.iter().all(|(partition, end)| {
+        let now = ends_now.get(partition).copied().unwrap_or(0);
         *end <= 0
-            || committed
+            || positions
                 .get(partition)
-                .is_some_and(|committed| committed >= end)
+                .is_some_and(|position| position >= end && *position <= now)
     })
 }
 
-fn partitions(
-    consumer: &BaseConsumer,
+/// The partitions of `topic`; an error when the broker does not know it. Blocking.
+pub fn partitions(
+    consumer: &impl Consumer,
     topic: &str,
     timeout: Duration,
 ) -> Result<Vec<i32>, LogError> {
@@ -133,9 +107,32 @@ mod tests {
     #[test]
     fn consumed_when_every_partition_reached_its_end() {
         let ends = Offsets::from([(0, 5), (1, 0), (2, 7)]);
-        assert!(consumed_through(&Offsets::from([(0, 5), (2, 9)]), &ends));
-        assert!(!consumed_through(&Offsets::from([(0, 5), (2, 6)]), &ends));
-        assert!(!consumed_through(&Offsets::from([(0, 5)]), &ends));
-        assert!(consumed_through(&Offsets::new(), &Offsets::from([(0, 0)])));
+        let now = Offsets::from([(0, 9), (1, 0), (2, 9)]);
+        assert!(consumed_through(
+            &Offsets::from([(0, 5), (2, 9)]),
+            &ends,
+            &now
+        ));
+        assert!(!consumed_through(
+            &Offsets::from([(0, 5), (2, 6)]),
+            &ends,
+            &now
+        ));
+        assert!(!consumed_through(&Offsets::from([(0, 5)]), &ends, &now));
+        assert!(consumed_through(
+            &Offsets::new(),
+            &Offsets::from([(0, 0)]),
+            &now
+        ));
+    }
+
+    #[test]
+    fn a_position_past_the_log_end_is_a_lost_log_not_a_consumed_one() {
+        let ends = Offsets::from([(0, 5)]);
+        assert!(!consumed_through(
+            &Offsets::from([(0, 5_000)]),
+            &ends,
+            &Offsets::from([(0, 30)])
+        ));
     }
 }

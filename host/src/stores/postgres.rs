@@ -2,14 +2,13 @@
 
 use std::time::Duration;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::HashSet;
 
 use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use uuid::Uuid;
 
 use crate::config::Services;
-use crate::settlement::decide::{AccountKey, Outcome, TransferMessage, decide};
 
 /// The system account's user id: it funds deposits and may go negative.
 pub const SYSTEM_USER_ID: i64 = 0;
@@ -206,222 +205,6 @@ impl Ledger {
         })
     }
 
-    /// Applies a batch of transfer-log messages in one transaction: skips transaction ids
-    /// already applied, locks every touched account in (user id, currency) order, decides
-    /// in message order against the locked balances, writes transfers, journal entries and
-    /// balances. Returns the outcome of every message and the committed state of every
-    /// touched account (for the cache).
-    pub async fn settle_batch(
-        &self,
-        messages: &[TransferMessage],
-    ) -> Result<SettledBatch, LedgerError> {
-        let mut transaction = self.pool.begin().await?;
-        let keys: BTreeSet<AccountKey> = messages
-            .iter()
-            .flat_map(|m| [m.sender(), m.receiver()])
-            .collect();
-        let (key_users, key_currencies): (Vec<i64>, Vec<String>) = keys.into_iter().unzip();
-        let locked: Vec<(i64, String, i64, i64)> = sqlx::query_as(
-            "SELECT a.user_id, a.currency, a.balance_minor, a.version
-             FROM accounts a JOIN UNNEST($1::bigint[], $2::text[]) AS k(user_id, currency) USING (user_id, currency)
-             ORDER BY a.user_id, a.currency
-             FOR UPDATE OF a",
-        )
-        .bind(&key_users)
-        .bind(&key_currencies)
-        .fetch_all(&mut *transaction)
-        .await?;
-        // Checked after the locks: a worker that waited for another one's batch sees what it
-        // committed and skips it instead of failing on the primary key.
-        let ids: Vec<Uuid> = messages
-            .iter()
-            .map(|message| message.transaction_id)
-            .collect();
-        let already: Vec<(Uuid, String, Option<String>)> = sqlx::query_as(
-            // A join on UNNEST, not `= ANY($1)`: the generic plan of the
-            // latter scans the whole table once it is large.
-            "SELECT t.transaction_id, t.status, t.reason
-             FROM UNNEST($1::uuid[]) AS i(transaction_id) JOIN transfers t USING (transaction_id)",
-        )
-        .bind(&ids)
-        .fetch_all(&mut *transaction)
-        .await?;
-        let mut settled: HashMap<Uuid, (String, Option<String>)> = already
-            .into_iter()
-            .map(|(id, status, reason)| (id, (status, reason)))
-            .collect();
-
-        let mut seen = HashSet::new();
-        let fresh: Vec<&TransferMessage> = messages
-            .iter()
-            .filter(|message| {
-                !settled.contains_key(&message.transaction_id)
-                    && seen.insert(message.transaction_id)
-            })
-            .collect();
-
-        let mut balances: BTreeMap<AccountKey, i64> = locked
-            .iter()
-            .map(|(user, currency, balance, _)| ((*user, currency.clone()), *balance))
-            .collect();
-        let mut accounts: BTreeMap<AccountKey, Balance> = locked
-            .into_iter()
-            .map(|(user, currency, balance_minor, version)| {
-                (
-                    (user, currency),
-                    Balance {
-                        balance_minor,
-                        version,
-                    },
-                )
-            })
-            .collect();
-
-        let outcomes = decide(&mut balances, &fresh);
-        if !fresh.is_empty() {
-            self.write_settled(&mut transaction, &fresh, &outcomes)
-                .await?;
-            let changed: BTreeSet<AccountKey> = fresh
-                .iter()
-                .zip(&outcomes)
-                .filter(|(_, outcome)| **outcome == Outcome::Completed)
-                .flat_map(|(message, _)| [message.sender(), message.receiver()])
-                .collect();
-            if !changed.is_empty() {
-                let users: Vec<i64> = changed.iter().map(|(user, _)| *user).collect();
-                let currencies: Vec<String> = changed
-                    .iter()
-                    .map(|(_, currency)| currency.clone())
-                    .collect();
-                let new_balances: Vec<i64> = changed.iter().map(|key| balances[key]).collect();
-                let updated: Vec<(i64, String, i64, i64)> = sqlx::query_as(
-                    "UPDATE accounts a SET balance_minor = u.balance_minor, version = a.version + 1, updated_at = now()
-                     FROM UNNEST($1::bigint[], $2::text[], $3::bigint[]) AS u(user_id, currency, balance_minor)
-                     WHERE a.user_id = u.user_id AND a.currency = u.currency
-                     RETURNING a.user_id, a.currency, a.balance_minor, a.version",
-                )
-                .bind(&users)
-                .bind(&currencies)
-                .bind(&new_balances)
-                .fetch_all(&mut *transaction)
-                .await?;
-                assert_eq!(
-                    updated.len(),
-                    changed.len(),
-                    "every changed account was locked"
-                );
-                for (user, currency, balance_minor, version) in updated {
-                    accounts.insert(
-                        (user, currency),
-                        Balance {
-                            balance_minor,
-                            version,
-                        },
-                    );
-                }
-            }
-        }
-        // Settled (now or before): no longer pending, in the same commit.
-        delete_pending_in(&mut *transaction, &ids).await?;
-        transaction.commit().await?;
-
-        for (message, outcome) in fresh.iter().zip(&outcomes) {
-            settled.insert(
-                message.transaction_id,
-                (
-                    outcome.status().to_string(),
-                    outcome.reason().map(str::to_string),
-                ),
-            );
-        }
-        let newly_applied: HashSet<Uuid> =
-            fresh.iter().map(|message| message.transaction_id).collect();
-        let transfers = messages
-            .iter()
-            .map(|message| {
-                let (status, reason) = settled
-                    .get(&message.transaction_id)
-                    .cloned()
-                    .unwrap_or_default();
-                SettledTransfer {
-                    transaction_id: message.transaction_id,
-                    status,
-                    reason,
-                    newly_applied: newly_applied.contains(&message.transaction_id),
-                }
-            })
-            .collect();
-        Ok(SettledBatch {
-            transfers,
-            accounts,
-        })
-    }
-
-    async fn write_settled(
-        &self,
-        transaction: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-        fresh: &[&TransferMessage],
-        outcomes: &[Outcome],
-    ) -> Result<(), LedgerError> {
-        assert_eq!(fresh.len(), outcomes.len());
-        sqlx::query(
-            "INSERT INTO transfers (transaction_id, kind, sender_id, receiver_id, amount_minor, currency,
-                                    description, status, reason, created_at)
-             SELECT id, 'transfer', sender, receiver, amount, currency, description, status, reason,
-                    to_timestamp(created_ms / 1000.0)
-             FROM UNNEST($1::uuid[], $2::bigint[], $3::bigint[], $4::bigint[], $5::text[], $6::text[],
-                         $7::text[], $8::text[], $9::bigint[])
-                  AS t(id, sender, receiver, amount, currency, description, status, reason, created_ms)",
-        )
-        .bind(fresh.iter().map(|m| m.transaction_id).collect::<Vec<_>>())
-        .bind(fresh.iter().map(|m| m.sender_id).collect::<Vec<_>>())
-        .bind(fresh.iter().map(|m| m.receiver_id).collect::<Vec<_>>())
-        .bind(fresh.iter().map(|m| m.amount_minor).collect::<Vec<_>>())
-        .bind(fresh.iter().map(|m| m.currency.clone()).collect::<Vec<_>>())
-        .bind(fresh.iter().map(|m| m.description.clone()).collect::<Vec<_>>())
-        .bind(outcomes.iter().map(|o| o.status()).collect::<Vec<_>>())
-        .bind(outcomes.iter().map(|o| o.reason()).collect::<Vec<_>>())
-        .bind(fresh.iter().map(|m| m.created_at_ms).collect::<Vec<_>>())
-        .execute(&mut **transaction)
-        .await?;
-
-        let completed: Vec<&TransferMessage> = fresh
-            .iter()
-            .zip(outcomes)
-            .filter(|(_, outcome)| **outcome == Outcome::Completed)
-            .map(|(message, _)| *message)
-            .collect();
-        if completed.is_empty() {
-            return Ok(());
-        }
-        let mut ids = Vec::with_capacity(completed.len() * 2);
-        let mut users = Vec::with_capacity(completed.len() * 2);
-        let mut currencies = Vec::with_capacity(completed.len() * 2);
-        let mut amounts = Vec::with_capacity(completed.len() * 2);
-        for message in completed {
-            for (user, amount) in [
-                (message.sender_id, -message.amount_minor),
-                (message.receiver_id, message.amount_minor),
-            ] {
-                ids.push(message.transaction_id);
-                users.push(user);
-                currencies.push(message.currency.clone());
-                amounts.push(amount);
-            }
-        }
-        sqlx::query(
-            "INSERT INTO journal_entries (transaction_id, user_id, currency, amount_minor)
-             SELECT * FROM UNNEST($1::uuid[], $2::bigint[], $3::text[], $4::bigint[])",
-        )
-        .bind(&ids)
-        .bind(&users)
-        .bind(&currencies)
-        .bind(&amounts)
-        .execute(&mut **transaction)
-        .await?;
-        Ok(())
-    }
-
     /// A transfer as the ledger recorded it, or `None` when it has not been settled.
     pub async fn transfer(
         &self,
@@ -543,27 +326,11 @@ pub struct Deposit {
     pub replayed: bool,
 }
 
-/// What settlement did with one message.
-#[derive(Debug, Clone)]
-pub struct SettledTransfer {
-    pub transaction_id: Uuid,
-    pub status: String,
-    pub reason: Option<String>,
-    /// Applied by this batch (false: applied before, this was a redelivery).
-    pub newly_applied: bool,
-}
-
-/// What settlement did with a batch.
-#[derive(Debug, Clone)]
-pub struct SettledBatch {
-    /// One per message, in message order.
-    pub transfers: Vec<SettledTransfer>,
-    /// The committed state of every touched account that exists.
-    pub accounts: BTreeMap<AccountKey, Balance>,
-}
-
 /// Deletes pending rows by transaction id, on the pool or inside a transaction.
-async fn delete_pending_in<'e, E>(executor: E, transaction_ids: &[Uuid]) -> Result<(), LedgerError>
+pub(crate) async fn delete_pending_in<'e, E>(
+    executor: E,
+    transaction_ids: &[Uuid],
+) -> Result<(), LedgerError>
 where
     E: sqlx::Executor<'e, Database = sqlx::Postgres>,
 {

@@ -1,0 +1,515 @@
+//! The settlement transaction. One PostgreSQL transaction per batch of transfer-log messages
+//! applies the transfers to the ledger, moves settlement's position in the log past the batch,
+//! and records the batch's after-commit effects as still to run. Because the position commits
+//! with the ledger writes, a batch is applied exactly once whoever reads the log next, and a
+//! crash between the commit and the effects loses nothing: the next worker runs the effects it
+//! finds recorded (`settlement_effects`) before it reads on.
+//!
+//! The position check is what makes two workers on one topic safe, not the ownership lock
+//! (`ownership.rs`): a batch commits only if the position it was read from is still the one in
+//! the table, so the slower of two workers fails with [`SettleError::PositionMoved`].
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::settlement::decide::{AccountKey, Outcome, TransferMessage, decide};
+use crate::stores::postgres::{Balance, LedgerError, delete_pending_in};
+
+pub use crate::stores::log_position::Offsets;
+
+/// How a batch moves settlement's position in `topic`: per partition, the next offset to
+/// settle as this worker last saw it (`from`) and after the batch (`to`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Advance {
+    pub topic: String,
+    pub from: Offsets,
+    pub to: Offsets,
+}
+
+impl Advance {
+    /// An advance that moves no position (settling messages that did not come from the log).
+    pub fn none() -> Advance {
+        Advance::default()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SettleError {
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    #[error(
+        "settlement's position in {topic} is not where this worker read from: another worker settled there"
+    )]
+    PositionMoved { topic: String },
+}
+
+impl From<sqlx::Error> for SettleError {
+    fn from(error: sqlx::Error) -> Self {
+        SettleError::Ledger(error.into())
+    }
+}
+
+/// What settlement did with one message.
+#[derive(Debug, Clone)]
+pub struct SettledTransfer {
+    pub transaction_id: Uuid,
+    pub status: String,
+    pub reason: Option<String>,
+    /// Applied by this batch (false: applied before, a duplicate message or a recovery).
+    pub newly_applied: bool,
+}
+
+/// What settlement did with a batch.
+#[derive(Debug, Clone, Default)]
+pub struct SettledBatch {
+    /// One per message, in message order.
+    pub transfers: Vec<SettledTransfer>,
+    /// The committed state of every touched account that exists.
+    pub accounts: BTreeMap<AccountKey, Balance>,
+}
+
+/// Most transfers whose outstanding effects one recovery step runs.
+pub const MAX_EFFECTS_PER_STEP: i64 = 1_000;
+
+/// Settlement's tables: positions, the settlement transaction, outstanding effects.
+#[derive(Clone)]
+pub struct Settlements {
+    pool: PgPool,
+}
+
+type LockedAccount = (i64, String, i64, i64);
+
+impl Settlements {
+    pub fn new(pool: PgPool) -> Settlements {
+        Settlements { pool }
+    }
+
+    /// Settlement's position in each of `partitions` of `topic`; a partition never settled
+    /// starts at offset 0 (its row is created).
+    pub async fn positions(&self, topic: &str, partitions: &[i32]) -> Result<Offsets, LedgerError> {
+        sqlx::query(
+            "INSERT INTO settlement_positions (topic, partition, next_offset)
+             SELECT $1, p, 0 FROM UNNEST($2::int[]) AS p ON CONFLICT DO NOTHING",
+        )
+        .bind(topic)
+        .bind(partitions)
+        .execute(&self.pool)
+        .await?;
+        self.read_positions(topic).await
+    }
+
+    /// Settlement's position in every partition of `topic` it has a row for.
+    pub async fn read_positions(&self, topic: &str) -> Result<Offsets, LedgerError> {
+        let rows: Vec<(i32, i64)> = sqlx::query_as(
+            "SELECT partition, next_offset FROM settlement_positions WHERE topic = $1",
+        )
+        .bind(topic)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().collect())
+    }
+
+    /// Applies a batch in one transaction: checks and moves the position, skips transaction
+    /// ids already applied, locks every touched account in (user id, currency) order, decides
+    /// in message order against the locked balances, writes transfers, journal entries and
+    /// balances, deletes pending rows and records the effects to run. Returns the outcome of
+    /// every message and the committed state of every touched account (for the cache).
+    pub async fn apply(
+        &self,
+        messages: &[TransferMessage],
+        advance: &Advance,
+    ) -> Result<SettledBatch, SettleError> {
+        let mut transaction = self.pool.begin().await?;
+        check_position(&mut transaction, advance).await?;
+        let locked = lock_accounts(&mut transaction, messages).await?;
+        let ids: Vec<Uuid> = messages.iter().map(|m| m.transaction_id).collect();
+        let mut settled = already_settled(&mut transaction, &ids).await?;
+
+        let mut seen = HashSet::new();
+        let fresh: Vec<&TransferMessage> = messages
+            .iter()
+            .filter(|m| !settled.contains_key(&m.transaction_id) && seen.insert(m.transaction_id))
+            .collect();
+        let mut balances: BTreeMap<AccountKey, i64> = locked
+            .iter()
+            .map(|(user, currency, balance, _)| ((*user, currency.clone()), *balance))
+            .collect();
+        let mut accounts: BTreeMap<AccountKey, Balance> =
+            locked.into_iter().map(account_entry).collect();
+
+        let outcomes = decide(&mut balances, &fresh);
+        if !fresh.is_empty() {
+            write_transfers(&mut transaction, &fresh, &outcomes).await?;
+            write_journal(&mut transaction, &fresh, &outcomes).await?;
+            let updated = write_balances(&mut transaction, &fresh, &outcomes, &balances).await?;
+            accounts.extend(updated);
+        }
+        // Settled (now or before): no longer pending, and its effects are to run, in the
+        // same commit as the position.
+        delete_pending_in(&mut *transaction, &ids).await?;
+        record_effects(&mut transaction, &ids).await?;
+        move_position(&mut transaction, advance).await?;
+        transaction.commit().await?;
+
+        for (message, outcome) in fresh.iter().zip(&outcomes) {
+            let result = (
+                outcome.status().to_string(),
+                outcome.reason().map(str::to_string),
+            );
+            settled.insert(message.transaction_id, result);
+        }
+        let newly_applied: HashSet<Uuid> = fresh.iter().map(|m| m.transaction_id).collect();
+        let transfers = messages
+            .iter()
+            .map(|message| {
+                let (status, reason) = settled
+                    .get(&message.transaction_id)
+                    .cloned()
+                    .unwrap_or_default();
+                SettledTransfer {
+                    transaction_id: message.transaction_id,
+                    status,
+                    reason,
+                    newly_applied: newly_applied.contains(&message.transaction_id),
+                }
+            })
+            .collect();
+        Ok(SettledBatch {
+            transfers,
+            accounts,
+        })
+    }
+
+    /// Settled transfers whose effects may not have run (oldest first, at most `limit`), as
+    /// messages and as a settled batch, ready for the same effects a fresh batch gets.
+    pub async fn outstanding_effects(
+        &self,
+        limit: i64,
+    ) -> Result<(Vec<TransferMessage>, SettledBatch), LedgerError> {
+        type Row = (
+            Uuid,
+            i64,
+            i64,
+            i64,
+            String,
+            Option<String>,
+            String,
+            Option<String>,
+            i64,
+        );
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT t.transaction_id, t.sender_id, t.receiver_id, t.amount_minor, t.currency,
+                    t.description, t.status, t.reason,
+                    (extract(epoch FROM t.created_at) * 1000)::bigint
+             FROM settlement_effects e JOIN transfers t USING (transaction_id)
+             ORDER BY e.created_at, e.transaction_id LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut messages = Vec::with_capacity(rows.len());
+        let mut transfers = Vec::with_capacity(rows.len());
+        for (id, sender, receiver, amount, currency, description, status, reason, created_ms) in
+            rows
+        {
+            messages.push(TransferMessage {
+                transaction_id: id,
+                sender_id: sender,
+                receiver_id: receiver,
+                amount_minor: amount,
+                currency,
+                description,
+                created_at_ms: created_ms,
+            });
+            transfers.push(SettledTransfer {
+                transaction_id: id,
+                status,
+                reason,
+                newly_applied: false,
+            });
+        }
+        let accounts = self.current_balances(&messages).await?;
+        Ok((
+            messages,
+            SettledBatch {
+                transfers,
+                accounts,
+            },
+        ))
+    }
+
+    /// The effects of these transfers ran: forget them.
+    pub async fn effects_done(&self, transaction_ids: &[Uuid]) -> Result<(), LedgerError> {
+        sqlx::query(
+            "DELETE FROM settlement_effects e USING UNNEST($1::uuid[]) AS i(transaction_id)
+             WHERE e.transaction_id = i.transaction_id",
+        )
+        .bind(transaction_ids)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The committed balance of every account the messages touch.
+    async fn current_balances(
+        &self,
+        messages: &[TransferMessage],
+    ) -> Result<BTreeMap<AccountKey, Balance>, LedgerError> {
+        let (users, currencies) = account_keys(messages);
+        let rows: Vec<LockedAccount> = sqlx::query_as(
+            "SELECT a.user_id, a.currency, a.balance_minor, a.version
+             FROM accounts a JOIN UNNEST($1::bigint[], $2::text[]) AS k(user_id, currency) USING (user_id, currency)",
+        )
+        .bind(&users)
+        .bind(&currencies)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(account_entry).collect())
+    }
+}
+
+type Transaction<'a> = sqlx::Transaction<'a, sqlx::Postgres>;
+
+fn account_entry((user, currency, balance_minor, version): LockedAccount) -> (AccountKey, Balance) {
+    let balance = Balance {
+        balance_minor,
+        version,
+    };
+    ((user, currency), balance)
+}
+
+/// The (user ids, currencies) of every account the messages touch, sorted, without repeats.
+fn account_keys(messages: &[TransferMessage]) -> (Vec<i64>, Vec<String>) {
+    let keys: BTreeSet<AccountKey> = messages
+        .iter()
+        .flat_map(|m| [m.sender(), m.receiver()])
+        .collect();
+    keys.into_iter().unzip()
+}
+
+/// Locks the position rows the batch moves and checks they are where the batch was read from.
+/// Taken first, so two workers on one topic queue here before touching any account.
+async fn check_position(
+    transaction: &mut Transaction<'_>,
+    advance: &Advance,
+) -> Result<(), SettleError> {
+    if advance.from.is_empty() {
+        return Ok(());
+    }
+    assert_eq!(
+        advance.from.keys().collect::<Vec<_>>(),
+        advance.to.keys().collect::<Vec<_>>(),
+        "an advance names the same partitions before and after"
+    );
+    let partitions: Vec<i32> = advance.from.keys().copied().collect();
+    let rows: Vec<(i32, i64)> = sqlx::query_as(
+        "SELECT partition, next_offset FROM settlement_positions
+         WHERE topic = $1 AND partition = ANY($2::int[]) ORDER BY partition FOR UPDATE",
+    )
+    .bind(&advance.topic)
+    .bind(&partitions)
+    .fetch_all(&mut **transaction)
+    .await?;
+    let current: Offsets = rows.into_iter().collect();
+    if current != advance.from {
+        return Err(SettleError::PositionMoved {
+            topic: advance.topic.clone(),
+        });
+    }
+    Ok(())
+}
+
+async fn move_position(
+    transaction: &mut Transaction<'_>,
+    advance: &Advance,
+) -> Result<(), LedgerError> {
+    if advance.to.is_empty() {
+        return Ok(());
+    }
+    let partitions: Vec<i32> = advance.to.keys().copied().collect();
+    let next: Vec<i64> = advance.to.values().copied().collect();
+    sqlx::query(
+        "UPDATE settlement_positions p SET next_offset = u.next_offset, updated_at = now()
+         FROM UNNEST($2::int[], $3::bigint[]) AS u(partition, next_offset)
+         WHERE p.topic = $1 AND p.partition = u.partition",
+    )
+    .bind(&advance.topic)
+    .bind(&partitions)
+    .bind(&next)
+    .execute(&mut **transaction)
+    .await?;
+    Ok(())
+}
+
+/// Locks every account the messages touch, in (user id, currency) order (deposits use the
+/// same order), and returns their balances and versions.
+async fn lock_accounts(
+    transaction: &mut Transaction<'_>,
+    messages: &[TransferMessage],
+) -> Result<Vec<LockedAccount>, LedgerError> {
+    let (users, currencies) = account_keys(messages);
+    Ok(sqlx::query_as(
+        "SELECT a.user_id, a.currency, a.balance_minor, a.version
+         FROM accounts a JOIN UNNEST($1::bigint[], $2::text[]) AS k(user_id, currency) USING (user_id, currency)
+         ORDER BY a.user_id, a.currency
+         FOR UPDATE OF a",
+    )
+    .bind(&users)
+    .bind(&currencies)
+    .fetch_all(&mut **transaction)
+    .await?)
+}
+
+/// The recorded outcome of every id the ledger already has. Read after the account locks: a
+/// worker that waited for another one's batch sees what it committed and skips it instead of
+/// failing on the primary key.
+async fn already_settled(
+    transaction: &mut Transaction<'_>,
+    ids: &[Uuid],
+) -> Result<HashMap<Uuid, (String, Option<String>)>, LedgerError> {
+    let rows: Vec<(Uuid, String, Option<String>)> = sqlx::query_as(
+        // A join on UNNEST, not `= ANY($1)`: the generic plan of the latter scans the whole
+        // table once it is large.
+        "SELECT t.transaction_id, t.status, t.reason
+         FROM UNNEST($1::uuid[]) AS i(transaction_id) JOIN transfers t USING (transaction_id)",
+    )
+    .bind(ids)
+    .fetch_all(&mut **transaction)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, status, reason)| (id, (status, reason)))
+        .collect())
+}
+
+async fn write_transfers(
+    transaction: &mut Transaction<'_>,
+    fresh: &[&TransferMessage],
+    outcomes: &[Outcome],
+) -> Result<(), LedgerError> {
+    assert_eq!(fresh.len(), outcomes.len(), "one outcome per fresh message");
+    sqlx::query(
+        "INSERT INTO transfers (transaction_id, kind, sender_id, receiver_id, amount_minor, currency,
+                                description, status, reason, created_at)
+         SELECT id, 'transfer', sender, receiver, amount, currency, description, status, reason,
+                to_timestamp(created_ms / 1000.0)
+         FROM UNNEST($1::uuid[], $2::bigint[], $3::bigint[], $4::bigint[], $5::text[], $6::text[],
+                     $7::text[], $8::text[], $9::bigint[])
+              AS t(id, sender, receiver, amount, currency, description, status, reason, created_ms)",
+    )
+    .bind(fresh.iter().map(|m| m.transaction_id).collect::<Vec<_>>())
+    .bind(fresh.iter().map(|m| m.sender_id).collect::<Vec<_>>())
+    .bind(fresh.iter().map(|m| m.receiver_id).collect::<Vec<_>>())
+    .bind(fresh.iter().map(|m| m.amount_minor).collect::<Vec<_>>())
+    .bind(fresh.iter().map(|m| m.currency.clone()).collect::<Vec<_>>())
+    .bind(fresh.iter().map(|m| m.description.clone()).collect::<Vec<_>>())
+    .bind(outcomes.iter().map(|o| o.status()).collect::<Vec<_>>())
+    .bind(outcomes.iter().map(|o| o.reason()).collect::<Vec<_>>())
+    .bind(fresh.iter().map(|m| m.created_at_ms).collect::<Vec<_>>())
+    .execute(&mut **transaction)
+    .await?;
+    Ok(())
+}
+
+/// Two entries per completed transfer: the sender's negative, the receiver's positive.
+async fn write_journal(
+    transaction: &mut Transaction<'_>,
+    fresh: &[&TransferMessage],
+    outcomes: &[Outcome],
+) -> Result<(), LedgerError> {
+    let completed = completed(fresh, outcomes);
+    if completed.is_empty() {
+        return Ok(());
+    }
+    let mut ids = Vec::with_capacity(completed.len() * 2);
+    let mut users = Vec::with_capacity(completed.len() * 2);
+    let mut currencies = Vec::with_capacity(completed.len() * 2);
+    let mut amounts = Vec::with_capacity(completed.len() * 2);
+    for message in completed {
+        for (user, amount) in [
+            (message.sender_id, -message.amount_minor),
+            (message.receiver_id, message.amount_minor),
+        ] {
+            ids.push(message.transaction_id);
+            users.push(user);
+            currencies.push(message.currency.clone());
+            amounts.push(amount);
+        }
+    }
+    sqlx::query(
+        "INSERT INTO journal_entries (transaction_id, user_id, currency, amount_minor)
+         SELECT * FROM UNNEST($1::uuid[], $2::bigint[], $3::text[], $4::bigint[])",
+    )
+    .bind(&ids)
+    .bind(&users)
+    .bind(&currencies)
+    .bind(&amounts)
+    .execute(&mut **transaction)
+    .await?;
+    Ok(())
+}
+
+/// Writes the new balance of every account a completed transfer changed; returns their
+/// committed state.
+async fn write_balances(
+    transaction: &mut Transaction<'_>,
+    fresh: &[&TransferMessage],
+    outcomes: &[Outcome],
+    balances: &BTreeMap<AccountKey, i64>,
+) -> Result<Vec<(AccountKey, Balance)>, LedgerError> {
+    let changed: BTreeSet<AccountKey> = completed(fresh, outcomes)
+        .into_iter()
+        .flat_map(|message| [message.sender(), message.receiver()])
+        .collect();
+    if changed.is_empty() {
+        return Ok(Vec::new());
+    }
+    let users: Vec<i64> = changed.iter().map(|(user, _)| *user).collect();
+    let currencies: Vec<String> = changed
+        .iter()
+        .map(|(_, currency)| currency.clone())
+        .collect();
+    let new_balances: Vec<i64> = changed.iter().map(|key| balances[key]).collect();
+    let updated: Vec<LockedAccount> = sqlx::query_as(
+        "UPDATE accounts a SET balance_minor = u.balance_minor, version = a.version + 1, updated_at = now()
+         FROM UNNEST($1::bigint[], $2::text[], $3::bigint[]) AS u(user_id, currency, balance_minor)
+         WHERE a.user_id = u.user_id AND a.currency = u.currency
+         RETURNING a.user_id, a.currency, a.balance_minor, a.version",
+    )
+    .bind(&users)
+    .bind(&currencies)
+    .bind(&new_balances)
+    .fetch_all(&mut **transaction)
+    .await?;
+    assert_eq!(
+        updated.len(),
+        changed.len(),
+        "every changed account was locked"
+    );
+    Ok(updated.into_iter().map(account_entry).collect())
+}
+
+async fn record_effects(
+    transaction: &mut Transaction<'_>,
+    ids: &[Uuid],
+) -> Result<(), LedgerError> {
+    sqlx::query(
+        "INSERT INTO settlement_effects (transaction_id)
+         SELECT UNNEST($1::uuid[]) ON CONFLICT DO NOTHING",
+    )
+    .bind(ids)
+    .execute(&mut **transaction)
+    .await?;
+    Ok(())
+}
+
+fn completed<'m>(fresh: &[&'m TransferMessage], outcomes: &[Outcome]) -> Vec<&'m TransferMessage> {
+    fresh
+        .iter()
+        .zip(outcomes)
+        .filter(|(_, outcome)| **outcome == Outcome::Completed)
+        .map(|(message, _)| *message)
+        .collect()
+}
