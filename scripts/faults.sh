@@ -16,4 +16,5 @@ cargo build --release --quiet -p transferd
 export TRANSFERD_BIN="$CARGO_TARGET_DIR/release/transferd"
 
 log "running the fault test (about 2-4 minutes)"
-cargo test --release --quiet -p transferd-e2e --test faults -- --nocapture
+# --workspace, as in scripts/test.sh: the same features, so nothing is built again.
+cargo test --release --quiet --workspace --test faults -- --nocapture

@@ -15,4 +15,5 @@ cargo build --release --quiet -p transferd
 export TRANSFERD_BIN="$CARGO_TARGET_DIR/release/transferd"
 
 log "soaking: ${SOAK_REQUESTS:-52000} transfers, worker and broker each killed ${SOAK_KILLS:-3} times"
-cargo test --release --quiet -p transferd-e2e --test soak -- --ignored --nocapture
+# --workspace, as in scripts/test.sh: the same features, so nothing is built again.
+cargo test --release --quiet --workspace --test soak -- --ignored --nocapture

@@ -88,7 +88,16 @@ async fn run(requests: u64, kills: u64) -> anyhow::Result<()> {
             );
         }
     }
+    // Every request is posted: the faults fall inside the load, not at its end.
+    while !load.finished() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let outcomes = load.stop().await?;
+    anyhow::ensure!(
+        outcomes.len() as u64 >= requests,
+        "the load posted {} of {requests} requests",
+        outcomes.len()
+    );
     let load_time = started.elapsed();
     let checks_started = Instant::now();
     let verdict = verify(&namespace, &outcomes, &faults, SETTLE_LIMIT, &host.base_url).await?;

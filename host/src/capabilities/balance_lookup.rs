@@ -3,7 +3,8 @@
 
 use std::sync::Arc;
 
-use crate::capabilities::{Capabilities, RequestState};
+use crate::capabilities::RequestState;
+use crate::capabilities::backend::Backend;
 use crate::guest::bindings::transferd::transfer::balance_lookup;
 
 impl balance_lookup::Host for RequestState {
@@ -13,7 +14,7 @@ impl balance_lookup::Host for RequestState {
         currency: String,
     ) -> wasmtime::Result<Result<Option<i64>, String>> {
         let capabilities = Arc::clone(&self.capabilities);
-        let answer = lookup(&capabilities, account_id, &currency).await;
+        let answer = lookup(&*capabilities, account_id, &currency).await;
         self.answers
             .lookups
             .push((account_id, currency, answer.clone()));
@@ -21,39 +22,36 @@ impl balance_lookup::Host for RequestState {
     }
 }
 
-async fn lookup(
-    capabilities: &Capabilities,
+/// The available balance: Redis's answer when cached; otherwise the ledger's, cached on the
+/// way (with this account's holds taken off once it is); the ledger's alone while Redis is
+/// down. An error only when neither can answer.
+pub async fn lookup<B: Backend>(
+    backend: &B,
     account_id: i64,
     currency: &str,
 ) -> Result<Option<i64>, String> {
-    match capabilities.cache.available(account_id, currency).await {
+    match backend.cached_available(account_id, currency).await {
         Ok(Some(available)) => return Ok(Some(available)),
         Ok(None) => {}
         Err(error) => {
             tracing::warn!(%error, account_id, currency, "balance cache unavailable; reading the ledger");
-            return capabilities
-                .ledger
-                .balance(account_id, currency)
+            return backend
+                .settled_balance(account_id, currency)
                 .await
                 .map(|balance| balance.map(|balance| balance.balance_minor))
                 .map_err(|error| error.to_string());
         }
     }
-    // Not cached: read the ledger, fill the cache, and answer with the holds taken off.
-    let balance = match capabilities.ledger.balance(account_id, currency).await {
+    let balance = match backend.settled_balance(account_id, currency).await {
         Ok(Some(balance)) => balance,
         Ok(None) => return Ok(None),
         Err(error) => return Err(error.to_string()),
     };
-    if let Err(error) = capabilities
-        .cache
-        .store_balance(account_id, currency, balance.balance_minor, balance.version)
-        .await
-    {
+    if let Err(error) = backend.cache_balance(account_id, currency, balance).await {
         tracing::warn!(%error, account_id, currency, "could not fill the balance cache");
         return Ok(Some(balance.balance_minor));
     }
-    match capabilities.cache.available(account_id, currency).await {
+    match backend.cached_available(account_id, currency).await {
         Ok(Some(available)) => Ok(Some(available)),
         _ => Ok(Some(balance.balance_minor)),
     }

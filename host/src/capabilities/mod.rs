@@ -1,14 +1,18 @@
-//! The guest's imports, implemented with the stores. Thin on purpose: they translate between
-//! the WIT types and the stores; the one policy they apply, the host's checks on what a guest
-//! publishes, lives in `guard`.
+//! The guest's imports, implemented with the stores. The WIT impls are thin: they translate
+//! between the WIT types and the policy, which is written over a small backend trait
+//! (`backend`: which store answers, hold or pending row, what to release) and unit-tested
+//! without services; the host's checks on what a guest publishes live in `guard`.
 //!
 //! `RequestState` is the data of one request's store: the shared stores plus what this
 //! request may act on (its transaction id names the holds it takes, its request is what a
 //! publish must match) and what its publish did.
 
+pub mod backend;
 mod balance_lookup;
 pub mod guard;
 mod publish;
+#[cfg(test)]
+mod tests;
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;

@@ -10,7 +10,8 @@ use std::sync::Arc;
 
 use transferd_guest::logic::Outgoing;
 
-use crate::capabilities::{Capabilities, Publication, PublicationCell, RequestState, guard};
+use crate::capabilities::backend::Backend;
+use crate::capabilities::{Publication, PublicationCell, RequestState, guard};
 use crate::guest::bindings::transferd::transfer::publish::{self, PublishError};
 use crate::stores::redis::HoldOutcome;
 
@@ -57,15 +58,15 @@ enum Kept {
 
 /// Holds, produces, and records what happened in `publication`. `outgoing` passed the guard:
 /// its hold is present, on the sender, and equals `amount_minor`.
-async fn deliver(
-    capabilities: Arc<Capabilities>,
+pub async fn deliver<B: Backend>(
+    backend: Arc<B>,
     transaction_id: String,
     outgoing: Outgoing,
     amount_minor: i64,
     publication: PublicationCell,
 ) -> Result<(), PublishError> {
     let refused = |reason: String| Publication::Refused { reason };
-    let kept = match keep(&capabilities, &transaction_id, &outgoing, amount_minor).await {
+    let kept = match keep(&*backend, &transaction_id, &outgoing, amount_minor).await {
         Ok(kept) => kept,
         Err(error) => {
             publication.set(refused(match &error {
@@ -78,8 +79,7 @@ async fn deliver(
 
     crate::crash::point("after-hold");
     let headers = [("transaction_id", transaction_id.as_str())];
-    let produced = capabilities
-        .log
+    let produced = backend
         .produce(&outgoing.topic, &outgoing.key, &outgoing.payload, &headers)
         .await;
     match produced {
@@ -104,7 +104,7 @@ async fn deliver(
         }
         Err(error) => {
             tracing::warn!(%error, transaction_id, "publish refused; releasing the hold");
-            release(&capabilities, &transaction_id, &outgoing, kept).await;
+            release(&*backend, &transaction_id, &outgoing, kept).await;
             publication.set(refused(error.to_string()));
             Err(PublishError::Unavailable(error.to_string()))
         }
@@ -113,8 +113,8 @@ async fn deliver(
 
 /// Takes the hold in Redis, or, when Redis cannot be reached, writes the pending row in
 /// PostgreSQL. Neither possible: the transfer is not accepted.
-async fn keep(
-    capabilities: &Capabilities,
+async fn keep<B: Backend>(
+    backend: &B,
     transaction_id: &str,
     outgoing: &Outgoing,
     amount_minor: i64,
@@ -124,42 +124,26 @@ async fn keep(
             "a checked message carries a hold".into(),
         ));
     };
-    let cache = &capabilities.cache;
+    let (account_id, currency) = (hold.account_id, hold.currency.as_str());
     let attempt = || {
-        cache.reserve_hold(
+        backend.reserve_hold(
             transaction_id,
-            hold.account_id,
-            &hold.currency,
+            account_id,
+            currency,
             amount_minor,
             &outgoing.payload,
         )
     };
     let outcome = match attempt().await {
-        Ok(HoldOutcome::Missing) => {
-            // Not cached: load the settled balance, then try once more.
-            match capabilities
-                .ledger
-                .balance(hold.account_id, &hold.currency)
-                .await
-            {
-                Ok(Some(balance)) => {
-                    let stored = cache
-                        .store_balance(
-                            hold.account_id,
-                            &hold.currency,
-                            balance.balance_minor,
-                            balance.version,
-                        )
-                        .await;
-                    match stored {
-                        Ok(_) => attempt().await,
-                        Err(error) => Err(error),
-                    }
-                }
-                Ok(None) => return Err(PublishError::InsufficientFunds),
-                Err(error) => return Err(PublishError::Unavailable(error.to_string())),
-            }
-        }
+        // Not cached: load the settled balance, then try once more.
+        Ok(HoldOutcome::Missing) => match backend.settled_balance(account_id, currency).await {
+            Ok(Some(balance)) => match backend.cache_balance(account_id, currency, balance).await {
+                Ok(()) => attempt().await,
+                Err(error) => Err(error),
+            },
+            Ok(None) => return Err(PublishError::InsufficientFunds),
+            Err(error) => return Err(PublishError::Unavailable(error.to_string())),
+        },
         other => other,
     };
     match outcome {
@@ -171,15 +155,8 @@ async fn keep(
             tracing::warn!(%cache_error, transaction_id, "cannot reserve a hold; recording the transfer as pending in the ledger");
             let id = uuid::Uuid::parse_str(transaction_id)
                 .map_err(|error| PublishError::Unavailable(error.to_string()))?;
-            capabilities
-                .ledger
-                .insert_pending(
-                    id,
-                    hold.account_id,
-                    &hold.currency,
-                    amount_minor,
-                    &outgoing.payload,
-                )
+            backend
+                .insert_pending(id, account_id, currency, amount_minor, &outgoing.payload)
                 .await
                 .map_err(|error| PublishError::Unavailable(format!("{cache_error}; {error}")))?;
             Ok(Kept::PendingRow)
@@ -188,22 +165,15 @@ async fn keep(
 }
 
 /// Undoes [`keep`] for a message certainly not in the log.
-async fn release(
-    capabilities: &Capabilities,
-    transaction_id: &str,
-    outgoing: &Outgoing,
-    kept: Kept,
-) {
+async fn release<B: Backend>(backend: &B, transaction_id: &str, outgoing: &Outgoing, kept: Kept) {
     let released = match (kept, &outgoing.hold) {
-        (Kept::RedisHold, Some(hold)) => capabilities
-            .cache
+        (Kept::RedisHold, Some(hold)) => backend
             .release_hold(transaction_id, hold.account_id, &hold.currency)
             .await
             .map_err(|error| error.to_string()),
         (Kept::PendingRow, _) => match uuid::Uuid::parse_str(transaction_id) {
-            Ok(id) => capabilities
-                .ledger
-                .delete_pending(&[id])
+            Ok(id) => backend
+                .delete_pending(id)
                 .await
                 .map_err(|error| error.to_string()),
             Err(error) => Err(error.to_string()),
@@ -211,8 +181,8 @@ async fn release(
         (Kept::RedisHold, None) => Ok(()),
     };
     if let Err(error) = released {
-        // The hold stays until it is released by hand or the key is rebuilt; it only makes
-        // the account look poorer, never richer.
+        // The hold stays until the reconciler releases it; it only makes the account look
+        // poorer, never richer.
         tracing::error!(%error, transaction_id, "could not release the hold of a refused publish");
     }
 }

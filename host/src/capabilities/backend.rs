@@ -1,0 +1,166 @@
+//! What the imports' policy needs from the stores, as one small trait. The policy (Redis
+//! first and the ledger when Redis is down or the balance is not cached; a hold, or without
+//! Redis a pending row; release only what is certainly not in the log) is written once over
+//! it, so it is unit-tested against an in-memory backend without services (`tests` below),
+//! while [`Capabilities`] implements it with Redis, PostgreSQL and Kafka.
+
+use std::future::Future;
+
+use uuid::Uuid;
+
+use crate::capabilities::Capabilities;
+use crate::stores::kafka::{Acknowledged, LogError};
+use crate::stores::postgres::{Balance, LedgerError};
+use crate::stores::redis::{CacheError, HoldOutcome};
+
+pub trait Backend: Send + Sync + 'static {
+    /// Redis: the account's settled balance minus its holds; `None` when it is not cached.
+    fn cached_available(
+        &self,
+        account_id: i64,
+        currency: &str,
+    ) -> impl Future<Output = Result<Option<i64>, CacheError>> + Send;
+
+    /// Redis: caches a settled balance unless a newer version is cached.
+    fn cache_balance(
+        &self,
+        account_id: i64,
+        currency: &str,
+        balance: Balance,
+    ) -> impl Future<Output = Result<(), CacheError>> + Send;
+
+    /// Redis: sets `amount_minor` of the available balance aside for `transaction_id`, with
+    /// the message as its pending record.
+    fn reserve_hold(
+        &self,
+        transaction_id: &str,
+        account_id: i64,
+        currency: &str,
+        amount_minor: i64,
+        message: &[u8],
+    ) -> impl Future<Output = Result<HoldOutcome, CacheError>> + Send;
+
+    /// Redis: gives a hold (and its pending record) back.
+    fn release_hold(
+        &self,
+        transaction_id: &str,
+        account_id: i64,
+        currency: &str,
+    ) -> impl Future<Output = Result<(), CacheError>> + Send;
+
+    /// PostgreSQL: the settled balance, `None` when the account does not exist.
+    fn settled_balance(
+        &self,
+        account_id: i64,
+        currency: &str,
+    ) -> impl Future<Output = Result<Option<Balance>, LedgerError>> + Send;
+
+    /// PostgreSQL: records an accepted transfer that has no Redis hold.
+    fn insert_pending(
+        &self,
+        transaction_id: Uuid,
+        account_id: i64,
+        currency: &str,
+        amount_minor: i64,
+        message: &[u8],
+    ) -> impl Future<Output = Result<(), LedgerError>> + Send;
+
+    fn delete_pending(
+        &self,
+        transaction_id: Uuid,
+    ) -> impl Future<Output = Result<(), LedgerError>> + Send;
+
+    /// Kafka: writes the message and waits for the broker's acknowledgement.
+    fn produce(
+        &self,
+        topic: &str,
+        key: &str,
+        payload: &[u8],
+        headers: &[(&str, &str)],
+    ) -> impl Future<Output = Result<Acknowledged, LogError>> + Send;
+}
+
+impl Backend for Capabilities {
+    async fn cached_available(
+        &self,
+        account_id: i64,
+        currency: &str,
+    ) -> Result<Option<i64>, CacheError> {
+        self.cache.available(account_id, currency).await
+    }
+
+    async fn cache_balance(
+        &self,
+        account_id: i64,
+        currency: &str,
+        balance: Balance,
+    ) -> Result<(), CacheError> {
+        let Balance {
+            balance_minor,
+            version,
+        } = balance;
+        self.cache
+            .store_balance(account_id, currency, balance_minor, version)
+            .await
+            .map(|_stored| ())
+    }
+
+    async fn reserve_hold(
+        &self,
+        transaction_id: &str,
+        account_id: i64,
+        currency: &str,
+        amount_minor: i64,
+        message: &[u8],
+    ) -> Result<HoldOutcome, CacheError> {
+        self.cache
+            .reserve_hold(transaction_id, account_id, currency, amount_minor, message)
+            .await
+    }
+
+    async fn release_hold(
+        &self,
+        transaction_id: &str,
+        account_id: i64,
+        currency: &str,
+    ) -> Result<(), CacheError> {
+        self.cache
+            .release_hold(transaction_id, account_id, currency)
+            .await
+    }
+
+    async fn settled_balance(
+        &self,
+        account_id: i64,
+        currency: &str,
+    ) -> Result<Option<Balance>, LedgerError> {
+        self.ledger.balance(account_id, currency).await
+    }
+
+    async fn insert_pending(
+        &self,
+        transaction_id: Uuid,
+        account_id: i64,
+        currency: &str,
+        amount_minor: i64,
+        message: &[u8],
+    ) -> Result<(), LedgerError> {
+        self.ledger
+            .insert_pending(transaction_id, account_id, currency, amount_minor, message)
+            .await
+    }
+
+    async fn delete_pending(&self, transaction_id: Uuid) -> Result<(), LedgerError> {
+        self.ledger.delete_pending(&[transaction_id]).await
+    }
+
+    async fn produce(
+        &self,
+        topic: &str,
+        key: &str,
+        payload: &[u8],
+        headers: &[(&str, &str)],
+    ) -> Result<Acknowledged, LogError> {
+        self.log.produce(topic, key, payload, headers).await
+    }
+}

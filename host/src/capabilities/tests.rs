@@ -1,0 +1,349 @@
+//! The imports' policy against an in-memory backend: which store answers a lookup, what a
+//! publish holds, and what it gives back for each way the broker can answer. Redis, the
+//! ledger and the broker can each be taken down; the real stores are tested end to end.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use transferd_guest::logic::{Hold, Outgoing};
+use uuid::Uuid;
+
+use super::backend::Backend;
+use super::balance_lookup::lookup;
+use super::publish::deliver;
+use super::{Publication, PublicationCell};
+use crate::guest::bindings::transferd::transfer::publish::PublishError;
+use crate::stores::kafka::{Acknowledged, LogError};
+use crate::stores::postgres::{Balance, LedgerError};
+use crate::stores::redis::{CacheError, HoldOutcome};
+
+/// How the fake broker answers a produce.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Broker {
+    Acknowledges,
+    Refuses,
+    TimesOut,
+}
+
+type Account = (i64, String);
+
+#[derive(Default)]
+struct State {
+    /// Redis: cached balance per account.
+    cached: HashMap<Account, i64>,
+    /// Redis: holds by transaction id.
+    holds: HashMap<String, (Account, i64)>,
+    /// PostgreSQL: settled balances and pending rows.
+    settled: HashMap<Account, i64>,
+    pending: HashMap<Uuid, i64>,
+    produced: Vec<String>,
+}
+
+struct Fake {
+    state: Mutex<State>,
+    redis_down: AtomicBool,
+    ledger_down: AtomicBool,
+    broker: Mutex<Broker>,
+}
+
+impl Fake {
+    fn new() -> Arc<Fake> {
+        Arc::new(Fake {
+            state: Mutex::default(),
+            redis_down: AtomicBool::new(false),
+            ledger_down: AtomicBool::new(false),
+            broker: Mutex::new(Broker::Acknowledges),
+        })
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().expect("the fake's lock")
+    }
+
+    fn redis(&self) -> Result<(), CacheError> {
+        if self.redis_down.load(Ordering::SeqCst) {
+            return Err(CacheError::Unavailable("down".into()));
+        }
+        Ok(())
+    }
+
+    fn ledger(&self) -> Result<(), LedgerError> {
+        if self.ledger_down.load(Ordering::SeqCst) {
+            return Err(LedgerError::Unavailable(sqlx::Error::PoolTimedOut));
+        }
+        Ok(())
+    }
+
+    fn held_on(state: &State, account: &Account) -> i64 {
+        state
+            .holds
+            .values()
+            .filter(|(on, _)| on == account)
+            .map(|(_, amount)| amount)
+            .sum()
+    }
+}
+
+fn account(id: i64) -> Account {
+    (id, "USD".to_string())
+}
+
+impl Backend for Fake {
+    async fn cached_available(&self, id: i64, currency: &str) -> Result<Option<i64>, CacheError> {
+        self.redis()?;
+        let state = self.state();
+        let key = (id, currency.to_string());
+        Ok(state
+            .cached
+            .get(&key)
+            .map(|balance| balance - Fake::held_on(&state, &key)))
+    }
+
+    async fn cache_balance(
+        &self,
+        id: i64,
+        currency: &str,
+        balance: Balance,
+    ) -> Result<(), CacheError> {
+        self.redis()?;
+        self.state()
+            .cached
+            .insert((id, currency.to_string()), balance.balance_minor);
+        Ok(())
+    }
+
+    async fn reserve_hold(
+        &self,
+        transaction_id: &str,
+        id: i64,
+        currency: &str,
+        amount_minor: i64,
+        _message: &[u8],
+    ) -> Result<HoldOutcome, CacheError> {
+        self.redis()?;
+        let mut state = self.state();
+        let key = (id, currency.to_string());
+        let Some(balance) = state.cached.get(&key).copied() else {
+            return Ok(HoldOutcome::Missing);
+        };
+        if balance - Fake::held_on(&state, &key) < amount_minor {
+            return Ok(HoldOutcome::Insufficient);
+        }
+        state
+            .holds
+            .insert(transaction_id.into(), (key, amount_minor));
+        Ok(HoldOutcome::Reserved)
+    }
+
+    async fn release_hold(&self, transaction_id: &str, _: i64, _: &str) -> Result<(), CacheError> {
+        self.redis()?;
+        self.state().holds.remove(transaction_id);
+        Ok(())
+    }
+
+    async fn settled_balance(
+        &self,
+        id: i64,
+        currency: &str,
+    ) -> Result<Option<Balance>, LedgerError> {
+        self.ledger()?;
+        Ok(self
+            .state()
+            .settled
+            .get(&(id, currency.to_string()))
+            .map(|balance_minor| Balance {
+                balance_minor: *balance_minor,
+                version: 1,
+            }))
+    }
+
+    async fn insert_pending(
+        &self,
+        transaction_id: Uuid,
+        _: i64,
+        _: &str,
+        amount_minor: i64,
+        _: &[u8],
+    ) -> Result<(), LedgerError> {
+        self.ledger()?;
+        self.state().pending.insert(transaction_id, amount_minor);
+        Ok(())
+    }
+
+    async fn delete_pending(&self, transaction_id: Uuid) -> Result<(), LedgerError> {
+        self.ledger()?;
+        self.state().pending.remove(&transaction_id);
+        Ok(())
+    }
+
+    async fn produce(
+        &self,
+        _topic: &str,
+        key: &str,
+        _payload: &[u8],
+        _headers: &[(&str, &str)],
+    ) -> Result<Acknowledged, LogError> {
+        let broker = *self.broker.lock().expect("the fake's lock");
+        match broker {
+            Broker::Acknowledges => {
+                self.state().produced.push(key.to_string());
+                Ok(Acknowledged {
+                    partition: 0,
+                    offset: 0,
+                })
+            }
+            Broker::Refuses => Err(LogError::NotSent("refused".into())),
+            Broker::TimesOut => {
+                // Written, but the answer never came.
+                self.state().produced.push(key.to_string());
+                Err(LogError::InDoubt("timed out".into()))
+            }
+        }
+    }
+}
+
+fn outgoing(transaction_id: &str, sender: i64, amount_minor: i64) -> Outgoing {
+    Outgoing {
+        topic: "transfer_topic".into(),
+        key: transaction_id.into(),
+        payload: b"{}".to_vec(),
+        hold: Some(Hold {
+            account_id: sender,
+            currency: "USD".into(),
+            amount_minor,
+        }),
+    }
+}
+
+/// One publish of `amount_minor` from account 1: its answer and what it recorded.
+async fn publish(
+    fake: &Arc<Fake>,
+    amount_minor: i64,
+) -> (Uuid, Result<(), PublishError>, Publication) {
+    let id = Uuid::now_v7();
+    let cell = PublicationCell::default();
+    let answer = deliver(
+        Arc::clone(fake),
+        id.to_string(),
+        outgoing(&id.to_string(), 1, amount_minor),
+        amount_minor,
+        cell.clone(),
+    )
+    .await;
+    (id, answer, cell.get())
+}
+
+#[tokio::test]
+async fn a_lookup_prefers_the_cache_and_falls_back_to_the_ledger() {
+    let fake = Fake::new();
+    fake.state().settled.insert(account(1), 500);
+    // Not cached: the ledger answers and the balance is cached on the way.
+    assert_eq!(lookup(&*fake, 1, "USD").await, Ok(Some(500)));
+    assert_eq!(fake.state().cached.get(&account(1)), Some(&500));
+    // Cached: holds are taken off.
+    fake.state().holds.insert("held".into(), (account(1), 200));
+    assert_eq!(lookup(&*fake, 1, "USD").await, Ok(Some(300)));
+    // Redis down: the settled balance, holds unknown.
+    fake.redis_down.store(true, Ordering::SeqCst);
+    assert_eq!(lookup(&*fake, 1, "USD").await, Ok(Some(500)));
+    // Neither: an error, never a made-up balance.
+    fake.ledger_down.store(true, Ordering::SeqCst);
+    assert!(lookup(&*fake, 1, "USD").await.is_err());
+}
+
+#[tokio::test]
+async fn an_acknowledged_publish_keeps_its_hold_for_settlement() {
+    let fake = Fake::new();
+    fake.state().settled.insert(account(1), 500);
+    let (id, answer, publication) = publish(&fake, 300).await;
+    assert!(answer.is_ok(), "{answer:?}");
+    assert_eq!(publication, Publication::Acknowledged { amount_minor: 300 });
+    let state = fake.state();
+    assert_eq!(state.holds.get(&id.to_string()), Some(&(account(1), 300)));
+    assert_eq!(state.produced, vec![id.to_string()]);
+}
+
+#[tokio::test]
+async fn a_publish_beyond_the_available_balance_holds_and_sends_nothing() {
+    let fake = Fake::new();
+    fake.state().settled.insert(account(1), 500);
+    let (_, first, _) = publish(&fake, 300).await;
+    assert!(first.is_ok(), "{first:?}");
+    let (id, second, publication) = publish(&fake, 300).await;
+    assert!(
+        matches!(second, Err(PublishError::InsufficientFunds)),
+        "{second:?}"
+    );
+    assert!(matches!(publication, Publication::Refused { .. }));
+    let state = fake.state();
+    assert!(!state.holds.contains_key(&id.to_string()));
+    assert_eq!(state.produced.len(), 1, "only the first was sent");
+}
+
+#[tokio::test]
+async fn a_refused_publish_gives_its_hold_back() {
+    let fake = Fake::new();
+    fake.state().settled.insert(account(1), 500);
+    *fake.broker.lock().expect("lock") = Broker::Refuses;
+    let (_, answer, publication) = publish(&fake, 300).await;
+    assert!(matches!(answer, Err(PublishError::Unavailable(_))));
+    assert!(matches!(publication, Publication::Refused { .. }));
+    assert!(
+        fake.state().holds.is_empty(),
+        "nothing in the log: nothing held"
+    );
+}
+
+#[tokio::test]
+async fn a_publish_in_doubt_keeps_its_hold() {
+    let fake = Fake::new();
+    fake.state().settled.insert(account(1), 500);
+    *fake.broker.lock().expect("lock") = Broker::TimesOut;
+    let (id, answer, publication) = publish(&fake, 300).await;
+    assert!(matches!(answer, Err(PublishError::Unavailable(_))));
+    assert!(matches!(publication, Publication::InDoubt { .. }));
+    // The message may settle: its money stays set aside.
+    assert_eq!(
+        fake.state().holds.get(&id.to_string()),
+        Some(&(account(1), 300))
+    );
+}
+
+#[tokio::test]
+async fn without_redis_a_publish_writes_a_pending_row_first() {
+    let fake = Fake::new();
+    fake.state().settled.insert(account(1), 500);
+    fake.redis_down.store(true, Ordering::SeqCst);
+    let (id, answer, _) = publish(&fake, 300).await;
+    assert!(answer.is_ok(), "{answer:?}");
+    assert_eq!(fake.state().pending.get(&id), Some(&300));
+
+    // Refused by the broker: the row goes again.
+    *fake.broker.lock().expect("lock") = Broker::Refuses;
+    let (refused, answer, _) = publish(&fake, 100).await;
+    assert!(answer.is_err());
+    assert!(!fake.state().pending.contains_key(&refused));
+}
+
+#[tokio::test]
+async fn without_redis_and_the_ledger_nothing_is_sent() {
+    let fake = Fake::new();
+    fake.redis_down.store(true, Ordering::SeqCst);
+    fake.ledger_down.store(true, Ordering::SeqCst);
+    let (_, answer, publication) = publish(&fake, 300).await;
+    assert!(matches!(answer, Err(PublishError::Unavailable(_))));
+    assert!(matches!(publication, Publication::Refused { .. }));
+    assert!(fake.state().produced.is_empty());
+}
+
+#[tokio::test]
+async fn an_account_the_ledger_does_not_have_cannot_send() {
+    let fake = Fake::new();
+    let (_, answer, _) = publish(&fake, 1).await;
+    assert!(
+        matches!(answer, Err(PublishError::InsufficientFunds)),
+        "{answer:?}"
+    );
+    assert!(fake.state().produced.is_empty());
+}
