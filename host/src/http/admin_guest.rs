@@ -64,7 +64,7 @@ pub async fn upload(app: &App, headers: &HeaderMap, body: Incoming) -> Result<Re
 pub async fn activate(app: &App, headers: &HeaderMap, version: &str) -> Result<Reply, ApiError> {
     authorize(app, headers)?;
     app.registry
-        .activate(version, "activate", ADMIN)
+        .activate(version, ADMIN)
         .await
         .map_err(registry_error)?;
     Ok(json_response(StatusCode::OK, &json!({"active": version})))

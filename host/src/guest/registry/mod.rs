@@ -1,0 +1,45 @@
+//! The guest registry: versions in PostgreSQL (`storage`), the upload check (`checks`), what
+//! this replica serves (`serving`), and the follower that keeps it on the active version
+//! (`follower`).
+//!
+//! Activation is a row plus `NOTIFY transferd_guest`; every replica listens, and also checks
+//! every few seconds in case a notification was missed (a dropped connection). A replica
+//! compiles the new version off the request path, then swaps it in with one pointer store:
+//! requests already running keep the version they started with.
+
+mod checks;
+mod follower;
+mod serving;
+mod storage;
+
+use std::time::Duration;
+
+use crate::guest::runtime::LoadError;
+
+pub use checks::{MAX_GUEST_BYTES, check, invariant_vectors};
+pub use follower::{follow, reconcile};
+pub use serving::{Serving, ServingGuest};
+pub use storage::{Activation, Candidate, CandidateMode, Registry, RegistryAction, VersionInfo};
+
+/// The channel activations are announced on.
+pub const CHANNEL: &str = "transferd_guest";
+
+/// How often a replica re-reads the active version without a notification.
+pub const SAFETY_NET_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Who recorded a version a replica started with (`uploaded_by`, `activated_by`).
+pub const STARTUP: &str = "replica start-up";
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error("the guest fails invariant case {case}: {reason}")]
+    Invariant { case: String, reason: String },
+    #[error("no guest version {0}")]
+    UnknownVersion(String),
+    #[error("there is no earlier active version to roll back to")]
+    NothingToRollBack,
+    #[error("the registry database is unavailable: {0}")]
+    Database(#[from] sqlx::Error),
+}

@@ -1,0 +1,68 @@
+//! What this replica serves new requests with: the active guest and maybe a candidate,
+//! swapped whole so a request sees one consistent pair.
+
+use std::sync::{Arc, PoisonError, RwLock};
+
+use super::CandidateMode;
+use crate::guest::runtime::Guest;
+
+/// What this replica serves: the active version and, maybe, a candidate. Swapped whole,
+/// read once per request, so a request sees one consistent pair.
+pub struct Serving {
+    pub active: Arc<Guest>,
+    pub candidate: Option<(Arc<Guest>, CandidateMode)>,
+}
+
+impl Serving {
+    /// The guest that decides this request, and the one to shadow it with, if any. A canary
+    /// takes the requests whose transaction id falls in its share (ids are random in their
+    /// low bits, so the share is even and a retried id lands on the same side).
+    pub fn pick(&self, transaction_id: &uuid::Uuid) -> (Arc<Guest>, Option<Arc<Guest>>) {
+        match &self.candidate {
+            Some((candidate, CandidateMode::Canary { percent })) => {
+                let bucket = (transaction_id.as_u128() % 100) as u8;
+                if bucket < *percent {
+                    (Arc::clone(candidate), None)
+                } else {
+                    (Arc::clone(&self.active), None)
+                }
+            }
+            Some((candidate, CandidateMode::Shadow)) => {
+                (Arc::clone(&self.active), Some(Arc::clone(candidate)))
+            }
+            None => (Arc::clone(&self.active), None),
+        }
+    }
+}
+
+/// The guests this replica serves new requests with.
+pub struct ServingGuest {
+    current: RwLock<Arc<Serving>>,
+}
+
+impl ServingGuest {
+    pub fn new(guest: Guest) -> ServingGuest {
+        ServingGuest {
+            current: RwLock::new(Arc::new(Serving {
+                active: Arc::new(guest),
+                candidate: None,
+            })),
+        }
+    }
+
+    pub fn get(&self) -> Arc<Serving> {
+        Arc::clone(&self.current.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Serves `guest` alone (no candidate): the `--watch` mode of local development.
+    pub fn serve_only(&self, guest: Guest) {
+        self.replace(Serving {
+            active: Arc::new(guest),
+            candidate: None,
+        });
+    }
+
+    pub(super) fn replace(&self, serving: Serving) {
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(serving);
+    }
+}
