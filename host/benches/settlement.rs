@@ -112,7 +112,7 @@ async fn main() -> anyhow::Result<()> {
             completed += settled
                 .transfers
                 .iter()
-                .filter(|t| t.status == "completed")
+                .filter(|t| t.outcome == transferd::settlement::decide::Outcome::Completed)
                 .count();
         }
         let seconds = started.elapsed().as_secs_f64();

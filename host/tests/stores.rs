@@ -64,14 +64,14 @@ async fn settling_the_same_batch_again_changes_nothing() -> anyhow::Result<()> {
     let statuses: Vec<(&str, bool)> = settled
         .transfers
         .iter()
-        .map(|t| (t.status.as_str(), t.newly_applied))
+        .map(|t| (t.outcome.status(), t.newly_applied))
         .collect();
     assert_eq!(
         statuses,
         vec![("completed", true), ("rejected", true), ("completed", true)]
     );
     assert_eq!(
-        settled.transfers[1].reason.as_deref(),
+        settled.transfers[1].outcome.reason(),
         Some("insufficient_funds")
     );
     let after_first = (
@@ -87,7 +87,8 @@ async fn settling_the_same_batch_again_changes_nothing() -> anyhow::Result<()> {
         "a redelivery applies nothing"
     );
     assert_eq!(
-        again.transfers[1].status, "rejected",
+        again.transfers[1].outcome.status(),
+        "rejected",
         "a redelivery reports the first outcome"
     );
     assert_eq!(
@@ -223,7 +224,7 @@ async fn a_settled_batch_s_effects_stay_recorded_until_done() -> anyhow::Result<
     let statuses: Vec<&str> = settled
         .transfers
         .iter()
-        .map(|t| t.status.as_str())
+        .map(|t| t.outcome.status())
         .collect();
     assert_eq!(statuses, vec!["completed", "rejected"]);
     assert_eq!(

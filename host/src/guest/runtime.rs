@@ -15,7 +15,7 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use transferd_guest::logic::{Accepted, Rejection, RequestContext};
-use transferd_guest::rules::{FieldError, TransferRequest};
+use transferd_guest::rules::TransferRequest;
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{
     Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimits,
@@ -28,7 +28,7 @@ use crate::capabilities::guard::{self, Expected, Violation};
 use crate::capabilities::{
     Capabilities, Publication, PublicationCell, RecordedAnswers, RequestState,
 };
-use crate::guest::bindings::{TransferLogic, TransferLogicPre, transferd::transfer::types};
+use crate::guest::bindings::{self, TransferLogic, TransferLogicPre};
 use crate::guest::replay::ReplayState;
 
 /// How often the engine's epoch advances; a running guest yields to the scheduler at each
@@ -267,7 +267,7 @@ impl Guest {
             RequestState::new(capabilities, expected, publication.clone(), store_limits)
         });
 
-        let (wit_context, wit_request) = wit_arguments(context, request);
+        let (wit_context, wit_request) = bindings::wit_arguments(context, request);
         let call = async {
             let instance = self.pre.instantiate_async(&mut store).await?;
             instance
@@ -287,7 +287,7 @@ impl Guest {
             (Err(_elapsed), _) => Err(GuestFailure::Timeout(limits.timeout.as_millis())),
             (Ok(Err(_trap)), Some(violation)) => Err(GuestFailure::Violation(violation)),
             (Ok(Err(trap)), None) => Err(GuestFailure::Trap(format!("{trap:#}"))),
-            (Ok(Ok(decision)), _) => Ok(decision.map(accepted).map_err(rejection)),
+            (Ok(Ok(decision)), _) => Ok(decision.map(Accepted::from).map_err(Rejection::from)),
         };
         Decided {
             decision,
@@ -320,7 +320,7 @@ impl Guest {
         let expected = Expected::of(context, request);
         let mut store =
             self.new_store(|store_limits| ReplayState::new(replay, expected, store_limits));
-        let (context, request) = wit_arguments(context, request);
+        let (context, request) = bindings::wit_arguments(context, request);
         let call = async {
             let instance = self.replay_pre.instantiate_async(&mut store).await?;
             instance
@@ -334,7 +334,7 @@ impl Guest {
             (Err(_elapsed), _) => return Err(GuestFailure::Timeout(limits.timeout.as_millis())),
             (Ok(Err(_trap)), Some(violation)) => return Err(GuestFailure::Violation(violation)),
             (Ok(Err(trap)), None) => return Err(GuestFailure::Trap(format!("{trap:#}"))),
-            (Ok(Ok(decision)), _) => decision.map(accepted).map_err(rejection),
+            (Ok(Ok(decision)), _) => decision.map(Accepted::from).map_err(Rejection::from),
         };
         // The same check as the live path: `accepted` names this transfer and what it published.
         if let Ok(accepted) = &decision {
@@ -342,54 +342,6 @@ impl Guest {
                 .map_err(GuestFailure::Violation)?;
         }
         Ok(vectors::outcome(&decision, &state.replay.calls))
-    }
-}
-
-/// The WIT forms of a context and a request.
-fn wit_arguments(
-    context: &RequestContext,
-    request: &TransferRequest,
-) -> (types::RequestContext, types::TransferRequest) {
-    (
-        types::RequestContext {
-            transaction_id: context.transaction_id.clone(),
-            received_at_ms: context.received_at_ms,
-            principal: context.principal,
-            guest_version: context.guest_version.clone(),
-        },
-        types::TransferRequest {
-            sender_id: request.sender_id,
-            receiver_id: request.receiver_id,
-            amount: request.amount.clone(),
-            currency: request.currency.clone(),
-            description: request.description.clone(),
-        },
-    )
-}
-
-fn accepted(accepted: types::Accepted) -> Accepted {
-    Accepted {
-        transaction_id: accepted.transaction_id,
-        amount_minor: accepted.amount_minor,
-    }
-}
-
-fn rejection(rejection: types::Rejection) -> Rejection {
-    match rejection {
-        types::Rejection::Invalid(errors) => Rejection::Invalid(
-            errors
-                .into_iter()
-                .map(|error| FieldError {
-                    field: error.field,
-                    message: error.message,
-                    code: error.code,
-                })
-                .collect(),
-        ),
-        types::Rejection::InsufficientFunds => Rejection::InsufficientFunds,
-        types::Rejection::ReceiverNotFound => Rejection::ReceiverNotFound,
-        types::Rejection::Forbidden(reason) => Rejection::Forbidden(reason),
-        types::Rejection::Unavailable(reason) => Rejection::Unavailable(reason),
     }
 }
 

@@ -48,6 +48,19 @@ pub enum Reason {
 }
 
 impl Reason {
+    const ALL: [Reason; 4] = [
+        Reason::InsufficientFunds,
+        Reason::ReceiverNotFound,
+        Reason::InvalidMessage,
+        Reason::BalanceOverflow,
+    ];
+
+    pub fn parse(reason: &str) -> Option<Reason> {
+        Reason::ALL
+            .into_iter()
+            .find(|known| known.as_str() == reason)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Reason::InsufficientFunds => "insufficient_funds",
@@ -65,6 +78,16 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// An outcome as the ledger stores it (`transfers.status`, `transfers.reason`); `None`
+    /// for a pair this version never writes.
+    pub fn from_stored(status: &str, reason: Option<&str>) -> Option<Outcome> {
+        match (status, reason) {
+            ("completed", None) => Some(Outcome::Completed),
+            ("rejected", Some(reason)) => Reason::parse(reason).map(Outcome::Rejected),
+            _ => None,
+        }
+    }
+
     pub fn status(self) -> &'static str {
         match self {
             Outcome::Completed => "completed",
@@ -123,6 +146,29 @@ fn apply_one(balances: &mut BTreeMap<AccountKey, i64>, transfer: &TransferMessag
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn outcomes_read_back_as_the_ledger_stores_them() {
+        let all = [
+            Outcome::Completed,
+            Outcome::Rejected(Reason::InsufficientFunds),
+            Outcome::Rejected(Reason::ReceiverNotFound),
+            Outcome::Rejected(Reason::InvalidMessage),
+            Outcome::Rejected(Reason::BalanceOverflow),
+        ];
+        for outcome in all {
+            assert_eq!(
+                Outcome::from_stored(outcome.status(), outcome.reason()),
+                Some(outcome)
+            );
+        }
+        assert_eq!(
+            Outcome::from_stored("completed", Some("insufficient_funds")),
+            None
+        );
+        assert_eq!(Outcome::from_stored("rejected", None), None);
+        assert_eq!(Outcome::from_stored("pending", None), None);
+    }
+
     use super::*;
     use proptest::prelude::*;
 

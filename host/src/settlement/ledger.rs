@@ -55,8 +55,7 @@ impl From<sqlx::Error> for SettleError {
 #[derive(Debug, Clone)]
 pub struct SettledTransfer {
     pub transaction_id: Uuid,
-    pub status: String,
-    pub reason: Option<String>,
+    pub outcome: Outcome,
     /// Applied by this batch (false: applied before, a duplicate message or a recovery).
     pub newly_applied: bool,
 }
@@ -154,26 +153,16 @@ impl Settlements {
         transaction.commit().await?;
 
         for (message, outcome) in fresh.iter().zip(&outcomes) {
-            let result = (
-                outcome.status().to_string(),
-                outcome.reason().map(str::to_string),
-            );
-            settled.insert(message.transaction_id, result);
+            settled.insert(message.transaction_id, *outcome);
         }
         let newly_applied: HashSet<Uuid> = fresh.iter().map(|m| m.transaction_id).collect();
         let transfers = messages
             .iter()
-            .map(|message| {
-                let (status, reason) = settled
-                    .get(&message.transaction_id)
-                    .cloned()
-                    .unwrap_or_default();
-                SettledTransfer {
-                    transaction_id: message.transaction_id,
-                    status,
-                    reason,
-                    newly_applied: newly_applied.contains(&message.transaction_id),
-                }
+            .map(|message| SettledTransfer {
+                transaction_id: message.transaction_id,
+                // Every id was either already settled or decided just now.
+                outcome: settled[&message.transaction_id],
+                newly_applied: newly_applied.contains(&message.transaction_id),
             })
             .collect();
         Ok(SettledBatch {
@@ -225,8 +214,7 @@ impl Settlements {
             });
             transfers.push(SettledTransfer {
                 transaction_id: id,
-                status,
-                reason,
+                outcome: stored_outcome(id, &status, reason.as_deref())?,
                 newly_applied: false,
             });
         }
@@ -368,7 +356,7 @@ async fn lock_accounts(
 async fn already_settled(
     transaction: &mut Transaction<'_>,
     ids: &[Uuid],
-) -> Result<HashMap<Uuid, (String, Option<String>)>, LedgerError> {
+) -> Result<HashMap<Uuid, Outcome>, LedgerError> {
     let rows: Vec<(Uuid, String, Option<String>)> = sqlx::query_as(
         // A join on UNNEST, not `= ANY($1)`: the generic plan of the latter scans the whole
         // table once it is large.
@@ -378,10 +366,17 @@ async fn already_settled(
     .bind(ids)
     .fetch_all(&mut **transaction)
     .await?;
-    Ok(rows
-        .into_iter()
-        .map(|(id, status, reason)| (id, (status, reason)))
-        .collect())
+    rows.into_iter()
+        .map(|(id, status, reason)| Ok((id, stored_outcome(id, &status, reason.as_deref())?)))
+        .collect()
+}
+
+fn stored_outcome(id: Uuid, status: &str, reason: Option<&str>) -> Result<Outcome, LedgerError> {
+    Outcome::from_stored(status, reason).ok_or_else(|| {
+        LedgerError::Unreadable(format!(
+            "transfer {id}: status {status:?}, reason {reason:?}"
+        ))
+    })
 }
 
 async fn write_transfers(

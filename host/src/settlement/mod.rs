@@ -499,8 +499,8 @@ async fn emit_events(
             );
             let event = json!({
                 "transaction_id": message.transaction_id,
-                "status": outcome.status,
-                "reason": outcome.reason,
+                "status": outcome.outcome.status(),
+                "reason": outcome.outcome.reason(),
                 "sender_id": message.sender_id,
                 "receiver_id": message.receiver_id,
                 "amount_minor": message.amount_minor,

@@ -28,6 +28,8 @@ pub enum LedgerError {
     Overflow,
     #[error("this deposit_id was already used for a different deposit")]
     DepositIdReused,
+    #[error("the ledger holds a row this version cannot read: {0}")]
+    Unreadable(String),
     #[error("migrating the ledger database failed: {0}")]
     Migration(#[from] sqlx::migrate::MigrateError),
 }
