@@ -50,6 +50,12 @@ pub fn settlement_consumer(services: &Services) -> Result<StreamConsumer, LogErr
         // Holds stay until settlement; a fetch that waits librdkafka's default 500 ms for data
         // (Tansu waits the whole time) keeps money held half a second longer than needed.
         .set("fetch.wait.max.ms", "20")
+        // Small fetches: Tansu serves every storage request of a broker one at a time, and a
+        // fetch of librdkafka's default 1 MiB per partition from a backlog (after an outage)
+        // holds the producers' requests up past their timeout. 64 KiB is ~200 transfers.
+        .set("max.partition.fetch.bytes", "65536")
+        .set("fetch.max.bytes", "262144")
+        .set("message.max.bytes", "262144")
         .set("reconnect.backoff.max.ms", "1000")
         // A topic deleted and created again (a broker restarted without its log) is seen
         // within seconds instead of librdkafka's default five minutes.
