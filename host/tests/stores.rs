@@ -288,3 +288,115 @@ async fn an_older_balance_never_overwrites_a_newer_one() -> anyhow::Result<()> {
     assert_eq!(cache.held(1, "USD").await?, 0);
     Ok(())
 }
+
+#[tokio::test]
+async fn an_idempotency_key_names_one_request_and_one_transaction_id() -> anyhow::Result<()> {
+    use std::time::Duration;
+    use transferd::stores::idempotency::{Claim, IdempotencyKeys};
+    let ledger = fresh_ledger().await?;
+    let keys = IdempotencyKeys::new(ledger.pool().clone());
+    let lease = Duration::from_secs(60);
+    let (hash, other_hash) = (vec![1u8; 32], vec![2u8; 32]);
+    let first_id = Uuid::now_v7();
+
+    let first = keys.claim("7", "k", &hash, first_id, lease).await?;
+    assert_eq!(
+        first,
+        Claim::Owned {
+            transaction_id: first_id,
+            retry: false
+        }
+    );
+    // While the first is in flight: a repeat waits, a different body is refused.
+    assert_eq!(
+        keys.claim("7", "k", &hash, Uuid::now_v7(), lease).await?,
+        Claim::InFlight
+    );
+    assert_eq!(
+        keys.claim("7", "k", &other_hash, Uuid::now_v7(), lease)
+            .await?,
+        Claim::Mismatch
+    );
+    // Another caller's key of the same name is its own.
+    let theirs = Uuid::now_v7();
+    assert_eq!(
+        keys.claim("8", "k", &hash, theirs, lease).await?,
+        Claim::Owned {
+            transaction_id: theirs,
+            retry: false
+        }
+    );
+
+    // Unfinished (an in-doubt 503): the repeat takes it over with the same transaction id.
+    keys.abandon("7", "k").await?;
+    assert_eq!(
+        keys.claim("7", "k", &hash, Uuid::now_v7(), lease).await?,
+        Claim::Owned {
+            transaction_id: first_id,
+            retry: true
+        }
+    );
+    // Finished: replayed, whatever comes later.
+    let body = serde_json::json!({"transaction_id": first_id, "status": "pending"});
+    keys.finish("7", "k", 200, &body).await?;
+    keys.abandon("7", "k").await?;
+    assert_eq!(
+        keys.claim("7", "k", &hash, Uuid::now_v7(), lease).await?,
+        Claim::Replay {
+            status: 200,
+            body,
+            transaction_id: first_id
+        }
+    );
+    assert_eq!(
+        keys.claim("7", "k", &other_hash, Uuid::now_v7(), lease)
+            .await?,
+        Claim::Mismatch
+    );
+    assert_eq!(keys.purge_older_than(Duration::from_secs(3600)).await?, 0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn concurrent_claims_of_one_key_give_it_to_one_request() -> anyhow::Result<()> {
+    use std::time::Duration;
+    use transferd::stores::idempotency::{Claim, IdempotencyKeys};
+    let ledger = fresh_ledger().await?;
+    let keys = IdempotencyKeys::new(ledger.pool().clone());
+    let claims = futures::future::join_all((0..16).map(|_| {
+        let keys = keys.clone();
+        async move {
+            keys.claim(
+                "1",
+                "same",
+                &[9u8; 32],
+                Uuid::now_v7(),
+                Duration::from_secs(60),
+            )
+            .await
+        }
+    }))
+    .await;
+    let owners = claims
+        .into_iter()
+        .filter(|claim| matches!(claim, Ok(Claim::Owned { .. })))
+        .count();
+    assert_eq!(owners, 1, "exactly one request holds the key");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_transaction_s_own_hold_does_not_count_against_it() -> anyhow::Result<()> {
+    let prefix = format!("storetest{}:", Uuid::now_v7().simple());
+    let cache = BalanceCache::new(&services("postgres", &prefix))?;
+    assert!(cache.store_balance(1, "USD", 500, 1).await?);
+    cache.reserve_hold("retried", 1, "USD", 300, b"{}").await?;
+    assert_eq!(cache.available(1, "USD").await?, Some(200));
+    assert_eq!(
+        cache.available_to(1, "USD", "someone-else").await?,
+        Some(200)
+    );
+    // A retry of `retried` (same idempotency key) sees the money its first attempt set aside.
+    assert_eq!(cache.available_to(1, "USD", "retried").await?, Some(500));
+    Ok(())
+}

@@ -14,11 +14,14 @@ use crate::stores::postgres::{Balance, LedgerError};
 use crate::stores::redis::{CacheError, HoldOutcome};
 
 pub trait Backend: Send + Sync + 'static {
-    /// Redis: the account's settled balance minus its holds; `None` when it is not cached.
+    /// Redis: the account's settled balance minus its holds, except the hold of
+    /// `transaction_id` itself (a retry under the same idempotency key); `None` when the
+    /// balance is not cached.
     fn cached_available(
         &self,
         account_id: i64,
         currency: &str,
+        transaction_id: &str,
     ) -> impl Future<Output = Result<Option<i64>, CacheError>> + Send;
 
     /// Redis: caches a settled balance unless a newer version is cached.
@@ -85,8 +88,11 @@ impl Backend for Capabilities {
         &self,
         account_id: i64,
         currency: &str,
+        transaction_id: &str,
     ) -> Result<Option<i64>, CacheError> {
-        self.cache.available(account_id, currency).await
+        self.cache
+            .available_to(account_id, currency, transaction_id)
+            .await
     }
 
     async fn cache_balance(

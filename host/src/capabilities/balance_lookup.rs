@@ -14,7 +14,8 @@ impl balance_lookup::Host for RequestState {
         currency: String,
     ) -> wasmtime::Result<Result<Option<i64>, String>> {
         let capabilities = Arc::clone(&self.capabilities);
-        let answer = lookup(&*capabilities, account_id, &currency).await;
+        let transaction_id = self.expected.transaction_id.clone();
+        let answer = lookup(&*capabilities, &transaction_id, account_id, &currency).await;
         self.answers
             .lookups
             .push((account_id, currency, answer.clone()));
@@ -22,15 +23,20 @@ impl balance_lookup::Host for RequestState {
     }
 }
 
-/// The available balance: Redis's answer when cached; otherwise the ledger's, cached on the
-/// way (with this account's holds taken off once it is); the ledger's alone while Redis is
-/// down. An error only when neither can answer.
+/// The available balance as `transaction_id` sees it (its own hold, when a retry holds it
+/// already, does not count): Redis's answer when cached; otherwise the ledger's, cached on
+/// the way (with this account's holds taken off once it is); the ledger's alone while Redis
+/// is down. An error only when neither can answer.
 pub async fn lookup<B: Backend>(
     backend: &B,
+    transaction_id: &str,
     account_id: i64,
     currency: &str,
 ) -> Result<Option<i64>, String> {
-    match backend.cached_available(account_id, currency).await {
+    match backend
+        .cached_available(account_id, currency, transaction_id)
+        .await
+    {
         Ok(Some(available)) => return Ok(Some(available)),
         Ok(None) => {}
         Err(error) => {
@@ -51,7 +57,10 @@ pub async fn lookup<B: Backend>(
         tracing::warn!(%error, account_id, currency, "could not fill the balance cache");
         return Ok(Some(balance.balance_minor));
     }
-    match backend.cached_available(account_id, currency).await {
+    match backend
+        .cached_available(account_id, currency, transaction_id)
+        .await
+    {
         Ok(Some(available)) => Ok(Some(available)),
         _ => Ok(Some(balance.balance_minor)),
     }

@@ -90,14 +90,23 @@ fn account(id: i64) -> Account {
 }
 
 impl Backend for Fake {
-    async fn cached_available(&self, id: i64, currency: &str) -> Result<Option<i64>, CacheError> {
+    async fn cached_available(
+        &self,
+        id: i64,
+        currency: &str,
+        transaction_id: &str,
+    ) -> Result<Option<i64>, CacheError> {
         self.redis()?;
         let state = self.state();
         let key = (id, currency.to_string());
+        let own = state
+            .holds
+            .get(transaction_id)
+            .map_or(0, |(_, amount)| *amount);
         Ok(state
             .cached
             .get(&key)
-            .map(|balance| balance - Fake::held_on(&state, &key)))
+            .map(|balance| balance - Fake::held_on(&state, &key) + own))
     }
 
     async fn cache_balance(
@@ -239,17 +248,19 @@ async fn a_lookup_prefers_the_cache_and_falls_back_to_the_ledger() {
     let fake = Fake::new();
     fake.state().settled.insert(account(1), 500);
     // Not cached: the ledger answers and the balance is cached on the way.
-    assert_eq!(lookup(&*fake, 1, "USD").await, Ok(Some(500)));
+    assert_eq!(lookup(&*fake, "tx", 1, "USD").await, Ok(Some(500)));
     assert_eq!(fake.state().cached.get(&account(1)), Some(&500));
     // Cached: holds are taken off.
     fake.state().holds.insert("held".into(), (account(1), 200));
-    assert_eq!(lookup(&*fake, 1, "USD").await, Ok(Some(300)));
+    assert_eq!(lookup(&*fake, "tx", 1, "USD").await, Ok(Some(300)));
+    // The transaction that holds it (a retry) sees its own hold as available.
+    assert_eq!(lookup(&*fake, "held", 1, "USD").await, Ok(Some(500)));
     // Redis down: the settled balance, holds unknown.
     fake.redis_down.store(true, Ordering::SeqCst);
-    assert_eq!(lookup(&*fake, 1, "USD").await, Ok(Some(500)));
+    assert_eq!(lookup(&*fake, "tx", 1, "USD").await, Ok(Some(500)));
     // Neither: an error, never a made-up balance.
     fake.ledger_down.store(true, Ordering::SeqCst);
-    assert!(lookup(&*fake, 1, "USD").await.is_err());
+    assert!(lookup(&*fake, "tx", 1, "USD").await.is_err());
 }
 
 #[tokio::test]

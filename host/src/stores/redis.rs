@@ -51,11 +51,13 @@ pub enum HoldOutcome {
 /// waiting for a connect timeout.
 const RECONNECT_BACKOFF: Duration = Duration::from_secs(1);
 
+/// ARGV[1]: a transaction id whose own hold does not count (empty: none).
 const AVAILABLE: &str = r"
 local balance = redis.call('GET', KEYS[1])
 if not balance then return false end
-local held = redis.call('HGET', KEYS[2], 'total')
-return tonumber(balance) - tonumber(held or '0')
+local held = tonumber(redis.call('HGET', KEYS[2], 'total') or '0')
+if ARGV[1] ~= '' then held = held - tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0') end
+return tonumber(balance) - held
 ";
 
 /// How long a pending record outlives its transfer's acceptance at most: far beyond any
@@ -202,11 +204,27 @@ impl BalanceCache {
 
     /// The available balance (settled minus held), or `None` when the balance is not cached.
     pub async fn available(&self, user_id: i64, currency: &str) -> Result<Option<i64>, CacheError> {
+        self.available_to(user_id, currency, "").await
+    }
+
+    /// The available balance as `transaction_id` sees it: its own hold (a retry of it, under
+    /// the same idempotency key, is already holding) does not count against it.
+    pub async fn available_to(
+        &self,
+        user_id: i64,
+        currency: &str,
+        transaction_id: &str,
+    ) -> Result<Option<i64>, CacheError> {
         let keys = [
             self.balance_key(user_id, currency),
             self.holds_key(user_id, currency),
         ];
-        self.run(&self.available, &keys, &[]).await
+        self.run(
+            &self.available,
+            &keys,
+            &[transaction_id.as_bytes().to_vec()],
+        )
+        .await
     }
 
     /// Reserves `amount_minor` of the account's available balance for `transaction_id` and

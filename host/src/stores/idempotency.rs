@@ -1,0 +1,273 @@
+//! Idempotency keys in PostgreSQL (shared by every replica, kept across restarts).
+//!
+//! A key, scoped to its caller, is bound to one request body (by hash) and one transaction id
+//! for good. The first request claims it for a lease; a final answer (200, or a 4xx that
+//! changed nothing) is stored and replayed to every repeat; an unfinished one (a 503, in doubt
+//! or not, a 500, a crash) leaves the key to the next repeat, which takes it over with the
+//! same transaction id: whatever the first attempt may have written to the log, settlement
+//! applies that id once.
+
+use std::time::Duration;
+
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::stores::postgres::LedgerError;
+
+/// Longest key accepted, in characters.
+pub const MAX_KEY_CHARS: usize = 255;
+
+/// What a request may do with its key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// This request holds the key: process it with this transaction id. `retry` when an
+    /// earlier attempt with the key did not finish.
+    Owned { transaction_id: Uuid, retry: bool },
+    /// A request with this key and body finished: answer what it answered.
+    Replay {
+        status: u16,
+        body: serde_json::Value,
+        transaction_id: Uuid,
+    },
+    /// The key was used with a different request.
+    Mismatch,
+    /// The first request with this key is still being processed.
+    InFlight,
+}
+
+/// Why a key cannot be used at all.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    #[error("the Idempotency-Key header must be 1 to 255 visible ASCII characters")]
+    Malformed,
+}
+
+/// Checks a key as sent: 1 to [`MAX_KEY_CHARS`] visible ASCII characters.
+pub fn parse_key(raw: &[u8]) -> Result<&str, KeyError> {
+    let valid = !raw.is_empty()
+        && raw.len() <= MAX_KEY_CHARS
+        && raw
+            .iter()
+            .all(|byte| byte.is_ascii_graphic() || *byte == b' ');
+    if !valid {
+        return Err(KeyError::Malformed);
+    }
+    std::str::from_utf8(raw).map_err(|_| KeyError::Malformed)
+}
+
+/// The hash a key is bound to: the route and the body as parsed JSON (so spacing and key
+/// order do not make a repeat look different).
+pub fn request_hash(route: &str, body: &serde_json::Value) -> Vec<u8> {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    hasher.update(route.as_bytes());
+    hasher.update([0]);
+    hasher.update(canonical(body).as_bytes());
+    hasher.finalize().to_vec()
+}
+
+/// JSON with object keys sorted at every level.
+fn canonical(value: &serde_json::Value) -> String {
+    use serde_json::Value;
+    match value {
+        Value::Object(map) => {
+            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+            entries.sort_by(|left, right| left.0.cmp(right.0));
+            let inner: Vec<String> = entries
+                .into_iter()
+                .map(|(key, value)| format!("{}:{}", Value::from(key.as_str()), canonical(value)))
+                .collect();
+            format!("{{{}}}", inner.join(","))
+        }
+        Value::Array(items) => {
+            let inner: Vec<String> = items.iter().map(canonical).collect();
+            format!("[{}]", inner.join(","))
+        }
+        other => other.to_string(),
+    }
+}
+
+#[derive(Clone)]
+pub struct IdempotencyKeys {
+    pool: PgPool,
+}
+
+type Row = (Vec<u8>, Uuid, Option<i16>, Option<serde_json::Value>, bool);
+
+impl IdempotencyKeys {
+    pub fn new(pool: PgPool) -> IdempotencyKeys {
+        IdempotencyKeys { pool }
+    }
+
+    /// Claims `key` in `scope` for a request with `hash`, holding it for `lease` (longer than
+    /// any request takes). `transaction_id` is the id a first request gets.
+    pub async fn claim(
+        &self,
+        scope: &str,
+        key: &str,
+        hash: &[u8],
+        transaction_id: Uuid,
+        lease: Duration,
+    ) -> Result<Claim, LedgerError> {
+        let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
+        let mut transaction = self.pool.begin().await?;
+        let inserted: Option<Uuid> = sqlx::query_scalar(
+            "INSERT INTO idempotency_keys (scope, idempotency_key, request_hash, transaction_id, locked_until)
+             VALUES ($1, $2, $3, $4, now() + $5 * interval '1 millisecond')
+             ON CONFLICT DO NOTHING RETURNING transaction_id",
+        )
+        .bind(scope)
+        .bind(key)
+        .bind(hash)
+        .bind(transaction_id)
+        .bind(lease_ms)
+        .fetch_optional(&mut *transaction)
+        .await?;
+        if let Some(transaction_id) = inserted {
+            transaction.commit().await?;
+            return Ok(Claim::Owned {
+                transaction_id,
+                retry: false,
+            });
+        }
+        let (stored_hash, stored_id, status, body, locked): Row = sqlx::query_as(
+            "SELECT request_hash, transaction_id, response_status, response_body, locked_until > now()
+             FROM idempotency_keys WHERE scope = $1 AND idempotency_key = $2 FOR UPDATE",
+        )
+        .bind(scope)
+        .bind(key)
+        .fetch_one(&mut *transaction)
+        .await?;
+        let claim = match (status, body) {
+            _ if stored_hash != hash => Claim::Mismatch,
+            (Some(status), Some(body)) => Claim::Replay {
+                status: u16::try_from(status).unwrap_or(500),
+                body,
+                transaction_id: stored_id,
+            },
+            _ if locked => Claim::InFlight,
+            _ => {
+                sqlx::query(
+                    "UPDATE idempotency_keys SET locked_until = now() + $3 * interval '1 millisecond'
+                     WHERE scope = $1 AND idempotency_key = $2",
+                )
+                .bind(scope)
+                .bind(key)
+                .bind(lease_ms)
+                .execute(&mut *transaction)
+                .await?;
+                Claim::Owned {
+                    transaction_id: stored_id,
+                    retry: true,
+                }
+            }
+        };
+        transaction.commit().await?;
+        Ok(claim)
+    }
+
+    /// Stores the final answer of the request that holds the key.
+    pub async fn finish(
+        &self,
+        scope: &str,
+        key: &str,
+        status: u16,
+        body: &serde_json::Value,
+    ) -> Result<(), LedgerError> {
+        sqlx::query(
+            "UPDATE idempotency_keys SET response_status = $3, response_body = $4, locked_until = now()
+             WHERE scope = $1 AND idempotency_key = $2",
+        )
+        .bind(scope)
+        .bind(key)
+        .bind(i16::try_from(status).unwrap_or(500))
+        .bind(body)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Ends the lease of a request that did not finish: the next repeat takes the key over.
+    pub async fn abandon(&self, scope: &str, key: &str) -> Result<(), LedgerError> {
+        sqlx::query(
+            "UPDATE idempotency_keys SET locked_until = now()
+             WHERE scope = $1 AND idempotency_key = $2 AND response_status IS NULL",
+        )
+        .bind(scope)
+        .bind(key)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Deletes keys older than `retention`; returns how many.
+    pub async fn purge_older_than(&self, retention: Duration) -> Result<u64, LedgerError> {
+        let retention_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
+        let deleted = sqlx::query(
+            "DELETE FROM idempotency_keys WHERE created_at < now() - $1 * interval '1 millisecond'",
+        )
+        .bind(retention_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(deleted.rows_affected())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    #[test]
+    fn keys_are_visible_ascii_of_bounded_length() {
+        assert_eq!(parse_key(b"order-42 retry"), Ok("order-42 retry"));
+        assert!(parse_key(b"").is_err());
+        assert!(parse_key(&[b'k'; 256]).is_err());
+        assert!(parse_key(&[b'k'; 255]).is_ok());
+        assert!(parse_key("caf\u{e9}".as_bytes()).is_err());
+        assert!(parse_key(b"tab\there").is_err());
+    }
+
+    #[test]
+    fn the_hash_ignores_spacing_and_key_order_but_not_values_or_route() {
+        let one = json!({"sender_id": 1, "amount": "1.00", "nested": {"b": 1, "a": [2, 1]}});
+        let reordered: serde_json::Value = serde_json::from_str(
+            r#"{ "nested": {"a": [2, 1], "b": 1}, "amount": "1.00", "sender_id": 1 }"#,
+        )
+        .expect("json");
+        assert_eq!(
+            request_hash("/transfers", &one),
+            request_hash("/transfers", &reordered)
+        );
+        let other = json!({"sender_id": 1, "amount": "1.01", "nested": {"b": 1, "a": [2, 1]}});
+        assert_ne!(
+            request_hash("/transfers", &one),
+            request_hash("/transfers", &other)
+        );
+        assert_ne!(
+            request_hash("/transfers", &one),
+            request_hash("/admin/deposits", &one)
+        );
+        let swapped = json!({"sender_id": 1, "amount": "1.00", "nested": {"b": 1, "a": [1, 2]}});
+        assert_ne!(
+            request_hash("/transfers", &one),
+            request_hash("/transfers", &swapped)
+        );
+    }
+
+    proptest! {
+        /// The canonical form is JSON that reads back as the same value.
+        #[test]
+        fn the_canonical_form_is_the_same_json(keys in proptest::collection::vec("[a-z\"\\\\]{0,6}", 0..6), numbers in proptest::collection::vec(any::<i64>(), 0..6)) {
+            let value: serde_json::Value = keys
+                .iter()
+                .zip(numbers.iter().chain(std::iter::repeat(&0)))
+                .map(|(key, number)| (key.clone(), json!([number, {"k": key}])))
+                .collect::<serde_json::Map<_, _>>()
+                .into();
+            let read: serde_json::Value = serde_json::from_str(&canonical(&value)).expect("valid json");
+            prop_assert_eq!(read, value);
+        }
+    }
+}
