@@ -1,0 +1,90 @@
+//! The cost of one `initiate-transfer` decision, imports answered from memory (a conformance
+//! vector's recorded answers), three ways in one run: through wasmtime with a fresh instance
+//! from the `InstancePre` per call (what the service does), and the same logic compiled
+//! natively. Reused instances do not exist yet, so there is no third figure. Prints the
+//! median and p99 per call and the ratio to native; run with `./scripts/bench-guest.sh`.
+//!
+//! The guest is `TRANSFERD_GUEST` (the scripts set it); the vector is `clf-accepted.json`,
+//! an accepted transfer that looks up a balance and publishes.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use transferd::guest::runtime::{GuestEngine, GuestLimits};
+use transferd_guest::logic::initiate_transfer;
+use transferd_guest::vectors::Vector;
+
+const WASM_CALLS: usize = 20_000;
+const NATIVE_CALLS: usize = 200_000;
+const WARM_UP: usize = 1_000;
+
+fn percentile(sorted: &[Duration], fraction: f64) -> Duration {
+    let index = ((sorted.len() as f64 - 1.0) * fraction).round() as usize;
+    sorted[index.min(sorted.len() - 1)]
+}
+
+fn summary(name: &str, mut times: Vec<Duration>) -> Duration {
+    times.sort();
+    let median = percentile(&times, 0.5);
+    println!(
+        "{name:<32} {:>8} calls  median {:>7.2} µs  p99 {:>7.2} µs",
+        times.len(),
+        median.as_secs_f64() * 1e6,
+        percentile(&times, 0.99).as_secs_f64() * 1e6
+    );
+    median
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let guest_file = std::env::var_os("TRANSFERD_GUEST")
+        .map(PathBuf::from)
+        .ok_or_else(|| anyhow::anyhow!("set TRANSFERD_GUEST to the built guest component"))?;
+    let path = root.join("tests/vectors/clf-accepted.json");
+    let vector = Vector::parse("clf-accepted.json", &std::fs::read_to_string(&path)?)?;
+
+    let engine = Arc::new(GuestEngine::new(GuestLimits {
+        timeout: Duration::from_secs(5),
+        memory_bytes: 64 * 1024 * 1024,
+        concurrency: 16,
+        compiled_cache: None,
+    })?);
+    let guest = engine.load_file(&guest_file)?;
+    let expected = guest.run_vector(&vector).await?;
+    assert!(
+        expected["result"]["ok"].is_object(),
+        "the benchmark's vector is an accepted transfer: {expected}"
+    );
+
+    for _ in 0..WARM_UP {
+        guest.run_vector(&vector).await?;
+    }
+    let mut wasm = Vec::with_capacity(WASM_CALLS);
+    for _ in 0..WASM_CALLS {
+        let started = Instant::now();
+        let outcome = guest.run_vector(&vector).await?;
+        wasm.push(started.elapsed());
+        assert_eq!(outcome, expected, "every call decides the same");
+    }
+
+    let mut native = Vec::with_capacity(NATIVE_CALLS);
+    for _ in 0..NATIVE_CALLS {
+        let started = Instant::now();
+        let mut replay = vector.replay();
+        let decision = initiate_transfer(&mut replay, &vector.context, &vector.request);
+        native.push(started.elapsed());
+        assert!(decision.is_ok(), "the native logic accepts it too");
+    }
+
+    println!("guest call benchmark: {}", guest_file.display());
+    let wasm_median = summary("wasmtime, fresh instance", wasm);
+    let native_median = summary("native", native);
+    println!(
+        "guest overhead (median, wasmtime - native): {:.2} µs; wasmtime / native = {:.1}x",
+        (wasm_median.saturating_sub(native_median)).as_secs_f64() * 1e6,
+        wasm_median.as_secs_f64() / native_median.as_secs_f64().max(1e-9)
+    );
+    Ok(())
+}
