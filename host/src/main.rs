@@ -26,7 +26,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Migrate the database, then serve the HTTP API.
-    Serve(config::Serve),
+    Serve(Box<config::Serve>),
     /// Run only the settlement worker.
     Worker(config::WorkerOnly),
     /// Run one pass of the hold reconciler, print what it did, and exit.
@@ -80,7 +80,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Serve(settings) => {
             let signals = Signals::register()?;
             settings.validate()?;
-            http::serve(settings, signals).await
+            http::serve(*settings, signals).await
         }
         Command::Worker(settings) => {
             let signals = Signals::register()?;

@@ -7,6 +7,7 @@
 //! firewall in front may read the first value where a last-wins reader reads the last.
 
 use std::collections::BTreeMap;
+use std::collections::btree_map::Entry;
 use std::fmt;
 
 use bytes::Bytes;
@@ -89,12 +90,15 @@ impl<'de> Visitor<'de> for ObjectVisitor {
         // `String`, not `&str`: a key with an escape cannot be borrowed from the text.
         while let Some(key) = map.next_key::<String>()? {
             let value: &'de RawValue = map.next_value()?;
-            if object.members.contains_key(&key) {
-                if !object.duplicates.contains(&key) {
-                    object.duplicates.push(key);
+            match object.members.entry(key) {
+                Entry::Vacant(vacant) => {
+                    vacant.insert(value);
                 }
-            } else {
-                object.members.insert(key, value);
+                Entry::Occupied(occupied) => {
+                    if !object.duplicates.contains(occupied.key()) {
+                        object.duplicates.push(occupied.key().clone());
+                    }
+                }
             }
         }
         Ok(object)
