@@ -114,12 +114,9 @@ impl Verifier {
         validation.validate_exp = true;
         validation.validate_nbf = true;
         let mut required = vec!["exp"];
-        match &auth.jwt_issuer {
-            Some(issuer) => {
-                validation.set_issuer(&[issuer]);
-                required.push("iss");
-            }
-            None => validation.iss = None,
+        if let Some(issuer) = &auth.jwt_issuer {
+            validation.set_issuer(&[issuer]);
+            required.push("iss");
         }
         match &auth.jwt_audience {
             Some(audience) => {
@@ -637,7 +634,7 @@ mod tests {
         }
 
         #[test]
-        fn a_token_with_any_byte_changed_is_refused(position in 0usize..400, replacement in proptest::char::range('A', 'z')) {
+        fn a_token_with_a_character_changed_never_names_anyone_else(position in 0usize..400, replacement in proptest::char::range('A', 'z')) {
             let token = signed(valid_claims());
             let position = position % token.len();
             let mut bytes: Vec<char> = token.chars().collect();
