@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Args;
+use clap::{Args, ValueEnum};
 
 /// Where the service's dependencies are and how long it waits for each.
 #[derive(Debug, Clone, Args)]
@@ -239,9 +239,13 @@ pub struct Serve {
     #[arg(long, env = "TRANSFERD_GUEST_WATCH", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub watch: bool,
 
-    /// Bearer token for /admin routes. Without one the admin API answers 401 to everyone.
+    /// Static bearer token for /admin routes (bootstrapping, `transferd guest`), beside admin
+    /// JWTs. Without one only a JWT with the admin role reaches the admin API.
     #[arg(long, env = "TRANSFERD_ADMIN_TOKEN", hide_env_values = true)]
-    pub admin_token: Option<String>,
+    pub admin_token: Option<Secret>,
+
+    #[command(flatten)]
+    pub auth: Auth,
 
     /// Longest a guest call may take, imports included; must exceed twice the Kafka timeout
     /// (a publish to a missing topic creates it and sends again) plus the database timeout, so
@@ -300,10 +304,216 @@ impl Serve {
         );
         if let Some(token) = &self.admin_token {
             anyhow::ensure!(
-                token.len() >= 16,
+                token.expose().len() >= 16,
                 "TRANSFERD_ADMIN_TOKEN must be at least 16 characters"
             );
         }
+        self.auth.validate()
+    }
+}
+
+/// A secret setting: its `Debug` never shows the value, so no log line or error can.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// An HS256 secret must be as long as the hash it keys.
+    fn check_jwt_secret(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.0.len() >= MIN_JWT_SECRET_BYTES,
+            "TRANSFERD_JWT_SECRET must be at least {MIN_JWT_SECRET_BYTES} bytes"
+        );
         Ok(())
+    }
+}
+
+impl From<String> for Secret {
+    fn from(value: String) -> Secret {
+        Secret(value)
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("Secret(..)")
+    }
+}
+
+/// Whether requests must carry a bearer JWT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AuthMode {
+    /// Every route but `/healthz` needs a valid token.
+    Jwt,
+    /// No authentication (behind a trusted gateway, as the original service ran); `/admin`
+    /// still needs `TRANSFERD_ADMIN_TOKEN`. Logged as a warning at every start.
+    None,
+}
+
+/// Shortest HS256 secret accepted, in bytes: the hash's own size (RFC 7518, section 3.2).
+pub const MIN_JWT_SECRET_BYTES: usize = 32;
+
+/// How callers are authenticated: bearer JWTs signed with a shared secret (HS256) or checked
+/// with a public key (RS256 or EdDSA, told by the key), or nothing at all.
+#[derive(Debug, Clone, Args)]
+pub struct Auth {
+    /// `jwt` (default) or `none`: no authentication at all, for a trusted gateway in front.
+    #[arg(
+        long = "auth",
+        env = "TRANSFERD_AUTH",
+        value_enum,
+        default_value = "jwt"
+    )]
+    pub mode: AuthMode,
+
+    /// HS256 secret that signs and checks tokens (at least 32 bytes). Prefer the environment
+    /// to the flag: a flag shows in the process list.
+    #[arg(long, env = "TRANSFERD_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<Secret>,
+
+    /// PEM file of the public key that checks tokens: RSA (RS256) or Ed25519 (EdDSA).
+    #[arg(long, env = "TRANSFERD_JWT_PUBLIC_KEY")]
+    pub jwt_public_key: Option<PathBuf>,
+
+    /// When set, a token's `iss` must be this.
+    #[arg(long, env = "TRANSFERD_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+
+    /// When set, a token's `aud` must be (or contain) this.
+    #[arg(long, env = "TRANSFERD_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+
+    /// Clock skew allowed on `exp` and `nbf`, in seconds.
+    #[arg(long, env = "TRANSFERD_JWT_LEEWAY_SECONDS", default_value_t = 30)]
+    pub jwt_leeway_seconds: u64,
+}
+
+impl Auth {
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.jwt_leeway_seconds <= 600,
+            "TRANSFERD_JWT_LEEWAY_SECONDS must be at most 600"
+        );
+        if self.mode == AuthMode::None {
+            return Ok(());
+        }
+        match (&self.jwt_secret, &self.jwt_public_key) {
+            (Some(_), Some(_)) => anyhow::bail!(
+                "set one of TRANSFERD_JWT_SECRET and TRANSFERD_JWT_PUBLIC_KEY, not both"
+            ),
+            (None, None) => anyhow::bail!(
+                "set TRANSFERD_JWT_SECRET (HS256) or TRANSFERD_JWT_PUBLIC_KEY (RS256/EdDSA), \
+                 or TRANSFERD_AUTH=none to run without authentication"
+            ),
+            (Some(secret), None) => secret.check_jwt_secret()?,
+            (None, Some(_)) => {}
+        }
+        for (name, value) in [
+            ("TRANSFERD_JWT_ISSUER", &self.jwt_issuer),
+            ("TRANSFERD_JWT_AUDIENCE", &self.jwt_audience),
+        ] {
+            anyhow::ensure!(
+                value.as_ref().is_none_or(|value| !value.is_empty()),
+                "{name} must not be empty when set"
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Settings of `transferd token`: the service's token settings, a signing key for the public-key
+/// algorithms, and the claims.
+#[derive(Debug, Clone, Args)]
+pub struct Token {
+    #[command(flatten)]
+    pub auth: Auth,
+
+    /// PEM file of the private key that signs tokens when the service checks them with
+    /// `TRANSFERD_JWT_PUBLIC_KEY` (the pair's other half). HS256 signs with the secret.
+    #[arg(long, env = "TRANSFERD_JWT_PRIVATE_KEY")]
+    pub jwt_private_key: Option<PathBuf>,
+
+    /// The caller's user id (the token's `sub`).
+    #[arg(long)]
+    pub sub: i64,
+
+    /// Give the token the admin role (`"roles": ["admin"]`).
+    #[arg(long)]
+    pub admin: bool,
+
+    /// How long the token is valid: a number with s, m, h or d (`90s`, `15m`, `1h`, `7d`).
+    #[arg(long, default_value = "1h", value_parser = parse_ttl)]
+    pub ttl: Duration,
+}
+
+impl Token {
+    /// Checks what signing needs; which key to sign with is the signer's to decide.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        match &self.auth.jwt_secret {
+            Some(secret) => secret.check_jwt_secret(),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Longest token lifetime `transferd token` writes.
+const MAX_TTL: Duration = Duration::from_secs(366 * 86_400);
+
+/// `90s`, `15m`, `1h`, `7d`: a positive whole number and one unit.
+pub fn parse_ttl(text: &str) -> Result<Duration, String> {
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("{text:?} needs a unit: s, m, h or d"))?;
+    let (digits, unit) = text.split_at(split);
+    let count: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} must start with a whole number"))?;
+    let unit_seconds = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3_600,
+        "d" => 86_400,
+        _ => return Err(format!("{text:?}: the unit must be s, m, h or d")),
+    };
+    let ttl = count
+        .checked_mul(unit_seconds)
+        .map(Duration::from_secs)
+        .filter(|ttl| !ttl.is_zero() && *ttl <= MAX_TTL)
+        .ok_or_else(|| format!("{text:?} must be more than 0 and at most 366d"))?;
+    Ok(ttl)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ttls_take_one_unit() {
+        assert_eq!(parse_ttl("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_ttl("15m"), Ok(Duration::from_secs(900)));
+        assert_eq!(parse_ttl("1h"), Ok(Duration::from_secs(3_600)));
+        assert_eq!(parse_ttl("7d"), Ok(Duration::from_secs(604_800)));
+        for wrong in [
+            "",
+            "1",
+            "h",
+            "0h",
+            "1w",
+            "1h30m",
+            "-1h",
+            "400d",
+            "99999999999999999999d",
+        ] {
+            assert!(parse_ttl(wrong).is_err(), "{wrong}");
+        }
+    }
+
+    #[test]
+    fn a_secret_never_shows_in_debug_output() {
+        let secret = Secret::from("do-not-print-me".to_string());
+        assert!(!format!("{secret:?}").contains("do-not-print-me"));
     }
 }

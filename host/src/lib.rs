@@ -2,6 +2,7 @@
 //! and benchmarks reach the same code.
 
 pub mod admin_client;
+pub mod auth;
 pub mod capabilities;
 pub mod config;
 pub mod crash;

@@ -10,7 +10,7 @@ use tracing_subscriber::EnvFilter;
 
 use transferd::capabilities::Capabilities;
 use transferd::shutdown::{self, Signals};
-use transferd::{admin_client, config, http, settlement, stores};
+use transferd::{admin_client, auth, config, http, settlement, stores};
 
 #[derive(Parser)]
 #[command(
@@ -26,7 +26,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Migrate the database, then serve the HTTP API.
-    Serve(config::Serve),
+    Serve(Box<config::Serve>),
     /// Run only the settlement worker.
     Worker(config::WorkerOnly),
     /// Run one pass of the hold reconciler, print what it did, and exit.
@@ -35,6 +35,8 @@ enum Command {
     Migrate(config::Services),
     /// Manage guest versions through a replica's admin API.
     Guest(admin_client::GuestCli),
+    /// Print a bearer token for the configured key (development, tests, examples).
+    Token(config::Token),
 }
 
 fn main() -> ExitCode {
@@ -78,7 +80,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Serve(settings) => {
             let signals = Signals::register()?;
             settings.validate()?;
-            http::serve(settings, signals).await
+            http::serve(*settings, signals).await
         }
         Command::Worker(settings) => {
             let signals = Signals::register()?;
@@ -87,6 +89,12 @@ async fn run(command: Command) -> anyhow::Result<()> {
             worker(settings, signals).await
         }
         Command::Guest(cli) => admin_client::run(cli).await,
+        Command::Token(settings) => {
+            settings.validate()?;
+            let now_s = epoch_now_s()?;
+            println!("{}", auth::jwt::mint(&settings, now_s)?);
+            Ok(())
+        }
         Command::Reconcile(settings) => {
             settings.services.validate()?;
             settings.worker.validate_with(&settings.services)?;
@@ -105,6 +113,13 @@ async fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Seconds since the epoch, as JWT claims count time.
+fn epoch_now_s() -> anyhow::Result<u64> {
+    Ok(std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs())
 }
 
 /// `transferd worker`: the settlement worker until a stop signal, then at most the drain time.

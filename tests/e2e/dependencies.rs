@@ -222,6 +222,7 @@ async fn kafka_down_is_an_unknown_outcome_keeps_the_hold_and_recovers() -> anyho
     let shown = host
         .client
         .get(format!("{}/transfers/{in_doubt}", host.base_url))
+        .bearer_auth(transferd_e2e::auth::user_token(1))
         .send()
         .await?;
     assert_eq!(shown.status(), 200);

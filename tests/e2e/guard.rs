@@ -131,6 +131,7 @@ async fn a_trap_after_an_acknowledged_publish_is_accepted_and_settles_once() -> 
     let shown: Value = host
         .client
         .get(format!("{}/transfers/{transaction_id}", host.base_url))
+        .bearer_auth(transferd_e2e::auth::user_token(1))
         .send()
         .await?
         .json()

@@ -18,6 +18,7 @@ async fn show(host: &Host, transaction_id: &str) -> anyhow::Result<(u16, Value)>
     let response = host
         .client
         .get(format!("{}/transfers/{transaction_id}", host.base_url))
+        .bearer_auth(transferd_e2e::auth::user_token(1))
         .send()
         .await?;
     let status = response.status().as_u16();

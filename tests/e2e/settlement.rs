@@ -20,6 +20,7 @@ async fn get(host: &Host, path: &str) -> anyhow::Result<(u16, Value)> {
     let response = host
         .client
         .get(format!("{}{path}", host.base_url))
+        .bearer_auth(transferd_e2e::auth::admin_token())
         .send()
         .await?;
     let status = response.status().as_u16();

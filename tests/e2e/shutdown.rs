@@ -89,6 +89,7 @@ async fn sigterm_exits_within_the_drain_time_while_a_request_waits_for_the_broke
         client
             .post(url)
             .header("content-type", "application/json")
+            .bearer_auth(transferd_e2e::auth::user_token(1))
             .body(r#"{"sender_id": 1, "receiver_id": 2, "amount": "1.00", "currency": "USD"}"#)
             .send()
             .await
@@ -155,6 +156,7 @@ async fn sigterm_waits_for_a_decision_whose_client_left() -> anyhow::Result<()> 
         client
             .post(url)
             .header("content-type", "application/json")
+            .bearer_auth(transferd_e2e::auth::user_token(1))
             .body(r#"{"sender_id": 1, "receiver_id": 2, "amount": "1.00", "currency": "USD"}"#)
             .send(),
     )

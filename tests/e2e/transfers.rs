@@ -324,15 +324,23 @@ async fn malformed_requests_get_clear_http_errors() -> anyhow::Result<()> {
     let host = Host::start(&namespace).await?;
     let url = format!("{}/transfers", host.base_url);
 
+    let token = transferd_e2e::auth::user_token(1);
     let wrong_type = host
         .client
         .post(&url)
+        .bearer_auth(&token)
         .header("content-type", "text/plain")
         .body("{}")
         .send()
         .await?;
     assert_eq!(wrong_type.status(), 415);
-    let missing_type = host.client.post(&url).body("{}").send().await?;
+    let missing_type = host
+        .client
+        .post(&url)
+        .bearer_auth(&token)
+        .body("{}")
+        .send()
+        .await?;
     assert_eq!(missing_type.status(), 415);
 
     let huge = format!(r#"{{"description": "{}"}}"#, "x".repeat(20 * 1024));
@@ -408,5 +416,34 @@ async fn admin_deposits_need_the_token_and_valid_input() -> anyhow::Result<()> {
     let second = host.deposit(5, "USD", "0.50").await?;
     assert_eq!(second["balance_minor"], 1050);
     assert_eq!(namespace.ledger_balance(5, "USD").await?, Some(1050));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_repeated_key_is_refused_and_an_escaped_key_is_read() -> anyhow::Result<()> {
+    let (namespace, host) = funded_host().await?;
+
+    let twice = host
+        .post_json(
+            "/transfers",
+            r#"{"sender_id": 1, "receiver_id": 2, "amount": "1.00", "currency": "USD", "amount": "99.00"}"#,
+        )
+        .await?;
+    assert_eq!(twice.status, 422, "{}", twice.body);
+    assert_eq!(
+        twice.problems(),
+        vec![("amount".to_string(), "duplicate_key".to_string())]
+    );
+    assert_eq!(namespace.holds().await?, vec![], "nothing held");
+
+    let escaped = host
+        .post_json(
+            "/transfers",
+            r#"{"sender_\u0069d": 1, "receiver_id": 2, "\u0061mount": "1.00", "currency": "USD"}"#,
+        )
+        .await?;
+    assert_eq!(escaped.status, 200, "{}", escaped.body);
+    assert_eq!(namespace.wait_settled(1, Duration::from_secs(20)).await?, 1);
+    assert_eq!(namespace.ledger_balance(1, "USD").await?, Some(9_900));
     Ok(())
 }

@@ -4,6 +4,7 @@
 //!
 //! Every test makes its own names, so tests run in parallel and never depend on leftovers.
 
+pub mod auth;
 pub mod load;
 pub mod proxy;
 pub mod services;
@@ -166,6 +167,9 @@ pub struct HostOptions {
     pub kafka_timeout_ms: u64,
     /// Run the settlement worker inside the API process.
     pub run_worker: bool,
+    /// `TRANSFERD_JWT_SECRET`: the harness's own by default; none for a host checking tokens
+    /// some other way (a public key) or not at all.
+    pub jwt_secret: Option<String>,
     pub extra_env: Vec<(String, String)>,
 }
 
@@ -179,6 +183,7 @@ impl HostOptions {
             guest_file: guest_file(),
             kafka_timeout_ms: 5_000,
             run_worker: true,
+            jwt_secret: Some(auth::JWT_SECRET.to_string()),
             extra_env: Vec::new(),
         }
     }
@@ -210,6 +215,10 @@ fn transferd_command(
         .env("TRANSFERD_RUN_WORKER", options.run_worker.to_string())
         .env("TRANSFERD_LOG", "warn")
         .stdin(Stdio::null());
+    match &options.jwt_secret {
+        Some(secret) => command.env("TRANSFERD_JWT_SECRET", secret),
+        None => command.env_remove("TRANSFERD_JWT_SECRET"),
+    };
     for (name, value) in &options.extra_env {
         command.env(name, value);
     }
@@ -460,17 +469,19 @@ impl Host {
             .client
             .post(format!("{}{path}", self.base_url))
             .header("content-type", "application/json")
+            .bearer_auth(auth::token_for_body(body))
             .body(body.to_string())
             .send()
             .await?;
         Reply::read(response).await
     }
 
-    /// `GET path`; fails unless the answer is 200 with a JSON body.
+    /// `GET path` as an admin; fails unless the answer is 200 with a JSON body.
     pub async fn get_json(&self, path: &str) -> anyhow::Result<Value> {
         let response = self
             .client
             .get(format!("{}{path}", self.base_url))
+            .bearer_auth(auth::admin_token())
             .send()
             .await?;
         let reply = Reply::read(response).await?;

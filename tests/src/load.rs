@@ -188,7 +188,8 @@ fn random_transfer(random: &mut Random, users: i64, max_minor: i64) -> Value {
 
 async fn post(http: &reqwest::Client, url: &str, body: &Value) -> Outcome {
     let sent = Instant::now();
-    let (answer, reply) = match http.post(url).json(body).send().await {
+    let token = crate::auth::token_for_body(&body.to_string());
+    let (answer, reply) = match http.post(url).bearer_auth(token).json(body).send().await {
         Err(error) if error.is_connect() => (Answer::Refused, Value::Null),
         Err(error) => (Answer::Lost(error.to_string()), Value::Null),
         Ok(response) => {
@@ -567,8 +568,8 @@ async fn check_holds(verdict: &mut Verdict, namespace: &Namespace) -> anyhow::Re
     Ok(())
 }
 
-/// `GET /transfers/{id}` of accepted transfers, as their senders would ask: never 404. A
-/// sample of at most 200, spread over the run.
+/// `GET /transfers/{id}` of accepted transfers, as an admin would ask: never 404. A sample of
+/// at most 200, spread over the run.
 async fn check_reads(
     verdict: &mut Verdict,
     outcomes: &[Outcome],
@@ -584,6 +585,7 @@ async fn check_reads(
     for id in accepted.iter().step_by(step) {
         let response = client
             .get(format!("{base_url}/transfers/{id}"))
+            .bearer_auth(crate::auth::admin_token())
             .send()
             .await?;
         asked += 1;

@@ -1,6 +1,7 @@
 //! The host's checks on what a guest publishes and what it answers. The guest is replaceable
 //! at run time, so it is never trusted with money: every transfer message must be the
-//! request's transfer, held in full on the request's sender, once per call.
+//! request's transfer, held in full on the request's sender, once per call, and the sender
+//! must be the authenticated caller when there is one (whatever the guest decided).
 //!
 //! Pure (no I/O), so the rules have unit and property tests; `publish.send` runs them before
 //! any hold is reserved, the upload check runs them on every invariant vector, and the
@@ -23,6 +24,8 @@ pub struct Expected {
     pub sender_id: i64,
     pub receiver_id: i64,
     pub currency: String,
+    /// The authenticated caller; none when authentication is off.
+    pub principal: Option<i64>,
 }
 
 impl Expected {
@@ -32,6 +35,7 @@ impl Expected {
             sender_id: request.sender_id,
             receiver_id: request.receiver_id,
             currency: request.currency.clone(),
+            principal: context.principal,
         }
     }
 }
@@ -78,6 +82,8 @@ pub enum Violation {
     },
     #[error("accepted a transfer it did not publish")]
     AcceptedUnpublished,
+    #[error("publishes a transfer from account {sender_id} for user {principal}")]
+    Principal { principal: i64, sender_id: i64 },
 }
 
 impl Violation {
@@ -101,6 +107,7 @@ impl Violation {
             Violation::AcceptedId { .. } => "accepted_id",
             Violation::AcceptedAmount { .. } => "accepted_amount",
             Violation::AcceptedUnpublished => "accepted_without_publish",
+            Violation::Principal { .. } => "principal",
         }
     }
 
@@ -157,6 +164,14 @@ pub fn check_publish(
 ) -> Result<i64, Violation> {
     if publishes_before > 0 {
         return Err(Violation::SecondPublish);
+    }
+    if let Some(principal) = expected.principal
+        && principal != expected.sender_id
+    {
+        return Err(Violation::Principal {
+            principal,
+            sender_id: expected.sender_id,
+        });
     }
     if !GUEST_TOPICS.contains(&outgoing.topic.as_str()) {
         return Err(Violation::Topic(outgoing.topic.clone()));
@@ -283,6 +298,7 @@ mod tests {
             sender_id: 1,
             receiver_id: 2,
             currency: "USD".into(),
+            principal: None,
         }
     }
 
@@ -322,6 +338,24 @@ mod tests {
     #[test]
     fn the_standard_message_passes() {
         assert_eq!(check(json!({}), hold(1, 1050)), Ok(1050));
+    }
+
+    #[test]
+    fn the_sender_must_be_the_authenticated_caller() {
+        let faithful = outgoing(json!({}), hold(1, 1050));
+        let as_sender = Expected {
+            principal: Some(1),
+            ..expected()
+        };
+        assert_eq!(check_publish(&as_sender, 0, &faithful), Ok(1050));
+        let as_someone_else = Expected {
+            principal: Some(2),
+            ..expected()
+        };
+        assert_eq!(
+            check_publish(&as_someone_else, 0, &faithful).map_err(|v| v.check()),
+            Err("principal")
+        );
     }
 
     #[test]

@@ -1,13 +1,15 @@
-//! `GET /accounts/{user_id}/balances`: every account of a user, settled and available.
+//! `GET /accounts/{user_id}/balances`: every account of a user, settled and available; only
+//! for that user or an admin (anyone else hears that there are none).
 
 use http::StatusCode;
 use serde_json::json;
 use transferd_guest::money::{currency_exponent, format_minor};
 
+use crate::auth::Caller;
 use crate::http::App;
 use crate::http::error::{ApiError, Invalid, Reply, json_response};
 
-pub async fn balances(app: &App, user_id: &str) -> Result<Reply, ApiError> {
+pub async fn balances(app: &App, caller: &Caller, user_id: &str) -> Result<Reply, ApiError> {
     let user_id = match user_id.parse::<i64>() {
         Ok(id) if id > 0 => id,
         _ => {
@@ -18,6 +20,10 @@ pub async fn balances(app: &App, user_id: &str) -> Result<Reply, ApiError> {
             }]));
         }
     };
+    let none = || ApiError::NotFoundMessage(format!("user {user_id} has no accounts"));
+    if !caller.may_see_account(user_id) {
+        return Err(none());
+    }
     let accounts = app
         .capabilities
         .ledger
@@ -25,9 +31,7 @@ pub async fn balances(app: &App, user_id: &str) -> Result<Reply, ApiError> {
         .await
         .map_err(|error| ApiError::Unavailable(error.to_string()))?;
     if accounts.is_empty() {
-        return Err(ApiError::NotFoundMessage(format!(
-            "user {user_id} has no accounts"
-        )));
+        return Err(none());
     }
     let mut balances = Vec::with_capacity(accounts.len());
     for (currency, balance) in accounts {

@@ -1,26 +1,28 @@
-//! `/admin/guest`: upload, activate, roll back and inspect guest versions.
+//! `/admin/guest`: upload, activate, roll back and inspect guest versions. The router lets
+//! only admins reach these; the registry's history names which admin did what.
 
 use http::{HeaderMap, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde_json::json;
 
+use crate::auth::Admin;
 use crate::guest::registry::{self, CandidateMode, MAX_GUEST_BYTES, RegistryError};
 use crate::http::App;
-use crate::http::admin::authorize;
 use crate::http::body::{Fields, read_json_body};
 use crate::http::error::{ApiError, Invalid, Reply, json_response};
-
-/// Who did it, until requests carry a user: the admin token's holder.
-const ADMIN: &str = "admin";
 
 /// Longest note kept with an upload (`x-guest-note` header), in characters.
 const MAX_NOTE_CHARS: usize = 500;
 
 /// `PUT /admin/guest` with the component's bytes: compile, check against the world, run the
 /// invariant vectors, store. Nothing is stored when any check fails.
-pub async fn upload(app: &App, headers: &HeaderMap, body: Incoming) -> Result<Reply, ApiError> {
-    authorize(app, headers)?;
+pub async fn upload(
+    app: &App,
+    admin: &Admin,
+    headers: &HeaderMap,
+    body: Incoming,
+) -> Result<Reply, ApiError> {
     let bytes = match Limited::new(body, MAX_GUEST_BYTES).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(error) if error.is::<http_body_util::LengthLimitError>() => {
@@ -46,7 +48,7 @@ pub async fn upload(app: &App, headers: &HeaderMap, body: Incoming) -> Result<Re
         .await
         .map_err(registry_error)?;
     app.registry
-        .store(guest.version(), &bytes, ADMIN, note)
+        .store(guest.version(), &bytes, &admin.actor(), note)
         .await
         .map_err(registry_error)?;
     tracing::info!(
@@ -61,26 +63,27 @@ pub async fn upload(app: &App, headers: &HeaderMap, body: Incoming) -> Result<Re
 }
 
 /// `POST /admin/guest/{version}/activate`.
-pub async fn activate(app: &App, headers: &HeaderMap, version: &str) -> Result<Reply, ApiError> {
-    authorize(app, headers)?;
+pub async fn activate(app: &App, admin: &Admin, version: &str) -> Result<Reply, ApiError> {
     app.registry
-        .activate(version, ADMIN)
+        .activate(version, &admin.actor())
         .await
         .map_err(registry_error)?;
     Ok(json_response(StatusCode::OK, &json!({"active": version})))
 }
 
 /// `POST /admin/guest/rollback`: back to the version active before the current one.
-pub async fn rollback(app: &App, headers: &HeaderMap) -> Result<Reply, ApiError> {
-    authorize(app, headers)?;
-    let version = app.registry.rollback(ADMIN).await.map_err(registry_error)?;
+pub async fn rollback(app: &App, admin: &Admin) -> Result<Reply, ApiError> {
+    let version = app
+        .registry
+        .rollback(&admin.actor())
+        .await
+        .map_err(registry_error)?;
     Ok(json_response(StatusCode::OK, &json!({"active": version})))
 }
 
 /// `GET /admin/guest`: the active version, what this replica serves, versions, history, and
 /// how often each version broke a host check on this replica.
-pub async fn status(app: &App, headers: &HeaderMap) -> Result<Reply, ApiError> {
-    authorize(app, headers)?;
+pub async fn status(app: &App) -> Result<Reply, ApiError> {
     let active = app.registry.active().await.map_err(registry_error)?;
     let versions = app.registry.versions().await.map_err(registry_error)?;
     let history = app.registry.history(100).await.map_err(registry_error)?;
@@ -101,11 +104,11 @@ pub async fn status(app: &App, headers: &HeaderMap) -> Result<Reply, ApiError> {
 /// served by `version` until the next activation or `DELETE /admin/guest/candidate`.
 pub async fn canary(
     app: &App,
+    admin: &Admin,
     headers: &HeaderMap,
     version: &str,
     body: Incoming,
 ) -> Result<Reply, ApiError> {
-    authorize(app, headers)?;
     let bytes = read_json_body(headers, body).await?;
     let mut fields = Fields::parse(&bytes)?;
     let percent = fields.integer("percent");
@@ -122,7 +125,7 @@ pub async fn canary(
     };
     let mode = CandidateMode::Canary { percent };
     app.registry
-        .set_candidate(version, mode, ADMIN)
+        .set_candidate(version, mode, &admin.actor())
         .await
         .map_err(registry_error)?;
     Ok(json_response(
@@ -133,10 +136,9 @@ pub async fn canary(
 
 /// `POST /admin/guest/{version}/shadow`: `version` runs beside the active one on every request,
 /// publishing nothing, until the next activation or `DELETE /admin/guest/candidate`.
-pub async fn shadow(app: &App, headers: &HeaderMap, version: &str) -> Result<Reply, ApiError> {
-    authorize(app, headers)?;
+pub async fn shadow(app: &App, admin: &Admin, version: &str) -> Result<Reply, ApiError> {
     app.registry
-        .set_candidate(version, CandidateMode::Shadow, ADMIN)
+        .set_candidate(version, CandidateMode::Shadow, &admin.actor())
         .await
         .map_err(registry_error)?;
     Ok(json_response(
@@ -146,12 +148,7 @@ pub async fn shadow(app: &App, headers: &HeaderMap, version: &str) -> Result<Rep
 }
 
 /// `GET /admin/guest/{version}/shadow`: this replica's shadow runs of `version`.
-pub async fn shadow_stats(
-    app: &App,
-    headers: &HeaderMap,
-    version: &str,
-) -> Result<Reply, ApiError> {
-    authorize(app, headers)?;
+pub fn shadow_stats(app: &App, version: &str) -> Result<Reply, ApiError> {
     let stats = app.shadow_book.stats(version);
     Ok(json_response(
         StatusCode::OK,
@@ -160,10 +157,9 @@ pub async fn shadow_stats(
 }
 
 /// `DELETE /admin/guest/candidate`: stop the canary or shadow.
-pub async fn end_candidate(app: &App, headers: &HeaderMap) -> Result<Reply, ApiError> {
-    authorize(app, headers)?;
+pub async fn end_candidate(app: &App, admin: &Admin) -> Result<Reply, ApiError> {
     app.registry
-        .end_candidate(ADMIN)
+        .end_candidate(&admin.actor())
         .await
         .map_err(registry_error)?;
     Ok(json_response(StatusCode::OK, &json!({"candidate": null})))

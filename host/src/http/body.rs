@@ -2,14 +2,19 @@
 //! problem at once in FastAPI's shape.
 //!
 //! Fields are read from the raw JSON text so numbers keep their exact digits: `10.10` stays
-//! "10.10", never the nearest binary float.
+//! "10.10", never the nearest binary float. Keys are read as JSON strings (escapes decoded:
+//! `"sender_\u0069d"` is `sender_id`), and a key given twice is refused (422): a proxy or
+//! firewall in front may read the first value where a last-wins reader reads the last.
 
 use std::collections::BTreeMap;
+use std::collections::btree_map::Entry;
+use std::fmt;
 
 use bytes::Bytes;
 use http::{HeaderMap, header};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
+use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
 use crate::http::error::{ApiError, Invalid};
@@ -51,12 +56,69 @@ pub async fn read_json_body(headers: &HeaderMap, body: Incoming) -> Result<Bytes
 
 /// A JSON object's fields, as raw JSON text, plus the problems found reading them.
 pub struct Fields<'a> {
-    raw: BTreeMap<&'a str, &'a RawValue>,
+    raw: BTreeMap<String, &'a RawValue>,
     pub problems: Vec<Invalid>,
 }
 
+/// A JSON object's top-level members with keys decoded, and the keys given more than once (in
+/// the order their second occurrence appeared).
+struct RawObject<'a> {
+    members: BTreeMap<String, &'a RawValue>,
+    duplicates: Vec<String>,
+}
+
+impl<'de> Deserialize<'de> for RawObject<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_map(ObjectVisitor)
+    }
+}
+
+struct ObjectVisitor;
+
+impl<'de> Visitor<'de> for ObjectVisitor {
+    type Value = RawObject<'de>;
+
+    fn expecting(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
+        formatter.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawObject<'de>, A::Error> {
+        let mut object = RawObject {
+            members: BTreeMap::new(),
+            duplicates: Vec::new(),
+        };
+        // `String`, not `&str`: a key with an escape cannot be borrowed from the text.
+        while let Some(key) = map.next_key::<String>()? {
+            let value: &'de RawValue = map.next_value()?;
+            match object.members.entry(key) {
+                Entry::Vacant(vacant) => {
+                    vacant.insert(value);
+                }
+                Entry::Occupied(occupied) => {
+                    if !object.duplicates.contains(occupied.key()) {
+                        object.duplicates.push(occupied.key().clone());
+                    }
+                }
+            }
+        }
+        Ok(object)
+    }
+}
+
+/// The 422 for keys given more than once, one problem per key.
+fn duplicated(keys: Vec<String>) -> ApiError {
+    ApiError::Validation(
+        keys.into_iter()
+            .map(|key| {
+                let message = format!("the key {key:?} appears more than once");
+                Invalid::body_field(&key, "duplicate_key", message)
+            })
+            .collect(),
+    )
+}
+
 impl<'a> Fields<'a> {
-    /// Parses `body` as a JSON object; anything else is a validation error.
+    /// Parses `body` as a JSON object with each key once; anything else is a validation error.
     pub fn parse(body: &'a [u8]) -> Result<Fields<'a>, ApiError> {
         let text = std::str::from_utf8(body).map_err(|_| {
             ApiError::Validation(vec![Invalid {
@@ -65,9 +127,10 @@ impl<'a> Fields<'a> {
                 kind: "json_invalid".into(),
             }])
         })?;
-        match serde_json::from_str::<BTreeMap<&str, &RawValue>>(text) {
-            Ok(raw) => Ok(Fields {
-                raw,
+        match serde_json::from_str::<RawObject>(text) {
+            Ok(object) if !object.duplicates.is_empty() => Err(duplicated(object.duplicates)),
+            Ok(object) => Ok(Fields {
+                raw: object.members,
                 problems: Vec::new(),
             }),
             Err(error) => {
@@ -233,6 +296,51 @@ mod tests {
         );
     }
 
+    fn refusal(body: &str) -> Vec<Invalid> {
+        match Fields::parse(body.as_bytes()) {
+            Err(ApiError::Validation(problems)) => problems,
+            Err(other) => panic!("{body}: {other}"),
+            Ok(_) => panic!("{body}: accepted"),
+        }
+    }
+
+    #[test]
+    fn a_key_given_twice_is_refused_naming_it() {
+        let problems = refusal(r#"{"amount": 1, "currency": "USD", "amount": 99999999}"#);
+        assert_eq!(
+            problems,
+            vec![Invalid::body_field(
+                "amount",
+                "duplicate_key",
+                "the key \"amount\" appears more than once"
+            )]
+        );
+        let problems = refusal(r#"{"b": 1, "a": 2, "a": 3, "b": 4, "a": 5}"#);
+        let keys: Vec<&str> = problems.iter().map(|p| p.location[1].as_str()).collect();
+        assert_eq!(keys, ["a", "b"], "each key once, in the order found");
+        // Spelled differently, the same key.
+        let problems = refusal(r#"{"amount": 1, "\u0061mount": 2}"#);
+        assert_eq!(problems[0].location, ["body", "amount"]);
+        // Only the top level is read as fields; a nested object is one field's value.
+        let mut fields = Fields::parse(br#"{"note": {"a": 1, "a": 2}}"#).expect("object");
+        assert_eq!(fields.string("note"), None);
+    }
+
+    #[test]
+    fn keys_with_escapes_are_read_as_the_keys_they_spell() {
+        let mut fields = Fields::parse(
+            br#"{"sender_\u0069d": 1, "\u0061mount": "2.50", "currency\u0000": "x", "cur\u0072ency": "USD", "n\"ote": "q"}"#,
+        )
+        .expect("object");
+        assert_eq!(fields.integer("sender_id"), Some(1));
+        assert_eq!(fields.decimal_text("amount").as_deref(), Some("2.50"));
+        assert_eq!(fields.string("currency").as_deref(), Some("USD"));
+        assert_eq!(fields.optional_string("n\"ote").as_deref(), Some("q"));
+        assert!(fields.problems.is_empty(), "{:?}", fields.problems);
+        let mut surrogate = Fields::parse(br#"{"\ud83d\udcb0": "7"}"#).expect("object");
+        assert_eq!(surrogate.integer("\u{1f4b0}"), Some(7));
+    }
+
     #[test]
     fn non_objects_and_broken_json_are_validation_errors() {
         for body in [
@@ -247,6 +355,106 @@ mod tests {
                 matches!(Fields::parse(body.as_bytes()), Err(ApiError::Validation(_))),
                 "{body}"
             );
+        }
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// A key as JSON text, each character written plainly or as a `\uXXXX` escape.
+        fn spelled(key: &str, escapes: &[bool]) -> String {
+            let mut text = String::from("\"");
+            for (index, c) in key.chars().enumerate() {
+                if escapes.get(index).copied().unwrap_or(false) || c == '"' || c == '\\' {
+                    let mut units = [0u16; 2];
+                    for unit in c.encode_utf16(&mut units) {
+                        text.push_str(&format!("\\u{unit:04x}"));
+                    }
+                } else {
+                    text.push(c);
+                }
+            }
+            text.push('"');
+            text
+        }
+
+        fn value() -> impl Strategy<Value = String> {
+            prop_oneof![
+                any::<i64>().prop_map(|n| n.to_string()),
+                "[a-z]{0,8}".prop_map(|s| format!("\"{s}\"")),
+                Just("null".to_string()),
+                Just("[1, {\"x\": 2}]".to_string()),
+            ]
+        }
+
+        proptest! {
+            #[test]
+            fn every_key_reads_back_however_it_is_spelled(
+                members in proptest::collection::btree_map("[a-z_\"\\\\\u{e9}\u{1f4b0}]{1,10}", value(), 0..8),
+                escapes in proptest::collection::vec(any::<bool>(), 10),
+            ) {
+                let body = format!("{{{}}}", members
+                    .iter()
+                    .map(|(key, value)| format!("{}: {value}", spelled(key, &escapes)))
+                    .collect::<Vec<_>>()
+                    .join(", "));
+                let fields = Fields::parse(body.as_bytes());
+                prop_assert!(fields.is_ok(), "{}", body);
+                let fields = fields.expect("checked");
+                for (key, value) in &members {
+                    let raw = fields.raw.get(key.as_str()).map(|raw| raw.get());
+                    prop_assert_eq!(raw, Some(value.as_str()), "{}", body);
+                }
+                prop_assert_eq!(fields.raw.len(), members.len());
+            }
+
+            #[test]
+            fn a_repeated_key_is_always_refused_and_named(
+                members in proptest::collection::btree_map("[a-z]{1,6}", value(), 1..6),
+                repeat in any::<proptest::sample::Index>(),
+                escapes in proptest::collection::vec(any::<bool>(), 6),
+                position in any::<proptest::sample::Index>(),
+            ) {
+                let mut entries: Vec<String> = members
+                    .iter()
+                    .map(|(key, value)| format!("{}: {value}", spelled(key, &[])))
+                    .collect();
+                let (key, value) = members.iter().nth(repeat.index(members.len())).expect("a member");
+                let again = format!("{}: {value}", spelled(key, &escapes));
+                entries.insert(position.index(entries.len() + 1), again);
+                let body = format!("{{{}}}", entries.join(", "));
+                match Fields::parse(body.as_bytes()) {
+                    Err(ApiError::Validation(problems)) => {
+                        prop_assert_eq!(problems.len(), 1);
+                        prop_assert_eq!(&problems[0].kind, "duplicate_key");
+                        prop_assert_eq!(&problems[0].location, &vec!["body".to_string(), key.clone()]);
+                    }
+                    _ => prop_assert!(false, "accepted {}", body),
+                }
+            }
+
+            #[test]
+            fn any_bytes_are_answered_without_a_panic(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+                let _ = Fields::parse(&bytes);
+            }
+
+            #[test]
+            fn objects_serde_reads_without_repeats_are_read_the_same(text in "\\{(\"[a-c]\": ?[0-9], ?){0,3}\"[a-d]\": ?[0-9]\\}") {
+                let parsed: serde_json::Map<String, serde_json::Value> =
+                    serde_json::from_str(&text).expect("the pattern makes JSON objects");
+                let members = text.matches(':').count();
+                match Fields::parse(text.as_bytes()) {
+                    Ok(fields) => {
+                        prop_assert_eq!(fields.raw.len(), members, "no key was dropped");
+                        for (key, value) in &parsed {
+                            let raw = fields.raw.get(key.as_str()).map(|raw| raw.get().to_string());
+                            prop_assert_eq!(raw, Some(value.to_string()));
+                        }
+                    }
+                    Err(_) => prop_assert!(parsed.len() < members, "refused without a repeat: {}", text),
+                }
+            }
         }
     }
 }

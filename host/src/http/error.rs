@@ -9,6 +9,8 @@ use http_body_util::Full;
 use hyper::Response;
 use serde_json::{Value, json};
 
+use crate::auth::AuthError;
+
 /// One validation problem, FastAPI-style.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Invalid {
@@ -41,8 +43,10 @@ pub enum ApiError {
     PayloadTooLarge { limit_bytes: usize },
     #[error("bad request: {0}")]
     BadRequest(String),
-    #[error("unauthorized")]
-    Unauthorized,
+    /// No, a malformed, or an invalid bearer token (401); a valid one without the admin role
+    /// on an admin route (403).
+    #[error(transparent)]
+    Auth(#[from] AuthError),
     #[error("forbidden: {0}")]
     Forbidden(String),
     #[error("{0}")]
@@ -88,7 +92,8 @@ impl ApiError {
             ApiError::InsufficientFunds | ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Auth(AuthError::NotAdmin) => StatusCode::FORBIDDEN,
+            ApiError::Auth(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
@@ -123,9 +128,10 @@ impl ApiError {
                 "code": "payload_too_large",
             }),
             ApiError::BadRequest(message) => json!({"detail": message, "code": "bad_request"}),
-            ApiError::Unauthorized => {
-                json!({"detail": "missing or wrong bearer token", "code": "unauthorized"})
+            ApiError::Auth(error @ AuthError::NotAdmin) => {
+                json!({"detail": error.to_string(), "code": "forbidden"})
             }
+            ApiError::Auth(error) => json!({"detail": error.to_string(), "code": "unauthorized"}),
             ApiError::Forbidden(message) => json!({"detail": message, "code": "forbidden"}),
             ApiError::Unprocessable(message) => json!({"detail": message, "code": "unprocessable"}),
             ApiError::Conflict(message) => json!({"detail": message, "code": "conflict"}),
@@ -151,13 +157,29 @@ impl ApiError {
 
     pub fn into_response(self) -> Reply {
         let mut response = json_response(self.status(), &self.body());
-        if matches!(self, ApiError::Unauthorized) {
+        if let ApiError::Auth(error) = &self
+            && let Ok(challenge) = HeaderValue::from_str(&bearer_challenge(error))
+        {
             response
                 .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                .insert(header::WWW_AUTHENTICATE, challenge);
         }
         response
     }
+}
+
+/// The RFC 6750 challenge for a refusal: `Bearer realm=..., error=..., error_description=...`.
+/// The description is the error's own text, which never holds the token.
+fn bearer_challenge(error: &AuthError) -> String {
+    let description: String = error
+        .to_string()
+        .chars()
+        .filter(|c| *c == ' ' || (c.is_ascii_graphic() && *c != '"' && *c != '\\'))
+        .collect();
+    format!(
+        "Bearer realm=\"transferd\", error=\"{}\", error_description=\"{description}\"",
+        error.code()
+    )
 }
 
 #[cfg(test)]
@@ -185,6 +207,34 @@ mod tests {
                 "status": "unknown",
                 "transaction_id": "t-1",
             })
+        );
+    }
+
+    #[test]
+    fn auth_refusals_carry_a_bearer_challenge_and_a_fastapi_body() {
+        use crate::auth::jwt::TokenError;
+        let expired = ApiError::from(AuthError::Token(TokenError::Expired)).into_response();
+        assert_eq!(expired.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            expired.headers()[header::WWW_AUTHENTICATE],
+            "Bearer realm=\"transferd\", error=\"invalid_token\", error_description=\"invalid bearer token: the token has expired\""
+        );
+        let missing = ApiError::from(AuthError::Missing);
+        assert_eq!(
+            missing.body(),
+            json!({"detail": "missing bearer token", "code": "unauthorized"})
+        );
+        assert!(
+            missing.into_response().headers()[header::WWW_AUTHENTICATE]
+                .to_str()
+                .is_ok_and(|value| value.contains("error=\"invalid_request\""))
+        );
+        let not_admin = ApiError::from(AuthError::NotAdmin).into_response();
+        assert_eq!(not_admin.status(), StatusCode::FORBIDDEN);
+        assert!(
+            not_admin.headers()[header::WWW_AUTHENTICATE]
+                .to_str()
+                .is_ok_and(|value| value.contains("error=\"insufficient_scope\""))
         );
     }
 

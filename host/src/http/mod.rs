@@ -1,5 +1,9 @@
 //! The HTTP API: the server loop and the router. One file per resource; errors become
 //! responses in `error.rs` only.
+//!
+//! Every request goes the same way: the path and method are resolved to a [`Route`] (404, 405),
+//! then the route's callers are authenticated in one place (`auth::Gate`: a user for user
+//! routes, an admin for every `/admin` route), then the handler runs with who is calling.
 
 mod accounts;
 mod admin;
@@ -22,6 +26,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
 
+use crate::auth::{Admin, Caller, Gate};
 use crate::capabilities::Capabilities;
 use crate::capabilities::guard::ViolationCounts;
 use crate::config::Serve;
@@ -45,7 +50,8 @@ pub struct App {
     pub shadow_book: Arc<ShadowBook>,
     /// Host checks the guests broke on this replica, by version.
     pub violations: Arc<ViolationCounts>,
-    pub admin_token: Option<String>,
+    /// Authenticates callers: bearer JWTs, the static admin token.
+    pub gate: Gate,
     /// Transfer decisions, each its own task: shutdown waits for the ones whose client left.
     pub decisions: TaskTracker,
 }
@@ -70,6 +76,8 @@ enum Ending {
 /// flushes the producer. An unexpected end of the worker ends the process with an error.
 pub async fn serve(settings: Serve, mut signals: Signals) -> anyhow::Result<()> {
     let services = &settings.services;
+    // First: a key that cannot be used stops the start before anything connects.
+    let gate = Gate::from_settings(&settings)?;
     let capabilities = Arc::new(Capabilities::connect(services).await?);
 
     let engine = Arc::new(GuestEngine::new(GuestLimits {
@@ -100,10 +108,6 @@ pub async fn serve(settings: Serve, mut signals: Signals) -> anyhow::Result<()> 
         registry::reconcile(&registry, &engine, &serving).await;
         registry::follow(registry.clone(), Arc::clone(&engine), Arc::clone(&serving));
     }
-    if settings.admin_token.is_none() {
-        tracing::warn!("TRANSFERD_ADMIN_TOKEN is not set: the admin API refuses every request");
-    }
-
     settlement::reconcile::spawn(services, &settings.worker, &capabilities);
 
     let (stop_handle, stop) = shutdown::stop_channel();
@@ -123,7 +127,7 @@ pub async fn serve(settings: Serve, mut signals: Signals) -> anyhow::Result<()> 
         registry,
         shadow_book: Arc::new(ShadowBook::default()),
         violations: Arc::new(ViolationCounts::default()),
-        admin_token: settings.admin_token.clone(),
+        gate,
         decisions: TaskTracker::new(),
     });
     let listener = TcpListener::bind(settings.listen)
@@ -237,55 +241,134 @@ async fn adopt_startup_guest(
     }
 }
 
-async fn route(app: &Arc<App>, request: Request<Incoming>) -> Reply {
-    let (parts, body) = request.into_parts();
-    let segments: Vec<&str> = parts.uri.path().trim_matches('/').split('/').collect();
-    let method = &parts.method;
-    let result = match segments.as_slice() {
-        ["transfers"] if method == Method::POST => {
-            transfers::create(app, &parts.headers, body).await
+/// What a request asks for, once its path and method are known.
+enum Route<'a> {
+    Health,
+    User(UserRoute<'a>),
+    Admin(AdminRoute<'a>),
+}
+
+/// Routes for a user's own money, behind a bearer token.
+enum UserRoute<'a> {
+    CreateTransfer,
+    ShowTransfer(&'a str),
+    Balances(&'a str),
+}
+
+/// `/admin` routes, behind the admin role or the static admin token.
+enum AdminRoute<'a> {
+    GuestUpload,
+    GuestStatus,
+    GuestRollback,
+    GuestActivate(&'a str),
+    GuestCanary(&'a str),
+    GuestShadow(&'a str),
+    GuestShadowStats(&'a str),
+    GuestEndCandidate,
+    Deposit,
+}
+
+/// The route of a path and method: 404 for an unknown path, 405 for a known path's other
+/// methods (before authentication, so they answer the same to everyone).
+fn resolve<'a>(method: &Method, segments: &[&'a str]) -> Result<Route<'a>, ApiError> {
+    let (get, post) = (method == Method::GET, method == Method::POST);
+    let route = match segments {
+        ["healthz"] if get => Route::Health,
+        ["transfers"] if post => Route::User(UserRoute::CreateTransfer),
+        ["transfers", id] if get => Route::User(UserRoute::ShowTransfer(id)),
+        ["accounts", user_id, "balances"] if get => Route::User(UserRoute::Balances(user_id)),
+        ["admin", "guest"] if method == Method::PUT => Route::Admin(AdminRoute::GuestUpload),
+        ["admin", "guest"] if get => Route::Admin(AdminRoute::GuestStatus),
+        ["admin", "guest", "rollback"] if post => Route::Admin(AdminRoute::GuestRollback),
+        ["admin", "guest", version, "activate"] if post => {
+            Route::Admin(AdminRoute::GuestActivate(version))
         }
-        ["transfers", id] if method == Method::GET => transfers::show(app, id).await,
-        ["accounts", user_id, "balances"] if method == Method::GET => {
-            accounts::balances(app, user_id).await
+        ["admin", "guest", version, "canary"] if post => {
+            Route::Admin(AdminRoute::GuestCanary(version))
         }
-        ["admin", "guest"] if method == Method::PUT => {
-            admin_guest::upload(app, &parts.headers, body).await
+        ["admin", "guest", version, "shadow"] if post => {
+            Route::Admin(AdminRoute::GuestShadow(version))
         }
-        ["admin", "guest"] if method == Method::GET => {
-            admin_guest::status(app, &parts.headers).await
-        }
-        ["admin", "guest", "rollback"] if method == Method::POST => {
-            admin_guest::rollback(app, &parts.headers).await
-        }
-        ["admin", "guest", version, "activate"] if method == Method::POST => {
-            admin_guest::activate(app, &parts.headers, version).await
-        }
-        ["admin", "guest", version, "canary"] if method == Method::POST => {
-            admin_guest::canary(app, &parts.headers, version, body).await
-        }
-        ["admin", "guest", version, "shadow"] if method == Method::POST => {
-            admin_guest::shadow(app, &parts.headers, version).await
-        }
-        ["admin", "guest", version, "shadow"] if method == Method::GET => {
-            admin_guest::shadow_stats(app, &parts.headers, version).await
+        ["admin", "guest", version, "shadow"] if get => {
+            Route::Admin(AdminRoute::GuestShadowStats(version))
         }
         ["admin", "guest", "candidate"] if method == Method::DELETE => {
-            admin_guest::end_candidate(app, &parts.headers).await
+            Route::Admin(AdminRoute::GuestEndCandidate)
         }
-        ["admin", "deposits"] if method == Method::POST => {
-            admin::deposit(app, &parts.headers, body).await
-        }
-        ["healthz"] if method == Method::GET => {
-            Ok(json_response(StatusCode::OK, &json!({"status": "ok"})))
-        }
+        ["admin", "deposits"] if post => Route::Admin(AdminRoute::Deposit),
         ["transfers"]
         | ["transfers", _]
         | ["accounts", _, "balances"]
         | ["admin", "deposits"]
         | ["admin", "guest", ..]
-        | ["healthz"] => Err(ApiError::MethodNotAllowed),
-        _ => Err(ApiError::NotFound),
+        | ["healthz"] => return Err(ApiError::MethodNotAllowed),
+        _ => return Err(ApiError::NotFound),
+    };
+    Ok(route)
+}
+
+/// Authenticates the route's caller, then runs its handler.
+async fn handle(
+    app: &Arc<App>,
+    route: Route<'_>,
+    headers: &http::HeaderMap,
+    body: Incoming,
+) -> Result<Reply, ApiError> {
+    match route {
+        Route::Health => Ok(json_response(StatusCode::OK, &json!({"status": "ok"}))),
+        Route::User(route) => {
+            let caller = app.gate.caller(headers)?;
+            user_route(app, &caller, route, headers, body).await
+        }
+        Route::Admin(route) => {
+            let admin = app.gate.admin(headers)?;
+            admin_route(app, &admin, route, headers, body).await
+        }
+    }
+}
+
+async fn user_route(
+    app: &Arc<App>,
+    caller: &Caller,
+    route: UserRoute<'_>,
+    headers: &http::HeaderMap,
+    body: Incoming,
+) -> Result<Reply, ApiError> {
+    match route {
+        UserRoute::CreateTransfer => transfers::create(app, caller, headers, body).await,
+        UserRoute::ShowTransfer(id) => transfers::show(app, caller, id).await,
+        UserRoute::Balances(user_id) => accounts::balances(app, caller, user_id).await,
+    }
+}
+
+async fn admin_route(
+    app: &Arc<App>,
+    admin: &Admin,
+    route: AdminRoute<'_>,
+    headers: &http::HeaderMap,
+    body: Incoming,
+) -> Result<Reply, ApiError> {
+    match route {
+        AdminRoute::GuestUpload => admin_guest::upload(app, admin, headers, body).await,
+        AdminRoute::GuestStatus => admin_guest::status(app).await,
+        AdminRoute::GuestRollback => admin_guest::rollback(app, admin).await,
+        AdminRoute::GuestActivate(version) => admin_guest::activate(app, admin, version).await,
+        AdminRoute::GuestCanary(version) => {
+            admin_guest::canary(app, admin, headers, version, body).await
+        }
+        AdminRoute::GuestShadow(version) => admin_guest::shadow(app, admin, version).await,
+        AdminRoute::GuestShadowStats(version) => admin_guest::shadow_stats(app, version),
+        AdminRoute::GuestEndCandidate => admin_guest::end_candidate(app, admin).await,
+        AdminRoute::Deposit => admin::deposit(app, headers, body).await,
+    }
+}
+
+async fn route(app: &Arc<App>, request: Request<Incoming>) -> Reply {
+    let (parts, body) = request.into_parts();
+    let segments: Vec<&str> = parts.uri.path().trim_matches('/').split('/').collect();
+    let result = match resolve(&parts.method, &segments) {
+        Ok(route) => handle(app, route, &parts.headers, body).await,
+        Err(error) => Err(error),
     };
     let mut response = result.unwrap_or_else(ApiError::into_response);
     // Every response names a guest version: the one that decided it (set by the transfer

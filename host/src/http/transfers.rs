@@ -1,6 +1,10 @@
 //! `POST /transfers`: parse the body, mint the transaction id, let the guest decide as its own
 //! task, answer from what was published (`guest::verdict`) in the original service's shapes.
-//! `GET /transfers/{id}`: the ledger, else a pending record in Redis or PostgreSQL.
+//! `GET /transfers/{id}`: the ledger, else a pending record in Redis or PostgreSQL; only for
+//! its sender, its receiver or an admin (anyone else hears that there is no such transfer).
+//!
+//! The caller's user id goes to the guest as the request's `principal`; the guest refuses a
+//! transfer from someone else's account (403) before it reads a balance or holds anything.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -15,6 +19,7 @@ use transferd_guest::money::{currency_exponent, format_minor};
 
 use std::sync::Arc;
 
+use crate::auth::Caller;
 use crate::capabilities::RecordedAnswers;
 use crate::capabilities::guard::Expected;
 use crate::guest::runtime::{Guest, GuestFailure};
@@ -27,6 +32,7 @@ use crate::stores::postgres::TransferRecord;
 
 pub async fn create(
     app: &Arc<App>,
+    caller: &Caller,
     headers: &HeaderMap,
     body: Incoming,
 ) -> Result<Reply, ApiError> {
@@ -38,8 +44,9 @@ pub async fn create(
     // Its own task: a client that disconnects, or anything else that drops this handler,
     // cannot stop a decision between its hold and its acknowledgement.
     let task_app = Arc::clone(app);
+    let principal = caller.principal();
     app.decisions
-        .spawn(async move { decide(&task_app, transaction_id, request).await })
+        .spawn(async move { decide(&task_app, transaction_id, principal, request).await })
         .await
         .map_err(|error| ApiError::Internal(format!("the transfer task failed: {error}")))?
 }
@@ -48,13 +55,14 @@ pub async fn create(
 async fn decide(
     app: &App,
     transaction_id: uuid::Uuid,
+    principal: Option<i64>,
     request: TransferRequest,
 ) -> Result<Reply, ApiError> {
     let (guest, shadow) = app.serving().pick(&transaction_id);
     let context = RequestContext {
         transaction_id: transaction_id.to_string(),
         received_at_ms: now_ms(),
-        principal: None,
+        principal,
         guest_version: guest.version().to_string(),
     };
     let decided = guest
@@ -175,8 +183,9 @@ fn now_ms() -> u64 {
 /// `GET /transfers/{transaction_id}`: the ledger's record once settled; `pending` while the
 /// transfer is accepted but not yet settled (from its pending record in Redis, or its pending
 /// row in PostgreSQL when it was accepted without Redis). Never 404 for an accepted transfer:
-/// 503 when a place it could be in could not be asked.
-pub async fn show(app: &App, transaction_id: &str) -> Result<Reply, ApiError> {
+/// 503 when a place it could be in could not be asked. A caller who is neither party nor admin
+/// gets the same 404 as for an id nobody accepted.
+pub async fn show(app: &App, caller: &Caller, transaction_id: &str) -> Result<Reply, ApiError> {
     let Ok(id) = uuid::Uuid::parse_str(transaction_id) else {
         return Err(ApiError::Validation(vec![Invalid {
             location: vec!["path".into(), "transaction_id".into()],
@@ -184,20 +193,31 @@ pub async fn show(app: &App, transaction_id: &str) -> Result<Reply, ApiError> {
             kind: "uuid_parsing".into(),
         }]));
     };
+    let not_found = || ApiError::NotFoundMessage(format!("no transfer {id}"));
+    let shown = find(app, id).await?.ok_or_else(not_found)?;
+    let party = |field: &str| shown[field].as_i64();
+    if !caller.may_see_transfer(party("sender_id"), party("receiver_id")) {
+        return Err(not_found());
+    }
+    Ok(json_response(StatusCode::OK, &shown))
+}
+
+/// The transfer's body for `GET /transfers/{id}`, wherever it is; `None` when nobody knows it.
+async fn find(app: &App, id: uuid::Uuid) -> Result<Option<serde_json::Value>, ApiError> {
     let capabilities = &app.capabilities;
     let mut unreachable = Vec::new();
     match capabilities.ledger.transfer(id).await {
-        Ok(Some(record)) => return Ok(json_response(StatusCode::OK, &settled_body(&record))),
+        Ok(Some(record)) => return Ok(Some(settled_body(&record))),
         Ok(None) => {}
         Err(error) => unreachable.push(error.to_string()),
     }
     match capabilities.cache.pending(&id.to_string()).await {
-        Ok(Some(message)) => return Ok(pending_response(&message)),
+        Ok(Some(message)) => return Ok(Some(pending_body(&message))),
         Ok(None) => {}
         Err(error) => unreachable.push(error.to_string()),
     }
     match capabilities.ledger.pending(id).await {
-        Ok(Some(row)) => return Ok(pending_response(&row.message)),
+        Ok(Some(row)) => return Ok(Some(pending_body(&row.message))),
         Ok(None) => {}
         Err(error) => unreachable.push(error.to_string()),
     }
@@ -210,15 +230,9 @@ pub async fn show(app: &App, transaction_id: &str) -> Result<Reply, ApiError> {
     // Settlement deletes the pending records when it commits: a transfer settled between the
     // first read and the last is in the ledger now.
     match capabilities.ledger.transfer(id).await {
-        Ok(Some(record)) => Ok(json_response(StatusCode::OK, &settled_body(&record))),
-        Ok(None) => Err(ApiError::NotFoundMessage(format!("no transfer {id}"))),
+        Ok(record) => Ok(record.as_ref().map(settled_body)),
         Err(error) => Err(ApiError::Unavailable(error.to_string())),
     }
-}
-
-fn pending_response(message: &[u8]) -> Reply {
-    let message: serde_json::Value = serde_json::from_slice(message).unwrap_or_default();
-    json_response(StatusCode::OK, &pending_body(&message))
 }
 
 fn settled_body(record: &TransferRecord) -> serde_json::Value {
@@ -239,7 +253,9 @@ fn settled_body(record: &TransferRecord) -> serde_json::Value {
     })
 }
 
-fn pending_body(message: &serde_json::Value) -> serde_json::Value {
+/// A pending record (the transfer's message) as the API shows it.
+fn pending_body(message: &[u8]) -> serde_json::Value {
+    let message: serde_json::Value = serde_json::from_slice(message).unwrap_or_default();
     let exponent = message["currency"]
         .as_str()
         .and_then(currency_exponent)

@@ -1,0 +1,350 @@
+//! Who is calling, decided once per request before any handler runs.
+//!
+//! The router asks the [`Gate`] for a [`Caller`] on user routes and for an [`Admin`] on every
+//! `/admin` route; handlers then decide what that caller may see (a transfer only for its
+//! sender, receiver or an admin; balances only for their owner or an admin) and hand the
+//! caller's user id to the guest as its `principal`. Refusals are [`AuthError`]s, which
+//! `http/error.rs` turns into 401/403 with an RFC 6750 `WWW-Authenticate` header.
+
+pub mod jwt;
+
+use http::{HeaderMap, header};
+use subtle::ConstantTimeEq;
+
+use crate::config::{self, Secret};
+use jwt::{Identity, KeyError, TokenError, Verifier};
+
+/// The caller of a user route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Caller {
+    /// Authentication is off (`TRANSFERD_AUTH=none`): anyone may do anything a user may.
+    Anyone,
+    User(Identity),
+}
+
+impl Caller {
+    /// The user id the guest checks the sender against; none when authentication is off.
+    pub fn principal(&self) -> Option<i64> {
+        match self {
+            Caller::Anyone => None,
+            Caller::User(identity) => Some(identity.user_id),
+        }
+    }
+
+    /// Whether the caller may read `user_id`'s accounts.
+    pub fn may_see_account(&self, user_id: i64) -> bool {
+        match self {
+            Caller::Anyone => true,
+            Caller::User(identity) => identity.admin || identity.user_id == user_id,
+        }
+    }
+
+    /// Whether the caller may read a transfer between these parties.
+    pub fn may_see_transfer(&self, sender_id: Option<i64>, receiver_id: Option<i64>) -> bool {
+        match self {
+            Caller::Anyone => true,
+            Caller::User(identity) => {
+                identity.admin
+                    || sender_id == Some(identity.user_id)
+                    || receiver_id == Some(identity.user_id)
+            }
+        }
+    }
+}
+
+/// The caller of an admin route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admin {
+    /// Presented `TRANSFERD_ADMIN_TOKEN`.
+    StaticToken,
+    /// A JWT with the admin role.
+    User(i64),
+}
+
+impl Admin {
+    /// How the registry's history names who did something.
+    pub fn actor(&self) -> String {
+        match self {
+            Admin::StaticToken => "admin-token".to_string(),
+            Admin::User(user_id) => format!("user:{user_id}"),
+        }
+    }
+}
+
+/// Why a request was not let through. Never carries the token.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("missing bearer token")]
+    Missing,
+    #[error("the Authorization header must be one `Bearer <token>`")]
+    Malformed,
+    #[error("invalid bearer token: {0}")]
+    Token(#[from] TokenError),
+    #[error("this route needs a token with the admin role")]
+    NotAdmin,
+}
+
+impl AuthError {
+    /// The RFC 6750 `error` code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            AuthError::Missing | AuthError::Malformed => "invalid_request",
+            AuthError::Token(_) => "invalid_token",
+            AuthError::NotAdmin => "insufficient_scope",
+        }
+    }
+}
+
+/// Lets requests through: checks bearer tokens, or lets everyone through when authentication
+/// is off; the static admin token opens `/admin` either way.
+pub struct Gate {
+    verifier: Option<Verifier>,
+    admin_token: Option<Secret>,
+}
+
+impl Gate {
+    pub fn new(verifier: Option<Verifier>, admin_token: Option<Secret>) -> Gate {
+        Gate {
+            verifier,
+            admin_token,
+        }
+    }
+
+    /// The gate `transferd serve` is configured for; says loudly when it lets everyone in.
+    pub fn from_settings(settings: &config::Serve) -> Result<Gate, KeyError> {
+        let verifier = Verifier::from_settings(&settings.auth)?;
+        if verifier.is_none() {
+            tracing::warn!(
+                "TRANSFERD_AUTH=none: authentication is OFF; anyone who reaches this port can move \
+                 any account's money and read any balance. Run like this only behind a gateway \
+                 that authenticates"
+            );
+        }
+        if settings.admin_token.is_none() && verifier.is_none() {
+            tracing::warn!(
+                "TRANSFERD_ADMIN_TOKEN is not set and authentication is off: the admin API refuses every request"
+            );
+        }
+        Ok(Gate::new(verifier, settings.admin_token.clone()))
+    }
+
+    /// The caller of a user route.
+    pub fn caller(&self, headers: &HeaderMap) -> Result<Caller, AuthError> {
+        let Some(verifier) = &self.verifier else {
+            return Ok(Caller::Anyone);
+        };
+        let token = bearer(headers)?;
+        Ok(Caller::User(verifier.verify(token).inspect_err(refused)?))
+    }
+
+    /// The caller of an admin route: the static admin token, or a JWT with the admin role.
+    pub fn admin(&self, headers: &HeaderMap) -> Result<Admin, AuthError> {
+        let token = bearer(headers)?;
+        if let Some(expected) = &self.admin_token
+            && bool::from(token.as_bytes().ct_eq(expected.expose().as_bytes()))
+        {
+            return Ok(Admin::StaticToken);
+        }
+        let Some(verifier) = &self.verifier else {
+            return Err(AuthError::Token(TokenError::BadSignature));
+        };
+        match verifier.verify(token).inspect_err(refused)? {
+            Identity {
+                user_id,
+                admin: true,
+            } => Ok(Admin::User(user_id)),
+            Identity { admin: false, .. } => Err(AuthError::NotAdmin),
+        }
+    }
+}
+
+/// Logs why a token was refused; the token itself never reaches the log.
+fn refused(error: &TokenError) {
+    tracing::debug!(%error, "bearer token refused");
+}
+
+/// The token of the one `Authorization: Bearer <token>` header (the scheme in any case).
+fn bearer(headers: &HeaderMap) -> Result<&str, AuthError> {
+    let mut values = headers.get_all(header::AUTHORIZATION).iter();
+    let (Some(value), None) = (values.next(), values.next()) else {
+        return match headers.contains_key(header::AUTHORIZATION) {
+            true => Err(AuthError::Malformed),
+            false => Err(AuthError::Missing),
+        };
+    };
+    let value = value.to_str().map_err(|_| AuthError::Malformed)?;
+    let (scheme, token) = value.split_once(' ').ok_or(AuthError::Malformed)?;
+    let token = token.trim();
+    if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() || token.contains(' ') {
+        return Err(AuthError::Malformed);
+    }
+    Ok(token)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Auth, AuthMode};
+    use http::HeaderValue;
+
+    const SECRET: &str = "a-gate-test-secret-of-32-bytes-or-more";
+    const ADMIN_TOKEN: &str = "static-admin-token-0123";
+
+    fn gate(mode: AuthMode, admin_token: Option<&str>) -> Gate {
+        let auth = Auth {
+            mode,
+            jwt_secret: Some(Secret::from(SECRET.to_string())),
+            jwt_public_key: None,
+            jwt_issuer: None,
+            jwt_audience: None,
+            jwt_leeway_seconds: 0,
+        };
+        let verifier = Verifier::from_settings(&auth).expect("settings");
+        Gate::new(verifier, admin_token.map(|t| Secret::from(t.to_string())))
+    }
+
+    fn token(user_id: i64, admin: bool) -> String {
+        let signer = jwt::Signer::from_settings(&config::Token {
+            auth: Auth {
+                mode: AuthMode::Jwt,
+                jwt_secret: Some(Secret::from(SECRET.to_string())),
+                jwt_public_key: None,
+                jwt_issuer: None,
+                jwt_audience: None,
+                jwt_leeway_seconds: 0,
+            },
+            jwt_private_key: None,
+            sub: user_id,
+            admin,
+            ttl: std::time::Duration::from_secs(60),
+        })
+        .expect("signer");
+        let grant = jwt::Grant {
+            user_id,
+            admin,
+            ttl: std::time::Duration::from_secs(60),
+        };
+        signer
+            .sign(&grant, jsonwebtoken::get_current_timestamp())
+            .expect("signed")
+    }
+
+    fn headers(values: &[&str]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for value in values {
+            headers.append(
+                header::AUTHORIZATION,
+                HeaderValue::from_str(value).expect("header value"),
+            );
+        }
+        headers
+    }
+
+    fn bearer_of(token: &str) -> HeaderMap {
+        headers(&[&format!("Bearer {token}")])
+    }
+
+    #[test]
+    fn the_authorization_header_must_be_one_bearer_token() {
+        assert_eq!(bearer(&headers(&[])), Err(AuthError::Missing));
+        assert_eq!(bearer(&headers(&["Bearer abc"])), Ok("abc"));
+        assert_eq!(bearer(&headers(&["bearer abc"])), Ok("abc"));
+        for wrong in ["Basic abc", "Bearer", "Bearer ", "Bearer a b", "abc"] {
+            assert_eq!(
+                bearer(&headers(&[wrong])),
+                Err(AuthError::Malformed),
+                "{wrong}"
+            );
+        }
+        assert_eq!(
+            bearer(&headers(&["Bearer a", "Bearer b"])),
+            Err(AuthError::Malformed)
+        );
+    }
+
+    #[test]
+    fn user_routes_need_a_valid_token_and_name_its_user() {
+        let gate = gate(AuthMode::Jwt, Some(ADMIN_TOKEN));
+        let caller = gate.caller(&bearer_of(&token(7, false)));
+        assert_eq!(
+            caller,
+            Ok(Caller::User(Identity {
+                user_id: 7,
+                admin: false
+            }))
+        );
+        assert_eq!(gate.caller(&headers(&[])), Err(AuthError::Missing));
+        assert!(matches!(
+            gate.caller(&bearer_of("not.a.token")),
+            Err(AuthError::Token(_))
+        ));
+        // The static admin token is for /admin only.
+        assert!(matches!(
+            gate.caller(&bearer_of(ADMIN_TOKEN)),
+            Err(AuthError::Token(_))
+        ));
+    }
+
+    #[test]
+    fn admin_routes_need_the_admin_role_or_the_static_token() {
+        let gate = gate(AuthMode::Jwt, Some(ADMIN_TOKEN));
+        assert_eq!(gate.admin(&bearer_of(ADMIN_TOKEN)), Ok(Admin::StaticToken));
+        assert_eq!(gate.admin(&bearer_of(&token(9, true))), Ok(Admin::User(9)));
+        assert_eq!(
+            gate.admin(&bearer_of(&token(9, false))),
+            Err(AuthError::NotAdmin)
+        );
+        assert_eq!(gate.admin(&headers(&[])), Err(AuthError::Missing));
+        assert!(matches!(
+            gate.admin(&bearer_of("static-admin-token-0124")),
+            Err(AuthError::Token(_))
+        ));
+        let without_static = self::gate(AuthMode::Jwt, None);
+        assert!(matches!(
+            without_static.admin(&bearer_of(ADMIN_TOKEN)),
+            Err(AuthError::Token(_))
+        ));
+    }
+
+    #[test]
+    fn without_authentication_everyone_is_a_user_and_admin_needs_the_static_token() {
+        let gate = gate(AuthMode::None, Some(ADMIN_TOKEN));
+        assert_eq!(gate.caller(&headers(&[])), Ok(Caller::Anyone));
+        assert_eq!(Caller::Anyone.principal(), None);
+        assert_eq!(gate.admin(&bearer_of(ADMIN_TOKEN)), Ok(Admin::StaticToken));
+        assert!(gate.admin(&bearer_of(&token(9, true))).is_err());
+        assert_eq!(gate.admin(&headers(&[])), Err(AuthError::Missing));
+    }
+
+    #[test]
+    fn users_see_their_own_accounts_and_transfers_admins_see_all() {
+        let user = Caller::User(Identity {
+            user_id: 7,
+            admin: false,
+        });
+        let admin = Caller::User(Identity {
+            user_id: 1,
+            admin: true,
+        });
+        assert_eq!(user.principal(), Some(7));
+        assert!(user.may_see_account(7));
+        assert!(!user.may_see_account(8));
+        assert!(admin.may_see_account(8));
+        assert!(user.may_see_transfer(Some(7), Some(8)));
+        assert!(user.may_see_transfer(Some(8), Some(7)));
+        assert!(!user.may_see_transfer(Some(8), Some(9)));
+        assert!(!user.may_see_transfer(None, None));
+        assert!(admin.may_see_transfer(Some(8), Some(9)));
+    }
+
+    #[test]
+    fn refusals_name_their_rfc_6750_code() {
+        assert_eq!(AuthError::Missing.code(), "invalid_request");
+        assert_eq!(AuthError::Malformed.code(), "invalid_request");
+        assert_eq!(
+            AuthError::Token(TokenError::Expired).code(),
+            "invalid_token"
+        );
+        assert_eq!(AuthError::NotAdmin.code(), "insufficient_scope");
+    }
+}
