@@ -41,7 +41,8 @@ async fn sigterm_exits_within_the_drain_time_while_the_worker_retries() -> anyho
     let namespace = Namespace::new().await?;
     let mut options = with_drain(HostOptions::new(&namespace));
     // Redis is unreachable: transfers are accepted from PostgreSQL balances, and settling
-    // fails at the cache update, so the worker retries its batch until it is stopped.
+    // fails at the cache update, so the worker retries the batch's effects until it is
+    // stopped.
     options.redis_url = format!("redis://127.0.0.1:{}", free_port());
     let mut host = Host::start_with(&namespace, options).await?;
     host.deposit(1, "USD", "10.00").await?;
@@ -52,7 +53,7 @@ async fn sigterm_exits_within_the_drain_time_while_the_worker_retries() -> anyho
     assert_eq!(reply.status, 200, "{}", reply.body);
     until_logged(
         || host.log(),
-        "settling a batch failed",
+        "running a batch's effects failed; retrying",
         Duration::from_secs(30),
     )
     .await?;
@@ -125,7 +126,12 @@ async fn a_worker_process_stops_within_the_drain_time_while_retrying() -> anyhow
     let mut worker = WorkerProcess::start(&namespace, &options, "worker")?;
     let log_path = worker.log_path.clone();
     let log = move || std::fs::read_to_string(&log_path).unwrap_or_default();
-    until_logged(&log, "settling a batch failed", Duration::from_secs(30)).await?;
+    until_logged(
+        &log,
+        "running a batch's effects failed; retrying",
+        Duration::from_secs(30),
+    )
+    .await?;
     let status = worker.terminate(EXIT_BOUND).await?;
     let status =
         status.ok_or_else(|| anyhow::anyhow!("still running {EXIT_BOUND:?} after SIGTERM"))?;

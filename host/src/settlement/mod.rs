@@ -378,7 +378,7 @@ where
                 if stop.is_requested() {
                     return None;
                 }
-                tracing::warn!(%error, what, retry_in_ms = delay.as_millis() as u64, "failed; retrying");
+                tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "{what} failed; retrying");
                 tokio::select! {
                     () = tokio::time::sleep(delay) => {}
                     () = stop.requested() => return None,
