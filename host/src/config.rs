@@ -159,6 +159,15 @@ pub struct Worker {
     /// pass began; holds not yet settled are judged only once it has.
     #[arg(long, env = "TRANSFERD_RECONCILE_WAIT_MS", default_value_t = 30_000)]
     pub reconcile_wait_ms: u64,
+
+    /// How long `Idempotency-Key`s are kept, in hours (at least 24); the reconciler deletes
+    /// older ones.
+    #[arg(
+        long,
+        env = "TRANSFERD_IDEMPOTENCY_RETENTION_HOURS",
+        default_value_t = 24
+    )]
+    pub idempotency_retention_hours: u64,
 }
 
 impl Worker {
@@ -172,6 +181,10 @@ impl Worker {
 
     pub fn reconcile_wait(&self) -> Duration {
         Duration::from_millis(self.reconcile_wait_ms)
+    }
+
+    pub fn idempotency_retention(&self) -> Duration {
+        Duration::from_secs(self.idempotency_retention_hours * 3_600)
     }
 
     /// The reconciler judges a hold only once any publish for it has long finished.
@@ -188,6 +201,10 @@ impl Worker {
         anyhow::ensure!(
             self.reconcile_wait_ms <= 600_000,
             "TRANSFERD_RECONCILE_WAIT_MS must be at most 600000"
+        );
+        anyhow::ensure!(
+            (24..=8_760).contains(&self.idempotency_retention_hours),
+            "TRANSFERD_IDEMPOTENCY_RETENTION_HOURS must be 24..=8760"
         );
         anyhow::ensure!(
             self.reconcile_min_age_ms > services.kafka_timeout_ms,

@@ -494,6 +494,32 @@ impl Host {
         Ok(reply.body)
     }
 
+    /// `POST path` with an `Idempotency-Key`: a transfer as its sender, a deposit as the
+    /// static admin.
+    pub async fn post_with_key(
+        &self,
+        path: &str,
+        body: &Value,
+        key: &str,
+    ) -> anyhow::Result<Reply> {
+        let text = body.to_string();
+        let token = if path.starts_with("/admin") {
+            ADMIN_TOKEN.to_string()
+        } else {
+            auth::token_for_body(&text)
+        };
+        let response = self
+            .client
+            .post(format!("{}{path}", self.base_url))
+            .header("content-type", "application/json")
+            .header("idempotency-key", key)
+            .bearer_auth(token)
+            .body(text)
+            .send()
+            .await?;
+        Reply::read(response).await
+    }
+
     pub async fn transfer(&self, body: Value) -> anyhow::Result<Reply> {
         self.post_json("/transfers", &body.to_string()).await
     }

@@ -31,6 +31,14 @@ impl Caller {
         }
     }
 
+    /// Whose idempotency keys the caller's keys are: its own.
+    pub fn scope(&self) -> String {
+        match self {
+            Caller::Anyone => "anyone".to_string(),
+            Caller::User(identity) => format!("user:{}", identity.user_id),
+        }
+    }
+
     /// Whether the caller may read `user_id`'s accounts.
     pub fn may_see_account(&self, user_id: i64) -> bool {
         match self {

@@ -6,24 +6,50 @@ use serde_json::json;
 use transferd_guest::money;
 use transferd_guest::rules::{STANDARD, amount_error, max_amount_minor};
 
+use crate::auth::Admin;
 use crate::http::App;
 use crate::http::body::{Fields, read_json_body};
 use crate::http::error::{ApiError, Invalid, Reply, json_response};
+use crate::http::idempotency::{self, Start};
 use crate::stores::postgres::LedgerError;
 
 /// `POST /admin/deposits` `{user_id, currency, amount, deposit_id?}`: moves money from the
 /// system account to a user's account, creating it. With a `deposit_id` (a UUID) a retried
 /// request returns the first result instead of depositing again.
-pub async fn deposit(app: &App, headers: &HeaderMap, body: Incoming) -> Result<Reply, ApiError> {
+pub async fn deposit(
+    app: &App,
+    admin: &Admin,
+    headers: &HeaderMap,
+    body: Incoming,
+) -> Result<Reply, ApiError> {
     let bytes = read_json_body(headers, body).await?;
-    let mut fields = Fields::parse(&bytes)?;
+    // A key's transaction id is the deposit id when the body names none.
+    let (key_id, held) =
+        match idempotency::start(app, headers, admin.actor(), "POST /admin/deposits", &bytes)
+            .await?
+        {
+            Start::Proceed {
+                transaction_id,
+                held,
+            } => (transaction_id, held),
+            Start::Replay(reply) => return Ok(reply),
+        };
+    let reply = make_deposit(app, &bytes, key_id)
+        .await
+        .unwrap_or_else(ApiError::into_response);
+    Ok(idempotency::finish(app, held, reply).await)
+}
+
+/// The deposit itself; `default_id` is its id when the body gives no `deposit_id`.
+async fn make_deposit(app: &App, bytes: &[u8], default_id: uuid::Uuid) -> Result<Reply, ApiError> {
+    let mut fields = Fields::parse(bytes)?;
     let user_id = fields.integer("user_id");
     let currency = fields.string("currency");
     let amount = fields.decimal_text("amount");
     let deposit_id = fields.optional_string("deposit_id");
     let mut problems = std::mem::take(&mut fields.problems);
     let deposit_id = match deposit_id.as_deref().map(uuid::Uuid::parse_str) {
-        None => Some(uuid::Uuid::now_v7()),
+        None => Some(default_id),
         Some(Ok(id)) => Some(id),
         Some(Err(_)) => {
             problems.push(Invalid::body_field(

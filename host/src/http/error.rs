@@ -29,6 +29,14 @@ impl Invalid {
             kind: kind.into(),
         }
     }
+
+    pub fn header(name: &str, kind: &str, message: impl Into<String>) -> Invalid {
+        Invalid {
+            location: vec!["header".into(), name.into()],
+            message: message.into(),
+            kind: kind.into(),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -10,6 +10,7 @@ mod admin;
 mod admin_guest;
 mod body;
 mod error;
+mod idempotency;
 mod transfers;
 
 use std::convert::Infallible;
@@ -36,6 +37,7 @@ use crate::guest::shadow::ShadowBook;
 use crate::guest::watch;
 use crate::settlement;
 use crate::shutdown::{self, Signals, StopSignal};
+use crate::stores::idempotency::IdempotencyKeys;
 use error::{ApiError, Reply, json_response};
 
 /// Names the guest version that decided a response.
@@ -54,6 +56,9 @@ pub struct App {
     pub gate: Gate,
     /// Transfer decisions, each its own task: shutdown waits for the ones whose client left.
     pub decisions: TaskTracker,
+    /// `Idempotency-Key`s, and how long a request holds one.
+    pub idempotency: IdempotencyKeys,
+    pub idempotency_lease: std::time::Duration,
 }
 
 impl App {
@@ -120,6 +125,7 @@ pub async fn serve(settings: Serve, mut signals: Signals) -> anyhow::Result<()> 
         )
     });
 
+    let capabilities_pool = capabilities.ledger.pool().clone();
     let app = Arc::new(App {
         capabilities,
         serving,
@@ -129,6 +135,11 @@ pub async fn serve(settings: Serve, mut signals: Signals) -> anyhow::Result<()> 
         violations: Arc::new(ViolationCounts::default()),
         gate,
         decisions: TaskTracker::new(),
+        idempotency: IdempotencyKeys::new(capabilities_pool),
+        idempotency_lease: idempotency::lease(
+            settings.guest_timeout(),
+            settings.services.kafka_timeout(),
+        ),
     });
     let listener = TcpListener::bind(settings.listen)
         .await
@@ -359,7 +370,7 @@ async fn admin_route(
         AdminRoute::GuestShadow(version) => admin_guest::shadow(app, admin, version).await,
         AdminRoute::GuestShadowStats(version) => admin_guest::shadow_stats(app, version),
         AdminRoute::GuestEndCandidate => admin_guest::end_candidate(app, admin).await,
-        AdminRoute::Deposit => admin::deposit(app, headers, body).await,
+        AdminRoute::Deposit => admin::deposit(app, admin, headers, body).await,
     }
 }
 

@@ -27,6 +27,7 @@ use crate::guest::shadow;
 use crate::guest::verdict::{Answer, verdict};
 use crate::http::body::{Fields, read_json_body};
 use crate::http::error::{ApiError, Invalid, Reply, json_response};
+use crate::http::idempotency::{self, Start};
 use crate::http::{App, GUEST_VERSION_HEADER};
 use crate::stores::postgres::TransferRecord;
 
@@ -39,14 +40,27 @@ pub async fn create(
     let bytes = read_json_body(headers, body).await?;
     let request = parse_request(&bytes)?;
     // The transfer's identity, chosen before the decision and handed to it: a retry under
-    // the same idempotency key will hand the same id to the same decision.
-    let transaction_id = uuid::Uuid::now_v7();
+    // the same idempotency key hands the same id to a new decision.
+    let scope = caller.scope();
+    let (transaction_id, held) =
+        match idempotency::start(app, headers, scope, "POST /transfers", &bytes).await? {
+            Start::Proceed {
+                transaction_id,
+                held,
+            } => (transaction_id, held),
+            Start::Replay(reply) => return Ok(reply),
+        };
     // Its own task: a client that disconnects, or anything else that drops this handler,
-    // cannot stop a decision between its hold and its acknowledgement.
+    // cannot stop a decision between its hold and its acknowledgement, nor leave its key
+    // unrecorded.
     let task_app = Arc::clone(app);
     let principal = caller.principal();
     app.decisions
-        .spawn(async move { decide(&task_app, transaction_id, principal, request).await })
+        .spawn(async move {
+            let decided = decide(&task_app, transaction_id, principal, request).await;
+            let reply = decided.unwrap_or_else(ApiError::into_response);
+            Ok(idempotency::finish(&task_app, held, reply).await)
+        })
         .await
         .map_err(|error| ApiError::Internal(format!("the transfer task failed: {error}")))?
 }

@@ -23,6 +23,7 @@ use uuid::Uuid;
 use crate::capabilities::Capabilities;
 use crate::config::{Services, Worker};
 use crate::settlement::ledger::Settlements;
+use crate::stores::idempotency::IdempotencyKeys;
 use crate::stores::kafka::{LogError, TRANSFER_TOPIC};
 use crate::stores::log_position::{LogPosition, Offsets, consumed_through};
 use crate::stores::redis::HeldTransfer;
@@ -59,6 +60,8 @@ pub struct Report {
     pub pending_rows: usize,
     /// Of those, deleted: settled, or provably never written.
     pub pending_rows_released: usize,
+    /// Idempotency keys older than their retention, deleted.
+    pub idempotency_keys_purged: u64,
 }
 
 /// What to do with one hold.
@@ -203,6 +206,9 @@ pub async fn pass(
     let mut report = Report {
         holds: holds.len(),
         log_consumed,
+        idempotency_keys_purged: IdempotencyKeys::new(capabilities.ledger.pool().clone())
+            .purge_older_than(settings.idempotency_retention())
+            .await?,
         ..Report::default()
     };
     release_pending_rows(

@@ -1,0 +1,146 @@
+//! `Idempotency-Key` on `POST /transfers` and `POST /admin/deposits`.
+//!
+//! A handler asks [`start`] before it acts: without a key it gets a fresh transaction id; with
+//! one it gets the key's transaction id (the same for every repeat, so a retry after an
+//! unknown outcome republishes the same id and settlement applies it once), or an answer to
+//! give instead: the first request's answer replayed (`Idempotent-Replayed: true`), 422 when
+//! the key was used with another body, 409 while the first request is still in flight. After
+//! acting, [`finish`] records a final answer (2xx or 4xx: it changed what it changed, or
+//! nothing); a 5xx leaves the key to the next retry. Keys are scoped to the caller and kept in
+//! PostgreSQL (`stores::idempotency`).
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, StatusCode};
+use http_body_util::{BodyExt, Full};
+use uuid::Uuid;
+
+use crate::http::App;
+use crate::http::error::{ApiError, Invalid, Reply, json_response};
+use crate::stores::idempotency::{Claim, parse_key, request_hash};
+
+pub const KEY_HEADER: &str = "idempotency-key";
+pub const REPLAYED_HEADER: &str = "idempotent-replayed";
+
+/// A key this request holds; its answer is recorded against it.
+pub struct HeldKey {
+    scope: String,
+    key: String,
+}
+
+/// What the handler does next.
+pub enum Start {
+    /// Act with this transaction id, then [`finish`] with `held`.
+    Proceed {
+        transaction_id: Uuid,
+        held: Option<HeldKey>,
+    },
+    /// Answer this instead: the first request's answer, replayed.
+    Replay(Reply),
+}
+
+/// Claims the request's key, if it has one. `scope` names the caller; `route` and the JSON
+/// `body` are what the key is bound to.
+pub async fn start(
+    app: &App,
+    headers: &HeaderMap,
+    scope: String,
+    route: &str,
+    body: &[u8],
+) -> Result<Start, ApiError> {
+    let Some(raw) = headers.get(KEY_HEADER) else {
+        return Ok(Start::Proceed {
+            transaction_id: Uuid::now_v7(),
+            held: None,
+        });
+    };
+    let key = parse_key(raw.as_bytes()).map_err(|error| {
+        ApiError::Validation(vec![Invalid::header(
+            "idempotency-key",
+            "idempotency_key",
+            error.to_string(),
+        )])
+    })?;
+    // The body was read and checked as JSON already; a body that is not JSON never gets here.
+    let value: serde_json::Value =
+        serde_json::from_slice(body).map_err(|error| ApiError::BadRequest(error.to_string()))?;
+    let claim = app
+        .idempotency
+        .claim(
+            &scope,
+            key,
+            &request_hash(route, &value),
+            Uuid::now_v7(),
+            app.idempotency_lease,
+        )
+        .await
+        .map_err(|error| ApiError::Unavailable(error.to_string()))?;
+    match claim {
+        Claim::Owned {
+            transaction_id,
+            retry,
+        } => {
+            if retry {
+                tracing::info!(%transaction_id, "retrying an unfinished request under its idempotency key");
+            }
+            Ok(Start::Proceed {
+                transaction_id,
+                held: Some(HeldKey {
+                    scope,
+                    key: key.to_string(),
+                }),
+            })
+        }
+        Claim::Replay { status, body, .. } => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+            let mut reply = json_response(status, &body);
+            reply
+                .headers_mut()
+                .insert(REPLAYED_HEADER, HeaderValue::from_static("true"));
+            Ok(Start::Replay(reply))
+        }
+        Claim::Mismatch => Err(ApiError::Unprocessable(
+            "this Idempotency-Key was already used with a different request".into(),
+        )),
+        Claim::InFlight => Err(ApiError::Conflict(
+            "a request with this Idempotency-Key is still being processed; retry later".into(),
+        )),
+    }
+}
+
+/// Records `reply` against the held key and gives it back: a final answer is kept and
+/// replayed to repeats; a 5xx frees the key for the next retry (same transaction id).
+pub async fn finish(app: &App, held: Option<HeldKey>, reply: Reply) -> Reply {
+    let Some(held) = held else {
+        return reply;
+    };
+    if reply.status().is_server_error() {
+        if let Err(error) = app.idempotency.abandon(&held.scope, &held.key).await {
+            // The key frees itself when its lease ends.
+            tracing::warn!(%error, "could not free an idempotency key after a 5xx");
+        }
+        return reply;
+    }
+    let (parts, body) = reply.into_parts();
+    let bytes: Bytes = match body.collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(never) => match never {},
+    };
+    let stored = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+    if let Err(error) = app
+        .idempotency
+        .finish(&held.scope, &held.key, parts.status.as_u16(), &stored)
+        .await
+    {
+        // Not recorded: a repeat after the lease runs the request again with the same
+        // transaction id, which settles once.
+        tracing::warn!(%error, "could not record an idempotent answer");
+    }
+    http::Response::from_parts(parts, Full::new(bytes))
+}
+
+/// How long a request holds its key: longer than any request can take.
+pub fn lease(guest_timeout: Duration, kafka_timeout: Duration) -> Duration {
+    guest_timeout + kafka_timeout + Duration::from_secs(5)
+}
