@@ -243,6 +243,19 @@ pub struct Serve {
     #[arg(long, env = "TRANSFERD_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
 
+    /// Longest wait for a request's headers, in milliseconds: a client that stalls in them is
+    /// disconnected.
+    #[arg(long, env = "TRANSFERD_HEADER_TIMEOUT_MS", default_value_t = 5_000)]
+    pub header_timeout_ms: u64,
+
+    /// Longest wait for a request's body, in milliseconds.
+    #[arg(long, env = "TRANSFERD_BODY_TIMEOUT_MS", default_value_t = 10_000)]
+    pub body_timeout_ms: u64,
+
+    /// Most connections served at once; further ones wait in the listen backlog.
+    #[arg(long, env = "TRANSFERD_MAX_CONNECTIONS", default_value_t = 1_024)]
+    pub max_connections: usize,
+
     /// The guest component (.wasm) that decides transfers.
     #[arg(
         long,
@@ -289,6 +302,14 @@ impl Serve {
         Duration::from_millis(self.guest_timeout_ms)
     }
 
+    pub fn header_timeout(&self) -> Duration {
+        Duration::from_millis(self.header_timeout_ms)
+    }
+
+    pub fn body_timeout(&self) -> Duration {
+        Duration::from_millis(self.body_timeout_ms)
+    }
+
     /// Where compiled guests are cached, if anywhere.
     pub fn compiled_cache(&self) -> Option<PathBuf> {
         match self.guest_cache_dir.as_str() {
@@ -310,6 +331,18 @@ impl Serve {
             self.guest_timeout_ms
                 > 2 * self.services.kafka_timeout_ms + self.services.database_timeout_ms,
             "TRANSFERD_GUEST_TIMEOUT_MS must exceed 2 × TRANSFERD_KAFKA_TIMEOUT_MS + TRANSFERD_DATABASE_TIMEOUT_MS"
+        );
+        anyhow::ensure!(
+            (100..=600_000).contains(&self.header_timeout_ms),
+            "TRANSFERD_HEADER_TIMEOUT_MS must be 100..=600000"
+        );
+        anyhow::ensure!(
+            (100..=600_000).contains(&self.body_timeout_ms),
+            "TRANSFERD_BODY_TIMEOUT_MS must be 100..=600000"
+        );
+        anyhow::ensure!(
+            (1..=100_000).contains(&self.max_connections),
+            "TRANSFERD_MAX_CONNECTIONS must be 1..=100000"
         );
         anyhow::ensure!(
             (1..=4096).contains(&self.guest_memory_mib),

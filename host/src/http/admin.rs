@@ -22,7 +22,7 @@ pub async fn deposit(
     headers: &HeaderMap,
     body: Incoming,
 ) -> Result<Reply, ApiError> {
-    let bytes = read_json_body(headers, body).await?;
+    let bytes = read_json_body(headers, body, app.body_timeout).await?;
     // A key's transaction id is the deposit id when the body names none.
     let (key_id, held) =
         match idempotency::start(app, headers, admin.actor(), "POST /admin/deposits", &bytes)

@@ -23,7 +23,12 @@ pub async fn upload(
     headers: &HeaderMap,
     body: Incoming,
 ) -> Result<Reply, ApiError> {
-    let bytes = match Limited::new(body, MAX_GUEST_BYTES).collect().await {
+    // A component is up to 32 MiB, not a JSON body: six body timeouts to arrive.
+    let reading = Limited::new(body, MAX_GUEST_BYTES).collect();
+    let Ok(read) = tokio::time::timeout(app.body_timeout * 6, reading).await else {
+        return Err(ApiError::RequestTimeout);
+    };
+    let bytes = match read {
         Ok(collected) => collected.to_bytes(),
         Err(error) if error.is::<http_body_util::LengthLimitError>() => {
             return Err(ApiError::PayloadTooLarge {
@@ -109,7 +114,7 @@ pub async fn canary(
     version: &str,
     body: Incoming,
 ) -> Result<Reply, ApiError> {
-    let bytes = read_json_body(headers, body).await?;
+    let bytes = read_json_body(headers, body, app.body_timeout).await?;
     let mut fields = Fields::parse(&bytes)?;
     let percent = fields.integer("percent");
     fields.finish()?;

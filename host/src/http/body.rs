@@ -22,8 +22,12 @@ use crate::http::error::{ApiError, Invalid};
 /// Largest request body accepted, in bytes.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
 
-/// Checks the content type and reads at most [`MAX_BODY_BYTES`].
-pub async fn read_json_body(headers: &HeaderMap, body: Incoming) -> Result<Bytes, ApiError> {
+/// Checks the content type and reads at most [`MAX_BODY_BYTES`], within `timeout`.
+pub async fn read_json_body(
+    headers: &HeaderMap,
+    body: Incoming,
+    timeout: std::time::Duration,
+) -> Result<Bytes, ApiError> {
     let is_json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|value| value.to_str().ok())
@@ -41,7 +45,11 @@ pub async fn read_json_body(headers: &HeaderMap, body: Incoming) -> Result<Bytes
             limit_bytes: MAX_BODY_BYTES,
         });
     }
-    match Limited::new(body, MAX_BODY_BYTES).collect().await {
+    let reading = tokio::time::timeout(timeout, Limited::new(body, MAX_BODY_BYTES).collect());
+    let Ok(read) = reading.await else {
+        return Err(ApiError::RequestTimeout);
+    };
+    match read {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(error) if error.is::<http_body_util::LengthLimitError>() => {
             Err(ApiError::PayloadTooLarge {

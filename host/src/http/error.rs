@@ -66,7 +66,9 @@ pub enum ApiError {
     #[error("{0}")]
     NotFoundMessage(String),
     #[error("method not allowed")]
-    MethodNotAllowed,
+    MethodNotAllowed { allow: &'static str },
+    #[error("the request body did not arrive in time")]
+    RequestTimeout,
     #[error("service unavailable: {0}")]
     Unavailable(String),
     /// The transfer's message may or may not be in the log; `GET /transfers/{id}` tells later.
@@ -106,7 +108,8 @@ impl ApiError {
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::NotFound | ApiError::NotFoundMessage(_) => StatusCode::NOT_FOUND,
-            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::Unavailable(_) | ApiError::OutcomeUnknown { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -145,8 +148,11 @@ impl ApiError {
             ApiError::Conflict(message) => json!({"detail": message, "code": "conflict"}),
             ApiError::NotFound => json!({"detail": "Not Found", "code": "not_found"}),
             ApiError::NotFoundMessage(message) => json!({"detail": message, "code": "not_found"}),
-            ApiError::MethodNotAllowed => {
+            ApiError::MethodNotAllowed { .. } => {
                 json!({"detail": "Method Not Allowed", "code": "method_not_allowed"})
+            }
+            ApiError::RequestTimeout => {
+                json!({"detail": self.to_string(), "code": "request_timeout"})
             }
             ApiError::Unavailable(message) => json!({"detail": message, "code": "unavailable"}),
             ApiError::OutcomeUnknown {
@@ -165,6 +171,11 @@ impl ApiError {
 
     pub fn into_response(self) -> Reply {
         let mut response = json_response(self.status(), &self.body());
+        if let ApiError::MethodNotAllowed { allow } = &self {
+            response
+                .headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static(allow));
+        }
         if let ApiError::Auth(error) = &self
             && let Ok(challenge) = HeaderValue::from_str(&bearer_challenge(error))
         {

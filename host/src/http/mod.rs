@@ -21,10 +21,11 @@ use http::{Method, Request, StatusCode};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use serde_json::json;
 use tokio::net::TcpListener;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::task::TaskTracker;
 
 use crate::auth::{Admin, Caller, Gate};
@@ -59,6 +60,8 @@ pub struct App {
     /// `Idempotency-Key`s, and how long a request holds one.
     pub idempotency: IdempotencyKeys,
     pub idempotency_lease: std::time::Duration,
+    /// A request body that has not arrived by then is answered 408.
+    pub body_timeout: std::time::Duration,
 }
 
 impl App {
@@ -140,6 +143,7 @@ pub async fn serve(settings: Serve, mut signals: Signals) -> anyhow::Result<()> 
             settings.guest_timeout(),
             settings.services.kafka_timeout(),
         ),
+        body_timeout: settings.body_timeout(),
     });
     let listener = TcpListener::bind(settings.listen)
         .await
@@ -147,28 +151,28 @@ pub async fn serve(settings: Serve, mut signals: Signals) -> anyhow::Result<()> 
     tracing::info!(address = %listener.local_addr()?, "serving");
 
     let graceful = GracefulShutdown::new();
+    let connections = Arc::new(Semaphore::new(settings.max_connections));
+    let edge = Edge {
+        header_timeout: settings.header_timeout(),
+    };
     let ending = loop {
         tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, _peer) = match accepted {
-                    Ok(connection) => connection,
-                    Err(error) => {
-                        tracing::warn!(%error, "accept failed");
-                        continue;
-                    }
-                };
+            // At the connection limit nothing is accepted: new clients wait in the backlog.
+            accepted = accept(&listener, &connections) => {
+                let Some((stream, permit)) = accepted else { continue };
                 let _ = stream.set_nodelay(true);
                 let app = Arc::clone(&app);
                 let service = service_fn(move |request| {
                     let app = Arc::clone(&app);
                     async move { Ok::<_, Infallible>(route(&app, request).await) }
                 });
-                let connection = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+                let connection = edge.builder().serve_connection(TokioIo::new(stream), service);
                 let connection = graceful.watch(connection);
                 tokio::spawn(async move {
                     if let Err(error) = connection.await {
                         tracing::debug!(%error, "connection ended with an error");
                     }
+                    drop(permit);
                 });
             }
             signal = signals.recv() => break Ending::Signal(signal),
@@ -279,10 +283,63 @@ enum AdminRoute<'a> {
     Deposit,
 }
 
+/// The limits every connection is served under.
+#[derive(Clone, Copy)]
+struct Edge {
+    /// A client that has not sent its whole header by then is disconnected.
+    header_timeout: std::time::Duration,
+}
+
+/// Largest request head (request line and headers) read, in bytes.
+const MAX_HEAD_BYTES: usize = 16 * 1024;
+
+impl Edge {
+    fn builder(&self) -> http1::Builder {
+        let mut builder = http1::Builder::new();
+        builder
+            // hyper's header timeout does nothing without a timer.
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.header_timeout)
+            .max_buf_size(MAX_HEAD_BYTES);
+        builder
+    }
+}
+
+/// The next connection once there is room for it; `None` when accepting failed.
+async fn accept(
+    listener: &TcpListener,
+    connections: &Arc<Semaphore>,
+) -> Option<(tokio::net::TcpStream, OwnedSemaphorePermit)> {
+    let permit = Arc::clone(connections).acquire_owned().await.ok()?;
+    match listener.accept().await {
+        Ok((stream, _peer)) => Some((stream, permit)),
+        Err(error) => {
+            tracing::warn!(%error, "accept failed");
+            None
+        }
+    }
+}
+
+/// The methods a known path answers, for 405's `Allow` (HEAD wherever GET is).
+fn allowed(segments: &[&str]) -> Option<&'static str> {
+    Some(match segments {
+        ["transfers"] | ["admin", "deposits"] => "POST",
+        ["transfers", _] | ["accounts", _, "balances"] | ["healthz"] => "GET, HEAD",
+        ["admin", "guest"] => "GET, HEAD, PUT",
+        ["admin", "guest", "rollback"] => "POST",
+        ["admin", "guest", "candidate"] => "DELETE",
+        ["admin", "guest", _, "shadow"] => "GET, HEAD, POST",
+        ["admin", "guest", _, "activate" | "canary"] => "POST",
+        _ => return None,
+    })
+}
+
 /// The route of a path and method: 404 for an unknown path, 405 for a known path's other
-/// methods (before authentication, so they answer the same to everyone).
+/// methods (before authentication, so they answer the same to everyone). HEAD is GET without
+/// the body (hyper sends no body for HEAD).
 fn resolve<'a>(method: &Method, segments: &[&'a str]) -> Result<Route<'a>, ApiError> {
-    let (get, post) = (method == Method::GET, method == Method::POST);
+    let get = method == Method::GET || method == Method::HEAD;
+    let post = method == Method::POST;
     let route = match segments {
         ["healthz"] if get => Route::Health,
         ["transfers"] if post => Route::User(UserRoute::CreateTransfer),
@@ -307,13 +364,12 @@ fn resolve<'a>(method: &Method, segments: &[&'a str]) -> Result<Route<'a>, ApiEr
             Route::Admin(AdminRoute::GuestEndCandidate)
         }
         ["admin", "deposits"] if post => Route::Admin(AdminRoute::Deposit),
-        ["transfers"]
-        | ["transfers", _]
-        | ["accounts", _, "balances"]
-        | ["admin", "deposits"]
-        | ["admin", "guest", ..]
-        | ["healthz"] => return Err(ApiError::MethodNotAllowed),
-        _ => return Err(ApiError::NotFound),
+        _ => {
+            return Err(match allowed(segments) {
+                Some(allow) => ApiError::MethodNotAllowed { allow },
+                None => ApiError::NotFound,
+            });
+        }
     };
     Ok(route)
 }

@@ -37,7 +37,7 @@ pub async fn create(
     headers: &HeaderMap,
     body: Incoming,
 ) -> Result<Reply, ApiError> {
-    let bytes = read_json_body(headers, body).await?;
+    let bytes = read_json_body(headers, body, app.body_timeout).await?;
     let request = parse_request(&bytes)?;
     // The transfer's identity, chosen before the decision and handed to it: a retry under
     // the same idempotency key hands the same id to a new decision.
