@@ -109,7 +109,7 @@ async fn a_crashed_sqlite_broker_keeps_messages_and_topics() -> anyhow::Result<(
 }
 
 #[tokio::test]
-#[ignore = "librdkafka 2.12.1 (bundled by rdkafka-sys 4.10) segfaults in rd_kafka_metadata_cache_find when a subscribed topic is deleted under a running consumer; see README"]
+#[ignore = "open: transferd dies without a log line when its topics are deleted under it (suspected: librdkafka 2.12.1 segfault in rd_kafka_metadata_cache_find; see README)"]
 async fn topics_deleted_under_a_running_service_are_created_again() -> anyhow::Result<()> {
     let namespace = Namespace::new().await?;
     let host = Host::start(&namespace).await?;
