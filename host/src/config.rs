@@ -256,6 +256,14 @@ pub struct Serve {
     #[arg(long, env = "TRANSFERD_MAX_CONNECTIONS", default_value_t = 1_024)]
     pub max_connections: usize,
 
+    /// Requests a second each caller may make on user routes, on average (0: no limit).
+    #[arg(long, env = "TRANSFERD_RATE_LIMIT_PER_SECOND", default_value_t = 1_000)]
+    pub rate_limit_per_second: u32,
+
+    /// Requests a caller may make at once above that average.
+    #[arg(long, env = "TRANSFERD_RATE_LIMIT_BURST", default_value_t = 2_000)]
+    pub rate_limit_burst: u32,
+
     /// The guest component (.wasm) that decides transfers.
     #[arg(
         long,

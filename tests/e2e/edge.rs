@@ -124,3 +124,36 @@ async fn a_wrong_method_hears_what_is_allowed_and_head_works_where_get_does() ->
     assert!(reply.bytes().await?.is_empty(), "HEAD has no body");
     Ok(())
 }
+
+#[tokio::test]
+async fn a_caller_over_its_rate_hears_429_with_retry_after_and_others_are_served()
+-> anyhow::Result<()> {
+    let namespace = Namespace::new().await?;
+    let mut options = HostOptions::new(&namespace);
+    for (name, value) in [
+        ("TRANSFERD_RATE_LIMIT_PER_SECOND", "1"),
+        ("TRANSFERD_RATE_LIMIT_BURST", "3"),
+    ] {
+        options.extra_env.push((name.into(), value.into()));
+    }
+    let host = Host::start_with(&namespace, options).await?;
+    let balances = |user: i64| {
+        host.client
+            .get(format!("{}/accounts/{user}/balances", host.base_url))
+            .bearer_auth(transferd_e2e::auth::user_token(user))
+            .send()
+    };
+    for _ in 0..3 {
+        assert_ne!(balances(1).await?.status().as_u16(), 429);
+    }
+    let refused = balances(1).await?;
+    assert_eq!(refused.status().as_u16(), 429);
+    let retry_after: u64 = refused.headers()["retry-after"].to_str()?.parse()?;
+    assert!((1..=2).contains(&retry_after), "Retry-After: {retry_after}");
+    assert_ne!(
+        balances(2).await?.status().as_u16(),
+        429,
+        "another caller is served"
+    );
+    Ok(())
+}

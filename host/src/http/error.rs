@@ -69,6 +69,8 @@ pub enum ApiError {
     MethodNotAllowed { allow: &'static str },
     #[error("the request body did not arrive in time")]
     RequestTimeout,
+    #[error("too many requests; retry in {retry_after_s} s")]
+    TooManyRequests { retry_after_s: u64 },
     #[error("service unavailable: {0}")]
     Unavailable(String),
     /// The transfer's message may or may not be in the log; `GET /transfers/{id}` tells later.
@@ -110,6 +112,7 @@ impl ApiError {
             ApiError::NotFound | ApiError::NotFoundMessage(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) | ApiError::OutcomeUnknown { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -154,6 +157,9 @@ impl ApiError {
             ApiError::RequestTimeout => {
                 json!({"detail": self.to_string(), "code": "request_timeout"})
             }
+            ApiError::TooManyRequests { .. } => {
+                json!({"detail": self.to_string(), "code": "too_many_requests"})
+            }
             ApiError::Unavailable(message) => json!({"detail": message, "code": "unavailable"}),
             ApiError::OutcomeUnknown {
                 transaction_id,
@@ -175,6 +181,11 @@ impl ApiError {
             response
                 .headers_mut()
                 .insert(header::ALLOW, HeaderValue::from_static(allow));
+        }
+        if let ApiError::TooManyRequests { retry_after_s } = &self {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_s));
         }
         if let ApiError::Auth(error) = &self
             && let Ok(challenge) = HeaderValue::from_str(&bearer_challenge(error))

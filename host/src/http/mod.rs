@@ -11,6 +11,7 @@ mod admin_guest;
 mod body;
 mod error;
 mod idempotency;
+mod rate_limit;
 mod transfers;
 
 use std::convert::Infallible;
@@ -62,6 +63,8 @@ pub struct App {
     pub idempotency_lease: std::time::Duration,
     /// A request body that has not arrived by then is answered 408.
     pub body_timeout: std::time::Duration,
+    /// Each caller's request rate on user routes; `None`: unlimited.
+    caller_limit: Option<rate_limit::CallerLimit>,
 }
 
 impl App {
@@ -144,6 +147,10 @@ pub async fn serve(settings: Serve, mut signals: Signals) -> anyhow::Result<()> 
             settings.services.kafka_timeout(),
         ),
         body_timeout: settings.body_timeout(),
+        caller_limit: rate_limit::CallerLimit::new(
+            settings.rate_limit_per_second,
+            settings.rate_limit_burst,
+        ),
     });
     let listener = TcpListener::bind(settings.listen)
         .await
@@ -385,6 +392,13 @@ async fn handle(
         Route::Health => Ok(json_response(StatusCode::OK, &json!({"status": "ok"}))),
         Route::User(route) => {
             let caller = app.gate.caller(headers)?;
+            if let Some(limit) = &app.caller_limit {
+                limit
+                    .check(&caller.scope())
+                    .map_err(|wait| ApiError::TooManyRequests {
+                        retry_after_s: rate_limit::retry_after_seconds(wait),
+                    })?;
+            }
             user_route(app, &caller, route, headers, body).await
         }
         Route::Admin(route) => {
