@@ -30,16 +30,7 @@ async fn call(
     if let Some(body) = body {
         request = request.json(body);
     }
-    let response = request.send().await?;
-    let status = response.status().as_u16();
-    let headers = response.headers().clone();
-    let text = response.text().await?;
-    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
-    Ok(Reply {
-        status,
-        headers,
-        body,
-    })
+    Reply::read(request.send().await?).await
 }
 
 async fn get(host: &Host, path: &str, token: Option<&str>) -> anyhow::Result<Reply> {

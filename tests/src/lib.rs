@@ -566,7 +566,8 @@ pub struct Reply {
 }
 
 impl Reply {
-    async fn read(response: reqwest::Response) -> anyhow::Result<Reply> {
+    /// A response read whole; a body that is not JSON becomes a JSON string.
+    pub async fn read(response: reqwest::Response) -> anyhow::Result<Reply> {
         let status = response.status().as_u16();
         let headers = response.headers().clone();
         let text = response.text().await?;
