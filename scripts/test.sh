@@ -17,6 +17,9 @@ step "clippy on every target" "cold: ~5 min on 2 cores, warm: seconds" \
 step "clippy on the host with crash points" "cold: ~1 min on 2 cores, warm: seconds" \
   cargo clippy --release --quiet -p transferd --features crash-points -- -D warnings
 
+log "checking the deployment files (compose.yaml, Dockerfile; each check skipped when its tool is missing)"
+"$TRANSFERD_ROOT/scripts/check-deploy.sh"
+
 log "building the guests (wasm32-wasip2)"
 build_guest
 step "building the panicking test guest" "cold: ~30 s on 2 cores, warm: seconds" \
