@@ -22,6 +22,41 @@ export TRANSFERD_GUEST="${TRANSFERD_GUEST:-$CARGO_TARGET_DIR/wasm32-wasip2/relea
 
 log() { printf '[%s] %s\n' "$(basename "$0")" "$*" >&2; }
 
+# $1 seconds as "42 s" or "12 min 5 s".
+duration() {
+  if [ "$1" -ge 60 ]; then printf '%d min %d s' $(($1 / 60)) $(($1 % 60)); else printf '%d s' "$1"; fi
+}
+
+# Runs a long step: a line before it saying what it is and how long it usually takes, a line
+# every minute while it runs (a cold build under `cargo --quiet` is otherwise silent for many
+# minutes), and a line after it with how long it took. Returns the command's status.
+#   step "building the host" "cold: ~12-15 min on 2 cores, warm: seconds" cargo build ...
+# The command should be a program, not a shell function: `set -e` does not reach inside a
+# function run as the left side of `||`.
+step() {
+  local what=$1 usually=$2 started=$SECONDS status=0 heartbeat
+  shift 2
+  log "$what ($usually)"
+  # The heartbeat ends when killed below, or by itself within a minute once this script has
+  # gone (an interrupt). Its sleep holds no output open, so a pipe reading the script's output
+  # is not kept waiting for it.
+  (
+    while sleep 60 >/dev/null 2>&1 && kill -0 "$$" 2>/dev/null; do
+      log "... still $what ($(duration $((SECONDS - started))) so far)"
+    done
+  ) &
+  heartbeat=$!
+  "$@" || status=$?
+  kill "$heartbeat" 2>/dev/null || true
+  wait "$heartbeat" 2>/dev/null || true
+  if [ "$status" -eq 0 ]; then
+    log "$what: done in $(duration $((SECONDS - started)))"
+  else
+    log "$what: failed after $(duration $((SECONDS - started))) (exit status $status)"
+  fi
+  return "$status"
+}
+
 # True when something accepts TCP connections on 127.0.0.1:$1.
 listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
@@ -62,8 +97,9 @@ ensure_toolchain() {
   fi
 }
 
-# Builds the guest component: plain cargo, target wasm32-wasip2.
+# Builds the guest component: plain cargo, target wasm32-wasip2, from the guest's folder.
 build_guest() {
-  (cd "$TRANSFERD_ROOT/guest" && cargo build --release --target wasm32-wasip2 --quiet)
+  step "building the guest component (wasm32-wasip2)" "cold: ~1 min on 2 cores, warm: seconds" \
+    env --chdir="$TRANSFERD_ROOT/guest" cargo build --release --target wasm32-wasip2 --quiet
   test -f "$TRANSFERD_GUEST"
 }

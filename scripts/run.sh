@@ -9,9 +9,9 @@ set -euo pipefail
 source "$(dirname "$0")/env.sh"
 
 "$TRANSFERD_ROOT/scripts/services.sh"
-log "building the guest (wasm32-wasip2) and the host"
 build_guest
-cargo build --release --quiet -p transferd --manifest-path "$TRANSFERD_ROOT/Cargo.toml"
+step "building the host (transferd, release)" "cold: ~12-15 min on 2 cores, warm: seconds" \
+  cargo build --release --quiet -p transferd --manifest-path "$TRANSFERD_ROOT/Cargo.toml"
 transferd="$CARGO_TARGET_DIR/release/transferd"
 
 # $1 random bytes as hex.

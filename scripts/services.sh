@@ -47,9 +47,10 @@ start_redis() {
 # older `tansu` elsewhere on PATH (one built without SQLite) is never taken for it.
 ensure_tansu() {
   [ -x "$TANSU_BIN" ] && return 0
-  log "installing Tansu $TANSU_VERSION with SQLite storage from crates.io into $TANSU_ROOT"
-  log "(cargo install --features dynostore,libsql,postgres; a cold build takes ~16 minutes)"
-  cargo install tansu --version "$TANSU_VERSION" --locked \
+  # Not --quiet: cargo's progress shows while it builds.
+  step "installing Tansu $TANSU_VERSION with SQLite storage from crates.io into $TANSU_ROOT" \
+    "cargo install --features dynostore,libsql,postgres; once per machine: ~10-16 min on 2 cores" \
+    cargo install tansu --version "$TANSU_VERSION" --locked \
     --features dynostore,libsql,postgres --root "$TANSU_ROOT"
   test -x "$TANSU_BIN"
 }

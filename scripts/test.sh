@@ -12,16 +12,24 @@ export TRANSFERD_BROKER_STORAGE="${TRANSFERD_BROKER_STORAGE:-memory}"
 
 log "checking formatting and lints"
 cargo fmt --all --check
-cargo clippy --release --quiet --all-targets -- -D warnings
-cargo clippy --release --quiet -p transferd --features crash-points -- -D warnings
+step "clippy on every target" "cold: ~5 min on 2 cores, warm: seconds" \
+  cargo clippy --release --quiet --all-targets -- -D warnings
+step "clippy on the host with crash points" "cold: ~1 min on 2 cores, warm: seconds" \
+  cargo clippy --release --quiet -p transferd --features crash-points -- -D warnings
+
+log "checking the deployment files (compose.yaml, Dockerfile; each check skipped when its tool is missing)"
+"$TRANSFERD_ROOT/scripts/check-deploy.sh"
 
 log "building the guests (wasm32-wasip2)"
 build_guest
-(cd tests/guests/panicking && cargo build --release --target wasm32-wasip2 --quiet)
+step "building the panicking test guest" "cold: ~30 s on 2 cores, warm: seconds" \
+  env --chdir=tests/guests/panicking cargo build --release --target wasm32-wasip2 --quiet
 # Their own target directories: building them rebuilds the guest crate without its export, which
 # in the shared directory would overwrite transferd_guest.wasm.
-(cd tests/guests/strict && CARGO_TARGET_DIR="$CARGO_TARGET_DIR/strict-guest" cargo build --release --target wasm32-wasip2 --quiet)
-(cd tests/guests/hostile && CARGO_TARGET_DIR="$CARGO_TARGET_DIR/hostile-guest" cargo build --release --target wasm32-wasip2 --quiet)
+step "building the strict test guest" "cold: ~30 s on 2 cores, warm: seconds" \
+  env --chdir=tests/guests/strict CARGO_TARGET_DIR="$CARGO_TARGET_DIR/strict-guest" cargo build --release --target wasm32-wasip2 --quiet
+step "building the hostile test guest" "cold: ~30 s on 2 cores, warm: seconds" \
+  env --chdir=tests/guests/hostile CARGO_TARGET_DIR="$CARGO_TARGET_DIR/hostile-guest" cargo build --release --target wasm32-wasip2 --quiet
 export TRANSFERD_TEST_PANICKING_GUEST="$CARGO_TARGET_DIR/wasm32-wasip2/release/transferd_test_guest_panicking.wasm"
 export TRANSFERD_TEST_STRICT_GUEST="$CARGO_TARGET_DIR/strict-guest/wasm32-wasip2/release/transferd_test_guest_strict.wasm"
 export TRANSFERD_TEST_HOSTILE_GUEST="$CARGO_TARGET_DIR/hostile-guest/wasm32-wasip2/release/transferd_test_guest_hostile.wasm"
@@ -30,11 +38,13 @@ log "building the host, and a copy with crash points for the crash tests"
 # Both builds stay cached (features change the artifacts' hashes), so after the first run
 # the pair costs nothing. The copy goes through a rename: a crash binary still running from
 # an earlier run must not make the copy fail.
-cargo build --release --quiet -p transferd --features crash-points
+step "building the host with crash points" "cold: ~12-15 min on 2 cores, warm: seconds" \
+  cargo build --release --quiet -p transferd --features crash-points
 cp "$CARGO_TARGET_DIR/release/transferd" "$CARGO_TARGET_DIR/release/transferd-crash-points.new"
 mv "$CARGO_TARGET_DIR/release/transferd-crash-points.new" "$CARGO_TARGET_DIR/release/transferd-crash-points"
 export TRANSFERD_CRASH_BIN="$CARGO_TARGET_DIR/release/transferd-crash-points"
-cargo build --release --quiet -p transferd
+step "building the host (transferd, release)" "after the crash-points build: ~2 min on 2 cores, warm: seconds" \
+  cargo build --release --quiet -p transferd
 export TRANSFERD_BIN="$CARGO_TARGET_DIR/release/transferd"
 # The binary users run must not carry the crash points.
 if grep -q TRANSFERD_CRASH_AT "$TRANSFERD_BIN"; then

@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# Checks the deployment files (compose.yaml, Dockerfile) without building or starting anything;
+# scripts/test.sh runs it. Each check runs when its tool is here and is skipped with a message
+# when it is not; a check that runs and fails fails this script.
+#
+# - `docker compose config`: compose.yaml against the Compose specification. A docker client is
+#   enough (it reads the file and needs no engine), but it must have the compose subcommand.
+# - python3 with PyYAML: what the specification cannot say: the six services are there, every
+#   `service_healthy` dependency has a health check, the API replicas run no settlement worker
+#   and share one JWT secret and admin token, no host port is published twice.
+# - hadolint on the Dockerfile.
+set -euo pipefail
+source "$(dirname "$0")/env.sh"
+cd "$TRANSFERD_ROOT"
+
+if ! command -v docker >/dev/null; then
+  log "compose.yaml: docker compose config skipped (docker is not installed)"
+elif ! docker compose version >/dev/null 2>&1; then
+  log "compose.yaml: docker compose config skipped (this docker has no compose subcommand: the Compose plugin is missing)"
+else
+  docker compose -f compose.yaml config --quiet
+  log "compose.yaml: docker compose config passed"
+fi
+
+if ! python3 -c 'import yaml' >/dev/null 2>&1; then
+  log "compose.yaml: structure check skipped (needs python3 with PyYAML)"
+else
+  python3 - compose.yaml <<'EOF'
+import sys
+
+import yaml
+
+path = sys.argv[1]
+with open(path) as file:
+    services = yaml.safe_load(file)["services"]  # safe_load resolves the `<<` merge keys
+problems = []
+
+expected = {"postgres", "redis", "kafka", "transferd-1", "transferd-2", "worker"}
+for name in sorted(expected - services.keys()):
+    problems.append(f"no service {name}")
+
+published = {}
+for name, service in services.items():
+    if "image" not in service and "build" not in service:
+        problems.append(f"{name}: neither image nor build")
+    depends_on = service.get("depends_on", {})
+    # The short form (a list of names) waits for nothing; this file uses the long one.
+    if isinstance(depends_on, dict):
+        for dependency, how in depends_on.items():
+            if dependency not in services:
+                problems.append(f"{name}: depends on {dependency}, which is not a service")
+            elif (how or {}).get("condition") == "service_healthy" and not services[dependency].get("healthcheck"):
+                problems.append(f"{name}: waits for {dependency} to be healthy, which has no health check")
+    for port in service.get("ports", []):
+        host_side = str(port).rsplit(":", 1)[0]
+        if host_side in published:
+            problems.append(f"{name}: host port {host_side} is already published by {published[host_side]}")
+        published[host_side] = name
+
+replicas = [services[name] for name in ("transferd-1", "transferd-2") if name in services]
+for replica in replicas:
+    environment = replica.get("environment") or {}
+    if str(environment.get("TRANSFERD_RUN_WORKER")).lower() != "false":
+        problems.append("an API replica runs a settlement worker (TRANSFERD_RUN_WORKER is not false)")
+    if not replica.get("healthcheck"):
+        problems.append("an API replica has no health check")
+for setting in ("TRANSFERD_JWT_SECRET", "TRANSFERD_ADMIN_TOKEN"):
+    values = {(replica.get("environment") or {}).get(setting) for replica in replicas}
+    if len(values) != 1 or None in values:
+        problems.append(f"the API replicas do not share one {setting}")
+if "worker" in services and services["worker"].get("command") != ["worker"]:
+    problems.append("the worker service does not run `transferd worker`")
+
+for problem in problems:
+    print(f"{path}: {problem}", file=sys.stderr)
+sys.exit(1 if problems else 0)
+EOF
+  log "compose.yaml: structure check passed"
+fi
+
+if ! command -v hadolint >/dev/null; then
+  log "Dockerfile: hadolint skipped (not installed)"
+else
+  hadolint Dockerfile
+  log "Dockerfile: hadolint passed"
+fi
