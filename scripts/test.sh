@@ -62,3 +62,6 @@ output="$TRANSFERD_STATE_DIR/test-output.txt"
 cargo test --release --workspace --lib --bins --tests "$@" 2>&1 | tee "$output"
 # One closing line for the whole run, summed over every test binary.
 awk '/^test result:/ { passed += $4; failed += $6 } END { printf "all: %d passed, %d failed\n", passed, failed }' "$output"
+
+log "fuzzing the HTTP API against /openapi.json (schemathesis, bounded to 90 s)"
+"$TRANSFERD_ROOT/scripts/api-fuzz.sh"

@@ -224,3 +224,20 @@ async fn a_deposit_with_a_key_is_made_once() -> anyhow::Result<()> {
     assert_eq!(namespace.ledger_balance(5, "USD").await?, Some(1_200));
     Ok(())
 }
+
+/// Found by schemathesis: with a key, a body that is not JSON was answered 400 by the key's
+/// bookkeeping instead of the 422 every other bad body gets.
+#[tokio::test]
+async fn a_keyed_body_that_is_not_json_is_refused_like_any_other() -> anyhow::Result<()> {
+    let namespace = Namespace::new().await?;
+    let host = Host::start(&namespace).await?;
+    for path in ["/admin/deposits", "/transfers"] {
+        for body in ["YL\u{1}", "[1]", "{\"amount\": 1, \"amount\": 2}"] {
+            let reply = host.post_text_with_key(path, body, "not-json").await?;
+            assert_eq!(reply.status, 422, "{path} {body}: {}", reply.body);
+            assert!(reply.body["detail"].is_array(), "{}", reply.body);
+        }
+    }
+    assert_eq!(namespace.ledger_balance(1, "USD").await?, None);
+    Ok(())
+}

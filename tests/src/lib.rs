@@ -502,7 +502,17 @@ impl Host {
         body: &Value,
         key: &str,
     ) -> anyhow::Result<Reply> {
-        let text = body.to_string();
+        self.post_text_with_key(path, &body.to_string(), key).await
+    }
+
+    /// [`Host::post_with_key`] with any body text, JSON or not.
+    pub async fn post_text_with_key(
+        &self,
+        path: &str,
+        text: &str,
+        key: &str,
+    ) -> anyhow::Result<Reply> {
+        let text = text.to_string();
         let token = if path.starts_with("/admin") {
             ADMIN_TOKEN.to_string()
         } else {

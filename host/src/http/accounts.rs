@@ -2,11 +2,11 @@
 //! for that user or an admin (anyone else hears that there are none).
 
 use http::StatusCode;
-use serde_json::json;
 use transferd_guest::money::{currency_exponent, format_minor};
 
 use crate::auth::Caller;
 use crate::http::App;
+use crate::http::api::{AccountBalances, Balance};
 use crate::http::error::{ApiError, Invalid, Reply, json_response};
 
 pub async fn balances(app: &App, caller: &Caller, user_id: &str) -> Result<Reply, ApiError> {
@@ -45,17 +45,17 @@ pub async fn balances(app: &App, caller: &Caller, user_id: &str) -> Result<Reply
             }
         };
         let available_minor = balance.balance_minor - held;
-        balances.push(json!({
-            "currency": currency,
-            "balance": format_minor(balance.balance_minor, exponent),
-            "balance_minor": balance.balance_minor,
-            "available": format_minor(available_minor, exponent),
-            "available_minor": available_minor,
-            "version": balance.version,
-        }));
+        balances.push(Balance {
+            currency,
+            balance: format_minor(balance.balance_minor, exponent),
+            balance_minor: balance.balance_minor,
+            available: format_minor(available_minor, exponent),
+            available_minor,
+            version: balance.version,
+        });
     }
     Ok(json_response(
         StatusCode::OK,
-        &json!({"user_id": user_id, "balances": balances}),
+        &AccountBalances { user_id, balances },
     ))
 }

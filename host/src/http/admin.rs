@@ -2,12 +2,12 @@
 
 use http::{HeaderMap, StatusCode};
 use hyper::body::Incoming;
-use serde_json::json;
 use transferd_guest::money;
 use transferd_guest::rules::{STANDARD, amount_error, max_amount_minor};
 
 use crate::auth::Admin;
 use crate::http::App;
+use crate::http::api::{DepositMade, Success};
 use crate::http::body::{Fields, read_json_body};
 use crate::http::error::{ApiError, Invalid, Reply, json_response};
 use crate::http::idempotency::{self, Start};
@@ -23,6 +23,8 @@ pub async fn deposit(
     body: Incoming,
 ) -> Result<Reply, ApiError> {
     let bytes = read_json_body(headers, body, app.body_timeout).await?;
+    // A body that is not one JSON object gets its 422 before a key is claimed for it.
+    Fields::parse(&bytes)?;
     // A key's transaction id is the deposit id when the body names none.
     let (key_id, held) =
         match idempotency::start(app, headers, admin.actor(), "POST /admin/deposits", &bytes)
@@ -136,15 +138,15 @@ async fn make_deposit(app: &App, bytes: &[u8], default_id: uuid::Uuid) -> Result
     }
     Ok(json_response(
         StatusCode::OK,
-        &json!({
-            "status": "success",
-            "deposit_id": deposit.deposit_id,
-            "replayed": deposit.replayed,
-            "user_id": user_id,
-            "currency": currency,
-            "balance": money::format_minor(balance.balance_minor, exponent),
-            "balance_minor": balance.balance_minor,
-            "version": balance.version,
-        }),
+        &DepositMade {
+            status: Success::Success,
+            deposit_id: deposit.deposit_id,
+            replayed: deposit.replayed,
+            user_id,
+            currency,
+            balance: money::format_minor(balance.balance_minor, exponent),
+            balance_minor: balance.balance_minor,
+            version: balance.version,
+        },
     ))
 }

@@ -4,11 +4,13 @@
 use http::{HeaderMap, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use serde_json::json;
 
 use crate::auth::Admin;
 use crate::guest::registry::{self, CandidateMode, MAX_GUEST_BYTES, RegistryError};
 use crate::http::App;
+use crate::http::api::{
+    CandidateModeName, CandidateSet, GuestActivated, GuestStatus, GuestUploaded, ShadowReport,
+};
 use crate::http::body::{Fields, read_json_body};
 use crate::http::error::{ApiError, Invalid, Reply, json_response};
 
@@ -63,7 +65,11 @@ pub async fn upload(
     );
     Ok(json_response(
         StatusCode::CREATED,
-        &json!({"version": guest.version(), "size_bytes": bytes.len(), "invariant_cases_passed": invariants}),
+        &GuestUploaded {
+            version: guest.version().to_string(),
+            size_bytes: bytes.len() as u64,
+            invariant_cases_passed: invariants as u64,
+        },
     ))
 }
 
@@ -73,7 +79,12 @@ pub async fn activate(app: &App, admin: &Admin, version: &str) -> Result<Reply, 
         .activate(version, &admin.actor())
         .await
         .map_err(registry_error)?;
-    Ok(json_response(StatusCode::OK, &json!({"active": version})))
+    Ok(json_response(
+        StatusCode::OK,
+        &GuestActivated {
+            active: version.to_string(),
+        },
+    ))
 }
 
 /// `POST /admin/guest/rollback`: back to the version active before the current one.
@@ -83,7 +94,10 @@ pub async fn rollback(app: &App, admin: &Admin) -> Result<Reply, ApiError> {
         .rollback(&admin.actor())
         .await
         .map_err(registry_error)?;
-    Ok(json_response(StatusCode::OK, &json!({"active": version})))
+    Ok(json_response(
+        StatusCode::OK,
+        &GuestActivated { active: version },
+    ))
 }
 
 /// `GET /admin/guest`: the active version, what this replica serves, versions, history, and
@@ -94,14 +108,14 @@ pub async fn status(app: &App) -> Result<Reply, ApiError> {
     let history = app.registry.history(100).await.map_err(registry_error)?;
     Ok(json_response(
         StatusCode::OK,
-        &json!({
-            "active": active,
-            "serving": app.serving().active.version(),
-            "candidate": app.registry.candidate().await.map_err(registry_error)?,
-            "versions": versions,
-            "history": history,
-            "replica_guard_violations": app.violations.snapshot(),
-        }),
+        &GuestStatus {
+            active,
+            serving: app.serving().active.version().to_string(),
+            candidate: to_json(&app.registry.candidate().await.map_err(registry_error)?)?,
+            versions: to_json(&versions)?,
+            history: to_json(&history)?,
+            replica_guard_violations: to_json(&app.violations.snapshot())?,
+        },
     ))
 }
 
@@ -135,7 +149,11 @@ pub async fn canary(
         .map_err(registry_error)?;
     Ok(json_response(
         StatusCode::OK,
-        &json!({"candidate": version, "mode": "canary", "percent": percent}),
+        &CandidateSet {
+            candidate: Some(version.to_string()),
+            mode: Some(CandidateModeName::Canary),
+            percent: Some(percent),
+        },
     ))
 }
 
@@ -148,7 +166,11 @@ pub async fn shadow(app: &App, admin: &Admin, version: &str) -> Result<Reply, Ap
         .map_err(registry_error)?;
     Ok(json_response(
         StatusCode::OK,
-        &json!({"candidate": version, "mode": "shadow"}),
+        &CandidateSet {
+            candidate: Some(version.to_string()),
+            mode: Some(CandidateModeName::Shadow),
+            percent: None,
+        },
     ))
 }
 
@@ -157,7 +179,10 @@ pub fn shadow_stats(app: &App, version: &str) -> Result<Reply, ApiError> {
     let stats = app.shadow_book.stats(version);
     Ok(json_response(
         StatusCode::OK,
-        &json!({"version": version, "replica_stats": stats}),
+        &ShadowReport {
+            version: version.to_string(),
+            replica_stats: to_json(&stats)?,
+        },
     ))
 }
 
@@ -167,7 +192,19 @@ pub async fn end_candidate(app: &App, admin: &Admin) -> Result<Reply, ApiError> 
         .end_candidate(&admin.actor())
         .await
         .map_err(registry_error)?;
-    Ok(json_response(StatusCode::OK, &json!({"candidate": null})))
+    Ok(json_response(
+        StatusCode::OK,
+        &CandidateSet {
+            candidate: None,
+            mode: None,
+            percent: None,
+        },
+    ))
+}
+
+/// A registry record as JSON for the admin views.
+fn to_json<T: serde::Serialize>(value: &T) -> Result<serde_json::Value, ApiError> {
+    serde_json::to_value(value).map_err(|error| ApiError::Internal(error.to_string()))
 }
 
 fn registry_error(error: RegistryError) -> ApiError {

@@ -7,9 +7,11 @@ use bytes::Bytes;
 use http::{HeaderValue, StatusCode, header};
 use http_body_util::Full;
 use hyper::Response;
+use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::auth::AuthError;
+use crate::http::api::{Detail, ErrorBody, ErrorCode, OutcomeUnknown, Problem, Unknown};
 
 /// One validation problem, FastAPI-style.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,7 +88,7 @@ pub enum ApiError {
 pub type Reply = Response<Full<Bytes>>;
 
 /// A JSON response.
-pub fn json_response(status: StatusCode, body: &Value) -> Reply {
+pub fn json_response<T: Serialize + ?Sized>(status: StatusCode, body: &T) -> Reply {
     let bytes = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
     let mut response = Response::new(Full::new(Bytes::from(bytes)));
     *response.status_mut() = status;
@@ -120,59 +122,86 @@ impl ApiError {
         }
     }
 
-    fn body(&self) -> Value {
-        match self {
-            ApiError::Validation(problems) => json!({
-                "detail": problems.iter().map(|problem| json!({
-                    "loc": problem.location,
-                    "msg": problem.message,
-                    "type": problem.kind,
-                })).collect::<Vec<_>>()
-            }),
-            // The original service's words, kept for its clients.
-            ApiError::InsufficientFunds => {
-                json!({"detail": "Недостаточно средств", "code": "insufficient_funds"})
+    /// The machine-readable code beside `detail`; `None` for validation errors (FastAPI's shape).
+    fn code(&self) -> Option<ErrorCode> {
+        Some(match self {
+            ApiError::Validation(_) | ApiError::OutcomeUnknown { .. } => return None,
+            ApiError::InsufficientFunds => ErrorCode::InsufficientFunds,
+            ApiError::UnsupportedMediaType => ErrorCode::UnsupportedMediaType,
+            ApiError::PayloadTooLarge { .. } => ErrorCode::PayloadTooLarge,
+            ApiError::BadRequest(_) => ErrorCode::BadRequest,
+            ApiError::Auth(AuthError::NotAdmin) | ApiError::Forbidden(_) => ErrorCode::Forbidden,
+            ApiError::Auth(_) => ErrorCode::Unauthorized,
+            ApiError::Unprocessable(_) => ErrorCode::Unprocessable,
+            ApiError::Conflict(_) => ErrorCode::Conflict,
+            ApiError::NotFound | ApiError::NotFoundMessage(_) => ErrorCode::NotFound,
+            ApiError::MethodNotAllowed { .. } => ErrorCode::MethodNotAllowed,
+            ApiError::RequestTimeout => ErrorCode::RequestTimeout,
+            ApiError::TooManyRequests { .. } => ErrorCode::TooManyRequests,
+            ApiError::Unavailable(_) => ErrorCode::Unavailable,
+            ApiError::Internal(_) => ErrorCode::Internal,
+        })
+    }
+
+    /// The human text: the original service's words where it had some, kept for its clients.
+    fn detail(&self) -> Detail {
+        Detail::Message(match self {
+            ApiError::Validation(problems) => {
+                return Detail::Problems(
+                    problems
+                        .iter()
+                        .map(|problem| Problem {
+                            loc: problem.location.clone(),
+                            msg: problem.message.clone(),
+                            kind: problem.kind.clone(),
+                        })
+                        .collect(),
+                );
             }
-            ApiError::UnsupportedMediaType => json!({
-                "detail": "Content-Type must be application/json",
-                "code": "unsupported_media_type",
-            }),
-            ApiError::PayloadTooLarge { limit_bytes } => json!({
-                "detail": format!("request body must be at most {limit_bytes} bytes"),
-                "code": "payload_too_large",
-            }),
-            ApiError::BadRequest(message) => json!({"detail": message, "code": "bad_request"}),
-            ApiError::Auth(error @ AuthError::NotAdmin) => {
-                json!({"detail": error.to_string(), "code": "forbidden"})
+            ApiError::InsufficientFunds => "Недостаточно средств".into(),
+            ApiError::UnsupportedMediaType => "Content-Type must be application/json".into(),
+            ApiError::PayloadTooLarge { limit_bytes } => {
+                format!("request body must be at most {limit_bytes} bytes")
             }
-            ApiError::Auth(error) => json!({"detail": error.to_string(), "code": "unauthorized"}),
-            ApiError::Forbidden(message) => json!({"detail": message, "code": "forbidden"}),
-            ApiError::Unprocessable(message) => json!({"detail": message, "code": "unprocessable"}),
-            ApiError::Conflict(message) => json!({"detail": message, "code": "conflict"}),
-            ApiError::NotFound => json!({"detail": "Not Found", "code": "not_found"}),
-            ApiError::NotFoundMessage(message) => json!({"detail": message, "code": "not_found"}),
-            ApiError::MethodNotAllowed { .. } => {
-                json!({"detail": "Method Not Allowed", "code": "method_not_allowed"})
-            }
-            ApiError::RequestTimeout => {
-                json!({"detail": self.to_string(), "code": "request_timeout"})
-            }
-            ApiError::TooManyRequests { .. } => {
-                json!({"detail": self.to_string(), "code": "too_many_requests"})
-            }
-            ApiError::Unavailable(message) => json!({"detail": message, "code": "unavailable"}),
+            ApiError::NotFound => "Not Found".into(),
+            ApiError::MethodNotAllowed { .. } => "Method Not Allowed".into(),
+            ApiError::BadRequest(message)
+            | ApiError::Forbidden(message)
+            | ApiError::Unprocessable(message)
+            | ApiError::Conflict(message)
+            | ApiError::NotFoundMessage(message)
+            | ApiError::Unavailable(message)
+            | ApiError::Internal(message) => message.clone(),
             ApiError::OutcomeUnknown {
                 transaction_id,
                 reason,
-            } => json!({
-                "detail": format!(
-                    "the transfer's outcome is unknown: {reason}; GET /transfers/{transaction_id} tells"
-                ),
-                "status": "unknown",
-                "transaction_id": transaction_id,
+            } => format!(
+                "the transfer's outcome is unknown: {reason}; GET /transfers/{transaction_id} tells"
+            ),
+            ApiError::Auth(_) | ApiError::RequestTimeout | ApiError::TooManyRequests { .. } => {
+                self.to_string()
+            }
+        })
+    }
+
+    fn body(&self) -> Value {
+        let body = match self {
+            ApiError::OutcomeUnknown { transaction_id, .. } => {
+                serde_json::to_value(OutcomeUnknown {
+                    detail: match self.detail() {
+                        Detail::Message(text) => text,
+                        Detail::Problems(_) => String::new(),
+                    },
+                    status: Unknown::Unknown,
+                    transaction_id: transaction_id.clone(),
+                })
+            }
+            _ => serde_json::to_value(ErrorBody {
+                detail: self.detail(),
+                code: self.code(),
             }),
-            ApiError::Internal(message) => json!({"detail": message, "code": "internal"}),
-        }
+        };
+        body.unwrap_or_else(|_| json!({"detail": "the error could not be written"}))
     }
 
     pub fn into_response(self) -> Reply {

@@ -8,9 +8,11 @@
 mod accounts;
 mod admin;
 mod admin_guest;
+mod api;
 mod body;
 mod error;
 mod idempotency;
+mod openapi;
 mod rate_limit;
 mod transfers;
 
@@ -24,7 +26,6 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::task::TaskTracker;
@@ -266,6 +267,8 @@ async fn adopt_startup_guest(
 /// What a request asks for, once its path and method are known.
 enum Route<'a> {
     Health,
+    /// `GET /openapi.json`: the API's document, for anyone (it holds no secrets).
+    OpenApi,
     User(UserRoute<'a>),
     Admin(AdminRoute<'a>),
 }
@@ -331,7 +334,9 @@ async fn accept(
 fn allowed(segments: &[&str]) -> Option<&'static str> {
     Some(match segments {
         ["transfers"] | ["admin", "deposits"] => "POST",
-        ["transfers", _] | ["accounts", _, "balances"] | ["healthz"] => "GET, HEAD",
+        ["transfers", _] | ["accounts", _, "balances"] | ["healthz"] | ["openapi.json"] => {
+            "GET, HEAD"
+        }
         ["admin", "guest"] => "GET, HEAD, PUT",
         ["admin", "guest", "rollback"] => "POST",
         ["admin", "guest", "candidate"] => "DELETE",
@@ -349,6 +354,7 @@ fn resolve<'a>(method: &Method, segments: &[&'a str]) -> Result<Route<'a>, ApiEr
     let post = method == Method::POST;
     let route = match segments {
         ["healthz"] if get => Route::Health,
+        ["openapi.json"] if get => Route::OpenApi,
         ["transfers"] if post => Route::User(UserRoute::CreateTransfer),
         ["transfers", id] if get => Route::User(UserRoute::ShowTransfer(id)),
         ["accounts", user_id, "balances"] if get => Route::User(UserRoute::Balances(user_id)),
@@ -389,7 +395,13 @@ async fn handle(
     body: Incoming,
 ) -> Result<Reply, ApiError> {
     match route {
-        Route::Health => Ok(json_response(StatusCode::OK, &json!({"status": "ok"}))),
+        Route::Health => Ok(json_response(
+            StatusCode::OK,
+            &api::Health {
+                status: "ok".into(),
+            },
+        )),
+        Route::OpenApi => Ok(openapi::reply()),
         Route::User(route) => {
             let caller = app.gate.caller(headers)?;
             if let Some(limit) = &app.caller_limit {

@@ -10,7 +10,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use http::{HeaderMap, HeaderValue, StatusCode};
 use hyper::body::Incoming;
-use serde_json::json;
 use transferd_guest::logic::{Accepted, Rejection, RequestContext};
 use transferd_guest::rules::TransferRequest;
 
@@ -25,10 +24,12 @@ use crate::capabilities::guard::Expected;
 use crate::guest::runtime::{Guest, GuestFailure};
 use crate::guest::shadow;
 use crate::guest::verdict::{Answer, verdict};
+use crate::http::api::{Success, TransferAccepted, TransferKind, TransferStatus, TransferView};
 use crate::http::body::{Fields, read_json_body};
 use crate::http::error::{ApiError, Invalid, Reply, json_response};
 use crate::http::idempotency::{self, Start};
 use crate::http::{App, GUEST_VERSION_HEADER};
+use crate::settlement::decide::TransferMessage;
 use crate::stores::postgres::TransferRecord;
 
 pub async fn create(
@@ -94,6 +95,7 @@ async fn decide(
     }
     let (answer, violation) = verdict(&Expected::of(&context, &request), &decided);
     let version = guest.version();
+    let context_id = transaction_id;
     let transaction_id = context.transaction_id.as_str();
     if let Some(violation) = &violation {
         app.violations.record(version);
@@ -112,7 +114,10 @@ async fn decide(
             }
             json_response(
                 StatusCode::OK,
-                &json!({"status": "success", "transaction_id": transaction_id}),
+                &TransferAccepted {
+                    status: Success::Success,
+                    transaction_id: context_id,
+                },
             )
         }
         Answer::Rejected(rejection) => rejection_error(rejection, &request).into_response(),
@@ -141,7 +146,7 @@ async fn decide(
     Ok(response)
 }
 
-fn parse_request(bytes: &[u8]) -> Result<TransferRequest, ApiError> {
+pub(super) fn parse_request(bytes: &[u8]) -> Result<TransferRequest, ApiError> {
     let mut fields = Fields::parse(bytes)?;
     let sender_id = fields.integer("sender_id");
     let receiver_id = fields.integer("receiver_id");
@@ -209,29 +214,28 @@ pub async fn show(app: &App, caller: &Caller, transaction_id: &str) -> Result<Re
     };
     let not_found = || ApiError::NotFoundMessage(format!("no transfer {id}"));
     let shown = find(app, id).await?.ok_or_else(not_found)?;
-    let party = |field: &str| shown[field].as_i64();
-    if !caller.may_see_transfer(party("sender_id"), party("receiver_id")) {
+    if !caller.may_see_transfer(Some(shown.sender_id), Some(shown.receiver_id)) {
         return Err(not_found());
     }
     Ok(json_response(StatusCode::OK, &shown))
 }
 
 /// The transfer's body for `GET /transfers/{id}`, wherever it is; `None` when nobody knows it.
-async fn find(app: &App, id: uuid::Uuid) -> Result<Option<serde_json::Value>, ApiError> {
+async fn find(app: &App, id: uuid::Uuid) -> Result<Option<TransferView>, ApiError> {
     let capabilities = &app.capabilities;
     let mut unreachable = Vec::new();
     match capabilities.ledger.transfer(id).await {
-        Ok(Some(record)) => return Ok(Some(settled_body(&record))),
+        Ok(Some(record)) => return settled_view(&record).map(Some),
         Ok(None) => {}
         Err(error) => unreachable.push(error.to_string()),
     }
     match capabilities.cache.pending(&id.to_string()).await {
-        Ok(Some(message)) => return Ok(Some(pending_body(&message))),
+        Ok(Some(message)) => return pending_view(&message).map(Some),
         Ok(None) => {}
         Err(error) => unreachable.push(error.to_string()),
     }
     match capabilities.ledger.pending(id).await {
-        Ok(Some(row)) => return Ok(Some(pending_body(&row.message))),
+        Ok(Some(row)) => return pending_view(&row.message).map(Some),
         Ok(None) => {}
         Err(error) => unreachable.push(error.to_string()),
     }
@@ -244,52 +248,68 @@ async fn find(app: &App, id: uuid::Uuid) -> Result<Option<serde_json::Value>, Ap
     // Settlement deletes the pending records when it commits: a transfer settled between the
     // first read and the last is in the ledger now.
     match capabilities.ledger.transfer(id).await {
-        Ok(record) => Ok(record.as_ref().map(settled_body)),
+        Ok(record) => record.as_ref().map(settled_view).transpose(),
         Err(error) => Err(ApiError::Unavailable(error.to_string())),
     }
 }
 
-fn settled_body(record: &TransferRecord) -> serde_json::Value {
-    let exponent = currency_exponent(&record.currency).unwrap_or(0);
-    json!({
-        "transaction_id": record.transaction_id,
-        "kind": record.kind,
-        "status": record.status,
-        "reason": record.reason,
-        "sender_id": record.sender_id,
-        "receiver_id": record.receiver_id,
-        "amount": format_minor(record.amount_minor, exponent),
-        "amount_minor": record.amount_minor,
-        "currency": record.currency,
-        "description": record.description,
-        "created_at": record.created_at.to_rfc3339_opts(SecondsFormat::Millis, true),
-        "settled_at": record.settled_at.to_rfc3339_opts(SecondsFormat::Millis, true),
+fn settled_view(record: &TransferRecord) -> Result<TransferView, ApiError> {
+    let unreadable = |what: &str| {
+        ApiError::Internal(format!(
+            "transfer {} has an unknown {what} in the ledger",
+            record.transaction_id
+        ))
+    };
+    let exponent = currency_exponent(&record.currency).ok_or_else(|| unreadable("currency"))?;
+    Ok(TransferView {
+        transaction_id: record.transaction_id,
+        kind: TransferKind::from_stored(&record.kind).ok_or_else(|| unreadable("kind"))?,
+        status: TransferStatus::from_stored(&record.status).ok_or_else(|| unreadable("status"))?,
+        reason: record.reason.clone(),
+        sender_id: record.sender_id,
+        receiver_id: record.receiver_id,
+        amount: format_minor(record.amount_minor, exponent),
+        amount_minor: record.amount_minor,
+        currency: record.currency.clone(),
+        description: record.description.clone(),
+        created_at: record
+            .created_at
+            .to_rfc3339_opts(SecondsFormat::Millis, true),
+        settled_at: Some(
+            record
+                .settled_at
+                .to_rfc3339_opts(SecondsFormat::Millis, true),
+        ),
     })
 }
 
-/// A pending record (the transfer's message) as the API shows it.
-fn pending_body(message: &[u8]) -> serde_json::Value {
-    let message: serde_json::Value = serde_json::from_slice(message).unwrap_or_default();
-    let exponent = message["currency"]
-        .as_str()
-        .and_then(currency_exponent)
-        .unwrap_or(0);
-    let amount = message["amount_minor"]
-        .as_i64()
-        .map(|minor| format_minor(minor, exponent));
-    json!({
-        "transaction_id": message["transaction_id"],
-        "kind": "transfer",
-        "status": "pending",
-        "reason": null,
-        "sender_id": message["sender_id"],
-        "receiver_id": message["receiver_id"],
-        "amount": amount,
-        "amount_minor": message["amount_minor"],
-        "currency": message["currency"],
-        "description": message["description"],
-        "created_at": message["created_at"],
-        "settled_at": null,
+/// A pending record (the transfer's message, checked by the host when it was published) as
+/// the API shows it.
+fn pending_view(message: &[u8]) -> Result<TransferView, ApiError> {
+    // Read as settlement reads it: what is shown pending is what will settle.
+    let message = TransferMessage::parse(message)
+        .map_err(|error| ApiError::Internal(format!("an unreadable pending record: {error}")))?;
+    let created_at = chrono::DateTime::from_timestamp_millis(message.created_at_ms)
+        .ok_or_else(|| ApiError::Internal("a pending record's time is out of range".into()))?;
+    let exponent = currency_exponent(&message.currency).ok_or_else(|| {
+        ApiError::Internal(format!(
+            "pending transfer {} has an unknown currency",
+            message.transaction_id
+        ))
+    })?;
+    Ok(TransferView {
+        transaction_id: message.transaction_id,
+        kind: TransferKind::Transfer,
+        status: TransferStatus::Pending,
+        reason: None,
+        sender_id: message.sender_id,
+        receiver_id: message.receiver_id,
+        amount: format_minor(message.amount_minor, exponent),
+        amount_minor: message.amount_minor,
+        currency: message.currency,
+        description: message.description,
+        created_at: created_at.to_rfc3339_opts(SecondsFormat::Millis, true),
+        settled_at: None,
     })
 }
 

@@ -1,0 +1,338 @@
+//! The API's wire types: what the handlers send and what `/openapi.json` documents.
+//!
+//! Every JSON body the server writes is one of these types, serialized; the document is
+//! generated from the same types (utoipa), so the two cannot drift apart. Request bodies are
+//! read field by field (`body::Fields`, exact decimals, every problem reported at once); their
+//! types here describe that reading, and a test checks the two name the same fields.
+
+use serde::Serialize;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+/// `"success"`: the one status of an accepted request.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Success {
+    Success,
+}
+
+/// `POST /transfers`' body.
+#[derive(ToSchema)]
+#[schema(example = json!({"sender_id": 1, "receiver_id": 2, "amount": "10.50", "currency": "USD", "description": "rent"}))]
+#[allow(dead_code)] // Documents the reading in `transfers::parse_request`.
+pub struct CreateTransfer {
+    /// The paying user: the caller's own id (a token's `sub`).
+    #[schema(minimum = 1)]
+    sender_id: i64,
+    /// The receiving user, who must hold an account in `currency`.
+    #[schema(minimum = 1)]
+    receiver_id: i64,
+    /// A positive decimal with at most the currency's number of decimals, as a JSON string
+    /// (recommended: kept exactly) or a JSON number (its digits are read, never a float).
+    #[schema(schema_with = decimal_schema)]
+    amount: String,
+    /// An ISO 4217 code in capitals.
+    #[schema(example = "USD", pattern = "^[A-Z]{3}$")]
+    currency: String,
+    #[schema(max_length = 255)]
+    description: Option<String>,
+}
+
+/// `POST /admin/deposits`' body.
+#[derive(ToSchema)]
+#[schema(example = json!({"user_id": 1, "currency": "USD", "amount": "100.00"}))]
+#[allow(dead_code)] // Documents the reading in `admin::make_deposit`.
+pub struct CreateDeposit {
+    #[schema(minimum = 1)]
+    user_id: i64,
+    #[schema(example = "USD", pattern = "^[A-Z]{3}$")]
+    currency: String,
+    #[schema(schema_with = decimal_schema)]
+    amount: String,
+    /// Makes the deposit idempotent without an `Idempotency-Key`: a repeat answers the first
+    /// deposit (`replayed: true`).
+    deposit_id: Option<Uuid>,
+}
+
+/// `POST /admin/guest/{version}/canary`'s body.
+#[derive(ToSchema)]
+#[allow(dead_code)] // Documents the reading in `admin_guest::canary`.
+pub struct CanaryShare {
+    /// The share of transfers the candidate decides, in percent.
+    #[schema(minimum = 0, maximum = 100)]
+    percent: i64,
+}
+
+/// A decimal amount: a string of digits with an optional fraction, or a JSON number.
+fn decimal_schema() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Schema, Type};
+    let one_of = OneOfBuilder::new()
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some(r"^[0-9]+(\.[0-9]+)?$"))
+                .examples(["10.50"]),
+        )
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::Number)
+                .exclusive_minimum(Some(0.0)),
+        )
+        .build();
+    Schema::OneOf(one_of)
+}
+
+/// `POST /transfers` answered 200: the transfer is in the log and will settle exactly once.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TransferAccepted {
+    pub status: Success,
+    pub transaction_id: Uuid,
+}
+
+/// Where a transfer stands.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum TransferStatus {
+    /// Accepted, in the log, not yet in the ledger.
+    Pending,
+    /// Settled: the money moved.
+    Completed,
+    /// Settled as refused: nothing moved (`reason` says why).
+    Rejected,
+}
+
+/// What moved the money.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum TransferKind {
+    /// Between two users.
+    Transfer,
+    /// From the system account to a user, by an admin.
+    Deposit,
+}
+
+impl TransferKind {
+    /// The ledger's stored name; `None` for a name the ledger's constraint does not allow.
+    pub fn from_stored(kind: &str) -> Option<TransferKind> {
+        match kind {
+            "transfer" => Some(TransferKind::Transfer),
+            "deposit" => Some(TransferKind::Deposit),
+            _ => None,
+        }
+    }
+}
+
+impl TransferStatus {
+    /// The ledger's stored name; `None` for a name the ledger's constraint does not allow.
+    pub fn from_stored(status: &str) -> Option<TransferStatus> {
+        match status {
+            "pending" => Some(TransferStatus::Pending),
+            "completed" => Some(TransferStatus::Completed),
+            "rejected" => Some(TransferStatus::Rejected),
+            _ => None,
+        }
+    }
+}
+
+/// `GET /transfers/{transaction_id}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TransferView {
+    pub transaction_id: Uuid,
+    pub kind: TransferKind,
+    pub status: TransferStatus,
+    pub reason: Option<String>,
+    pub sender_id: i64,
+    pub receiver_id: i64,
+    /// Decimal text with exactly the currency's decimals.
+    #[schema(example = "10.50")]
+    pub amount: String,
+    pub amount_minor: i64,
+    #[schema(example = "USD")]
+    pub currency: String,
+    pub description: Option<String>,
+    /// RFC 3339, milliseconds, UTC.
+    #[schema(format = DateTime)]
+    pub created_at: String,
+    #[schema(format = DateTime)]
+    pub settled_at: Option<String>,
+}
+
+/// `GET /accounts/{user_id}/balances`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AccountBalances {
+    pub user_id: i64,
+    pub balances: Vec<Balance>,
+}
+
+/// One account: settled, and available (settled minus the holds of transfers not yet settled).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Balance {
+    #[schema(example = "USD")]
+    pub currency: String,
+    #[schema(example = "100.00")]
+    pub balance: String,
+    pub balance_minor: i64,
+    #[schema(example = "89.50")]
+    pub available: String,
+    pub available_minor: i64,
+    /// Grows with every settled change of the account.
+    pub version: i64,
+}
+
+/// `POST /admin/deposits` answered 200.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DepositMade {
+    pub status: Success,
+    pub deposit_id: Uuid,
+    /// True when this deposit id was applied before: nothing moved this time.
+    pub replayed: bool,
+    pub user_id: i64,
+    pub currency: String,
+    pub balance: String,
+    pub balance_minor: i64,
+    pub version: i64,
+}
+
+/// `GET /healthz`: the process is alive.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Health {
+    #[schema(example = "ok")]
+    pub status: String,
+}
+
+/// `PUT /admin/guest` answered 201: the version is stored, not yet serving.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct GuestUploaded {
+    pub version: String,
+    pub size_bytes: u64,
+    pub invariant_cases_passed: u64,
+}
+
+/// The version serving after an activation or a rollback.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct GuestActivated {
+    pub active: String,
+}
+
+/// How a candidate version runs beside the active one.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum CandidateModeName {
+    /// Decides `percent` of the transfers.
+    Canary,
+    /// Runs on every transfer, decides none; differences are counted.
+    Shadow,
+}
+
+/// The candidate after `canary`, `shadow` or `DELETE /admin/guest/candidate` (then `null`).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CandidateSet {
+    pub candidate: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode: Option<CandidateModeName>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub percent: Option<u8>,
+}
+
+/// `GET /admin/guest`: the registry and what this replica serves.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct GuestStatus {
+    /// The registry's active version; `null` before the first activation.
+    pub active: Option<String>,
+    /// The version this replica serves now.
+    pub serving: String,
+    /// The canary or shadow candidate, if any.
+    #[schema(value_type = Option<Object>)]
+    pub candidate: serde_json::Value,
+    /// Every stored version.
+    #[schema(value_type = Vec<Object>)]
+    pub versions: serde_json::Value,
+    /// The latest registry actions, newest first.
+    #[schema(value_type = Vec<Object>)]
+    pub history: serde_json::Value,
+    /// Host checks each version broke on this replica.
+    #[schema(value_type = Object)]
+    pub replica_guard_violations: serde_json::Value,
+}
+
+/// `GET /admin/guest/{version}/shadow`: this replica's shadow runs of a version.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ShadowReport {
+    pub version: String,
+    #[schema(value_type = Object)]
+    pub replica_stats: serde_json::Value,
+}
+
+/// Every refusal: `detail` is a message, or the list of validation problems (FastAPI's shapes).
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"detail": "Недостаточно средств", "code": "insufficient_funds"}))]
+pub struct ErrorBody {
+    pub detail: Detail,
+    /// Absent on validation errors, as in FastAPI.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<ErrorCode>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum Detail {
+    Message(String),
+    Problems(Vec<Problem>),
+}
+
+/// One validation problem.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"loc": ["body", "amount"], "msg": "amount must be greater than 0", "type": "greater_than"}))]
+pub struct Problem {
+    /// Where: `["body", "amount"]`, `["path", "transaction_id"]`, `["header", "idempotency-key"]`.
+    pub loc: Vec<String>,
+    pub msg: String,
+    /// Machine-readable, pydantic's names where one fits: `missing`, `greater_than`, …
+    #[serde(rename = "type")]
+    pub kind: String,
+}
+
+/// Machine-readable refusals, beside the human `detail`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    InsufficientFunds,
+    UnsupportedMediaType,
+    PayloadTooLarge,
+    BadRequest,
+    Unauthorized,
+    Forbidden,
+    Unprocessable,
+    Conflict,
+    NotFound,
+    MethodNotAllowed,
+    RequestTimeout,
+    TooManyRequests,
+    Unavailable,
+    Internal,
+}
+
+/// `POST /transfers` answered 503 when the transfer may or may not be in the log: ask
+/// `GET /transfers/{transaction_id}`, or retry with the same `Idempotency-Key`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OutcomeUnknown {
+    pub detail: String,
+    pub status: Unknown,
+    pub transaction_id: String,
+}
+
+/// `"unknown"`.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Unknown {
+    Unknown,
+}
+
+/// A 503 from `POST /transfers`: unavailable before anything was published, or in doubt.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)] // Documents the two bodies `ApiError` writes for 503.
+pub enum TransferUnavailable {
+    Unavailable(ErrorBody),
+    InDoubt(OutcomeUnknown),
+}
