@@ -51,6 +51,11 @@ pub struct Services {
     #[arg(long, env = "TRANSFERD_KAFKA_TIMEOUT_MS", default_value_t = 5_000)]
     pub kafka_timeout_ms: u64,
 
+    /// How long the producer waits to gather messages into one request to the broker. Longer
+    /// means fewer, larger broker writes (each one a storage transaction) and more latency.
+    #[arg(long, env = "TRANSFERD_KAFKA_LINGER_MS", default_value_t = 1)]
+    pub kafka_linger_ms: u64,
+
     /// How long a request waits for a PostgreSQL connection before it fails with 503.
     #[arg(long, env = "TRANSFERD_DATABASE_TIMEOUT_MS", default_value_t = 2_000)]
     pub database_timeout_ms: u64,

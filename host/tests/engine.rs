@@ -52,6 +52,7 @@ async fn slow_capabilities(database_timeout_ms: u64) -> anyhow::Result<Arc<Capab
         topic_prefix: String::new(),
         topic_partitions: 1,
         kafka_timeout_ms: 1_000,
+        kafka_linger_ms: 1,
         database_timeout_ms,
         database_connections: 4,
         redis_timeout_ms: 100,

@@ -19,6 +19,7 @@ fn services(database: &str, redis_prefix: &str) -> Services {
         topic_prefix: String::new(),
         topic_partitions: 1,
         kafka_timeout_ms: 5_000,
+        kafka_linger_ms: 1,
         database_timeout_ms: 5_000,
         database_connections: 8,
         redis_timeout_ms: 1_000,

@@ -458,6 +458,11 @@ impl Host {
         None
     }
 
+    /// The process id, for reading its CPU time and memory from /proc.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// SIGKILL, as a crash or an operator's `kill -9` would: nothing is flushed.
     pub fn kill(&mut self) -> Option<ExitStatus> {
         let _ = self.child.kill();
@@ -805,7 +810,9 @@ impl Drop for Broker {
 
 /// Tansu listening on `internal_port`, advertising `advertised_port`, run in `directory`
 /// (Tansu resolves `sqlite://NAME` in its working directory); its log goes to `directory.log`.
-fn spawn_tansu(
+/// Starts Tansu on `internal_port`, advertising `advertised_port` (a proxy's, or the same port
+/// for a broker clients reach directly), with its storage in `directory`.
+pub fn spawn_tansu(
     internal_port: u16,
     advertised_port: u16,
     storage: BrokerStorage,

@@ -110,7 +110,8 @@ impl IdempotencyKeys {
         lease: Duration,
     ) -> Result<Claim, LedgerError> {
         let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
-        let mut transaction = self.pool.begin().await?;
+        // The common case, a key never seen, is one statement on its own (no BEGIN/COMMIT
+        // round trips); only a key that exists needs the transaction below.
         let inserted: Option<Uuid> = sqlx::query_scalar(
             "INSERT INTO idempotency_keys (scope, idempotency_key, request_hash, transaction_id, locked_until)
              VALUES ($1, $2, $3, $4, now() + $5 * interval '1 millisecond')
@@ -121,15 +122,15 @@ impl IdempotencyKeys {
         .bind(hash)
         .bind(transaction_id)
         .bind(lease_ms)
-        .fetch_optional(&mut *transaction)
+        .fetch_optional(&self.pool)
         .await?;
         if let Some(transaction_id) = inserted {
-            transaction.commit().await?;
             return Ok(Claim::Owned {
                 transaction_id,
                 retry: false,
             });
         }
+        let mut transaction = self.pool.begin().await?;
         let (stored_hash, stored_id, status, body, locked): Row = sqlx::query_as(
             "SELECT request_hash, transaction_id, response_status, response_body, locked_until > now()
              FROM idempotency_keys WHERE scope = $1 AND idempotency_key = $2 FOR UPDATE",

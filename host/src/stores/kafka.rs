@@ -132,9 +132,9 @@ fn producer_is_stuck(error: &KafkaError) -> bool {
     )
 }
 
-fn new_producer(brokers: &str, kafka_timeout_ms: u64) -> Result<FutureProducer, LogError> {
+fn new_producer(services: &Services) -> Result<FutureProducer, LogError> {
     Ok(ClientConfig::new()
-        .set("bootstrap.servers", brokers)
+        .set("bootstrap.servers", &services.kafka_brokers)
         // Not idempotent: Tansu 0.6's SQLite engine panics in its idempotent-producer check
         // ("more or less than one row") after a timed-out request, and that panic takes its
         // storage, so the whole broker, down for every client until the producer goes away.
@@ -144,8 +144,8 @@ fn new_producer(brokers: &str, kafka_timeout_ms: u64) -> Result<FutureProducer, 
         .set("acks", "all")
         // The delivery report is final within this time: acknowledged or failed, never
         // delivered after the request was told it failed.
-        .set("message.timeout.ms", kafka_timeout_ms.to_string())
-        .set("linger.ms", "1")
+        .set("message.timeout.ms", services.kafka_timeout_ms.to_string())
+        .set("linger.ms", services.kafka_linger_ms.to_string())
         .set("reconnect.backoff.max.ms", "1000")
         // A topic missing from the broker fails the message at once (UnknownTopic, which
         // `produce` repairs) instead of waiting out librdkafka's 30 s propagation allowance
@@ -192,7 +192,7 @@ pub struct TransferLog {
 impl TransferLog {
     /// Creates the producer; it connects in the background and reconnects by itself.
     pub fn new(services: &Services) -> Result<TransferLog, LogError> {
-        let producer = new_producer(&services.kafka_brokers, services.kafka_timeout_ms)?;
+        let producer = new_producer(services)?;
         Ok(TransferLog {
             producer: RwLock::new((0, producer)),
             services: services.clone(),
@@ -333,7 +333,7 @@ impl TransferLog {
         if guard.0 != failed_generation {
             return;
         }
-        match new_producer(&self.services.kafka_brokers, self.services.kafka_timeout_ms) {
+        match new_producer(&self.services) {
             Ok(producer) => {
                 tracing::warn!(
                     reason,

@@ -1,0 +1,381 @@
+//! HTTP benchmark: `POST /transfers` under wrk at 1, 16, 64 and 256 connections, with
+//! authentication and a fresh `Idempotency-Key` on every request, against a transferd that
+//! settles as it goes, on a private Tansu with SQLite storage (durable, as in production).
+//! Then POST → settled latency at half the 64-connection rate, and `GET /transfers/{id}`.
+//!
+//! The figure to drive down is CPU time per accepted transfer, summed over transferd, the
+//! broker, Redis and PostgreSQL from /proc before and after each run: unlike requests/s it
+//! barely moves with a shared machine's noise. Run with `./scripts/bench-http.sh`;
+//! `TRANSFERD_BENCH_SECONDS` sets each run's length (10); `TRANSFERD_BENCH_BROKER=memory` runs
+//! the broker on memory storage, to see what its storage costs.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde_json::json;
+use tokio::sync::Mutex;
+use transferd_e2e::{BrokerStorage, Host, HostOptions, Namespace, auth, free_port, spawn_tansu};
+
+/// Funded users; each request's sender is one of them, at random.
+const USERS: i64 = 200;
+const CONNECTIONS: [u32; 4] = [1, 16, 64, 256];
+
+fn seconds() -> u64 {
+    std::env::var("TRANSFERD_BENCH_SECONDS")
+        .ok()
+        .and_then(|text| text.parse().ok())
+        .unwrap_or(10)
+}
+
+/// CPU time (user + system, with reaped children: PostgreSQL's exited backends) in clock
+/// ticks, and the peak RSS in KiB, of one process.
+fn process_figures(pid: u32) -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let tick = |index: usize| fields.get(index)?.parse::<u64>().ok();
+    // utime, stime, cutime, cstime are fields 14–17 of stat; 12–15 after the name.
+    let ticks = tick(11)? + tick(12)? + tick(13)? + tick(14)?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let peak_kib = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|kib| kib.parse().ok())
+        .unwrap_or(0);
+    Some((ticks, peak_kib))
+}
+
+/// Every process whose command name is `name`.
+fn pids_named(name: &str) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|comm| comm.trim_end() == name)
+        })
+        .collect()
+}
+
+/// The processes a transfer costs CPU in, by role.
+struct Processes {
+    transferd: u32,
+    broker: u32,
+}
+
+impl Processes {
+    /// CPU ticks by role, now.
+    fn ticks(&self) -> BTreeMap<&'static str, u64> {
+        let sum = |pids: &[u32]| -> u64 {
+            pids.iter()
+                .filter_map(|pid| process_figures(*pid))
+                .map(|(ticks, _)| ticks)
+                .sum()
+        };
+        BTreeMap::from([
+            ("transferd", sum(&[self.transferd])),
+            ("broker", sum(&[self.broker])),
+            ("redis", sum(&pids_named("redis-server"))),
+            ("postgres", sum(&pids_named("postgres"))),
+        ])
+    }
+
+    fn transferd_peak_mib(&self) -> f64 {
+        process_figures(self.transferd).map_or(0.0, |(_, kib)| kib as f64 / 1024.0)
+    }
+}
+
+fn ticks_per_second() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|output| String::from_utf8(output.stdout).ok())
+        .and_then(|text| text.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// What wrk's `done` hook printed.
+struct Wrk {
+    requests: u64,
+    socket_errors: u64,
+    non_2xx: u64,
+    duration_s: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    p999_ms: f64,
+}
+
+impl Wrk {
+    fn ok(&self) -> u64 {
+        self.requests.saturating_sub(self.non_2xx)
+    }
+}
+
+fn run_wrk(script: &Path, connections: u32, url: &str, args: &[&str]) -> anyhow::Result<Wrk> {
+    let threads = connections.min(2).to_string();
+    let output = Command::new("wrk")
+        .args(["-t", &threads, "-c", &connections.to_string()])
+        .args(["-d", &format!("{}s", seconds()), "--timeout", "10s", "-s"])
+        .arg(script)
+        .arg(url)
+        .arg("--")
+        .args(args)
+        .output()
+        .context("running wrk (scripts/bench-http.sh installs it)")?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    let Some(line) = text.lines().find_map(|line| line.strip_prefix("RESULT ")) else {
+        bail!(
+            "wrk printed no result: {text}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    };
+    let numbers: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|field| field.parse().ok())
+        .collect();
+    let [
+        requests,
+        socket_errors,
+        non_2xx,
+        duration_us,
+        p50,
+        p99,
+        p999,
+        _max,
+    ] = numbers[..]
+    else {
+        bail!("unexpected wrk result: {line}");
+    };
+    let ms = |us: u64| us as f64 / 1000.0;
+    Ok(Wrk {
+        requests,
+        socket_errors,
+        non_2xx,
+        duration_s: duration_us as f64 / 1e6,
+        p50_ms: ms(p50),
+        p99_ms: ms(p99),
+        p999_ms: ms(p999),
+    })
+}
+
+/// One row of the report: the load's figures and the CPU it cost.
+fn row(label: &str, connections: u32, run: &Wrk, cpu: &BTreeMap<&str, f64>, rss_mib: f64) {
+    let ok = run.ok().max(1) as f64;
+    let per = |role: &str| cpu.get(role).copied().unwrap_or(0.0) * 1e6 / ok;
+    let total: f64 = cpu.values().sum::<f64>() * 1e6 / ok;
+    println!(
+        "| {label} | {connections} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} |",
+        run.ok() as f64 / run.duration_s,
+        run.p50_ms,
+        run.p99_ms,
+        run.p999_ms,
+        run.non_2xx + run.socket_errors,
+        total,
+        per("transferd"),
+        per("broker"),
+        per("redis"),
+        per("postgres"),
+        rss_mib,
+    );
+}
+
+/// Runs wrk and reports CPU seconds by role spent during the run.
+fn measured(
+    processes: &Processes,
+    script: &Path,
+    connections: u32,
+    url: &str,
+    args: &[&str],
+) -> anyhow::Result<(Wrk, BTreeMap<&'static str, f64>)> {
+    let tick = ticks_per_second();
+    let before = processes.ticks();
+    let run = run_wrk(script, connections, url, args)?;
+    let after = processes.ticks();
+    let cpu = after
+        .iter()
+        .map(|(role, ticks)| {
+            let spent = ticks.saturating_sub(before.get(role).copied().unwrap_or(0));
+            (*role, spent as f64 / tick)
+        })
+        .collect();
+    Ok((run, cpu))
+}
+
+/// Posts transfers at `rate_per_s` for the run's length (open loop) and returns the accepted
+/// ones with their senders.
+async fn post_at_rate(host: &Arc<Host>, rate_per_s: f64) -> anyhow::Result<Vec<(String, i64)>> {
+    let accepted = Arc::new(Mutex::new(Vec::new()));
+    let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / rate_per_s));
+    let end = Instant::now() + Duration::from_secs(seconds());
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut sent: i64 = 0;
+    while Instant::now() < end {
+        ticker.tick().await;
+        sent += 1;
+        let sender = sent % USERS + 1;
+        let host = Arc::clone(host);
+        let accepted = Arc::clone(&accepted);
+        tasks.spawn(async move {
+            let body = json!({"sender_id": sender, "receiver_id": sender % USERS + 1,
+                "amount": "0.01", "currency": "USD"});
+            if let Ok(reply) = host.transfer(body).await
+                && reply.status == 200
+                && let Some(id) = reply.body["transaction_id"].as_str()
+            {
+                accepted.lock().await.push((id.to_string(), sender));
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+    let accepted = std::mem::take(&mut *accepted.lock().await);
+    Ok(accepted)
+}
+
+/// POST → settled latency of `ids` from the ledger: `created_at` is when transferd received the
+/// request, `settled_at` when the settling transaction ran. Waits up to 60 s for them all.
+async fn settle_latency(namespace: &Namespace, ids: &[uuid::Uuid]) -> anyhow::Result<(f64, f64)> {
+    let ledger = namespace.ledger().await?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let settled: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM transfers WHERE transaction_id = ANY($1)")
+                .bind(ids)
+                .fetch_one(&ledger)
+                .await?;
+        if settled as usize == ids.len() {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("{settled} of {} transfers settled after 60 s", ids.len());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (p50, p99): (f64, f64) = sqlx::query_as(
+        "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY ms), percentile_cont(0.99) WITHIN GROUP (ORDER BY ms)
+         FROM (SELECT extract(epoch FROM settled_at - created_at) * 1000 AS ms
+               FROM transfers WHERE transaction_id = ANY($1)) AS latencies",
+    )
+    .bind(ids)
+    .fetch_one(&ledger)
+    .await?;
+    Ok((p50, p99))
+}
+
+fn bench_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/wrk")
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let namespace = Namespace::new().await?;
+    let broker_dir = std::env::temp_dir().join(format!("transferd-bench-broker-{}", namespace.id));
+    std::fs::create_dir_all(&broker_dir)?;
+    let broker_port = free_port();
+    // TRANSFERD_BENCH_BROKER=memory measures without the broker's storage cost.
+    let (storage, storage_name) = match std::env::var("TRANSFERD_BENCH_BROKER").as_deref() {
+        Ok("memory") => (BrokerStorage::Memory, "memory"),
+        _ => (BrokerStorage::Sqlite, "SQLite"),
+    };
+    let mut broker = spawn_tansu(broker_port, broker_port, storage, &broker_dir)?;
+    // Tansu creates its schema on first start.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut options = HostOptions::new(&namespace);
+    options.kafka_brokers = format!("127.0.0.1:{broker_port}");
+    let host = Arc::new(Host::start_with(&namespace, options).await?);
+    for user in 1..=USERS {
+        host.deposit(user, "USD", "1000000").await?;
+    }
+    let work = tempdir(&namespace.id)?;
+    let tokens = work.join("tokens");
+    let lines: Vec<String> = (1..=USERS).map(auth::user_token).collect();
+    std::fs::write(&tokens, lines.join("\n") + "\n")?;
+    let processes = Processes {
+        transferd: host.pid(),
+        broker: broker.id(),
+    };
+    let tokens_arg = tokens.to_string_lossy().into_owned();
+    let url = host.base_url.clone();
+
+    println!(
+        "\nEach run {} s; {USERS} funded users; auth and idempotency keys on; {storage_name} broker; settlement in the same process.\n",
+        seconds()
+    );
+    println!(
+        "| request | connections | ok/s | p50 ms | p99 ms | p99.9 ms | errors | CPU µs/ok all | transferd | broker | redis | postgres | transferd peak RSS MiB |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let post_script = bench_dir().join("post.lua");
+    let mut rate_at_64 = 0.0;
+    for connections in CONNECTIONS {
+        let prefix = format!("{}-{connections}", namespace.id);
+        let (run, cpu) = measured(
+            &processes,
+            &post_script,
+            connections,
+            &url,
+            &[&tokens_arg, &prefix],
+        )?;
+        if connections == 64 {
+            rate_at_64 = run.ok() as f64 / run.duration_s;
+        }
+        row(
+            "POST /transfers",
+            connections,
+            &run,
+            &cpu,
+            processes.transferd_peak_mib(),
+        );
+    }
+
+    let rate = (rate_at_64 / 2.0).max(10.0);
+    let accepted = post_at_rate(&host, rate).await?;
+    let ids: Vec<uuid::Uuid> = accepted
+        .iter()
+        .filter_map(|(id, _)| uuid::Uuid::parse_str(id).ok())
+        .collect();
+    let (p50, p99) = settle_latency(&namespace, &ids).await?;
+
+    let transfers = work.join("transfers");
+    let lines: Vec<String> = accepted
+        .iter()
+        .map(|(id, sender)| format!("{id} {}", auth::user_token(*sender)))
+        .collect();
+    std::fs::write(&transfers, lines.join("\n") + "\n")?;
+    let (run, cpu) = measured(
+        &processes,
+        &bench_dir().join("get.lua"),
+        64,
+        &url,
+        &[&transfers.to_string_lossy()],
+    )?;
+    row(
+        "GET /transfers/{id}",
+        64,
+        &run,
+        &cpu,
+        processes.transferd_peak_mib(),
+    );
+    println!(
+        "\nPOST → settled at {rate:.0} transfers/s (half the 64-connection rate), {} transfers: p50 {p50:.1} ms, p99 {p99:.1} ms",
+        ids.len()
+    );
+    let _ = broker.kill();
+    let _ = broker.wait();
+    let _ = std::fs::remove_dir_all(&broker_dir);
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(())
+}
+
+fn tempdir(name: &str) -> anyhow::Result<PathBuf> {
+    let directory = std::env::temp_dir().join(format!("transferd-bench-http-{name}"));
+    std::fs::create_dir_all(&directory)?;
+    Ok(directory)
+}
