@@ -121,8 +121,9 @@ impl<'a> Fields<'a> {
     /// A required integer: a JSON integer, or a string holding one (as pydantic accepts).
     pub fn integer(&mut self, name: &str) -> Option<i64> {
         let raw = self.required(name)?.get();
+        // `String`, not `&str`: a string with an escape ("\u0031") cannot be borrowed.
         let parsed = serde_json::from_str::<i64>(raw).ok().or_else(|| {
-            serde_json::from_str::<&str>(raw)
+            serde_json::from_str::<String>(raw)
                 .ok()
                 .and_then(|text| text.parse::<i64>().ok())
         });
@@ -296,6 +297,31 @@ mod tests {
         assert!(fields.problems.is_empty(), "{:?}", fields.problems);
         let mut surrogate = Fields::parse(br#"{"\ud83d\udcb0": "7"}"#).expect("object");
         assert_eq!(surrogate.integer("\u{1f4b0}"), Some(7));
+    }
+
+    /// Values are JSON first: a string's escapes are decoded before it is read as a number
+    /// (`"\u0031"` is "1", as it is for any JSON reader). Integers once missed this.
+    #[test]
+    fn values_with_escapes_are_read_as_the_text_they_spell() {
+        let mut fields = Fields::parse(
+            br#"{"id": "\u0031\u0032", "amount": "\u0031.5", "currency": "\u0055SD", "note": "a\nb"}"#,
+        )
+        .expect("object");
+        assert_eq!(fields.integer("id"), Some(12));
+        assert_eq!(fields.decimal_text("amount").as_deref(), Some("1.5"));
+        assert_eq!(fields.string("currency").as_deref(), Some("USD"));
+        assert_eq!(fields.optional_string("note").as_deref(), Some("a\nb"));
+        assert!(fields.problems.is_empty(), "{:?}", fields.problems);
+        let mut escaped_junk = Fields::parse(br#"{"id": "1\u0020"}"#).expect("object");
+        assert_eq!(escaped_junk.integer("id"), None);
+    }
+
+    #[test]
+    fn whitespace_around_a_value_is_not_part_of_it() {
+        let mut fields =
+            Fields::parse(b"{ \"amount\" :\t\n 10.10 \r\n, \"id\":\n\"5\"\n}").expect("object");
+        assert_eq!(fields.decimal_text("amount").as_deref(), Some("10.10"));
+        assert_eq!(fields.integer("id"), Some(5));
     }
 
     #[test]
