@@ -91,11 +91,14 @@ fn well_formed(text: &str) -> bool {
         None => true,
         Some(exponent) => {
             let magnitude = exponent.strip_prefix(['+', '-']).unwrap_or(exponent);
-            digits(magnitude) && {
-                let significant = magnitude.trim_start_matches('0');
-                significant.len() <= 4
-                    && significant.parse::<u32>().unwrap_or(0) <= MAX_ABS_EXPONENT
-            }
+            // Leading zeros do not count; all zeros is an exponent of 0.
+            let significant = magnitude.trim_start_matches('0');
+            digits(magnitude)
+                && (significant.is_empty()
+                    || significant.len() <= 4
+                        && significant
+                            .parse::<u32>()
+                            .is_ok_and(|value| value <= MAX_ABS_EXPONENT))
         }
     }
 }
