@@ -211,19 +211,21 @@ pub fn parse_amount(text: &str, exponent: u32, max_minor: i64) -> Result<i64, Am
         "exponent {exponent} is beyond the table"
     );
     assert!(max_minor > 0, "max_minor must be positive");
-    let decimal = Decimal::parse(text).map_err(|error| match error {
-        AmountError::TooManyDecimals { .. } => AmountError::TooManyDecimals { allowed: exponent },
-        other => other,
-    })?;
+    let decimal = Decimal::parse(text)?;
     if decimal.is_zero() || decimal.negative {
         return Err(AmountError::NotPositive);
     }
     if decimal.fraction_digits > i64::from(exponent) {
         return Err(AmountError::TooManyDecimals { allowed: exponent });
     }
+    // A whole number of minor units from here, so one with more significant digits than
+    // `Decimal` keeps is at least 10^30 of them: more than any limit.
+    let Some(significand) = decimal.significand else {
+        return Err(AmountError::TooLarge);
+    };
     // value = significand × 10^(−fraction_digits); minor = value × 10^exponent.
     let shift = i64::from(exponent) - decimal.fraction_digits;
-    let mut minor: u128 = decimal.significand;
+    let mut minor: u128 = significand;
     if minor > max_minor as u128 {
         return Err(AmountError::TooLarge);
     }
@@ -239,13 +241,10 @@ pub fn parse_amount(text: &str, exponent: u32, max_minor: i64) -> Result<i64, Am
 }
 
 /// Checks the shape of decimal text without a currency: is it a positive decimal number?
-/// Used when the currency is unknown, so the amount still gets its own clear error.
+/// Used when the currency is unknown, so the amount still gets its own clear error. Precision
+/// and size cannot be judged without a currency, so they are not.
 pub fn check_positive_decimal(text: &str) -> Result<(), AmountError> {
-    let decimal = match Decimal::parse(text) {
-        // Precision cannot be judged without a currency.
-        Err(AmountError::TooManyDecimals { .. }) => return Ok(()),
-        other => other?,
-    };
+    let decimal = Decimal::parse(text)?;
     if decimal.is_zero() || decimal.negative {
         return Err(AmountError::NotPositive);
     }
@@ -275,9 +274,11 @@ pub fn format_minor(minor: i64, exponent: u32) -> String {
 /// A parsed decimal: significand × 10^(−fraction_digits), trailing zeros removed from the significand.
 struct Decimal {
     negative: bool,
-    /// Significant digits with trailing zeros stripped; bounded to 38 digits.
-    significand: u128,
-    /// Digits after the point as written, minus the exponent, plus stripped trailing zeros.
+    /// Significant digits with leading and trailing zeros stripped, when there are at most
+    /// [`Decimal::MAX_SIGNIFICANT_DIGITS`] of them; `None` (never zero) when there are more.
+    significand: Option<u128>,
+    /// Digits after the point as written, minus the exponent, minus stripped trailing zeros:
+    /// exact whatever the significand's length.
     fraction_digits: i64,
 }
 
@@ -287,6 +288,8 @@ impl Decimal {
     /// Exponents beyond this are refused as not a sensible amount.
     const MAX_ABS_EXPONENT: i64 = 1000;
 
+    /// Reads the text's shape and value; the only error is [`AmountError::NotDecimal`]. The
+    /// value's sign, precision and size are the caller's to judge, in that order.
     fn parse(text: &str) -> Result<Decimal, AmountError> {
         if text.is_empty() || text.len() > MAX_AMOUNT_TEXT_LEN {
             return Err(AmountError::NotDecimal);
@@ -339,7 +342,16 @@ impl Decimal {
                 position += 1;
             }
             let exponent_digits = &text[exponent_start..position];
-            if exponent_digits.is_empty() || exponent_digits.len() > 4 {
+            if exponent_digits.is_empty() {
+                return Err(AmountError::NotDecimal);
+            }
+            // Leading zeros do not change it ("1e002" is 100); more than four digits after
+            // them is beyond the maximum, and would not fit the parse below.
+            let exponent_digits = match exponent_digits.trim_start_matches('0') {
+                "" => "0",
+                significant => significant,
+            };
+            if exponent_digits.len() > 4 {
                 return Err(AmountError::NotDecimal);
             }
             let magnitude: i64 = exponent_digits
@@ -362,20 +374,12 @@ impl Decimal {
         let significant: Vec<u8> = all_digits.skip_while(|digit| *digit == b'0').collect();
         let trailing_zeros = significant.iter().rev().take_while(|d| **d == b'0').count();
         let kept = &significant[..significant.len() - trailing_zeros];
-        if kept.len() > Self::MAX_SIGNIFICANT_DIGITS {
-            // Either absurdly large or absurdly precise; both are refused, as too large when
-            // the integer part alone is that long.
-            return Err(if integer_digits.trim_start_matches('0').len() > 20 {
-                AmountError::TooLarge
-            } else {
-                // More precision than any currency has; the caller names the allowed count.
-                AmountError::TooManyDecimals { allowed: 0 }
-            });
-        }
-        let mut significand: u128 = 0;
-        for digit in kept {
-            significand = significand * 10 + u128::from(digit - b'0');
-        }
+        // Too many digits to hold, so either absurdly precise or absurdly large: which one,
+        // and whether it matters before its sign does, is the caller's to judge.
+        let significand = (kept.len() <= Self::MAX_SIGNIFICANT_DIGITS).then(|| {
+            kept.iter()
+                .fold(0u128, |value, digit| value * 10 + u128::from(digit - b'0'))
+        });
         // value = kept × 10^(trailing_zeros − fraction_len + exponent)
         let fraction_len = fraction_digits.len() as i64;
         let fraction_digits_total = fraction_len - trailing_zeros as i64 - exponent;
@@ -387,7 +391,7 @@ impl Decimal {
     }
 
     fn is_zero(&self) -> bool {
-        self.significand == 0
+        self.significand == Some(0)
     }
 }
 
@@ -500,6 +504,73 @@ mod tests {
             Err(AmountError::TooLarge)
         );
         assert_eq!(parse_amount("1e300", 2, MAX), Err(AmountError::TooLarge));
+    }
+
+    /// More significant digits than `Decimal` holds: judged like any other amount, sign
+    /// first, then precision, then size. These were once judged by the length of their
+    /// integer part alone, whatever the sign or the exponent said: "-1234…" was too large, and
+    /// without a currency "-100000.0000000000000000000000001" passed as positive.
+    #[test]
+    fn long_amounts_are_judged_in_the_same_order() {
+        let digits = "1234567890123456789012345678901"; // 31 significant digits
+        let too_many_decimals = Err(AmountError::TooManyDecimals { allowed: 2 });
+        assert_eq!(parse_amount(digits, 2, MAX), Err(AmountError::TooLarge));
+        assert_eq!(
+            parse_amount(&format!("-{digits}"), 2, MAX),
+            Err(AmountError::NotPositive)
+        );
+        assert_eq!(
+            parse_amount(&format!("-0.{digits}"), 2, MAX),
+            Err(AmountError::NotPositive)
+        );
+        assert_eq!(
+            parse_amount(&format!("{digits}e-30"), 2, MAX),
+            too_many_decimals
+        );
+        assert_eq!(
+            parse_amount(&format!("0.{digits}"), 2, MAX),
+            too_many_decimals
+        );
+        assert_eq!(
+            parse_amount("123456789012345678901.1234567891", 2, MAX),
+            too_many_decimals
+        );
+        assert_eq!(
+            parse_amount(&format!("0.{digits}e31"), 2, MAX),
+            Err(AmountError::TooLarge)
+        );
+        assert_eq!(
+            parse_amount(&format!("{digits}000e-3"), 2, MAX),
+            Err(AmountError::TooLarge)
+        );
+        // Without a currency only the shape and the sign are judged, as for "1e300".
+        assert_eq!(check_positive_decimal(digits), Ok(()));
+        assert_eq!(check_positive_decimal(&format!("0.{digits}")), Ok(()));
+        assert_eq!(
+            check_positive_decimal(&format!("-{digits}")),
+            Err(AmountError::NotPositive)
+        );
+        assert_eq!(
+            check_positive_decimal("-100000.0000000000000000000000001"),
+            Err(AmountError::NotPositive)
+        );
+    }
+
+    #[test]
+    fn leading_zeros_in_an_exponent_do_not_count() {
+        assert_eq!(parse_amount("1e002", 2, MAX), Ok(10_000));
+        assert_eq!(parse_amount("1E+0000000002", 0, MAX), Ok(100));
+        assert_eq!(parse_amount("100e-00002", 0, MAX), Ok(1));
+        assert_eq!(parse_amount("5e000", 0, MAX), Ok(5));
+        assert_eq!(parse_amount("1e01000", 2, MAX), Err(AmountError::TooLarge));
+        assert_eq!(
+            parse_amount("1e01001", 2, MAX),
+            Err(AmountError::NotDecimal)
+        );
+        assert_eq!(
+            parse_amount("1e10000", 2, MAX),
+            Err(AmountError::NotDecimal)
+        );
     }
 
     #[test]

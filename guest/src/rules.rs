@@ -287,6 +287,18 @@ mod tests {
             codes(&request("10", "usd")),
             vec![pair("currency", "unknown_currency")]
         );
+        // Without a currency an amount's size and precision are not judged, only its sign.
+        assert_eq!(
+            codes(&request("1234567890123456789012345678901", "XYZ")),
+            vec![pair("currency", "unknown_currency")]
+        );
+        assert_eq!(
+            codes(&request("-0.0000000000000000000000000000001", "XYZ")),
+            vec![
+                pair("amount", "greater_than"),
+                pair("currency", "unknown_currency")
+            ]
+        );
 
         let mut same = request("10", "USD");
         same.receiver_id = same.sender_id;

@@ -13,33 +13,8 @@ use serde_json::{Value, json};
 use crate::auth::AuthError;
 use crate::http::api::{Detail, ErrorBody, ErrorCode, OutcomeUnknown, Problem, Unknown};
 
-/// One validation problem, FastAPI-style.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Invalid {
-    /// Where: `["body", "amount"]`.
-    pub location: Vec<String>,
-    pub message: String,
-    /// Machine-readable, pydantic's names where one fits ("missing", "greater_than").
-    pub kind: String,
-}
-
-impl Invalid {
-    pub fn body_field(field: &str, kind: &str, message: impl Into<String>) -> Invalid {
-        Invalid {
-            location: vec!["body".into(), field.into()],
-            message: message.into(),
-            kind: kind.into(),
-        }
-    }
-
-    pub fn header(name: &str, kind: &str, message: impl Into<String>) -> Invalid {
-        Invalid {
-            location: vec!["header".into(), name.into()],
-            message: message.into(),
-            kind: kind.into(),
-        }
-    }
-}
+/// One validation problem, FastAPI-style; defined with the body reader in `transferd-wire`.
+pub use transferd_wire::Invalid;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -83,6 +58,13 @@ pub enum ApiError {
     },
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+/// A body that could not be read as its fields is a 422 listing every problem.
+impl From<transferd_wire::BodyError> for ApiError {
+    fn from(error: transferd_wire::BodyError) -> ApiError {
+        ApiError::Validation(error.problems)
+    }
 }
 
 pub type Reply = Response<Full<Bytes>>;
@@ -295,6 +277,19 @@ mod tests {
                 .to_str()
                 .is_ok_and(|value| value.contains("error=\"insufficient_scope\""))
         );
+    }
+
+    #[test]
+    fn an_unreadable_body_is_a_422_listing_its_problems() {
+        let problems = vec![
+            Invalid::body_field("amount", "missing", "Field required"),
+            Invalid::body_field("currency", "string_type", "Input should be a valid string"),
+        ];
+        let error = ApiError::from(transferd_wire::BodyError {
+            problems: problems.clone(),
+        });
+        assert_eq!(error.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        assert!(matches!(error, ApiError::Validation(found) if found == problems));
     }
 
     #[test]

@@ -12,6 +12,7 @@ use http::{HeaderMap, HeaderValue, StatusCode};
 use hyper::body::Incoming;
 use transferd_guest::logic::{Accepted, Rejection, RequestContext};
 use transferd_guest::rules::TransferRequest;
+use transferd_wire::TransferFields;
 
 use chrono::SecondsFormat;
 use transferd_guest::money::{currency_exponent, format_minor};
@@ -25,7 +26,7 @@ use crate::guest::runtime::{Guest, GuestFailure};
 use crate::guest::shadow;
 use crate::guest::verdict::{Answer, verdict};
 use crate::http::api::{Success, TransferAccepted, TransferKind, TransferStatus, TransferView};
-use crate::http::body::{Fields, read_json_body};
+use crate::http::body::read_json_body;
 use crate::http::error::{ApiError, Invalid, Reply, json_response};
 use crate::http::idempotency::{self, Start};
 use crate::http::{App, GUEST_VERSION_HEADER};
@@ -146,26 +147,17 @@ async fn decide(
     Ok(response)
 }
 
+/// The request's fields, read by `transferd_wire::TransferFields`: the same code the fuzz
+/// targets and property tests drive.
 pub(super) fn parse_request(bytes: &[u8]) -> Result<TransferRequest, ApiError> {
-    let mut fields = Fields::parse(bytes)?;
-    let sender_id = fields.integer("sender_id");
-    let receiver_id = fields.integer("receiver_id");
-    let amount = fields.decimal_text("amount");
-    let currency = fields.string("currency");
-    let description = fields.optional_string("description");
-    fields.finish()?;
-    match (sender_id, receiver_id, amount, currency) {
-        (Some(sender_id), Some(receiver_id), Some(amount), Some(currency)) => Ok(TransferRequest {
-            sender_id,
-            receiver_id,
-            amount,
-            currency,
-            description,
-        }),
-        _ => Err(ApiError::Internal(
-            "a field was neither read nor reported".into(),
-        )),
-    }
+    let fields = TransferFields::read(bytes)?;
+    Ok(TransferRequest {
+        sender_id: fields.sender_id,
+        receiver_id: fields.receiver_id,
+        amount: fields.amount,
+        currency: fields.currency,
+        description: fields.description,
+    })
 }
 
 fn rejection_error(rejection: Rejection, request: &TransferRequest) -> ApiError {
