@@ -303,3 +303,77 @@ async fn a_trapping_guest_fails_only_its_own_request() -> anyhow::Result<()> {
     assert!(messages.is_empty(), "a trapped request publishes nothing");
     Ok(())
 }
+
+/// `GET /readyz`, polled until its readiness is `ready` (up to 15 s); the last answer.
+async fn readiness_becomes(host: &Host, ready: bool) -> anyhow::Result<serde_json::Value> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let response = host
+            .client
+            .get(format!("{}/readyz", host.base_url))
+            .send()
+            .await?;
+        let status = response.status().as_u16();
+        let body: serde_json::Value = response.json().await?;
+        assert_eq!(status == 200, body["ready"] == true, "{status} {body}");
+        if body["ready"] == ready || std::time::Instant::now() > deadline {
+            return Ok(body);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn readyz_names_the_dependency_that_is_down_and_recovers() -> anyhow::Result<()> {
+    let namespace = Namespace::new().await?;
+    let mut redis_proxy = Proxy::start(6379).await?;
+    let mut postgres_proxy = Proxy::start(5432).await?;
+    let mut broker = Broker::start().await?;
+    let mut options = HostOptions::new(&namespace);
+    options.redis_url = format!("redis://127.0.0.1:{}", redis_proxy.port);
+    options.database_url = namespace.database_url_via(postgres_proxy.port);
+    options.kafka_brokers = broker.brokers();
+    let host = Host::start_with(&namespace, options).await?;
+
+    let ready = readiness_becomes(&host, true).await?;
+    assert_eq!(ready["ready"], true, "{ready}");
+    assert!(
+        ready["checks"]["guest"]["detail"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("serving "))
+    );
+
+    for dependency in ["redis", "postgres", "broker"] {
+        match dependency {
+            "redis" => redis_proxy.cut().await,
+            "postgres" => postgres_proxy.cut().await,
+            _ => broker.cut().await,
+        }
+        let down = readiness_becomes(&host, false).await?;
+        assert_eq!(down["ready"], false, "{dependency} cut: {down}");
+        assert_eq!(down["checks"][dependency]["ready"], false, "{down}");
+        for other in ["redis", "postgres", "broker", "guest"] {
+            if other != dependency {
+                assert_eq!(
+                    down["checks"][other]["ready"], true,
+                    "{dependency} cut: {down}"
+                );
+            }
+        }
+        // /healthz is liveness only: still 200.
+        let health = host
+            .client
+            .get(format!("{}/healthz", host.base_url))
+            .send()
+            .await?;
+        assert_eq!(health.status(), 200);
+        match dependency {
+            "redis" => redis_proxy.restore().await?,
+            "postgres" => postgres_proxy.restore().await?,
+            _ => broker.restore().await?,
+        }
+        let back = readiness_becomes(&host, true).await?;
+        assert_eq!(back["ready"], true, "{dependency} restored: {back}");
+    }
+    Ok(())
+}

@@ -336,3 +336,29 @@ pub enum TransferUnavailable {
     Unavailable(ErrorBody),
     InDoubt(OutcomeUnknown),
 }
+
+/// `GET /readyz`: whether this replica should take traffic, and why not.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Readiness {
+    pub ready: bool,
+    pub checks: ReadinessChecks,
+}
+
+/// One check per dependency.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ReadinessChecks {
+    /// Reachable, with every migration of this binary applied.
+    pub postgres: Check,
+    pub redis: Check,
+    /// Reachable, with the transfer topic.
+    pub broker: Check,
+    /// A guest is loaded and serving.
+    pub guest: Check,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Check {
+    pub ready: bool,
+    /// What was found: a version, or why it is not ready.
+    pub detail: String,
+}

@@ -14,6 +14,7 @@ mod error;
 mod idempotency;
 mod openapi;
 mod rate_limit;
+mod ready;
 mod transfers;
 
 use std::convert::Infallible;
@@ -269,6 +270,8 @@ enum Route<'a> {
     Health,
     /// `GET /openapi.json`: the API's document, for anyone (it holds no secrets).
     OpenApi,
+    /// `GET /readyz`: the dependencies, for load balancers.
+    Ready,
     User(UserRoute<'a>),
     Admin(AdminRoute<'a>),
 }
@@ -334,9 +337,11 @@ async fn accept(
 fn allowed(segments: &[&str]) -> Option<&'static str> {
     Some(match segments {
         ["transfers"] | ["admin", "deposits"] => "POST",
-        ["transfers", _] | ["accounts", _, "balances"] | ["healthz"] | ["openapi.json"] => {
-            "GET, HEAD"
-        }
+        ["transfers", _]
+        | ["accounts", _, "balances"]
+        | ["healthz"]
+        | ["readyz"]
+        | ["openapi.json"] => "GET, HEAD",
         ["admin", "guest"] => "GET, HEAD, PUT",
         ["admin", "guest", "rollback"] => "POST",
         ["admin", "guest", "candidate"] => "DELETE",
@@ -355,6 +360,7 @@ fn resolve<'a>(method: &Method, segments: &[&'a str]) -> Result<Route<'a>, ApiEr
     let route = match segments {
         ["healthz"] if get => Route::Health,
         ["openapi.json"] if get => Route::OpenApi,
+        ["readyz"] if get => Route::Ready,
         ["transfers"] if post => Route::User(UserRoute::CreateTransfer),
         ["transfers", id] if get => Route::User(UserRoute::ShowTransfer(id)),
         ["accounts", user_id, "balances"] if get => Route::User(UserRoute::Balances(user_id)),
@@ -402,6 +408,7 @@ async fn handle(
             },
         )),
         Route::OpenApi => Ok(openapi::reply()),
+        Route::Ready => Ok(ready::readiness(app).await),
         Route::User(route) => {
             let caller = app.gate.caller(headers)?;
             if let Some(limit) = &app.caller_limit {

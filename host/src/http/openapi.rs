@@ -29,6 +29,7 @@ use crate::http::error::Reply;
         show_transfer,
         balances,
         health,
+        readiness,
         document,
         deposit,
         guest_status,
@@ -158,6 +159,17 @@ fn balances() {}
 )]
 #[allow(dead_code)]
 fn health() {}
+
+#[utoipa::path(
+    get, path = "/readyz", tag = "service", summary = "Readiness: PostgreSQL (migrated), Redis, the broker, a guest",
+    description = "Each dependency is asked at once, within 500 ms. `/healthz` is liveness only.",
+    responses(
+        (status = 200, description = "Ready", body = Readiness),
+        (status = 503, description = "Not ready: the failing checks say why", body = Readiness),
+    ),
+)]
+#[allow(dead_code)]
+fn readiness() {}
 
 #[utoipa::path(
     get, path = "/openapi.json", tag = "service", summary = "This document",

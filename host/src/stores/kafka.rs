@@ -202,6 +202,35 @@ impl TransferLog {
         })
     }
 
+    /// Whether the broker answers a metadata request for the transfer topic within `timeout`,
+    /// and has the topic. Runs librdkafka's blocking call off the async threads.
+    pub async fn reachable(&self, timeout: Duration) -> Result<(), LogError> {
+        let producer = self
+            .producer
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .1
+            .clone();
+        let topic = self.physical_topic(TRANSFER_TOPIC);
+        let asked = tokio::task::spawn_blocking(move || {
+            let metadata = producer.client().fetch_metadata(Some(&topic), timeout)?;
+            let known = metadata
+                .topics()
+                .iter()
+                .any(|found| found.name() == topic && found.error().is_none());
+            if known {
+                Ok(())
+            } else {
+                Err(LogError::NotSent(format!(
+                    "the broker has no topic {topic}"
+                )))
+            }
+        });
+        asked
+            .await
+            .map_err(|error| LogError::NotSent(format!("the metadata request failed: {error}")))?
+    }
+
     /// The broker's name for a logical topic.
     pub fn physical_topic(&self, logical: &str) -> String {
         physical_topic(&self.services.topic_prefix, logical)

@@ -20,6 +20,8 @@ pub struct Balance {
     pub version: i64,
 }
 
+/// The migrations in `migrations/`, built into the binary.
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {
     #[error("the ledger database is unavailable: {0}")]
@@ -71,8 +73,20 @@ impl Ledger {
 
     /// Applies the migrations in `migrations/`; safe to run again and from several replicas.
     pub async fn migrate(&self) -> Result<(), LedgerError> {
-        sqlx::migrate!("../migrations").run(&self.pool).await?;
+        MIGRATOR.run(&self.pool).await?;
         Ok(())
+    }
+
+    /// How many of this binary's migrations the database has not applied (0 when ready).
+    pub async fn unapplied_migrations(&self) -> Result<usize, LedgerError> {
+        let applied: Vec<i64> =
+            sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(MIGRATOR
+            .iter()
+            .filter(|migration| !applied.contains(&migration.version))
+            .count())
     }
 
     /// The settled balance of an account, or `None` when it has none in that currency.

@@ -305,6 +305,15 @@ impl BalanceCache {
         self.bounded(command.query_async(&mut connection)).await
     }
 
+    /// Whether Redis answers a PING within the command timeout.
+    pub async fn ping(&self) -> Result<(), CacheError> {
+        let mut connection = self.connection().await?;
+        let _pong: String = self
+            .bounded(redis::cmd("PING").query_async(&mut connection))
+            .await?;
+        Ok(())
+    }
+
     /// The total held on an account (0 when nothing is held).
     pub async fn held(&self, user_id: i64, currency: &str) -> Result<i64, CacheError> {
         let mut connection = self.connection().await?;
