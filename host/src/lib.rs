@@ -8,6 +8,7 @@ pub mod config;
 pub mod crash;
 pub mod guest;
 pub mod http;
+pub mod metrics;
 pub mod settlement;
 pub mod shutdown;
 pub mod stores;

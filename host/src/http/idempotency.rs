@@ -98,6 +98,7 @@ pub async fn start(
             reply
                 .headers_mut()
                 .insert(REPLAYED_HEADER, HeaderValue::from_static("true"));
+            metrics::counter!(crate::metrics::IDEMPOTENT_REPLAYS).increment(1);
             Ok(Start::Replay(reply))
         }
         Claim::Mismatch => Err(ApiError::Unprocessable(

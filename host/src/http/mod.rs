@@ -89,6 +89,7 @@ enum Ending {
 /// flushes the producer. An unexpected end of the worker ends the process with an error.
 pub async fn serve(settings: Serve, mut signals: Signals) -> anyhow::Result<()> {
     let services = &settings.services;
+    crate::metrics::install().context("installing the metrics recorder")?;
     // First: a key that cannot be used stops the start before anything connects.
     let gate = Gate::from_settings(&settings)?;
     let capabilities = Arc::new(Capabilities::connect(services).await?);
@@ -267,6 +268,8 @@ async fn adopt_startup_guest(
 
 /// What a request asks for, once its path and method are known.
 enum Route<'a> {
+    /// `GET /metrics`: Prometheus's text format.
+    Metrics,
     Health,
     /// `GET /openapi.json`: the API's document, for anyone (it holds no secrets).
     OpenApi,
@@ -274,6 +277,40 @@ enum Route<'a> {
     Ready,
     User(UserRoute<'a>),
     Admin(AdminRoute<'a>),
+}
+
+impl Route<'_> {
+    /// A bounded name for metrics: the route, not the raw path.
+    fn name(&self) -> &'static str {
+        match self {
+            Route::Metrics => "metrics",
+            Route::Health => "healthz",
+            Route::OpenApi => "openapi",
+            Route::Ready => "readyz",
+            Route::User(UserRoute::CreateTransfer) => "create_transfer",
+            Route::User(UserRoute::ShowTransfer(_)) => "show_transfer",
+            Route::User(UserRoute::Balances(_)) => "balances",
+            Route::Admin(AdminRoute::Deposit) => "deposit",
+            Route::Admin(_) => "admin_guest",
+        }
+    }
+}
+
+/// Counts a refused bearer token by its RFC 6750 code.
+fn count_refusal(error: &crate::auth::AuthError) {
+    metrics::counter!(crate::metrics::AUTH_FAILURES, "reason" => error.code()).increment(1);
+}
+
+/// `GET /metrics`.
+fn metrics_reply() -> Reply {
+    let mut response = Reply::new(http_body_util::Full::new(bytes::Bytes::from(
+        crate::metrics::render(),
+    )));
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    response
 }
 
 /// Routes for a user's own money, behind a bearer token.
@@ -341,6 +378,7 @@ fn allowed(segments: &[&str]) -> Option<&'static str> {
         | ["accounts", _, "balances"]
         | ["healthz"]
         | ["readyz"]
+        | ["metrics"]
         | ["openapi.json"] => "GET, HEAD",
         ["admin", "guest"] => "GET, HEAD, PUT",
         ["admin", "guest", "rollback"] => "POST",
@@ -361,6 +399,7 @@ fn resolve<'a>(method: &Method, segments: &[&'a str]) -> Result<Route<'a>, ApiEr
         ["healthz"] if get => Route::Health,
         ["openapi.json"] if get => Route::OpenApi,
         ["readyz"] if get => Route::Ready,
+        ["metrics"] if get => Route::Metrics,
         ["transfers"] if post => Route::User(UserRoute::CreateTransfer),
         ["transfers", id] if get => Route::User(UserRoute::ShowTransfer(id)),
         ["accounts", user_id, "balances"] if get => Route::User(UserRoute::Balances(user_id)),
@@ -409,8 +448,9 @@ async fn handle(
         )),
         Route::OpenApi => Ok(openapi::reply()),
         Route::Ready => Ok(ready::readiness(app).await),
+        Route::Metrics => Ok(metrics_reply()),
         Route::User(route) => {
-            let caller = app.gate.caller(headers)?;
+            let caller = app.gate.caller(headers).inspect_err(count_refusal)?;
             if let Some(limit) = &app.caller_limit {
                 limit
                     .check(&caller.scope())
@@ -421,7 +461,7 @@ async fn handle(
             user_route(app, &caller, route, headers, body).await
         }
         Route::Admin(route) => {
-            let admin = app.gate.admin(headers)?;
+            let admin = app.gate.admin(headers).inspect_err(count_refusal)?;
             admin_route(app, &admin, route, headers, body).await
         }
     }
@@ -464,13 +504,19 @@ async fn admin_route(
 }
 
 async fn route(app: &Arc<App>, request: Request<Incoming>) -> Reply {
+    let started = std::time::Instant::now();
     let (parts, body) = request.into_parts();
     let segments: Vec<&str> = parts.uri.path().trim_matches('/').split('/').collect();
-    let result = match resolve(&parts.method, &segments) {
-        Ok(route) => handle(app, route, &parts.headers, body).await,
-        Err(error) => Err(error),
+    let (name, result) = match resolve(&parts.method, &segments) {
+        Ok(route) => (route.name(), handle(app, route, &parts.headers, body).await),
+        Err(error) => ("unrouted", Err(error)),
     };
     let mut response = result.unwrap_or_else(ApiError::into_response);
+    let status = response.status().as_str().to_owned();
+    metrics::counter!(crate::metrics::HTTP_REQUESTS, "route" => name, "status" => status)
+        .increment(1);
+    metrics::histogram!(crate::metrics::HTTP_DURATION, "route" => name)
+        .record(started.elapsed().as_secs_f64());
     // Every response names a guest version: the one that decided it (set by the transfer
     // handler, a canary perhaps), else the active one.
     if !response.headers().contains_key(GUEST_VERSION_HEADER)

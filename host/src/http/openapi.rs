@@ -30,6 +30,7 @@ use crate::http::error::Reply;
         balances,
         health,
         readiness,
+        metrics,
         document,
         deposit,
         guest_status,
@@ -170,6 +171,14 @@ fn health() {}
 )]
 #[allow(dead_code)]
 fn readiness() {}
+
+#[utoipa::path(
+    get, path = "/metrics", tag = "service", summary = "Prometheus metrics (text format)",
+    description = "Every metric is named and explained in the README's Metrics section.",
+    responses((status = 200, description = "Prometheus text format 0.0.4", content_type = "text/plain")),
+)]
+#[allow(dead_code)]
+fn metrics() {}
 
 #[utoipa::path(
     get, path = "/openapi.json", tag = "service", summary = "This document",

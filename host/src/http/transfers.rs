@@ -81,9 +81,12 @@ async fn decide(
         principal,
         guest_version: guest.version().to_string(),
     };
+    let started = std::time::Instant::now();
     let decided = guest
         .initiate_transfer(app.capabilities.clone(), &context, &request)
         .await;
+    metrics::histogram!(crate::metrics::GUEST_DURATION, "version" => guest.version().to_owned())
+        .record(started.elapsed().as_secs_f64());
     if let (Some(candidate), Ok(decision)) = (shadow, &decided.decision) {
         shadow_run(
             app,
@@ -108,6 +111,8 @@ async fn decide(
             "the guest broke a host check"
         );
     }
+    metrics::counter!(crate::metrics::GUEST_CALLS, "version" => version.to_owned(), "outcome" => outcome_name(&answer))
+        .increment(1);
     let mut response = match answer {
         Answer::Accepted => {
             if let Err(failure) = &decided.decision {
@@ -158,6 +163,22 @@ pub(super) fn parse_request(bytes: &[u8]) -> Result<TransferRequest, ApiError> {
         currency: fields.currency,
         description: fields.description,
     })
+}
+
+/// The decision's kind, for the metrics.
+fn outcome_name(answer: &Answer) -> &'static str {
+    match answer {
+        Answer::Accepted => "accepted",
+        Answer::Rejected(Rejection::Invalid(_)) => "invalid",
+        Answer::Rejected(Rejection::InsufficientFunds) => "insufficient_funds",
+        Answer::Rejected(Rejection::ReceiverNotFound) => "receiver_not_found",
+        Answer::Rejected(Rejection::Forbidden(_)) => "forbidden",
+        Answer::Rejected(Rejection::Unavailable(_)) => "unavailable",
+        Answer::InDoubt(_) => "in_doubt",
+        Answer::Failed(GuestFailure::Timeout(_)) => "timeout",
+        Answer::Failed(GuestFailure::Trap(_)) => "trap",
+        Answer::Failed(GuestFailure::Violation(_)) => "violation",
+    }
 }
 
 fn rejection_error(rejection: Rejection, request: &TransferRequest) -> ApiError {

@@ -63,6 +63,10 @@ impl ServingGuest {
     }
 
     pub(super) fn replace(&self, serving: Serving) {
-        *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(serving);
+        let mut current = self.current.write().unwrap_or_else(PoisonError::into_inner);
+        if current.active.version() != serving.active.version() {
+            metrics::counter!(crate::metrics::GUEST_SWAPS).increment(1);
+        }
+        *current = Arc::new(serving);
     }
 }
