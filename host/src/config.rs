@@ -257,6 +257,12 @@ pub struct Serve {
     #[arg(long, env = "TRANSFERD_BODY_TIMEOUT_MS", default_value_t = 10_000)]
     pub body_timeout_ms: u64,
 
+    /// Longest time any request but `POST /transfers` takes, in milliseconds, body included;
+    /// then 503. A transfer is not cut off: its decision is bounded by the guest and Kafka
+    /// timeouts, and an answer cut short would hide whether its money moved.
+    #[arg(long, env = "TRANSFERD_REQUEST_TIMEOUT_MS", default_value_t = 30_000)]
+    pub request_timeout_ms: u64,
+
     /// Most connections served at once; further ones wait in the listen backlog.
     #[arg(long, env = "TRANSFERD_MAX_CONNECTIONS", default_value_t = 1_024)]
     pub max_connections: usize,
@@ -323,6 +329,10 @@ impl Serve {
         Duration::from_millis(self.body_timeout_ms)
     }
 
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+
     /// Where compiled guests are cached, if anywhere.
     pub fn compiled_cache(&self) -> Option<PathBuf> {
         match self.guest_cache_dir.as_str() {
@@ -352,6 +362,10 @@ impl Serve {
         anyhow::ensure!(
             (100..=600_000).contains(&self.body_timeout_ms),
             "TRANSFERD_BODY_TIMEOUT_MS must be 100..=600000"
+        );
+        anyhow::ensure!(
+            (100..=3_600_000).contains(&self.request_timeout_ms),
+            "TRANSFERD_REQUEST_TIMEOUT_MS must be 100..=3600000"
         );
         anyhow::ensure!(
             (1..=100_000).contains(&self.max_connections),

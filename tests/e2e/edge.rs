@@ -157,3 +157,47 @@ async fn a_caller_over_its_rate_hears_429_with_retry_after_and_others_are_served
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn the_whole_request_limit_cuts_slow_requests_but_not_a_transfer() -> anyhow::Result<()> {
+    let namespace = Namespace::new().await?;
+    let mut options = HostOptions::new(&namespace);
+    options
+        .extra_env
+        .push(("TRANSFERD_REQUEST_TIMEOUT_MS".into(), "500".into()));
+    options
+        .extra_env
+        .push(("TRANSFERD_BODY_TIMEOUT_MS".into(), "2000".into()));
+    let host = Host::start_with(&namespace, options).await?;
+    let stalled = |path: &str, token: &str| {
+        format!(
+            "POST {path} HTTP/1.1\r\nHost: transferd\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"user_id\""
+        )
+    };
+
+    let mut deposit = TcpStream::connect(("127.0.0.1", host.port)).await?;
+    let head = stalled("/admin/deposits", transferd_e2e::ADMIN_TOKEN);
+    deposit.write_all(head.as_bytes()).await?;
+    let (received, after) = read_until_closed(&mut deposit, Duration::from_secs(5)).await?;
+    let text = String::from_utf8_lossy(&received);
+    assert!(text.starts_with("HTTP/1.1 503"), "{text}");
+    assert!(text.contains("did not finish within 500 ms"), "{text}");
+    assert!(
+        after < Duration::from_millis(1_800),
+        "answered after {after:?}"
+    );
+
+    // A transfer is held to its own limits only (here the body's): its answer must say what
+    // became of the money, so the whole-request limit never cuts it short.
+    let mut transfer = TcpStream::connect(("127.0.0.1", host.port)).await?;
+    let head = stalled("/transfers", &transferd_e2e::auth::user_token(1));
+    transfer.write_all(head.as_bytes()).await?;
+    let (received, after) = read_until_closed(&mut transfer, Duration::from_secs(5)).await?;
+    let text = String::from_utf8_lossy(&received);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(
+        after >= Duration::from_millis(1_800),
+        "answered after {after:?}"
+    );
+    Ok(())
+}

@@ -65,6 +65,8 @@ pub struct App {
     pub idempotency_lease: std::time::Duration,
     /// A request body that has not arrived by then is answered 408.
     pub body_timeout: std::time::Duration,
+    /// Every route but `POST /transfers` answers within this, or 503.
+    request_timeout: std::time::Duration,
     /// Each caller's request rate on user routes; `None`: unlimited.
     caller_limit: Option<rate_limit::CallerLimit>,
 }
@@ -150,6 +152,7 @@ pub async fn serve(settings: Serve, mut signals: Signals) -> anyhow::Result<()> 
             settings.services.kafka_timeout(),
         ),
         body_timeout: settings.body_timeout(),
+        request_timeout: settings.request_timeout(),
         caller_limit: rate_limit::CallerLimit::new(
             settings.rate_limit_per_second,
             settings.rate_limit_burst,
@@ -432,6 +435,28 @@ fn resolve<'a>(method: &Method, segments: &[&'a str]) -> Result<Route<'a>, ApiEr
     Ok(route)
 }
 
+/// Runs the route within the whole-request limit; a transfer runs to its decision's end (the
+/// guest and Kafka timeouts bound it), so its answer always says what became of the money.
+async fn within_limit(
+    app: &Arc<App>,
+    route: Route<'_>,
+    headers: &http::HeaderMap,
+    body: Incoming,
+) -> Result<Reply, ApiError> {
+    if matches!(route, Route::User(UserRoute::CreateTransfer)) {
+        return handle(app, route, headers, body).await;
+    }
+    let limit = app.request_timeout;
+    tokio::time::timeout(limit, handle(app, route, headers, body))
+        .await
+        .unwrap_or_else(|_| {
+            Err(ApiError::Unavailable(format!(
+                "the request did not finish within {} ms",
+                limit.as_millis()
+            )))
+        })
+}
+
 /// Authenticates the route's caller, then runs its handler.
 async fn handle(
     app: &Arc<App>,
@@ -508,7 +533,10 @@ async fn route(app: &Arc<App>, request: Request<Incoming>) -> Reply {
     let (parts, body) = request.into_parts();
     let segments: Vec<&str> = parts.uri.path().trim_matches('/').split('/').collect();
     let (name, result) = match resolve(&parts.method, &segments) {
-        Ok(route) => (route.name(), handle(app, route, &parts.headers, body).await),
+        Ok(route) => (
+            route.name(),
+            within_limit(app, route, &parts.headers, body).await,
+        ),
         Err(error) => ("unrouted", Err(error)),
     };
     let mut response = result.unwrap_or_else(ApiError::into_response);
