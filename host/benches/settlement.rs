@@ -57,6 +57,7 @@ fn transfers(count: usize, random: &mut Random) -> Vec<TransferMessage> {
                 currency: "USD".into(),
                 description: Some("benchmark".into()),
                 created_at_ms: 1_795_960_800_000,
+                trace: None,
             }
         })
         .collect()

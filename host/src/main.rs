@@ -40,11 +40,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_env("TRANSFERD_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .init();
+    init_logging();
     log_panics();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Runtime::new() {
@@ -70,6 +66,7 @@ fn main() -> ExitCode {
     if is_service {
         tracing::info!(code, "transferd exits");
     }
+    transferd::otel::flush();
     // Not `return`: dropping the runtime would wait for blocking tasks (a librdkafka commit or
     // close against an unreachable broker) with no bound.
     std::process::exit(code)
@@ -112,6 +109,46 @@ async fn run(command: Command) -> anyhow::Result<()> {
             tracing::info!("migrations applied");
             Ok(())
         }
+    }
+}
+
+/// Log lines to stdout: `TRANSFERD_LOG` filters them (default `info`), `TRANSFERD_LOG_FORMAT`
+/// picks `pretty` (one readable line each, the default) or `json` (one object per line, with
+/// the request's `request_id` and `trace_id` as fields of its `span`). Read before the command
+/// line, so even a bad argument is logged in the chosen format.
+fn init_logging() {
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+
+    let filter =
+        EnvFilter::try_from_env("TRANSFERD_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let format = std::env::var("TRANSFERD_LOG_FORMAT").unwrap_or_default();
+    let lines = match format.as_str() {
+        "json" => tracing_subscriber::fmt::layer()
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .boxed(),
+        _ => tracing_subscriber::fmt::layer().boxed(),
+    };
+    let (export, export_error) = match transferd::otel::layer() {
+        Ok(layer) => (layer, None),
+        Err(error) => (None, Some(error)),
+    };
+    tracing_subscriber::registry()
+        .with(lines)
+        .with(export)
+        .with(filter)
+        .init();
+    if let Some(error) = export_error {
+        tracing::warn!(%error, "not exporting traces");
+    }
+    if !matches!(format.as_str(), "" | "json" | "pretty") {
+        tracing::warn!(
+            format,
+            "TRANSFERD_LOG_FORMAT must be pretty or json; logging pretty"
+        );
     }
 }
 

@@ -25,11 +25,54 @@ pub const AUTH_FAILURES: &str = "transferd_auth_failures_total";
 /// Times this replica started serving another active guest version.
 pub const GUEST_SWAPS: &str = "transferd_guest_swaps_total";
 
+/// Shadow runs of a candidate, by candidate `version`.
+pub const SHADOW_RUNS: &str = "transferd_shadow_runs_total";
+/// Shadow runs whose decision differed from the active version's (or that failed), by
+/// candidate `version`.
+pub const SHADOW_DIFFERENCES: &str = "transferd_shadow_differences_total";
+/// 1 for the guest version this replica serves as active, 0 for one it served before.
+pub const GUEST_ACTIVE: &str = "transferd_guest_active_info";
+/// The share of new transfers (0 to 1) a canary candidate decides, by candidate `version`;
+/// 0 once it is no longer a canary.
+pub const CANARY_SHARE: &str = "transferd_guest_canary_share";
+/// Time from handing a message to the producer to the broker's acknowledgement (or failure),
+/// by logical `topic` (`transfer_topic`, `transfer_events`).
+pub const KAFKA_PRODUCE_DURATION: &str = "transferd_kafka_produce_duration_seconds";
+/// Failed produces by logical `topic` and `kind`: `unknown_topic` (created and sent again),
+/// `not_sent` (certainly not in the log), `in_doubt` (may be in the log).
+pub const KAFKA_PRODUCE_ERRORS: &str = "transferd_kafka_produce_errors_total";
+/// Transfer publishes whose outcome is unknown (answered 503 `"status":"unknown"`; the hold
+/// stays until the log or the ledger says).
+pub const PUBLISHES_IN_DOUBT: &str = "transferd_publishes_in_doubt_total";
+/// Holds in Redis (accepted transfers not settled yet), as of the last count.
+pub const HOLDS_OUTSTANDING: &str = "transferd_holds_outstanding";
+/// Minor units held, by `currency`, as of the last count.
+pub const HOLDS_OUTSTANDING_MINOR: &str = "transferd_holds_outstanding_minor";
+/// Transfers accepted with a PostgreSQL pending row instead of a Redis hold (Redis was down).
+pub const HOLD_FALLBACKS: &str = "transferd_hold_fallbacks_total";
+/// Balance lookups by `source`: `cache` (Redis answered), `ledger_miss` (not cached: read from
+/// PostgreSQL and cached), `ledger_fallback` (Redis down: PostgreSQL answered alone).
+pub const BALANCE_LOOKUPS: &str = "transferd_balance_lookups_total";
+/// Transfers newly settled into the ledger, by `status` (`completed`, `rejected`).
+pub const SETTLED: &str = "transferd_settled_transfers_total";
+/// Transfers per settled batch.
+pub const SETTLEMENT_BATCH: &str = "transferd_settlement_batch_transfers";
+/// Messages in the transfer log not yet settled (the log's end minus settlement's position,
+/// over every partition), as of the last check.
+pub const SETTLEMENT_LAG_MESSAGES: &str = "transferd_settlement_lag_messages";
+/// Age of the oldest message in the last settled batch when it committed; 0 while idle.
+pub const SETTLEMENT_LAG_SECONDS: &str = "transferd_settlement_lag_seconds";
+/// 1 when a `dependency` (postgres, redis, broker) answered its last probe, else 0.
+pub const DEPENDENCY_UP: &str = "transferd_dependency_up";
+
 /// Histogram buckets in seconds, from 100 µs to 10 s.
 const BUCKETS_S: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
     5.0, 10.0,
 ];
+
+/// Histogram buckets for transfers per batch.
+const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0];
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -40,6 +83,7 @@ pub fn install() -> Result<(), BuildError> {
     }
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), BUCKETS_S)?
+        .set_buckets_for_metric(Matcher::Full(SETTLEMENT_BATCH.into()), BATCH_BUCKETS)?
         .install_recorder()?;
     let _ = HANDLE.set(handle);
     Ok(())

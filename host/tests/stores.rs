@@ -48,6 +48,7 @@ fn message(sender_id: i64, receiver_id: i64, amount_minor: i64) -> TransferMessa
         currency: "USD".into(),
         description: None,
         created_at_ms: 1_795_960_800_000,
+        trace: None,
     }
 }
 

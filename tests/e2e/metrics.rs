@@ -144,3 +144,167 @@ async fn traps_and_swaps_are_counted() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// Waits up to 15 s for `metric` (summed over `labels`) to satisfy `wanted`; its last value.
+async fn until_metric(
+    host: &Host,
+    name: &str,
+    labels: &[&str],
+    wanted: impl Fn(f64) -> bool,
+) -> anyhow::Result<f64> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let value = metric(host, name, labels).await?;
+        if wanted(value) {
+            return Ok(value);
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{name} {labels:?} stayed at {value} for 15 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn money_in_flight_settlement_and_dependencies_are_measured() -> anyhow::Result<()> {
+    let namespace = Namespace::new().await?;
+    // No worker at first: the accepted transfer stays held and unsettled.
+    let mut options = HostOptions::new(&namespace);
+    options.run_worker = false;
+    let api = Host::start_with(&namespace, options).await?;
+    api.deposit(1, "USD", "10.00").await?;
+    api.deposit(2, "USD", "1.00").await?;
+    assert_eq!(api.transfer(transfer("1.25")).await?.status, 200);
+
+    for dependency in ["postgres", "redis", "broker"] {
+        let label = format!(r#"dependency="{dependency}""#);
+        until_metric(&api, "transferd_dependency_up", &[&label], |up| up == 1.0).await?;
+    }
+    until_metric(&api, "transferd_holds_outstanding", &[], |n| n == 1.0).await?;
+    let usd = r#"currency="USD""#;
+    until_metric(&api, "transferd_holds_outstanding_minor", &[usd], |m| {
+        m == 125.0
+    })
+    .await?;
+    until_metric(&api, "transferd_settlement_lag_messages", &[], |n| n == 1.0).await?;
+    let produced = metric(
+        &api,
+        "transferd_kafka_produce_duration_seconds_count",
+        &[r#"topic="transfer_topic""#],
+    )
+    .await?;
+    assert_eq!(produced, 1.0);
+    let looked_up = metric(&api, "transferd_balance_lookups_total", &[]).await?;
+    assert!(
+        looked_up >= 1.0,
+        "the guest's lookup is counted: {looked_up}"
+    );
+
+    // A worker settles it: counted, its batch measured, and the money in flight back to 0.
+    let worker = Host::start(&namespace).await?;
+    let completed = r#"status="completed""#;
+    until_metric(
+        &worker,
+        "transferd_settled_transfers_total",
+        &[completed],
+        |n| n == 1.0,
+    )
+    .await?;
+    assert_eq!(
+        metric(&worker, "transferd_settlement_batch_transfers_count", &[]).await?,
+        1.0
+    );
+    until_metric(&worker, "transferd_settlement_lag_messages", &[], |n| {
+        n == 0.0
+    })
+    .await?;
+    until_metric(&worker, "transferd_holds_outstanding", &[], |n| n == 0.0).await?;
+    until_metric(&worker, "transferd_holds_outstanding_minor", &[usd], |m| {
+        m == 0.0
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn shadow_runs_and_canary_share_are_measured() -> anyhow::Result<()> {
+    let namespace = Namespace::new().await?;
+    let host = Host::start(&namespace).await?;
+    host.deposit(1, "USD", "1000.00").await?;
+    host.deposit(2, "USD", "1.00").await?;
+    let active = metric(&host, "transferd_guest_active_info", &[]).await?;
+    assert_eq!(active, 1.0, "one version is active");
+
+    let strict = upload(&host, &strict_guest_file()).await?;
+    admin_post(&host, &format!("/admin/guest/{strict}/shadow"), None).await?;
+    // Once the replica serves the shadow, a 150.00 transfer: accepted, and the strict
+    // candidate would refuse it (a difference).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while host.get_json("/admin/guest").await?["candidate"]["mode"] != "shadow" {
+        anyhow::ensure!(Instant::now() < deadline, "the shadow was not recorded");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(host.transfer(transfer("150.00")).await?.status, 200);
+    let version = format!(r#"version="{strict}""#);
+    until_metric(&host, "transferd_shadow_runs_total", &[&version], |n| {
+        n >= 1.0
+    })
+    .await?;
+    let differences = metric(&host, "transferd_shadow_differences_total", &[&version]).await?;
+    assert!(differences >= 1.0, "the refused 150.00 differs");
+
+    admin_post(
+        &host,
+        &format!("/admin/guest/{strict}/canary"),
+        Some(json!({"percent": 30})),
+    )
+    .await?;
+    until_metric(
+        &host,
+        "transferd_guest_canary_share",
+        &[&version],
+        |share| (share - 0.3).abs() < 1e-9,
+    )
+    .await?;
+    Ok(())
+}
+
+/// Uploads a guest; its version.
+async fn upload(host: &Host, file: &std::path::Path) -> anyhow::Result<String> {
+    let uploaded = host
+        .client
+        .put(format!("{}/admin/guest", host.base_url))
+        .bearer_auth(ADMIN_TOKEN)
+        .body(std::fs::read(file)?)
+        .send()
+        .await?;
+    anyhow::ensure!(uploaded.status() == 201, "upload: {}", uploaded.status());
+    Ok(uploaded.json::<serde_json::Value>().await?["version"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string())
+}
+
+/// An admin POST that must answer 200.
+async fn admin_post(
+    host: &Host,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> anyhow::Result<()> {
+    let mut request = host
+        .client
+        .post(format!("{}{path}", host.base_url))
+        .bearer_auth(ADMIN_TOKEN);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let answered = request.send().await?;
+    anyhow::ensure!(
+        answered.status() == 200,
+        "POST {path}: {}",
+        answered.status()
+    );
+    Ok(())
+}

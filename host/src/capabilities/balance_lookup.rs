@@ -37,9 +37,13 @@ pub async fn lookup<B: Backend>(
         .cached_available(account_id, currency, transaction_id)
         .await
     {
-        Ok(Some(available)) => return Ok(Some(available)),
-        Ok(None) => {}
+        Ok(Some(available)) => {
+            counted("cache");
+            return Ok(Some(available));
+        }
+        Ok(None) => counted("ledger_miss"),
         Err(error) => {
+            counted("ledger_fallback");
             tracing::warn!(%error, account_id, currency, "balance cache unavailable; reading the ledger");
             return backend
                 .settled_balance(account_id, currency)
@@ -64,4 +68,9 @@ pub async fn lookup<B: Backend>(
         Ok(Some(available)) => Ok(Some(available)),
         _ => Ok(Some(balance.balance_minor)),
     }
+}
+
+/// Counts a lookup by who answered it.
+fn counted(source: &'static str) {
+    metrics::counter!(crate::metrics::BALANCE_LOOKUPS, "source" => source).increment(1);
 }

@@ -14,6 +14,7 @@ use crate::capabilities::backend::Backend;
 use crate::capabilities::{Publication, PublicationCell, RequestState, guard};
 use crate::guest::bindings::transferd::transfer::publish::{self, PublishError};
 use crate::stores::redis::HoldOutcome;
+use crate::trace::{REQUEST_ID_KAFKA_HEADER, TRACEPARENT_HEADER, TraceContext};
 
 impl publish::Host for RequestState {
     async fn send(
@@ -37,6 +38,7 @@ impl publish::Host for RequestState {
             outgoing,
             amount_minor,
             self.publication.clone(),
+            crate::trace::current(),
         ));
         let answer = delivery
             .await
@@ -57,13 +59,15 @@ enum Kept {
 }
 
 /// Holds, produces, and records what happened in `publication`. `outgoing` passed the guard:
-/// its hold is present, on the sender, and equals `amount_minor`.
+/// its hold is present, on the sender, and equals `amount_minor`. The message carries the
+/// transaction id and, when the request has one, its request id and trace context.
 pub async fn deliver<B: Backend>(
     backend: Arc<B>,
     transaction_id: String,
     outgoing: Outgoing,
     amount_minor: i64,
     publication: PublicationCell,
+    trace: Option<TraceContext>,
 ) -> Result<(), PublishError> {
     let refused = |reason: String| Publication::Refused { reason };
     let kept = match keep(&*backend, &transaction_id, &outgoing, amount_minor).await {
@@ -78,7 +82,12 @@ pub async fn deliver<B: Backend>(
     };
 
     crate::crash::point("after-hold");
-    let headers = [("transaction_id", transaction_id.as_str())];
+    let traceparent = trace.as_ref().map(TraceContext::traceparent);
+    let mut headers = vec![("transaction_id", transaction_id.as_str())];
+    if let (Some(trace), Some(traceparent)) = (&trace, &traceparent) {
+        headers.push((REQUEST_ID_KAFKA_HEADER, trace.request_id.as_str()));
+        headers.push((TRACEPARENT_HEADER, traceparent.as_str()));
+    }
     let produced = backend
         .produce(&outgoing.topic, &outgoing.key, &outgoing.payload, &headers)
         .await;
@@ -97,6 +106,7 @@ pub async fn deliver<B: Backend>(
         Err(error) if error.in_doubt() => {
             // The message may be in the log: the hold stays until the log or the ledger says.
             tracing::warn!(%error, transaction_id, "publish in doubt; keeping the hold");
+            metrics::counter!(crate::metrics::PUBLISHES_IN_DOUBT).increment(1);
             publication.set(Publication::InDoubt {
                 reason: error.to_string(),
             });
@@ -153,6 +163,7 @@ async fn keep<B: Backend>(
         Ok(HoldOutcome::Missing) => Err(PublishError::InsufficientFunds),
         Err(cache_error) => {
             tracing::warn!(%cache_error, transaction_id, "cannot reserve a hold; recording the transfer as pending in the ledger");
+            metrics::counter!(crate::metrics::HOLD_FALLBACKS).increment(1);
             let id = uuid::Uuid::parse_str(transaction_id)
                 .map_err(|error| PublishError::Unavailable(error.to_string()))?;
             backend

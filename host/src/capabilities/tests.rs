@@ -38,6 +38,8 @@ struct State {
     settled: HashMap<Account, i64>,
     pending: HashMap<Uuid, i64>,
     produced: Vec<String>,
+    /// The headers of each message produced, in order.
+    produced_headers: Vec<Vec<(String, String)>>,
 }
 
 struct Fake {
@@ -191,12 +193,18 @@ impl Backend for Fake {
         _topic: &str,
         key: &str,
         _payload: &[u8],
-        _headers: &[(&str, &str)],
+        headers: &[(&str, &str)],
     ) -> Result<Acknowledged, LogError> {
         let broker = *self.broker.lock().expect("the fake's lock");
         match broker {
             Broker::Acknowledges => {
                 self.state().produced.push(key.to_string());
+                self.state().produced_headers.push(
+                    headers
+                        .iter()
+                        .map(|(name, value)| (name.to_string(), value.to_string()))
+                        .collect(),
+                );
                 Ok(Acknowledged {
                     partition: 0,
                     offset: 0,
@@ -238,6 +246,7 @@ async fn publish(
         outgoing(&id.to_string(), 1, amount_minor),
         amount_minor,
         cell.clone(),
+        None,
     )
     .await;
     (id, answer, cell.get())
@@ -357,4 +366,33 @@ async fn an_account_the_ledger_does_not_have_cannot_send() {
         "{answer:?}"
     );
     assert!(fake.state().produced.is_empty());
+}
+
+#[tokio::test]
+async fn a_published_transfer_carries_its_request_id_and_trace() {
+    let fake = Fake::new();
+    fake.state().settled.insert(account(1), 500);
+    let id = Uuid::now_v7();
+    let mut headers = http::HeaderMap::new();
+    headers.insert("x-request-id", http::HeaderValue::from_static("req-7"));
+    let trace = crate::trace::TraceContext::of_request(&headers);
+    let answer = deliver(
+        Arc::clone(&fake),
+        id.to_string(),
+        outgoing(&id.to_string(), 1, 100),
+        100,
+        PublicationCell::default(),
+        Some(trace.clone()),
+    )
+    .await;
+    assert!(answer.is_ok(), "acknowledged: {answer:?}");
+    let sent = fake.state().produced_headers.clone();
+    assert_eq!(
+        sent,
+        vec![vec![
+            ("transaction_id".to_string(), id.to_string()),
+            ("request_id".to_string(), "req-7".to_string()),
+            ("traceparent".to_string(), trace.traceparent()),
+        ]]
+    );
 }

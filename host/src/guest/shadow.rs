@@ -72,9 +72,13 @@ impl ShadowBook {
             .unwrap_or_else(PoisonError::into_inner);
         let stats = book.entry(version.to_string()).or_default();
         stats.runs += 1;
+        metrics::counter!(crate::metrics::SHADOW_RUNS, "version" => version.to_owned())
+            .increment(1);
         if candidate == Some(active) {
             return;
         }
+        metrics::counter!(crate::metrics::SHADOW_DIFFERENCES, "version" => version.to_owned())
+            .increment(1);
         match candidate {
             None => stats.failures += 1,
             Some(_) => stats.differences += 1,

@@ -30,6 +30,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use crate::auth::{Admin, Caller, Gate};
 use crate::capabilities::Capabilities;
@@ -42,6 +43,7 @@ use crate::guest::watch;
 use crate::settlement;
 use crate::shutdown::{self, Signals, StopSignal};
 use crate::stores::idempotency::IdempotencyKeys;
+use crate::trace::TraceContext;
 use error::{ApiError, Reply, json_response};
 
 /// Names the guest version that decided a response.
@@ -125,6 +127,10 @@ pub async fn serve(settings: Serve, mut signals: Signals) -> anyhow::Result<()> 
         registry::follow(registry.clone(), Arc::clone(&engine), Arc::clone(&serving));
     }
     settlement::reconcile::spawn(services, &settings.worker, &capabilities);
+    crate::health::spawn_gauges(
+        Arc::clone(&capabilities),
+        settlement::reconcile::position(services, &capabilities)?,
+    );
 
     let (stop_handle, stop) = shutdown::stop_channel();
     let mut worker = settings.run_worker.then(|| {
@@ -528,7 +534,29 @@ async fn admin_route(
     }
 }
 
+/// Serves one request under its trace context: the caller's request id and trace, or minted
+/// ones, on every log line it writes, on the message it publishes, and (the request id) on
+/// the answer.
 async fn route(app: &Arc<App>, request: Request<Incoming>) -> Reply {
+    let mut trace = TraceContext::of_request(request.headers());
+    let span = tracing::info_span!(
+        "request",
+        request_id = %trace.request_id,
+        trace_id = tracing::field::Empty,
+    );
+    crate::otel::adopt(&span, &mut trace);
+    span.record("trace_id", tracing::field::display(trace.trace_id_hex()));
+    let request_id = http::HeaderValue::from_str(&trace.request_id).ok();
+    let mut response = crate::trace::scope(trace, routed(app, request).instrument(span)).await;
+    if let Some(request_id) = request_id {
+        response
+            .headers_mut()
+            .insert(crate::trace::REQUEST_ID_HEADER, request_id);
+    }
+    response
+}
+
+async fn routed(app: &Arc<App>, request: Request<Incoming>) -> Reply {
     let started = std::time::Instant::now();
     let (parts, body) = request.into_parts();
     let segments: Vec<&str> = parts.uri.path().trim_matches('/').split('/').collect();

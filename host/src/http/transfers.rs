@@ -58,11 +58,11 @@ pub async fn create(
     let task_app = Arc::clone(app);
     let principal = caller.principal();
     app.decisions
-        .spawn(async move {
+        .spawn(crate::trace::carried(async move {
             let decided = decide(&task_app, transaction_id, principal, request).await;
             let reply = decided.unwrap_or_else(ApiError::into_response);
             Ok(idempotency::finish(&task_app, held, reply).await)
-        })
+        }))
         .await
         .map_err(|error| ApiError::Internal(format!("the transfer task failed: {error}")))?
 }

@@ -20,6 +20,9 @@ pub struct TransferMessage {
     #[serde(default)]
     pub description: Option<String>,
     pub created_at_ms: i64,
+    /// The accepting request's id and trace, from the message's headers (not its payload).
+    #[serde(skip)]
+    pub trace: Option<crate::trace::TraceContext>,
 }
 
 impl TransferMessage {
@@ -181,6 +184,7 @@ mod tests {
             currency: "USD".into(),
             description: None,
             created_at_ms: 0,
+            trace: None,
         }
     }
 

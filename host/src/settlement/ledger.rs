@@ -211,6 +211,8 @@ impl Settlements {
                 currency,
                 description,
                 created_at_ms: created_ms,
+                // Not kept in the ledger: a recovered transfer's event carries no trace.
+                trace: None,
             });
             transfers.push(SettledTransfer {
                 transaction_id: id,

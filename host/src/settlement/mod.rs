@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::message::{Headers, Message, OwnedMessage};
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::json;
 
@@ -30,6 +30,7 @@ use crate::stores::kafka::{
 };
 use crate::stores::log_position::partitions;
 use crate::stores::redis::{SettledBalance, SettledHold};
+use crate::trace::{REQUEST_ID_KAFKA_HEADER, TRACEPARENT_HEADER, TraceContext};
 use decide::TransferMessage;
 use ledger::{Advance, MAX_EFFECTS_PER_STEP, Offsets, SettleError, SettledBatch, Settlements};
 use ownership::Ownership;
@@ -184,7 +185,11 @@ impl TopicWorker<'_> {
                 }
                 last_check = Instant::now();
             }
-            let Some(batch) = next else { continue };
+            let Some(batch) = next else {
+                // Idle: nothing accepted is waiting.
+                metrics::gauge!(crate::metrics::SETTLEMENT_LAG_SECONDS).set(0.0);
+                continue;
+            };
             let advance = advance_of(self.topic, &positions, &batch);
             let messages = parse_batch(&batch);
             if let Some(ended) = settle_batch(
@@ -297,10 +302,49 @@ async fn settle_batch(
         Some(Ok(settled)) => settled,
     };
     crate::crash::point("after-ledger-commit");
+    count_settled(messages, &settled);
     if !run_effects(capabilities, settlements, messages, &settled, stop).await {
         return Some(Ended::Stop);
     }
     None
+}
+
+/// The settlement metrics of a committed batch: its size, what it newly applied, and how old
+/// its oldest transfer was (time from acceptance to commit).
+fn count_settled(messages: &[TransferMessage], settled: &SettledBatch) {
+    use crate::metrics::{SETTLED, SETTLEMENT_BATCH, SETTLEMENT_LAG_SECONDS};
+    metrics::histogram!(SETTLEMENT_BATCH).record(messages.len() as f64);
+    for (message, transfer) in messages.iter().zip(&settled.transfers) {
+        if !transfer.newly_applied {
+            continue;
+        }
+        metrics::counter!(SETTLED, "status" => transfer.outcome.status()).increment(1);
+        let trace = message.trace.as_ref();
+        // A span of its own only when exported: it joins the accepting request's trace.
+        let span = match trace {
+            Some(trace) if crate::otel::enabled() => {
+                let span = tracing::info_span!("settle", transaction_id = %message.transaction_id);
+                crate::otel::follow(&span, trace);
+                span
+            }
+            _ => tracing::Span::none(),
+        };
+        span.in_scope(|| {
+            tracing::info!(
+                transaction_id = %message.transaction_id,
+                status = transfer.outcome.status(),
+                reason = transfer.outcome.reason(),
+                request_id = trace.map(|t| t.request_id.as_str()),
+                trace_id = trace.map(TraceContext::trace_id_hex),
+                "settled"
+            );
+        });
+    }
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    if let Some(oldest_ms) = messages.iter().map(|m| m.created_at_ms).min() {
+        let age_s = (now_ms.saturating_sub(oldest_ms)).max(0) as f64 / 1000.0;
+        metrics::gauge!(SETTLEMENT_LAG_SECONDS).set(age_s);
+    }
 }
 
 /// Runs the effects a previous owner of the topic recorded and did not finish. False when
@@ -439,7 +483,10 @@ fn parse_batch(batch: &[OwnedMessage]) -> Vec<TransferMessage> {
         .iter()
         .filter_map(
             |message| match TransferMessage::parse(message.payload().unwrap_or_default()) {
-                Ok(parsed) => Some(parsed),
+                Ok(mut parsed) => {
+                    parsed.trace = trace_of(message);
+                    Some(parsed)
+                }
                 Err(error) => {
                     tracing::error!(
                         %error,
@@ -452,6 +499,19 @@ fn parse_batch(batch: &[OwnedMessage]) -> Vec<TransferMessage> {
             },
         )
         .collect()
+}
+
+/// The request id and trace context a message's headers carry, if any.
+fn trace_of(message: &OwnedMessage) -> Option<TraceContext> {
+    let headers = message.headers()?;
+    let text = |name: &str| {
+        headers
+            .iter()
+            .find(|header| header.key == name)
+            .and_then(|header| header.value)
+            .and_then(|value| std::str::from_utf8(value).ok())
+    };
+    TraceContext::of_message(text(REQUEST_ID_KAFKA_HEADER), text(TRACEPARENT_HEADER))
 }
 
 /// New balances first, holds released in the same atomic step: available never counts a
@@ -512,9 +572,22 @@ async fn emit_events(
             )
         })
         .collect();
-    let headers: Vec<[(&str, &str); 1]> = events
+    // The event continues the accepting request's trace: same request id, same trace id.
+    let traceparents: Vec<Option<String>> = messages
         .iter()
-        .map(|(transaction_id, _)| [("transaction_id", transaction_id.as_str())])
+        .map(|message| message.trace.as_ref().map(TraceContext::traceparent))
+        .collect();
+    let headers: Vec<Vec<(&str, &str)>> = events
+        .iter()
+        .zip(messages.iter().zip(&traceparents))
+        .map(|((transaction_id, _), (message, traceparent))| {
+            let mut headers = vec![("transaction_id", transaction_id.as_str())];
+            if let (Some(trace), Some(traceparent)) = (&message.trace, traceparent) {
+                headers.push((REQUEST_ID_KAFKA_HEADER, trace.request_id.as_str()));
+                headers.push((TRACEPARENT_HEADER, traceparent.as_str()));
+            }
+            headers
+        })
         .collect();
     let deliveries = events
         .iter()

@@ -167,6 +167,27 @@ impl Position {
     }
 }
 
+impl Position {
+    /// Messages in the log past settlement's position, over every partition. A position past
+    /// the log's end (the broker lost its log) counts that partition's whole new log.
+    pub async fn lag_messages(&self) -> Result<u64, ReconcileError> {
+        let ends = self.log.end_offsets().await?;
+        let positions = self.settlements.read_positions(&self.topic).await?;
+        Ok(ends
+            .iter()
+            .map(|(partition, end)| {
+                let position = positions.get(partition).copied().unwrap_or(0);
+                let unread = if position > *end {
+                    *end
+                } else {
+                    end - position
+                };
+                u64::try_from(unread).unwrap_or(0)
+            })
+            .sum())
+    }
+}
+
 /// The transfer log's position and settlement's.
 pub fn position(
     services: &Services,

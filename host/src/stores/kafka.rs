@@ -288,7 +288,15 @@ impl TransferLog {
         // queue_timeout bounds the wait for room in the local queue; message.timeout.ms bounds
         // the wait for the acknowledgement.
         let (generation, producer) = self.current_producer();
-        match producer.send(record, self.timeout).await {
+        let started = std::time::Instant::now();
+        let sent = producer.send(record, self.timeout).await;
+        metrics::histogram!(crate::metrics::KAFKA_PRODUCE_DURATION, "topic" => logical_topic.to_owned())
+            .record(started.elapsed().as_secs_f64());
+        let failure = |kind: &'static str| {
+            metrics::counter!(crate::metrics::KAFKA_PRODUCE_ERRORS, "topic" => logical_topic.to_owned(), "kind" => kind)
+                .increment(1);
+        };
+        match sent {
             Ok(delivery) => Ok(Acknowledged {
                 partition: delivery.partition,
                 offset: delivery.offset,
@@ -300,10 +308,13 @@ impl TransferLog {
                     self.replace_producer(generation, &error.to_string());
                 }
                 if is_unknown_topic(&error) {
+                    failure("unknown_topic");
                     Err(ProduceFailure::UnknownTopic(error.to_string()))
                 } else if certainly_not_sent(&error) {
+                    failure("not_sent");
                     Err(ProduceFailure::Failed(LogError::NotSent(error.to_string())))
                 } else {
+                    failure("in_doubt");
                     Err(ProduceFailure::Failed(LogError::InDoubt(error.to_string())))
                 }
             }

@@ -42,6 +42,8 @@ pub struct ServingGuest {
 
 impl ServingGuest {
     pub fn new(guest: Guest) -> ServingGuest {
+        metrics::gauge!(crate::metrics::GUEST_ACTIVE, "version" => guest.version().to_owned())
+            .set(1.0);
         ServingGuest {
             current: RwLock::new(Arc::new(Serving {
                 active: Arc::new(guest),
@@ -67,6 +69,21 @@ impl ServingGuest {
         if current.active.version() != serving.active.version() {
             metrics::counter!(crate::metrics::GUEST_SWAPS).increment(1);
         }
+        gauge_versions(&current, &serving);
         *current = Arc::new(serving);
+    }
+}
+
+/// The active-version and canary-share gauges, moved from what was served to what will be.
+fn gauge_versions(before: &Serving, after: &Serving) {
+    use crate::metrics::{CANARY_SHARE, GUEST_ACTIVE};
+    metrics::gauge!(GUEST_ACTIVE, "version" => before.active.version().to_owned()).set(0.0);
+    metrics::gauge!(GUEST_ACTIVE, "version" => after.active.version().to_owned()).set(1.0);
+    if let Some((candidate, _)) = &before.candidate {
+        metrics::gauge!(CANARY_SHARE, "version" => candidate.version().to_owned()).set(0.0);
+    }
+    if let Some((candidate, CandidateMode::Canary { percent })) = &after.candidate {
+        metrics::gauge!(CANARY_SHARE, "version" => candidate.version().to_owned())
+            .set(f64::from(*percent) / 100.0);
     }
 }

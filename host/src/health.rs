@@ -1,0 +1,146 @@
+//! What the dependencies and the money in flight look like from here: the probes behind
+//! `/readyz`, and the gauges that need asking (dependency up/down, holds outstanding,
+//! settlement lag), refreshed by one background task every [`GAUGE_INTERVAL`].
+//!
+//! The gauges are read off the stores rather than counted as events, so a replica that
+//! restarts, or one that settles nothing itself, reports the same figures as its peers.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::capabilities::Capabilities;
+use crate::metrics::{
+    DEPENDENCY_UP, HOLDS_OUTSTANDING, HOLDS_OUTSTANDING_MINOR, SETTLEMENT_LAG_MESSAGES,
+};
+use crate::settlement::reconcile::Position;
+
+/// Longest wait for one dependency's answer.
+pub const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// How often the gauges are refreshed.
+const GAUGE_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Most holds counted per refresh; past it the gauges say at least this many.
+const MAX_HOLDS_COUNTED: usize = 100_000;
+
+/// One dependency's answer to a probe.
+#[derive(Debug, Clone)]
+pub struct Probe {
+    pub ready: bool,
+    /// What it answered, or why it is not ready.
+    pub detail: String,
+}
+
+/// The answers of PostgreSQL (with the migrations applied), Redis and the broker.
+pub struct Dependencies {
+    pub postgres: Probe,
+    pub redis: Probe,
+    pub broker: Probe,
+}
+
+/// Asks every dependency at once, each within [`PROBE_TIMEOUT`], and sets their gauges.
+pub async fn probe_dependencies(capabilities: &Capabilities) -> Dependencies {
+    let (postgres, redis, broker) = tokio::join!(
+        probe(async {
+            match capabilities.ledger.unapplied_migrations().await {
+                Ok(0) => Ok("migrations applied".to_string()),
+                Ok(missing) => Err(format!("{missing} migrations not applied")),
+                Err(error) => Err(error.to_string()),
+            }
+        }),
+        probe(async {
+            capabilities
+                .cache
+                .ping()
+                .await
+                .map(|()| "answers".to_string())
+                .map_err(|error| error.to_string())
+        }),
+        probe(async {
+            capabilities
+                .log
+                .reachable(PROBE_TIMEOUT)
+                .await
+                .map(|()| "answers, topic present".to_string())
+                .map_err(|error| error.to_string())
+        }),
+    );
+    for (name, probe) in [
+        ("postgres", &postgres),
+        ("redis", &redis),
+        ("broker", &broker),
+    ] {
+        metrics::gauge!(DEPENDENCY_UP, "dependency" => name).set(if probe.ready {
+            1.0
+        } else {
+            0.0
+        });
+    }
+    Dependencies {
+        postgres,
+        redis,
+        broker,
+    }
+}
+
+/// Runs one probe within [`PROBE_TIMEOUT`].
+async fn probe(asked: impl Future<Output = Result<String, String>>) -> Probe {
+    match tokio::time::timeout(PROBE_TIMEOUT, asked).await {
+        Ok(Ok(detail)) => Probe {
+            ready: true,
+            detail,
+        },
+        Ok(Err(reason)) => Probe {
+            ready: false,
+            detail: reason,
+        },
+        Err(_) => Probe {
+            ready: false,
+            detail: format!("no answer within {} ms", PROBE_TIMEOUT.as_millis()),
+        },
+    }
+}
+
+/// Refreshes the gauges every [`GAUGE_INTERVAL`] for the life of the process. A gauge whose
+/// store cannot be asked keeps its last value (its dependency's gauge says why).
+pub fn spawn_gauges(capabilities: Arc<Capabilities>, position: Position) {
+    tokio::spawn(async move {
+        let mut currencies_held = BTreeSet::new();
+        loop {
+            probe_dependencies(&capabilities).await;
+            gauge_holds(&capabilities, &mut currencies_held).await;
+            gauge_lag(&position).await;
+            tokio::time::sleep(GAUGE_INTERVAL).await;
+        }
+    });
+}
+
+/// Holds outstanding: how many, and how much per currency (0 for a currency held before and
+/// not now, so its gauge does not keep an old figure).
+async fn gauge_holds(capabilities: &Capabilities, currencies_held: &mut BTreeSet<String>) {
+    let Ok(held) = capabilities.cache.held_transfers(MAX_HOLDS_COUNTED).await else {
+        return;
+    };
+    let mut minor_by_currency: BTreeMap<String, i64> = currencies_held
+        .iter()
+        .map(|currency| (currency.clone(), 0))
+        .collect();
+    for hold in &held {
+        let total = minor_by_currency.entry(hold.currency.clone()).or_default();
+        *total = total.saturating_add(hold.amount_minor);
+    }
+    metrics::gauge!(HOLDS_OUTSTANDING).set(held.len() as f64);
+    for (currency, minor) in minor_by_currency {
+        metrics::gauge!(HOLDS_OUTSTANDING_MINOR, "currency" => currency.clone()).set(minor as f64);
+        currencies_held.insert(currency);
+    }
+}
+
+/// Messages written to the transfer log and not settled yet.
+async fn gauge_lag(position: &Position) {
+    if let Ok(lag) = position.lag_messages().await {
+        metrics::gauge!(SETTLEMENT_LAG_MESSAGES).set(lag as f64);
+    }
+}
