@@ -57,6 +57,9 @@ cargo run --release --quiet -p transferd-guest --example vectors -- tests/vector
 "$TRANSFERD_ROOT/tests/jco/install.sh" >/dev/null
 node tests/jco/run.mjs
 
+log "installing the browser tests' chromium and npm packages (the status page test)"
+"$TRANSFERD_ROOT/tests/browser/install.sh"
+
 log "running the tests"
 output="$TRANSFERD_STATE_DIR/test-output.txt"
 cargo test --release --workspace --lib --bins --tests "$@" 2>&1 | tee "$output"

@@ -236,7 +236,7 @@ async fn shadow_runs_and_canary_share_are_measured() -> anyhow::Result<()> {
     let active = metric(&host, "transferd_guest_active_info", &[]).await?;
     assert_eq!(active, 1.0, "one version is active");
 
-    let strict = upload(&host, &strict_guest_file()).await?;
+    let strict = host.upload_guest(&strict_guest_file()).await?;
     admin_post(&host, &format!("/admin/guest/{strict}/shadow"), None).await?;
     // Once the replica serves the shadow, a 150.00 transfer: accepted, and the strict
     // candidate would refuse it (a difference).
@@ -269,22 +269,6 @@ async fn shadow_runs_and_canary_share_are_measured() -> anyhow::Result<()> {
     )
     .await?;
     Ok(())
-}
-
-/// Uploads a guest; its version.
-async fn upload(host: &Host, file: &std::path::Path) -> anyhow::Result<String> {
-    let uploaded = host
-        .client
-        .put(format!("{}/admin/guest", host.base_url))
-        .bearer_auth(ADMIN_TOKEN)
-        .body(std::fs::read(file)?)
-        .send()
-        .await?;
-    anyhow::ensure!(uploaded.status() == 201, "upload: {}", uploaded.status());
-    Ok(uploaded.json::<serde_json::Value>().await?["version"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string())
 }
 
 /// An admin POST that must answer 200.

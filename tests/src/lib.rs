@@ -539,6 +539,23 @@ impl Host {
         self.post_json("/transfers", &body.to_string()).await
     }
 
+    /// Uploads a guest component as the static admin; its version. Fails unless stored (201).
+    pub async fn upload_guest(&self, file: &Path) -> anyhow::Result<String> {
+        let uploaded = self
+            .client
+            .put(format!("{}/admin/guest", self.base_url))
+            .bearer_auth(ADMIN_TOKEN)
+            .body(std::fs::read(file)?)
+            .send()
+            .await?;
+        anyhow::ensure!(uploaded.status() == 201, "upload: {}", uploaded.status());
+        let version = uploaded.json::<Value>().await?["version"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        Ok(version)
+    }
+
     /// Funds an account through the admin API; fails the test if it is refused.
     pub async fn deposit(
         &self,

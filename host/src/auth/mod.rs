@@ -145,9 +145,12 @@ impl Gate {
         Ok(Caller::User(verifier.verify(token).inspect_err(refused)?))
     }
 
-    /// The caller of an admin route: the static admin token, or a JWT with the admin role.
+    /// The caller of an admin route: the static admin token, or a JWT with the admin role,
+    /// as a bearer token or as the password of HTTP Basic credentials (what a browser sends
+    /// for the status page).
     pub fn admin(&self, headers: &HeaderMap) -> Result<Admin, AuthError> {
-        let token = bearer(headers)?;
+        let credential = admin_credential(headers)?;
+        let token = credential.as_str();
         if let Some(expected) = &self.admin_token
             && bool::from(token.as_bytes().ct_eq(expected.expose().as_bytes()))
         {
@@ -173,6 +176,33 @@ fn refused(error: &TokenError) {
 
 /// The token of the one `Authorization: Bearer <token>` header (the scheme in any case).
 fn bearer(headers: &HeaderMap) -> Result<&str, AuthError> {
+    let (scheme, token) = authorization(headers)?;
+    if !scheme.eq_ignore_ascii_case("bearer") || token.contains(' ') {
+        return Err(AuthError::Malformed);
+    }
+    Ok(token)
+}
+
+/// An admin's token: a bearer token, or the password of `Basic` credentials (base64 of
+/// `user:password`; the user name is ignored).
+fn admin_credential(headers: &HeaderMap) -> Result<String, AuthError> {
+    use base64::Engine as _;
+    let (scheme, value) = authorization(headers)?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return bearer(headers).map(str::to_owned);
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(value)
+        .map_err(|_| AuthError::Malformed)?;
+    let pair = String::from_utf8(decoded).map_err(|_| AuthError::Malformed)?;
+    match pair.split_once(':') {
+        Some((_user, password)) if !password.is_empty() => Ok(password.to_owned()),
+        _ => Err(AuthError::Malformed),
+    }
+}
+
+/// The scheme and the rest of the one `Authorization` header.
+fn authorization(headers: &HeaderMap) -> Result<(&str, &str), AuthError> {
     let mut values = headers.get_all(header::AUTHORIZATION).iter();
     let (Some(value), None) = (values.next(), values.next()) else {
         return match headers.contains_key(header::AUTHORIZATION) {
@@ -181,12 +211,12 @@ fn bearer(headers: &HeaderMap) -> Result<&str, AuthError> {
         };
     };
     let value = value.to_str().map_err(|_| AuthError::Malformed)?;
-    let (scheme, token) = value.split_once(' ').ok_or(AuthError::Malformed)?;
-    let token = token.trim();
-    if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() || token.contains(' ') {
+    let (scheme, rest) = value.split_once(' ').ok_or(AuthError::Malformed)?;
+    let rest = rest.trim();
+    if rest.is_empty() {
         return Err(AuthError::Malformed);
     }
-    Ok(token)
+    Ok((scheme, rest))
 }
 
 #[cfg(test)]
@@ -312,6 +342,39 @@ mod tests {
             without_static.admin(&bearer_of(ADMIN_TOKEN)),
             Err(AuthError::Token(_))
         ));
+    }
+
+    fn basic(user_and_password: &str) -> HeaderMap {
+        use base64::Engine as _;
+        let encoded = base64::engine::general_purpose::STANDARD.encode(user_and_password);
+        headers(&[&format!("Basic {encoded}")])
+    }
+
+    #[test]
+    fn an_admin_may_log_in_with_basic_credentials_whose_password_is_an_admin_token() {
+        let gate = gate(AuthMode::Jwt, Some(ADMIN_TOKEN));
+        let with_static = basic(&format!("anyone:{ADMIN_TOKEN}"));
+        assert_eq!(gate.admin(&with_static), Ok(Admin::StaticToken));
+        let with_jwt = basic(&format!("admin:{}", token(9, true)));
+        assert_eq!(gate.admin(&with_jwt), Ok(Admin::User(9)));
+        assert_eq!(
+            gate.admin(&basic(&format!("u:{}", token(9, false)))),
+            Err(AuthError::NotAdmin)
+        );
+        assert!(matches!(
+            gate.admin(&basic("admin:static-admin-token-0124")),
+            Err(AuthError::Token(_))
+        ));
+        for wrong in [
+            headers(&["Basic not-base64!"]),
+            basic("no-colon"),
+            basic("user:"),
+            headers(&["Basic "]),
+        ] {
+            assert_eq!(gate.admin(&wrong), Err(AuthError::Malformed));
+        }
+        // Basic is for /admin only: a user route still needs a bearer token.
+        assert_eq!(gate.caller(&with_jwt), Err(AuthError::Malformed));
     }
 
     #[test]

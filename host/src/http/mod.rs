@@ -15,6 +15,7 @@ mod idempotency;
 mod openapi;
 mod rate_limit;
 mod ready;
+mod status;
 mod transfers;
 
 use std::convert::Infallible;
@@ -300,6 +301,7 @@ impl Route<'_> {
             Route::User(UserRoute::ShowTransfer(_)) => "show_transfer",
             Route::User(UserRoute::Balances(_)) => "balances",
             Route::Admin(AdminRoute::Deposit) => "deposit",
+            Route::Admin(AdminRoute::StatusPage | AdminRoute::StatusScript) => "admin_status",
             Route::Admin(_) => "admin_guest",
         }
     }
@@ -340,6 +342,8 @@ enum AdminRoute<'a> {
     GuestShadowStats(&'a str),
     GuestEndCandidate,
     Deposit,
+    StatusPage,
+    StatusScript,
 }
 
 /// The limits every connection is served under.
@@ -390,6 +394,7 @@ fn allowed(segments: &[&str]) -> Option<&'static str> {
         | ["metrics"]
         | ["openapi.json"] => "GET, HEAD",
         ["admin", "guest"] => "GET, HEAD, PUT",
+        ["admin", "status" | "status.js"] => "GET, HEAD",
         ["admin", "guest", "rollback"] => "POST",
         ["admin", "guest", "candidate"] => "DELETE",
         ["admin", "guest", _, "shadow"] => "GET, HEAD, POST",
@@ -431,6 +436,8 @@ fn resolve<'a>(method: &Method, segments: &[&'a str]) -> Result<Route<'a>, ApiEr
             Route::Admin(AdminRoute::GuestEndCandidate)
         }
         ["admin", "deposits"] if post => Route::Admin(AdminRoute::Deposit),
+        ["admin", "status"] if get => Route::Admin(AdminRoute::StatusPage),
+        ["admin", "status.js"] if get => Route::Admin(AdminRoute::StatusScript),
         _ => {
             return Err(match allowed(segments) {
                 Some(allow) => ApiError::MethodNotAllowed { allow },
@@ -492,7 +499,14 @@ async fn handle(
             user_route(app, &caller, route, headers, body).await
         }
         Route::Admin(route) => {
-            let admin = app.gate.admin(headers).inspect_err(count_refusal)?;
+            let admin = match app.gate.admin(headers).inspect_err(count_refusal) {
+                Ok(admin) => admin,
+                // The status page is opened by a browser: ask it for credentials.
+                Err(error) if matches!(route, AdminRoute::StatusPage) => {
+                    return Ok(status::refused(error));
+                }
+                Err(error) => return Err(error.into()),
+            };
             admin_route(app, &admin, route, headers, body).await
         }
     }
@@ -531,6 +545,8 @@ async fn admin_route(
         AdminRoute::GuestShadowStats(version) => admin_guest::shadow_stats(app, version),
         AdminRoute::GuestEndCandidate => admin_guest::end_candidate(app, admin).await,
         AdminRoute::Deposit => admin::deposit(app, admin, headers, body).await,
+        AdminRoute::StatusPage => Ok(status::page()),
+        AdminRoute::StatusScript => Ok(status::script()),
     }
 }
 

@@ -41,6 +41,8 @@ use crate::http::error::Reply;
         guest_shadow,
         guest_shadow_report,
         guest_end_candidate,
+        status_page,
+        status_script,
     ),
     components(schemas(ErrorBody, OutcomeUnknown, Problem, ErrorCode)),
     modifiers(&BearerScheme),
@@ -207,6 +209,35 @@ fn document() {}
 )]
 #[allow(dead_code)]
 fn deposit() {}
+
+#[utoipa::path(
+    get, path = "/admin/status", tag = "admin",
+    summary = "The on-call status page (HTML, refreshes itself)",
+    description = "Besides a bearer token, takes HTTP Basic credentials whose password is an admin token (any user name), so a browser can open it; a refusal then carries a `Basic` challenge too.",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The page", content_type = "text/html"),
+        (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody),
+        (status = 503, body = ErrorBody),
+    ),
+)]
+#[allow(dead_code)]
+fn status_page() {}
+
+#[utoipa::path(
+    get, path = "/admin/status.js", tag = "admin",
+    summary = "The status page's script",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "JavaScript", content_type = "text/javascript"),
+        (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody),
+        (status = 503, body = ErrorBody),
+    ),
+)]
+#[allow(dead_code)]
+fn status_script() {}
 
 #[utoipa::path(
     get, path = "/admin/guest", tag = "admin",
