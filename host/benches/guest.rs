@@ -49,6 +49,7 @@ async fn main() -> anyhow::Result<()> {
         timeout: Duration::from_secs(5),
         memory_bytes: 64 * 1024 * 1024,
         concurrency: 16,
+        reuse_count: 1,
         compiled_cache: None,
     })?);
     let guest = engine.load_file(&guest_file)?;

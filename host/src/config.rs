@@ -314,6 +314,12 @@ pub struct Serve {
     /// Guest calls that may run at once; further requests wait for a slot.
     #[arg(long, env = "TRANSFERD_GUEST_CONCURRENCY", default_value_t = 256)]
     pub guest_concurrency: u32,
+
+    /// Decisions one guest instance may make before it is dropped: 1 instantiates afresh for
+    /// every request; more keeps instances between requests (the host's per-request state is
+    /// reset each time; the guest's own memory is not).
+    #[arg(long, env = "TRANSFERD_GUEST_REUSE_COUNT", default_value_t = 1)]
+    pub guest_reuse_count: u32,
 }
 
 impl Serve {
@@ -378,6 +384,10 @@ impl Serve {
         anyhow::ensure!(
             (1..=10_000).contains(&self.guest_concurrency),
             "TRANSFERD_GUEST_CONCURRENCY must be 1..=10000"
+        );
+        anyhow::ensure!(
+            (1..=1_000_000).contains(&self.guest_reuse_count),
+            "TRANSFERD_GUEST_REUSE_COUNT must be 1..=1000000"
         );
         if let Some(token) = &self.admin_token {
             anyhow::ensure!(

@@ -22,6 +22,9 @@ pub const GUEST_DURATION: &str = "transferd_guest_call_duration_seconds";
 pub const IDEMPOTENT_REPLAYS: &str = "transferd_idempotent_replays_total";
 /// Refused bearer tokens, by `reason` (the RFC 6750 error code).
 pub const AUTH_FAILURES: &str = "transferd_auth_failures_total";
+/// Guest instances created, by `version`: one per call with the default reuse count of 1,
+/// fewer with `TRANSFERD_GUEST_REUSE_COUNT` above 1.
+pub const GUEST_INSTANCES: &str = "transferd_guest_instances_created_total";
 /// Times this replica started serving another active guest version.
 pub const GUEST_SWAPS: &str = "transferd_guest_swaps_total";
 

@@ -209,6 +209,7 @@ fn the_wasm_guest_decides_generated_bodies_as_the_native_logic_does() -> anyhow:
         timeout: Duration::from_secs(10),
         memory_bytes: 64 << 20,
         concurrency: 1,
+        reuse_count: 1,
         compiled_cache: None,
     })?);
     let guest = engine.load_file(&guest_file())?;

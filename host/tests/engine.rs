@@ -89,6 +89,7 @@ async fn two_guests_on_one_engine_share_its_instance_pool() -> anyhow::Result<()
         timeout: Duration::from_secs(10),
         memory_bytes: 64 << 20,
         concurrency: 1,
+        reuse_count: 1,
         compiled_cache: None,
     })?);
     // Two versions in service at once, as during a canary or a swap.

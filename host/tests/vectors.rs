@@ -31,6 +31,7 @@ fn load_guest() -> anyhow::Result<Guest> {
         timeout: Duration::from_secs(10),
         memory_bytes: 64 << 20,
         concurrency: 4,
+        reuse_count: 1,
         compiled_cache: None,
     })?);
     Ok(engine.load_file(&guest_file())?)

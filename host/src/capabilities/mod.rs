@@ -161,6 +161,26 @@ impl RequestState {
     }
 }
 
+impl RequestState {
+    /// Readies a kept instance's data for its next call: what the call may act on is the new
+    /// request's, and what a call did (its publishes, its violation, the answers) starts empty.
+    /// The WASI context and its resource table stay: they belong to the instance, whose
+    /// handles into them live on in its memory.
+    pub fn begin(
+        &mut self,
+        capabilities: Arc<Capabilities>,
+        expected: guard::Expected,
+        publication: PublicationCell,
+    ) {
+        self.capabilities = capabilities;
+        self.expected = expected;
+        self.publishes = 0;
+        self.publication = publication;
+        self.violation = None;
+        self.answers = RecordedAnswers::default();
+    }
+}
+
 impl WasiView for RequestState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         WasiCtxView {

@@ -30,6 +30,15 @@ pub struct ReplayState {
 }
 
 impl ReplayState {
+    /// Readies a kept instance's data for its next replayed call (see `RequestState::begin`).
+    pub fn begin(&mut self, replay: Replay, expected: Expected) {
+        self.replay = replay;
+        self.expected = expected;
+        self.publishes = 0;
+        self.published_minor = None;
+        self.violation = None;
+    }
+
     pub fn new(replay: Replay, expected: Expected, limits: StoreLimits) -> ReplayState {
         ReplayState {
             replay,

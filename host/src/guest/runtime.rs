@@ -1,15 +1,22 @@
-//! Runs the guest: one engine, one pre-instantiated component, a fresh store per request.
+//! Runs the guest: one engine, one pre-instantiated component, a store per instance.
 //!
-//! A fresh store per request means no state leaks from one transfer into the next, and a trap
-//! poisons nothing but its own request. The store is dropped after the response is decided,
-//! on a spawned task, so its teardown stays off the request path.
+//! By default (`reuse_count` 1) every request gets a fresh instance: no guest state survives
+//! from one transfer into the next, and a trap poisons nothing but its own request. With a
+//! reuse count above 1 an instance that finished its call normally is kept for up to that many
+//! calls, as `wasmtime serve` does: the host's per-request state in the store is reset before
+//! each call (`RequestState::begin`), an instance that trapped, timed out or broke a host check
+//! is never kept, and the guest's own memory does persist (a guest must keep no state; the
+//! host checks every publish against the request that made it, so state cannot move money).
+//! A store is dropped on a spawned task, so its teardown stays off the request path.
 //!
 //! The engine owns one budget of instance-pool slots for every guest it loaded: the active
 //! version, a canary or shadow, vector runs and an old version finishing during a swap all
-//! draw from the same pool, so they share one semaphore of its size.
+//! draw from the same pool. A running call holds a slot; a kept instance holds a place of the
+//! idle budget instead, so kept instances never stop a call from starting.
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
@@ -50,6 +57,85 @@ impl LimitedState for ReplayState {
     fn limits(&mut self) -> &mut StoreLimits {
         &mut self.limits
     }
+}
+
+/// Store data that a call starts from: built for a fresh instance, or reset on a kept one.
+pub trait CallState: LimitedState + Sized {
+    /// What one call brings (its request, and what its imports answer with).
+    type Call;
+    fn for_call(call: Self::Call, limits: StoreLimits) -> Self;
+    fn begin(&mut self, call: Self::Call);
+}
+
+impl CallState for RequestState {
+    type Call = (Arc<Capabilities>, Expected, PublicationCell);
+    fn for_call((capabilities, expected, publication): Self::Call, limits: StoreLimits) -> Self {
+        RequestState::new(capabilities, expected, publication, limits)
+    }
+    fn begin(&mut self, (capabilities, expected, publication): Self::Call) {
+        RequestState::begin(self, capabilities, expected, publication);
+    }
+}
+
+impl CallState for ReplayState {
+    type Call = (Replay, Expected);
+    fn for_call((replay, expected): Self::Call, limits: StoreLimits) -> Self {
+        ReplayState::new(replay, expected, limits)
+    }
+    fn begin(&mut self, (replay, expected): Self::Call) {
+        ReplayState::begin(self, replay, expected);
+    }
+}
+
+/// How one call ended, before the host reads what it left in its store.
+enum Ran {
+    Decided(Result<Accepted, Rejection>),
+    Trapped(wasmtime::Error),
+    TimedOut,
+}
+
+/// An instance kept for its next call, holding a place of the idle budget.
+struct Kept<T: 'static> {
+    store: Store<T>,
+    instance: TransferLogic,
+    calls: u32,
+    _idle: OwnedSemaphorePermit,
+}
+
+/// A guest's kept instances of one kind of store.
+struct KeptInstances<T: 'static> {
+    idle: Mutex<Vec<Kept<T>>>,
+}
+
+impl<T> KeptInstances<T> {
+    fn new() -> KeptInstances<T> {
+        KeptInstances {
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn take(&self) -> Option<Kept<T>> {
+        self.idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop()
+    }
+
+    fn keep(&self, kept: Kept<T>) {
+        self.idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(kept);
+    }
+}
+
+/// Drops a store, then gives its slot back, on a task of its own: the instance is back in the
+/// pool before anyone else may take its place.
+fn drop_later<T: Send + 'static>(store: Store<T>, slot: OwnedSemaphorePermit) {
+    tokio::spawn(async move {
+        drop(store);
+        drop(slot);
+    });
 }
 
 /// What one live call came to: the guest's answer (or why there is none), what its publish
@@ -98,6 +184,8 @@ pub struct GuestLimits {
     pub timeout: Duration,
     pub memory_bytes: usize,
     pub concurrency: u32,
+    /// Calls one instance may serve before it is dropped; 1: a fresh instance every call.
+    pub reuse_count: u32,
     /// Where compiled guests are kept between runs (keyed by bytes, wasmtime version and
     /// compiler settings, so another wasmtime never reads them); `None` compiles every time.
     pub compiled_cache: Option<std::path::PathBuf>,
@@ -111,8 +199,11 @@ pub struct GuestEngine {
     replay_linker: Linker<ReplayState>,
     limits: GuestLimits,
     /// One place in the instance pool per running call, whichever guest makes it; held until
-    /// the call's store is dropped, which is when its instance returns to the pool.
+    /// the call's store is dropped (its instance returns to the pool) or kept.
     slots: Arc<Semaphore>,
+    /// Places in the pool for kept instances (as many as `slots` when instances are reused,
+    /// none otherwise); a kept instance holds one while it waits for its next call.
+    idle: Arc<Semaphore>,
 }
 
 /// Bytes of each pooled memory and table kept resident between calls.
@@ -120,7 +211,12 @@ const KEEP_RESIDENT_BYTES: usize = 2 * 1024 * 1024;
 
 impl GuestEngine {
     pub fn new(limits: GuestLimits) -> Result<GuestEngine, LoadError> {
-        let instances = limits.concurrency;
+        let kept = if limits.reuse_count > 1 {
+            limits.concurrency
+        } else {
+            0
+        };
+        let instances = limits.concurrency + kept;
         let mut pooling = PoolingAllocationConfig::default();
         pooling
             .total_component_instances(instances)
@@ -173,6 +269,7 @@ impl GuestEngine {
             engine,
             linker,
             slots: Arc::new(Semaphore::new(limits.concurrency as usize)),
+            idle: Arc::new(Semaphore::new(kept as usize)),
             replay_linker,
             limits,
         })
@@ -213,6 +310,9 @@ impl GuestEngine {
             pre,
             replay_pre,
             version,
+            kept: KeptInstances::new(),
+            kept_replays: KeptInstances::new(),
+            instances_created: AtomicU64::new(0),
         })
     }
 
@@ -231,6 +331,9 @@ pub struct Guest {
     pre: TransferLogicPre<RequestState>,
     replay_pre: TransferLogicPre<ReplayState>,
     version: String,
+    kept: KeptInstances<RequestState>,
+    kept_replays: KeptInstances<ReplayState>,
+    instances_created: AtomicU64,
 }
 
 impl Guest {
@@ -251,7 +354,12 @@ impl Guest {
         &self.version
     }
 
-    /// Runs `initiate-transfer` in a fresh store. Returns what the call came to even when
+    /// Instances this guest has created; with reuse, fewer than the calls it served.
+    pub fn instances_created(&self) -> u64 {
+        self.instances_created.load(Ordering::Relaxed)
+    }
+
+    /// Runs `initiate-transfer` with live imports. Returns what the call came to even when
     /// the guest trapped or ran out of time: its publish may have happened all the same.
     pub async fn initiate_transfer(
         &self,
@@ -260,48 +368,125 @@ impl Guest {
         request: &TransferRequest,
     ) -> Decided {
         let publication = PublicationCell::default();
-        let failed = |failure| Decided {
-            decision: Err(failure),
-            publication: Publication::None,
-            answers: RecordedAnswers::default(),
-        };
-        let limits = &self.engine.limits;
-        let slot = match self.engine.slot().await {
-            Ok(slot) => slot,
-            Err(failure) => return failed(failure),
-        };
-        let expected = Expected::of(context, request);
-        let mut store = self.new_store(|store_limits| {
-            RequestState::new(capabilities, expected, publication.clone(), store_limits)
-        });
-
-        let (wit_context, wit_request) = bindings::wit_arguments(context, request);
-        let call = async {
-            let instance = self.pre.instantiate_async(&mut store).await?;
-            instance
-                .transferd_transfer_handler()
-                .call_initiate_transfer(&mut store, &wit_context, &wit_request)
-                .await
-        };
-        let outcome = tokio::time::timeout(limits.timeout, call).await;
-        let answers = std::mem::take(&mut store.data_mut().answers);
-        let violation = store.data_mut().violation.take();
-        // The slot goes back only once the instance is back in the pool.
-        tokio::spawn(async move {
-            drop(store);
-            drop(slot);
-        });
-        let decision = match (outcome, violation) {
-            (Err(_elapsed), _) => Err(GuestFailure::Timeout(limits.timeout.as_millis())),
-            (Ok(Err(_trap)), Some(violation)) => Err(GuestFailure::Violation(violation)),
-            (Ok(Err(trap)), None) => Err(GuestFailure::Trap(format!("{trap:#}"))),
-            (Ok(Ok(decision)), _) => Ok(decision.map(Accepted::from).map_err(Rejection::from)),
+        let call = (
+            capabilities,
+            Expected::of(context, request),
+            publication.clone(),
+        );
+        let ran = self
+            .run(&self.pre, &self.kept, call, context, request, |state| {
+                (std::mem::take(&mut state.answers), state.violation.take())
+            })
+            .await;
+        let (decision, answers) = match ran {
+            Err(failure) => (Err(failure), RecordedAnswers::default()),
+            Ok((ran, (answers, violation))) => (self.decision(ran, violation), answers),
         };
         Decided {
             decision,
             // Read after the call ended: a publish still running is `InFlight`.
             publication: publication.get(),
             answers,
+        }
+    }
+
+    /// The guest's decision, or why there is none.
+    fn decision(
+        &self,
+        ran: Ran,
+        violation: Option<Violation>,
+    ) -> Result<Result<Accepted, Rejection>, GuestFailure> {
+        match (ran, violation) {
+            (Ran::TimedOut, _) => Err(GuestFailure::Timeout(
+                self.engine.limits.timeout.as_millis(),
+            )),
+            (Ran::Trapped(_), Some(violation)) => Err(GuestFailure::Violation(violation)),
+            (Ran::Trapped(trap), None) => Err(GuestFailure::Trap(format!("{trap:#}"))),
+            (Ran::Decided(decision), _) => Ok(decision),
+        }
+    }
+
+    /// One call of `initiate-transfer` on a kept instance (its data reset for `call`) or a
+    /// fresh one, within the time limit. `inspect` reads what the call left in the store's
+    /// data before the instance is kept or dropped.
+    async fn run<T: CallState, R>(
+        &self,
+        pre: &TransferLogicPre<T>,
+        kept: &KeptInstances<T>,
+        call: T::Call,
+        context: &RequestContext,
+        request: &TransferRequest,
+        inspect: impl FnOnce(&mut T) -> R,
+    ) -> Result<(Ran, R), GuestFailure> {
+        let slot = self.engine.slot().await?;
+        let (mut store, instance, calls) = match kept.take() {
+            Some(mut reused) => {
+                reused.store.data_mut().begin(call);
+                (reused.store, Some(reused.instance), reused.calls)
+            }
+            None => (self.new_store(|limits| T::for_call(call, limits)), None, 0),
+        };
+        store.epoch_deadline_async_yield_and_update(1);
+        let (wit_context, wit_request) = bindings::wit_arguments(context, request);
+        let attempt = async {
+            let instance = match instance {
+                Some(instance) => instance,
+                None => {
+                    self.instances_created.fetch_add(1, Ordering::Relaxed);
+                    metrics::counter!(crate::metrics::GUEST_INSTANCES, "version" => self.version.clone())
+                        .increment(1);
+                    pre.instantiate_async(&mut store).await?
+                }
+            };
+            let decision = instance
+                .transferd_transfer_handler()
+                .call_initiate_transfer(&mut store, &wit_context, &wit_request)
+                .await?;
+            Ok::<_, wasmtime::Error>((instance, decision))
+        };
+        let outcome = tokio::time::timeout(self.engine.limits.timeout, attempt).await;
+        let inspected = inspect(store.data_mut());
+        let ran = match outcome {
+            Ok(Ok((instance, decision))) => {
+                self.keep_or_drop(kept, store, instance, calls + 1, slot);
+                Ran::Decided(decision.map(Accepted::from).map_err(Rejection::from))
+            }
+            Ok(Err(trap)) => {
+                drop_later(store, slot);
+                Ran::Trapped(trap)
+            }
+            Err(_elapsed) => {
+                drop_later(store, slot);
+                Ran::TimedOut
+            }
+        };
+        Ok((ran, inspected))
+    }
+
+    /// Keeps an instance that finished normally for its next call, while it has calls left
+    /// and the idle budget has room; otherwise drops it.
+    fn keep_or_drop<T: Send + 'static>(
+        &self,
+        kept: &KeptInstances<T>,
+        store: Store<T>,
+        instance: TransferLogic,
+        calls: u32,
+        slot: OwnedSemaphorePermit,
+    ) {
+        let room = (calls < self.engine.limits.reuse_count)
+            .then(|| Arc::clone(&self.engine.idle).try_acquire_owned().ok())
+            .flatten();
+        match room {
+            Some(idle) => {
+                kept.keep(Kept {
+                    store,
+                    instance,
+                    calls,
+                    _idle: idle,
+                });
+                drop(slot);
+            }
+            None => drop_later(store, slot),
         }
     }
 }
@@ -322,34 +507,29 @@ impl Guest {
         request: &TransferRequest,
         replay: Replay,
     ) -> Result<serde_json::Value, GuestFailure> {
-        let limits = &self.engine.limits;
         // Shadow runs take a slot too: they share the instance pool with live requests.
-        let _slot = self.engine.slot().await?;
         let expected = Expected::of(context, request);
-        let mut store =
-            self.new_store(|store_limits| ReplayState::new(replay, expected, store_limits));
-        let (context, request) = bindings::wit_arguments(context, request);
-        let call = async {
-            let instance = self.replay_pre.instantiate_async(&mut store).await?;
-            instance
-                .transferd_transfer_handler()
-                .call_initiate_transfer(&mut store, &context, &request)
-                .await
-        };
-        let outcome = tokio::time::timeout(limits.timeout, call).await;
-        let state = store.data_mut();
-        let decision = match (outcome, state.violation.take()) {
-            (Err(_elapsed), _) => return Err(GuestFailure::Timeout(limits.timeout.as_millis())),
-            (Ok(Err(_trap)), Some(violation)) => return Err(GuestFailure::Violation(violation)),
-            (Ok(Err(trap)), None) => return Err(GuestFailure::Trap(format!("{trap:#}"))),
-            (Ok(Ok(decision)), _) => decision.map(Accepted::from).map_err(Rejection::from),
-        };
+        let call = (replay, expected.clone());
+        let (ran, (violation, published_minor, calls)) = self
+            .run(
+                &self.replay_pre,
+                &self.kept_replays,
+                call,
+                context,
+                request,
+                |state| {
+                    let calls = std::mem::take(&mut state.replay.calls);
+                    (state.violation.take(), state.published_minor, calls)
+                },
+            )
+            .await?;
+        let decision = self.decision(ran, violation)?;
         // The same check as the live path: `accepted` names this transfer and what it published.
         if let Ok(accepted) = &decision {
-            guard::check_accepted(&state.expected, state.published_minor, accepted)
+            guard::check_accepted(&expected, published_minor, accepted)
                 .map_err(GuestFailure::Violation)?;
         }
-        Ok(vectors::outcome(&decision, &state.replay.calls))
+        Ok(vectors::outcome(&decision, &calls))
     }
 }
 

@@ -103,6 +103,7 @@ pub async fn serve(settings: Serve, mut signals: Signals) -> anyhow::Result<()> 
         timeout: settings.guest_timeout(),
         memory_bytes: usize::try_from(settings.guest_memory_mib * 1024 * 1024)?,
         concurrency: settings.guest_concurrency,
+        reuse_count: settings.guest_reuse_count,
         compiled_cache: settings.compiled_cache(),
     })?);
     let guest_bytes = std::fs::read(&settings.guest_file)
