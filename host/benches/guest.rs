@@ -1,8 +1,9 @@
 //! The cost of one `initiate-transfer` decision, imports answered from memory (a conformance
 //! vector's recorded answers), three ways in one run: through wasmtime with a fresh instance
-//! from the `InstancePre` per call (what the service does), and the same logic compiled
-//! natively. Reused instances do not exist yet, so there is no third figure. Prints the
-//! median and p99 per call and the ratio to native; run with `./scripts/bench-guest.sh`.
+//! from the `InstancePre` per call (the default), through wasmtime with one instance reused for
+//! every call (`TRANSFERD_GUEST_REUSE_COUNT` above 1), and the same logic compiled natively.
+//! Prints the median and p99 per call and the ratio to native; run with
+//! `./scripts/bench-guest.sh`.
 //!
 //! The guest is `TRANSFERD_GUEST` (the scripts set it); the vector is `clf-accepted.json`,
 //! an accepted transfer that looks up a balance and publishes.
@@ -45,30 +46,8 @@ async fn main() -> anyhow::Result<()> {
     let path = root.join("tests/vectors/clf-accepted.json");
     let vector = Vector::parse("clf-accepted.json", &std::fs::read_to_string(&path)?)?;
 
-    let engine = Arc::new(GuestEngine::new(GuestLimits {
-        timeout: Duration::from_secs(5),
-        memory_bytes: 64 * 1024 * 1024,
-        concurrency: 16,
-        reuse_count: 1,
-        compiled_cache: None,
-    })?);
-    let guest = engine.load_file(&guest_file)?;
-    let expected = guest.run_vector(&vector).await?;
-    assert!(
-        expected["result"]["ok"].is_object(),
-        "the benchmark's vector is an accepted transfer: {expected}"
-    );
-
-    for _ in 0..WARM_UP {
-        guest.run_vector(&vector).await?;
-    }
-    let mut wasm = Vec::with_capacity(WASM_CALLS);
-    for _ in 0..WASM_CALLS {
-        let started = Instant::now();
-        let outcome = guest.run_vector(&vector).await?;
-        wasm.push(started.elapsed());
-        assert_eq!(outcome, expected, "every call decides the same");
-    }
+    let fresh = time_wasm(&guest_file, &vector, 1).await?;
+    let reused = time_wasm(&guest_file, &vector, u32::MAX).await?;
 
     let mut native = Vec::with_capacity(NATIVE_CALLS);
     for _ in 0..NATIVE_CALLS {
@@ -80,12 +59,56 @@ async fn main() -> anyhow::Result<()> {
     }
 
     println!("guest call benchmark: {}", guest_file.display());
-    let wasm_median = summary("wasmtime, fresh instance", wasm);
+    let fresh_median = summary("wasmtime, fresh instance", fresh);
+    let reused_median = summary("wasmtime, reused instance", reused);
     let native_median = summary("native", native);
-    println!(
-        "guest overhead (median, wasmtime - native): {:.2} µs; wasmtime / native = {:.1}x",
-        (wasm_median.saturating_sub(native_median)).as_secs_f64() * 1e6,
-        wasm_median.as_secs_f64() / native_median.as_secs_f64().max(1e-9)
-    );
+    for (name, median) in [("fresh", fresh_median), ("reused", reused_median)] {
+        println!(
+            "guest overhead, {name} instance (median, wasmtime - native): {:.2} µs; wasmtime / native = {:.1}x",
+            (median.saturating_sub(native_median)).as_secs_f64() * 1e6,
+            median.as_secs_f64() / native_median.as_secs_f64().max(1e-9)
+        );
+    }
     Ok(())
+}
+
+/// `WASM_CALLS` timed calls (after `WARM_UP` untimed ones) on an engine whose instances serve
+/// up to `reuse_count` calls each.
+async fn time_wasm(
+    guest_file: &std::path::Path,
+    vector: &Vector,
+    reuse_count: u32,
+) -> anyhow::Result<Vec<Duration>> {
+    let engine = Arc::new(GuestEngine::new(GuestLimits {
+        timeout: Duration::from_secs(5),
+        memory_bytes: 64 * 1024 * 1024,
+        concurrency: 16,
+        reuse_count,
+        compiled_cache: None,
+    })?);
+    let guest = engine.load_file(guest_file)?;
+    let expected = guest.run_vector(vector).await?;
+    assert!(
+        expected["result"]["ok"].is_object(),
+        "the benchmark's vector is an accepted transfer: {expected}"
+    );
+
+    for _ in 0..WARM_UP {
+        guest.run_vector(vector).await?;
+    }
+    let mut wasm = Vec::with_capacity(WASM_CALLS);
+    for _ in 0..WASM_CALLS {
+        let started = Instant::now();
+        let outcome = guest.run_vector(vector).await?;
+        wasm.push(started.elapsed());
+        assert_eq!(outcome, expected, "every call decides the same");
+    }
+    if reuse_count > 1 {
+        assert_eq!(
+            guest.instances_created(),
+            1,
+            "every call reused one instance"
+        );
+    }
+    Ok(wasm)
 }

@@ -263,6 +263,17 @@ pub struct Serve {
     #[arg(long, env = "TRANSFERD_REQUEST_TIMEOUT_MS", default_value_t = 30_000)]
     pub request_timeout_ms: u64,
 
+    /// Whether a published transfer (and its settlement event) carries the request's trace
+    /// context as Kafka headers (`traceparent`, and `request_id` when the caller named it).
+    /// `false` sends `transaction_id` alone: each header costs Tansu's SQLite engine a row.
+    #[arg(
+        long,
+        env = "TRANSFERD_KAFKA_TRACE_HEADERS",
+        default_value_t = true,
+        action = clap::ArgAction::Set
+    )]
+    pub kafka_trace_headers: bool,
+
     /// Most connections served at once; further ones wait in the listen backlog.
     #[arg(long, env = "TRANSFERD_MAX_CONNECTIONS", default_value_t = 1_024)]
     pub max_connections: usize,

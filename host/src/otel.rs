@@ -86,8 +86,10 @@ pub fn adopt(span: &Span, trace: &mut TraceContext) {
     let context = span.context();
     let exported = context.span().span_context().clone();
     if exported.is_valid() {
-        trace.trace_id = exported.trace_id().to_bytes();
-        trace.span_id = exported.span_id().to_bytes();
+        trace.adopt_ids(
+            exported.trace_id().to_bytes(),
+            exported.span_id().to_bytes(),
+        );
     }
 }
 

@@ -1,11 +1,14 @@
 //! Request ids and W3C trace context: what lets an operator follow one request from its HTTP
 //! answer through the transfer log to its settlement.
 //!
-//! Every request gets a [`TraceContext`]: its `X-Request-Id` (the caller's, when it sent a
-//! usable one, else minted) and a trace id (the caller's `traceparent`'s, else minted) with a
-//! span id of its own. The request's log lines carry both (a tracing span), the answer echoes
-//! `X-Request-Id`, and a published transfer carries both as Kafka headers (`request_id`,
-//! `traceparent`), which settlement copies onto its log line and onto the transfer's event.
+//! Every request gets a [`TraceContext`]: a trace id (the caller's `traceparent`'s, else
+//! minted) with a span id of its own, and a request id (the caller's `X-Request-Id` when it
+//! sent a usable one, else the trace id in hex). The request's log lines carry both (a tracing
+//! span), the answer echoes `X-Request-Id`, and a published transfer carries them as Kafka
+//! headers, which settlement copies onto its log line and onto the transfer's event:
+//! `traceparent` always, `request_id` only when it is not the trace id. Each header costs the
+//! broker: Tansu's SQLite engine writes every header as a row of its own and reads it back
+//! with a join per record, so a header that says nothing new is not sent.
 //!
 //! The context reaches the publish import as a task-local (see [`scope`]): the guest's call
 //! runs inside the decision's task, and the imports' signatures are the WIT's, not ours.
@@ -27,7 +30,10 @@ pub const MAX_REQUEST_ID_CHARS: usize = 128;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TraceContext {
+    /// The caller's `X-Request-Id`, or the trace id in hex.
     pub request_id: String,
+    /// Whether the request id is the trace id's (the caller sent none).
+    pub request_id_minted: bool,
     /// 16 bytes, never all zero.
     pub trace_id: [u8; 16],
     /// This request's span: 8 bytes, never all zero.
@@ -42,18 +48,19 @@ impl TraceContext {
     /// The context of an HTTP request: the caller's request id and trace when usable, minted
     /// otherwise (a malformed header is ignored, never an error).
     pub fn of_request(headers: &HeaderMap) -> TraceContext {
-        let request_id = headers
-            .get(REQUEST_ID_HEADER)
-            .and_then(|value| value.to_str().ok())
-            .filter(|value| usable_request_id(value))
-            .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned);
         let parent = headers
             .get(TRACEPARENT_HEADER)
             .and_then(|value| value.to_str().ok())
             .and_then(parse_traceparent);
         let (trace_id, flags) = parent.map_or_else(|| (random_trace_id(), 1), |p| (p.0, p.2));
+        let request_id = headers
+            .get(REQUEST_ID_HEADER)
+            .and_then(|value| value.to_str().ok())
+            .filter(|value| usable_request_id(value))
+            .map(str::to_owned);
         TraceContext {
-            request_id,
+            request_id: request_id.clone().unwrap_or_else(|| hex(&trace_id)),
+            request_id_minted: request_id.is_none(),
             trace_id,
             span_id: random_span_id(),
             flags,
@@ -62,19 +69,38 @@ impl TraceContext {
     }
 
     /// The context a Kafka message carries, when it carries one (a message published before
-    /// request ids existed, or by another producer, does not).
+    /// trace headers existed, or by another producer, does not). Without a `request_id`
+    /// header the request id is the trace id.
     pub fn of_message(request_id: Option<&str>, traceparent: Option<&str>) -> Option<TraceContext> {
         let (trace_id, span_id, flags) = traceparent.and_then(parse_traceparent)?;
+        let request_id = request_id.filter(|id| usable_request_id(id));
         Some(TraceContext {
-            request_id: request_id
-                .filter(|id| usable_request_id(id))
-                .unwrap_or_default()
-                .to_owned(),
+            request_id: request_id.map_or_else(|| hex(&trace_id), str::to_owned),
+            request_id_minted: request_id.is_none(),
             trace_id,
             span_id,
             flags,
             parent_span_id: None,
         })
+    }
+
+    /// Takes the trace ids an exported span got; a minted request id follows the trace id.
+    pub fn adopt_ids(&mut self, trace_id: [u8; 16], span_id: [u8; 8]) {
+        self.trace_id = trace_id;
+        self.span_id = span_id;
+        if self.request_id_minted {
+            self.request_id = hex(&trace_id);
+        }
+    }
+
+    /// The Kafka headers that carry this context beside `transaction_id`: `traceparent`, and
+    /// `request_id` when the caller named the request itself.
+    pub fn kafka_headers(&self) -> Vec<(&'static str, String)> {
+        let mut headers = vec![(TRACEPARENT_HEADER, self.traceparent())];
+        if !self.request_id_minted {
+            headers.push((REQUEST_ID_KAFKA_HEADER, self.request_id.clone()));
+        }
+        headers
     }
 
     /// `00-{trace id}-{span id}-{flags}`, this request's span as the parent of what follows.
@@ -213,6 +239,35 @@ mod tests {
             );
         }
         map
+    }
+
+    #[test]
+    fn a_message_carries_the_request_id_only_when_the_caller_named_it() {
+        let minted = TraceContext::of_request(&HeaderMap::new());
+        assert_eq!(minted.request_id, minted.trace_id_hex());
+        let sent = minted.kafka_headers();
+        assert_eq!(sent, vec![("traceparent", minted.traceparent())]);
+        let read = TraceContext::of_message(None, Some(&sent[0].1)).expect("a trace");
+        assert_eq!(read.request_id, minted.request_id);
+
+        let named = TraceContext::of_request(&headers(&[("x-request-id", "req-9")]));
+        let sent = named.kafka_headers();
+        assert_eq!(sent[1], ("request_id", "req-9".to_string()));
+        let read = TraceContext::of_message(Some(&sent[1].1), Some(&sent[0].1)).expect("a trace");
+        assert_eq!(
+            (read.request_id.as_str(), read.trace_id),
+            ("req-9", named.trace_id)
+        );
+    }
+
+    #[test]
+    fn a_minted_request_id_follows_the_exported_trace_id() {
+        let mut minted = TraceContext::of_request(&HeaderMap::new());
+        minted.adopt_ids([7; 16], [8; 8]);
+        assert_eq!(minted.request_id, "07".repeat(16));
+        let mut named = TraceContext::of_request(&headers(&[("x-request-id", "mine")]));
+        named.adopt_ids([7; 16], [8; 8]);
+        assert_eq!(named.request_id, "mine");
     }
 
     #[test]

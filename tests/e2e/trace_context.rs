@@ -137,7 +137,7 @@ async fn a_request_without_ids_gets_minted_ones_and_bad_ones_are_replaced() -> a
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_string();
-    assert!(uuid::Uuid::parse_str(&minted).is_ok(), "minted: {minted:?}");
+    assert!(is_trace_id(&minted), "minted from the trace id: {minted:?}");
 
     let too_long = "r".repeat(129);
     let replaced = host
@@ -158,8 +158,17 @@ async fn a_request_without_ids_gets_minted_ones_and_bad_ones_are_replaced() -> a
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
     assert_ne!(echoed, too_long);
-    assert!(uuid::Uuid::parse_str(echoed).is_ok());
+    assert!(is_trace_id(echoed), "replaced by the trace id: {echoed:?}");
     Ok(())
+}
+
+/// 32 lowercase hex digits, not all zero: a W3C trace id.
+fn is_trace_id(text: &str) -> bool {
+    text.len() == 32
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        && text.bytes().any(|b| b != b'0')
 }
 
 /// The shared broker the harness's hosts use.
@@ -283,5 +292,29 @@ async fn with_an_otlp_endpoint_the_request_and_its_settlement_are_exported() -> 
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    Ok(())
+}
+
+#[tokio::test]
+async fn with_trace_headers_off_a_message_carries_its_transaction_id_alone() -> anyhow::Result<()> {
+    let namespace = Namespace::new().await?;
+    let mut options = HostOptions::new(&namespace);
+    options.extra_env = vec![("TRANSFERD_KAFKA_TRACE_HEADERS".into(), "false".into())];
+    let host = Host::start_with(&namespace, options).await?;
+    let transaction_id = traced_transfer(&host, "e2e-untraced-1").await?;
+    let messages = consume(
+        &host_brokers(),
+        &namespace.transfer_topic(),
+        1,
+        Duration::from_secs(15),
+    )
+    .await?;
+    assert_eq!(messages.len(), 1);
+    assert_eq!(
+        messages[0].headers,
+        vec![("transaction_id".to_string(), transaction_id)],
+        "no trace headers"
+    );
+    assert_eq!(namespace.wait_settled(1, Duration::from_secs(30)).await?, 1);
     Ok(())
 }

@@ -14,7 +14,7 @@ use crate::capabilities::backend::Backend;
 use crate::capabilities::{Publication, PublicationCell, RequestState, guard};
 use crate::guest::bindings::transferd::transfer::publish::{self, PublishError};
 use crate::stores::redis::HoldOutcome;
-use crate::trace::{REQUEST_ID_KAFKA_HEADER, TRACEPARENT_HEADER, TraceContext};
+use crate::trace::TraceContext;
 
 impl publish::Host for RequestState {
     async fn send(
@@ -82,12 +82,12 @@ pub async fn deliver<B: Backend>(
     };
 
     crate::crash::point("after-hold");
-    let traceparent = trace.as_ref().map(TraceContext::traceparent);
+    let traced = trace
+        .as_ref()
+        .map(TraceContext::kafka_headers)
+        .unwrap_or_default();
     let mut headers = vec![("transaction_id", transaction_id.as_str())];
-    if let (Some(trace), Some(traceparent)) = (&trace, &traceparent) {
-        headers.push((REQUEST_ID_KAFKA_HEADER, trace.request_id.as_str()));
-        headers.push((TRACEPARENT_HEADER, traceparent.as_str()));
-    }
+    headers.extend(traced.iter().map(|(name, value)| (*name, value.as_str())));
     let produced = backend
         .produce(&outgoing.topic, &outgoing.key, &outgoing.payload, &headers)
         .await;

@@ -391,8 +391,8 @@ async fn a_published_transfer_carries_its_request_id_and_trace() {
         sent,
         vec![vec![
             ("transaction_id".to_string(), id.to_string()),
-            ("request_id".to_string(), "req-7".to_string()),
             ("traceparent".to_string(), trace.traceparent()),
+            ("request_id".to_string(), "req-7".to_string()),
         ]]
     );
 }

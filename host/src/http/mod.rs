@@ -70,6 +70,8 @@ pub struct App {
     pub body_timeout: std::time::Duration,
     /// Every route but `POST /transfers` answers within this, or 503.
     request_timeout: std::time::Duration,
+    /// Whether publishes carry the request's trace context as Kafka headers.
+    kafka_trace_headers: bool,
     /// Each caller's request rate on user routes; `None`: unlimited.
     caller_limit: Option<rate_limit::CallerLimit>,
 }
@@ -161,6 +163,7 @@ pub async fn serve(settings: Serve, mut signals: Signals) -> anyhow::Result<()> 
         ),
         body_timeout: settings.body_timeout(),
         request_timeout: settings.request_timeout(),
+        kafka_trace_headers: settings.kafka_trace_headers,
         caller_limit: rate_limit::CallerLimit::new(
             settings.rate_limit_per_second,
             settings.rate_limit_burst,
@@ -564,7 +567,13 @@ async fn route(app: &Arc<App>, request: Request<Incoming>) -> Reply {
     crate::otel::adopt(&span, &mut trace);
     span.record("trace_id", tracing::field::display(trace.trace_id_hex()));
     let request_id = http::HeaderValue::from_str(&trace.request_id).ok();
-    let mut response = crate::trace::scope(trace, routed(app, request).instrument(span)).await;
+    let served = routed(app, request).instrument(span);
+    // The task-local is what the publish import reads: without it, no trace headers.
+    let mut response = if app.kafka_trace_headers {
+        crate::trace::scope(trace, served).await
+    } else {
+        served.await
+    };
     if let Some(request_id) = request_id {
         response
             .headers_mut()

@@ -573,19 +573,22 @@ async fn emit_events(
         })
         .collect();
     // The event continues the accepting request's trace: same request id, same trace id.
-    let traceparents: Vec<Option<String>> = messages
+    let traced: Vec<Vec<(&str, String)>> = messages
         .iter()
-        .map(|message| message.trace.as_ref().map(TraceContext::traceparent))
+        .map(|message| {
+            message
+                .trace
+                .as_ref()
+                .map(TraceContext::kafka_headers)
+                .unwrap_or_default()
+        })
         .collect();
     let headers: Vec<Vec<(&str, &str)>> = events
         .iter()
-        .zip(messages.iter().zip(&traceparents))
-        .map(|((transaction_id, _), (message, traceparent))| {
+        .zip(&traced)
+        .map(|((transaction_id, _), traced)| {
             let mut headers = vec![("transaction_id", transaction_id.as_str())];
-            if let (Some(trace), Some(traceparent)) = (&message.trace, traceparent) {
-                headers.push((REQUEST_ID_KAFKA_HEADER, trace.request_id.as_str()));
-                headers.push((TRACEPARENT_HEADER, traceparent.as_str()));
-            }
+            headers.extend(traced.iter().map(|(name, value)| (*name, value.as_str())));
             headers
         })
         .collect();
