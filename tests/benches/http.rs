@@ -18,7 +18,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use serde_json::json;
 use tokio::sync::Mutex;
-use transferd_e2e::{BrokerStorage, Host, HostOptions, Namespace, auth, free_port, spawn_tansu};
+use transferd_e2e::{
+    BrokerStorage, Host, HostOptions, Namespace, auth, free_port, process_figures, spawn_tansu,
+};
 
 /// Funded users; each request's sender is one of them, at random.
 const USERS: i64 = 200;
@@ -29,25 +31,6 @@ fn seconds() -> u64 {
         .ok()
         .and_then(|text| text.parse().ok())
         .unwrap_or(10)
-}
-
-/// CPU time (user + system, with reaped children: PostgreSQL's exited backends) in clock
-/// ticks, and the peak RSS in KiB, of one process.
-fn process_figures(pid: u32) -> Option<(u64, u64)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name, which is in parentheses and may hold spaces.
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let tick = |index: usize| fields.get(index)?.parse::<u64>().ok();
-    // utime, stime, cutime, cstime are fields 14–17 of stat; 12–15 after the name.
-    let ticks = tick(11)? + tick(12)? + tick(13)? + tick(14)?;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let peak_kib = status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|kib| kib.parse().ok())
-        .unwrap_or(0);
-    Some((ticks, peak_kib))
 }
 
 /// Every process whose command name is `name`.
