@@ -20,18 +20,8 @@ fn reusing(namespace: &Namespace) -> HostOptions {
 
 /// Guest instances the host created for live and replayed calls so far.
 async fn instances_created(host: &Host) -> anyhow::Result<f64> {
-    let text = host
-        .client
-        .get(format!("{}/metrics", host.base_url))
-        .send()
-        .await?
-        .text()
-        .await?;
-    Ok(text
-        .lines()
-        .filter(|line| line.starts_with("transferd_guest_instances_created_total"))
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum())
+    host.metric("transferd_guest_instances_created_total", &[])
+        .await
 }
 
 fn transfer(sender: i64, receiver: i64, amount: &str) -> Value {

@@ -10,21 +10,7 @@ use transferd_e2e::{
 
 /// The sum of the samples of `name` whose labels contain every one of `labels`.
 async fn metric(host: &Host, name: &str, labels: &[&str]) -> anyhow::Result<f64> {
-    let text = host
-        .client
-        .get(format!("{}/metrics", host.base_url))
-        .send()
-        .await?
-        .text()
-        .await?;
-    Ok(text
-        .lines()
-        .filter(|line| {
-            line.split(['{', ' ']).next() == Some(name)
-                && labels.iter().all(|label| line.contains(label))
-        })
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum())
+    host.metric(name, labels).await
 }
 
 fn transfer(amount: &str) -> serde_json::Value {

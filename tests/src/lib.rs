@@ -539,6 +539,26 @@ impl Host {
         self.post_json("/transfers", &body.to_string()).await
     }
 
+    /// The sum of the `/metrics` samples of `name` whose labels contain every one of `labels`
+    /// (each written as in the text format, e.g. `outcome="accepted"`).
+    pub async fn metric(&self, name: &str, labels: &[&str]) -> anyhow::Result<f64> {
+        let text = self
+            .client
+            .get(format!("{}/metrics", self.base_url))
+            .send()
+            .await?
+            .text()
+            .await?;
+        Ok(text
+            .lines()
+            .filter(|line| {
+                line.split(['{', ' ']).next() == Some(name)
+                    && labels.iter().all(|label| line.contains(label))
+            })
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum())
+    }
+
     /// Uploads a guest component as the static admin; its version. Fails unless stored (201).
     pub async fn upload_guest(&self, file: &Path) -> anyhow::Result<String> {
         let uploaded = self
