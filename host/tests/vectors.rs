@@ -27,11 +27,17 @@ fn guest_file() -> PathBuf {
 }
 
 fn load_guest() -> anyhow::Result<Guest> {
+    load_guest_with(4, 1)
+}
+
+/// The guest on an engine running `concurrency` calls at once, each instance serving up to
+/// `reuse_count` calls.
+fn load_guest_with(concurrency: u32, reuse_count: u32) -> anyhow::Result<Guest> {
     let engine = Arc::new(GuestEngine::new(GuestLimits {
         timeout: Duration::from_secs(10),
         memory_bytes: 64 << 20,
-        concurrency: 4,
-        reuse_count: 1,
+        concurrency,
+        reuse_count,
         compiled_cache: None,
     })?);
     Ok(engine.load_file(&guest_file())?)
@@ -157,5 +163,25 @@ async fn jco_fails_on_a_changed_expectation_too() -> anyhow::Result<()> {
         "a wrong expectation must fail jco: {stderr}"
     );
     assert!(stderr.contains("FAIL usd-accepted"), "{stderr}");
+    Ok(())
+}
+
+/// A reused instance must decide every vector exactly as a fresh one does, whatever the calls
+/// before it left behind: every vector, twice over, on one instance.
+#[tokio::test]
+async fn one_reused_instance_decides_every_vector_as_a_fresh_one() -> anyhow::Result<()> {
+    let vectors = vectors()?;
+    let fresh = wasmtime_lines(&load_guest()?, &vectors).await?;
+    let reused_guest = load_guest_with(1, u32::MAX)?;
+    let first = wasmtime_lines(&reused_guest, &vectors).await?;
+    let second = wasmtime_lines(&reused_guest, &vectors).await?;
+    assert_eq!(first, fresh, "the first pass on one instance");
+    assert_eq!(second, fresh, "the second pass on the same instance");
+    assert_eq!(
+        reused_guest.instances_created(),
+        1,
+        "{} calls on one instance",
+        vectors.len() * 2
+    );
     Ok(())
 }
