@@ -8,11 +8,6 @@ use transferd_e2e::{
     ADMIN_TOKEN, Host, HostOptions, Namespace, panicking_guest_file, strict_guest_file,
 };
 
-/// The sum of the samples of `name` whose labels contain every one of `labels`.
-async fn metric(host: &Host, name: &str, labels: &[&str]) -> anyhow::Result<f64> {
-    host.metric(name, labels).await
-}
-
 fn transfer(amount: &str) -> serde_json::Value {
     json!({"sender_id": 1, "receiver_id": 2, "amount": amount, "currency": "USD"})
 }
@@ -26,7 +21,8 @@ async fn counters_move_with_transfers_refusals_replays_and_bad_tokens() -> anyho
 
     let accepted = r#"outcome="accepted""#;
     assert_eq!(
-        metric(&host, "transferd_guest_calls_total", &[accepted]).await?,
+        host.metric("transferd_guest_calls_total", &[accepted])
+            .await?,
         0.0
     );
     assert_eq!(host.transfer(transfer("1.00")).await?.status, 200);
@@ -47,34 +43,39 @@ async fn counters_move_with_transfers_refusals_replays_and_bad_tokens() -> anyho
     assert_eq!(refused.status(), 401);
 
     assert_eq!(
-        metric(&host, "transferd_guest_calls_total", &[accepted]).await?,
+        host.metric("transferd_guest_calls_total", &[accepted])
+            .await?,
         2.0
     );
     let insufficient = r#"outcome="insufficient_funds""#;
     assert_eq!(
-        metric(&host, "transferd_guest_calls_total", &[insufficient]).await?,
+        host.metric("transferd_guest_calls_total", &[insufficient])
+            .await?,
         1.0
     );
     assert_eq!(
-        metric(&host, "transferd_idempotent_replays_total", &[]).await?,
+        host.metric("transferd_idempotent_replays_total", &[])
+            .await?,
         1.0
     );
     let invalid_token = r#"reason="invalid_token""#;
     assert_eq!(
-        metric(&host, "transferd_auth_failures_total", &[invalid_token]).await?,
+        host.metric("transferd_auth_failures_total", &[invalid_token])
+            .await?,
         1.0
     );
     let created = [r#"route="create_transfer""#, r#"status="200""#];
     assert_eq!(
-        metric(&host, "transferd_http_requests_total", &created).await?,
+        host.metric("transferd_http_requests_total", &created)
+            .await?,
         3.0
     );
-    let timed = metric(
-        &host,
-        "transferd_http_request_duration_seconds_count",
-        &[r#"route="create_transfer""#],
-    )
-    .await?;
+    let timed = host
+        .metric(
+            "transferd_http_request_duration_seconds_count",
+            &[r#"route="create_transfer""#],
+        )
+        .await?;
     assert_eq!(timed, 4.0);
     Ok(())
 }
@@ -89,14 +90,12 @@ async fn traps_and_swaps_are_counted() -> anyhow::Result<()> {
     host.deposit(2, "USD", "1.00").await?;
     assert_eq!(host.transfer(transfer("1.00")).await?.status, 500);
     assert_eq!(
-        metric(&host, "transferd_guest_calls_total", &[r#"outcome="trap""#]).await?,
+        host.metric("transferd_guest_calls_total", &[r#"outcome="trap""#])
+            .await?,
         1.0
     );
 
-    assert_eq!(
-        metric(&host, "transferd_guest_swaps_total", &[]).await?,
-        0.0
-    );
+    assert_eq!(host.metric("transferd_guest_swaps_total", &[]).await?, 0.0);
     let bytes = std::fs::read(strict_guest_file())?;
     let uploaded = host
         .client
@@ -118,14 +117,15 @@ async fn traps_and_swaps_are_counted() -> anyhow::Result<()> {
         .await?;
     assert_eq!(activated.status(), 200);
     let deadline = Instant::now() + Duration::from_secs(15);
-    while metric(&host, "transferd_guest_swaps_total", &[]).await? < 1.0 {
+    while host.metric("transferd_guest_swaps_total", &[]).await? < 1.0 {
         assert!(Instant::now() < deadline, "no swap counted within 15 s");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(host.transfer(transfer("1.00")).await?.status, 200);
     let accepted_by_new = [r#"outcome="accepted""#, version.as_str()];
     assert_eq!(
-        metric(&host, "transferd_guest_calls_total", &accepted_by_new).await?,
+        host.metric("transferd_guest_calls_total", &accepted_by_new)
+            .await?,
         1.0
     );
     Ok(())
@@ -140,7 +140,7 @@ async fn until_metric(
 ) -> anyhow::Result<f64> {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let value = metric(host, name, labels).await?;
+        let value = host.metric(name, labels).await?;
         if wanted(value) {
             return Ok(value);
         }
@@ -174,14 +174,14 @@ async fn money_in_flight_settlement_and_dependencies_are_measured() -> anyhow::R
     })
     .await?;
     until_metric(&api, "transferd_settlement_lag_messages", &[], |n| n == 1.0).await?;
-    let produced = metric(
-        &api,
-        "transferd_kafka_produce_duration_seconds_count",
-        &[r#"topic="transfer_topic""#],
-    )
-    .await?;
+    let produced = api
+        .metric(
+            "transferd_kafka_produce_duration_seconds_count",
+            &[r#"topic="transfer_topic""#],
+        )
+        .await?;
     assert_eq!(produced, 1.0);
-    let looked_up = metric(&api, "transferd_balance_lookups_total", &[]).await?;
+    let looked_up = api.metric("transferd_balance_lookups_total", &[]).await?;
     assert!(
         looked_up >= 1.0,
         "the guest's lookup is counted: {looked_up}"
@@ -198,7 +198,9 @@ async fn money_in_flight_settlement_and_dependencies_are_measured() -> anyhow::R
     )
     .await?;
     assert_eq!(
-        metric(&worker, "transferd_settlement_batch_transfers_count", &[]).await?,
+        worker
+            .metric("transferd_settlement_batch_transfers_count", &[])
+            .await?,
         1.0
     );
     until_metric(&worker, "transferd_settlement_lag_messages", &[], |n| {
@@ -219,7 +221,7 @@ async fn shadow_runs_and_canary_share_are_measured() -> anyhow::Result<()> {
     let host = Host::start(&namespace).await?;
     host.deposit(1, "USD", "1000.00").await?;
     host.deposit(2, "USD", "1.00").await?;
-    let active = metric(&host, "transferd_guest_active_info", &[]).await?;
+    let active = host.metric("transferd_guest_active_info", &[]).await?;
     assert_eq!(active, 1.0, "one version is active");
 
     let strict = host.upload_guest(&strict_guest_file()).await?;
@@ -238,7 +240,9 @@ async fn shadow_runs_and_canary_share_are_measured() -> anyhow::Result<()> {
         n >= 1.0
     })
     .await?;
-    let differences = metric(&host, "transferd_shadow_differences_total", &[&version]).await?;
+    let differences = host
+        .metric("transferd_shadow_differences_total", &[&version])
+        .await?;
     assert!(differences >= 1.0, "the refused 150.00 differs");
 
     admin_post(
