@@ -88,6 +88,46 @@ impl Services {
         Duration::from_millis(self.drain_timeout_ms)
     }
 
+    /// These settings as the environment of a child process (`transferd worker --supervised`),
+    /// so the child runs with what this process parsed, whether it came from flags or not.
+    pub fn child_env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("TRANSFERD_DATABASE_URL", self.database_url.clone()),
+            ("TRANSFERD_REDIS_URL", self.redis_url.clone()),
+            ("TRANSFERD_REDIS_PREFIX", self.redis_prefix.clone()),
+            ("TRANSFERD_KAFKA_BROKERS", self.kafka_brokers.clone()),
+            ("TRANSFERD_TOPIC_PREFIX", self.topic_prefix.clone()),
+            (
+                "TRANSFERD_TOPIC_PARTITIONS",
+                self.topic_partitions.to_string(),
+            ),
+            (
+                "TRANSFERD_KAFKA_TIMEOUT_MS",
+                self.kafka_timeout_ms.to_string(),
+            ),
+            (
+                "TRANSFERD_KAFKA_LINGER_MS",
+                self.kafka_linger_ms.to_string(),
+            ),
+            (
+                "TRANSFERD_DATABASE_TIMEOUT_MS",
+                self.database_timeout_ms.to_string(),
+            ),
+            (
+                "TRANSFERD_DATABASE_CONNECTIONS",
+                self.database_connections.to_string(),
+            ),
+            (
+                "TRANSFERD_REDIS_TIMEOUT_MS",
+                self.redis_timeout_ms.to_string(),
+            ),
+            (
+                "TRANSFERD_DRAIN_TIMEOUT_MS",
+                self.drain_timeout_ms.to_string(),
+            ),
+        ]
+    }
+
     pub fn validate(&self) -> anyhow::Result<()> {
         anyhow::ensure!(
             (1..=600_000).contains(&self.kafka_timeout_ms),
@@ -122,7 +162,7 @@ impl Services {
     }
 }
 
-/// Settings of `transferd worker`.
+/// Settings of `transferd worker` and `transferd reconcile`.
 #[derive(Debug, Clone, Args)]
 pub struct WorkerOnly {
     #[command(flatten)]
@@ -130,6 +170,18 @@ pub struct WorkerOnly {
 
     #[command(flatten)]
     pub worker: Worker,
+}
+
+/// `transferd worker`: its settings, and whether `serve` started it.
+#[derive(Debug, Clone, Args)]
+pub struct WorkerCommand {
+    #[command(flatten)]
+    pub settings: WorkerOnly,
+
+    /// Started by `transferd serve`: metrics go to serve over standard input (a socket), and
+    /// the end of that socket stops the worker. Not for use by hand.
+    #[arg(long, hide = true)]
+    pub supervised: bool,
 }
 
 /// Settings of the settlement worker.
@@ -176,6 +228,30 @@ pub struct Worker {
 }
 
 impl Worker {
+    /// These settings as the environment of a child process; see [`Services::child_env`].
+    pub fn child_env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("TRANSFERD_SETTLEMENT_BATCH", self.batch_max.to_string()),
+            ("TRANSFERD_SETTLEMENT_LINGER_MS", self.linger_ms.to_string()),
+            (
+                "TRANSFERD_RECONCILE_INTERVAL_MS",
+                self.reconcile_interval_ms.to_string(),
+            ),
+            (
+                "TRANSFERD_RECONCILE_MIN_AGE_MS",
+                self.reconcile_min_age_ms.to_string(),
+            ),
+            (
+                "TRANSFERD_RECONCILE_WAIT_MS",
+                self.reconcile_wait_ms.to_string(),
+            ),
+            (
+                "TRANSFERD_IDEMPOTENCY_RETENTION_HOURS",
+                self.idempotency_retention_hours.to_string(),
+            ),
+        ]
+    }
+
     pub fn linger(&self) -> Duration {
         Duration::from_millis(self.linger_ms)
     }
@@ -607,6 +683,39 @@ mod tests {
         ] {
             assert!(parse_ttl(wrong).is_err(), "{wrong}");
         }
+    }
+
+    /// Every setting of the worker reaches the child `serve` starts, with its value: each flag
+    /// gets a value of its own, and the child's environment must carry exactly those.
+    #[test]
+    fn a_supervised_worker_gets_every_setting_serve_parsed() {
+        use clap::{CommandFactory, Parser};
+
+        #[derive(Parser)]
+        struct Line {
+            #[command(flatten)]
+            settings: WorkerOnly,
+        }
+        let mut given = std::collections::BTreeMap::new();
+        let mut args = vec!["worker".to_string()];
+        for (index, arg) in Line::command().get_arguments().enumerate() {
+            let (Some(long), Some(env)) = (arg.get_long(), arg.get_env()) else {
+                continue;
+            };
+            let value = (100 + index).to_string();
+            args.push(format!("--{long}={value}"));
+            given.insert(env.to_string_lossy().into_owned(), value);
+        }
+        let parsed = Line::try_parse_from(&args)
+            .expect("every flag parses")
+            .settings;
+        let mut child = parsed.services.child_env();
+        child.extend(parsed.worker.child_env());
+        let child: std::collections::BTreeMap<String, String> = child
+            .into_iter()
+            .map(|(name, value)| (name.to_string(), value))
+            .collect();
+        assert_eq!(child, given);
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod guest;
 pub mod health;
 pub mod http;
 pub mod metrics;
+pub mod metrics_relay;
 pub mod otel;
 pub mod settlement;
 pub mod shutdown;

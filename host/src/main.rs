@@ -28,7 +28,7 @@ enum Command {
     /// Migrate the database, then serve the HTTP API.
     Serve(Box<config::Serve>),
     /// Run only the settlement worker.
-    Worker(config::WorkerOnly),
+    Worker(config::WorkerCommand),
     /// Run one pass of the hold reconciler, print what it did, and exit.
     Reconcile(config::WorkerOnly),
     /// Apply the database migrations and exit.
@@ -79,11 +79,12 @@ async fn run(command: Command) -> anyhow::Result<()> {
             settings.validate()?;
             http::serve(*settings, signals).await
         }
-        Command::Worker(settings) => {
+        Command::Worker(command) => {
             let signals = Signals::register()?;
+            let settings = &command.settings;
             settings.services.validate()?;
             settings.worker.validate_with(&settings.services)?;
-            worker(settings, signals).await
+            worker(command, signals).await
         }
         Command::Guest(cli) => admin_client::run(cli).await,
         Command::Token(settings) => {
@@ -160,9 +161,19 @@ fn epoch_now_s() -> anyhow::Result<u64> {
 }
 
 /// `transferd worker`: the settlement worker until a stop signal, then at most the drain time.
-async fn worker(settings: config::WorkerOnly, mut signals: Signals) -> anyhow::Result<()> {
+/// Started by `serve` (`--supervised`), it also stops when serve closes its standard input
+/// (serve stopping, or gone), sends its metrics to serve, and leaves the hold reconciler to it.
+async fn worker(command: config::WorkerCommand, mut signals: Signals) -> anyhow::Result<()> {
+    let settings = command.settings;
+    let parent_gone = if command.supervised {
+        futures::future::Either::Left(settlement::process::attach_to_parent()?)
+    } else {
+        futures::future::Either::Right(std::future::pending())
+    };
     let capabilities = Arc::new(Capabilities::connect(&settings.services).await?);
-    settlement::reconcile::spawn(&settings.services, &settings.worker, &capabilities);
+    if !command.supervised {
+        settlement::reconcile::spawn(&settings.services, &settings.worker, &capabilities);
+    }
     let (stop_handle, stop) = shutdown::stop_channel();
     let mut worker = Some(settlement::spawn(
         settings.services.clone(),
@@ -173,6 +184,9 @@ async fn worker(settings: config::WorkerOnly, mut signals: Signals) -> anyhow::R
     tokio::select! {
         signal = signals.recv() => {
             tracing::info!(%signal, "stopping the settlement worker");
+        }
+        () = parent_gone => {
+            tracing::info!("serve stopped or is gone; stopping the settlement worker");
         }
         why = settlement::ended(&mut worker) => {
             anyhow::bail!("the settlement worker stopped unexpectedly: {why}");

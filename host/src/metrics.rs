@@ -65,6 +65,8 @@ pub const SETTLEMENT_BATCH: &str = "transferd_settlement_batch_transfers";
 pub const SETTLEMENT_LAG_MESSAGES: &str = "transferd_settlement_lag_messages";
 /// Age of the oldest message in the last settled batch when it committed; 0 while idle.
 pub const SETTLEMENT_LAG_SECONDS: &str = "transferd_settlement_lag_seconds";
+/// Times `serve` started its settlement worker process again after it died.
+pub const WORKER_RESTARTS: &str = "transferd_worker_restarts_total";
 /// 1 when a `dependency` (postgres, redis, broker) answered its last probe, else 0.
 pub const DEPENDENCY_UP: &str = "transferd_dependency_up";
 

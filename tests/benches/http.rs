@@ -19,7 +19,8 @@ use anyhow::{Context, bail};
 use serde_json::json;
 use tokio::sync::Mutex;
 use transferd_e2e::{
-    BrokerStorage, Host, HostOptions, Namespace, auth, free_port, process_figures, spawn_tansu,
+    BrokerStorage, Host, HostOptions, Namespace, auth, child_pids, free_port, process_figures,
+    spawn_tansu,
 };
 
 /// Funded users; each request's sender is one of them, at random.
@@ -63,7 +64,11 @@ impl Processes {
                 .sum()
         };
         BTreeMap::from([
-            ("transferd", sum(&[self.transferd])),
+            // serve and its settlement worker process.
+            (
+                "transferd",
+                sum(&[vec![self.transferd], child_pids(self.transferd)].concat()),
+            ),
             ("broker", sum(&[self.broker])),
             ("redis", sum(&pids_named("redis-server"))),
             ("postgres", sum(&pids_named("postgres"))),

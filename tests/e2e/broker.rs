@@ -109,7 +109,6 @@ async fn a_crashed_sqlite_broker_keeps_messages_and_topics() -> anyhow::Result<(
 }
 
 #[tokio::test]
-#[ignore = "upstream: Tansu 0.6 answers a fetch for an unknown topic with a KIP-951 CurrentLeader tag and a zero topic id; librdkafka 2.12.1 then looks the topic up by a NULL name (SIGSEGV in rd_kafka_metadata_cache_find); see README"]
 async fn topics_deleted_under_a_running_service_are_created_again() -> anyhow::Result<()> {
     let namespace = Namespace::new().await?;
     let host = Host::start(&namespace).await?;

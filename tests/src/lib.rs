@@ -463,6 +463,21 @@ impl Host {
         self.child.id()
     }
 
+    /// The settlement worker process serve runs (its only child), once it is running.
+    pub async fn worker_pid(&self, limit: Duration) -> anyhow::Result<u32> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let [worker] = child_pids(self.pid())[..] {
+                return Ok(worker);
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "serve had no single worker process within {limit:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// SIGKILL, as a crash or an operator's `kill -9` would: nothing is flushed.
     pub fn kill(&mut self) -> Option<ExitStatus> {
         let _ = self.child.kill();
@@ -1120,6 +1135,25 @@ impl Namespace {
         }
         Ok(off)
     }
+}
+
+/// The live child processes of `pid` (serve's settlement worker, PostgreSQL's backends).
+pub fn child_pids(pid: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|candidate| {
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{candidate}/stat")) else {
+                return false;
+            };
+            // The parent's pid is the second field after the parenthesised command name.
+            stat.rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok())
+                == Some(pid)
+        })
+        .collect()
 }
 
 /// CPU time (user + system, with reaped children: PostgreSQL's exited backends) in clock

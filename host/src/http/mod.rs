@@ -42,7 +42,7 @@ use crate::guest::runtime::{GuestEngine, GuestLimits};
 use crate::guest::shadow::ShadowBook;
 use crate::guest::watch;
 use crate::settlement;
-use crate::shutdown::{self, Signals, StopSignal};
+use crate::shutdown::{self, Signals};
 use crate::stores::idempotency::IdempotencyKeys;
 use crate::trace::TraceContext;
 use error::{ApiError, Reply, json_response};
@@ -83,17 +83,10 @@ impl App {
     }
 }
 
-/// Why the serving loop ended.
-enum Ending {
-    Signal(StopSignal),
-    /// The settlement worker ended while nobody asked it to: a bug or a fatal error.
-    WorkerEnded(String),
-}
-
 /// Connects the stores, migrates, loads the guest and serves until a stop signal; runs the
-/// settlement worker beside the API unless told not to. Then drains, bounded by the drain
-/// time: stops accepting, finishes requests in flight, stops the worker between batches and
-/// flushes the producer. An unexpected end of the worker ends the process with an error.
+/// settlement worker beside the API, as a supervised child process, unless told not to. Then
+/// drains, bounded by the drain time: stops accepting, finishes requests in flight, stops the
+/// worker between batches and flushes the producer.
 pub async fn serve(settings: Serve, mut signals: Signals) -> anyhow::Result<()> {
     let services = &settings.services;
     crate::metrics::install().context("installing the metrics recorder")?;
@@ -137,14 +130,9 @@ pub async fn serve(settings: Serve, mut signals: Signals) -> anyhow::Result<()> 
     );
 
     let (stop_handle, stop) = shutdown::stop_channel();
-    let mut worker = settings.run_worker.then(|| {
-        settlement::spawn(
-            services.clone(),
-            settings.worker.clone(),
-            Arc::clone(&capabilities),
-            stop,
-        )
-    });
+    let worker = settings
+        .run_worker
+        .then(|| settlement::process::supervise(services, &settings.worker, stop));
 
     let capabilities_pool = capabilities.ledger.pool().clone();
     let app = Arc::new(App {
@@ -179,7 +167,7 @@ pub async fn serve(settings: Serve, mut signals: Signals) -> anyhow::Result<()> 
     let edge = Edge {
         header_timeout: settings.header_timeout(),
     };
-    let ending = loop {
+    let signal = loop {
         tokio::select! {
             // At the connection limit nothing is accepted: new clients wait in the backlog.
             accepted = accept(&listener, &connections) => {
@@ -199,28 +187,23 @@ pub async fn serve(settings: Serve, mut signals: Signals) -> anyhow::Result<()> 
                     drop(permit);
                 });
             }
-            signal = signals.recv() => break Ending::Signal(signal),
-            ended = settlement::ended(&mut worker) => break Ending::WorkerEnded(ended),
+            signal = signals.recv() => break signal,
         }
     };
     drop(listener);
     stop_handle.stop();
     let drain = services.drain_timeout();
     let deadline = tokio::time::Instant::now() + drain;
-    match &ending {
-        Ending::Signal(signal) => tracing::info!(
-            %signal,
-            drain_ms = drain.as_millis() as u64,
-            "shutting down: no new connections; finishing requests in flight and stopping the worker"
-        ),
-        Ending::WorkerEnded(why) => tracing::error!(
-            why,
-            "the settlement worker stopped unexpectedly; shutting the service down"
-        ),
-    }
+    tracing::info!(
+        %signal,
+        drain_ms = drain.as_millis() as u64,
+        "shutting down: no new connections; finishing requests in flight and stopping the worker"
+    );
     let worker_stopped = async {
-        if let Some(worker) = worker {
-            settlement::log_end(worker.await);
+        if let Some(supervisor) = worker
+            && let Err(error) = supervisor.await
+        {
+            tracing::error!(%error, "the settlement worker's supervisor panicked");
         }
     };
     // A decision whose client already left is no connection's any more; wait for it too, so
@@ -242,15 +225,8 @@ pub async fn serve(settings: Serve, mut signals: Signals) -> anyhow::Result<()> 
     {
         tracing::warn!(%error, "the producer did not flush");
     }
-    match ending {
-        Ending::Signal(signal) => {
-            tracing::info!(%signal, "drained; exiting");
-            Ok(())
-        }
-        Ending::WorkerEnded(why) => {
-            anyhow::bail!("the settlement worker stopped unexpectedly: {why}")
-        }
-    }
+    tracing::info!(%signal, "drained; exiting");
+    Ok(())
 }
 
 /// Records the file's guest in the registry (the version to roll back to on a fresh

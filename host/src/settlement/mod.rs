@@ -12,6 +12,7 @@
 pub mod decide;
 pub mod ledger;
 pub mod ownership;
+pub mod process;
 pub mod reconcile;
 
 use std::sync::Arc;
