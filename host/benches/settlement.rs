@@ -106,6 +106,7 @@ async fn main() -> anyhow::Result<()> {
                 topic: "bench".into(),
                 from: Offsets::from([(0, position)]),
                 to: Offsets::from([(0, next)]),
+                last_payload: Default::default(),
             };
             let settled = settlements.apply(batch, &advance).await?;
             let ids: Vec<Uuid> = batch.iter().map(|m| m.transaction_id).collect();

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use transferd::config::Services;
 use transferd::settlement::decide::TransferMessage;
 use transferd::settlement::ledger::{Advance, Offsets, SettleError, SettledBatch, Settlements};
+use transferd::settlement::same_log::{Fingerprints, fingerprint};
 use transferd::stores::postgres::Ledger;
 use transferd::stores::redis::{BalanceCache, SettledBalance, SettledHold};
 use uuid::Uuid;
@@ -151,6 +152,7 @@ fn advance(topic: &str, from: i64, to: i64) -> Advance {
         topic: topic.into(),
         from: Offsets::from([(0, from)]),
         to: Offsets::from([(0, to)]),
+        last_payload: Fingerprints::from([(0, fingerprint(format!("{topic}@{to}").as_bytes()))]),
     }
 }
 
@@ -169,6 +171,11 @@ async fn a_batch_read_from_a_stale_position_changes_nothing() -> anyhow::Result<
         .apply(&[message(1, 2, 100)], &advance("log", 0, 1))
         .await?;
     assert_eq!(settlements.read_positions("log").await?[&0], 1);
+    assert_eq!(
+        settlements.fingerprints("log").await?,
+        Fingerprints::from([(0, fingerprint(b"log@1"))]),
+        "the position keeps the fingerprint of the message before it; partition 1 has none"
+    );
 
     // A second worker that read from offset 0 too: refused, nothing applied.
     let late = settlements

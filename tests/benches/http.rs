@@ -75,8 +75,11 @@ impl Processes {
         ])
     }
 
-    fn transferd_peak_mib(&self) -> f64 {
-        process_figures(self.transferd).map_or(0.0, |(_, kib)| kib as f64 / 1024.0)
+    /// Peak RSS of serve and of its worker process (the one running now), in MiB.
+    fn transferd_peak_mib(&self) -> (f64, f64) {
+        let peak = |pid: u32| process_figures(pid).map_or(0.0, |(_, kib)| kib as f64 / 1024.0);
+        let worker: f64 = child_pids(self.transferd).into_iter().map(peak).sum();
+        (peak(self.transferd), worker)
     }
 }
 
@@ -155,12 +158,12 @@ fn run_wrk(script: &Path, connections: u32, url: &str, args: &[&str]) -> anyhow:
 }
 
 /// One row of the report: the load's figures and the CPU it cost.
-fn row(label: &str, connections: u32, run: &Wrk, cpu: &BTreeMap<&str, f64>, rss_mib: f64) {
+fn row(label: &str, connections: u32, run: &Wrk, cpu: &BTreeMap<&str, f64>, rss_mib: (f64, f64)) {
     let ok = run.ok().max(1) as f64;
     let per = |role: &str| cpu.get(role).copied().unwrap_or(0.0) * 1e6 / ok;
     let total: f64 = cpu.values().sum::<f64>() * 1e6 / ok;
     println!(
-        "| {label} | {connections} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} |",
+        "| {label} | {connections} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} |",
         run.ok() as f64 / run.duration_s,
         run.p50_ms,
         run.p99_ms,
@@ -171,7 +174,8 @@ fn row(label: &str, connections: u32, run: &Wrk, cpu: &BTreeMap<&str, f64>, rss_
         per("broker"),
         per("redis"),
         per("postgres"),
-        rss_mib,
+        rss_mib.0,
+        rss_mib.1,
     );
 }
 
@@ -277,6 +281,16 @@ async fn main() -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let mut options = HostOptions::new(&namespace);
     options.kafka_brokers = format!("127.0.0.1:{broker_port}");
+    // TRANSFERD_BENCH_ENV="NAME=value,NAME=value" runs transferd with other settings, to compare.
+    let extra = std::env::var("TRANSFERD_BENCH_ENV").unwrap_or_default();
+    for setting in extra.split(',').filter(|setting| !setting.is_empty()) {
+        let (name, value) = setting
+            .split_once('=')
+            .with_context(|| format!("TRANSFERD_BENCH_ENV: {setting:?} is not NAME=value"))?;
+        options
+            .extra_env
+            .push((name.to_string(), value.to_string()));
+    }
     let host = Arc::new(Host::start_with(&namespace, options).await?);
     for user in 1..=USERS {
         host.deposit(user, "USD", "1000000").await?;
@@ -293,13 +307,18 @@ async fn main() -> anyhow::Result<()> {
     let url = host.base_url.clone();
 
     println!(
-        "\nEach run {} s; {USERS} funded users; auth and idempotency keys on; {storage_name} broker; settlement in the same process.\n",
-        seconds()
+        "\nEach run {} s; {USERS} funded users; auth and idempotency keys on; {storage_name} broker; settlement in serve's worker process (its CPU counts as transferd's){}.\n",
+        seconds(),
+        if extra.is_empty() {
+            String::new()
+        } else {
+            format!("; {extra}")
+        }
     );
     println!(
-        "| request | connections | ok/s | p50 ms | p99 ms | p99.9 ms | errors | CPU µs/ok all | transferd | broker | redis | postgres | transferd peak RSS MiB |"
+        "| request | connections | ok/s | p50 ms | p99 ms | p99.9 ms | errors | CPU µs/ok all | transferd | broker | redis | postgres | serve peak RSS MiB | worker peak RSS MiB |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     let post_script = bench_dir().join("post.lua");
     let mut rate_at_64 = 0.0;
     for connections in CONNECTIONS {

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use transferd_e2e::{
-    Broker, BrokerStorage, Host, HostOptions, KAFKA_BROKERS, Namespace, Random, WorkerProcess,
-    consume, delete_topics,
+    Broker, BrokerStorage, Host, HostOptions, Namespace, Random, WorkerProcess, consume,
+    delete_topics,
 };
 use uuid::Uuid;
 
@@ -111,7 +111,13 @@ async fn a_crashed_sqlite_broker_keeps_messages_and_topics() -> anyhow::Result<(
 #[tokio::test]
 async fn topics_deleted_under_a_running_service_are_created_again() -> anyhow::Result<()> {
     let namespace = Namespace::new().await?;
-    let host = Host::start(&namespace).await?;
+    // A private broker with the default durable storage: Tansu 0.6's memory storage keeps a
+    // deleted partition's old end offset for fetches, so a topic created again there is never
+    // read past it (an upstream bug of that test-only mode).
+    let broker = Broker::start_with(BrokerStorage::Sqlite).await?;
+    let mut options = HostOptions::new(&namespace);
+    options.kafka_brokers = broker.brokers();
+    let host = Host::start_with(&namespace, options).await?;
     host.deposit(1, "USD", "100.00").await?;
     host.deposit(2, "USD", "100.00").await?;
     let before = accepted_id(&host.transfer(transfer(1, 2, "1.00")).await?)?;
@@ -122,7 +128,15 @@ async fn topics_deleted_under_a_running_service_are_created_again() -> anyhow::R
     );
 
     let events_topic = format!("{}transfer_events", namespace.topic_prefix());
-    delete_topics(KAFKA_BROKERS, &[&namespace.transfer_topic(), &events_topic]).await?;
+    delete_topics(&broker.brokers(), &[&namespace.transfer_topic()]).await?;
+    // Tansu 0.6's SQLite storage deletes every topic of the cluster with any one (its
+    // `topic_delete_by.sql`), so the events topic may be gone already.
+    if let Err(error) = delete_topics(&broker.brokers(), &[&events_topic]).await {
+        anyhow::ensure!(
+            error.to_string().contains("UnknownTopicOrPartition"),
+            "deleting the events topic: {error:#}"
+        );
+    }
     let mut accepted = vec![before];
     let mut refused = 0;
     for _ in 0..10 {
@@ -152,7 +166,7 @@ async fn topics_deleted_under_a_running_service_are_created_again() -> anyhow::R
     let settled_ids: HashSet<Uuid> = namespace.settled_ids().await?.into_iter().collect();
     assert_eq!(settled_ids, accepted.iter().copied().collect());
     let events = consume(
-        KAFKA_BROKERS,
+        &broker.brokers(),
         &events_topic,
         accepted.len() - 1,
         Duration::from_secs(20),

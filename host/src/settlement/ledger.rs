@@ -26,6 +26,9 @@ pub struct Advance {
     pub topic: String,
     pub from: Offsets,
     pub to: Offsets,
+    /// The fingerprint of the last message read in each partition of `to` (the one at
+    /// `to - 1`), kept with the position (`same_log`).
+    pub last_payload: super::same_log::Fingerprints,
 }
 
 impl Advance {
@@ -97,6 +100,22 @@ impl Settlements {
         .execute(&self.pool)
         .await?;
         self.read_positions(topic).await
+    }
+
+    /// The fingerprint of the message before settlement's position, in every partition of
+    /// `topic` that has one.
+    pub async fn fingerprints(
+        &self,
+        topic: &str,
+    ) -> Result<super::same_log::Fingerprints, LedgerError> {
+        let rows: Vec<(i32, Vec<u8>)> = sqlx::query_as(
+            "SELECT partition, last_payload_sha256 FROM settlement_positions
+             WHERE topic = $1 AND last_payload_sha256 IS NOT NULL",
+        )
+        .bind(topic)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().collect())
     }
 
     /// Settlement's position in every partition of `topic` it has a row for.
@@ -320,14 +339,21 @@ async fn move_position(
     }
     let partitions: Vec<i32> = advance.to.keys().copied().collect();
     let next: Vec<i64> = advance.to.values().copied().collect();
+    // A partition without a fingerprint gets NULL: its position cannot be checked later.
+    let prints: Vec<Option<Vec<u8>>> = partitions
+        .iter()
+        .map(|partition| advance.last_payload.get(partition).cloned())
+        .collect();
     sqlx::query(
-        "UPDATE settlement_positions p SET next_offset = u.next_offset, updated_at = now()
-         FROM UNNEST($2::int[], $3::bigint[]) AS u(partition, next_offset)
+        "UPDATE settlement_positions p
+         SET next_offset = u.next_offset, last_payload_sha256 = u.print, updated_at = now()
+         FROM UNNEST($2::int[], $3::bigint[], $4::bytea[]) AS u(partition, next_offset, print)
          WHERE p.topic = $1 AND p.partition = u.partition",
     )
     .bind(&advance.topic)
     .bind(&partitions)
     .bind(&next)
+    .bind(&prints)
     .execute(&mut **transaction)
     .await?;
     Ok(())

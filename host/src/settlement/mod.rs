@@ -14,6 +14,7 @@ pub mod ledger;
 pub mod ownership;
 pub mod process;
 pub mod reconcile;
+pub mod same_log;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -208,8 +209,30 @@ impl TopicWorker<'_> {
         }
     }
 
-    /// A consumer assigned every partition of the topic at the ledger's positions. A topic
-    /// the broker does not know is created again.
+    /// The partitions whose log is not the one the ledger's position was taken in.
+    async fn new_logs(
+        &self,
+        positions: &Offsets,
+    ) -> Result<std::collections::BTreeSet<i32>, String> {
+        let fingerprints = self
+            .settlements
+            .fingerprints(self.topic)
+            .await
+            .map_err(|error| error.to_string())?;
+        let probe = settlement_consumer(self.services).map_err(|error| error.to_string())?;
+        same_log::new_logs(
+            Arc::new(probe),
+            self.topic,
+            positions,
+            &fingerprints,
+            self.services.kafka_timeout(),
+        )
+        .await
+    }
+
+    /// A consumer assigned every partition of the topic at the ledger's positions, or from its
+    /// start where the log is a new one (`same_log`). A topic the broker does not know is
+    /// created again.
     async fn assign(&self) -> Result<(Arc<StreamConsumer>, Offsets), String> {
         let consumer = settlement_consumer(self.services).map_err(|error| error.to_string())?;
         let consumer = Arc::new(consumer);
@@ -232,10 +255,22 @@ impl TopicWorker<'_> {
             .positions(self.topic, &partitions)
             .await
             .map_err(|error| error.to_string())?;
+        let new_logs = self.new_logs(&positions).await?;
         let mut list = TopicPartitionList::new();
         for partition in partitions {
             let next = positions.get(&partition).copied().unwrap_or(0);
-            list.add_partition_offset(self.topic, partition, Offset::Offset(next))
+            let start = if new_logs.contains(&partition) {
+                tracing::warn!(
+                    topic = self.topic,
+                    partition,
+                    position = next,
+                    "the log is not the one settlement's position was taken in (the topic was created again, or the broker lost its log); settling it from its start"
+                );
+                Offset::Beginning
+            } else {
+                Offset::Offset(next)
+            };
+            list.add_partition_offset(self.topic, partition, start)
                 .map_err(|error| error.to_string())?;
         }
         consumer.assign(&list).map_err(|error| error.to_string())?;
@@ -266,7 +301,11 @@ fn advance_of(topic: &str, positions: &Offsets, batch: &[OwnedMessage]) -> Advan
         }
         advance.from.insert(partition, from);
         let to = advance.to.entry(partition).or_insert(0);
-        *to = (*to).max(message.offset() + 1);
+        if message.offset() + 1 > *to {
+            *to = message.offset() + 1;
+            let print = same_log::fingerprint(message.payload().unwrap_or_default());
+            advance.last_payload.insert(partition, print);
+        }
     }
     advance
 }
