@@ -445,9 +445,18 @@ async fn workers_killed_mid_batch_lose_nothing_and_apply_nothing_twice() -> anyh
         })
         .collect();
     let accepted_set: HashSet<Uuid> = accepted.iter().copied().collect();
-    assert_eq!(
-        with_event, accepted_set,
-        "an event for every accepted transfer"
+    let missing: Vec<&Uuid> = accepted_set.difference(&with_event).collect();
+    let foreign: Vec<&Uuid> = with_event.difference(&accepted_set).collect();
+    assert!(
+        missing.is_empty() && foreign.is_empty(),
+        "an event for every accepted transfer and none other: {} of {} without one \
+         ({:?}…), {} events of transfers not accepted ({:?}…), {} events read",
+        missing.len(),
+        accepted_set.len(),
+        &missing[..missing.len().min(3)],
+        foreign.len(),
+        &foreign[..foreign.len().min(3)],
+        events.len()
     );
     eprintln!("{} events for {} transfers", events.len(), accepted.len());
     Ok(())
