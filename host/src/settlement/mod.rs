@@ -219,7 +219,8 @@ impl TopicWorker<'_> {
             .fingerprints(self.topic)
             .await
             .map_err(|error| error.to_string())?;
-        let probe = settlement_consumer(self.services).map_err(|error| error.to_string())?;
+        let probe = settlement_consumer(self.services, self.settings.fetch_wait_ms)
+            .map_err(|error| error.to_string())?;
         same_log::new_logs(
             Arc::new(probe),
             self.topic,
@@ -234,7 +235,8 @@ impl TopicWorker<'_> {
     /// start where the log is a new one (`same_log`). A topic the broker does not know is
     /// created again.
     async fn assign(&self) -> Result<(Arc<StreamConsumer>, Offsets), String> {
-        let consumer = settlement_consumer(self.services).map_err(|error| error.to_string())?;
+        let consumer = settlement_consumer(self.services, self.settings.fetch_wait_ms)
+            .map_err(|error| error.to_string())?;
         let consumer = Arc::new(consumer);
         let timeout = self.services.kafka_timeout();
         let (reader, topic) = (Arc::clone(&consumer), self.topic.to_string());

@@ -33,7 +33,10 @@ pub const HOST_TOPICS: &[&str] = &[TRANSFER_TOPIC, EVENTS_TOPIC];
 pub const TOPIC_REPAIR_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The settlement worker's consumer: reads partitions it assigns itself, commits nothing.
-pub fn settlement_consumer(services: &Services) -> Result<StreamConsumer, LogError> {
+pub fn settlement_consumer(
+    services: &Services,
+    fetch_wait_ms: u64,
+) -> Result<StreamConsumer, LogError> {
     Ok(ClientConfig::new()
         .set("bootstrap.servers", &services.kafka_brokers)
         // Never joined: the worker assigns itself partitions at the ledger's positions and
@@ -48,8 +51,9 @@ pub fn settlement_consumer(services: &Services) -> Result<StreamConsumer, LogErr
         // new one from 0, which is read from its start.
         .set("auto.offset.reset", "earliest")
         // Holds stay until settlement; a fetch that waits librdkafka's default 500 ms for data
-        // (Tansu waits the whole time) keeps money held half a second longer than needed.
-        .set("fetch.wait.max.ms", "20")
+        // (Tansu waits the whole time) keeps money held half a second longer than needed, and
+        // a short one makes the broker serve many empty fetches (TRANSFERD_SETTLEMENT_FETCH_WAIT_MS).
+        .set("fetch.wait.max.ms", fetch_wait_ms.to_string())
         // Small fetches: Tansu serves every storage request of a broker one at a time, and a
         // fetch of librdkafka's default 1 MiB per partition from a backlog (after an outage)
         // holds the producers' requests up past their timeout. 64 KiB is ~200 transfers.
