@@ -104,6 +104,7 @@ async fn main() -> anyhow::Result<()> {
             let next = position + batch.len() as i64;
             let advance = Advance {
                 topic: "bench".into(),
+                generation: 0,
                 from: Offsets::from([(0, position)]),
                 to: Offsets::from([(0, next)]),
                 last_payload: Default::default(),

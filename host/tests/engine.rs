@@ -58,10 +58,12 @@ async fn slow_capabilities(database_timeout_ms: u64) -> anyhow::Result<Arc<Capab
         redis_timeout_ms: 100,
         drain_timeout_ms: 10_000,
     };
+    let ledger = Ledger::connect(&services).await?;
+    let log = TransferLog::new(&services, ledger.pool().clone())?;
     Ok(Arc::new(Capabilities {
-        ledger: Ledger::connect(&services).await?,
+        ledger,
         cache: BalanceCache::new(&services)?,
-        log: TransferLog::new(&services)?,
+        log,
     }))
 }
 

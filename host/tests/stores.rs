@@ -7,6 +7,7 @@ use transferd::config::Services;
 use transferd::settlement::decide::TransferMessage;
 use transferd::settlement::ledger::{Advance, Offsets, SettleError, SettledBatch, Settlements};
 use transferd::settlement::same_log::{Fingerprints, fingerprint};
+use transferd::stores::log_position::forget_positions;
 use transferd::stores::postgres::Ledger;
 use transferd::stores::redis::{BalanceCache, SettledBalance, SettledHold};
 use uuid::Uuid;
@@ -150,6 +151,7 @@ async fn two_workers_settling_the_same_batch_apply_it_once() -> anyhow::Result<(
 fn advance(topic: &str, from: i64, to: i64) -> Advance {
     Advance {
         topic: topic.into(),
+        generation: 0,
         from: Offsets::from([(0, from)]),
         to: Offsets::from([(0, to)]),
         last_payload: Fingerprints::from([(0, fingerprint(format!("{topic}@{to}").as_bytes()))]),
@@ -190,6 +192,67 @@ async fn a_batch_read_from_a_stale_position_changes_nothing() -> anyhow::Result<
         Some(900)
     );
     assert_eq!(settlements.read_positions("log").await?[&0], 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_batch_read_before_its_topic_was_created_again_is_refused() -> anyhow::Result<()> {
+    let ledger = fresh_ledger().await?;
+    let settlements = Settlements::new(ledger.pool().clone());
+    ledger.deposit(Uuid::now_v7(), 1, "USD", 1_000).await?;
+    ledger.deposit(Uuid::now_v7(), 2, "USD", 1).await?;
+    settlements.positions("log", &[0]).await?;
+    settlements
+        .apply(&[message(1, 2, 100)], &advance("log", 0, 5))
+        .await?;
+    assert_eq!(settlements.generation("log").await?, 0);
+
+    // The topic is created again: positions back to 0, fingerprints gone, next generation.
+    assert_eq!(forget_positions(ledger.pool(), "log").await?, 1);
+    assert_eq!(
+        settlements.read_positions("log").await?,
+        Offsets::from([(0, 0)])
+    );
+    assert_eq!(settlements.fingerprints("log").await?, Fingerprints::new());
+    assert_eq!(settlements.generation("log").await?, 1);
+
+    // A worker that read the old log from offset 0 names the old generation: refused, even
+    // though its position matches, and nothing is applied.
+    let stale = settlements
+        .apply(&[message(1, 2, 300)], &advance("log", 0, 1))
+        .await;
+    assert!(
+        matches!(stale, Err(SettleError::PositionMoved { .. })),
+        "{stale:?}"
+    );
+    assert_eq!(
+        ledger.balance(1, "USD").await?.map(|b| b.balance_minor),
+        Some(900)
+    );
+    assert_eq!(
+        settlements.read_positions("log").await?,
+        Offsets::from([(0, 0)])
+    );
+
+    // A partition first seen now starts in the topic's generation, so a worker of this
+    // generation settles both.
+    settlements.positions("log", &[0, 1]).await?;
+    let mut both = advance("log", 0, 1);
+    both.generation = 1;
+    both.from.insert(1, 0);
+    both.to.insert(1, 1);
+    settlements.apply(&[message(1, 2, 50)], &both).await?;
+    assert_eq!(
+        settlements.read_positions("log").await?,
+        Offsets::from([(0, 1), (1, 1)])
+    );
+    assert_eq!(
+        ledger.balance(1, "USD").await?.map(|b| b.balance_minor),
+        Some(850)
+    );
+    // Another topic's positions are its own.
+    assert_eq!(forget_positions(ledger.pool(), "other").await?, 0);
+    assert_eq!(settlements.generation("log").await?, 1);
     Ok(())
 }
 

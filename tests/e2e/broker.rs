@@ -155,16 +155,12 @@ async fn topics_deleted_under_a_running_service_are_created_again() -> anyhow::R
         refused <= 1,
         "a publish to a missing topic creates it and is sent again ({refused} refused)"
     );
-    let settled = namespace
-        .wait_settled(accepted.len() as i64, Duration::from_secs(60))
-        .await?;
-    assert_eq!(
-        settled,
-        accepted.len() as i64,
-        "the worker reads the recreated topic"
-    );
-    let settled_ids: HashSet<Uuid> = namespace.settled_ids().await?.into_iter().collect();
-    assert_eq!(settled_ids, accepted.iter().copied().collect());
+    settle_exactly(
+        &namespace,
+        &accepted,
+        "the worker reads the recreated topic",
+    )
+    .await?;
     let events = consume(
         &broker.brokers(),
         &events_topic,
@@ -176,6 +172,82 @@ async fn topics_deleted_under_a_running_service_are_created_again() -> anyhow::R
         events.len(),
         accepted.len() - 1,
         "events are written to the recreated events topic"
+    );
+    assert!(
+        log_generation(&namespace, &namespace.transfer_topic()).await? >= 1,
+        "whoever created the topic again first forgot settlement's positions in it"
+    );
+    Ok(())
+}
+
+/// Waits (at most a minute) until exactly the `accepted` transfers are settled.
+async fn settle_exactly(
+    namespace: &Namespace,
+    accepted: &[Uuid],
+    what: &str,
+) -> anyhow::Result<()> {
+    let settled = namespace
+        .wait_settled(accepted.len() as i64, Duration::from_secs(60))
+        .await?;
+    assert_eq!(settled, accepted.len() as i64, "{what}");
+    let settled_ids: HashSet<Uuid> = namespace.settled_ids().await?.into_iter().collect();
+    assert_eq!(settled_ids, accepted.iter().copied().collect(), "{what}");
+    Ok(())
+}
+
+/// How many times settlement's positions in `topic` were forgotten because the topic was
+/// created again.
+async fn log_generation(namespace: &Namespace, topic: &str) -> anyhow::Result<i64> {
+    let ledger = namespace.ledger().await?;
+    let generation: Option<i64> =
+        sqlx::query_scalar("SELECT max(log_generation) FROM settlement_positions WHERE topic = $1")
+            .bind(topic)
+            .fetch_one(&ledger)
+            .await?;
+    Ok(generation.unwrap_or(0))
+}
+
+/// The topic is deleted and created again while no worker runs: the worker that comes next
+/// must settle the new log from its start, not from the old log's position. The new log is
+/// made longer than the old position, so its end alone does not give it away.
+#[tokio::test]
+async fn a_topic_created_again_while_no_worker_runs_is_settled_from_its_start() -> anyhow::Result<()>
+{
+    let namespace = Namespace::new().await?;
+    let broker = Broker::start_with(BrokerStorage::Sqlite).await?;
+    let mut options = HostOptions::new(&namespace);
+    options.kafka_brokers = broker.brokers();
+    options.run_worker = false;
+    let host = Host::start_with(&namespace, options.clone()).await?;
+    host.deposit(1, "USD", "100.00").await?;
+    host.deposit(2, "USD", "100.00").await?;
+    let mut accepted = Vec::new();
+    for _ in 0..3 {
+        accepted.push(accepted_id(&host.transfer(transfer(1, 2, "1.00")).await?)?);
+    }
+    let mut worker = WorkerProcess::start(&namespace, &options, "worker-old-log")?;
+    assert_eq!(
+        namespace.wait_settled(3, Duration::from_secs(30)).await?,
+        3,
+        "settled in the first log"
+    );
+    let topic = namespace.transfer_topic();
+    assert_eq!(positions_total(&namespace, &topic).await?, 3);
+    worker.kill();
+
+    delete_topics(&broker.brokers(), &[&topic]).await?;
+    // Every partition of the new log gets more messages than the old position: serve's
+    // first publish finds the topic missing and creates it again.
+    for _ in 0..8 {
+        accepted.push(accepted_id(&host.transfer(transfer(1, 2, "1.00")).await?)?);
+    }
+    assert_eq!(log_generation(&namespace, &topic).await?, 1);
+    let _worker = WorkerProcess::start(&namespace, &options, "worker-new-log")?;
+    settle_exactly(&namespace, &accepted, "every accepted transfer settles").await?;
+    assert_eq!(
+        namespace.ledger_balance(1, "USD").await?,
+        Some(10_000 - 100 * accepted.len() as i64),
+        "each settled once"
     );
     Ok(())
 }

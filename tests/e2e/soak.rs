@@ -74,12 +74,13 @@ async fn run(requests: u64, kills: u64) -> anyhow::Result<()> {
             worker.kill();
             worker_kills += 1;
             eprintln!(
-                "soak: worker SIGKILL {worker_kills} at {} answers",
-                load.answered()
+                "soak: worker SIGKILL {worker_kills} at {} answers, {:.0} s",
+                load.answered(),
+                started.elapsed().as_secs_f64()
             );
             worker = WorkerProcess::start(&namespace, &options, &format!("worker-{worker_kills}"))?;
         } else {
-            faults.push(kill_broker(&mut broker, &load, faults.len() + 1).await?);
+            faults.push(kill_broker(&mut broker, &load, faults.len() + 1, started).await?);
         }
         if let Some(status) = host.exit_status() {
             anyhow::bail!(
@@ -99,6 +100,10 @@ async fn run(requests: u64, kills: u64) -> anyhow::Result<()> {
         outcomes.len()
     );
     let load_time = started.elapsed();
+    eprintln!(
+        "soak: the load by send time\n{}",
+        transferd_e2e::load::timeline(&outcomes, started, Duration::from_secs(20))
+    );
     let checks_started = Instant::now();
     let verdict = verify(&namespace, &outcomes, &faults, SETTLE_LIMIT, &host.base_url).await?;
     eprintln!(
@@ -118,9 +123,18 @@ async fn run(requests: u64, kills: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn kill_broker(broker: &mut Broker, load: &Load, number: usize) -> anyhow::Result<Fault> {
+async fn kill_broker(
+    broker: &mut Broker,
+    load: &Load,
+    number: usize,
+    run_started: Instant,
+) -> anyhow::Result<Fault> {
     let name = format!("broker SIGKILL {number}");
-    eprintln!("soak: {name} at {} answers", load.answered());
+    eprintln!(
+        "soak: {name} at {} answers, {:.0} s",
+        load.answered(),
+        run_started.elapsed().as_secs_f64()
+    );
     let started = Instant::now();
     broker.kill_and_restart().await?;
     let restarted = Instant::now();

@@ -217,6 +217,40 @@ async fn post(http: &reqwest::Client, url: &str, body: &Value) -> Outcome {
     }
 }
 
+/// The run in `step`-long slices by send time, one line each: answers, 200s per second, and
+/// answer time p50/p99/max. Shows when the rate fell or answers slowed, beside the faults.
+pub fn timeline(outcomes: &[Outcome], started: Instant, step: Duration) -> String {
+    let mut slices: BTreeMap<u64, Vec<&Outcome>> = BTreeMap::new();
+    for outcome in outcomes {
+        let slice =
+            outcome.sent.saturating_duration_since(started).as_secs() / step.as_secs().max(1);
+        slices.entry(slice).or_default().push(outcome);
+    }
+    let mut lines = String::new();
+    for (slice, answers) in slices {
+        let mut millis: Vec<u128> = answers
+            .iter()
+            .map(|outcome| outcome.answered.duration_since(outcome.sent).as_millis())
+            .collect();
+        millis.sort_unstable();
+        let at = |quantile: f64| millis[((millis.len() - 1) as f64 * quantile) as usize];
+        let ok = answers
+            .iter()
+            .filter(|outcome| outcome.answer == Answer::Status(200))
+            .count();
+        let from = slice * step.as_secs().max(1);
+        lines.push_str(&format!(
+            "  {from:>5} s: {:>6} answers, {:>5.0} ok/s, answer ms p50 {} p99 {} max {}\n",
+            answers.len(),
+            ok as f64 / step.as_secs_f64(),
+            at(0.5),
+            at(0.99),
+            at(1.0),
+        ));
+    }
+    lines
+}
+
 /// One fault the test caused.
 #[derive(Debug, Clone)]
 pub struct Fault {

@@ -43,8 +43,8 @@ impl Capabilities {
         let ledger = Ledger::connect(services).await?;
         migrate_with_retry(&ledger).await?;
         let cache = BalanceCache::new(services)?;
-        let log = TransferLog::new(services)?;
-        ensure_topics_in_background(services.clone());
+        let log = TransferLog::new(services, ledger.pool().clone())?;
+        ensure_topics_in_background(services.clone(), ledger.pool().clone());
         Ok(Capabilities { ledger, cache, log })
     }
 }
@@ -67,11 +67,11 @@ async fn migrate_with_retry(ledger: &Ledger) -> anyhow::Result<()> {
 
 /// Creates missing topics, retrying until the broker answers; requests that publish before
 /// then fail with 503, as they would with the broker down.
-fn ensure_topics_in_background(services: Services) {
+fn ensure_topics_in_background(services: Services, ledger: sqlx::PgPool) {
     tokio::spawn(async move {
         let mut delay = Duration::from_millis(200);
         loop {
-            match TransferLog::ensure_topics(&services, HOST_TOPICS).await {
+            match TransferLog::ensure_topics(&services, &ledger, HOST_TOPICS).await {
                 Ok(()) => {
                     tracing::info!(topics = ?HOST_TOPICS, prefix = services.topic_prefix, "topics ready");
                     return;

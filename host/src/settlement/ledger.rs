@@ -24,6 +24,8 @@ pub use crate::stores::log_position::Offsets;
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Advance {
     pub topic: String,
+    /// The topic's log generation the batch was read in (see [`Settlements::generation`]).
+    pub generation: i64,
     pub from: Offsets,
     pub to: Offsets,
     /// The fingerprint of the last message read in each partition of `to` (the one at
@@ -43,7 +45,7 @@ pub enum SettleError {
     #[error(transparent)]
     Ledger(#[from] LedgerError),
     #[error(
-        "settlement's position in {topic} is not where this worker read from: another worker settled there"
+        "settlement's position in {topic} is not where this worker read from: another worker settled there, or the topic was created again"
     )]
     PositionMoved { topic: String },
 }
@@ -92,14 +94,30 @@ impl Settlements {
     /// starts at offset 0 (its row is created).
     pub async fn positions(&self, topic: &str, partitions: &[i32]) -> Result<Offsets, LedgerError> {
         sqlx::query(
-            "INSERT INTO settlement_positions (topic, partition, next_offset)
-             SELECT $1, p, 0 FROM UNNEST($2::int[]) AS p ON CONFLICT DO NOTHING",
+            "INSERT INTO settlement_positions (topic, partition, next_offset, log_generation)
+             SELECT $1, p, 0, COALESCE(
+                 (SELECT max(log_generation) FROM settlement_positions WHERE topic = $1), 0)
+             FROM UNNEST($2::int[]) AS p ON CONFLICT DO NOTHING",
         )
         .bind(topic)
         .bind(partitions)
         .execute(&self.pool)
         .await?;
         self.read_positions(topic).await
+    }
+
+    /// The topic's log generation: how many times the topic was created again while
+    /// settlement had positions in it (`stores::log_position::forget_positions`). A worker
+    /// reads it before its positions and names it in every [`Advance`]; read in that order, a
+    /// generation that moves in between can only refuse a batch, never let a stale one in.
+    pub async fn generation(&self, topic: &str) -> Result<i64, LedgerError> {
+        let generation: Option<i64> = sqlx::query_scalar(
+            "SELECT max(log_generation) FROM settlement_positions WHERE topic = $1",
+        )
+        .bind(topic)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(generation.unwrap_or(0))
     }
 
     /// The fingerprint of the message before settlement's position, in every partition of
@@ -298,8 +316,8 @@ fn account_keys(messages: &[TransferMessage]) -> (Vec<i64>, Vec<String>) {
     keys.into_iter().unzip()
 }
 
-/// Locks the position rows the batch moves and checks they are where the batch was read from.
-/// Taken first, so two workers on one topic queue here before touching any account.
+/// Locks the position rows the batch moves and checks they are where the batch was read from,
+/// in the same log generation. Taken first, so two workers on one topic queue here before touching any account.
 async fn check_position(
     transaction: &mut Transaction<'_>,
     advance: &Advance,
@@ -313,16 +331,23 @@ async fn check_position(
         "an advance names the same partitions before and after"
     );
     let partitions: Vec<i32> = advance.from.keys().copied().collect();
-    let rows: Vec<(i32, i64)> = sqlx::query_as(
-        "SELECT partition, next_offset FROM settlement_positions
+    let rows: Vec<(i32, i64, i64)> = sqlx::query_as(
+        "SELECT partition, next_offset, log_generation FROM settlement_positions
          WHERE topic = $1 AND partition = ANY($2::int[]) ORDER BY partition FOR UPDATE",
     )
     .bind(&advance.topic)
     .bind(&partitions)
     .fetch_all(&mut **transaction)
     .await?;
-    let current: Offsets = rows.into_iter().collect();
-    if current != advance.from {
+    // A batch of an earlier generation was read from a log that is gone.
+    let same_log = rows
+        .iter()
+        .all(|(_, _, generation)| *generation == advance.generation);
+    let current: Offsets = rows
+        .into_iter()
+        .map(|(partition, offset, _)| (partition, offset))
+        .collect();
+    if current != advance.from || !same_log {
         return Err(SettleError::PositionMoved {
             topic: advance.topic.clone(),
         });

@@ -162,7 +162,7 @@ impl TopicWorker<'_> {
     async fn settle(&self, owner: &mut Ownership, stop: &mut Stop) -> Ended {
         let log = &self.capabilities.log;
         let repairs_seen = log.topic_repairs();
-        let (consumer, mut positions) = match self.assign().await {
+        let (consumer, generation, mut positions) = match self.assign().await {
             Ok(assigned) => assigned,
             Err(why) => return Ended::Restart(why),
         };
@@ -192,7 +192,7 @@ impl TopicWorker<'_> {
                 metrics::gauge!(crate::metrics::SETTLEMENT_LAG_SECONDS).set(0.0);
                 continue;
             };
-            let advance = advance_of(self.topic, &positions, &batch);
+            let advance = advance_of(self.topic, generation, &positions, &batch);
             let messages = parse_batch(&batch);
             if let Some(ended) = settle_batch(
                 self.capabilities,
@@ -232,9 +232,9 @@ impl TopicWorker<'_> {
     }
 
     /// A consumer assigned every partition of the topic at the ledger's positions, or from its
-    /// start where the log is a new one (`same_log`). A topic the broker does not know is
-    /// created again.
-    async fn assign(&self) -> Result<(Arc<StreamConsumer>, Offsets), String> {
+    /// start where the log is a new one (`same_log`), with the log generation the positions
+    /// belong to. A topic the broker does not know is created again.
+    async fn assign(&self) -> Result<(Arc<StreamConsumer>, i64, Offsets), String> {
         let consumer = settlement_consumer(self.services, self.settings.fetch_wait_ms)
             .map_err(|error| error.to_string())?;
         let consumer = Arc::new(consumer);
@@ -252,6 +252,12 @@ impl TopicWorker<'_> {
             }
             Err(error) => return Err(format!("reading the partitions panicked: {error}")),
         };
+        // The generation first: see `Settlements::generation`.
+        let generation = self
+            .settlements
+            .generation(self.topic)
+            .await
+            .map_err(|error| error.to_string())?;
         let positions = self
             .settlements
             .positions(self.topic, &partitions)
@@ -276,7 +282,7 @@ impl TopicWorker<'_> {
                 .map_err(|error| error.to_string())?;
         }
         consumer.assign(&list).map_err(|error| error.to_string())?;
-        Ok((consumer, positions))
+        Ok((consumer, generation, positions))
     }
 }
 
@@ -284,9 +290,15 @@ impl TopicWorker<'_> {
 /// worker stood to past its last message. A message below the position means the broker lost
 /// its log and numbers a new one from the start (librdkafka resets to the earliest offset):
 /// the new log is settled from there, and the ledger skips anything it already has.
-fn advance_of(topic: &str, positions: &Offsets, batch: &[OwnedMessage]) -> Advance {
+fn advance_of(
+    topic: &str,
+    generation: i64,
+    positions: &Offsets,
+    batch: &[OwnedMessage],
+) -> Advance {
     let mut advance = Advance {
         topic: topic.to_string(),
+        generation,
         ..Advance::default()
     };
     for message in batch {

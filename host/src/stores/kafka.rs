@@ -2,7 +2,7 @@
 //! the broker acknowledged on all in-sync replicas.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{PoisonError, RwLock};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -12,9 +12,11 @@ use rdkafka::consumer::StreamConsumer;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::types::{RDKafkaErrorCode, RDKafkaRespErr};
+use sqlx::PgPool;
 
 use crate::config::Services;
+use crate::stores::log_position;
 
 /// Topics a guest may publish to, by their logical (unprefixed) names.
 pub const GUEST_TOPICS: &[&str] = &[TRANSFER_TOPIC];
@@ -68,11 +70,16 @@ pub fn settlement_consumer(
 }
 
 /// The broker does not know the topic (or partition): nothing was written, and creating the
-/// topic is the fix. `UnknownTopic` is librdkafka's own code, after metadata said so.
+/// topic is the fix. `UnknownTopic` and `UnknownPartition` are librdkafka's own codes, after
+/// metadata said so (a topic deleted under a running producer gives the second).
 pub fn is_unknown_topic(error: &KafkaError) -> bool {
     matches!(
         error.rdkafka_error_code(),
-        Some(RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic)
+        Some(
+            RDKafkaErrorCode::UnknownTopicOrPartition
+                | RDKafkaErrorCode::UnknownTopic
+                | RDKafkaErrorCode::UnknownPartition
+        )
     )
 }
 
@@ -186,6 +193,9 @@ pub struct TransferLog {
     /// still says they do not exist); the generation says which one is replaced.
     producer: RwLock<(u64, FutureProducer)>,
     services: Services,
+    /// The ledger, whose settlement positions in a topic are forgotten before it is created
+    /// again (see [`TransferLog::ensure_topics`]).
+    ledger: PgPool,
     timeout: Duration,
     /// When topics were last recreated; one attempt at a time (see [`TransferLog::repair_topics`]).
     last_repair: tokio::sync::Mutex<Option<Instant>>,
@@ -195,11 +205,12 @@ pub struct TransferLog {
 
 impl TransferLog {
     /// Creates the producer; it connects in the background and reconnects by itself.
-    pub fn new(services: &Services) -> Result<TransferLog, LogError> {
+    pub fn new(services: &Services, ledger: PgPool) -> Result<TransferLog, LogError> {
         let producer = new_producer(services)?;
         Ok(TransferLog {
             producer: RwLock::new((0, producer)),
             services: services.clone(),
+            ledger,
             timeout: services.kafka_timeout(),
             last_repair: tokio::sync::Mutex::new(None),
             repairs: AtomicU64::new(0),
@@ -335,7 +346,7 @@ impl TransferLog {
         }
         *last = Some(Instant::now());
         let (generation, _) = self.current_producer();
-        TransferLog::ensure_topics(&self.services, HOST_TOPICS).await?;
+        TransferLog::ensure_topics(&self.services, &self.ledger, HOST_TOPICS).await?;
         self.replace_producer(generation, "missing topics were created");
         self.repairs.fetch_add(1, Ordering::SeqCst);
         tracing::warn!(
@@ -393,19 +404,49 @@ impl TransferLog {
     /// Creates the topics transferd writes to when they are missing. Production clusters
     /// usually create them beforehand; an existing topic is left as it is. Needs only an
     /// admin client, not a producer.
+    ///
+    /// A missing topic that settlement has positions in was deleted, or lived on a broker that
+    /// lost its log: the topic created now numbers its messages from 0 again, and a worker
+    /// that kept the old positions would skip every message below them. So settlement's
+    /// positions in it are forgotten first, before it exists again; a crash in between leaves
+    /// the topic missing, and the next attempt forgets again (nothing to lose: reading a log
+    /// from its start is safe, the ledger skips what it has).
     pub async fn ensure_topics(
         services: &Services,
+        ledger: &PgPool,
         logical_topics: &[&str],
     ) -> Result<(), LogError> {
-        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-            .set("bootstrap.servers", &services.kafka_brokers)
-            .create()?;
+        let admin: Arc<AdminClient<DefaultClientContext>> = Arc::new(
+            ClientConfig::new()
+                .set("bootstrap.servers", &services.kafka_brokers)
+                .create()?,
+        );
         let timeout = services.kafka_timeout();
         let names: Vec<String> = logical_topics
             .iter()
             .map(|topic| physical_topic(&services.topic_prefix, topic))
             .collect();
-        let new_topics: Vec<NewTopic<'_>> = names
+        let missing = missing_topics(&admin, &names, timeout).await?;
+        if missing.is_empty() {
+            return Ok(());
+        }
+        for name in &missing {
+            let forgotten = log_position::forget_positions(ledger, name)
+                .await
+                .map_err(|error| {
+                    LogError::NotSent(format!(
+                        "forgetting settlement's positions in {name} before creating it failed: {error}"
+                    ))
+                })?;
+            if forgotten > 0 {
+                tracing::warn!(
+                    topic = name,
+                    partitions = forgotten,
+                    "the topic is gone but settlement had positions in it; they are forgotten, so the topic created again is settled from its start"
+                );
+            }
+        }
+        let new_topics: Vec<NewTopic<'_>> = missing
             .iter()
             .map(|name| NewTopic::new(name, services.topic_partitions, TopicReplication::Fixed(1)))
             .collect();
@@ -424,6 +465,39 @@ impl TransferLog {
         }
         Ok(())
     }
+}
+
+/// Which of `names` the broker does not know. Only the broker's own "unknown topic" counts:
+/// any other failure is an error, so a broker that cannot answer never makes settlement
+/// forget its positions. librdkafka's metadata call blocks, so it runs off the runtime.
+async fn missing_topics(
+    admin: &Arc<AdminClient<DefaultClientContext>>,
+    names: &[String],
+    timeout: Duration,
+) -> Result<Vec<String>, LogError> {
+    let (admin, names) = (Arc::clone(admin), names.to_vec());
+    tokio::task::spawn_blocking(move || {
+        let mut missing = Vec::new();
+        for name in names {
+            let metadata = admin.inner().fetch_metadata(Some(&name), timeout)?;
+            let error = match metadata.topics().iter().find(|found| found.name() == name) {
+                None => Some(RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART),
+                Some(found) => found.error(),
+            };
+            match error {
+                None => {}
+                Some(RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART) => missing.push(name),
+                Some(error) => {
+                    return Err(LogError::NotSent(format!(
+                        "reading topic {name}'s metadata: {error:?}"
+                    )));
+                }
+            }
+        }
+        Ok(missing)
+    })
+    .await
+    .map_err(|error| LogError::NotSent(format!("the metadata request panicked: {error}")))?
 }
 
 #[cfg(test)]
