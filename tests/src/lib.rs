@@ -823,6 +823,15 @@ impl Broker {
         format!("127.0.0.1:{}", self.proxy.port)
     }
 
+    /// Whether Tansu's SQLite storage task died: Tansu 0.6 panics ("more or less than one
+    /// row", `lite.rs`) when a fetch meets a partition deleted under it, and every storage
+    /// request after that fails. An upstream bug; a test that deletes topics under a running
+    /// consumer restarts the broker when it happens, as an operator would.
+    pub fn storage_died(&self) -> bool {
+        std::fs::read_to_string(self.directory.with_extension("log"))
+            .is_ok_and(|log| log.contains("more or less than one row"))
+    }
+
     /// Cuts every client off the broker.
     pub async fn cut(&mut self) {
         self.proxy.cut().await;
