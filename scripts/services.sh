@@ -72,6 +72,10 @@ start_tansu() {
   local engine directory="$TRANSFERD_STATE_DIR/tansu"
   engine="$(storage_engine)"
   mkdir -p "$directory"
+  if [ "$BROKER_STORAGE" = sqlite ]; then
+    # Before the broker opens it: the index Tansu 0.6 lacks (see the script).
+    python3 "$TRANSFERD_ROOT/scripts/tansu-sqlite-index.py" "$directory/tansu.db"
+  fi
   log "starting Tansu on 127.0.0.1:$KAFKA_PORT ($BROKER_STORAGE storage, $directory)"
   # Its own session (setsid): started from run.sh it would otherwise share transferd's
   # process group, and a signal aimed at the broker's group (a fault script, a supervisor)

@@ -881,7 +881,10 @@ pub fn spawn_tansu(
 ) -> anyhow::Result<Child> {
     let engine = match storage {
         BrokerStorage::Memory => "memory://tansu/",
-        BrokerStorage::Sqlite => "sqlite://tansu.db",
+        BrokerStorage::Sqlite => {
+            index_tansu_headers(&directory.join("tansu.db"))?;
+            "sqlite://tansu.db"
+        }
     };
     // Beside the directory, which is removed with the broker: the log outlives a failed test.
     let log = std::fs::OpenOptions::new()
@@ -904,6 +907,26 @@ pub fn spawn_tansu(
         .stderr(log)
         .spawn()
         .context("starting tansu (scripts/services.sh installs it)")
+}
+
+/// Adds the index Tansu 0.6's SQLite storage lacks to `database` before a broker opens it,
+/// with the script `scripts/services.sh` uses (`scripts/tansu-sqlite-index.py` says why).
+fn index_tansu_headers(database: &Path) -> anyhow::Result<()> {
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../scripts/tansu-sqlite-index.py"
+    );
+    let status = Command::new("python3")
+        .arg(script)
+        .arg(database)
+        .status()
+        .context("running scripts/tansu-sqlite-index.py (python3)")?;
+    anyhow::ensure!(
+        status.success(),
+        "{script} {}: {status}",
+        database.display()
+    );
+    Ok(())
 }
 
 /// The ledger's invariants, read in one place so every test checks them the same way.
