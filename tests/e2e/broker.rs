@@ -105,6 +105,9 @@ async fn a_crashed_sqlite_broker_keeps_messages_and_topics() -> anyhow::Result<(
     let check = namespace.check_ledger().await?;
     assert!(check.nonzero_currency_sums.is_empty(), "{check:?}");
     assert_eq!(check.transfer_entries, 2 * settled, "{check:?}");
+    // Tansu kept the index its header reads need (scripts/tansu-sqlite-index.py) through
+    // both crashes and its own schema creation at every start.
+    assert_eq!(broker.header_indexes()?, vec!["transferd_header_record"]);
     Ok(())
 }
 

@@ -823,6 +823,30 @@ impl Broker {
         format!("127.0.0.1:{}", self.proxy.port)
     }
 
+    /// The indexes on Tansu's `header` table in this broker's SQLite file (read with python3's
+    /// sqlite3, which the index script uses too).
+    pub fn header_indexes(&self) -> anyhow::Result<Vec<String>> {
+        let output = Command::new("python3")
+            .args([
+                "-c",
+                "import sqlite3, sys\n\
+                 db = sqlite3.connect(sys.argv[1])\n\
+                 for (name,) in db.execute(\"select name from sqlite_master where type = 'index' and tbl_name = 'header'\"):\n    print(name)",
+            ])
+            .arg(self.directory.join("tansu.db"))
+            .output()
+            .context("reading the broker's SQLite file with python3")?;
+        anyhow::ensure!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Ok(String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect())
+    }
+
     /// Whether Tansu's SQLite storage task died: Tansu 0.6 panics ("more or less than one
     /// row", `lite.rs`) when a fetch meets a partition deleted under it, and every storage
     /// request after that fails. An upstream bug; a test that deletes topics under a running
