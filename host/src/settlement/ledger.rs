@@ -317,7 +317,8 @@ fn account_keys(messages: &[TransferMessage]) -> (Vec<i64>, Vec<String>) {
 }
 
 /// Locks the position rows the batch moves and checks they are where the batch was read from,
-/// in the same log generation. Taken first, so two workers on one topic queue here before touching any account.
+/// in the same log generation. Taken first, so two workers on one topic queue here before
+/// touching any account.
 async fn check_position(
     transaction: &mut Transaction<'_>,
     advance: &Advance,
