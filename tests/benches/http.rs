@@ -5,7 +5,10 @@
 //!
 //! The figure to drive down is CPU time per accepted transfer, summed over transferd, the
 //! broker, Redis and PostgreSQL from /proc before and after each run: unlike requests/s it
-//! barely moves with a shared machine's noise. Run with `./scripts/bench-http.sh`;
+//! barely moves with a shared machine's noise. Beside it, the work each transfer costs, counted
+//! rather than timed (the same on a slow machine as on a fast one): PostgreSQL transactions
+//! that wrote and WAL bytes, Redis commands by name, and context switches (round trips) by
+//! process. Run with `./scripts/bench-http.sh`;
 //! `TRANSFERD_BENCH_SECONDS` sets each run's length (10); `TRANSFERD_BENCH_BROKER=memory` runs
 //! the broker on memory storage, to see what its storage costs.
 
@@ -25,7 +28,19 @@ use transferd_e2e::{
 
 /// Funded users; each request's sender is one of them, at random.
 const USERS: i64 = 200;
-const CONNECTIONS: [u32; 4] = [1, 16, 64, 256];
+/// The POST runs' connection counts; `TRANSFERD_BENCH_CONNECTIONS` ("64" or "16,64") runs
+/// fewer, to compare two settings quickly. The GET run and POST → settled need a 64.
+fn connection_counts() -> Vec<u32> {
+    std::env::var("TRANSFERD_BENCH_CONNECTIONS")
+        .ok()
+        .map(|text| {
+            text.split(',')
+                .filter_map(|count| count.trim().parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .filter(|counts| !counts.is_empty())
+        .unwrap_or_else(|| vec![1, 16, 64, 256])
+}
 
 fn seconds() -> u64 {
     std::env::var("TRANSFERD_BENCH_SECONDS")
@@ -55,24 +70,42 @@ struct Processes {
 }
 
 impl Processes {
-    /// CPU ticks by role, now.
-    fn ticks(&self) -> BTreeMap<&'static str, u64> {
-        let sum = |pids: &[u32]| -> u64 {
-            pids.iter()
-                .filter_map(|pid| process_figures(*pid))
-                .map(|(ticks, _)| ticks)
-                .sum()
-        };
-        BTreeMap::from([
+    /// The processes of each role, now.
+    fn roles(&self) -> [(&'static str, Vec<u32>); 4] {
+        [
             // serve and its settlement worker process.
             (
                 "transferd",
-                sum(&[vec![self.transferd], child_pids(self.transferd)].concat()),
+                [vec![self.transferd], child_pids(self.transferd)].concat(),
             ),
-            ("broker", sum(&[self.broker])),
-            ("redis", sum(&pids_named("redis-server"))),
-            ("postgres", sum(&pids_named("postgres"))),
-        ])
+            ("broker", vec![self.broker]),
+            ("redis", pids_named("redis-server")),
+            ("postgres", pids_named("postgres")),
+        ]
+    }
+
+    /// CPU ticks by role, now.
+    fn ticks(&self) -> BTreeMap<&'static str, u64> {
+        self.roles()
+            .into_iter()
+            .map(|(role, pids)| {
+                let ticks = pids
+                    .iter()
+                    .filter_map(|pid| process_figures(*pid))
+                    .map(|(ticks, _)| ticks)
+                    .sum();
+                (role, ticks)
+            })
+            .collect()
+    }
+
+    /// Context switches by role, now (a round trip to another process costs at least one on
+    /// each side). PostgreSQL's backends that exited during a run are not counted.
+    fn switches(&self) -> BTreeMap<&'static str, u64> {
+        self.roles()
+            .into_iter()
+            .map(|(role, pids)| (role, pids.into_iter().map(context_switches).sum()))
+            .collect()
     }
 
     /// Peak RSS of serve and of its worker process (the one running now), in MiB.
@@ -91,6 +124,75 @@ fn ticks_per_second() -> f64 {
         .and_then(|output| String::from_utf8(output.stdout).ok())
         .and_then(|text| text.trim().parse().ok())
         .unwrap_or(100.0)
+}
+
+/// Work the stores did, counted: PostgreSQL's next transaction id (write transactions take
+/// one each, read-only ones none) and WAL position, Redis's calls per command, and context
+/// switches per process role. Cluster-wide, so nothing else may run during a benchmark.
+#[derive(Default)]
+struct Counts {
+    next_xid: i64,
+    wal_bytes: i64,
+    redis_calls: BTreeMap<String, u64>,
+    switches: BTreeMap<&'static str, u64>,
+}
+
+impl Counts {
+    async fn now(ledger: &sqlx::PgPool, processes: &Processes) -> anyhow::Result<Counts> {
+        let (next_xid, wal_bytes): (i64, i64) = sqlx::query_as(
+            "SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint,
+                    (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint",
+        )
+        .fetch_one(ledger)
+        .await?;
+        let client = redis::Client::open("redis://127.0.0.1:6379")?;
+        let mut redis = client.get_multiplexed_async_connection().await?;
+        let info: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query_async(&mut redis)
+            .await?;
+        Ok(Counts {
+            next_xid,
+            wal_bytes,
+            redis_calls: redis_calls(&info),
+            switches: processes.switches(),
+        })
+    }
+}
+
+/// `calls` per command from Redis's `INFO commandstats` (`cmdstat_evalsha:calls=3,usec=…`).
+/// Redis 7 counts the commands a script runs as well as the script's own call.
+fn redis_calls(info: &str) -> BTreeMap<String, u64> {
+    info.lines()
+        .filter_map(|line| {
+            let (name, fields) = line.strip_prefix("cmdstat_")?.split_once(':')?;
+            let calls = fields
+                .split(',')
+                .find_map(|field| field.strip_prefix("calls="))?;
+            Some((name.to_string(), calls.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Voluntary and involuntary context switches of every thread of `pid`.
+fn context_switches(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("status")).ok())
+        .flat_map(|status| {
+            status
+                .lines()
+                .filter_map(|line| {
+                    let rest = line
+                        .strip_prefix("voluntary_ctxt_switches:")
+                        .or_else(|| line.strip_prefix("nonvoluntary_ctxt_switches:"))?;
+                    rest.trim().parse::<u64>().ok()
+                })
+                .collect::<Vec<_>>()
+        })
+        .sum()
 }
 
 /// What wrk's `done` hook printed.
@@ -179,18 +281,27 @@ fn row(label: &str, connections: u32, run: &Wrk, cpu: &BTreeMap<&str, f64>, rss_
     );
 }
 
-/// Runs wrk and reports CPU seconds by role spent during the run.
-fn measured(
+/// What one run cost: CPU seconds by role, and the counted work.
+struct Cost {
+    cpu: BTreeMap<&'static str, f64>,
+    counted: Counts,
+}
+
+/// Runs wrk and reports what the run cost.
+async fn measured(
+    ledger: &sqlx::PgPool,
     processes: &Processes,
     script: &Path,
     connections: u32,
     url: &str,
     args: &[&str],
-) -> anyhow::Result<(Wrk, BTreeMap<&'static str, f64>)> {
+) -> anyhow::Result<(Wrk, Cost)> {
     let tick = ticks_per_second();
+    let counted_before = Counts::now(ledger, processes).await?;
     let before = processes.ticks();
     let run = run_wrk(script, connections, url, args)?;
     let after = processes.ticks();
+    let counted_after = Counts::now(ledger, processes).await?;
     let cpu = after
         .iter()
         .map(|(role, ticks)| {
@@ -198,7 +309,50 @@ fn measured(
             (*role, spent as f64 / tick)
         })
         .collect();
-    Ok((run, cpu))
+    let counted = Counts {
+        next_xid: counted_after.next_xid - counted_before.next_xid,
+        wal_bytes: counted_after.wal_bytes - counted_before.wal_bytes,
+        redis_calls: counted_after
+            .redis_calls
+            .iter()
+            .map(|(name, calls)| {
+                let earlier = counted_before.redis_calls.get(name).copied().unwrap_or(0);
+                (name.clone(), calls.saturating_sub(earlier))
+            })
+            .filter(|(_, calls)| *calls > 0)
+            .collect(),
+        switches: counted_after
+            .switches
+            .iter()
+            .map(|(role, count)| {
+                let earlier = counted_before.switches.get(role).copied().unwrap_or(0);
+                (*role, count.saturating_sub(earlier))
+            })
+            .collect(),
+    };
+    Ok((run, Cost { cpu, counted }))
+}
+
+/// One row of the counted-work table: per accepted request.
+fn counted_row(label: &str, connections: u32, run: &Wrk, counted: &Counts) -> String {
+    let ok = run.ok().max(1) as f64;
+    let per = |count: f64| count / ok;
+    let redis: Vec<String> = counted
+        .redis_calls
+        .iter()
+        .map(|(name, calls)| format!("{name} {:.2}", per(*calls as f64)))
+        .collect();
+    let switches = |role: &str| per(counted.switches.get(role).copied().unwrap_or(0) as f64);
+    format!(
+        "| {label} | {connections} | {:.2} | {:.0} | {} | {:.1} | {:.1} | {:.1} | {:.1} |",
+        per(counted.next_xid as f64),
+        per(counted.wal_bytes as f64),
+        redis.join(", "),
+        switches("transferd"),
+        switches("broker"),
+        switches("redis"),
+        switches("postgres"),
+    )
 }
 
 /// Posts transfers at `rate_per_s` for the run's length (open loop) and returns the accepted
@@ -320,16 +474,20 @@ async fn main() -> anyhow::Result<()> {
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     let post_script = bench_dir().join("post.lua");
+    let ledger = namespace.ledger().await?;
+    let mut counted_rows = Vec::new();
     let mut rate_at_64 = 0.0;
-    for connections in CONNECTIONS {
+    for connections in connection_counts() {
         let prefix = format!("{}-{connections}", namespace.id);
-        let (run, cpu) = measured(
+        let (run, cost) = measured(
+            &ledger,
             &processes,
             &post_script,
             connections,
             &url,
             &[&tokens_arg, &prefix],
-        )?;
+        )
+        .await?;
         if connections == 64 {
             rate_at_64 = run.ok() as f64 / run.duration_s;
         }
@@ -337,9 +495,15 @@ async fn main() -> anyhow::Result<()> {
             "POST /transfers",
             connections,
             &run,
-            &cpu,
+            &cost.cpu,
             processes.transferd_peak_mib(),
         );
+        counted_rows.push(counted_row(
+            "POST /transfers",
+            connections,
+            &run,
+            &cost.counted,
+        ));
     }
 
     let rate = (rate_at_64 / 2.0).max(10.0);
@@ -356,20 +520,33 @@ async fn main() -> anyhow::Result<()> {
         .map(|(id, sender)| format!("{id} {}", auth::user_token(*sender)))
         .collect();
     std::fs::write(&transfers, lines.join("\n") + "\n")?;
-    let (run, cpu) = measured(
+    let (run, cost) = measured(
+        &ledger,
         &processes,
         &bench_dir().join("get.lua"),
         64,
         &url,
         &[&transfers.to_string_lossy()],
-    )?;
+    )
+    .await?;
     row(
         "GET /transfers/{id}",
         64,
         &run,
-        &cpu,
+        &cost.cpu,
         processes.transferd_peak_mib(),
     );
+    counted_rows.push(counted_row("GET /transfers/{id}", 64, &run, &cost.counted));
+    println!(
+        "\nWork per accepted request, counted (PostgreSQL and Redis counts are the whole server's: nothing else may run):\n"
+    );
+    println!(
+        "| request | connections | PostgreSQL write transactions | WAL bytes | Redis calls by command (Redis 7 counts a script's own commands too) | context switches: transferd | broker | redis | postgres |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for line in &counted_rows {
+        println!("{line}");
+    }
     println!(
         "\nPOST → settled at {rate:.0} transfers/s (half the 64-connection rate), {} transfers: p50 {p50:.1} ms, p99 {p99:.1} ms",
         ids.len()
