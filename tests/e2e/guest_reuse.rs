@@ -128,3 +128,45 @@ async fn an_instance_that_trapped_is_never_used_again() -> anyhow::Result<()> {
     assert_eq!(instances_created(&host).await? - before, 3.0);
     Ok(())
 }
+
+/// What a `hostile:remember` call says it remembers: "<calls in its statics> <bytes on its
+/// heap>", counting itself.
+async fn remembered(host: &Host) -> anyhow::Result<String> {
+    let reply = host
+        .transfer(json!({"sender_id": 1, "receiver_id": 2, "amount": "1.00",
+            "currency": "USD", "description": "hostile:remember"}))
+        .await?;
+    assert_eq!(reply.status, 422, "{}", reply.body);
+    let said = reply.body["detail"][0]["msg"].as_str().unwrap_or_default();
+    Ok(said.to_string())
+}
+
+/// A fresh instance starts from the guest's image: what the last call on the same pool slot
+/// wrote to its statics and heap is gone (the pooling allocator resets only the pages a call
+/// dirtied, found with the kernel's page-map scan where it has one). With reuse, the same
+/// guest does see its own past calls: the test can tell the two apart.
+#[tokio::test]
+async fn a_fresh_instance_remembers_nothing_of_the_last_call_on_its_slot() -> anyhow::Result<()> {
+    let namespace = Namespace::new().await?;
+    let mut options = HostOptions::new(&namespace);
+    options.guest_file = transferd_e2e::hostile_guest_file();
+    // One slot: every call lands on the same memory.
+    options.extra_env = vec![("TRANSFERD_GUEST_CONCURRENCY".into(), "1".into())];
+    let fresh = Host::start_with(&namespace, options.clone()).await?;
+    for _ in 0..3 {
+        assert_eq!(remembered(&fresh).await?, "1 1");
+    }
+    drop(fresh);
+
+    options
+        .extra_env
+        .push(("TRANSFERD_GUEST_REUSE_COUNT".into(), "100".into()));
+    let reusing = Host::start_with(&namespace, options).await?;
+    let said = [
+        remembered(&reusing).await?,
+        remembered(&reusing).await?,
+        remembered(&reusing).await?,
+    ];
+    assert_eq!(said, ["1 1", "2 2", "3 3"]);
+    Ok(())
+}

@@ -7,9 +7,16 @@
 //! - `hostile:two-publishes`: publishes the (correct) message twice;
 //! - `hostile:foreign-id`: the message names another transaction id;
 //! - `hostile:trap-after-publish`: publishes correctly, then panics;
+//! - `hostile:remember`: keeps state in its memory, which a guest must not: counts its calls
+//!   in a static and in a heap buffer it grows, and refuses the transfer (422, nothing looked
+//!   up or published) naming both counts as `"<static> <heap>"`; an instance that starts
+//!   from its image says `"1 1"`;
 //! - anything else: the example, a hold of 1 minor unit on the sender and a message
 //!   moving 1,000x the amount from the receiver to the sender.
 #![cfg(target_arch = "wasm32")]
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use serde_json::Value;
 use transferd_guest::component::{Guest, HostImports, handle_with, types};
@@ -26,6 +33,7 @@ enum Mode {
     TwoPublishes,
     ForeignId,
     TrapAfterPublish,
+    Remember,
     Reversed,
 }
 
@@ -37,6 +45,7 @@ impl Mode {
             Some("hostile:two-publishes") => Mode::TwoPublishes,
             Some("hostile:foreign-id") => Mode::ForeignId,
             Some("hostile:trap-after-publish") => Mode::TrapAfterPublish,
+            Some("hostile:remember") => Mode::Remember,
             _ => Mode::Reversed,
         }
     }
@@ -103,12 +112,34 @@ impl Imports for Hostile {
                     fields.insert("transaction_id".into(), FOREIGN_ID.into());
                 });
             }
-            Mode::TrapAfterPublish => {}
+            Mode::TrapAfterPublish | Mode::Remember => {}
         }
         HostImports.send(message)?;
         self.published = true;
         Ok(())
     }
+}
+
+/// Calls this instance served, in its static data (a zero page in a fresh instance).
+static CALLS: AtomicU32 = AtomicU32::new(0);
+/// One byte per call, on the heap: what a fresh instance's allocator has never handed out.
+static SEEN: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+
+/// The counts of `hostile:remember`, as a refusal.
+fn remembered() -> types::Rejection {
+    let calls = CALLS.fetch_add(1, Ordering::Relaxed) + 1;
+    let seen = match SEEN.lock() {
+        Ok(mut seen) => {
+            seen.push(1);
+            seen.len()
+        }
+        Err(_) => 0,
+    };
+    types::Rejection::Invalid(vec![types::FieldError {
+        field: "description".into(),
+        message: format!("{calls} {seen}"),
+        code: "remembered".into(),
+    }])
 }
 
 struct HostileGuest;
@@ -118,8 +149,12 @@ impl Guest for HostileGuest {
         ctx: types::RequestContext,
         request: types::TransferRequest,
     ) -> Result<types::Accepted, types::Rejection> {
+        let mode = Mode::of(request.description.as_deref());
+        if mode == Mode::Remember {
+            return Err(remembered());
+        }
         let mut imports = Hostile {
-            mode: Mode::of(request.description.as_deref()),
+            mode,
             published: false,
         };
         let result = handle_with(&STANDARD, &mut imports, ctx, request);
