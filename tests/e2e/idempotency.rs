@@ -155,6 +155,44 @@ async fn a_retry_across_a_restart_of_transferd_replays() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A first attempt that was accepted but whose answer was not recorded (the database lost
+/// the commit that stored it, or storing it failed): its retry must not decide again, since
+/// the money has moved and the balance may no longer cover it. It answers what the first
+/// attempt answered, and the transfer stays applied once.
+#[tokio::test]
+async fn a_retry_whose_first_answer_was_lost_answers_from_the_ledger() -> anyhow::Result<()> {
+    let namespace = Namespace::new().await?;
+    let host = funded(&namespace, HostOptions::new(&namespace)).await?;
+    let first = host
+        .post_with_key("/transfers", &transfer("60.00"), "lost-answer")
+        .await?;
+    assert_eq!(first.status, 200, "{}", first.body);
+    assert_eq!(settled(&namespace, 1).await?, 1);
+    // The answer is gone; the key keeps its claim (its transaction id), as after a crash.
+    let forgotten = sqlx::query(
+        "UPDATE idempotency_keys SET response_status = NULL, response_body = NULL, locked_until = now()
+         WHERE idempotency_key = 'lost-answer'",
+    )
+    .execute(&namespace.ledger().await?)
+    .await?;
+    assert_eq!(forgotten.rows_affected(), 1);
+
+    // 40.00 left: deciding again would refuse 60.00.
+    let retried = host
+        .post_with_key("/transfers", &transfer("60.00"), "lost-answer")
+        .await?;
+    assert_eq!((retried.status, &retried.body), (200, &first.body));
+    let again = host
+        .post_with_key("/transfers", &transfer("60.00"), "lost-answer")
+        .await?;
+    assert_eq!((again.status, &again.body), (200, &first.body));
+    assert!(replayed(&again), "the retry's answer was recorded");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(namespace.settled_ids().await?.len(), 1, "applied once");
+    assert_eq!(namespace.ledger_balance(1, "USD").await?, Some(4_000));
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_retry_after_a_broker_timeout_settles_once() -> anyhow::Result<()> {
     let namespace = Namespace::new().await?;

@@ -27,6 +27,16 @@ pub const REPLAYED_HEADER: &str = "idempotent-replayed";
 pub struct HeldKey {
     scope: String,
     key: String,
+    /// An earlier attempt with this key did not record an answer.
+    retry: bool,
+}
+
+impl HeldKey {
+    /// True when an earlier attempt with this key ran and recorded no answer: it may have
+    /// done what it was asked all the same.
+    pub fn is_retry(&self) -> bool {
+        self.retry
+    }
 }
 
 /// What the handler does next.
@@ -89,6 +99,7 @@ pub async fn start(
                 held: Some(HeldKey {
                     scope,
                     key: key.to_string(),
+                    retry,
                 }),
             })
         }

@@ -28,7 +28,7 @@ use crate::guest::verdict::{Answer, verdict};
 use crate::http::api::{Success, TransferAccepted, TransferKind, TransferStatus, TransferView};
 use crate::http::body::read_json_body;
 use crate::http::error::{ApiError, Invalid, Reply, json_response};
-use crate::http::idempotency::{self, Start};
+use crate::http::idempotency::{self, HeldKey, Start};
 use crate::http::{App, GUEST_VERSION_HEADER};
 use crate::settlement::decide::TransferMessage;
 use crate::stores::postgres::TransferRecord;
@@ -52,6 +52,11 @@ pub async fn create(
             } => (transaction_id, held),
             Start::Replay(reply) => return Ok(reply),
         };
+    if held.as_ref().is_some_and(HeldKey::is_retry)
+        && let Some(reply) = accepted_before(app, transaction_id).await
+    {
+        return Ok(idempotency::finish(app, held, reply).await);
+    }
     // Its own task: a client that disconnects, or anything else that drops this handler,
     // cannot stop a decision between its hold and its acknowledgement, nor leave its key
     // unrecorded.
@@ -65,6 +70,26 @@ pub async fn create(
         }))
         .await
         .map_err(|error| ApiError::Internal(format!("the transfer task failed: {error}")))?
+}
+
+/// The answer for a retry whose transfer the ledger already has, whatever it settled to:
+/// its message was in the log, so the first attempt was accepted and only its answer was
+/// lost (not recorded, or recorded in a commit the database lost). Deciding again could
+/// refuse a transfer that has already moved money, since the balance no longer holds it.
+/// `None` when the ledger does not have it: the retry decides again, with the same id.
+async fn accepted_before(app: &App, transaction_id: uuid::Uuid) -> Option<Reply> {
+    match app.capabilities.ledger.transfer(transaction_id).await {
+        Ok(Some(_)) => Some(json_response(
+            StatusCode::OK,
+            &TransferAccepted {
+                status: Success::Success,
+                transaction_id,
+            },
+        )),
+        Ok(None) => None,
+        // A 5xx leaves the key to the next retry.
+        Err(error) => Some(ApiError::Unavailable(error.to_string()).into_response()),
+    }
 }
 
 /// Runs the guest on one transfer and answers for it.
