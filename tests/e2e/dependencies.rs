@@ -377,3 +377,49 @@ async fn readyz_names_the_dependency_that_is_down_and_recovers() -> anyhow::Resu
     }
     Ok(())
 }
+
+/// Connections the pool kept while the database dropped them (a restart, a failover, an
+/// administrator's `pg_terminate_backend`) are found dead before they are used: a connection
+/// idle for more than a second is pinged first and replaced, so the next request is served.
+#[tokio::test]
+async fn pooled_connections_the_database_dropped_are_replaced_before_use() -> anyhow::Result<()> {
+    let namespace = Namespace::new().await?;
+    let mut options = HostOptions::new(&namespace);
+    options.run_worker = false;
+    let host = Host::start_with(&namespace, options).await?;
+    host.deposit(1, "USD", "10.00").await?;
+    host.deposit(2, "USD", "1.00").await?;
+    // With a key, a transfer's first statement is PostgreSQL's (the key's claim).
+    let first = host
+        .post_with_key("/transfers", &transfer(1, 2, "1.00"), "before-drop")
+        .await?;
+    assert_eq!(first.status, 200, "{}", first.body);
+
+    // Dropped at a moment when every connection of the pool has been idle for over a second
+    // (transferd's own gauges use one every 5 s): checked and done in one statement.
+    let admin = sqlx::PgPool::connect(transferd_e2e::POSTGRES_ADMIN_URL).await?;
+    let mut dropped = 0;
+    for _ in 0..100 {
+        let terminated: Vec<bool> = sqlx::query_scalar(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+             WHERE datname = $1
+               AND (SELECT bool_and(state = 'idle' AND now() - state_change > interval '1200 ms')
+                    FROM pg_stat_activity WHERE datname = $1)",
+        )
+        .bind(&namespace.database)
+        .fetch_all(&admin)
+        .await?;
+        dropped = terminated.iter().filter(|done| **done).count();
+        if dropped > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(dropped > 0, "transferd's pooled connections were dropped");
+
+    let after = host
+        .post_with_key("/transfers", &transfer(1, 2, "1.00"), "after-drop")
+        .await?;
+    assert_eq!(after.status, 200, "{}", after.body);
+    Ok(())
+}

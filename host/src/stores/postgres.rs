@@ -5,6 +5,7 @@ use std::time::Duration;
 use std::collections::HashSet;
 
 use chrono::{DateTime, Utc};
+use sqlx::Connection;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use uuid::Uuid;
 
@@ -53,14 +54,34 @@ pub struct Ledger {
     pool: PgPool,
 }
 
+/// A pooled connection idle longer than this is pinged before it is used.
+pub const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
+
 impl Ledger {
     /// Creates the pool without connecting: connections are made (and remade after an outage)
     /// on demand, each within the configured timeout.
+    ///
+    /// sqlx pings a connection (a Sync round trip) when it goes back to the pool, and by
+    /// default again when it is taken out: three round trips for one statement. The second
+    /// ping is kept only for a connection idle longer than [`PING_IF_IDLE_FOR`]: one used or
+    /// pinged more recently reached a live server then, and a server restarted within that
+    /// time costs one failed statement on it (a 503), never a wrong answer. Under load this
+    /// saves a round trip per statement (the benchmark's PostgreSQL context switches per
+    /// transfer: 12.3 with the ping, 10.2 without).
     pub async fn connect(services: &Services) -> Result<Ledger, LedgerError> {
         let pool = PgPoolOptions::new()
             .max_connections(services.database_connections)
             .acquire_timeout(services.database_timeout())
             .idle_timeout(Some(Duration::from_secs(300)))
+            .test_before_acquire(false)
+            .before_acquire(|connection, metadata| {
+                Box::pin(async move {
+                    if metadata.idle_for > PING_IF_IDLE_FOR {
+                        connection.ping().await?;
+                    }
+                    Ok(true)
+                })
+            })
             .connect_lazy(&services.database_url)
             .map_err(LedgerError::Unavailable)?;
         Ok(Ledger { pool })
