@@ -364,7 +364,7 @@ async fn an_older_balance_never_overwrites_a_newer_one() -> anyhow::Result<()> {
 #[tokio::test]
 async fn an_idempotency_key_names_one_request_and_one_transaction_id() -> anyhow::Result<()> {
     use std::time::Duration;
-    use transferd::stores::idempotency::{Claim, IdempotencyKeys};
+    use transferd::stores::idempotency::{Answer, Claim, IdempotencyKeys};
     let ledger = fresh_ledger().await?;
     let keys = IdempotencyKeys::new(ledger.pool().clone());
     let lease = Duration::from_secs(60);
@@ -410,7 +410,15 @@ async fn an_idempotency_key_names_one_request_and_one_transaction_id() -> anyhow
     );
     // Finished: replayed, whatever comes later.
     let body = serde_json::json!({"transaction_id": first_id, "status": "pending"});
-    keys.finish("7", "k", 200, &body).await?;
+    keys.finish(Answer {
+        scope: "7".into(),
+        key: "k".into(),
+        request_hash: hash.clone(),
+        transaction_id: first_id,
+        status: 200,
+        body: body.clone(),
+    })
+    .await?;
     keys.abandon("7", "k").await?;
     assert_eq!(
         keys.claim("7", "k", &hash, Uuid::now_v7(), lease).await?,
@@ -425,7 +433,11 @@ async fn an_idempotency_key_names_one_request_and_one_transaction_id() -> anyhow
             .await?,
         Claim::Mismatch
     );
-    assert_eq!(keys.purge_older_than(Duration::from_secs(3600)).await?, 0);
+    assert_eq!(
+        transferd::stores::idempotency::purge_older_than(ledger.pool(), Duration::from_secs(3600))
+            .await?,
+        0
+    );
     Ok(())
 }
 
@@ -454,6 +466,70 @@ async fn concurrent_claims_of_one_key_give_it_to_one_request() -> anyhow::Result
         .filter(|claim| matches!(claim, Ok(Claim::Owned { .. })))
         .count();
     assert_eq!(owners, 1, "exactly one request holds the key");
+    Ok(())
+}
+
+/// Claims and answers of many requests at once go into PostgreSQL a batch at a time: every
+/// request still gets its own key, its own transaction id and, replayed, its own answer.
+#[tokio::test]
+async fn keys_claimed_and_answered_together_each_keep_their_own() -> anyhow::Result<()> {
+    use std::time::Duration;
+    use transferd::stores::idempotency::Answer;
+    use transferd::stores::idempotency::{Claim, IdempotencyKeys};
+    const REQUESTS: usize = 300;
+    let ledger = fresh_ledger().await?;
+    let keys = IdempotencyKeys::new(ledger.pool().clone());
+    let lease = Duration::from_secs(60);
+    // Scopes and keys interleaved so that a batch holds several of each, out of order.
+    let request = |index: usize| {
+        (
+            format!("{}", index % 7),
+            format!("key-{}", REQUESTS - index),
+            vec![u8::try_from(index % 251).unwrap_or(0); 32],
+            Uuid::now_v7(),
+        )
+    };
+    let requests: Vec<_> = (0..REQUESTS).map(request).collect();
+    let claims = futures::future::join_all(requests.iter().map(|(scope, key, hash, id)| {
+        let keys = keys.clone();
+        async move { keys.claim(scope, key, hash, *id, lease).await }
+    }))
+    .await;
+    for ((_, _, _, id), claim) in requests.iter().zip(claims) {
+        assert_eq!(
+            claim?,
+            Claim::Owned {
+                transaction_id: *id,
+                retry: false
+            }
+        );
+    }
+    let answered = futures::future::join_all(requests.iter().enumerate().map(
+        |(index, (scope, key, hash, id))| {
+            let keys = keys.clone();
+            let answer = Answer {
+                scope: scope.clone(),
+                key: key.clone(),
+                request_hash: hash.clone(),
+                transaction_id: *id,
+                status: 200 + (index % 3) as u16,
+                body: serde_json::json!({"transaction_id": id, "index": index}),
+            };
+            async move { keys.finish(answer).await }
+        },
+    ))
+    .await;
+    assert!(answered.iter().all(Result::is_ok), "{answered:?}");
+    for (index, (scope, key, hash, id)) in requests.iter().enumerate() {
+        assert_eq!(
+            keys.claim(scope, key, hash, Uuid::now_v7(), lease).await?,
+            Claim::Replay {
+                status: 200 + (index % 3) as u16,
+                body: serde_json::json!({"transaction_id": id, "index": index}),
+                transaction_id: *id
+            }
+        );
+    }
     Ok(())
 }
 

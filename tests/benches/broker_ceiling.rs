@@ -5,6 +5,9 @@
 //! trace header beside it. Prints acknowledged messages per second and the broker's CPU per
 //! message: what transferd's figures are measured against. A transfer costs the broker at
 //! least two messages (the transfer and its event) plus the settlement consumer's fetches.
+//! On SQLite it also varies the topic's partitions and the producer's linger: Tansu writes each
+//! produce request (one partition's batch) in a storage transaction of its own, so what a
+//! message costs depends on how many share a request.
 //! Run with `./scripts/bench-broker.sh`; `TRANSFERD_BENCH_SECONDS` sets each run (default 10).
 
 use std::time::{Duration, Instant};
@@ -18,8 +21,6 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use transferd_e2e::{BrokerStorage, free_port, process_figures, spawn_tansu};
 
 const IN_FLIGHT: usize = 64;
-const PARTITIONS: i32 = 6;
-const TOPIC: &str = "ceiling";
 /// Clock ticks per second in /proc/<pid>/stat (Linux's USER_HZ).
 const TICKS_PER_SECOND: u64 = 100;
 
@@ -39,21 +40,38 @@ fn payload(index: u64) -> String {
     )
 }
 
-fn producer(brokers: &str) -> anyhow::Result<FutureProducer> {
+/// One measured run: the topic's partitions, the producer's linger, the headers.
+#[derive(Clone, Copy)]
+struct Run {
+    partitions: i32,
+    linger_ms: u32,
+    traced: bool,
+}
+
+impl Run {
+    fn topic(&self) -> String {
+        format!(
+            "ceiling-{}-{}-{}",
+            self.partitions, self.linger_ms, self.traced
+        )
+    }
+}
+
+fn producer(brokers: &str, linger_ms: u32) -> anyhow::Result<FutureProducer> {
     Ok(ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("enable.idempotence", "false")
         .set("acks", "all")
         .set("message.timeout.ms", "5000")
-        .set("linger.ms", "1")
+        .set("linger.ms", linger_ms.to_string())
         .create()?)
 }
 
-async fn create_topic(brokers: &str) -> anyhow::Result<()> {
+async fn create_topic(brokers: &str, topic: &str, partitions: i32) -> anyhow::Result<()> {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .create()?;
-    let topic = NewTopic::new(TOPIC, PARTITIONS, TopicReplication::Fixed(1));
+    let topic = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
     for outcome in admin.create_topics(&[topic], &AdminOptions::new()).await? {
         outcome.map_err(|(topic, code)| anyhow::anyhow!("creating {topic}: {code}"))?;
     }
@@ -61,7 +79,12 @@ async fn create_topic(brokers: &str) -> anyhow::Result<()> {
 }
 
 /// Sends for `duration` with `IN_FLIGHT` sends outstanding; acknowledged and failed counts.
-async fn send_for(producer: &FutureProducer, duration: Duration, traced: bool) -> (u64, u64) {
+async fn send_for(
+    producer: &FutureProducer,
+    topic: &str,
+    duration: Duration,
+    traced: bool,
+) -> (u64, u64) {
     let deadline = Instant::now() + duration;
     let sends = futures::stream::iter(0u64..)
         .take_while(|_| futures::future::ready(Instant::now() < deadline))
@@ -79,7 +102,7 @@ async fn send_for(producer: &FutureProducer, duration: Duration, traced: bool) -
                 });
             }
             let key = (index % 200).to_string();
-            let record = FutureRecord::to(TOPIC)
+            let record = FutureRecord::to(topic)
                 .key(&key)
                 .payload(&body)
                 .headers(headers);
@@ -91,7 +114,7 @@ async fn send_for(producer: &FutureProducer, duration: Duration, traced: bool) -
     (acknowledged, outcomes.len() as u64 - acknowledged)
 }
 
-async fn measure(storage: BrokerStorage, name: &str) -> anyhow::Result<()> {
+async fn measure(storage: BrokerStorage, name: &str, runs: &[Run]) -> anyhow::Result<()> {
     let port = free_port();
     let directory = std::env::temp_dir().join(format!(
         "transferd-ceiling-{}",
@@ -102,20 +125,29 @@ async fn measure(storage: BrokerStorage, name: &str) -> anyhow::Result<()> {
     let brokers = format!("127.0.0.1:{port}");
     let outcome = async {
         tokio::time::sleep(Duration::from_secs(2)).await;
-        create_topic(&brokers).await?;
-        let producer = producer(&brokers)?;
-        send_for(&producer, Duration::from_secs(2), false).await;
-        for traced in [false, true] {
+        for run in runs {
+            let topic = run.topic();
+            create_topic(&brokers, &topic, run.partitions).await?;
+            let producer = producer(&brokers, run.linger_ms)?;
+            // Warm-up: metadata, connections, the first storage pages.
+            send_for(&producer, &topic, Duration::from_secs(2), run.traced).await;
             let before = process_figures(broker.id()).map_or(0, |f| f.0);
             let started = Instant::now();
-            let (acknowledged, failed) =
-                send_for(&producer, Duration::from_secs(seconds()), traced).await;
+            let (acknowledged, failed) = send_for(
+                &producer,
+                &topic,
+                Duration::from_secs(seconds()),
+                run.traced,
+            )
+            .await;
             let elapsed = started.elapsed().as_secs_f64();
             let ticks = process_figures(broker.id()).map_or(0, |f| f.0) - before;
             let cpu_us = ticks as f64 * 1e6 / TICKS_PER_SECOND as f64;
             println!(
-                "| {name} | {} | {:.0} | {failed} | {:.0} |",
-                if traced {
+                "| {name} | {} | {} | {} | {:.0} | {failed} | {:.0} |",
+                run.partitions,
+                run.linger_ms,
+                if run.traced {
                     "transaction_id, traceparent"
                 } else {
                     "transaction_id"
@@ -140,9 +172,32 @@ async fn main() -> anyhow::Result<()> {
         seconds()
     );
     println!();
-    println!("| storage | headers | acknowledged msgs/s | failed | broker CPU µs per message |");
-    println!("| --- | --- | --- | --- | --- |");
-    measure(BrokerStorage::Sqlite, "sqlite").await?;
-    measure(BrokerStorage::Memory, "memory").await?;
+    println!(
+        "| storage | partitions | linger ms | headers | acknowledged msgs/s | failed | broker CPU µs per message |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- | --- |");
+    let run = |partitions, linger_ms, traced| Run {
+        partitions,
+        linger_ms,
+        traced,
+    };
+    measure(
+        BrokerStorage::Sqlite,
+        "sqlite",
+        &[
+            run(6, 1, false),
+            run(6, 1, true),
+            run(1, 1, true),
+            run(6, 5, true),
+            run(1, 5, true),
+        ],
+    )
+    .await?;
+    measure(
+        BrokerStorage::Memory,
+        "memory",
+        &[run(6, 1, false), run(6, 1, true)],
+    )
+    .await?;
     Ok(())
 }

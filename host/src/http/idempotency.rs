@@ -18,7 +18,7 @@ use uuid::Uuid;
 
 use crate::http::App;
 use crate::http::error::{ApiError, Invalid, Reply, json_response};
-use crate::stores::idempotency::{Claim, parse_key, request_hash};
+use crate::stores::idempotency::{Answer, Claim, parse_key, request_hash};
 
 pub const KEY_HEADER: &str = "idempotency-key";
 pub const REPLAYED_HEADER: &str = "idempotent-replayed";
@@ -27,6 +27,8 @@ pub const REPLAYED_HEADER: &str = "idempotent-replayed";
 pub struct HeldKey {
     scope: String,
     key: String,
+    request_hash: Vec<u8>,
+    transaction_id: Uuid,
     /// An earlier attempt with this key did not record an answer.
     retry: bool,
 }
@@ -75,15 +77,10 @@ pub async fn start(
     // The body was read and checked as JSON already; a body that is not JSON never gets here.
     let value: serde_json::Value =
         serde_json::from_slice(body).map_err(|error| ApiError::BadRequest(error.to_string()))?;
+    let hash = request_hash(route, &value);
     let claim = app
         .idempotency
-        .claim(
-            &scope,
-            key,
-            &request_hash(route, &value),
-            Uuid::now_v7(),
-            app.idempotency_lease,
-        )
+        .claim(&scope, key, &hash, Uuid::now_v7(), app.idempotency_lease)
         .await
         .map_err(|error| ApiError::Unavailable(error.to_string()))?;
     match claim {
@@ -99,6 +96,8 @@ pub async fn start(
                 held: Some(HeldKey {
                     scope,
                     key: key.to_string(),
+                    request_hash: hash,
+                    transaction_id,
                     retry,
                 }),
             })
@@ -140,11 +139,15 @@ pub async fn finish(app: &App, held: Option<HeldKey>, reply: Reply) -> Reply {
         Err(never) => match never {},
     };
     let stored = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
-    if let Err(error) = app
-        .idempotency
-        .finish(&held.scope, &held.key, parts.status.as_u16(), &stored)
-        .await
-    {
+    let answer = Answer {
+        scope: held.scope,
+        key: held.key,
+        request_hash: held.request_hash,
+        transaction_id: held.transaction_id,
+        status: parts.status.as_u16(),
+        body: stored,
+    };
+    if let Err(error) = app.idempotency.finish(answer).await {
         // Not recorded: a repeat after the lease runs the request again with the same
         // transaction id, which settles once.
         tracing::warn!(%error, "could not record an idempotent answer");

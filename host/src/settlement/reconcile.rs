@@ -23,7 +23,7 @@ use uuid::Uuid;
 use crate::capabilities::Capabilities;
 use crate::config::{Services, Worker};
 use crate::settlement::ledger::Settlements;
-use crate::stores::idempotency::IdempotencyKeys;
+use crate::stores::idempotency;
 use crate::stores::kafka::{LogError, TRANSFER_TOPIC};
 use crate::stores::log_position::{LogPosition, Offsets, consumed_through};
 use crate::stores::redis::HeldTransfer;
@@ -227,9 +227,11 @@ pub async fn pass(
     let mut report = Report {
         holds: holds.len(),
         log_consumed,
-        idempotency_keys_purged: IdempotencyKeys::new(capabilities.ledger.pool().clone())
-            .purge_older_than(settings.idempotency_retention())
-            .await?,
+        idempotency_keys_purged: idempotency::purge_older_than(
+            capabilities.ledger.pool(),
+            settings.idempotency_retention(),
+        )
+        .await?,
         ..Report::default()
     };
     release_pending_rows(

@@ -7,11 +7,13 @@
 //! same transaction id: whatever the first attempt may have written to the log, settlement
 //! applies that id once.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use crate::stores::batch::{Batcher, Limits};
 use crate::stores::postgres::LedgerError;
 
 /// Longest key accepted, in characters.
@@ -87,16 +89,72 @@ fn canonical(value: &serde_json::Value) -> String {
     }
 }
 
+/// A first request's claim, as the batched insert takes it.
+struct NewClaim {
+    scope: String,
+    key: String,
+    hash: Vec<u8>,
+    transaction_id: Uuid,
+    lease_ms: i64,
+}
+
+/// The final answer of the request that holds a key, to store against it.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub scope: String,
+    pub key: String,
+    /// What the key was claimed with: an answer is stored only on the row of its own
+    /// transaction id, and puts back a row that was purged meanwhile.
+    pub request_hash: Vec<u8>,
+    pub transaction_id: Uuid,
+    pub status: u16,
+    pub body: serde_json::Value,
+}
+
+/// Most claims (or answers) written in one statement.
+const MAX_BATCH: usize = 256;
+
+/// Batches of each kind running at once: each holds a pooled connection for one statement.
+const MAX_BATCHES_IN_FLIGHT: usize = 2;
+
+/// Claims and answers waiting for a batch; requests beyond it wait for room.
+const MAX_QUEUED: usize = 4_096;
+
+const LIMITS: Limits = Limits {
+    max_items: MAX_BATCH,
+    max_in_flight: MAX_BATCHES_IN_FLIGHT,
+    queue_capacity: MAX_QUEUED,
+};
+
+/// Every request with a key writes it twice, its claim and its answer; under load those are
+/// many requests' rows in one statement each (`stores::batch`), so a key costs PostgreSQL a
+/// share of a transaction instead of two.
 #[derive(Clone)]
 pub struct IdempotencyKeys {
     pool: PgPool,
+    /// Claims of keys never seen: `true` when this request's row went in.
+    inserts: Batcher<NewClaim, bool, LedgerError>,
+    answers: Batcher<Answer, (), LedgerError>,
 }
 
 type Row = (Vec<u8>, Uuid, Option<i16>, Option<serde_json::Value>, bool);
 
 impl IdempotencyKeys {
+    /// Starts the batchers on the current tokio runtime.
     pub fn new(pool: PgPool) -> IdempotencyKeys {
-        IdempotencyKeys { pool }
+        let inserts = {
+            let pool = pool.clone();
+            Batcher::spawn(LIMITS, move |claims| insert_claims(pool.clone(), claims))
+        };
+        let answers = {
+            let pool = pool.clone();
+            Batcher::spawn(LIMITS, move |answers| store_answers(pool.clone(), answers))
+        };
+        IdempotencyKeys {
+            pool,
+            inserts,
+            answers,
+        }
     }
 
     /// Claims `key` in `scope` for a request with `hash`, holding it for `lease` (longer than
@@ -110,26 +168,37 @@ impl IdempotencyKeys {
         lease: Duration,
     ) -> Result<Claim, LedgerError> {
         let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
-        // The common case, a key never seen, is one statement on its own (no BEGIN/COMMIT
-        // round trips); only a key that exists needs the transaction below.
-        let inserted: Option<Uuid> = sqlx::query_scalar(
-            "INSERT INTO idempotency_keys (scope, idempotency_key, request_hash, transaction_id, locked_until)
-             VALUES ($1, $2, $3, $4, now() + $5 * interval '1 millisecond')
-             ON CONFLICT DO NOTHING RETURNING transaction_id",
-        )
-        .bind(scope)
-        .bind(key)
-        .bind(hash)
-        .bind(transaction_id)
-        .bind(lease_ms)
-        .fetch_optional(&self.pool)
-        .await?;
-        if let Some(transaction_id) = inserted {
+        // The common case, a key never seen, is a row in the next batched insert; only a key
+        // that exists needs the transaction below.
+        let inserted = self
+            .inserts
+            .submit(NewClaim {
+                scope: scope.to_string(),
+                key: key.to_string(),
+                hash: hash.to_vec(),
+                transaction_id,
+                lease_ms,
+            })
+            .await
+            .map_err(LedgerError::from)?;
+        if inserted {
             return Ok(Claim::Owned {
                 transaction_id,
                 retry: false,
             });
         }
+        self.claim_existing(scope, key, hash, lease_ms).await
+    }
+
+    /// A key that has a row: replayed, refused, in flight, or taken over after an unfinished
+    /// attempt (the lease renewed, the stored transaction id kept).
+    async fn claim_existing(
+        &self,
+        scope: &str,
+        key: &str,
+        hash: &[u8],
+        lease_ms: i64,
+    ) -> Result<Claim, LedgerError> {
         let mut transaction = self.pool.begin().await?;
         let (stored_hash, stored_id, status, body, locked): Row = sqlx::query_as(
             "SELECT request_hash, transaction_id, response_status, response_body, locked_until > now()
@@ -167,25 +236,10 @@ impl IdempotencyKeys {
         Ok(claim)
     }
 
-    /// Stores the final answer of the request that holds the key.
-    pub async fn finish(
-        &self,
-        scope: &str,
-        key: &str,
-        status: u16,
-        body: &serde_json::Value,
-    ) -> Result<(), LedgerError> {
-        sqlx::query(
-            "UPDATE idempotency_keys SET response_status = $3, response_body = $4, locked_until = now()
-             WHERE scope = $1 AND idempotency_key = $2",
-        )
-        .bind(scope)
-        .bind(key)
-        .bind(i16::try_from(status).unwrap_or(500))
-        .bind(body)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+    /// Stores the final answer of the request that holds the key; returns once it is
+    /// committed.
+    pub async fn finish(&self, answer: Answer) -> Result<(), LedgerError> {
+        self.answers.submit(answer).await.map_err(LedgerError::from)
     }
 
     /// Ends the lease of a request that did not finish: the next repeat takes the key over.
@@ -200,18 +254,114 @@ impl IdempotencyKeys {
         .await?;
         Ok(())
     }
+}
 
-    /// Deletes keys older than `retention`; returns how many.
-    pub async fn purge_older_than(&self, retention: Duration) -> Result<u64, LedgerError> {
-        let retention_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
-        let deleted = sqlx::query(
-            "DELETE FROM idempotency_keys WHERE created_at < now() - $1 * interval '1 millisecond'",
-        )
-        .bind(retention_ms)
-        .execute(&self.pool)
-        .await?;
-        Ok(deleted.rows_affected())
+/// Deletes keys older than `retention`; returns how many.
+pub async fn purge_older_than(pool: &PgPool, retention: Duration) -> Result<u64, LedgerError> {
+    let retention_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
+    let deleted = sqlx::query(
+        "DELETE FROM idempotency_keys WHERE created_at < now() - $1 * interval '1 millisecond'",
+    )
+    .bind(retention_ms)
+    .execute(pool)
+    .await?;
+    Ok(deleted.rows_affected())
+}
+
+/// Inserts the claims of keys not seen before in one statement; `true` for each claim whose
+/// row went in. A key that exists, or that an earlier claim in the same batch took (the same
+/// key sent twice at once), is left alone: its claim reads the row it finds. Rows go in in
+/// key order, so two batches that share keys wait for each other in the same order instead of
+/// deadlocking.
+async fn insert_claims(pool: PgPool, claims: Vec<NewClaim>) -> Result<Vec<bool>, LedgerError> {
+    let mut order: Vec<&NewClaim> = claims.iter().collect();
+    order.sort_by(|left, right| (&left.scope, &left.key).cmp(&(&right.scope, &right.key)));
+    let mut scopes = Vec::with_capacity(order.len());
+    let mut keys = Vec::with_capacity(order.len());
+    let mut hashes = Vec::with_capacity(order.len());
+    let mut ids = Vec::with_capacity(order.len());
+    let mut leases = Vec::with_capacity(order.len());
+    for claim in order {
+        scopes.push(claim.scope.as_str());
+        keys.push(claim.key.as_str());
+        hashes.push(claim.hash.as_slice());
+        ids.push(claim.transaction_id);
+        leases.push(claim.lease_ms);
     }
+    let inserted: Vec<Uuid> = sqlx::query_scalar(
+        "INSERT INTO idempotency_keys (scope, idempotency_key, request_hash, transaction_id, locked_until)
+         SELECT scope, idempotency_key, request_hash, transaction_id,
+                now() + lease_ms * interval '1 millisecond'
+         FROM UNNEST($1::text[], $2::text[], $3::bytea[], $4::uuid[], $5::bigint[])
+              WITH ORDINALITY AS claim (scope, idempotency_key, request_hash, transaction_id, lease_ms, position)
+         ORDER BY position
+         ON CONFLICT DO NOTHING RETURNING transaction_id",
+    )
+    .bind(&scopes)
+    .bind(&keys)
+    .bind(&hashes)
+    .bind(&ids)
+    .bind(&leases)
+    .fetch_all(&pool)
+    .await?;
+    let inserted: HashSet<Uuid> = inserted.into_iter().collect();
+    Ok(claims
+        .iter()
+        .map(|claim| inserted.contains(&claim.transaction_id))
+        .collect())
+}
+
+/// Stores final answers in one statement, in key order (see [`insert_claims`]). An upsert
+/// rather than an update joined on the arrays: the unique index finds each row whatever the
+/// table's statistics say (a join's plan cached while the table was empty scans all of it
+/// for every batch once it has grown, and this machine runs without autovacuum). Two answers
+/// for one key in a batch (a request that outlived its lease and the retry that took the key
+/// over) cannot both go into one upsert: the later one is stored, as one update after the
+/// other would have left it.
+async fn store_answers(pool: PgPool, mut answers: Vec<Answer>) -> Result<Vec<()>, LedgerError> {
+    let count = answers.len();
+    answers.sort_by(|left, right| (&left.scope, &left.key).cmp(&(&right.scope, &right.key)));
+    answers.dedup_by(|later, earlier| {
+        let same = (&later.scope, &later.key) == (&earlier.scope, &earlier.key);
+        if same {
+            std::mem::swap(later, earlier);
+        }
+        same
+    });
+    let mut scopes = Vec::with_capacity(answers.len());
+    let mut keys = Vec::with_capacity(answers.len());
+    let mut hashes = Vec::with_capacity(answers.len());
+    let mut ids = Vec::with_capacity(answers.len());
+    let mut statuses = Vec::with_capacity(answers.len());
+    let mut bodies = Vec::with_capacity(answers.len());
+    for answer in answers {
+        scopes.push(answer.scope);
+        keys.push(answer.key);
+        hashes.push(answer.request_hash);
+        ids.push(answer.transaction_id);
+        statuses.push(i16::try_from(answer.status).unwrap_or(500));
+        bodies.push(answer.body);
+    }
+    sqlx::query(
+        "INSERT INTO idempotency_keys AS stored
+             (scope, idempotency_key, request_hash, transaction_id, response_status, response_body, locked_until)
+         SELECT scope, idempotency_key, request_hash, transaction_id, status, body, now()
+         FROM UNNEST($1::text[], $2::text[], $3::bytea[], $4::uuid[], $5::smallint[], $6::jsonb[])
+              AS answer (scope, idempotency_key, request_hash, transaction_id, status, body)
+         ON CONFLICT (scope, idempotency_key) DO UPDATE
+         SET response_status = EXCLUDED.response_status, response_body = EXCLUDED.response_body,
+             locked_until = now()
+         WHERE stored.transaction_id = EXCLUDED.transaction_id",
+    )
+    .bind(&scopes)
+    .bind(&keys)
+    .bind(&hashes)
+    .bind(&ids)
+    .bind(&statuses)
+    .bind(&bodies)
+    .execute(&pool)
+    .await?;
+    Ok(vec![(); count])
 }
 
 #[cfg(test)]

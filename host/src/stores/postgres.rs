@@ -10,6 +10,7 @@ use sqlx::postgres::{PgPool, PgPoolOptions};
 use uuid::Uuid;
 
 use crate::config::Services;
+use crate::stores::batch::BatchError;
 
 /// The system account's user id: it funds deposits and may go negative.
 pub const SYSTEM_USER_ID: i64 = 0;
@@ -35,6 +36,9 @@ pub enum LedgerError {
     Unreadable(String),
     #[error("migrating the ledger database failed: {0}")]
     Migration(#[from] sqlx::migrate::MigrateError),
+    /// A write carried out with others in one statement (`stores::batch`) that failed.
+    #[error(transparent)]
+    Batched(#[from] BatchError<LedgerError>),
 }
 
 impl From<sqlx::Error> for LedgerError {
