@@ -129,7 +129,7 @@ create_database() {
 }
 
 create_topic() {
-  local topic="$1" partitions="${2:-6}"
+  local topic="$1" partitions="${2:-1}"
   # An existing topic is fine: the broker answers "already exists" and nothing changes.
   "$TANSU_BIN" topic create "$topic" --partitions "$partitions" \
     --broker "tcp://127.0.0.1:$KAFKA_PORT" >/dev/null 2>&1 || true
@@ -137,7 +137,7 @@ create_topic() {
 
 case "${1:-start}" in
   start) ;;
-  restart-broker) stop_tansu TERM; start_tansu; create_topic transfer_topic 6; exit 0 ;;
+  restart-broker) stop_tansu TERM; start_tansu; create_topic transfer_topic; exit 0 ;;
   kill-broker) stop_tansu KILL; exit 0 ;;
   stop-broker) stop_tansu TERM; exit 0 ;;
   *) log "usage: $0 [start|restart-broker|kill-broker|stop-broker]"; exit 2 ;;
@@ -148,5 +148,5 @@ start_postgres
 start_redis
 start_tansu
 create_database transferd
-create_topic transfer_topic 6
+create_topic transfer_topic
 log "PostgreSQL 5432, Redis 6379 and Tansu $KAFKA_PORT are up"

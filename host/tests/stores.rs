@@ -534,6 +534,26 @@ async fn keys_claimed_and_answered_together_each_keep_their_own() -> anyhow::Res
 }
 
 #[tokio::test]
+async fn several_accounts_are_read_in_one_call_each_with_its_own_holds() -> anyhow::Result<()> {
+    let prefix = format!("storetest{}:", Uuid::now_v7().simple());
+    let cache = BalanceCache::new(&services("postgres", &prefix))?;
+    assert!(cache.store_balance(1, "USD", 500, 1).await?);
+    assert!(cache.store_balance(3, "USD", -40, 1).await?);
+    cache.reserve_hold("t1", 1, "USD", 120, b"{}").await?;
+    assert_eq!(
+        cache.available_many(&[3, 2, 1], "USD", "").await?,
+        vec![Some(-40), None, Some(380)]
+    );
+    assert_eq!(
+        cache.available_many(&[1, 3], "USD", "t1").await?,
+        vec![Some(500), Some(-40)],
+        "a transaction's own hold does not count against it"
+    );
+    assert_eq!(cache.available_many(&[1], "EUR", "").await?, vec![None]);
+    Ok(())
+}
+
+#[tokio::test]
 async fn a_transaction_s_own_hold_does_not_count_against_it() -> anyhow::Result<()> {
     let prefix = format!("storetest{}:", Uuid::now_v7().simple());
     let cache = BalanceCache::new(&services("postgres", &prefix))?;

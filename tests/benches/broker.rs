@@ -37,6 +37,7 @@ async fn run(storage: BrokerStorage) -> anyhow::Result<(Vec<Duration>, Duration,
     let mut options = HostOptions::new(&namespace);
     options.kafka_brokers = broker.brokers();
     options.run_worker = false;
+    options.topic_partitions = None;
     let host = Arc::new(Host::start_with(&namespace, options).await?);
     for user in 1..=USERS {
         host.deposit(user, "USD", "1000000").await?;

@@ -435,6 +435,8 @@ async fn main() -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let mut options = HostOptions::new(&namespace);
     options.kafka_brokers = format!("127.0.0.1:{broker_port}");
+    // As the service runs by default, not as the tests run it.
+    options.topic_partitions = None;
     // TRANSFERD_BENCH_ENV="NAME=value,NAME=value" runs transferd with other settings, to compare.
     let extra = std::env::var("TRANSFERD_BENCH_ENV").unwrap_or_default();
     for setting in extra.split(',').filter(|setting| !setting.is_empty()) {

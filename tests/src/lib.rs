@@ -170,6 +170,9 @@ pub struct HostOptions {
     /// `TRANSFERD_JWT_SECRET`: the harness's own by default; none for a host checking tokens
     /// some other way (a public key) or not at all.
     pub jwt_secret: Option<String>,
+    /// `TRANSFERD_TOPIC_PARTITIONS`: three by default, so that the tests cover a log of
+    /// several partitions; `None` leaves the service's own default (the benchmarks).
+    pub topic_partitions: Option<u32>,
     pub extra_env: Vec<(String, String)>,
 }
 
@@ -184,6 +187,7 @@ impl HostOptions {
             kafka_timeout_ms: 5_000,
             run_worker: true,
             jwt_secret: Some(auth::JWT_SECRET.to_string()),
+            topic_partitions: Some(3),
             extra_env: Vec::new(),
         }
     }
@@ -205,7 +209,6 @@ fn transferd_command(
         .env("TRANSFERD_REDIS_PREFIX", namespace.redis_prefix())
         .env("TRANSFERD_KAFKA_BROKERS", &options.kafka_brokers)
         .env("TRANSFERD_TOPIC_PREFIX", namespace.topic_prefix())
-        .env("TRANSFERD_TOPIC_PARTITIONS", "3")
         .env(
             "TRANSFERD_KAFKA_TIMEOUT_MS",
             options.kafka_timeout_ms.to_string(),
@@ -218,6 +221,10 @@ fn transferd_command(
     match &options.jwt_secret {
         Some(secret) => command.env("TRANSFERD_JWT_SECRET", secret),
         None => command.env_remove("TRANSFERD_JWT_SECRET"),
+    };
+    match options.topic_partitions {
+        Some(partitions) => command.env("TRANSFERD_TOPIC_PARTITIONS", partitions.to_string()),
+        None => command.env_remove("TRANSFERD_TOPIC_PARTITIONS"),
     };
     for (name, value) in &options.extra_env {
         command.env(name, value);

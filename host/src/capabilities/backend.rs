@@ -14,15 +14,15 @@ use crate::stores::postgres::{Balance, LedgerError};
 use crate::stores::redis::{CacheError, HoldOutcome};
 
 pub trait Backend: Send + Sync + 'static {
-    /// Redis: the account's settled balance minus its holds, except the hold of
-    /// `transaction_id` itself (a retry under the same idempotency key); `None` when the
-    /// balance is not cached.
+    /// Redis, one round trip: each account's settled balance minus its holds, except the hold
+    /// of `transaction_id` itself (a retry under the same idempotency key); `None` for an
+    /// account whose balance is not cached. One answer per account, in order.
     fn cached_available(
         &self,
-        account_id: i64,
+        account_ids: &[i64],
         currency: &str,
         transaction_id: &str,
-    ) -> impl Future<Output = Result<Option<i64>, CacheError>> + Send;
+    ) -> impl Future<Output = Result<Vec<Option<i64>>, CacheError>> + Send;
 
     /// Redis: caches a settled balance unless a newer version is cached.
     fn cache_balance(
@@ -86,12 +86,12 @@ pub trait Backend: Send + Sync + 'static {
 impl Backend for Capabilities {
     async fn cached_available(
         &self,
-        account_id: i64,
+        account_ids: &[i64],
         currency: &str,
         transaction_id: &str,
-    ) -> Result<Option<i64>, CacheError> {
+    ) -> Result<Vec<Option<i64>>, CacheError> {
         self.cache
-            .available_to(account_id, currency, transaction_id)
+            .available_many(account_ids, currency, transaction_id)
             .await
     }
 

@@ -8,7 +8,7 @@
 //! publish must match) and what its publish did.
 
 pub mod backend;
-mod balance_lookup;
+pub mod balance_lookup;
 pub mod guard;
 mod publish;
 #[cfg(test)]
@@ -134,6 +134,8 @@ pub struct RequestState {
     /// What the imports answered, in the vectors' import format, so a shadow candidate can be
     /// given the same answers (see `guest::shadow`).
     pub answers: RecordedAnswers,
+    /// The other party's cached balance, read beside the first lookup (see `balance_lookup`).
+    prefetched: balance_lookup::Prefetched,
     wasi: WasiCtx,
     table: ResourceTable,
     pub limits: StoreLimits,
@@ -153,6 +155,7 @@ impl RequestState {
             publication,
             violation: None,
             answers: RecordedAnswers::default(),
+            prefetched: balance_lookup::Prefetched::default(),
             // Nothing: no arguments, environment, files, sockets or inherited stdio.
             wasi: WasiCtx::builder().build(),
             table: ResourceTable::new(),
@@ -178,6 +181,7 @@ impl RequestState {
         self.publication = publication;
         self.violation = None;
         self.answers = RecordedAnswers::default();
+        self.prefetched = balance_lookup::Prefetched::default();
     }
 }
 

@@ -40,6 +40,8 @@ struct State {
     produced: Vec<String>,
     /// The headers of each message produced, in order.
     produced_headers: Vec<Vec<(String, String)>>,
+    /// Round trips to Redis for available balances.
+    cache_reads: u32,
 }
 
 struct Fake {
@@ -94,21 +96,30 @@ fn account(id: i64) -> Account {
 impl Backend for Fake {
     async fn cached_available(
         &self,
-        id: i64,
+        ids: &[i64],
         currency: &str,
         transaction_id: &str,
-    ) -> Result<Option<i64>, CacheError> {
+    ) -> Result<Vec<Option<i64>>, CacheError> {
         self.redis()?;
-        let state = self.state();
-        let key = (id, currency.to_string());
-        let own = state
-            .holds
-            .get(transaction_id)
-            .map_or(0, |(_, amount)| *amount);
-        Ok(state
-            .cached
-            .get(&key)
-            .map(|balance| balance - Fake::held_on(&state, &key) + own))
+        let mut state = self.state();
+        state.cache_reads += 1;
+        let own = |state: &State, key: &Account| {
+            state
+                .holds
+                .get(transaction_id)
+                .filter(|(on, _)| on == key)
+                .map_or(0, |(_, amount)| *amount)
+        };
+        Ok(ids
+            .iter()
+            .map(|id| {
+                let key = (*id, currency.to_string());
+                state
+                    .cached
+                    .get(&key)
+                    .map(|balance| balance - Fake::held_on(&state, &key) + own(&state, &key))
+            })
+            .collect())
     }
 
     async fn cache_balance(
@@ -257,19 +268,60 @@ async fn a_lookup_prefers_the_cache_and_falls_back_to_the_ledger() {
     let fake = Fake::new();
     fake.state().settled.insert(account(1), 500);
     // Not cached: the ledger answers and the balance is cached on the way.
-    assert_eq!(lookup(&*fake, "tx", 1, "USD").await, Ok(Some(500)));
+    assert_eq!(
+        lookup(&*fake, "tx", 1, "USD", None).await.answer,
+        Ok(Some(500))
+    );
     assert_eq!(fake.state().cached.get(&account(1)), Some(&500));
     // Cached: holds are taken off.
     fake.state().holds.insert("held".into(), (account(1), 200));
-    assert_eq!(lookup(&*fake, "tx", 1, "USD").await, Ok(Some(300)));
+    assert_eq!(
+        lookup(&*fake, "tx", 1, "USD", None).await.answer,
+        Ok(Some(300))
+    );
     // The transaction that holds it (a retry) sees its own hold as available.
-    assert_eq!(lookup(&*fake, "held", 1, "USD").await, Ok(Some(500)));
+    assert_eq!(
+        lookup(&*fake, "held", 1, "USD", None).await.answer,
+        Ok(Some(500))
+    );
     // Redis down: the settled balance, holds unknown.
     fake.redis_down.store(true, Ordering::SeqCst);
-    assert_eq!(lookup(&*fake, "tx", 1, "USD").await, Ok(Some(500)));
+    assert_eq!(
+        lookup(&*fake, "tx", 1, "USD", None).await.answer,
+        Ok(Some(500))
+    );
     // Neither: an error, never a made-up balance.
     fake.ledger_down.store(true, Ordering::SeqCst);
-    assert!(lookup(&*fake, "tx", 1, "USD").await.is_err());
+    assert!(lookup(&*fake, "tx", 1, "USD", None).await.answer.is_err());
+}
+
+#[tokio::test]
+async fn a_lookup_reads_the_partner_s_cached_balance_in_the_same_round_trip() {
+    let fake = Fake::new();
+    fake.state().cached.insert(account(1), 500);
+    fake.state().cached.insert(account(2), 70);
+    fake.state().holds.insert("other".into(), (account(1), 200));
+    let found = lookup(&*fake, "tx", 2, "USD", Some(1)).await;
+    assert_eq!(found.answer, Ok(Some(70)));
+    assert_eq!(found.partner, Some(300), "the partner's holds count");
+    assert_eq!(fake.state().cache_reads, 1, "one round trip for both");
+    // A partner Redis does not have is left to its own lookup (which fills the cache).
+    fake.state().cached.remove(&account(1));
+    fake.state().settled.insert(account(1), 900);
+    let found = lookup(&*fake, "tx", 2, "USD", Some(1)).await;
+    assert_eq!(found.partner, None);
+    assert_eq!(fake.state().cached.get(&account(1)), None);
+    // Redis down: the ledger answers for the account asked for, nothing for the partner.
+    fake.redis_down.store(true, Ordering::SeqCst);
+    fake.state().settled.insert(account(2), 70);
+    let found = lookup(&*fake, "tx", 2, "USD", Some(1)).await;
+    assert_eq!(
+        found,
+        super::balance_lookup::LookedUp {
+            answer: Ok(Some(70)),
+            partner: None
+        }
+    );
 }
 
 #[tokio::test]

@@ -51,14 +51,28 @@ pub enum HoldOutcome {
 /// waiting for a connect timeout.
 const RECONNECT_BACKOFF: Duration = Duration::from_secs(1);
 
-/// ARGV[1]: a transaction id whose own hold does not count (empty: none).
+/// Per account, KEYS (balance, holds); ARGV[1]: a transaction id whose own hold does not count
+/// (empty: none). Per account, two numbers: 1 and the available balance, or 0 and 0 when the
+/// balance is not cached (a Lua `false` in a table would cut the reply short).
 const AVAILABLE: &str = r"
-local balance = redis.call('GET', KEYS[1])
-if not balance then return false end
-local held = tonumber(redis.call('HGET', KEYS[2], 'total') or '0')
-if ARGV[1] ~= '' then held = held - tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0') end
-return tonumber(balance) - held
+local reply = {}
+for i = 1, #KEYS / 2 do
+  local balance = redis.call('GET', KEYS[2 * i - 1])
+  if balance then
+    local held = tonumber(redis.call('HGET', KEYS[2 * i], 'total') or '0')
+    if ARGV[1] ~= '' then held = held - tonumber(redis.call('HGET', KEYS[2 * i], ARGV[1]) or '0') end
+    reply[2 * i - 1] = 1
+    reply[2 * i] = tonumber(balance) - held
+  else
+    reply[2 * i - 1] = 0
+    reply[2 * i] = 0
+  end
+end
+return reply
 ";
+
+/// Most accounts one availability call reads.
+pub const MAX_ACCOUNTS_PER_LOOKUP: usize = 16;
 
 /// How long a pending record outlives its transfer's acceptance at most: far beyond any
 /// settlement delay, short enough that a lost one does not stay forever.
@@ -215,16 +229,51 @@ impl BalanceCache {
         currency: &str,
         transaction_id: &str,
     ) -> Result<Option<i64>, CacheError> {
-        let keys = [
-            self.balance_key(user_id, currency),
-            self.holds_key(user_id, currency),
-        ];
-        self.run(
-            &self.available,
-            &keys,
-            &[transaction_id.as_bytes().to_vec()],
-        )
-        .await
+        let found = self
+            .available_many(&[user_id], currency, transaction_id)
+            .await?;
+        Ok(found.first().copied().flatten())
+    }
+
+    /// [`BalanceCache::available_to`] for several accounts in one currency, in one round
+    /// trip: one answer per account, in order.
+    pub async fn available_many(
+        &self,
+        user_ids: &[i64],
+        currency: &str,
+        transaction_id: &str,
+    ) -> Result<Vec<Option<i64>>, CacheError> {
+        assert!(
+            !user_ids.is_empty() && user_ids.len() <= MAX_ACCOUNTS_PER_LOOKUP,
+            "one lookup reads 1 to {MAX_ACCOUNTS_PER_LOOKUP} accounts"
+        );
+        let keys: Vec<String> = user_ids
+            .iter()
+            .flat_map(|user_id| {
+                [
+                    self.balance_key(*user_id, currency),
+                    self.holds_key(*user_id, currency),
+                ]
+            })
+            .collect();
+        let reply: Vec<i64> = self
+            .run(
+                &self.available,
+                &keys,
+                &[transaction_id.as_bytes().to_vec()],
+            )
+            .await?;
+        if reply.len() != 2 * user_ids.len() {
+            return Err(CacheError::Unavailable(format!(
+                "the availability script answered {} numbers for {} accounts",
+                reply.len(),
+                user_ids.len()
+            )));
+        }
+        Ok(reply
+            .chunks_exact(2)
+            .map(|pair| (pair[0] == 1).then_some(pair[1]))
+            .collect())
     }
 
     /// Reserves `amount_minor` of the account's available balance for `transaction_id` and
