@@ -54,6 +54,41 @@ fn message(sender_id: i64, receiver_id: i64, amount_minor: i64) -> TransferMessa
     }
 }
 
+/// A plan made while the ledger is nearly empty is kept for the connection's life: it must
+/// look rows up by key, not hash the whole table (a plan that would still scan all of it
+/// once the table holds millions of transfers).
+#[tokio::test]
+async fn joins_on_a_batch_use_the_index_even_on_a_nearly_empty_table() -> anyhow::Result<()> {
+    let ledger = fresh_ledger().await?;
+    let settlements = Settlements::new(ledger.pool().clone());
+    let batch = [message(1, 2, 1)];
+    ledger.deposit(Uuid::now_v7(), 1, "USD", 100).await?;
+    ledger.deposit(Uuid::now_v7(), 2, "USD", 1).await?;
+    settlements.apply(&batch, &Advance::none()).await?;
+    let plan: (serde_json::Value,) = sqlx::query_as(
+        "EXPLAIN (FORMAT JSON)
+         SELECT t.transaction_id FROM UNNEST($1::uuid[]) AS i(transaction_id)
+         JOIN transfers t USING (transaction_id)",
+    )
+    .bind(vec![Uuid::now_v7(), Uuid::now_v7()])
+    .fetch_one(ledger.pool())
+    .await?;
+    let plan = plan.0.to_string();
+    assert!(plan.contains(r#""Index Name":"transfers_pkey""#), "{plan}");
+    assert!(
+        !plan.contains("Seq Scan") && !plan.contains("Hash Join"),
+        "{plan}"
+    );
+    // Where only a scan can serve, the price put on it does not make the plan worth compiling.
+    let scanned: (serde_json::Value,) = sqlx::query_as(
+        "EXPLAIN (ANALYZE, FORMAT JSON) SELECT version FROM _sqlx_migrations WHERE success",
+    )
+    .fetch_one(ledger.pool())
+    .await?;
+    assert!(!scanned.0.to_string().contains("JIT"), "{}", scanned.0);
+    Ok(())
+}
+
 #[tokio::test]
 async fn settling_the_same_batch_again_changes_nothing() -> anyhow::Result<()> {
     let ledger = fresh_ledger().await?;
