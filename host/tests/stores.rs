@@ -504,6 +504,34 @@ async fn concurrent_claims_of_one_key_give_it_to_one_request() -> anyhow::Result
     Ok(())
 }
 
+#[tokio::test]
+async fn expired_keys_are_purged_in_bounded_statements_and_fresh_ones_kept() -> anyhow::Result<()> {
+    use std::time::Duration;
+    use transferd::stores::idempotency::{Claim, IdempotencyKeys, purge_older_than};
+    let ledger = fresh_ledger().await?;
+    sqlx::query(
+        "INSERT INTO idempotency_keys (scope, idempotency_key, request_hash, transaction_id, locked_until, created_at)
+         SELECT 'old', 'k' || n, '\\x00', gen_random_uuid(), now(), now() - interval '2 days'
+         FROM generate_series(1, 25000) AS n",
+    )
+    .execute(ledger.pool())
+    .await?;
+    let keys = IdempotencyKeys::new(ledger.pool().clone());
+    let fresh = Uuid::now_v7();
+    let lease = Duration::from_secs(60);
+    keys.claim("new", "k1", &[1; 32], fresh, lease).await?;
+    let day = Duration::from_secs(24 * 3600);
+    assert_eq!(purge_older_than(ledger.pool(), day).await?, 25_000);
+    assert_eq!(purge_older_than(ledger.pool(), day).await?, 0);
+    assert_eq!(
+        keys.claim("new", "k1", &[1; 32], Uuid::now_v7(), lease)
+            .await?,
+        Claim::InFlight,
+        "the fresh key is still there"
+    );
+    Ok(())
+}
+
 /// Claims and answers of many requests at once go into PostgreSQL a batch at a time: every
 /// request still gets its own key, its own transaction id and, replayed, its own answer.
 #[tokio::test]

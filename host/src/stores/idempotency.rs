@@ -256,16 +256,34 @@ impl IdempotencyKeys {
     }
 }
 
-/// Deletes keys older than `retention`; returns how many.
+/// Most keys one purge statement deletes: a short transaction each, however many expired.
+const PURGE_BATCH: i64 = 10_000;
+
+/// Most purge statements in one pass; what is left waits for the next pass.
+const PURGE_BATCHES_PER_PASS: u32 = 100;
+
+/// Deletes keys older than `retention`, at most [`PURGE_BATCH`] per statement and
+/// [`PURGE_BATCHES_PER_PASS`] statements; returns how many.
 pub async fn purge_older_than(pool: &PgPool, retention: Duration) -> Result<u64, LedgerError> {
     let retention_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
-    let deleted = sqlx::query(
-        "DELETE FROM idempotency_keys WHERE created_at < now() - $1 * interval '1 millisecond'",
-    )
-    .bind(retention_ms)
-    .execute(pool)
-    .await?;
-    Ok(deleted.rows_affected())
+    let mut purged = 0;
+    for _ in 0..PURGE_BATCHES_PER_PASS {
+        let deleted = sqlx::query(
+            "DELETE FROM idempotency_keys WHERE (scope, idempotency_key) IN (
+                 SELECT scope, idempotency_key FROM idempotency_keys
+                 WHERE created_at < now() - $1 * interval '1 millisecond' LIMIT $2)",
+        )
+        .bind(retention_ms)
+        .bind(PURGE_BATCH)
+        .execute(pool)
+        .await?
+        .rows_affected();
+        purged += deleted;
+        if deleted < PURGE_BATCH as u64 {
+            break;
+        }
+    }
+    Ok(purged)
 }
 
 /// Inserts the claims of keys not seen before in one statement; `true` for each claim whose
