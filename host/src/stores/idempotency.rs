@@ -292,6 +292,13 @@ pub async fn purge_older_than(pool: &PgPool, retention: Duration) -> Result<u64,
 /// key order, so two batches that share keys wait for each other in the same order instead of
 /// deadlocking.
 async fn insert_claims(pool: PgPool, claims: Vec<NewClaim>) -> Result<Vec<bool>, LedgerError> {
+    // Each request mints its own id: the ids are how the inserted rows find their claims.
+    let distinct: HashSet<Uuid> = claims.iter().map(|claim| claim.transaction_id).collect();
+    assert_eq!(
+        distinct.len(),
+        claims.len(),
+        "claims carry distinct transaction ids"
+    );
     let mut order: Vec<&NewClaim> = claims.iter().collect();
     order.sort_by(|left, right| (&left.scope, &left.key).cmp(&(&right.scope, &right.key)));
     let mut scopes = Vec::with_capacity(order.len());
