@@ -378,6 +378,74 @@ async fn readyz_names_the_dependency_that_is_down_and_recovers() -> anyhow::Resu
     Ok(())
 }
 
+/// The readiness probe answers for the database, not for one pooled connection: connections
+/// the database dropped moments after their last use (too recently to be pinged before the
+/// next) are discarded and the probe asks again, so a database that is up reads as ready.
+#[tokio::test]
+async fn readyz_is_not_fooled_by_connections_the_database_just_dropped() -> anyhow::Result<()> {
+    let namespace = Namespace::new().await?;
+    let mut options = HostOptions::new(&namespace);
+    options.run_worker = false;
+    let host = Host::start_with(&namespace, options).await?;
+    let admin = sqlx::PgPool::connect(transferd_e2e::POSTGRES_ADMIN_URL).await?;
+    for round in 0..5 {
+        // Several probes at once leave several recently used connections in the pool.
+        let probes = futures::future::join_all(
+            (0..4).map(|_| host.client.get(format!("{}/readyz", host.base_url)).send()),
+        )
+        .await;
+        for probe in probes {
+            assert_eq!(probe?.status(), 200, "round {round}: before the drop");
+        }
+        // Two statements: in one, PostgreSQL may call pg_terminate_backend before it filters.
+        let dropped: Vec<i32> =
+            sqlx::query_scalar("SELECT pid FROM pg_stat_activity WHERE datname = $1")
+                .bind(&namespace.database)
+                .fetch_all(&admin)
+                .await?;
+        assert!(
+            !dropped.is_empty(),
+            "round {round}: transferd held connections"
+        );
+        sqlx::query("SELECT pg_terminate_backend(pid) FROM UNNEST($1::int[]) AS pid")
+            .bind(&dropped)
+            .execute(&admin)
+            .await?;
+        wait_until_gone(&admin, &dropped).await?;
+
+        let ready = host
+            .client
+            .get(format!("{}/readyz", host.base_url))
+            .send()
+            .await?;
+        let status = ready.status();
+        let body: serde_json::Value = ready.json().await?;
+        assert_eq!(status, 200, "round {round}: {body}");
+        assert_eq!(body["checks"]["postgres"]["ready"], true, "{body}");
+    }
+    Ok(())
+}
+
+/// Waits (up to 5 s) until the server processes `pids` have exited.
+async fn wait_until_gone(admin: &sqlx::PgPool, pids: &[i32]) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let backends: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1)")
+                .bind(pids)
+                .fetch_one(admin)
+                .await?;
+        if backends == 0 {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "{backends} connections outlived pg_terminate_backend"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// Connections the pool kept while the database dropped them (a restart, a failover, an
 /// administrator's `pg_terminate_backend`) are found dead before they are used: a connection
 /// idle for more than a second is pinged first and replaced, so the next request is served.

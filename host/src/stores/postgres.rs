@@ -74,6 +74,20 @@ fn keyed_plans_only(options: PgConnectOptions) -> PgConnectOptions {
     ])
 }
 
+/// Whether a statement failed because its connection is gone rather than because of the
+/// statement: the socket closed or broke mid-message, or the server said it was ending the
+/// session (SQLSTATE 57P01 administrator command, 57P02 crash, or a connection exception,
+/// class 08). sqlx discards such a connection, so the same statement on another may succeed.
+fn connection_lost(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_) | sqlx::Error::Protocol(_) => true,
+        sqlx::Error::Database(database_error) => database_error
+            .code()
+            .is_some_and(|code| matches!(&*code, "57P01" | "57P02") || code.starts_with("08")),
+        _ => false,
+    }
+}
+
 #[derive(Clone)]
 pub struct Ledger {
     pool: PgPool,
@@ -122,12 +136,23 @@ impl Ledger {
         Ok(())
     }
 
-    /// How many of this binary's migrations the database has not applied (0 when ready).
+    /// How many of this binary's migrations the database has not applied (0 when ready): the
+    /// readiness probe, so it answers for the database, not for one pooled connection. A
+    /// connection the server dropped less than [`PING_IF_IDLE_FOR`] ago is not pinged before
+    /// use and fails; sqlx discards it, and the question is asked again on another, up to
+    /// once per connection the pool may hold.
     pub async fn unapplied_migrations(&self) -> Result<usize, LedgerError> {
-        let applied: Vec<i64> =
-            sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+        let attempts = self.pool.options().get_max_connections() + 1;
+        let mut attempt = 1;
+        let applied: Vec<i64> = loop {
+            match sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
                 .fetch_all(&self.pool)
-                .await?;
+                .await
+            {
+                Err(error) if connection_lost(&error) && attempt < attempts => attempt += 1,
+                answer => break answer?,
+            }
+        };
         Ok(MIGRATOR
             .iter()
             .filter(|migration| !applied.contains(&migration.version))
@@ -431,4 +456,20 @@ pub struct TransferRecord {
     pub reason: Option<String>,
     pub created_at: DateTime<Utc>,
     pub settled_at: DateTime<Utc>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::connection_lost;
+
+    #[test]
+    fn a_lost_connection_is_told_from_a_failed_statement() {
+        let closed = std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "at EOF");
+        assert!(connection_lost(&sqlx::Error::Io(closed)));
+        assert!(connection_lost(&sqlx::Error::Protocol(
+            "half a message".into()
+        )));
+        assert!(!connection_lost(&sqlx::Error::RowNotFound));
+        assert!(!connection_lost(&sqlx::Error::PoolTimedOut));
+    }
 }
