@@ -244,9 +244,12 @@ async fn a_topic_created_again_while_no_worker_runs_is_settled_from_its_start() 
 
     delete_topics(&broker.brokers(), &[&topic]).await?;
     // Every partition of the new log gets more messages than the old position: serve's
-    // first publish finds the topic missing and creates it again.
-    for _ in 0..8 {
-        accepted.push(accepted_id(&host.transfer(transfer(1, 2, "1.00")).await?)?);
+    // first publishes find the topic missing and create it again. They go at once, so some
+    // are queued on partitions of the old topic when librdkafka drops them: each is sent
+    // again, and none may answer 503.
+    let concurrent = (0..8).map(|_| host.transfer(transfer(1, 2, "1.00")));
+    for reply in futures::future::join_all(concurrent).await {
+        accepted.push(accepted_id(&reply?)?);
     }
     assert_eq!(log_generation(&namespace, &topic).await?, 1);
     let _worker = WorkerProcess::start(&namespace, &options, "worker-new-log")?;

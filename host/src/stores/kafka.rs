@@ -1,5 +1,5 @@
-//! The transfer log in Kafka: an idempotent producer that reports success only for messages
-//! the broker acknowledged on all in-sync replicas.
+//! The transfer log in Kafka: a producer that reports success only for messages the broker
+//! acknowledged on all in-sync replicas.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
@@ -122,6 +122,13 @@ fn certainly_not_sent(error: &KafkaError) -> bool {
     )
 }
 
+/// librdkafka failed the message while freeing the partition it was queued on. It uses the
+/// same code while the whole producer is being destroyed, but a send holds its producer, so
+/// here it means the partition ([`ProduceFailure::Dropped`]).
+fn dropped_with_its_partition(error: &KafkaError) -> bool {
+    error.rdkafka_error_code() == Some(RDKafkaErrorCode::BrokerDestroy)
+}
+
 /// The broker's name for a logical topic under `prefix`.
 fn physical_topic(prefix: &str, logical: &str) -> String {
     format!("{prefix}{logical}")
@@ -165,9 +172,15 @@ fn new_producer(services: &Services) -> Result<FutureProducer, LogError> {
         .create()?)
 }
 
-/// Why one send failed; an unknown topic is worth creating and sending again.
+/// Why one send failed; an unknown topic is worth creating and sending again, and a message
+/// librdkafka dropped with its partition is worth sending again.
 enum ProduceFailure {
     UnknownTopic(String),
+    /// The message was queued on a partition that metadata then said was gone (its topic was
+    /// deleted, or created again): librdkafka fails what is still queued there with
+    /// `BrokerDestroy` when it frees the partition, although the producer lives on. The
+    /// message may have been sent before (an earlier try that timed out), so it is in doubt.
+    Dropped(String),
     Failed(LogError),
 }
 
@@ -175,8 +188,24 @@ impl ProduceFailure {
     fn into_log_error(self) -> LogError {
         match self {
             ProduceFailure::UnknownTopic(reason) => LogError::NotSent(reason),
+            ProduceFailure::Dropped(reason) => LogError::InDoubt(reason),
             ProduceFailure::Failed(error) => error,
         }
+    }
+}
+
+/// Sends of one message at most: the first, one after creating missing topics, and one after
+/// librdkafka dropped it with its partition.
+const MAX_SENDS: u32 = 3;
+
+/// `error` of a later send, when an earlier send of the same message may be in the log: a
+/// failure that is certain for this send is not for the message.
+fn after_doubtful_send(earlier: Option<&str>, error: LogError) -> LogError {
+    match earlier {
+        Some(earlier) if !error.in_doubt() => LogError::InDoubt(format!(
+            "{error}; an earlier send may be in the log: {earlier}"
+        )),
+        _ => error,
     }
 }
 
@@ -253,8 +282,10 @@ impl TransferLog {
 
     /// Produces one message and waits for the broker's acknowledgement. A topic the broker
     /// does not know is created (see [`TransferLog::repair_topics`]) and the message sent once
-    /// more: nothing was written the first time, so the retry cannot duplicate it. A failure says
-    /// whether the message may still be in the log ([`LogError::in_doubt`]).
+    /// more: nothing was written the first time, so the retry cannot duplicate it. A message
+    /// librdkafka dropped with its partition ([`ProduceFailure::Dropped`]) is sent once more
+    /// too: it may then be in the log twice, which settlement applies once (by transaction id).
+    /// A failure says whether the message may still be in the log ([`LogError::in_doubt`]).
     pub async fn produce(
         &self,
         logical_topic: &str,
@@ -262,22 +293,46 @@ impl TransferLog {
         payload: &[u8],
         headers: &[(&str, &str)],
     ) -> Result<Acknowledged, LogError> {
-        match self
-            .produce_once(logical_topic, key, payload, headers)
-            .await
-        {
-            Err(ProduceFailure::UnknownTopic(reason)) => {
-                tracing::warn!(
-                    topic = self.physical_topic(logical_topic),
-                    reason,
-                    "the broker does not know the topic; creating the topics and retrying"
-                );
-                self.repair_topics().await?;
-                self.produce_once(logical_topic, key, payload, headers)
-                    .await
-                    .map_err(ProduceFailure::into_log_error)
+        let (mut sends, mut repaired) = (0, false);
+        let mut dropped: Option<String> = None;
+        loop {
+            sends += 1;
+            assert!(sends <= MAX_SENDS, "each retry is taken at most once");
+            let failure = match self
+                .produce_once(logical_topic, key, payload, headers)
+                .await
+            {
+                Ok(acknowledged) => return Ok(acknowledged),
+                Err(failure) => failure,
+            };
+            let topic = self.physical_topic(logical_topic);
+            match failure {
+                ProduceFailure::UnknownTopic(reason) if !repaired => {
+                    tracing::warn!(
+                        topic,
+                        reason,
+                        "the broker does not know the topic; creating the topics and retrying"
+                    );
+                    repaired = true;
+                    if let Err(error) = self.repair_topics().await {
+                        return Err(after_doubtful_send(dropped.as_deref(), error));
+                    }
+                }
+                ProduceFailure::Dropped(reason) if dropped.is_none() => {
+                    tracing::warn!(
+                        topic,
+                        reason,
+                        "librdkafka dropped the message with its partition; sending it again"
+                    );
+                    dropped = Some(reason);
+                }
+                failure => {
+                    return Err(after_doubtful_send(
+                        dropped.as_deref(),
+                        failure.into_log_error(),
+                    ));
+                }
             }
-            other => other.map_err(ProduceFailure::into_log_error),
         }
     }
 
@@ -325,6 +380,9 @@ impl TransferLog {
                 if is_unknown_topic(&error) {
                     failure("unknown_topic");
                     Err(ProduceFailure::UnknownTopic(error.to_string()))
+                } else if dropped_with_its_partition(&error) {
+                    failure("dropped");
+                    Err(ProduceFailure::Dropped(error.to_string()))
                 } else if certainly_not_sent(&error) {
                     failure("not_sent");
                     Err(ProduceFailure::Failed(LogError::NotSent(error.to_string())))
@@ -524,5 +582,31 @@ mod tests {
         ] {
             assert!(!certainly_not_sent(&produce(code)), "{code:?}");
         }
+    }
+
+    #[test]
+    fn a_message_dropped_with_its_partition_is_in_doubt_and_sent_again() {
+        let dropped = KafkaError::MessageProduction(RDKafkaErrorCode::BrokerDestroy);
+        assert!(dropped_with_its_partition(&dropped));
+        assert!(!certainly_not_sent(&dropped));
+        assert!(!dropped_with_its_partition(&KafkaError::MessageProduction(
+            RDKafkaErrorCode::MessageTimedOut
+        )));
+        let failure = ProduceFailure::Dropped(dropped.to_string());
+        assert!(failure.into_log_error().in_doubt());
+    }
+
+    #[test]
+    fn a_certain_failure_after_a_doubtful_send_stays_in_doubt() {
+        let refused = || LogError::NotSent("queue full".into());
+        assert!(!after_doubtful_send(None, refused()).in_doubt());
+        let later = after_doubtful_send(Some("dropped with its partition"), refused());
+        assert!(later.in_doubt());
+        assert!(later.to_string().contains("dropped with its partition"));
+        let doubtful = LogError::InDoubt("timed out".into());
+        assert_eq!(
+            after_doubtful_send(Some("dropped"), doubtful).to_string(),
+            LogError::InDoubt("timed out".into()).to_string()
+        );
     }
 }
