@@ -194,10 +194,6 @@ impl ProduceFailure {
     }
 }
 
-/// Sends of one message at most: the first, one after creating missing topics, and one after
-/// librdkafka dropped it with its partition.
-const MAX_SENDS: u32 = 3;
-
 /// `error` of a later send, when an earlier send of the same message may be in the log: a
 /// failure that is certain for this send is not for the message.
 fn after_doubtful_send(earlier: Option<&str>, error: LogError) -> LogError {
@@ -280,12 +276,15 @@ impl TransferLog {
         physical_topic(&self.services.topic_prefix, logical)
     }
 
-    /// Produces one message and waits for the broker's acknowledgement. A topic the broker
-    /// does not know is created (see [`TransferLog::repair_topics`]) and the message sent once
-    /// more: nothing was written the first time, so the retry cannot duplicate it. A message
-    /// librdkafka dropped with its partition ([`ProduceFailure::Dropped`]) is sent once more
-    /// too: it may then be in the log twice, which settlement applies once (by transaction id).
-    /// A failure says whether the message may still be in the log ([`LogError::in_doubt`]).
+    /// Produces one message and waits for the broker's acknowledgement. A message that met a
+    /// topic the broker does not know, or that librdkafka dropped with its partition (the
+    /// topic vanished under it, [`ProduceFailure::Dropped`]), is sent once more after the
+    /// missing topics are created (see [`TransferLog::repair_topics`]). An unknown topic means
+    /// nothing was written; a dropped message may be in the log already, and a second copy is
+    /// applied once by settlement (by transaction id). At most two sends and one repair, so
+    /// the whole wait stays within twice the Kafka timeout plus a database round trip (what
+    /// `TRANSFERD_GUEST_TIMEOUT_MS` must exceed). A failure says whether the message may still
+    /// be in the log ([`LogError::in_doubt`]).
     pub async fn produce(
         &self,
         logical_topic: &str,
@@ -293,47 +292,31 @@ impl TransferLog {
         payload: &[u8],
         headers: &[(&str, &str)],
     ) -> Result<Acknowledged, LogError> {
-        let (mut sends, mut repaired) = (0, false);
-        let mut dropped: Option<String> = None;
-        loop {
-            sends += 1;
-            assert!(sends <= MAX_SENDS, "each retry is taken at most once");
-            let failure = match self
+        let failure = match self
+            .produce_once(logical_topic, key, payload, headers)
+            .await
+        {
+            Ok(acknowledged) => return Ok(acknowledged),
+            Err(failure) => failure,
+        };
+        let (reason, earlier) = match failure {
+            ProduceFailure::UnknownTopic(reason) => (reason, None),
+            ProduceFailure::Dropped(reason) => (reason.clone(), Some(reason)),
+            ProduceFailure::Failed(error) => return Err(error),
+        };
+        tracing::warn!(
+            topic = self.physical_topic(logical_topic),
+            reason,
+            "the topic is unknown or changed under the message; creating missing topics and sending again"
+        );
+        let resent = match self.repair_topics().await {
+            Ok(()) => self
                 .produce_once(logical_topic, key, payload, headers)
                 .await
-            {
-                Ok(acknowledged) => return Ok(acknowledged),
-                Err(failure) => failure,
-            };
-            let topic = self.physical_topic(logical_topic);
-            match failure {
-                ProduceFailure::UnknownTopic(reason) if !repaired => {
-                    tracing::warn!(
-                        topic,
-                        reason,
-                        "the broker does not know the topic; creating the topics and retrying"
-                    );
-                    repaired = true;
-                    if let Err(error) = self.repair_topics().await {
-                        return Err(after_doubtful_send(dropped.as_deref(), error));
-                    }
-                }
-                ProduceFailure::Dropped(reason) if dropped.is_none() => {
-                    tracing::warn!(
-                        topic,
-                        reason,
-                        "librdkafka dropped the message with its partition; sending it again"
-                    );
-                    dropped = Some(reason);
-                }
-                failure => {
-                    return Err(after_doubtful_send(
-                        dropped.as_deref(),
-                        failure.into_log_error(),
-                    ));
-                }
-            }
-        }
+                .map_err(ProduceFailure::into_log_error),
+            Err(error) => Err(error),
+        };
+        resent.map_err(|error| after_doubtful_send(earlier.as_deref(), error))
     }
 
     async fn produce_once(
