@@ -10,6 +10,7 @@ use transferd_e2e::proxy::Proxy;
 use transferd_e2e::{
     Broker, Host, HostOptions, KAFKA_BROKERS, Namespace, consume, panicking_guest_file,
 };
+use uuid::Uuid;
 
 fn transfer(sender_id: i64, receiver_id: i64, amount: &str) -> serde_json::Value {
     json!({"sender_id": sender_id, "receiver_id": receiver_id, "amount": amount, "currency": "USD"})
@@ -378,11 +379,12 @@ async fn readyz_names_the_dependency_that_is_down_and_recovers() -> anyhow::Resu
     Ok(())
 }
 
-/// The readiness probe answers for the database, not for one pooled connection: connections
-/// the database dropped moments after their last use (too recently to be pinged before the
-/// next) are discarded and the probe asks again, so a database that is up reads as ready.
+/// Reads answer for the database, not for one pooled connection: connections the database
+/// dropped moments after their last use (too recently to be pinged before the next) are
+/// discarded and the read asks again, so a database that is up answers `GET /transfers/{id}`
+/// and reads as ready.
 #[tokio::test]
-async fn readyz_is_not_fooled_by_connections_the_database_just_dropped() -> anyhow::Result<()> {
+async fn reads_are_not_fooled_by_connections_the_database_just_dropped() -> anyhow::Result<()> {
     let namespace = Namespace::new().await?;
     let mut options = HostOptions::new(&namespace);
     options.run_worker = false;
@@ -413,6 +415,20 @@ async fn readyz_is_not_fooled_by_connections_the_database_just_dropped() -> anyh
             .await?;
         wait_until_gone(&admin, &dropped).await?;
 
+        // Three ledger reads, each on a connection that may be one of the dropped ones: an
+        // id nobody accepted is 404, never 503.
+        let unknown = host
+            .client
+            .get(format!("{}/transfers/{}", host.base_url, Uuid::new_v4()))
+            .bearer_auth(transferd_e2e::auth::user_token(1))
+            .send()
+            .await?;
+        assert_eq!(
+            unknown.status(),
+            404,
+            "round {round}: {}",
+            unknown.text().await?
+        );
         let ready = host
             .client
             .get(format!("{}/readyz", host.base_url))

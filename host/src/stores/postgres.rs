@@ -88,6 +88,29 @@ fn connection_lost(error: &sqlx::Error) -> bool {
     }
 }
 
+/// Runs `statement` (which must be safe to run twice: a read, or a write that changes nothing
+/// the second time) again on another connection while the one it got was lost, up to once
+/// per connection the pool may hold and once more for a new one. A connection the server
+/// dropped less than [`PING_IF_IDLE_FOR`] ago is not pinged before use; after an outage the
+/// pool may hold several such connections, and each would otherwise fail one request.
+async fn again_if_lost<T, F, Fut>(pool: &PgPool, statement: F) -> Result<T, sqlx::Error>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<T, sqlx::Error>>,
+{
+    let attempts = pool.options().get_max_connections() + 1;
+    let mut attempt = 1;
+    loop {
+        match statement().await {
+            Err(error) if connection_lost(&error) && attempt < attempts => {
+                tracing::warn!(%error, attempt, "a pooled PostgreSQL connection was lost; asking again");
+                attempt += 1;
+            }
+            answer => return answer,
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct Ledger {
     pool: PgPool,
@@ -103,8 +126,9 @@ impl Ledger {
     /// sqlx pings a connection (a Sync round trip) when it goes back to the pool, and by
     /// default again when it is taken out: three round trips for one statement. The second
     /// ping is kept only for a connection idle longer than [`PING_IF_IDLE_FOR`]: one used or
-    /// pinged more recently reached a live server then, and a server restarted within that
-    /// time costs one failed statement on it (a 503), never a wrong answer. Under load this
+    /// pinged more recently reached a live server then; a server restarted within that time
+    /// fails a statement on it, never gives a wrong answer, and reads ask again
+    /// ([`again_if_lost`]). Under load this
     /// saves a round trip per statement (the benchmark's PostgreSQL context switches per
     /// transfer: 12.3 with the ping, 10.2 without).
     pub async fn connect(services: &Services) -> Result<Ledger, LedgerError> {
@@ -137,22 +161,13 @@ impl Ledger {
     }
 
     /// How many of this binary's migrations the database has not applied (0 when ready): the
-    /// readiness probe, so it answers for the database, not for one pooled connection. A
-    /// connection the server dropped less than [`PING_IF_IDLE_FOR`] ago is not pinged before
-    /// use and fails; sqlx discards it, and the question is asked again on another, up to
-    /// once per connection the pool may hold.
+    /// readiness probe, so it answers for the database, not for one pooled connection.
     pub async fn unapplied_migrations(&self) -> Result<usize, LedgerError> {
-        let attempts = self.pool.options().get_max_connections() + 1;
-        let mut attempt = 1;
-        let applied: Vec<i64> = loop {
-            match sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+        let applied: Vec<i64> = again_if_lost(&self.pool, || {
+            sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
                 .fetch_all(&self.pool)
-                .await
-            {
-                Err(error) if connection_lost(&error) && attempt < attempts => attempt += 1,
-                answer => break answer?,
-            }
-        };
+        })
+        .await?;
         Ok(MIGRATOR
             .iter()
             .filter(|migration| !applied.contains(&migration.version))
@@ -165,12 +180,14 @@ impl Ledger {
         user_id: i64,
         currency: &str,
     ) -> Result<Option<Balance>, LedgerError> {
-        let row: Option<(i64, i64)> = sqlx::query_as(
-            "SELECT balance_minor, version FROM accounts WHERE user_id = $1 AND currency = $2",
-        )
-        .bind(user_id)
-        .bind(currency)
-        .fetch_optional(&self.pool)
+        let row: Option<(i64, i64)> = again_if_lost(&self.pool, || {
+            sqlx::query_as(
+                "SELECT balance_minor, version FROM accounts WHERE user_id = $1 AND currency = $2",
+            )
+            .bind(user_id)
+            .bind(currency)
+            .fetch_optional(&self.pool)
+        })
         .await?;
         Ok(row.map(|(balance_minor, version)| Balance {
             balance_minor,
@@ -296,13 +313,15 @@ impl Ledger {
         &self,
         transaction_id: Uuid,
     ) -> Result<Option<TransferRecord>, LedgerError> {
-        Ok(sqlx::query_as(
-            "SELECT transaction_id, kind, sender_id, receiver_id, amount_minor, currency, description,
-                    status, reason, created_at, settled_at
-             FROM transfers WHERE transaction_id = $1",
-        )
-        .bind(transaction_id)
-        .fetch_optional(&self.pool)
+        Ok(again_if_lost(&self.pool, || {
+            sqlx::query_as(
+                "SELECT transaction_id, kind, sender_id, receiver_id, amount_minor, currency, description,
+                        status, reason, created_at, settled_at
+                 FROM transfers WHERE transaction_id = $1",
+            )
+            .bind(transaction_id)
+            .fetch_optional(&self.pool)
+        })
         .await?)
     }
 
@@ -311,12 +330,14 @@ impl Ledger {
         &self,
         transaction_ids: &[Uuid],
     ) -> Result<HashSet<Uuid>, LedgerError> {
-        let rows: Vec<(Uuid,)> = sqlx::query_as(
-            "SELECT t.transaction_id FROM transfers t
-             JOIN UNNEST($1::uuid[]) AS wanted(id) ON t.transaction_id = wanted.id",
-        )
-        .bind(transaction_ids)
-        .fetch_all(&self.pool)
+        let rows: Vec<(Uuid,)> = again_if_lost(&self.pool, || {
+            sqlx::query_as(
+                "SELECT t.transaction_id FROM transfers t
+                 JOIN UNNEST($1::uuid[]) AS wanted(id) ON t.transaction_id = wanted.id",
+            )
+            .bind(transaction_ids)
+            .fetch_all(&self.pool)
+        })
         .await?;
         Ok(rows.into_iter().map(|(id,)| id).collect())
     }
@@ -331,16 +352,18 @@ impl Ledger {
         amount_minor: i64,
         message: &[u8],
     ) -> Result<(), LedgerError> {
-        sqlx::query(
-            "INSERT INTO pending_transfers (transaction_id, sender_id, currency, amount_minor, message)
-             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (transaction_id) DO NOTHING",
-        )
-        .bind(transaction_id)
-        .bind(sender_id)
-        .bind(currency)
-        .bind(amount_minor)
-        .bind(message)
-        .execute(&self.pool)
+        again_if_lost(&self.pool, || {
+            sqlx::query(
+                "INSERT INTO pending_transfers (transaction_id, sender_id, currency, amount_minor, message)
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (transaction_id) DO NOTHING",
+            )
+            .bind(transaction_id)
+            .bind(sender_id)
+            .bind(currency)
+            .bind(amount_minor)
+            .bind(message)
+            .execute(&self.pool)
+        })
         .await?;
         Ok(())
     }
@@ -350,12 +373,14 @@ impl Ledger {
         &self,
         transaction_id: Uuid,
     ) -> Result<Option<PendingTransfer>, LedgerError> {
-        Ok(sqlx::query_as(
-            "SELECT transaction_id, sender_id, currency, amount_minor, message, accepted_at
-             FROM pending_transfers WHERE transaction_id = $1",
-        )
-        .bind(transaction_id)
-        .fetch_optional(&self.pool)
+        Ok(again_if_lost(&self.pool, || {
+            sqlx::query_as(
+                "SELECT transaction_id, sender_id, currency, amount_minor, message, accepted_at
+                 FROM pending_transfers WHERE transaction_id = $1",
+            )
+            .bind(transaction_id)
+            .fetch_optional(&self.pool)
+        })
         .await?)
     }
 
@@ -370,23 +395,27 @@ impl Ledger {
         before: DateTime<Utc>,
         limit: i64,
     ) -> Result<Vec<PendingTransfer>, LedgerError> {
-        Ok(sqlx::query_as(
-            "SELECT transaction_id, sender_id, currency, amount_minor, message, accepted_at
-             FROM pending_transfers WHERE accepted_at < $1 ORDER BY accepted_at LIMIT $2",
-        )
-        .bind(before)
-        .bind(limit)
-        .fetch_all(&self.pool)
+        Ok(again_if_lost(&self.pool, || {
+            sqlx::query_as(
+                "SELECT transaction_id, sender_id, currency, amount_minor, message, accepted_at
+                 FROM pending_transfers WHERE accepted_at < $1 ORDER BY accepted_at LIMIT $2",
+            )
+            .bind(before)
+            .bind(limit)
+            .fetch_all(&self.pool)
+        })
         .await?)
     }
 
     /// Every account of a user: (currency, balance), by currency.
     pub async fn balances(&self, user_id: i64) -> Result<Vec<(String, Balance)>, LedgerError> {
-        let rows: Vec<(String, i64, i64)> = sqlx::query_as(
-            "SELECT currency, balance_minor, version FROM accounts WHERE user_id = $1 ORDER BY currency",
-        )
-        .bind(user_id)
-        .fetch_all(&self.pool)
+        let rows: Vec<(String, i64, i64)> = again_if_lost(&self.pool, || {
+            sqlx::query_as(
+                "SELECT currency, balance_minor, version FROM accounts WHERE user_id = $1 ORDER BY currency",
+            )
+            .bind(user_id)
+            .fetch_all(&self.pool)
+        })
         .await?;
         Ok(rows
             .into_iter()
