@@ -8,6 +8,7 @@ pub mod auth;
 pub mod load;
 pub mod proxy;
 pub mod services;
+pub mod stale;
 
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -94,8 +95,9 @@ pub struct Namespace {
 impl Namespace {
     pub async fn new() -> anyhow::Result<Namespace> {
         let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
-        let database = format!("transferd_test_{id}");
+        let database = stale::database_name(&id, stale::now_unix_s());
         let admin = sqlx::PgPool::connect(POSTGRES_ADMIN_URL).await?;
+        stale::sweep_once(&admin).await;
         sqlx::query(&format!("CREATE DATABASE \"{database}\""))
             .execute(&admin)
             .await?;
