@@ -5,7 +5,12 @@ use std::fmt::Write;
 use std::path::Path;
 
 fn main() {
-    let directory = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/vectors");
+    // Read when the script runs, not when it was compiled: checkouts at other paths share one
+    // target directory, and cargo reuses this script's binary for all of them, so a path
+    // compiled in would point into whichever checkout built it first (gone once it is removed).
+    let manifest_dir =
+        std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
+    let directory = Path::new(&manifest_dir).join("../tests/vectors");
     println!("cargo:rerun-if-changed={}", directory.display());
     let mut paths: Vec<_> = std::fs::read_dir(&directory)
         .expect("tests/vectors exists")
