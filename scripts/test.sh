@@ -52,6 +52,22 @@ if grep -q TRANSFERD_CRASH_AT "$TRANSFERD_BIN"; then
   exit 1
 fi
 
+# Checkouts at other paths share the target directory and cargo reuses the host's build script
+# for all of them, so the script must read the vectors of the checkout it runs for: run the
+# newest one for a scratch checkout holding one invariant vector and check what it embedded.
+log "checking that the host's build script reads the checkout it runs for"
+build_script="$(ls -t "$CARGO_TARGET_DIR"/release/build/transferd-*/build-script-build | head -n 1)"
+scratch="$(mktemp -d)"
+mkdir -p "$scratch/host" "$scratch/tests/vectors" "$scratch/out"
+printf '{"invariant": true}\n' >"$scratch/tests/vectors/scratch-only.json"
+CARGO_MANIFEST_DIR="$scratch/host" OUT_DIR="$scratch/out" "$build_script" >/dev/null
+if [ "$(grep -c 'include_str!' "$scratch/out/invariant_vectors.rs")" != 1 ] \
+  || ! grep -q '"scratch-only.json"' "$scratch/out/invariant_vectors.rs"; then
+  log "the host's build script embedded another checkout's vectors: $scratch/out/invariant_vectors.rs"
+  exit 1
+fi
+rm -rf "$scratch"
+
 log "checking the conformance vectors against the native guest logic and under jco"
 cargo run --release --quiet -p transferd-guest --example vectors -- tests/vectors
 "$TRANSFERD_ROOT/tests/jco/install.sh" >/dev/null
