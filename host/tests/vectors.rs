@@ -185,3 +185,50 @@ async fn one_reused_instance_decides_every_vector_as_a_fresh_one() -> anyhow::Re
     );
     Ok(())
 }
+
+/// Polls a future until it is ready; returns its output and how many polls returned pending.
+async fn count_pending<F: std::future::Future>(future: F) -> (F::Output, usize) {
+    let mut future = std::pin::pin!(future);
+    let mut pending = 0;
+    let output = std::future::poll_fn(|cx| {
+        let poll = future.as_mut().poll(cx);
+        if poll.is_pending() {
+            pending += 1;
+        }
+        poll
+    })
+    .await;
+    (output, pending)
+}
+
+/// A guest call whose imports answer at once runs to its end in one poll: it yields to the
+/// scheduler only when an epoch tick (10 ms) passes while it runs. A store's epoch deadline
+/// starts at 0, already passed; a call that set only what happens at a deadline went back to
+/// the scheduler at its first instruction, every fresh call and most reused ones.
+#[tokio::test]
+async fn a_guest_call_does_not_yield_before_its_first_tick() -> anyhow::Result<()> {
+    const CALLS: usize = 200;
+    let vectors = vectors()?;
+    let vector = vectors
+        .iter()
+        .find(|vector| vector.name == "clf-accepted")
+        .ok_or_else(|| anyhow::anyhow!("the vector clf-accepted is there"))?;
+    for (kind, guest) in [
+        ("fresh", load_guest()?),
+        ("reused", load_guest_with(1, u32::MAX)?),
+    ] {
+        let mut yielded = 0;
+        for _ in 0..CALLS {
+            let (outcome, pending) = count_pending(guest.run_vector(vector)).await;
+            outcome?;
+            yielded += usize::from(pending > 0);
+        }
+        // A call takes well under a millisecond; half of them seeing a tick would mean
+        // calls of 5 ms or more, on a machine too loaded to measure anything.
+        assert!(
+            yielded < CALLS / 2,
+            "{yielded} of {CALLS} {kind} calls went back to the scheduler"
+        );
+    }
+    Ok(())
+}

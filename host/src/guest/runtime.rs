@@ -351,6 +351,8 @@ impl Guest {
             .build();
         let mut store = Store::new(&self.engine.engine, state(store_limits));
         store.limiter(|state| state.limits());
+        // What to do at a deadline: yield, then move the deadline one tick on. This sets no
+        // deadline: a new store's is 0, already passed (`run` sets one for each call).
         store.epoch_deadline_async_yield_and_update(1);
         store
     }
@@ -432,7 +434,11 @@ impl Guest {
             }
             None => (self.new_store(|limits| T::for_call(call, limits)), None, 0),
         };
-        store.epoch_deadline_async_yield_and_update(1);
+        // The next tick from now: a call yields only once a tick has passed while it runs.
+        // Without it a fresh store's deadline (0) has passed, and a kept one's may have: the
+        // call would go back to the scheduler at its first instruction, behind every task
+        // that is ready, and wake an idle worker thread to steal it.
+        store.set_epoch_deadline(1);
         let (wit_context, wit_request) = bindings::wit_arguments(context, request);
         let attempt = async {
             let instance = match instance {
