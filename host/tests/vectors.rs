@@ -204,7 +204,8 @@ async fn count_pending<F: std::future::Future>(future: F) -> (F::Output, usize) 
 /// A guest call whose imports answer at once runs to its end in one poll: it yields to the
 /// scheduler only when an epoch tick (10 ms) passes while it runs. A store's epoch deadline
 /// starts at 0, already passed; a call that set only what happens at a deadline went back to
-/// the scheduler at its first instruction, every fresh call and most reused ones.
+/// the scheduler at its first instruction on every fresh instance (a kept instance's deadline
+/// had moved on at its last yield).
 #[tokio::test]
 async fn a_guest_call_does_not_yield_before_its_first_tick() -> anyhow::Result<()> {
     const CALLS: usize = 200;
@@ -222,6 +223,9 @@ async fn a_guest_call_does_not_yield_before_its_first_tick() -> anyhow::Result<(
             let (outcome, pending) = count_pending(guest.run_vector(vector)).await;
             outcome?;
             yielded += usize::from(pending > 0);
+            // A fresh call's store is dropped on a task of its own, which holds the call's
+            // pool slot until it runs: let it run, so that no call waits for a slot.
+            tokio::task::yield_now().await;
         }
         // A call takes well under a millisecond; half of them seeing a tick would mean
         // calls of 5 ms or more, on a machine too loaded to measure anything.
