@@ -4,7 +4,8 @@
 //! storage engine, with the one header every transfer carries (`transaction_id`) and with the
 //! trace header beside it. Prints acknowledged messages per second and the broker's CPU per
 //! message: what transferd's figures are measured against. A transfer costs the broker at
-//! least two messages (the transfer and its event) plus the settlement consumer's fetches.
+//! least one message (the transfer; its event shares one message with its settled batch) plus
+//! a share of the settlement consumer's fetches.
 //! On SQLite it also varies the topic's partitions and the producer's linger: Tansu writes each
 //! produce request (one partition's batch) in a storage transaction of its own, so what a
 //! message costs depends on how many share a request.

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use transferd_e2e::{
-    Broker, BrokerStorage, Host, HostOptions, Namespace, Random, WorkerProcess, consume,
-    delete_topics,
+    Broker, BrokerStorage, Host, HostOptions, Namespace, Random, WorkerProcess,
+    consume_transfer_events, delete_topics,
 };
 use uuid::Uuid;
 
@@ -168,7 +168,7 @@ async fn topics_deleted_under_a_running_service_are_created_again() -> anyhow::R
         "the worker reads the recreated topic",
     )
     .await?;
-    let events = consume(
+    let events = consume_transfer_events(
         &broker.brokers(),
         &events_topic,
         accepted.len() - 1,

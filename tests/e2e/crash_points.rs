@@ -8,14 +8,14 @@
 //! The timed worker kills in settlement.rs may or may not land between a commit and the
 //! offset commit; these always do.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use anyhow::{Context, ensure};
 use serde_json::{Value, json};
 use transferd_e2e::{
-    Host, HostOptions, KAFKA_BROKERS, Namespace, WorkerProcess, consume, crash_binary,
-    killed_by_sigkill, log_tail, transferd_binary,
+    Host, HostOptions, KAFKA_BROKERS, Namespace, WorkerProcess, consume_transfer_events,
+    crash_binary, killed_by_sigkill, log_tail, transferd_binary,
 };
 use uuid::Uuid;
 
@@ -333,32 +333,44 @@ async fn holds_on(namespace: &Namespace, settled: &HashSet<Uuid>) -> anyhow::Res
         .count())
 }
 
-/// Every accepted transfer has its event; returns how many events came twice. Events follow
-/// the ledger commit by a moment, and a redelivered batch's come twice, so the topic is read
-/// again, asking for more, until every transfer's event is there or nothing more comes.
-async fn events_duplicated(namespace: &Namespace, accepted: &[Uuid]) -> anyhow::Result<usize> {
+/// How often `transfer_events` reports each accepted transfer, read until every one is there
+/// and at least `at_least` reports were read (or nothing more comes: an error). Events follow
+/// the ledger commit by a moment, a redelivered batch is reported twice, and the topic's
+/// partitions are read in no set order, so a second report can come after every transfer was
+/// seen once: a caller that expects one says how many reports to wait for.
+async fn reports(
+    namespace: &Namespace,
+    accepted: &[Uuid],
+    at_least: usize,
+) -> anyhow::Result<HashMap<Uuid, usize>> {
     let topic = format!("{}transfer_events", namespace.topic_prefix());
     let accepted: HashSet<Uuid> = accepted.iter().copied().collect();
-    let mut wanted = accepted.len();
+    let mut wanted = accepted.len().max(at_least);
     loop {
-        let events = consume(KAFKA_BROKERS, &topic, wanted, Duration::from_secs(20)).await?;
-        let ids: HashSet<Uuid> = events
+        let events =
+            consume_transfer_events(KAFKA_BROKERS, &topic, wanted, Duration::from_secs(20)).await?;
+        let mut counts: HashMap<Uuid, usize> = HashMap::new();
+        for id in events
             .iter()
-            .filter_map(|event| event.json["transaction_id"].as_str())
+            .filter_map(|event| event["transaction_id"].as_str())
             .filter_map(|id| Uuid::parse_str(id).ok())
-            .collect();
-        if ids == accepted {
-            return Ok(events.len() - ids.len());
+        {
+            *counts.entry(id).or_default() += 1;
+        }
+        let ids: HashSet<Uuid> = counts.keys().copied().collect();
+        if ids == accepted && events.len() >= at_least {
+            return Ok(counts);
         }
         ensure!(
-            events.len() == wanted && ids.is_subset(&accepted),
-            "events for {} of {} settled transfers ({} events, {} for unknown transfers)",
+            events.len() >= wanted && ids.is_subset(&accepted),
+            "events for {} of {} settled transfers ({} reports, {} for unknown transfers, \
+             {at_least} awaited)",
             ids.intersection(&accepted).count(),
             accepted.len(),
             events.len(),
             ids.difference(&accepted).count()
         );
-        wanted = events.len() + accepted.difference(&ids).count();
+        wanted = (events.len() + accepted.difference(&ids).count()).max(at_least);
     }
 }
 
@@ -374,7 +386,7 @@ async fn a_crash_after_the_ledger_commit_changes_nothing_twice() -> anyhow::Resu
             "the crash came after the cache update, not before it"
         );
         ensure_invariants(&namespace, accepted, 0).await?;
-        events_duplicated(&namespace, accepted).await?;
+        reports(&namespace, accepted, accepted.len()).await?;
         Ok(())
     })
     .await
@@ -391,7 +403,7 @@ async fn a_crash_after_the_cache_update_changes_nothing_twice() -> anyhow::Resul
             "the cache update released the settled transfers' holds before the crash"
         );
         ensure_invariants(&namespace, accepted, 0).await?;
-        events_duplicated(&namespace, accepted).await?;
+        reports(&namespace, accepted, accepted.len()).await?;
         Ok(())
     })
     .await
@@ -411,10 +423,24 @@ async fn a_crash_after_the_events_before_the_offset_commit_changes_nothing_twice
         ensure_invariants(&namespace, accepted, 0).await?;
         // The crashed batch's offsets were never committed: it came again, and its events
         // with it (consumers dedupe by transaction id); the ledger applied it once.
-        let duplicated = events_duplicated(&namespace, accepted).await?;
+        // Wait for one report more than there are transfers: the repeat may be read last.
+        let crashed = &after.settled_at_crash;
+        let reports = reports(&namespace, accepted, accepted.len() + 1).await?;
+        let twice: HashSet<Uuid> = reports
+            .iter()
+            .filter(|(_, count)| **count > 1)
+            .map(|(id, _)| *id)
+            .collect();
         ensure!(
-            duplicated > 0,
-            "the batch whose offsets were not committed was delivered again"
+            !twice.is_empty() && twice.is_subset(crashed),
+            "the effects of a batch settled before the crash ran again: {} transfers reported \
+             more than once, {} of them settled after the crash",
+            twice.len(),
+            twice.difference(crashed).count()
+        );
+        ensure!(
+            reports.values().all(|count| *count <= 2),
+            "no transfer reported more than twice: {reports:?}"
         );
         Ok(())
     })

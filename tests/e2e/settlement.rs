@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use redis::AsyncCommands;
 use serde_json::{Value, json};
-use transferd_e2e::{Host, HostOptions, KAFKA_BROKERS, Namespace, Random, WorkerProcess, consume};
+use transferd_e2e::{
+    Host, HostOptions, KAFKA_BROKERS, Namespace, Random, WorkerProcess, consume_transfer_events,
+};
 use uuid::Uuid;
 
 const SETTLE_LIMIT: Duration = Duration::from_secs(120);
@@ -100,7 +102,7 @@ async fn an_accepted_transfer_reads_pending_until_a_worker_settles_it() -> anyho
     let (_, receiver) = get(&host, "/accounts/2/balances").await?;
     assert_eq!(receiver["balances"][0]["balance_minor"], 3525);
 
-    let events = consume(
+    let events = consume_transfer_events(
         KAFKA_BROKERS,
         &format!("{}transfer_events", namespace.topic_prefix()),
         1,
@@ -108,8 +110,9 @@ async fn an_accepted_transfer_reads_pending_until_a_worker_settles_it() -> anyho
     )
     .await?;
     assert_eq!(events.len(), 1);
-    assert_eq!(events[0].json["transaction_id"], id.as_str());
-    assert_eq!(events[0].json["status"], "completed");
+    assert_eq!(events[0]["transaction_id"], id.as_str());
+    assert_eq!(events[0]["status"], "completed");
+    assert_eq!(events[0]["amount_minor"], 3025);
 
     let check = namespace.check_ledger().await?;
     assert!(check.nonzero_currency_sums.is_empty(), "{check:?}");
@@ -156,15 +159,16 @@ async fn the_ledger_rejects_what_a_stale_cache_let_through() -> anyhow::Result<(
         "{check:?}"
     );
 
-    let events = consume(
+    let events = consume_transfer_events(
         KAFKA_BROKERS,
         &format!("{}transfer_events", namespace.topic_prefix()),
         1,
         Duration::from_secs(20),
     )
     .await?;
-    assert_eq!(events[0].json["status"], "rejected");
-    assert_eq!(events[0].json["reason"], "insufficient_funds");
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["status"], "rejected");
+    assert_eq!(events[0]["reason"], "insufficient_funds");
     assert_eq!(
         redis
             .get::<_, Option<i64>>(namespace.redis_key("balance:1:USD"))
@@ -429,7 +433,7 @@ async fn workers_killed_mid_batch_lose_nothing_and_apply_nothing_twice() -> anyh
 
     // Every settled transfer has its event; a batch redelivered after a kill re-emits some.
     let topic = format!("{}transfer_events", namespace.topic_prefix());
-    let events = consume(
+    let events = consume_transfer_events(
         KAFKA_BROKERS,
         &topic,
         accepted.len() * 2,
@@ -439,7 +443,7 @@ async fn workers_killed_mid_batch_lose_nothing_and_apply_nothing_twice() -> anyh
     let with_event: HashSet<Uuid> = events
         .iter()
         .filter_map(|event| {
-            event.json["transaction_id"]
+            event["transaction_id"]
                 .as_str()
                 .and_then(|id| Uuid::parse_str(id).ok())
         })

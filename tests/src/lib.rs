@@ -694,6 +694,50 @@ pub async fn consume(
     count: usize,
     limit: Duration,
 ) -> anyhow::Result<Vec<Consumed>> {
+    consume_until(brokers, topic, limit, |consumed| consumed.len() >= count).await
+}
+
+/// The settled transfers that `transfer_events` reports (each message is a settled batch,
+/// `{"transfers":[…]}`), in log order, read until `count` of them are there or `limit` passes.
+pub async fn consume_transfer_events(
+    brokers: &str,
+    topic: &str,
+    count: usize,
+    limit: Duration,
+) -> anyhow::Result<Vec<Value>> {
+    let consumed = consume_until(brokers, topic, limit, |consumed| {
+        event_entries(consumed).count() >= count
+    })
+    .await?;
+    for message in &consumed {
+        anyhow::ensure!(
+            message.json["transfers"].is_array(),
+            "an event message without a transfers array: {}",
+            message.payload
+        );
+        anyhow::ensure!(
+            message.headers.is_empty(),
+            "event messages carry no headers: {:?}",
+            message.headers
+        );
+    }
+    Ok(event_entries(&consumed).cloned().collect())
+}
+
+fn event_entries(consumed: &[Consumed]) -> impl Iterator<Item = &Value> {
+    consumed
+        .iter()
+        .filter_map(|message| message.json["transfers"].as_array())
+        .flatten()
+}
+
+/// Messages of `topic` from its start until `done` says so or `limit` passes.
+async fn consume_until(
+    brokers: &str,
+    topic: &str,
+    limit: Duration,
+    mut done: impl FnMut(&[Consumed]) -> bool,
+) -> anyhow::Result<Vec<Consumed>> {
     let consumer: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", format!("test-{}", uuid::Uuid::new_v4()))
@@ -703,7 +747,7 @@ pub async fn consume(
     consumer.subscribe(&[topic])?;
     let mut consumed = Vec::new();
     let deadline = Instant::now() + limit;
-    while consumed.len() < count {
+    while !done(&consumed) {
         let remaining = deadline.saturating_duration_since(Instant::now());
         if remaining.is_zero() {
             break;
