@@ -110,8 +110,9 @@ async fn main() -> anyhow::Result<()> {
                 last_payload: Default::default(),
             };
             let settled = settlements.apply(batch, &advance).await?;
-            let ids: Vec<Uuid> = batch.iter().map(|m| m.transaction_id).collect();
-            settlements.effects_done(&ids).await?;
+            if let Some(effects) = settled.effects {
+                settlements.effects_done(effects).await?;
+            }
             position = next;
             completed += settled
                 .transfers

@@ -29,14 +29,19 @@ fn services(database: &str, redis_prefix: &str) -> Services {
     }
 }
 
-async fn fresh_ledger() -> anyhow::Result<Ledger> {
+/// A ledger on a database of its own, with no migration applied.
+async fn empty_ledger() -> anyhow::Result<Ledger> {
     let database = format!("transferd_store_test_{}", Uuid::now_v7().simple());
     let admin = sqlx::PgPool::connect("postgres://postgres@127.0.0.1:5432/postgres").await?;
     sqlx::query(&format!("CREATE DATABASE \"{database}\""))
         .execute(&admin)
         .await?;
     admin.close().await;
-    let ledger = Ledger::connect(&services(&database, "")).await?;
+    Ok(Ledger::connect(&services(&database, "")).await?)
+}
+
+async fn fresh_ledger() -> anyhow::Result<Ledger> {
+    let ledger = empty_ledger().await?;
     ledger.migrate().await?;
     Ok(ledger)
 }
@@ -322,12 +327,22 @@ async fn a_settled_batch_s_effects_stay_recorded_until_done() -> anyhow::Result<
     ledger.deposit(Uuid::now_v7(), 1, "USD", 100).await?;
     ledger.deposit(Uuid::now_v7(), 2, "USD", 1).await?;
     let (paid, refused) = (message(1, 2, 60), message(1, 2, 60));
-    settlements
-        .apply(&[paid.clone(), refused.clone()], &Advance::none())
+    // A message read twice in one batch is one transfer with one set of effects.
+    let first = settlements
+        .apply(
+            &[paid.clone(), refused.clone(), paid.clone()],
+            &Advance::none(),
+        )
+        .await?;
+    let later = message(2, 1, 1);
+    let second = settlements
+        .apply(std::slice::from_ref(&later), &Advance::none())
         .await?;
 
-    let (messages, settled) = settlements.outstanding_effects(10).await?;
+    // Oldest batch first, as it was settled.
+    let (messages, settled) = settlements.outstanding_effects().await?;
     assert_eq!(messages, vec![paid.clone(), refused.clone()]);
+    assert_eq!(settled.effects, first.effects);
     let statuses: Vec<&str> = settled
         .transfers
         .iter()
@@ -336,14 +351,82 @@ async fn a_settled_batch_s_effects_stay_recorded_until_done() -> anyhow::Result<
     assert_eq!(statuses, vec!["completed", "rejected"]);
     assert_eq!(
         settled.accounts[&(1, "USD".to_string())].balance_minor,
-        40,
-        "the balances the effects put in the cache are the ledger's"
+        41,
+        "the balances the effects put in the cache are the ledger's now, after the later batch"
     );
-    settlements.effects_done(&[paid.transaction_id]).await?;
-    let (left, _) = settlements.outstanding_effects(10).await?;
-    assert_eq!(left, vec![refused.clone()]);
-    settlements.effects_done(&[refused.transaction_id]).await?;
-    assert!(settlements.outstanding_effects(10).await?.0.is_empty());
+    // Until a batch is done, a worker that takes over finds it again.
+    let (again, _) = settlements.outstanding_effects().await?;
+    assert_eq!(again, messages);
+
+    settlements
+        .effects_done(first.effects.expect("a recorded batch"))
+        .await?;
+    let (left, settled) = settlements.outstanding_effects().await?;
+    assert_eq!(left, vec![later]);
+    assert_eq!(settled.effects, second.effects);
+    settlements
+        .effects_done(second.effects.expect("a recorded batch"))
+        .await?;
+    assert!(settlements.outstanding_effects().await?.0.is_empty());
+    Ok(())
+}
+
+/// A worker of the previous version recorded effects one row per transfer; the migration
+/// turns what it left into batches, so the next worker still runs them.
+#[tokio::test]
+async fn effects_a_previous_version_left_are_run_after_the_upgrade() -> anyhow::Result<()> {
+    let ledger = empty_ledger().await?;
+    let mut before = sqlx::migrate!("../migrations");
+    let migrations: Vec<_> = before
+        .migrations
+        .iter()
+        .filter(|migration| migration.version < 9)
+        .cloned()
+        .collect();
+    before.migrations = migrations.into();
+    before.run(ledger.pool()).await?;
+
+    ledger.deposit(Uuid::now_v7(), 1, "USD", 100).await?;
+    let (first, second) = (message(1, 2, 10), message(1, 2, 20));
+    for (transfer, at) in [
+        (&second, "2026-12-01T10:00:01Z"),
+        (&first, "2026-12-01T10:00:00Z"),
+    ] {
+        sqlx::query(
+            "INSERT INTO transfers (transaction_id, kind, sender_id, receiver_id, amount_minor,
+                                    currency, status, created_at)
+             VALUES ($1, 'transfer', $2, $3, $4, $5, 'completed', now())",
+        )
+        .bind(transfer.transaction_id)
+        .bind(transfer.sender_id)
+        .bind(transfer.receiver_id)
+        .bind(transfer.amount_minor)
+        .bind(&transfer.currency)
+        .execute(ledger.pool())
+        .await?;
+        sqlx::query(
+            "INSERT INTO settlement_effects (transaction_id, created_at) VALUES ($1, $2::timestamptz)",
+        )
+        .bind(transfer.transaction_id)
+        .bind(at)
+        .execute(ledger.pool())
+        .await?;
+    }
+
+    ledger.migrate().await?;
+    assert_eq!(ledger.unapplied_migrations().await?, 0);
+    let settlements = Settlements::new(ledger.pool().clone());
+    let (messages, settled) = settlements.outstanding_effects().await?;
+    let ids: Vec<Uuid> = messages.iter().map(|m| m.transaction_id).collect();
+    assert_eq!(
+        ids,
+        vec![first.transaction_id, second.transaction_id],
+        "oldest first"
+    );
+    settlements
+        .effects_done(settled.effects.expect("a recorded batch"))
+        .await?;
+    assert!(settlements.outstanding_effects().await?.0.is_empty());
     Ok(())
 }
 

@@ -122,7 +122,7 @@ async fn measure(storage: BrokerStorage, name: &str, runs: &[Run]) -> anyhow::Re
         &uuid::Uuid::new_v4().simple().to_string()[..12]
     ));
     std::fs::create_dir_all(&directory)?;
-    let mut broker = spawn_tansu(port, port, storage, &directory)?;
+    let broker = spawn_tansu(port, port, storage, &directory)?;
     let brokers = format!("127.0.0.1:{port}");
     let outcome = async {
         tokio::time::sleep(Duration::from_secs(2)).await;
@@ -160,8 +160,7 @@ async fn measure(storage: BrokerStorage, name: &str, runs: &[Run]) -> anyhow::Re
         anyhow::Ok(())
     }
     .await;
-    let _ = broker.kill();
-    let _ = broker.wait();
+    drop(broker);
     let _ = std::fs::remove_dir_all(&directory);
     outcome
 }

@@ -430,7 +430,7 @@ async fn main() -> anyhow::Result<()> {
         Ok("memory") => (BrokerStorage::Memory, "memory"),
         _ => (BrokerStorage::Sqlite, "SQLite"),
     };
-    let mut broker = spawn_tansu(broker_port, broker_port, storage, &broker_dir)?;
+    let broker = spawn_tansu(broker_port, broker_port, storage, &broker_dir)?;
     // Tansu creates its schema on first start.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let mut options = HostOptions::new(&namespace);
@@ -553,8 +553,9 @@ async fn main() -> anyhow::Result<()> {
         "\nPOST → settled at {rate:.0} transfers/s (half the 64-connection rate), {} transfers: p50 {p50:.1} ms, p99 {p99:.1} ms",
         ids.len()
     );
-    let _ = broker.kill();
-    let _ = broker.wait();
+    // The host stops before the broker it talks to (dropped in that order on every path).
+    drop(host);
+    drop(broker);
     let _ = std::fs::remove_dir_all(&broker_dir);
     let _ = std::fs::remove_dir_all(&work);
     Ok(())

@@ -810,7 +810,7 @@ pub fn tansu_binary() -> PathBuf {
 /// it advertises the proxy's port, so cutting the proxy cuts every client off while the broker
 /// keeps its log, as a network outage would. It can also be killed and started again for real.
 pub struct Broker {
-    child: Child,
+    child: TansuProcess,
     proxy: proxy::Proxy,
     internal_port: u16,
     storage: BrokerStorage,
@@ -861,8 +861,7 @@ impl Broker {
     /// SIGKILLs the broker (a crash: nothing flushed) and starts it again on the same port
     /// and storage.
     pub async fn kill_and_restart(&mut self) -> anyhow::Result<()> {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.child.kill();
         self.child = spawn_tansu(
             self.internal_port,
             self.proxy.port,
@@ -940,22 +939,43 @@ impl Broker {
 
 impl Drop for Broker {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        // The broker goes before its storage does.
+        self.child.kill();
         let _ = std::fs::remove_dir_all(&self.directory);
     }
 }
 
-/// Tansu listening on `internal_port`, advertising `advertised_port`, run in `directory`
-/// (Tansu resolves `sqlite://NAME` in its working directory); its log goes to `directory.log`.
+/// A Tansu process that is killed when dropped, so a test or benchmark that fails half way
+/// never leaves a broker running.
+pub struct TansuProcess(Child);
+
+impl TansuProcess {
+    pub fn id(&self) -> u32 {
+        self.0.id()
+    }
+
+    /// SIGKILLs the broker (a crash: nothing flushed) and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for TansuProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 /// Starts Tansu on `internal_port`, advertising `advertised_port` (a proxy's, or the same port
-/// for a broker clients reach directly), with its storage in `directory`.
+/// for a broker clients reach directly), run in `directory` (Tansu resolves `sqlite://NAME` in
+/// its working directory); its log goes to `directory.log`.
 pub fn spawn_tansu(
     internal_port: u16,
     advertised_port: u16,
     storage: BrokerStorage,
     directory: &std::path::Path,
-) -> anyhow::Result<Child> {
+) -> anyhow::Result<TansuProcess> {
     let engine = match storage {
         BrokerStorage::Memory => "memory://tansu/",
         BrokerStorage::Sqlite => {
@@ -983,6 +1003,7 @@ pub fn spawn_tansu(
         .stdout(log.try_clone()?)
         .stderr(log)
         .spawn()
+        .map(TansuProcess)
         .context("starting tansu (scripts/services.sh installs it)")
 }
 

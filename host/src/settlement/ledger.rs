@@ -3,7 +3,7 @@
 //! and records the batch's after-commit effects as still to run. Because the position commits
 //! with the ledger writes, a batch is applied exactly once whoever reads the log next, and a
 //! crash between the commit and the effects loses nothing: the next worker runs the effects it
-//! finds recorded (`settlement_effects`) before it reads on.
+//! finds recorded (`settlement_effect_batches`, one row per batch) before it reads on.
 //!
 //! The position check is what makes two workers on one topic safe, not the ownership lock
 //! (`ownership.rs`): a batch commits only if the position it was read from is still the one in
@@ -72,10 +72,10 @@ pub struct SettledBatch {
     pub transfers: Vec<SettledTransfer>,
     /// The committed state of every touched account that exists.
     pub accounts: BTreeMap<AccountKey, Balance>,
+    /// The `settlement_effect_batches` row that records this batch's effects as still to run
+    /// (`None` for a batch of no messages: nothing to run).
+    pub effects: Option<i64>,
 }
-
-/// Most transfers whose outstanding effects one recovery step runs.
-pub const MAX_EFFECTS_PER_STEP: i64 = 1_000;
 
 /// Settlement's tables: positions, the settlement transaction, outstanding effects.
 #[derive(Clone)]
@@ -162,6 +162,7 @@ impl Settlements {
         let locked = lock_accounts(&mut transaction, messages).await?;
         let ids: Vec<Uuid> = messages.iter().map(|m| m.transaction_id).collect();
         let mut settled = already_settled(&mut transaction, &ids).await?;
+        let distinct = distinct_in_order(&ids);
 
         let mut seen = HashSet::new();
         let fresh: Vec<&TransferMessage> = messages
@@ -185,7 +186,7 @@ impl Settlements {
         // Settled (now or before): no longer pending, and its effects are to run, in the
         // same commit as the position.
         delete_pending_in(&mut *transaction, &ids).await?;
-        record_effects(&mut transaction, &ids).await?;
+        let effects = record_effects(&mut transaction, &distinct).await?;
         move_position(&mut transaction, advance).await?;
         transaction.commit().await?;
 
@@ -205,15 +206,23 @@ impl Settlements {
         Ok(SettledBatch {
             transfers,
             accounts,
+            effects,
         })
     }
 
-    /// Settled transfers whose effects may not have run (oldest first, at most `limit`), as
-    /// messages and as a settled batch, ready for the same effects a fresh batch gets.
+    /// The oldest settled batch whose effects may not have run, as messages and as a settled
+    /// batch, ready for the same effects a fresh batch gets; no messages when none is left.
     pub async fn outstanding_effects(
         &self,
-        limit: i64,
     ) -> Result<(Vec<TransferMessage>, SettledBatch), LedgerError> {
+        let Some(batch_id): Option<i64> = sqlx::query_scalar(
+            "SELECT batch_id FROM settlement_effect_batches ORDER BY batch_id LIMIT 1",
+        )
+        .fetch_optional(&self.pool)
+        .await?
+        else {
+            return Ok((Vec::new(), SettledBatch::default()));
+        };
         type Row = (
             Uuid,
             i64,
@@ -229,10 +238,13 @@ impl Settlements {
             "SELECT t.transaction_id, t.sender_id, t.receiver_id, t.amount_minor, t.currency,
                     t.description, t.status, t.reason,
                     (extract(epoch FROM t.created_at) * 1000)::bigint
-             FROM settlement_effects e JOIN transfers t USING (transaction_id)
-             ORDER BY e.created_at, e.transaction_id LIMIT $1",
+             FROM settlement_effect_batches b
+             CROSS JOIN LATERAL UNNEST(b.transaction_ids) WITH ORDINALITY AS i(transaction_id, position)
+             JOIN transfers t ON t.transaction_id = i.transaction_id
+             WHERE b.batch_id = $1
+             ORDER BY i.position",
         )
-        .bind(limit)
+        .bind(batch_id)
         .fetch_all(&self.pool)
         .await?;
         let mut messages = Vec::with_capacity(rows.len());
@@ -257,25 +269,30 @@ impl Settlements {
                 newly_applied: false,
             });
         }
+        if messages.is_empty() {
+            // Every recorded id was settled in the transaction that recorded it, and nothing
+            // deletes transfers; a batch that names none has nothing to run.
+            tracing::warn!(batch_id, "an effects batch names no transfer in the ledger");
+            self.effects_done(batch_id).await?;
+            return Box::pin(self.outstanding_effects()).await;
+        }
         let accounts = self.current_balances(&messages).await?;
         Ok((
             messages,
             SettledBatch {
                 transfers,
                 accounts,
+                effects: Some(batch_id),
             },
         ))
     }
 
-    /// The effects of these transfers ran: forget them.
-    pub async fn effects_done(&self, transaction_ids: &[Uuid]) -> Result<(), LedgerError> {
-        sqlx::query(
-            "DELETE FROM settlement_effects e USING UNNEST($1::uuid[]) AS i(transaction_id)
-             WHERE e.transaction_id = i.transaction_id",
-        )
-        .bind(transaction_ids)
-        .execute(&self.pool)
-        .await?;
+    /// The effects of this batch ran: forget it.
+    pub async fn effects_done(&self, batch_id: i64) -> Result<(), LedgerError> {
+        sqlx::query("DELETE FROM settlement_effect_batches WHERE batch_id = $1")
+            .bind(batch_id)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 
@@ -540,18 +557,28 @@ async fn write_balances(
     Ok(updated.into_iter().map(account_entry).collect())
 }
 
+/// Each id once, where it first appears (a message read twice in one batch).
+fn distinct_in_order(ids: &[Uuid]) -> Vec<Uuid> {
+    let mut seen = HashSet::with_capacity(ids.len());
+    ids.iter().copied().filter(|id| seen.insert(*id)).collect()
+}
+
+/// Records the effects of the batch's distinct transfers as still to run: one row, whose id
+/// the worker deletes once they ran. `None` when there is nothing to run.
 async fn record_effects(
     transaction: &mut Transaction<'_>,
-    ids: &[Uuid],
-) -> Result<(), LedgerError> {
-    sqlx::query(
-        "INSERT INTO settlement_effects (transaction_id)
-         SELECT UNNEST($1::uuid[]) ON CONFLICT DO NOTHING",
+    distinct_ids: &[Uuid],
+) -> Result<Option<i64>, LedgerError> {
+    if distinct_ids.is_empty() {
+        return Ok(None);
+    }
+    let batch_id: i64 = sqlx::query_scalar(
+        "INSERT INTO settlement_effect_batches (transaction_ids) VALUES ($1) RETURNING batch_id",
     )
-    .bind(ids)
-    .execute(&mut **transaction)
+    .bind(distinct_ids)
+    .fetch_one(&mut **transaction)
     .await?;
-    Ok(())
+    Ok(Some(batch_id))
 }
 
 fn completed<'m>(fresh: &[&'m TransferMessage], outcomes: &[Outcome]) -> Vec<&'m TransferMessage> {

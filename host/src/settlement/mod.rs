@@ -34,7 +34,7 @@ use crate::stores::log_position::partitions;
 use crate::stores::redis::{SettledBalance, SettledHold};
 use crate::trace::{REQUEST_ID_KAFKA_HEADER, TRACEPARENT_HEADER, TraceContext};
 use decide::TransferMessage;
-use ledger::{Advance, MAX_EFFECTS_PER_STEP, Offsets, SettleError, SettledBatch, Settlements};
+use ledger::{Advance, Offsets, SettleError, SettledBatch, Settlements};
 use ownership::Ownership;
 
 /// Longest pause between attempts at a step that keeps failing (a dependency is down).
@@ -410,7 +410,7 @@ async fn finish_outstanding(
 ) -> bool {
     loop {
         let Some((messages, settled)) = retrying(stop, "reading outstanding effects", || {
-            settlements.outstanding_effects(MAX_EFFECTS_PER_STEP)
+            settlements.outstanding_effects()
         })
         .await
         else {
@@ -452,9 +452,11 @@ async fn run_effects(
         return false;
     }
     crate::crash::point("after-events");
-    let ids: Vec<uuid::Uuid> = messages.iter().map(|m| m.transaction_id).collect();
+    let Some(batch_id) = settled.effects else {
+        return true;
+    };
     retrying(stop, "forgetting a batch's effects", || {
-        settlements.effects_done(&ids)
+        settlements.effects_done(batch_id)
     })
     .await
     .is_some()
@@ -722,6 +724,7 @@ mod tests {
         let batch = SettledBatch {
             transfers,
             accounts: BTreeMap::new(),
+            effects: None,
         };
         (messages, batch)
     }
