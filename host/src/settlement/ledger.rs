@@ -162,12 +162,11 @@ impl Settlements {
         let locked = lock_accounts(&mut transaction, messages).await?;
         let ids: Vec<Uuid> = messages.iter().map(|m| m.transaction_id).collect();
         let mut settled = already_settled(&mut transaction, &ids).await?;
-        let distinct = distinct_in_order(&ids);
-
-        let mut seen = HashSet::new();
-        let fresh: Vec<&TransferMessage> = messages
-            .iter()
-            .filter(|m| !settled.contains_key(&m.transaction_id) && seen.insert(m.transaction_id))
+        let firsts = first_of_each_transfer(messages);
+        let distinct: Vec<Uuid> = firsts.iter().map(|m| m.transaction_id).collect();
+        let fresh: Vec<&TransferMessage> = firsts
+            .into_iter()
+            .filter(|m| !settled.contains_key(&m.transaction_id))
             .collect();
         let mut balances: BTreeMap<AccountKey, i64> = locked
             .iter()
@@ -557,10 +556,14 @@ async fn write_balances(
     Ok(updated.into_iter().map(account_entry).collect())
 }
 
-/// Each id once, where it first appears (a message read twice in one batch).
-fn distinct_in_order(ids: &[Uuid]) -> Vec<Uuid> {
-    let mut seen = HashSet::with_capacity(ids.len());
-    ids.iter().copied().filter(|id| seen.insert(*id)).collect()
+/// Each transfer's first message, in message order (a message read twice in one batch is one
+/// transfer).
+fn first_of_each_transfer(messages: &[TransferMessage]) -> Vec<&TransferMessage> {
+    let mut seen = HashSet::with_capacity(messages.len());
+    messages
+        .iter()
+        .filter(|m| seen.insert(m.transaction_id))
+        .collect()
 }
 
 /// Records the effects of the batch's distinct transfers as still to run: one row, whose id
