@@ -12,6 +12,12 @@ use transferd::capabilities::Capabilities;
 use transferd::shutdown::{self, Signals};
 use transferd::{admin_client, auth, config, http, settlement, stores};
 
+/// mimalloc instead of glibc's malloc: under load, glibc's malloc, free and their arena work
+/// (tasks and buffers freed on another thread than the one that allocated them, aligned task
+/// cells) took a fifth of serve's CPU (perf, 64 connections).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "transferd",

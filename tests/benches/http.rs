@@ -10,7 +10,8 @@
 //! that wrote and WAL bytes, Redis commands by name, and context switches (round trips) by
 //! process. Run with `./scripts/bench-http.sh`;
 //! `TRANSFERD_BENCH_SECONDS` sets each run's length (10); `TRANSFERD_BENCH_BROKER=memory` runs
-//! the broker on memory storage, to see what its storage costs.
+//! the broker on memory storage, to see what its storage costs; `TRANSFERD_BENCH_POST_ONLY=1`
+//! stops after the POST runs (`scripts/bench-ab.sh` alternates two builds that way).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -508,6 +509,14 @@ async fn main() -> anyhow::Result<()> {
         ));
     }
 
+    if post_only() {
+        print_counted(&counted_rows);
+        drop(host);
+        drop(broker);
+        let _ = std::fs::remove_dir_all(&broker_dir);
+        let _ = std::fs::remove_dir_all(&work);
+        return Ok(());
+    }
     let rate = (rate_at_64 / 2.0).max(10.0);
     let accepted = post_at_rate(&host, rate).await?;
     let ids: Vec<uuid::Uuid> = accepted
@@ -539,16 +548,7 @@ async fn main() -> anyhow::Result<()> {
         processes.transferd_peak_mib(),
     );
     counted_rows.push(counted_row("GET /transfers/{id}", 64, &run, &cost.counted));
-    println!(
-        "\nWork per accepted request, counted (PostgreSQL and Redis counts are the whole server's: nothing else may run):\n"
-    );
-    println!(
-        "| request | connections | PostgreSQL write transactions | WAL bytes | Redis calls by command (Redis 7 counts a script's own commands too) | context switches: transferd | broker | redis | postgres |"
-    );
-    println!("|---|---|---|---|---|---|---|---|---|");
-    for line in &counted_rows {
-        println!("{line}");
-    }
+    print_counted(&counted_rows);
     println!(
         "\nPOST → settled at {rate:.0} transfers/s (half the 64-connection rate), {} transfers: p50 {p50:.1} ms, p99 {p99:.1} ms",
         ids.len()
@@ -559,6 +559,25 @@ async fn main() -> anyhow::Result<()> {
     let _ = std::fs::remove_dir_all(&broker_dir);
     let _ = std::fs::remove_dir_all(&work);
     Ok(())
+}
+
+/// True when only the POST runs are wanted (`TRANSFERD_BENCH_POST_ONLY=1`).
+fn post_only() -> bool {
+    std::env::var("TRANSFERD_BENCH_POST_ONLY").is_ok_and(|value| value == "1")
+}
+
+/// The table of the work each request cost, counted.
+fn print_counted(rows: &[String]) {
+    println!(
+        "\nWork per accepted request, counted (PostgreSQL and Redis counts are the whole server's: nothing else may run):\n"
+    );
+    println!(
+        "| request | connections | PostgreSQL write transactions | WAL bytes | Redis calls by command (Redis 7 counts a script's own commands too) | context switches: transferd | broker | redis | postgres |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for line in rows {
+        println!("{line}");
+    }
 }
 
 fn tempdir(name: &str) -> anyhow::Result<PathBuf> {
