@@ -63,6 +63,8 @@ async fn a_publish_that_is_not_the_request_is_refused_before_anything_is_held() 
         ("hostile:wrong-sender", "sender_id"),
         ("hostile:hold-mismatch", "hold_amount"),
         ("hostile:foreign-id", "transaction_id"),
+        ("hostile:inflate", "requested_amount"),
+        ("hostile:amount-text", "amount"),
         // The example: 1 minor unit held, 1,000x published from receiver to sender.
         ("a gift", "sender_id"),
     ];
@@ -93,7 +95,7 @@ async fn a_publish_that_is_not_the_request_is_refused_before_anything_is_held() 
     assert_eq!(namespace.wait_settled(1, Duration::from_secs(1)).await?, 0);
     assert_eq!(namespace.ledger_balance(1, "USD").await?, Some(5_000));
     assert_eq!(namespace.ledger_balance(2, "USD").await?, Some(200_000));
-    assert_eq!(violations(&host, &version).await?, 4, "counted per version");
+    assert_eq!(violations(&host, &version).await?, 6, "counted per version");
     Ok(())
 }
 

@@ -194,6 +194,7 @@ mod tests {
             sender_id,
             receiver_id,
             currency: "USD".into(),
+            amount_minor: Some(1050),
             principal: Some(sender_id),
         }
     }

@@ -1,7 +1,8 @@
 //! The host's checks on what a guest publishes and what it answers. The guest is replaceable
 //! at run time, so it is never trusted with money: every transfer message must be the
-//! request's transfer, held in full on the request's sender, once per call, and the sender
-//! must be the authenticated caller when there is one (whatever the guest decided).
+//! request's transfer (its parties, currency and amount), held in full on the request's
+//! sender, once per call, and the sender must be the authenticated caller when there is one
+//! (whatever the guest decided).
 //!
 //! Pure (no I/O), so the rules have unit and property tests; `publish.send` runs them before
 //! any hold is reserved, the upload check runs them on every invariant vector, and the
@@ -12,18 +13,26 @@ use std::sync::{Mutex, PoisonError};
 
 use serde::Deserialize;
 use serde_json::Value;
+use serde_json::value::RawValue;
 use transferd_guest::logic::{Accepted, Outgoing, RequestContext};
+use transferd_guest::money::{currency_exponent, format_minor, parse_amount};
 use transferd_guest::rules::TransferRequest;
 
 use crate::stores::kafka::GUEST_TOPICS;
 
-/// What a transfer message must say: the request's parties and currency, the context's id.
+/// What a transfer message must say: the request's parties, currency and amount, the
+/// context's id.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Expected {
     pub transaction_id: String,
     pub sender_id: i64,
     pub receiver_id: i64,
     pub currency: String,
+    /// The request's amount in the currency's minor units, read with the decimal rules host
+    /// and guest share (`transferd_guest::money`) and no upper limit (a guest's limits may
+    /// refuse more, never move more). `None` when the request's amount or currency is not
+    /// one: then no transfer message matches the request.
+    pub amount_minor: Option<i64>,
     /// The authenticated caller; none when authentication is off.
     pub principal: Option<i64>,
 }
@@ -35,9 +44,16 @@ impl Expected {
             sender_id: request.sender_id,
             receiver_id: request.receiver_id,
             currency: request.currency.clone(),
+            amount_minor: requested_minor(&request.amount, &request.currency),
             principal: context.principal,
         }
     }
+}
+
+/// `amount` (decimal text) in minor units of `currency`, when it is an amount of it.
+pub fn requested_minor(amount: &str, currency: &str) -> Option<i64> {
+    let exponent = currency_exponent(currency)?;
+    parse_amount(amount, exponent, i64::MAX).ok()
 }
 
 /// A broken rule. `check()` names it in a stable form for logs, counters and the 422 of an
@@ -58,6 +74,19 @@ pub enum Violation {
     },
     #[error("the message's amount_minor is {0}, not a positive integer")]
     Amount(String),
+    #[error(
+        "publishes {published_minor} minor units of {currency}; the request asks for {}",
+        .requested.map_or("no valid amount".to_string(), |minor| format!("{minor}"))
+    )]
+    NotRequested {
+        published_minor: i64,
+        requested: Option<i64>,
+        currency: String,
+    },
+    #[error(
+        "the message's amount is {found}, not {expected} (its amount_minor at the currency's decimals)"
+    )]
+    AmountText { found: String, expected: String },
     #[error("publishes a transfer without a hold")]
     NoHold,
     #[error(
@@ -100,6 +129,8 @@ impl Violation {
                 _ => "currency",
             },
             Violation::Amount(_) => "amount_minor",
+            Violation::NotRequested { .. } => "requested_amount",
+            Violation::AmountText { .. } => "amount",
             Violation::NoHold => "hold_present",
             Violation::HoldAccount { .. } => "hold_account",
             Violation::HoldAmount { .. } => "hold_amount",
@@ -131,6 +162,9 @@ struct Fields {
     currency: Value,
     #[serde(default)]
     amount_minor: Value,
+    /// The number consumers of the original message read, exactly as written.
+    #[serde(default)]
+    amount: Option<Box<RawValue>>,
 }
 
 /// Admits one publish of a call, for the live and the replayed imports alike: checks it,
@@ -217,6 +251,7 @@ pub fn check_publish(
             amount_minor,
         });
     }
+    amount_is_requested(expected, amount_minor, fields.amount.as_deref())?;
     if outgoing.key != expected.sender_id.to_string() {
         return Err(Violation::Key {
             found: outgoing.key.clone(),
@@ -247,6 +282,39 @@ pub fn check_accepted(
         });
     }
     Ok(())
+}
+
+/// The message moves exactly the request's amount, and says so in both of its forms:
+/// `amount_minor`, which settlement applies, and `amount`, the number at the currency's
+/// decimals that consumers of the original message read.
+fn amount_is_requested(
+    expected: &Expected,
+    amount_minor: i64,
+    amount: Option<&RawValue>,
+) -> Result<(), Violation> {
+    let exponent = currency_exponent(&expected.currency);
+    let (Some(requested), Some(exponent)) = (expected.amount_minor, exponent) else {
+        return Err(not_requested(expected, amount_minor));
+    };
+    if requested != amount_minor {
+        return Err(not_requested(expected, amount_minor));
+    }
+    let written = format_minor(amount_minor, exponent);
+    match amount.map(RawValue::get) {
+        Some(found) if found == written => Ok(()),
+        found => Err(Violation::AmountText {
+            found: found.unwrap_or("nothing").to_string(),
+            expected: written,
+        }),
+    }
+}
+
+fn not_requested(expected: &Expected, published_minor: i64) -> Violation {
+    Violation::NotRequested {
+        published_minor,
+        requested: expected.amount_minor,
+        currency: expected.currency.clone(),
+    }
 }
 
 fn field_is(field: &'static str, found: &Value, expected: Value) -> Result<(), Violation> {
@@ -292,26 +360,40 @@ mod tests {
 
     const ID: &str = "01a20c00-0000-7000-8000-000000000001";
 
+    /// The request of every case: 10.50 USD from 1 to 2.
     fn expected() -> Expected {
         Expected {
             transaction_id: ID.into(),
             sender_id: 1,
             receiver_id: 2,
             currency: "USD".into(),
+            amount_minor: requested_minor("10.50", "USD"),
             principal: None,
         }
     }
 
+    /// The standard message with `changes`; `amount` is written as the raw JSON text of the
+    /// string given for it (`"10.50"` by default: `json!` would write 10.5), left out for null.
     fn payload(changes: Value) -> Vec<u8> {
         let mut message = json!({
-            "transaction_id": ID, "sender_id": 1, "receiver_id": 2, "amount": 10.50,
+            "transaction_id": ID, "sender_id": 1, "receiver_id": 2,
             "amount_minor": 1050, "currency": "USD", "description": null,
             "created_at_ms": 1, "schema_version": 1,
         });
+        let mut amount = Some("10.50".to_string());
         for (key, value) in changes.as_object().into_iter().flatten() {
-            message[key] = value.clone();
+            if key == "amount" {
+                amount = value.as_str().map(str::to_string);
+            } else {
+                message[key] = value.clone();
+            }
         }
-        serde_json::to_vec(&message).expect("json")
+        let mut text = serde_json::to_string(&message).expect("json");
+        if let Some(amount) = amount {
+            text.pop();
+            text.push_str(&format!(r#","amount":{amount}}}"#));
+        }
+        text.into_bytes()
     }
 
     fn outgoing(changes: Value, hold: Option<Hold>) -> Outgoing {
@@ -338,6 +420,69 @@ mod tests {
     #[test]
     fn the_standard_message_passes() {
         assert_eq!(check(json!({}), hold(1, 1050)), Ok(1050));
+    }
+
+    #[test]
+    fn the_message_must_move_the_requests_amount() {
+        // Consistent with itself (the hold covers it), but ten times what was asked.
+        assert_eq!(
+            check(
+                json!({"amount_minor": 10_500, "amount": "105.00"}),
+                hold(1, 10_500)
+            ),
+            Err("requested_amount")
+        );
+        assert_eq!(
+            check(
+                json!({"amount_minor": 1049, "amount": "10.49"}),
+                hold(1, 1049)
+            ),
+            Err("requested_amount")
+        );
+        // A request whose amount is no amount of its currency matches no message.
+        for (amount, currency) in [
+            ("abc", "USD"),
+            ("10.505", "USD"),
+            ("0", "USD"),
+            ("1", "XXX"),
+        ] {
+            let request = Expected {
+                amount_minor: requested_minor(amount, currency),
+                ..expected()
+            };
+            let faithful = outgoing(json!({}), hold(1, 1050));
+            assert_eq!(
+                check_publish(&request, 0, &faithful).map_err(|v| v.check()),
+                Err("requested_amount"),
+                "{amount} {currency}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_amount_consumers_read_must_be_amount_minor_at_the_currencys_decimals() {
+        for amount in ["10.5", "10.500", "1050", "105.0", r#""10.50""#, "null"] {
+            assert_eq!(
+                check(json!({"amount": amount}), hold(1, 1050)),
+                Err("amount"),
+                "{amount}"
+            );
+        }
+        assert_eq!(
+            check(json!({"amount": null}), hold(1, 1050)),
+            Err("amount"),
+            "missing"
+        );
+        let yen = Expected {
+            currency: "JPY".into(),
+            amount_minor: requested_minor("1050", "JPY"),
+            ..expected()
+        };
+        let mut message = outgoing(json!({"currency": "JPY", "amount": "1050"}), hold(1, 1050));
+        if let Some(hold) = &mut message.hold {
+            hold.currency = "JPY".into();
+        }
+        assert_eq!(check_publish(&yen, 0, &message), Ok(1050));
     }
 
     #[test]
@@ -407,6 +552,7 @@ mod tests {
             check(json!({"amount_minor": 1_050_000}), hold(1, 1)),
             Err("hold_amount")
         );
+        assert_eq!(check(json!({}), hold(1, 1)), Err("hold_amount"));
     }
 
     #[test]
@@ -492,12 +638,19 @@ mod tests {
             amount_minor in 1i64..i64::MAX,
             held_minor in 1i64..i64::MAX,
         ) {
-            let expected = Expected { sender_id, receiver_id, ..expected() };
+            let written = format_minor(amount_minor, 2);
+            let expected = Expected {
+                sender_id,
+                receiver_id,
+                amount_minor: requested_minor(&written, "USD"),
+                ..expected()
+            };
             let message = Outgoing {
                 topic: "transfer_topic".into(),
                 key: sender_id.to_string(),
                 payload: payload(json!({
                     "sender_id": sender_id, "receiver_id": receiver_id, "amount_minor": amount_minor,
+                    "amount": written,
                 })),
                 hold: Some(Hold { account_id: sender_id, currency: "USD".into(), amount_minor: held_minor }),
             };
@@ -507,6 +660,24 @@ mod tests {
             } else {
                 prop_assert_eq!(result, Err(Violation::HoldAmount { held_minor, amount_minor }));
             }
+        }
+
+        /// A faithful message for any other amount than the request's is refused, whatever
+        /// its hold.
+        #[test]
+        fn any_other_amount_is_refused(requested in 1i64..i64::MAX, published in 1i64..i64::MAX) {
+            prop_assume!(requested != published);
+            let request = Expected {
+                amount_minor: requested_minor(&format_minor(requested, 2), "USD"),
+                ..expected()
+            };
+            prop_assert_eq!(request.amount_minor, Some(requested));
+            let message = outgoing(
+                json!({"amount_minor": published, "amount": format_minor(published, 2)}),
+                hold(1, published),
+            );
+            let check = check_publish(&request, 0, &message).map_err(|v| v.check());
+            prop_assert_eq!(check, Err("requested_amount"));
         }
 
         /// Any other sender, receiver or hold account is refused.

@@ -69,6 +69,7 @@ mod tests {
             sender_id: 1,
             receiver_id: 2,
             currency: "USD".into(),
+            amount_minor: Some(1050),
             principal: None,
         }
     }

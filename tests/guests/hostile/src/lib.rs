@@ -6,6 +6,10 @@
 //! - `hostile:hold-mismatch`: holds 1 minor unit, the message moves 1,000x the amount;
 //! - `hostile:two-publishes`: publishes the (correct) message twice;
 //! - `hostile:foreign-id`: the message names another transaction id;
+//! - `hostile:inflate`: moves ten times the requested amount, held in full (a message and a
+//!   hold consistent with each other, but not with the request);
+//! - `hostile:amount-text`: `amount_minor` and the hold are right, the `amount` consumers of
+//!   the original message read is ten times it;
 //! - `hostile:trap-after-publish`: publishes correctly, then panics;
 //! - `hostile:remember`: keeps state in its memory, which a guest must not: counts its calls
 //!   in a static and in a heap buffer it grows, and refuses the transfer (422, nothing looked
@@ -32,6 +36,8 @@ enum Mode {
     HoldMismatch,
     TwoPublishes,
     ForeignId,
+    Inflate,
+    AmountText,
     TrapAfterPublish,
     Remember,
     Reversed,
@@ -44,6 +50,8 @@ impl Mode {
             Some("hostile:hold-mismatch") => Mode::HoldMismatch,
             Some("hostile:two-publishes") => Mode::TwoPublishes,
             Some("hostile:foreign-id") => Mode::ForeignId,
+            Some("hostile:inflate") => Mode::Inflate,
+            Some("hostile:amount-text") => Mode::AmountText,
             Some("hostile:trap-after-publish") => Mode::TrapAfterPublish,
             Some("hostile:remember") => Mode::Remember,
             _ => Mode::Reversed,
@@ -105,6 +113,29 @@ impl Imports for Hostile {
                 if let Some(hold) = &mut message.hold {
                     hold.amount_minor = 1;
                 }
+            }
+            Mode::Inflate => {
+                message.payload = rewrite(&message.payload, |fields| {
+                    let amount_minor = field(fields, "amount_minor");
+                    fields.insert("amount_minor".into(), (amount_minor * 10).into());
+                    let amount = fields
+                        .get("amount")
+                        .and_then(Value::as_f64)
+                        .unwrap_or_default();
+                    fields.insert("amount".into(), (amount * 10.0).into());
+                });
+                if let Some(hold) = &mut message.hold {
+                    hold.amount_minor *= 10;
+                }
+            }
+            Mode::AmountText => {
+                message.payload = rewrite(&message.payload, |fields| {
+                    let amount = fields
+                        .get("amount")
+                        .and_then(Value::as_f64)
+                        .unwrap_or_default();
+                    fields.insert("amount".into(), (amount * 10.0).into());
+                });
             }
             Mode::TwoPublishes => HostImports.send(message.clone())?,
             Mode::ForeignId => {
