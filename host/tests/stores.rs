@@ -94,6 +94,100 @@ async fn joins_on_a_batch_use_the_index_even_on_a_nearly_empty_table() -> anyhow
     Ok(())
 }
 
+/// The SQLSTATE a statement failed with, `None` when it did not fail in the database.
+fn sqlstate(result: Result<sqlx::postgres::PgQueryResult, sqlx::Error>) -> Option<String> {
+    let error = result.err()?;
+    Some(error.as_database_error()?.code()?.into_owned())
+}
+
+/// The journal refers only to what the ledger keeps (checked per statement, migration 0010,
+/// where foreign keys checked per row): an INSERT naming a transfer or an account the ledger
+/// does not have is refused whole, and no transfer, account or entry is deleted, truncated
+/// or re-keyed. Settling still writes its entries.
+#[tokio::test]
+async fn the_journal_refers_only_to_what_the_ledger_keeps() -> anyhow::Result<()> {
+    let ledger = fresh_ledger().await?;
+    let pool = ledger.pool();
+    let deposit = Uuid::now_v7();
+    ledger.deposit(deposit, 1, "USD", 100).await?;
+    ledger.deposit(Uuid::now_v7(), 2, "USD", 1).await?;
+    let entries = || async {
+        let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM journal_entries")
+            .fetch_one(pool)
+            .await?;
+        anyhow::Ok(count)
+    };
+    assert_eq!(entries().await?, 4, "two deposits, two entries each");
+    let insert = |transaction_id: Uuid, user_id: i64, currency: &'static str| {
+        sqlx::query(
+            "INSERT INTO journal_entries (transaction_id, user_id, currency, amount_minor)
+             VALUES ($1, 1, 'USD', 1), ($2, $3, $4, -1)",
+        )
+        .bind(deposit)
+        .bind(transaction_id)
+        .bind(user_id)
+        .bind(currency)
+        .execute(pool)
+    };
+    let foreign_key = Some("23503".to_string());
+    assert_eq!(
+        sqlstate(insert(Uuid::now_v7(), 1, "USD").await),
+        foreign_key,
+        "unknown transfer"
+    );
+    assert_eq!(
+        sqlstate(insert(deposit, 3, "USD").await),
+        foreign_key,
+        "unknown user"
+    );
+    assert_eq!(
+        sqlstate(insert(deposit, 1, "EUR").await),
+        foreign_key,
+        "unknown currency"
+    );
+    assert_eq!(entries().await?, 4, "a refused statement adds nothing");
+
+    let restrict = Some("23001".to_string());
+    for statement in [
+        "DELETE FROM transfers WHERE kind = 'deposit'",
+        "UPDATE transfers SET transaction_id = gen_random_uuid()",
+        "TRUNCATE transfers CASCADE",
+        "DELETE FROM accounts WHERE user_id = 2",
+        "UPDATE accounts SET user_id = 7 WHERE user_id = 2",
+        "UPDATE accounts SET currency = 'EUR' WHERE user_id = 2",
+        "TRUNCATE accounts CASCADE",
+        "UPDATE journal_entries SET amount_minor = 1000 WHERE user_id = 1",
+        "DELETE FROM journal_entries",
+        "TRUNCATE journal_entries",
+    ] {
+        assert_eq!(
+            sqlstate(sqlx::query(statement).execute(pool).await),
+            restrict,
+            "{statement}"
+        );
+    }
+    assert_eq!(entries().await?, 4);
+    assert_eq!(
+        ledger.balance(2, "USD").await?.map(|b| b.balance_minor),
+        Some(1)
+    );
+
+    let settlements = Settlements::new(pool.clone());
+    settlements
+        .apply(&[message(1, 2, 60)], &Advance::none())
+        .await?;
+    assert_eq!(
+        entries().await?,
+        6,
+        "a settled transfer writes its two entries"
+    );
+    assert_eq!(
+        ledger.balance(2, "USD").await?.map(|b| b.balance_minor),
+        Some(61)
+    );
+    Ok(())
+}
+
 #[tokio::test]
 async fn settling_the_same_batch_again_changes_nothing() -> anyhow::Result<()> {
     let ledger = fresh_ledger().await?;
