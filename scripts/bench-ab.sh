@@ -65,6 +65,19 @@ for round in $(seq 1 "$rounds"); do
 done
 
 echo
+echo "The work each transfer cost, counted (the same on a slow machine as on a fast one):"
+echo
+echo "| run | side | connections | PostgreSQL write transactions | WAL bytes | Redis calls by command | context switches: transferd | broker | redis | postgres |"
+echo "|---|---|---|---|---|---|---|---|---|---|"
+for round in $(seq 1 "$rounds"); do
+  for side in a b; do
+    awk -F' *\\| *' -v run="$round" -v side="${side^^}" \
+      '$2 == "POST /transfers" && NF <= 12 { printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", run, side, $3, $4, $5, $6, $7, $8, $9, $10 }' \
+      "$work/$side-$round.txt"
+  done
+done
+
+echo
 echo "Medians by side and connections:"
 echo
 echo "| side | connections | ok/s | p99 ms | CPU µs/ok all | transferd | broker | redis | postgres |"

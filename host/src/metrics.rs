@@ -53,6 +53,11 @@ pub const HOLDS_OUTSTANDING: &str = "transferd_holds_outstanding";
 pub const HOLDS_OUTSTANDING_MINOR: &str = "transferd_holds_outstanding_minor";
 /// Transfers accepted with a PostgreSQL pending row instead of a Redis hold (Redis was down).
 pub const HOLD_FALLBACKS: &str = "transferd_hold_fallbacks_total";
+/// Holds the first balance lookup took ahead of the publish (`capabilities::hold_ahead`), by
+/// `outcome`: `used` (the publish needed no Redis call of its own), `replaced` (the guest
+/// published another message: its reserve kept the hold and replaced the record), `given_back`
+/// (the call published nothing).
+pub const HOLDS_AHEAD: &str = "transferd_holds_ahead_total";
 /// Balance lookups by `source`: `cache` (Redis answered), `ledger_miss` (not cached: read from
 /// PostgreSQL and cached), `ledger_fallback` (Redis down: PostgreSQL answered alone).
 pub const BALANCE_LOOKUPS: &str = "transferd_balance_lookups_total";

@@ -9,7 +9,7 @@ use transferd::settlement::ledger::{Advance, Offsets, SettleError, SettledBatch,
 use transferd::settlement::same_log::{Fingerprints, fingerprint};
 use transferd::stores::log_position::forget_positions;
 use transferd::stores::postgres::Ledger;
-use transferd::stores::redis::{BalanceCache, SettledBalance, SettledHold};
+use transferd::stores::redis::{BalanceCache, HoldRequest, SettledBalance, SettledHold};
 use uuid::Uuid;
 
 fn services(database: &str, redis_prefix: &str) -> Services {
@@ -790,6 +790,68 @@ async fn several_accounts_are_read_in_one_call_each_with_its_own_holds() -> anyh
         "a transaction's own hold does not count against it"
     );
     assert_eq!(cache.available_many(&[1], "EUR", "").await?, vec![None]);
+    Ok(())
+}
+
+/// The lookup that holds ahead (`capabilities::hold_ahead`), against Redis: it answers the
+/// balances as they were before, and holds with the pending record only when every account
+/// it reads is cached and the hold's account has the amount; a later reserve of the same
+/// transaction keeps the one hold and replaces the record.
+#[tokio::test]
+async fn a_lookup_holds_ahead_only_what_is_available_among_cached_accounts() -> anyhow::Result<()> {
+    let prefix = format!("storetest{}:", Uuid::now_v7().simple());
+    let cache = BalanceCache::new(&services("postgres", &prefix))?;
+    assert!(cache.store_balance(1, "USD", 500, 1).await?);
+    assert!(cache.store_balance(2, "USD", 70, 1).await?);
+    cache.reserve_hold("other", 1, "USD", 100, b"{}").await?;
+    let on_first = |amount_minor, record: &'static [u8]| HoldRequest {
+        hold_on: 1,
+        amount_minor,
+        record,
+    };
+    // 400 available on account 1: 401 is not held, 400 is.
+    assert_eq!(
+        cache
+            .available_holding(&[2, 1], "USD", "t1", &on_first(401, b"a"))
+            .await?,
+        (vec![Some(70), Some(400)], false)
+    );
+    assert_eq!(cache.held(1, "USD").await?, 100);
+    assert_eq!(cache.pending("t1").await?, None);
+    assert_eq!(
+        cache
+            .available_holding(&[2, 1], "USD", "t1", &on_first(400, b"a"))
+            .await?,
+        (vec![Some(70), Some(400)], true),
+        "the balances as they were before the hold"
+    );
+    assert_eq!(cache.held(1, "USD").await?, 500);
+    assert_eq!(cache.pending("t1").await?, Some(b"a".to_vec()));
+    // Held already: held still, the record replaced, nothing held twice.
+    assert_eq!(
+        cache
+            .available_holding(&[2, 1], "USD", "t1", &on_first(400, b"b"))
+            .await?,
+        (vec![Some(70), Some(400)], true),
+        "its own hold does not count against it"
+    );
+    assert_eq!(cache.held(1, "USD").await?, 500);
+    assert_eq!(cache.pending("t1").await?, Some(b"b".to_vec()));
+    // The publish's reserve keeps the hold and replaces the record.
+    cache.reserve_hold("t1", 1, "USD", 400, b"c").await?;
+    assert_eq!(cache.held(1, "USD").await?, 500);
+    assert_eq!(cache.pending("t1").await?, Some(b"c".to_vec()));
+    // A party that is not cached: nothing held.
+    assert_eq!(
+        cache
+            .available_holding(&[3, 1], "USD", "t2", &on_first(1, b"d"))
+            .await?,
+        (vec![None, Some(0)], false)
+    );
+    assert_eq!(cache.pending("t2").await?, None);
+    cache.release_hold("t1", 1, "USD").await?;
+    assert_eq!(cache.held(1, "USD").await?, 100);
+    assert_eq!(cache.pending("t1").await?, None);
     Ok(())
 }
 

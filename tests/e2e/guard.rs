@@ -96,6 +96,13 @@ async fn a_publish_that_is_not_the_request_is_refused_before_anything_is_held() 
     assert_eq!(namespace.ledger_balance(1, "USD").await?, Some(5_000));
     assert_eq!(namespace.ledger_balance(2, "USD").await?, Some(200_000));
     assert_eq!(violations(&host, &version).await?, 6, "counted per version");
+    // Each call's first lookup held the request's amount ahead of its publish; refused, each
+    // gave it back before answering (nothing is held, above).
+    assert_eq!(
+        host.metric("transferd_holds_ahead_total", &[r#"outcome="given_back""#])
+            .await?,
+        6.0
+    );
     Ok(())
 }
 

@@ -58,6 +58,17 @@ async fn counters_move_with_transfers_refusals_replays_and_bad_tokens() -> anyho
             .await?,
         1.0
     );
+    // Both accepted transfers were held by their first lookup, in its Redis call, and their
+    // publishes needed no call of their own; the refused one had too little to hold.
+    let mut ahead = Vec::new();
+    for outcome in ["used", "replaced", "given_back"] {
+        let label = format!(r#"outcome="{outcome}""#);
+        ahead.push(
+            host.metric("transferd_holds_ahead_total", &[&label])
+                .await?,
+        );
+    }
+    assert_eq!(ahead, vec![2.0, 0.0, 0.0]);
     let invalid_token = r#"reason="invalid_token""#;
     assert_eq!(
         host.metric("transferd_auth_failures_total", &[invalid_token])

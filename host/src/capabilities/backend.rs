@@ -11,7 +11,7 @@ use uuid::Uuid;
 use crate::capabilities::Capabilities;
 use crate::stores::kafka::{Acknowledged, LogError};
 use crate::stores::postgres::{Balance, LedgerError};
-use crate::stores::redis::{CacheError, HoldOutcome};
+use crate::stores::redis::{CacheError, HoldOutcome, HoldRequest};
 
 pub trait Backend: Send + Sync + 'static {
     /// Redis, one round trip: each account's settled balance minus its holds, except the hold
@@ -23,6 +23,17 @@ pub trait Backend: Send + Sync + 'static {
         currency: &str,
         transaction_id: &str,
     ) -> impl Future<Output = Result<Vec<Option<i64>>, CacheError>> + Send;
+
+    /// Redis, one round trip: [`Backend::cached_available`], and the hold `ahead` in the same
+    /// step when every account read is cached and the one it is on has the amount available
+    /// (`hold_ahead`). Also whether `transaction_id` holds the amount now.
+    fn cached_available_holding(
+        &self,
+        account_ids: &[i64],
+        currency: &str,
+        transaction_id: &str,
+        ahead: HoldRequest<'_>,
+    ) -> impl Future<Output = Result<(Vec<Option<i64>>, bool), CacheError>> + Send;
 
     /// Redis: caches a settled balance unless a newer version is cached.
     fn cache_balance(
@@ -92,6 +103,18 @@ impl Backend for Capabilities {
     ) -> Result<Vec<Option<i64>>, CacheError> {
         self.cache
             .available_many(account_ids, currency, transaction_id)
+            .await
+    }
+
+    async fn cached_available_holding(
+        &self,
+        account_ids: &[i64],
+        currency: &str,
+        transaction_id: &str,
+        ahead: HoldRequest<'_>,
+    ) -> Result<(Vec<Option<i64>>, bool), CacheError> {
+        self.cache
+            .available_holding(account_ids, currency, transaction_id, &ahead)
             .await
     }
 

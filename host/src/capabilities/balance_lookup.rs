@@ -12,6 +12,7 @@ use std::sync::Arc;
 use crate::capabilities::RequestState;
 use crate::capabilities::backend::Backend;
 use crate::capabilities::guard::Expected;
+use crate::capabilities::hold_ahead::HoldAhead;
 use crate::guest::bindings::transferd::transfer::balance_lookup;
 
 impl balance_lookup::Host for RequestState {
@@ -34,8 +35,19 @@ impl balance_lookup::Host for RequestState {
                 );
                 let capabilities = Arc::clone(&self.capabilities);
                 let transaction_id = self.expected.transaction_id.clone();
-                let looked_up =
-                    lookup(&*capabilities, &transaction_id, account_id, &currency, also).await;
+                // Perhaps held from here: a call dropped while Redis runs the script (a
+                // timeout) gives back what it may hold.
+                let ahead = self.ahead.take_plan();
+                let looked_up = lookup(
+                    &*capabilities,
+                    &transaction_id,
+                    account_id,
+                    &currency,
+                    also,
+                    ahead.as_ref(),
+                )
+                .await;
+                self.ahead.settle(looked_up.held);
                 if let (Some(partner), Some(available)) = (also, looked_up.partner) {
                     self.prefetched = Prefetched::of(partner, &currency, available);
                 }
@@ -93,12 +105,15 @@ impl Prefetched {
     }
 }
 
-/// What one lookup found: the answer for the account asked for, and the partner's cached
-/// available balance when one was asked beside it and Redis had it.
+/// What one lookup found: the answer for the account asked for, the partner's cached
+/// available balance when one was asked beside it and Redis had it, and whether the hold
+/// ahead it carried is in place (`None`: unknown, the call to Redis failed; `Some(false)`
+/// when it carried none).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LookedUp {
     pub answer: Result<Option<i64>, String>,
     pub partner: Option<i64>,
+    pub held: Option<bool>,
 }
 
 /// The available balance as `transaction_id` sees it (its own hold, when a retry holds it
@@ -112,13 +127,23 @@ pub async fn lookup<B: Backend>(
     account_id: i64,
     currency: &str,
     also: Option<i64>,
+    ahead: Option<&HoldAhead>,
 ) -> LookedUp {
     let accounts: Vec<i64> = std::iter::once(account_id).chain(also).collect();
-    let found = match backend
-        .cached_available(&accounts, currency, transaction_id)
-        .await
-    {
-        Ok(found) => found,
+    let request = ahead.and_then(|ahead| ahead.request(&accounts, currency));
+    let read = match request {
+        Some(request) => {
+            backend
+                .cached_available_holding(&accounts, currency, transaction_id, request)
+                .await
+        }
+        None => backend
+            .cached_available(&accounts, currency, transaction_id)
+            .await
+            .map(|found| (found, false)),
+    };
+    let (found, held) = match read {
+        Ok((found, held)) => (found, Some(held)),
         Err(error) => {
             counted("ledger_fallback");
             tracing::warn!(%error, account_id, currency, "balance cache unavailable; reading the ledger");
@@ -130,6 +155,7 @@ pub async fn lookup<B: Backend>(
             return LookedUp {
                 answer,
                 partner: None,
+                held: if request.is_some() { None } else { Some(false) },
             };
         }
     };
@@ -144,7 +170,11 @@ pub async fn lookup<B: Backend>(
             from_ledger(backend, transaction_id, account_id, currency).await
         }
     };
-    LookedUp { answer, partner }
+    LookedUp {
+        answer,
+        partner,
+        held,
+    }
 }
 
 /// A balance Redis did not have: read from the ledger and cached, then read back from Redis

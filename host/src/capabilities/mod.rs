@@ -10,6 +10,7 @@
 pub mod backend;
 pub mod balance_lookup;
 pub mod guard;
+pub mod hold_ahead;
 mod publish;
 #[cfg(test)]
 mod tests;
@@ -136,6 +137,8 @@ pub struct RequestState {
     pub answers: RecordedAnswers,
     /// The other party's cached balance, read beside the first lookup (see `balance_lookup`).
     prefetched: balance_lookup::Prefetched,
+    /// The hold the first lookup takes for the publish (see `hold_ahead`).
+    pub ahead: hold_ahead::Ahead,
     wasi: WasiCtx,
     table: ResourceTable,
     pub limits: StoreLimits,
@@ -146,6 +149,7 @@ impl RequestState {
         capabilities: Arc<Capabilities>,
         expected: guard::Expected,
         publication: PublicationCell,
+        ahead: Option<hold_ahead::HoldAhead>,
         limits: StoreLimits,
     ) -> RequestState {
         RequestState {
@@ -156,6 +160,7 @@ impl RequestState {
             violation: None,
             answers: RecordedAnswers::default(),
             prefetched: balance_lookup::Prefetched::default(),
+            ahead: hold_ahead::Ahead::planned(ahead),
             // Nothing: no arguments, environment, files, sockets or inherited stdio.
             wasi: WasiCtx::builder().build(),
             table: ResourceTable::new(),
@@ -174,6 +179,7 @@ impl RequestState {
         capabilities: Arc<Capabilities>,
         expected: guard::Expected,
         publication: PublicationCell,
+        ahead: Option<hold_ahead::HoldAhead>,
     ) {
         self.capabilities = capabilities;
         self.expected = expected;
@@ -182,6 +188,7 @@ impl RequestState {
         self.violation = None;
         self.answers = RecordedAnswers::default();
         self.prefetched = balance_lookup::Prefetched::default();
+        self.ahead = hold_ahead::Ahead::planned(ahead);
     }
 }
 

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use transferd_guest::logic::Outgoing;
 
 use crate::capabilities::backend::Backend;
-use crate::capabilities::{Publication, PublicationCell, RequestState, guard};
+use crate::capabilities::{Publication, PublicationCell, RequestState, guard, hold_ahead};
 use crate::guest::bindings::transferd::transfer::publish::{self, PublishError};
 use crate::stores::redis::HoldOutcome;
 use crate::trace::TraceContext;
@@ -29,6 +29,7 @@ impl publish::Host for RequestState {
             &mut self.violation,
             &outgoing,
         )?;
+        let held_ahead = self.take_hold_ahead(&outgoing, amount_minor);
         self.publication.set(Publication::InFlight);
         // Its own task: a guest timeout that drops this call cannot stop a publish between
         // the hold and the acknowledgement; the task always records how it ended.
@@ -37,6 +38,7 @@ impl publish::Host for RequestState {
             self.expected.transaction_id.clone(),
             outgoing,
             amount_minor,
+            held_ahead,
             self.publication.clone(),
             crate::trace::current(),
         ));
@@ -52,6 +54,30 @@ impl publish::Host for RequestState {
     }
 }
 
+impl RequestState {
+    /// Takes over the hold the first lookup took ahead, if any (`hold_ahead`). True when it is
+    /// certainly in Redis with this message as its pending record: nothing is left to hold.
+    fn take_hold_ahead(&mut self, outgoing: &Outgoing, amount_minor: i64) -> bool {
+        let Some((ahead, confirmed)) = self.ahead.take_for_publish() else {
+            return false;
+        };
+        // The guard admitted the message: its hold is the request's amount on the sender.
+        assert!(
+            outgoing
+                .hold
+                .as_ref()
+                .is_some_and(|hold| hold.account_id == ahead.account_id
+                    && hold.currency == ahead.currency
+                    && hold.amount_minor == ahead.amount_minor)
+                && amount_minor == ahead.amount_minor,
+            "an admitted publish holds what was held ahead"
+        );
+        let used = confirmed && ahead.record == outgoing.payload;
+        hold_ahead::counted(if used { "used" } else { "replaced" });
+        used
+    }
+}
+
 /// Where the transfer's hold (or, without Redis, its pending row) was kept.
 enum Kept {
     RedisHold,
@@ -59,18 +85,25 @@ enum Kept {
 }
 
 /// Holds, produces, and records what happened in `publication`. `outgoing` passed the guard:
-/// its hold is present, on the sender, and equals `amount_minor`. The message carries the
-/// transaction id and, when the request has one, its request id and trace context.
+/// its hold is present, on the sender, and equals `amount_minor`; `held_ahead` when that hold
+/// and this message's pending record are in Redis already (`hold_ahead`). The message carries
+/// the transaction id and, when the request has one, its request id and trace context.
 pub async fn deliver<B: Backend>(
     backend: Arc<B>,
     transaction_id: String,
     outgoing: Outgoing,
     amount_minor: i64,
+    held_ahead: bool,
     publication: PublicationCell,
     trace: Option<TraceContext>,
 ) -> Result<(), PublishError> {
     let refused = |reason: String| Publication::Refused { reason };
-    let kept = match keep(&*backend, &transaction_id, &outgoing, amount_minor).await {
+    let kept = if held_ahead {
+        Ok(Kept::RedisHold)
+    } else {
+        keep(&*backend, &transaction_id, &outgoing, amount_minor).await
+    };
+    let kept = match kept {
         Ok(kept) => kept,
         Err(error) => {
             publication.set(refused(match &error {

@@ -11,12 +11,13 @@ use uuid::Uuid;
 
 use super::backend::Backend;
 use super::balance_lookup::lookup;
+use super::hold_ahead::HoldAhead;
 use super::publish::deliver;
 use super::{Publication, PublicationCell};
 use crate::guest::bindings::transferd::transfer::publish::PublishError;
 use crate::stores::kafka::{Acknowledged, LogError};
 use crate::stores::postgres::{Balance, LedgerError};
-use crate::stores::redis::{CacheError, HoldOutcome};
+use crate::stores::redis::{CacheError, HoldOutcome, HoldRequest};
 
 /// How the fake broker answers a produce.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,6 +43,10 @@ struct State {
     produced_headers: Vec<Vec<(String, String)>>,
     /// Round trips to Redis for available balances.
     cache_reads: u32,
+    /// Round trips to Redis to reserve a hold.
+    reserves: u32,
+    /// Redis: pending records by transaction id.
+    records: HashMap<String, Vec<u8>>,
 }
 
 struct Fake {
@@ -122,6 +127,32 @@ impl Backend for Fake {
             .collect())
     }
 
+    async fn cached_available_holding(
+        &self,
+        ids: &[i64],
+        currency: &str,
+        transaction_id: &str,
+        ahead: HoldRequest<'_>,
+    ) -> Result<(Vec<Option<i64>>, bool), CacheError> {
+        let found = self.cached_available(ids, currency, transaction_id).await?;
+        let mut state = self.state();
+        let key = (ids[ahead.hold_on], currency.to_string());
+        let already = state.holds.contains_key(transaction_id);
+        let covered = found[ahead.hold_on].is_some_and(|available| available >= ahead.amount_minor);
+        let held = found.iter().all(Option::is_some) && (already || covered);
+        if held {
+            if !already {
+                state
+                    .holds
+                    .insert(transaction_id.into(), (key, ahead.amount_minor));
+            }
+            state
+                .records
+                .insert(transaction_id.into(), ahead.record.to_vec());
+        }
+        Ok((found, held))
+    }
+
     async fn cache_balance(
         &self,
         id: i64,
@@ -141,10 +172,17 @@ impl Backend for Fake {
         id: i64,
         currency: &str,
         amount_minor: i64,
-        _message: &[u8],
+        message: &[u8],
     ) -> Result<HoldOutcome, CacheError> {
         self.redis()?;
         let mut state = self.state();
+        state.reserves += 1;
+        if state.holds.contains_key(transaction_id) {
+            state
+                .records
+                .insert(transaction_id.into(), message.to_vec());
+            return Ok(HoldOutcome::Reserved);
+        }
         let key = (id, currency.to_string());
         let Some(balance) = state.cached.get(&key).copied() else {
             return Ok(HoldOutcome::Missing);
@@ -155,12 +193,17 @@ impl Backend for Fake {
         state
             .holds
             .insert(transaction_id.into(), (key, amount_minor));
+        state
+            .records
+            .insert(transaction_id.into(), message.to_vec());
         Ok(HoldOutcome::Reserved)
     }
 
     async fn release_hold(&self, transaction_id: &str, _: i64, _: &str) -> Result<(), CacheError> {
         self.redis()?;
-        self.state().holds.remove(transaction_id);
+        let mut state = self.state();
+        state.holds.remove(transaction_id);
+        state.records.remove(transaction_id);
         Ok(())
     }
 
@@ -256,6 +299,7 @@ async fn publish(
         id.to_string(),
         outgoing(&id.to_string(), 1, amount_minor),
         amount_minor,
+        false,
         cell.clone(),
         None,
     )
@@ -269,30 +313,35 @@ async fn a_lookup_prefers_the_cache_and_falls_back_to_the_ledger() {
     fake.state().settled.insert(account(1), 500);
     // Not cached: the ledger answers and the balance is cached on the way.
     assert_eq!(
-        lookup(&*fake, "tx", 1, "USD", None).await.answer,
+        lookup(&*fake, "tx", 1, "USD", None, None).await.answer,
         Ok(Some(500))
     );
     assert_eq!(fake.state().cached.get(&account(1)), Some(&500));
     // Cached: holds are taken off.
     fake.state().holds.insert("held".into(), (account(1), 200));
     assert_eq!(
-        lookup(&*fake, "tx", 1, "USD", None).await.answer,
+        lookup(&*fake, "tx", 1, "USD", None, None).await.answer,
         Ok(Some(300))
     );
     // The transaction that holds it (a retry) sees its own hold as available.
     assert_eq!(
-        lookup(&*fake, "held", 1, "USD", None).await.answer,
+        lookup(&*fake, "held", 1, "USD", None, None).await.answer,
         Ok(Some(500))
     );
     // Redis down: the settled balance, holds unknown.
     fake.redis_down.store(true, Ordering::SeqCst);
     assert_eq!(
-        lookup(&*fake, "tx", 1, "USD", None).await.answer,
+        lookup(&*fake, "tx", 1, "USD", None, None).await.answer,
         Ok(Some(500))
     );
     // Neither: an error, never a made-up balance.
     fake.ledger_down.store(true, Ordering::SeqCst);
-    assert!(lookup(&*fake, "tx", 1, "USD", None).await.answer.is_err());
+    assert!(
+        lookup(&*fake, "tx", 1, "USD", None, None)
+            .await
+            .answer
+            .is_err()
+    );
 }
 
 #[tokio::test]
@@ -301,26 +350,135 @@ async fn a_lookup_reads_the_partner_s_cached_balance_in_the_same_round_trip() {
     fake.state().cached.insert(account(1), 500);
     fake.state().cached.insert(account(2), 70);
     fake.state().holds.insert("other".into(), (account(1), 200));
-    let found = lookup(&*fake, "tx", 2, "USD", Some(1)).await;
+    let found = lookup(&*fake, "tx", 2, "USD", Some(1), None).await;
     assert_eq!(found.answer, Ok(Some(70)));
     assert_eq!(found.partner, Some(300), "the partner's holds count");
     assert_eq!(fake.state().cache_reads, 1, "one round trip for both");
     // A partner Redis does not have is left to its own lookup (which fills the cache).
     fake.state().cached.remove(&account(1));
     fake.state().settled.insert(account(1), 900);
-    let found = lookup(&*fake, "tx", 2, "USD", Some(1)).await;
+    let found = lookup(&*fake, "tx", 2, "USD", Some(1), None).await;
     assert_eq!(found.partner, None);
     assert_eq!(fake.state().cached.get(&account(1)), None);
     // Redis down: the ledger answers for the account asked for, nothing for the partner.
     fake.redis_down.store(true, Ordering::SeqCst);
     fake.state().settled.insert(account(2), 70);
-    let found = lookup(&*fake, "tx", 2, "USD", Some(1)).await;
+    let found = lookup(&*fake, "tx", 2, "USD", Some(1), None).await;
     assert_eq!(
         found,
         super::balance_lookup::LookedUp {
             answer: Ok(Some(70)),
-            partner: None
+            partner: None,
+            held: Some(false),
         }
+    );
+}
+
+fn plan(amount_minor: i64, record: &[u8]) -> HoldAhead {
+    HoldAhead {
+        account_id: 1,
+        currency: "USD".into(),
+        amount_minor,
+        record: record.to_vec(),
+    }
+}
+
+#[tokio::test]
+async fn the_first_lookup_holds_ahead_in_its_round_trip_and_the_publish_needs_no_other() {
+    let fake = Fake::new();
+    fake.state().cached.insert(account(1), 500);
+    fake.state().cached.insert(account(2), 70);
+    let ahead = plan(300, b"the message");
+    let found = lookup(&*fake, "tx", 2, "USD", Some(1), Some(&ahead)).await;
+    assert_eq!(found.answer, Ok(Some(70)));
+    assert_eq!(found.partner, Some(500), "the balance before the hold");
+    assert_eq!(found.held, Some(true));
+    {
+        let state = fake.state();
+        assert_eq!(state.cache_reads, 1, "one round trip");
+        assert_eq!(state.holds.get("tx"), Some(&(account(1), 300)));
+        assert_eq!(
+            state.records.get("tx").map(Vec::as_slice),
+            Some(&b"the message"[..])
+        );
+    }
+    let cell = PublicationCell::default();
+    let answer = deliver(
+        Arc::clone(&fake),
+        "tx".into(),
+        outgoing("tx", 1, 300),
+        300,
+        true,
+        cell.clone(),
+        None,
+    )
+    .await;
+    assert!(answer.is_ok(), "{answer:?}");
+    assert_eq!(cell.get(), Publication::Acknowledged { amount_minor: 300 });
+    let state = fake.state();
+    assert_eq!(state.reserves, 0, "held already");
+    assert_eq!(state.holds.get("tx"), Some(&(account(1), 300)));
+    assert_eq!(state.produced.len(), 1);
+}
+
+#[tokio::test]
+async fn nothing_is_held_ahead_without_the_money_or_a_cached_party() {
+    let fake = Fake::new();
+    fake.state().cached.insert(account(1), 500);
+    fake.state().cached.insert(account(2), 70);
+    fake.state().holds.insert("other".into(), (account(1), 300));
+    let found = lookup(&*fake, "tx", 2, "USD", Some(1), Some(&plan(300, b"m"))).await;
+    assert_eq!((found.partner, found.held), (Some(200), Some(false)));
+    // The receiver is not cached: its lookup goes to the ledger, nothing is held.
+    fake.state().cached.remove(&account(2));
+    fake.state().settled.insert(account(2), 70);
+    let found = lookup(&*fake, "tx", 2, "USD", Some(1), Some(&plan(100, b"m"))).await;
+    assert_eq!((found.answer, found.held), (Ok(Some(70)), Some(false)));
+    // A lookup that does not read the account the hold is on carries nothing.
+    let found = lookup(&*fake, "tx", 2, "USD", None, Some(&plan(100, b"m"))).await;
+    assert_eq!(found.held, Some(false));
+    assert!(!fake.state().holds.contains_key("tx"));
+    // Redis down: the ledger answers, and whether it holds is unknown.
+    fake.redis_down.store(true, Ordering::SeqCst);
+    let found = lookup(&*fake, "tx", 2, "USD", Some(1), Some(&plan(100, b"m"))).await;
+    assert_eq!((found.answer, found.held), (Ok(Some(70)), None));
+}
+
+#[tokio::test]
+async fn a_publish_of_another_message_reserves_over_the_hold_ahead() {
+    let fake = Fake::new();
+    fake.state().cached.insert(account(1), 500);
+    fake.state().cached.insert(account(2), 70);
+    let found = lookup(
+        &*fake,
+        "tx",
+        2,
+        "USD",
+        Some(1),
+        Some(&plan(300, b"expected")),
+    )
+    .await;
+    assert_eq!(found.held, Some(true));
+    let mut message = outgoing("tx", 1, 300);
+    message.payload = b"another".to_vec();
+    let answer = deliver(
+        Arc::clone(&fake),
+        "tx".into(),
+        message,
+        300,
+        false,
+        PublicationCell::default(),
+        None,
+    )
+    .await;
+    assert!(answer.is_ok(), "{answer:?}");
+    let state = fake.state();
+    assert_eq!(state.reserves, 1);
+    assert_eq!(state.holds.len(), 1, "the one hold, not a second");
+    assert_eq!(state.holds.get("tx"), Some(&(account(1), 300)));
+    assert_eq!(
+        state.records.get("tx").map(Vec::as_slice),
+        Some(&b"another"[..])
     );
 }
 
@@ -433,6 +591,7 @@ async fn a_published_transfer_carries_its_request_id_and_trace() {
         id.to_string(),
         outgoing(&id.to_string(), 1, 100),
         100,
+        false,
         PublicationCell::default(),
         Some(trace.clone()),
     )

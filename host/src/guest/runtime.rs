@@ -32,6 +32,7 @@ use wasmtime::{
 use transferd_guest::vectors::{self, Replay, Vector};
 
 use crate::capabilities::guard::{self, Expected, Violation};
+use crate::capabilities::hold_ahead::{self, HoldAhead};
 use crate::capabilities::{
     Capabilities, Publication, PublicationCell, RecordedAnswers, RequestState,
 };
@@ -68,12 +69,20 @@ pub trait CallState: LimitedState + Sized {
 }
 
 impl CallState for RequestState {
-    type Call = (Arc<Capabilities>, Expected, PublicationCell);
-    fn for_call((capabilities, expected, publication): Self::Call, limits: StoreLimits) -> Self {
-        RequestState::new(capabilities, expected, publication, limits)
+    type Call = (
+        Arc<Capabilities>,
+        Expected,
+        PublicationCell,
+        Option<HoldAhead>,
+    );
+    fn for_call(
+        (capabilities, expected, publication, ahead): Self::Call,
+        limits: StoreLimits,
+    ) -> Self {
+        RequestState::new(capabilities, expected, publication, ahead, limits)
     }
-    fn begin(&mut self, (capabilities, expected, publication): Self::Call) {
-        RequestState::begin(self, capabilities, expected, publication);
+    fn begin(&mut self, (capabilities, expected, publication, ahead): Self::Call) {
+        RequestState::begin(self, capabilities, expected, publication, ahead);
     }
 }
 
@@ -377,18 +386,31 @@ impl Guest {
     ) -> Decided {
         let publication = PublicationCell::default();
         let call = (
-            capabilities,
+            Arc::clone(&capabilities),
             Expected::of(context, request),
             publication.clone(),
+            HoldAhead::plan(context, request),
         );
         let ran = self
             .run(&self.pre, &self.kept, call, context, request, |state| {
-                (std::mem::take(&mut state.answers), state.violation.take())
+                let unused = state.ahead.take_unused();
+                (
+                    std::mem::take(&mut state.answers),
+                    state.violation.take(),
+                    unused,
+                )
             })
             .await;
         let (decision, answers) = match ran {
             Err(failure) => (Err(failure), RecordedAnswers::default()),
-            Ok((ran, (answers, violation))) => (self.decision(ran, violation), answers),
+            Ok((ran, (answers, violation, unused))) => {
+                // Before the answer: a refused transfer's money is available again when the
+                // client hears of it.
+                if let Some(unused) = unused {
+                    hold_ahead::give_back(&*capabilities, &context.transaction_id, &unused).await;
+                }
+                (self.decision(ran, violation), answers)
+            }
         };
         Decided {
             decision,

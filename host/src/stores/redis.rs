@@ -54,9 +54,19 @@ const RECONNECT_BACKOFF: Duration = Duration::from_secs(1);
 /// Per account, KEYS (balance, holds); ARGV[1]: a transaction id whose own hold does not count
 /// (empty: none). Per account, two numbers: 1 and the available balance, or 0 and 0 when the
 /// balance is not cached (a Lua `false` in a table would cut the reply short).
+///
+/// Holding as well (five ARGV): the last KEY is the transaction's pending key, ARGV[2] the
+/// position (from 1) of the account to hold on, ARGV[3] the amount, ARGV[4] the pending
+/// record, ARGV[5] its time to live in seconds. When every account read is cached and the
+/// hold's account has the amount available, the hold and the pending record are written as
+/// RESERVE writes them (a hold the transaction already has stays, its record is replaced);
+/// one more number ends the reply: 1 when the transaction holds the amount now, else 0.
 const AVAILABLE: &str = r"
+local holding = #ARGV > 1
+local accounts = math.floor(#KEYS / 2)
 local reply = {}
-for i = 1, #KEYS / 2 do
+local all_cached = true
+for i = 1, accounts do
   local balance = redis.call('GET', KEYS[2 * i - 1])
   if balance then
     local held = tonumber(redis.call('HGET', KEYS[2 * i], 'total') or '0')
@@ -64,9 +74,26 @@ for i = 1, #KEYS / 2 do
     reply[2 * i - 1] = 1
     reply[2 * i] = tonumber(balance) - held
   else
+    all_cached = false
     reply[2 * i - 1] = 0
     reply[2 * i] = 0
   end
+end
+if holding then
+  local i = tonumber(ARGV[2])
+  local holds = KEYS[2 * i]
+  local held = 0
+  if all_cached then
+    if redis.call('HEXISTS', holds, ARGV[1]) == 1 then
+      held = 1
+    elseif reply[2 * i] >= tonumber(ARGV[3]) then
+      redis.call('HSET', holds, ARGV[1], ARGV[3])
+      redis.call('HINCRBY', holds, 'total', ARGV[3])
+      held = 1
+    end
+    if held == 1 then redis.call('SET', KEYS[#KEYS], ARGV[4], 'EX', ARGV[5]) end
+  end
+  reply[2 * accounts + 1] = held
 end
 return reply
 ";
@@ -78,8 +105,14 @@ pub const MAX_ACCOUNTS_PER_LOOKUP: usize = 16;
 /// settlement delay, short enough that a lost one does not stay forever.
 pub const PENDING_TTL_SECONDS: u64 = 7 * 24 * 3600;
 
+/// KEYS (balance, holds, pending); ARGV: transaction id, amount, pending record, its time to
+/// live. A hold the transaction already has (a retry, or one taken ahead with the lookup)
+/// stays as it is and gets this record.
 const RESERVE: &str = r"
-if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then return 1 end
+if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then
+  redis.call('SET', KEYS[3], ARGV[3], 'EX', ARGV[4])
+  return 1
+end
 local balance = redis.call('GET', KEYS[1])
 if not balance then return -1 end
 local held = tonumber(redis.call('HGET', KEYS[2], 'total') or '0')
@@ -189,6 +222,31 @@ fn escape_glob(text: &str) -> String {
     escaped
 }
 
+/// A hold to take with a lookup ([`BalanceCache::available_holding`]).
+#[derive(Debug, Clone, Copy)]
+pub struct HoldRequest<'a> {
+    /// The position of the account to hold on among the accounts read.
+    pub hold_on: usize,
+    pub amount_minor: i64,
+    /// The pending record written with it.
+    pub record: &'a [u8],
+}
+
+/// The availability script's answer for `accounts` accounts: per account, its available
+/// balance, `None` when not cached.
+fn availabilities(reply: &[i64], accounts: usize) -> Result<Vec<Option<i64>>, CacheError> {
+    if reply.len() != 2 * accounts {
+        return Err(CacheError::Unavailable(format!(
+            "the availability script answered {} numbers for {accounts} accounts",
+            reply.len()
+        )));
+    }
+    Ok(reply
+        .chunks_exact(2)
+        .map(|pair| (pair[0] == 1).then_some(pair[1]))
+        .collect())
+}
+
 /// A settled transfer whose hold is released, for [`BalanceCache::settle`].
 #[derive(Debug, Clone)]
 pub struct SettledHold {
@@ -243,19 +301,7 @@ impl BalanceCache {
         currency: &str,
         transaction_id: &str,
     ) -> Result<Vec<Option<i64>>, CacheError> {
-        assert!(
-            !user_ids.is_empty() && user_ids.len() <= MAX_ACCOUNTS_PER_LOOKUP,
-            "one lookup reads 1 to {MAX_ACCOUNTS_PER_LOOKUP} accounts"
-        );
-        let keys: Vec<String> = user_ids
-            .iter()
-            .flat_map(|user_id| {
-                [
-                    self.balance_key(*user_id, currency),
-                    self.holds_key(*user_id, currency),
-                ]
-            })
-            .collect();
+        let keys = self.availability_keys(user_ids, currency);
         let reply: Vec<i64> = self
             .run(
                 &self.available,
@@ -263,17 +309,55 @@ impl BalanceCache {
                 &[transaction_id.as_bytes().to_vec()],
             )
             .await?;
-        if reply.len() != 2 * user_ids.len() {
-            return Err(CacheError::Unavailable(format!(
-                "the availability script answered {} numbers for {} accounts",
-                reply.len(),
-                user_ids.len()
-            )));
-        }
-        Ok(reply
-            .chunks_exact(2)
-            .map(|pair| (pair[0] == 1).then_some(pair[1]))
-            .collect())
+        availabilities(&reply, user_ids.len())
+    }
+
+    /// The keys the availability script reads: per account, its balance and its holds.
+    fn availability_keys(&self, user_ids: &[i64], currency: &str) -> Vec<String> {
+        assert!(
+            !user_ids.is_empty() && user_ids.len() <= MAX_ACCOUNTS_PER_LOOKUP,
+            "one lookup reads 1 to {MAX_ACCOUNTS_PER_LOOKUP} accounts"
+        );
+        user_ids
+            .iter()
+            .flat_map(|user_id| {
+                [
+                    self.balance_key(*user_id, currency),
+                    self.holds_key(*user_id, currency),
+                ]
+            })
+            .collect()
+    }
+
+    /// [`BalanceCache::available_many`], and in the same step the hold `ahead` asks for, when
+    /// every account read is cached and the one to hold on has the amount available (with
+    /// `ahead.record` as its pending record, as [`BalanceCache::reserve_hold`] writes them).
+    /// The availabilities are read before the hold, and whether `transaction_id` holds the
+    /// amount now (taken now, or held already).
+    pub async fn available_holding(
+        &self,
+        user_ids: &[i64],
+        currency: &str,
+        transaction_id: &str,
+        ahead: &HoldRequest<'_>,
+    ) -> Result<(Vec<Option<i64>>, bool), CacheError> {
+        assert!(
+            ahead.hold_on < user_ids.len(),
+            "the hold is on one of the accounts read"
+        );
+        assert!(ahead.amount_minor > 0, "a hold sets money aside");
+        let mut keys = self.availability_keys(user_ids, currency);
+        keys.push(self.pending_key(transaction_id));
+        let args = [
+            transaction_id.as_bytes().to_vec(),
+            (ahead.hold_on + 1).to_string().into_bytes(),
+            ahead.amount_minor.to_string().into_bytes(),
+            ahead.record.to_vec(),
+            PENDING_TTL_SECONDS.to_string().into_bytes(),
+        ];
+        let mut reply: Vec<i64> = self.run(&self.available, &keys, &args).await?;
+        let held = reply.pop() == Some(1);
+        Ok((availabilities(&reply, user_ids.len())?, held))
     }
 
     /// Reserves `amount_minor` of the account's available balance for `transaction_id` and
