@@ -724,6 +724,25 @@ pub async fn consume_transfer_events(
     Ok(event_entries(&consumed).cloned().collect())
 }
 
+/// The entries of `topic`'s event messages from its start until every transfer of `ids` has
+/// one or `limit` passes. Unlike a count, redelivered batches (events are at least once)
+/// cannot end the reading early.
+pub async fn consume_events_covering(
+    brokers: &str,
+    topic: &str,
+    ids: &std::collections::HashSet<uuid::Uuid>,
+    limit: Duration,
+) -> anyhow::Result<Vec<Value>> {
+    let covers = |consumed: &[Consumed]| {
+        let seen: std::collections::HashSet<uuid::Uuid> = event_entries(consumed)
+            .filter_map(|entry| entry["transaction_id"].as_str()?.parse().ok())
+            .collect();
+        ids.is_subset(&seen)
+    };
+    let consumed = consume_until(brokers, topic, limit, covers).await?;
+    Ok(event_entries(&consumed).cloned().collect())
+}
+
 fn event_entries(consumed: &[Consumed]) -> impl Iterator<Item = &Value> {
     consumed
         .iter()
