@@ -22,6 +22,10 @@ use transferd::guest::runtime::{GuestEngine, GuestLimits};
 use transferd_guest::logic::initiate_transfer;
 use transferd_guest::vectors::{self, Vector};
 
+/// The service's allocator (`src/main.rs`), so the calls cost here what they cost there.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const WASM_CALLS: usize = 20_000;
 const NATIVE_CALLS: usize = 200_000;
 const WARM_UP: usize = 1_000;
