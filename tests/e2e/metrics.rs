@@ -172,48 +172,53 @@ async fn money_in_flight_settlement_and_dependencies_are_measured() -> anyhow::R
     let api = Host::start_with(&namespace, options).await?;
     api.deposit(1, "USD", "10.00").await?;
     api.deposit(2, "USD", "1.00").await?;
-    assert_eq!(api.transfer(transfer("1.25")).await?.status, 200);
+    for _ in 0..3 {
+        assert_eq!(api.transfer(transfer("1.25")).await?.status, 200);
+    }
 
     for dependency in ["postgres", "redis", "broker"] {
         let label = format!(r#"dependency="{dependency}""#);
         until_metric(&api, "transferd_dependency_up", &[&label], |up| up == 1.0).await?;
     }
-    until_metric(&api, "transferd_holds_outstanding", &[], |n| n == 1.0).await?;
+    until_metric(&api, "transferd_holds_outstanding", &[], |n| n == 3.0).await?;
     let usd = r#"currency="USD""#;
     until_metric(&api, "transferd_holds_outstanding_minor", &[usd], |m| {
-        m == 125.0
+        m == 375.0
     })
     .await?;
-    until_metric(&api, "transferd_settlement_lag_messages", &[], |n| n == 1.0).await?;
+    until_metric(&api, "transferd_settlement_lag_messages", &[], |n| n == 3.0).await?;
     let produced = api
         .metric(
             "transferd_kafka_produce_duration_seconds_count",
             &[r#"topic="transfer_topic""#],
         )
         .await?;
-    assert_eq!(produced, 1.0);
+    assert_eq!(produced, 3.0);
     let looked_up = api.metric("transferd_balance_lookups_total", &[]).await?;
     assert!(
         looked_up >= 1.0,
         "the guest's lookup is counted: {looked_up}"
     );
 
-    // A worker settles it: counted, its batch measured, and the money in flight back to 0.
+    // A worker settles them: each counted (the worker process adds a batch's count at once),
+    // its batches measured, and the money in flight back to 0.
     let worker = Host::start(&namespace).await?;
     let completed = r#"status="completed""#;
     until_metric(
         &worker,
         "transferd_settled_transfers_total",
         &[completed],
-        |n| n == 1.0,
+        |n| n == 3.0,
     )
     .await?;
-    assert_eq!(
-        worker
-            .metric("transferd_settlement_batch_transfers_count", &[])
-            .await?,
-        1.0
-    );
+    let batches = worker
+        .metric("transferd_settlement_batch_transfers_count", &[])
+        .await?;
+    let in_batches = worker
+        .metric("transferd_settlement_batch_transfers_sum", &[])
+        .await?;
+    assert!((1.0..=3.0).contains(&batches), "{batches} batches");
+    assert_eq!(in_batches, 3.0);
     until_metric(&worker, "transferd_settlement_lag_messages", &[], |n| {
         n == 0.0
     })

@@ -368,11 +368,21 @@ async fn settle_batch(
 fn count_settled(messages: &[TransferMessage], settled: &SettledBatch) {
     use crate::metrics::{SETTLED, SETTLEMENT_BATCH, SETTLEMENT_LAG_SECONDS};
     metrics::histogram!(SETTLEMENT_BATCH).record(messages.len() as f64);
+    // One update per status and batch: the worker process relays every update to serve as a
+    // line of its own (`metrics_relay`), which per transfer was 8% of the worker's CPU.
+    let mut newly_by_status: Vec<(&'static str, u64)> = Vec::new();
     for (message, transfer) in messages.iter().zip(&settled.transfers) {
         if !transfer.newly_applied {
             continue;
         }
-        metrics::counter!(SETTLED, "status" => transfer.outcome.status()).increment(1);
+        let status = transfer.outcome.status();
+        match newly_by_status
+            .iter_mut()
+            .find(|(known, _)| *known == status)
+        {
+            Some((_, count)) => *count += 1,
+            None => newly_by_status.push((status, 1)),
+        }
         let trace = message.trace.as_ref();
         // A span of its own only when exported: it joins the accepting request's trace.
         let span = match trace {
@@ -393,6 +403,9 @@ fn count_settled(messages: &[TransferMessage], settled: &SettledBatch) {
                 "settled"
             );
         });
+    }
+    for (status, count) in newly_by_status {
+        metrics::counter!(SETTLED, "status" => status).increment(count);
     }
     let now_ms = chrono::Utc::now().timestamp_millis();
     if let Some(oldest_ms) = messages.iter().map(|m| m.created_at_ms).min() {
