@@ -162,7 +162,8 @@ impl Counts {
 }
 
 /// `calls` per command from Redis's `INFO commandstats` (`cmdstat_evalsha:calls=3,usec=…`).
-/// Redis 7 counts the commands a script runs as well as the script's own call.
+/// Redis 7 counts the commands a script runs as well as the script's own call. A subcommand
+/// (`cmdstat_script|load`) is named with a space: the name goes into a markdown table.
 fn redis_calls(info: &str) -> BTreeMap<String, u64> {
     info.lines()
         .filter_map(|line| {
@@ -170,7 +171,7 @@ fn redis_calls(info: &str) -> BTreeMap<String, u64> {
             let calls = fields
                 .split(',')
                 .find_map(|field| field.strip_prefix("calls="))?;
-            Some((name.to_string(), calls.parse().ok()?))
+            Some((name.replace('|', " "), calls.parse().ok()?))
         })
         .collect()
 }
