@@ -7,10 +7,11 @@
 //! Only an advance, never a decision: the publish that follows passes the same guard, which
 //! admits exactly this hold (the sender, the currency, the request's amount), and takes it
 //! over; when its message is the one expected nothing more is written, otherwise its reserve
-//! keeps the hold and replaces the record. A call that publishes nothing (a refusal, a trap,
-//! a guard violation, a timeout) gives the hold back before its answer. A crash in between
-//! leaves what a crash after a hold always left: a hold whose transfer never reaches the log,
-//! which the reconciler releases.
+//! keeps the hold and replaces the record. A call whose transfer did not reach the log and
+//! cannot have (nothing published: a refusal, a trap, a guard violation, a timeout before the
+//! publish; or a refused publish) gives back what it may still hold before its answer. A crash
+//! in between leaves what a crash after a hold always left: a hold whose transfer never
+//! reaches the log, which the reconciler releases.
 //!
 //! The guest's lookups answer the balances as they were before the hold, as they always did.
 
@@ -18,6 +19,7 @@ use transferd_guest::logic::RequestContext;
 use transferd_guest::message;
 use transferd_guest::rules::{self, TransferRequest};
 
+use crate::capabilities::Publication;
 use crate::capabilities::backend::Backend;
 use crate::stores::redis::HoldRequest;
 
@@ -84,8 +86,9 @@ pub enum Ahead {
     /// Redis answered that the transaction holds it (with its pending record).
     Held(HoldAhead),
     /// Perhaps held: the lookup carrying it failed or was dropped once sent. A publish
-    /// reserves as usual (taking over a hold that exists); a call that publishes nothing
-    /// gives it back all the same.
+    /// reserves as usual (taking over a hold that exists, or writing a pending row in the
+    /// ledger when Redis cannot be reached); unless the transfer then reached the log, or may
+    /// have, the call gives it back all the same.
     Unsure(HoldAhead),
 }
 
@@ -121,21 +124,37 @@ impl Ahead {
         }
     }
 
-    /// For the publish: the hold, and whether Redis confirmed it. The publish takes it over.
-    pub fn take_for_publish(&mut self) -> Option<(HoldAhead, bool)> {
+    /// For the publish: the hold Redis confirmed, which the publish takes over. A hold that
+    /// is only perhaps there stays with the call (see [`Ahead::Unsure`]).
+    pub fn take_held(&mut self) -> Option<HoldAhead> {
         match std::mem::take(self) {
-            Ahead::Held(held) => Some((held, true)),
-            Ahead::Unsure(held) => Some((held, false)),
-            _ => None,
+            Ahead::Held(held) => Some(held),
+            other => {
+                *self = other;
+                None
+            }
         }
     }
 
-    /// For the call's end: a hold (or perhaps one) no publish took over, to give back.
+    /// For the call's end: a hold (or perhaps one) no publish took over, to give back unless
+    /// the call's transfer reached the log or may have.
     pub fn take_unused(&mut self) -> Option<HoldAhead> {
         match std::mem::take(self) {
             Ahead::Held(held) | Ahead::Unsure(held) => Some(held),
             _ => None,
         }
+    }
+}
+
+/// What of a call's unused hold ahead (`Ahead::take_unused`) to give back, given what its
+/// publish did: nothing when the transfer reached the log or may have (its settlement, or the
+/// reconciler, releases the hold by its transaction id).
+pub fn to_give_back(unused: Option<HoldAhead>, publication: &Publication) -> Option<HoldAhead> {
+    match publication {
+        Publication::Acknowledged { .. } | Publication::InDoubt { .. } | Publication::InFlight => {
+            None
+        }
+        Publication::None | Publication::Refused { .. } => unused,
     }
 }
 
@@ -242,6 +261,30 @@ mod tests {
     }
 
     #[test]
+    fn only_a_transfer_that_cannot_be_in_the_log_gives_back_what_it_may_hold() {
+        let held = HoldAhead::plan(&context(None), &request("1", "USD", None));
+        let gives_back = |publication: Publication| to_give_back(held.clone(), &publication);
+        assert_eq!(gives_back(Publication::None), held);
+        assert_eq!(
+            gives_back(Publication::Refused {
+                reason: "refused".into()
+            }),
+            held
+        );
+        assert_eq!(
+            gives_back(Publication::Acknowledged { amount_minor: 100 }),
+            None
+        );
+        assert_eq!(
+            gives_back(Publication::InDoubt {
+                reason: "timed out".into()
+            }),
+            None
+        );
+        assert_eq!(gives_back(Publication::InFlight), None);
+    }
+
+    #[test]
     fn a_plan_is_offered_once_and_what_may_be_held_is_given_back_or_taken_over() {
         let plan = HoldAhead::plan(&context(None), &request("1", "USD", None));
         let held = plan.clone().expect("a plan");
@@ -250,16 +293,14 @@ mod tests {
         assert_eq!(ahead.take_plan(), Some(held.clone()));
         assert_eq!(ahead.take_plan(), None, "offered once");
         ahead.settle(Some(true));
-        assert_eq!(ahead.take_for_publish(), Some((held.clone(), true)));
+        assert_eq!(ahead.take_held(), Some(held.clone()));
         assert_eq!(ahead.take_unused(), None, "taken over");
-        // Redis did not answer: perhaps held; a publish reserves, a call without one gives back.
+        // Redis did not answer: perhaps held; the publish reserves as usual, and the call
+        // still has it to give back (unless its transfer reached the log).
         let mut ahead = Ahead::planned(plan.clone());
         ahead.take_plan();
         ahead.settle(None);
-        assert_eq!(
-            ahead.clone().take_for_publish(),
-            Some((held.clone(), false))
-        );
+        assert_eq!(ahead.take_held(), None);
         assert_eq!(ahead.take_unused(), Some(held.clone()));
         // A lookup dropped before it answered (a timeout) leaves it perhaps held.
         let mut ahead = Ahead::planned(plan.clone());

@@ -55,10 +55,11 @@ impl publish::Host for RequestState {
 }
 
 impl RequestState {
-    /// Takes over the hold the first lookup took ahead, if any (`hold_ahead`). True when it is
-    /// certainly in Redis with this message as its pending record: nothing is left to hold.
+    /// Takes over the hold the first lookup took ahead, if Redis confirmed it (`hold_ahead`).
+    /// True when it is in Redis with this message as its pending record: nothing is left to
+    /// hold.
     fn take_hold_ahead(&mut self, outgoing: &Outgoing, amount_minor: i64) -> bool {
-        let Some((ahead, confirmed)) = self.ahead.take_for_publish() else {
+        let Some(ahead) = self.ahead.take_held() else {
             return false;
         };
         // The guard admitted the message: its hold is the request's amount on the sender.
@@ -72,7 +73,7 @@ impl RequestState {
                 && amount_minor == ahead.amount_minor,
             "an admitted publish holds what was held ahead"
         );
-        let used = confirmed && ahead.record == outgoing.payload;
+        let used = ahead.record == outgoing.payload;
         hold_ahead::counted(if used { "used" } else { "replaced" });
         used
     }

@@ -406,7 +406,7 @@ impl Guest {
             Ok((ran, (answers, violation, unused))) => {
                 // Before the answer: a refused transfer's money is available again when the
                 // client hears of it.
-                if let Some(unused) = unused {
+                if let Some(unused) = hold_ahead::to_give_back(unused, &publication.get()) {
                     hold_ahead::give_back(&*capabilities, &context.transaction_id, &unused).await;
                 }
                 (self.decision(ran, violation), answers)
