@@ -54,6 +54,13 @@ pub trait Backend: Send + Sync + 'static {
         message: &[u8],
     ) -> impl Future<Output = Result<HoldOutcome, CacheError>> + Send;
 
+    /// Redis: replaces the pending record of a transfer that holds already.
+    fn replace_pending(
+        &self,
+        transaction_id: &str,
+        message: &[u8],
+    ) -> impl Future<Output = Result<(), CacheError>> + Send;
+
     /// Redis: gives a hold (and its pending record) back.
     fn release_hold(
         &self,
@@ -145,6 +152,14 @@ impl Backend for Capabilities {
         self.cache
             .reserve_hold(transaction_id, account_id, currency, amount_minor, message)
             .await
+    }
+
+    async fn replace_pending(
+        &self,
+        transaction_id: &str,
+        message: &[u8],
+    ) -> Result<(), CacheError> {
+        self.cache.replace_pending(transaction_id, message).await
     }
 
     async fn release_hold(

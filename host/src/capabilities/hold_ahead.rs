@@ -74,6 +74,17 @@ impl HoldAhead {
     }
 }
 
+/// How the publish found the transfer's hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Taken {
+    /// Not held ahead: the publish reserves it.
+    No,
+    /// Held ahead, with the publish's message as its pending record.
+    AsRecorded,
+    /// Held ahead, with another message as its pending record: the publish replaces it.
+    OtherRecord,
+}
+
 /// Where one call's hold ahead stands.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum Ahead {
@@ -83,7 +94,7 @@ pub enum Ahead {
     None,
     /// To be taken by the call's first lookup.
     Planned(HoldAhead),
-    /// Redis answered that the transaction holds it (with its pending record).
+    /// Redis answered that it took the hold now (with its pending record).
     Held(HoldAhead),
     /// Perhaps held: the lookup carrying it failed or was dropped once sent. A publish
     /// reserves as usual (taking over a hold that exists, or writing a pending row in the

@@ -11,7 +11,8 @@ use std::sync::Arc;
 use transferd_guest::logic::Outgoing;
 
 use crate::capabilities::backend::Backend;
-use crate::capabilities::{Publication, PublicationCell, RequestState, guard, hold_ahead};
+use crate::capabilities::hold_ahead::{self, Taken};
+use crate::capabilities::{Publication, PublicationCell, RequestState, guard};
 use crate::guest::bindings::transferd::transfer::publish::{self, PublishError};
 use crate::stores::redis::HoldOutcome;
 use crate::trace::TraceContext;
@@ -29,7 +30,7 @@ impl publish::Host for RequestState {
             &mut self.violation,
             &outgoing,
         )?;
-        let held_ahead = self.take_hold_ahead(&outgoing, amount_minor);
+        let taken = self.take_hold_ahead(&outgoing, amount_minor);
         self.publication.set(Publication::InFlight);
         // Its own task: a guest timeout that drops this call cannot stop a publish between
         // the hold and the acknowledgement; the task always records how it ended.
@@ -38,7 +39,7 @@ impl publish::Host for RequestState {
             self.expected.transaction_id.clone(),
             outgoing,
             amount_minor,
-            held_ahead,
+            taken,
             self.publication.clone(),
             crate::trace::current(),
         ));
@@ -56,11 +57,9 @@ impl publish::Host for RequestState {
 
 impl RequestState {
     /// Takes over the hold the first lookup took ahead, if Redis confirmed it (`hold_ahead`).
-    /// True when it is in Redis with this message as its pending record: nothing is left to
-    /// hold.
-    fn take_hold_ahead(&mut self, outgoing: &Outgoing, amount_minor: i64) -> bool {
+    fn take_hold_ahead(&mut self, outgoing: &Outgoing, amount_minor: i64) -> Taken {
         let Some(ahead) = self.ahead.take_held() else {
-            return false;
+            return Taken::No;
         };
         // The guard admitted the message: its hold is the request's amount on the sender.
         assert!(
@@ -73,9 +72,13 @@ impl RequestState {
                 && amount_minor == ahead.amount_minor,
             "an admitted publish holds what was held ahead"
         );
-        let used = ahead.record == outgoing.payload;
-        hold_ahead::counted(if used { "used" } else { "replaced" });
-        used
+        if ahead.record == outgoing.payload {
+            hold_ahead::counted("used");
+            Taken::AsRecorded
+        } else {
+            hold_ahead::counted("replaced");
+            Taken::OtherRecord
+        }
     }
 }
 
@@ -86,23 +89,33 @@ enum Kept {
 }
 
 /// Holds, produces, and records what happened in `publication`. `outgoing` passed the guard:
-/// its hold is present, on the sender, and equals `amount_minor`; `held_ahead` when that hold
-/// and this message's pending record are in Redis already (`hold_ahead`). The message carries
-/// the transaction id and, when the request has one, its request id and trace context.
+/// its hold is present, on the sender, and equals `amount_minor`; `taken` says whether that
+/// hold is in Redis already (`hold_ahead`). The message carries the transaction id and, when
+/// the request has one, its request id and trace context.
 pub async fn deliver<B: Backend>(
     backend: Arc<B>,
     transaction_id: String,
     outgoing: Outgoing,
     amount_minor: i64,
-    held_ahead: bool,
+    taken: Taken,
     publication: PublicationCell,
     trace: Option<TraceContext>,
 ) -> Result<(), PublishError> {
     let refused = |reason: String| Publication::Refused { reason };
-    let kept = if held_ahead {
-        Ok(Kept::RedisHold)
-    } else {
-        keep(&*backend, &transaction_id, &outgoing, amount_minor).await
+    let kept = match taken {
+        Taken::No => keep(&*backend, &transaction_id, &outgoing, amount_minor).await,
+        Taken::AsRecorded => Ok(Kept::RedisHold),
+        Taken::OtherRecord => {
+            // The hold stands either way; a record that could not be replaced still names
+            // this transfer (the standard rules' message for its request).
+            if let Err(error) = backend
+                .replace_pending(&transaction_id, &outgoing.payload)
+                .await
+            {
+                tracing::warn!(%error, transaction_id, "could not replace the pending record of a hold taken ahead");
+            }
+            Ok(Kept::RedisHold)
+        }
     };
     let kept = match kept {
         Ok(kept) => kept,

@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use super::backend::Backend;
 use super::balance_lookup::lookup;
-use super::hold_ahead::HoldAhead;
+use super::hold_ahead::{HoldAhead, Taken};
 use super::publish::deliver;
 use super::{Publication, PublicationCell};
 use crate::guest::bindings::transferd::transfer::publish::PublishError;
@@ -139,13 +139,11 @@ impl Backend for Fake {
         let key = (ids[ahead.hold_on], currency.to_string());
         let already = state.holds.contains_key(transaction_id);
         let covered = found[ahead.hold_on].is_some_and(|available| available >= ahead.amount_minor);
-        let held = found.iter().all(Option::is_some) && (already || covered);
+        let held = found.iter().all(Option::is_some) && !already && covered;
         if held {
-            if !already {
-                state
-                    .holds
-                    .insert(transaction_id.into(), (key, ahead.amount_minor));
-            }
+            state
+                .holds
+                .insert(transaction_id.into(), (key, ahead.amount_minor));
             state
                 .records
                 .insert(transaction_id.into(), ahead.record.to_vec());
@@ -197,6 +195,18 @@ impl Backend for Fake {
             .records
             .insert(transaction_id.into(), message.to_vec());
         Ok(HoldOutcome::Reserved)
+    }
+
+    async fn replace_pending(
+        &self,
+        transaction_id: &str,
+        message: &[u8],
+    ) -> Result<(), CacheError> {
+        self.redis()?;
+        self.state()
+            .records
+            .insert(transaction_id.into(), message.to_vec());
+        Ok(())
     }
 
     async fn release_hold(&self, transaction_id: &str, _: i64, _: &str) -> Result<(), CacheError> {
@@ -299,7 +309,7 @@ async fn publish(
         id.to_string(),
         outgoing(&id.to_string(), 1, amount_minor),
         amount_minor,
-        false,
+        Taken::No,
         cell.clone(),
         None,
     )
@@ -408,7 +418,7 @@ async fn the_first_lookup_holds_ahead_in_its_round_trip_and_the_publish_needs_no
         "tx".into(),
         outgoing("tx", 1, 300),
         300,
-        true,
+        Taken::AsRecorded,
         cell.clone(),
         None,
     )
@@ -445,7 +455,35 @@ async fn nothing_is_held_ahead_without_the_money_or_a_cached_party() {
 }
 
 #[tokio::test]
-async fn a_publish_of_another_message_reserves_over_the_hold_ahead() {
+async fn a_retry_s_lookup_leaves_the_hold_its_first_attempt_took() {
+    let fake = Fake::new();
+    fake.state().cached.insert(account(1), 500);
+    fake.state().cached.insert(account(2), 70);
+    fake.state().holds.insert("tx".into(), (account(1), 300));
+    fake.state()
+        .records
+        .insert("tx".into(), b"first attempt".to_vec());
+    let found = lookup(&*fake, "tx", 2, "USD", Some(1), Some(&plan(300, b"retry"))).await;
+    assert_eq!(
+        found.partner,
+        Some(500),
+        "its own hold does not count against it"
+    );
+    assert_eq!(
+        found.held,
+        Some(false),
+        "not taken now: not this call's to give back"
+    );
+    let state = fake.state();
+    assert_eq!(state.holds.get("tx"), Some(&(account(1), 300)));
+    assert_eq!(
+        state.records.get("tx").map(Vec::as_slice),
+        Some(&b"first attempt"[..])
+    );
+}
+
+#[tokio::test]
+async fn a_publish_of_another_message_replaces_the_record_of_the_hold_ahead() {
     let fake = Fake::new();
     fake.state().cached.insert(account(1), 500);
     fake.state().cached.insert(account(2), 70);
@@ -466,14 +504,14 @@ async fn a_publish_of_another_message_reserves_over_the_hold_ahead() {
         "tx".into(),
         message,
         300,
-        false,
+        Taken::OtherRecord,
         PublicationCell::default(),
         None,
     )
     .await;
     assert!(answer.is_ok(), "{answer:?}");
     let state = fake.state();
-    assert_eq!(state.reserves, 1);
+    assert_eq!(state.reserves, 0, "held already");
     assert_eq!(state.holds.len(), 1, "the one hold, not a second");
     assert_eq!(state.holds.get("tx"), Some(&(account(1), 300)));
     assert_eq!(
@@ -591,7 +629,7 @@ async fn a_published_transfer_carries_its_request_id_and_trace() {
         id.to_string(),
         outgoing(&id.to_string(), 1, 100),
         100,
-        false,
+        Taken::No,
         PublicationCell::default(),
         Some(trace.clone()),
     )

@@ -57,10 +57,11 @@ const RECONNECT_BACKOFF: Duration = Duration::from_secs(1);
 ///
 /// Holding as well (five ARGV): the last KEY is the transaction's pending key, ARGV[2] the
 /// position (from 1) of the account to hold on, ARGV[3] the amount, ARGV[4] the pending
-/// record, ARGV[5] its time to live in seconds. When every account read is cached and the
-/// hold's account has the amount available, the hold and the pending record are written as
-/// RESERVE writes them (a hold the transaction already has stays, its record is replaced);
-/// one more number ends the reply: 1 when the transaction holds the amount now, else 0.
+/// record, ARGV[5] its time to live in seconds. When every account read is cached, the
+/// transaction holds nothing on the hold's account yet and that account has the amount
+/// available, the hold and the pending record are written as RESERVE writes them; one more
+/// number ends the reply: 1 when the hold was taken now, else 0 (a transaction that held
+/// already, a retry, keeps its hold and record as they are).
 const AVAILABLE: &str = r"
 local holding = #ARGV > 1
 local accounts = math.floor(#KEYS / 2)
@@ -83,15 +84,11 @@ if holding then
   local i = tonumber(ARGV[2])
   local holds = KEYS[2 * i]
   local held = 0
-  if all_cached then
-    if redis.call('HEXISTS', holds, ARGV[1]) == 1 then
-      held = 1
-    elseif reply[2 * i] >= tonumber(ARGV[3]) then
-      redis.call('HSET', holds, ARGV[1], ARGV[3])
-      redis.call('HINCRBY', holds, 'total', ARGV[3])
-      held = 1
-    end
-    if held == 1 then redis.call('SET', KEYS[#KEYS], ARGV[4], 'EX', ARGV[5]) end
+  if all_cached and redis.call('HEXISTS', holds, ARGV[1]) == 0 and reply[2 * i] >= tonumber(ARGV[3]) then
+    redis.call('HSET', holds, ARGV[1], ARGV[3])
+    redis.call('HINCRBY', holds, 'total', ARGV[3])
+    redis.call('SET', KEYS[#KEYS], ARGV[4], 'EX', ARGV[5])
+    held = 1
   end
   reply[2 * accounts + 1] = held
 end
@@ -105,14 +102,8 @@ pub const MAX_ACCOUNTS_PER_LOOKUP: usize = 16;
 /// settlement delay, short enough that a lost one does not stay forever.
 pub const PENDING_TTL_SECONDS: u64 = 7 * 24 * 3600;
 
-/// KEYS (balance, holds, pending); ARGV: transaction id, amount, pending record, its time to
-/// live. A hold the transaction already has (a retry, or one taken ahead with the lookup)
-/// stays as it is and gets this record.
 const RESERVE: &str = r"
-if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then
-  redis.call('SET', KEYS[3], ARGV[3], 'EX', ARGV[4])
-  return 1
-end
+if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then return 1 end
 local balance = redis.call('GET', KEYS[1])
 if not balance then return -1 end
 local held = tonumber(redis.call('HGET', KEYS[2], 'total') or '0')
@@ -330,10 +321,10 @@ impl BalanceCache {
     }
 
     /// [`BalanceCache::available_many`], and in the same step the hold `ahead` asks for, when
-    /// every account read is cached and the one to hold on has the amount available (with
-    /// `ahead.record` as its pending record, as [`BalanceCache::reserve_hold`] writes them).
-    /// The availabilities are read before the hold, and whether `transaction_id` holds the
-    /// amount now (taken now, or held already).
+    /// every account read is cached, `transaction_id` holds nothing there yet and the one to
+    /// hold on has the amount available (with `ahead.record` as its pending record, as
+    /// [`BalanceCache::reserve_hold`] writes them). The availabilities are read before the
+    /// hold, and whether the hold was taken now.
     pub async fn available_holding(
         &self,
         user_ids: &[i64],
@@ -388,6 +379,24 @@ impl BalanceCache {
             0 => HoldOutcome::Insufficient,
             _ => HoldOutcome::Missing,
         })
+    }
+
+    /// Replaces the pending record of a transfer that holds already (its hold taken ahead of
+    /// a publish whose message is another than the one recorded then).
+    pub async fn replace_pending(
+        &self,
+        transaction_id: &str,
+        message: &[u8],
+    ) -> Result<(), CacheError> {
+        let mut connection = self.connection().await?;
+        let mut command = redis::cmd("SET");
+        command
+            .arg(self.pending_key(transaction_id))
+            .arg(message)
+            .arg("EX")
+            .arg(PENDING_TTL_SECONDS);
+        self.bounded(command.query_async::<()>(&mut connection))
+            .await
     }
 
     /// Releases the hold and pending record of `transaction_id`; releasing twice changes nothing.
