@@ -55,8 +55,8 @@ pub const HOLDS_OUTSTANDING_MINOR: &str = "transferd_holds_outstanding_minor";
 pub const HOLD_FALLBACKS: &str = "transferd_hold_fallbacks_total";
 /// Holds the first balance lookup took ahead of the publish (`capabilities::hold_ahead`), by
 /// `outcome`: `used` (the publish needed no Redis call of its own), `replaced` (the guest
-/// published another message: its reserve kept the hold and replaced the record), `given_back`
-/// (the call published nothing).
+/// published another message: the hold stayed and its pending record was replaced),
+/// `given_back` (the call's transfer cannot be in the log: nothing published, or refused).
 pub const HOLDS_AHEAD: &str = "transferd_holds_ahead_total";
 /// Balance lookups by `source`: `cache` (Redis answered), `ledger_miss` (not cached: read from
 /// PostgreSQL and cached), `ledger_fallback` (Redis down: PostgreSQL answered alone).

@@ -6,8 +6,8 @@
 //!
 //! Only an advance, never a decision: the publish that follows passes the same guard, which
 //! admits exactly this hold (the sender, the currency, the request's amount), and takes it
-//! over; when its message is the one expected nothing more is written, otherwise its reserve
-//! keeps the hold and replaces the record. A call whose transfer did not reach the log and
+//! over; when its message is the one expected nothing more is written, otherwise the record
+//! is replaced with it (the hold stays as it is). A call whose transfer did not reach the log and
 //! cannot have (nothing published: a refusal, a trap, a guard violation, a timeout before the
 //! publish; or a refused publish) gives back what it may still hold before its answer. A crash
 //! in between leaves what a crash after a hold always left: a hold whose transfer never

@@ -175,10 +175,8 @@ impl Backend for Fake {
         self.redis()?;
         let mut state = self.state();
         state.reserves += 1;
+        // As the reserve script: a transaction that holds already keeps its hold and record.
         if state.holds.contains_key(transaction_id) {
-            state
-                .records
-                .insert(transaction_id.into(), message.to_vec());
             return Ok(HoldOutcome::Reserved);
         }
         let key = (id, currency.to_string());
