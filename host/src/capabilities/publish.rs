@@ -34,7 +34,8 @@ impl publish::Host for RequestState {
         self.publication.set(Publication::InFlight);
         // Its own task: a guest timeout that drops this call cannot stop a publish between
         // the hold and the acknowledgement; the task always records how it ended.
-        let delivery = tokio::spawn(deliver(
+        // Boxed first: the future is about 5 KB, and spawning copies what it is given.
+        let delivery = tokio::spawn(Box::pin(deliver(
             Arc::clone(&self.capabilities),
             self.expected.transaction_id.clone(),
             outgoing,
@@ -42,7 +43,7 @@ impl publish::Host for RequestState {
             taken,
             self.publication.clone(),
             crate::trace::current(),
-        ));
+        )));
         let answer = delivery
             .await
             .map_err(|error| wasmtime::Error::msg(format!("the publish task failed: {error}")))?;
