@@ -66,14 +66,15 @@ const AVAILABLE: &str = r"
 local holding = #ARGV > 1
 local accounts = math.floor(#KEYS / 2)
 local reply = {}
+local own = {}
 local all_cached = true
 for i = 1, accounts do
   local balance = redis.call('GET', KEYS[2 * i - 1])
   if balance then
-    local held = tonumber(redis.call('HGET', KEYS[2 * i], 'total') or '0')
-    if ARGV[1] ~= '' then held = held - tonumber(redis.call('HGET', KEYS[2 * i], ARGV[1]) or '0') end
+    local held = redis.call('HMGET', KEYS[2 * i], 'total', ARGV[1])
+    own[i] = held[2]
     reply[2 * i - 1] = 1
-    reply[2 * i] = tonumber(balance) - held
+    reply[2 * i] = tonumber(balance) - tonumber(held[1] or '0') + tonumber(held[2] or '0')
   else
     all_cached = false
     reply[2 * i - 1] = 0
@@ -84,7 +85,7 @@ if holding then
   local i = tonumber(ARGV[2])
   local holds = KEYS[2 * i]
   local held = 0
-  if all_cached and redis.call('HEXISTS', holds, ARGV[1]) == 0 and reply[2 * i] >= tonumber(ARGV[3]) then
+  if all_cached and not own[i] and reply[2 * i] >= tonumber(ARGV[3]) then
     redis.call('HSET', holds, ARGV[1], ARGV[3])
     redis.call('HINCRBY', holds, 'total', ARGV[3])
     redis.call('SET', KEYS[#KEYS], ARGV[4], 'EX', ARGV[5])
@@ -134,8 +135,7 @@ for i = 1, accounts do
   local current = redis.call('GET', KEYS[2 * i])
   local version = ARGV[2 * i + 1]
   if not current or tonumber(current) <= tonumber(version) then
-    redis.call('SET', KEYS[2 * i - 1], ARGV[2 * i])
-    redis.call('SET', KEYS[2 * i], version)
+    redis.call('MSET', KEYS[2 * i - 1], ARGV[2 * i], KEYS[2 * i], version)
   end
 end
 local transfers = (#KEYS - 2 * accounts) / 2
@@ -155,8 +155,7 @@ return 1
 const STORE_BALANCE: &str = r"
 local current = redis.call('GET', KEYS[2])
 if current and tonumber(current) > tonumber(ARGV[2]) then return 0 end
-redis.call('SET', KEYS[1], ARGV[1])
-redis.call('SET', KEYS[2], ARGV[2])
+redis.call('MSET', KEYS[1], ARGV[1], KEYS[2], ARGV[2])
 return 1
 ";
 
