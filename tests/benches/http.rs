@@ -109,7 +109,19 @@ impl Processes {
             .collect()
     }
 
-    /// Peak RSS of serve and of its worker process (the one running now), in MiB.
+    /// Starts the peak RSS of serve and its worker process over from their RSS now (Linux's
+    /// `clear_refs` 5), so that the peak read after a run is that run's, not start-up's:
+    /// compiling the guest when serve starts can peak above anything a load reaches.
+    fn reset_transferd_peaks(&self) {
+        for pid in [vec![self.transferd], child_pids(self.transferd)].concat() {
+            if let Err(error) = std::fs::write(format!("/proc/{pid}/clear_refs"), "5") {
+                eprintln!("cannot reset the peak RSS of process {pid}: {error}");
+            }
+        }
+    }
+
+    /// Peak RSS of serve and of its worker process (the one running now) since the last
+    /// [`Processes::reset_transferd_peaks`], in MiB.
     fn transferd_peak_mib(&self) -> (f64, f64) {
         let peak = |pid: u32| process_figures(pid).map_or(0.0, |(_, kib)| kib as f64 / 1024.0);
         let worker: f64 = child_pids(self.transferd).into_iter().map(peak).sum();
@@ -301,6 +313,7 @@ async fn measured(
     let tick = ticks_per_second();
     let counted_before = Counts::now(ledger, processes).await?;
     let before = processes.ticks();
+    processes.reset_transferd_peaks();
     let run = run_wrk(script, connections, url, args)?;
     let after = processes.ticks();
     let counted_after = Counts::now(ledger, processes).await?;
@@ -465,7 +478,7 @@ async fn main() -> anyhow::Result<()> {
     let url = host.base_url.clone();
 
     println!(
-        "\nEach run {} s; {USERS} funded users; auth and idempotency keys on; {storage_name} broker; settlement in serve's worker process (its CPU counts as transferd's){}.\n",
+        "\nEach run {} s; {USERS} funded users; auth and idempotency keys on; {storage_name} broker; settlement in serve's worker process (its CPU counts as transferd's); peak RSS is each run's own{}.\n",
         seconds(),
         if extra.is_empty() {
             String::new()
