@@ -74,15 +74,16 @@ impl Processes {
     /// The processes of each role, now.
     fn roles(&self) -> [(&'static str, Vec<u32>); 4] {
         [
-            // serve and its settlement worker process.
-            (
-                "transferd",
-                [vec![self.transferd], child_pids(self.transferd)].concat(),
-            ),
+            ("transferd", self.transferd_pids()),
             ("broker", vec![self.broker]),
             ("redis", pids_named("redis-server")),
             ("postgres", pids_named("postgres")),
         ]
+    }
+
+    /// serve and its settlement worker process (the one running now).
+    fn transferd_pids(&self) -> Vec<u32> {
+        [vec![self.transferd], child_pids(self.transferd)].concat()
     }
 
     /// CPU ticks by role, now.
@@ -113,7 +114,7 @@ impl Processes {
     /// `clear_refs` 5), so that the peak read after a run is that run's, not start-up's:
     /// compiling the guest when serve starts can peak above anything a load reaches.
     fn reset_transferd_peaks(&self) {
-        for pid in [vec![self.transferd], child_pids(self.transferd)].concat() {
+        for pid in self.transferd_pids() {
             if let Err(error) = std::fs::write(format!("/proc/{pid}/clear_refs"), "5") {
                 eprintln!("cannot reset the peak RSS of process {pid}: {error}");
             }
