@@ -10,8 +10,11 @@ cd "$TRANSFERD_ROOT"
 command -v wrk >/dev/null || { log "installing wrk"; apt_install wrk; }
 build_guest
 cargo build --release --quiet -p transferd
-# A copy: a build elsewhere must not replace the binary under a running benchmark.
-cp "$CARGO_TARGET_DIR/release/transferd" "$TRANSFERD_STATE_DIR/transferd-bench"
+# A copy: a build elsewhere must not replace the binary under a running benchmark. Copied
+# beside it and renamed over it, since the last run's transferd may still be exiting from the
+# old file (writing into a running executable fails with "Text file busy").
 export TRANSFERD_BIN="$TRANSFERD_STATE_DIR/transferd-bench"
+cp "$CARGO_TARGET_DIR/release/transferd" "$TRANSFERD_BIN.$$"
+mv -f "$TRANSFERD_BIN.$$" "$TRANSFERD_BIN"
 log "benchmarking the HTTP API (about $(( ${TRANSFERD_BENCH_SECONDS:-10} * 6 + 30 )) s)"
 cargo bench --quiet -p transferd-e2e --bench http
