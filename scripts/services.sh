@@ -82,7 +82,7 @@ start_tansu() {
   # would end transferd too, without a word.
   (
     cd "$directory"
-    exec setsid "$TANSU_BIN" broker \
+    TOKIO_WORKER_THREADS="$TANSU_WORKER_THREADS" exec setsid "$TANSU_BIN" broker \
       --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
       --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
       --storage-engine "$engine" \

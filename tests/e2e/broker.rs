@@ -108,6 +108,14 @@ async fn a_crashed_sqlite_broker_keeps_messages_and_topics() -> anyhow::Result<(
     // Tansu kept the index its header reads need (scripts/tansu-sqlite-index.py) through
     // both crashes and its own schema creation at every start.
     assert_eq!(broker.header_indexes()?, vec!["transferd_header_record"]);
+    // And it came back with as many tokio workers as the scripts give it (one by default:
+    // README, Performance), not one per core.
+    let (started_with, configured) = broker.tokio_workers()?;
+    assert_eq!(
+        started_with,
+        Some(configured),
+        "the restarted broker's tokio workers"
+    );
     Ok(())
 }
 

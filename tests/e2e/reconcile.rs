@@ -90,6 +90,8 @@ async fn stale_holds_of_settled_and_absent_transfers_are_released() -> anyhow::R
         .unwrap_or_default()
         .parse()?;
     assert_eq!(namespace.wait_settled(1, Duration::from_secs(60)).await?, 1);
+    // Its effects done for good: a retried batch would release the hold put back below.
+    assert!(namespace.wait_effects_done(Duration::from_secs(60)).await?);
 
     // Settlement released the real hold; put back what a lost release would have left,
     // beside a hold whose transfer never reached the log and a hold accepted just now.

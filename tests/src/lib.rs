@@ -825,6 +825,12 @@ pub fn tansu_binary() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("tansu"))
 }
 
+/// Tokio worker threads for a private broker: `TANSU_WORKER_THREADS` (the scripts set it, 1 by
+/// default, as for the broker they run themselves), else 1.
+fn tansu_worker_threads() -> String {
+    std::env::var("TANSU_WORKER_THREADS").unwrap_or_else(|_| "1".to_string())
+}
+
 /// A private Tansu broker reached only through a proxy, for tests that take the broker away:
 /// it advertises the proxy's port, so cutting the proxy cuts every client off while the broker
 /// keeps its log, as a network outage would. It can also be killed and started again for real.
@@ -916,6 +922,19 @@ impl Broker {
             .lines()
             .map(str::to_string)
             .collect())
+    }
+
+    /// The `TOKIO_WORKER_THREADS` the running broker was started with (none: one worker per
+    /// core), and what the scripts ask for (`TANSU_WORKER_THREADS`). Read from its environment,
+    /// not its threads: tokio names its blocking threads as it names its workers.
+    pub fn tokio_workers(&self) -> anyhow::Result<(Option<String>, String)> {
+        let environ = std::fs::read(format!("/proc/{}/environ", self.child.id()))?;
+        let started_with = environ
+            .split(|byte| *byte == 0)
+            .filter_map(|entry| entry.strip_prefix(b"TOKIO_WORKER_THREADS="))
+            .map(|value| String::from_utf8_lossy(value).into_owned())
+            .next_back();
+        Ok((started_with, tansu_worker_threads()))
     }
 
     /// Whether Tansu's SQLite storage task died: Tansu 0.6 panics ("more or less than one
@@ -1017,6 +1036,7 @@ pub fn spawn_tansu(
             "--storage-engine",
             engine,
         ])
+        .env("TOKIO_WORKER_THREADS", tansu_worker_threads())
         .current_dir(directory)
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
@@ -1128,6 +1148,24 @@ impl Namespace {
             if settled >= count || Instant::now() >= deadline {
                 pool.close().await;
                 return Ok(settled);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until settlement has run every settled batch's after-commit effects (Redis, the
+    /// event message) and forgotten them: until then it may run them again, and a test that
+    /// changes what they touch would race it. True when none are left within `limit`.
+    pub async fn wait_effects_done(&self, limit: Duration) -> anyhow::Result<bool> {
+        let pool = self.ledger().await?;
+        let deadline = Instant::now() + limit;
+        loop {
+            let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM settlement_effect_batches")
+                .fetch_one(&pool)
+                .await?;
+            if left == 0 || Instant::now() >= deadline {
+                pool.close().await;
+                return Ok(left == 0);
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
