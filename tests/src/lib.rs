@@ -1138,34 +1138,43 @@ impl Namespace {
 
     /// Waits until the ledger holds `count` settled transfers (kind `transfer`).
     pub async fn wait_settled(&self, count: i64, limit: Duration) -> anyhow::Result<i64> {
-        let pool = self.ledger().await?;
-        let deadline = Instant::now() + limit;
-        loop {
-            let settled: i64 =
-                sqlx::query_scalar("SELECT COUNT(*) FROM transfers WHERE kind = 'transfer'")
-                    .fetch_one(&pool)
-                    .await?;
-            if settled >= count || Instant::now() >= deadline {
-                pool.close().await;
-                return Ok(settled);
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        self.wait_count(
+            "SELECT COUNT(*) FROM transfers WHERE kind = 'transfer'",
+            |settled| settled >= count,
+            limit,
+        )
+        .await
     }
 
     /// Waits until settlement has run every settled batch's after-commit effects (Redis, the
     /// event message) and forgotten them: until then it may run them again, and a test that
     /// changes what they touch would race it. True when none are left within `limit`.
     pub async fn wait_effects_done(&self, limit: Duration) -> anyhow::Result<bool> {
+        let left = self
+            .wait_count(
+                "SELECT COUNT(*) FROM settlement_effect_batches",
+                |left| left == 0,
+                limit,
+            )
+            .await?;
+        Ok(left == 0)
+    }
+
+    /// Polls the ledger's `count_sql` every 100 ms until `done` holds for it or `limit` has
+    /// passed; returns the last count.
+    async fn wait_count(
+        &self,
+        count_sql: &'static str,
+        done: impl Fn(i64) -> bool,
+        limit: Duration,
+    ) -> anyhow::Result<i64> {
         let pool = self.ledger().await?;
         let deadline = Instant::now() + limit;
         loop {
-            let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM settlement_effect_batches")
-                .fetch_one(&pool)
-                .await?;
-            if left == 0 || Instant::now() >= deadline {
+            let count: i64 = sqlx::query_scalar(count_sql).fetch_one(&pool).await?;
+            if done(count) || Instant::now() >= deadline {
                 pool.close().await;
-                return Ok(left == 0);
+                return Ok(count);
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
