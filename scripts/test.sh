@@ -8,7 +8,20 @@ cd "$TRANSFERD_ROOT"
 # The shared broker runs in memory mode for tests: fast, and no test depends on what an
 # earlier run left. Tests of durability start private SQLite brokers of their own.
 export TRANSFERD_BROKER_STORAGE="${TRANSFERD_BROKER_STORAGE:-memory}"
-"$TRANSFERD_ROOT/scripts/services.sh"
+
+# The broker's one-time install (a cargo build of ~15 min on 2 cores) runs beside the lints and
+# builds below, which do not need it: one build alone leaves a core idle while it links or
+# compiles one long crate, two fill both. Its output goes to a log, shown if it fails; the
+# services start once it is done, before the first thing that needs them.
+ensure_toolchain
+broker_install_log="$TRANSFERD_STATE_DIR/tansu-install.log"
+mkdir -p "$TRANSFERD_STATE_DIR"
+log "installing the broker beside the builds if it is missing (its output: $broker_install_log)"
+# A process group of its own, so that the script's end can stop all of it (cargo and rustc
+# under it); an install stopped halfway goes on at the next run.
+setsid "$TRANSFERD_ROOT/scripts/services.sh" install-broker >"$broker_install_log" 2>&1 &
+broker_install=$!
+trap 'kill -- "-$broker_install" 2>/dev/null || true' EXIT
 
 log "checking formatting and lints"
 cargo fmt --all --check
@@ -16,6 +29,9 @@ step "clippy on every target" "cold: ~5 min on 2 cores, warm: seconds" \
   cargo clippy --release --quiet --all-targets -- -D warnings
 step "clippy on the host with crash points" "cold: ~1 min on 2 cores, warm: seconds" \
   cargo clippy --release --quiet -p transferd --features crash-points -- -D warnings
+
+log "checking that the binary, its crash-points copy and the tests share their dependencies' builds"
+"$TRANSFERD_ROOT/scripts/check-features.sh"
 
 log "checking the deployment files (compose.yaml, Dockerfile; each check skipped when its tool is missing)"
 "$TRANSFERD_ROOT/scripts/check-deploy.sh"
@@ -75,6 +91,17 @@ node tests/jco/run.mjs
 
 log "installing the browser tests' chromium and npm packages (the status page test)"
 "$TRANSFERD_ROOT/tests/browser/install.sh"
+
+if kill -0 "$broker_install" 2>/dev/null; then
+  log "waiting for the broker's install to finish ($(tail -n 1 "$broker_install_log"))"
+fi
+if ! wait "$broker_install"; then
+  tail -n 40 "$broker_install_log" >&2
+  log "installing the broker failed (its whole output: $broker_install_log)"
+  exit 1
+fi
+trap - EXIT
+"$TRANSFERD_ROOT/scripts/services.sh"
 
 log "running the tests"
 output="$TRANSFERD_STATE_DIR/test-output.txt"
