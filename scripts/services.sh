@@ -8,7 +8,6 @@
 #                                        SIGKILL after 10 s) and start it again
 #   scripts/services.sh kill-broker      SIGKILL the broker this script started (a crash)
 #   scripts/services.sh stop-broker      stop it (SIGTERM) and leave it stopped
-#   scripts/services.sh install-broker   only install the broker if it is missing
 #
 # Tansu keeps its log, topics and consumer-group offsets in SQLite
 # ($TRANSFERD_STATE_DIR/tansu/tansu.db), so what it acknowledged survives a restart or a crash
@@ -45,21 +44,15 @@ start_redis() {
 }
 
 # Tansu with the SQLite engine (cargo feature libsql), in its own versioned root so that an
-# older `tansu` elsewhere on PATH (one built without SQLite) is never taken for it. It builds in
-# a directory of its own, not transferd's: the tests build transferd while it installs, and
-# two builds in one directory wait for each other. An install stopped halfway goes on from
-# where it was at the next run; a finished one removes its build.
-TANSU_BUILD_DIR="$TRANSFERD_TOOLS_DIR/tansu-build"
+# older `tansu` elsewhere on PATH (one built without SQLite) is never taken for it.
 ensure_tansu() {
   [ -x "$TANSU_BIN" ] && return 0
   # Not --quiet: cargo's progress shows while it builds.
   step "installing Tansu $TANSU_VERSION with SQLite storage from crates.io into $TANSU_ROOT" \
     "cargo install --features dynostore,libsql,postgres; once per machine: ~10-16 min on 2 cores" \
-    env CARGO_TARGET_DIR="$TANSU_BUILD_DIR" \
     cargo install tansu --version "$TANSU_VERSION" --locked \
     --features dynostore,libsql,postgres --root "$TANSU_ROOT"
   test -x "$TANSU_BIN"
-  rm -rf "$TANSU_BUILD_DIR"
 }
 
 # The storage engine URL for $BROKER_STORAGE. Tansu resolves `sqlite://NAME` as NAME in its
@@ -147,8 +140,7 @@ case "${1:-start}" in
   restart-broker) stop_tansu TERM; start_tansu; create_topic transfer_topic; exit 0 ;;
   kill-broker) stop_tansu KILL; exit 0 ;;
   stop-broker) stop_tansu TERM; exit 0 ;;
-  install-broker) ensure_tansu; exit 0 ;;
-  *) log "usage: $0 [start|restart-broker|kill-broker|stop-broker|install-broker]"; exit 2 ;;
+  *) log "usage: $0 [start|restart-broker|kill-broker|stop-broker]"; exit 2 ;;
 esac
 
 ensure_toolchain

@@ -8,27 +8,10 @@ cd "$TRANSFERD_ROOT"
 # The shared broker runs in memory mode for tests: fast, and no test depends on what an
 # earlier run left. Tests of durability start private SQLite brokers of their own.
 export TRANSFERD_BROKER_STORAGE="${TRANSFERD_BROKER_STORAGE:-memory}"
+"$TRANSFERD_ROOT/scripts/services.sh"
 
-# The broker's one-time install (a cargo build of ~15 min on 2 cores) runs beside the lints and
-# builds below, which do not need it: one build alone leaves a core idle while it links or
-# compiles one long crate, two fill both. Its output goes to a log, shown if it fails; the
-# services start once it is done, before the first thing that needs them.
-ensure_toolchain
-broker_install_log="$TRANSFERD_STATE_DIR/tansu-install.log"
-mkdir -p "$TRANSFERD_STATE_DIR"
-log "installing the broker beside the builds if it is missing (its output: $broker_install_log)"
-# A process group of its own, so that the script's end can stop all of it (cargo and rustc
-# under it); an install stopped halfway goes on at the next run.
-setsid "$TRANSFERD_ROOT/scripts/services.sh" install-broker >"$broker_install_log" 2>&1 &
-broker_install=$!
-trap 'kill -- "-$broker_install" 2>/dev/null || true' EXIT
-
-log "checking formatting and lints"
+log "checking formatting"
 cargo fmt --all --check
-step "clippy on every target" "cold: ~5 min on 2 cores, warm: seconds" \
-  cargo clippy --release --quiet --all-targets -- -D warnings
-step "clippy on the host with crash points" "cold: ~1 min on 2 cores, warm: seconds" \
-  cargo clippy --release --quiet -p transferd --features crash-points -- -D warnings
 
 log "checking that the binary, its crash-points copy and the tests share their dependencies' builds"
 "$TRANSFERD_ROOT/scripts/check-features.sh"
@@ -50,6 +33,12 @@ export TRANSFERD_TEST_PANICKING_GUEST="$CARGO_TARGET_DIR/wasm32-wasip2/release/t
 export TRANSFERD_TEST_STRICT_GUEST="$CARGO_TARGET_DIR/strict-guest/wasm32-wasip2/release/transferd_test_guest_strict.wasm"
 export TRANSFERD_TEST_HOSTILE_GUEST="$CARGO_TARGET_DIR/hostile-guest/wasm32-wasip2/release/transferd_test_guest_hostile.wasm"
 
+# From here on the workspace's crates are compiled by clippy's driver with warnings denied
+# (scripts/clippy-rustc.sh): each build below lints what it compiles, so the host with and
+# without crash points, the benchmarks and examples, and every test target are linted, as
+# `cargo clippy --all-targets -- -D warnings` would, without a check build of every dependency.
+export RUSTC_WORKSPACE_WRAPPER="$TRANSFERD_ROOT/scripts/clippy-rustc.sh"
+
 log "building the host, and a copy with crash points for the crash tests"
 # Both builds stay cached (features change the artifacts' hashes), so after the first run
 # the pair costs nothing. The copy goes through a rename: a crash binary still running from
@@ -67,6 +56,9 @@ if grep -q TRANSFERD_CRASH_AT "$TRANSFERD_BIN"; then
   log "the release binary contains crash points"
   exit 1
 fi
+
+step "building (and linting) the benchmarks and examples" "cold: ~2 min on 2 cores, warm: seconds" \
+  cargo build --release --quiet --benches --examples
 
 # Checkouts at other paths share the target directory and cargo reuses the host's build script
 # for all of them, so the script must read the vectors of the checkout it runs for: run the
@@ -91,17 +83,6 @@ node tests/jco/run.mjs
 
 log "installing the browser tests' chromium and npm packages (the status page test)"
 "$TRANSFERD_ROOT/tests/browser/install.sh"
-
-if kill -0 "$broker_install" 2>/dev/null; then
-  log "waiting for the broker's install to finish ($(tail -n 1 "$broker_install_log"))"
-fi
-if ! wait "$broker_install"; then
-  tail -n 40 "$broker_install_log" >&2
-  log "installing the broker failed (its whole output: $broker_install_log)"
-  exit 1
-fi
-trap - EXIT
-"$TRANSFERD_ROOT/scripts/services.sh"
 
 log "running the tests"
 output="$TRANSFERD_STATE_DIR/test-output.txt"
