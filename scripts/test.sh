@@ -57,7 +57,7 @@ if grep -q TRANSFERD_CRASH_AT "$TRANSFERD_BIN"; then
   exit 1
 fi
 
-step "building (and linting) the benchmarks and examples" "cold: ~2 min on 2 cores, warm: seconds" \
+step "building (and linting) the benchmarks and examples" "cold: ~3 min on 2 cores, warm: seconds" \
   cargo build --release --quiet --benches --examples
 
 # Checkouts at other paths share the target directory and cargo reuses the host's build script
