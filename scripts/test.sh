@@ -48,7 +48,7 @@ step "building the host with crash points" "cold: ~12-15 min on 2 cores, warm: s
 cp "$CARGO_TARGET_DIR/release/transferd" "$CARGO_TARGET_DIR/release/transferd-crash-points.new"
 mv "$CARGO_TARGET_DIR/release/transferd-crash-points.new" "$CARGO_TARGET_DIR/release/transferd-crash-points"
 export TRANSFERD_CRASH_BIN="$CARGO_TARGET_DIR/release/transferd-crash-points"
-step "building the host (transferd, release)" "after the crash-points build: ~2 min on 2 cores, warm: seconds" \
+step "building the host (transferd, release)" "after the crash-points build: ~3 min on 2 cores, warm: seconds" \
   cargo build --release --quiet -p transferd
 export TRANSFERD_BIN="$CARGO_TARGET_DIR/release/transferd"
 # The binary users run must not carry the crash points.
