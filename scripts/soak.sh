@@ -16,4 +16,4 @@ export TRANSFERD_BIN="$CARGO_TARGET_DIR/release/transferd"
 
 log "soaking: ${SOAK_REQUESTS:-52000} transfers, worker and broker each killed ${SOAK_KILLS:-3} times"
 # --workspace, as in scripts/test.sh: the same features, so nothing is built again.
-cargo test --release --quiet --workspace --test soak -- --ignored --nocapture
+cargo test --release --quiet --workspace --test e2e -- --ignored --nocapture --exact soak::soak_with_worker_and_broker_kills

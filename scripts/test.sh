@@ -86,7 +86,7 @@ log "installing the browser tests' chromium and npm packages (the status page te
 
 log "running the tests"
 output="$TRANSFERD_STATE_DIR/test-output.txt"
-# With arguments (`--test guard`, `-p transferd-guest`), only what they name: `--tests` beside
+# With arguments (`--test e2e -- guard::`, `-p transferd-guest`), only what they name: `--tests` beside
 # them would run every test binary anyway.
 if [ $# -gt 0 ]; then
   cargo test --release "$@" 2>&1 | tee "$output"
