@@ -12,7 +12,6 @@ pub mod logic;
 pub mod message;
 pub mod money;
 pub mod rules;
-pub mod time;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod vectors;
 

@@ -108,7 +108,8 @@ pub fn initiate_transfer_with(
         context.received_at_ms,
         &context.guest_version,
         &transfer,
-    );
+    )
+    .map_err(Rejection::Unavailable)?;
     let outgoing = Outgoing {
         topic: message::TRANSFER_TOPIC.to_string(),
         key: transfer.sender_id.to_string(),
@@ -166,7 +167,7 @@ mod tests {
 
     fn context() -> RequestContext {
         RequestContext {
-            transaction_id: "tx-1".into(),
+            transaction_id: "01a20c00-0000-7000-8000-0000000000f1".into(),
             received_at_ms: 1_000,
             principal: None,
             guest_version: "test".into(),
@@ -198,7 +199,7 @@ mod tests {
         assert_eq!(
             accepted,
             Accepted {
-                transaction_id: "tx-1".into(),
+                transaction_id: "01a20c00-0000-7000-8000-0000000000f1".into(),
                 amount_minor: 1050
             }
         );

@@ -148,6 +148,16 @@ pub fn validate_with(
                 format!("description must be at most {max_chars} characters, not {length}"),
             ));
         }
+        // The ledger cannot store NUL, and a line break or escape sequence in a description
+        // would let a caller forge lines in whatever prints it.
+        if !transferd_message::printable(description) {
+            errors.push(FieldError::new(
+                "description",
+                "string_pattern_mismatch",
+                "description must not contain control characters (U+0000 to U+001F, U+007F)"
+                    .to_string(),
+            ));
+        }
     }
 
     match (errors.is_empty(), amount_minor, exponent) {
@@ -320,6 +330,28 @@ mod tests {
         assert_eq!(codes(&long), vec![pair("description", "string_too_long")]);
         long.description = Some("ж".repeat(MAX_DESCRIPTION_CHARS));
         assert_eq!(codes(&long), vec![]);
+    }
+
+    #[test]
+    fn a_description_with_a_control_character_is_refused() {
+        for text in [
+            "a\u{0}b",
+            "two\nlines",
+            "tab\t",
+            "\u{1b}[31mred",
+            "del\u{7f}",
+        ] {
+            let mut controlled = request("10", "USD");
+            controlled.description = Some(text.to_string());
+            assert_eq!(
+                codes(&controlled),
+                vec![pair("description", "string_pattern_mismatch")],
+                "{text:?}"
+            );
+        }
+        let mut printable = request("10", "USD");
+        printable.description = Some("обед \"ресторан\" 🍜 \u{a0}".into());
+        assert_eq!(codes(&printable), vec![]);
     }
 
     #[test]

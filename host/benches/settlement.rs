@@ -7,7 +7,7 @@
 use std::time::Instant;
 
 use transferd::config::Services;
-use transferd::settlement::decide::TransferMessage;
+use transferd::settlement::decide::Transfer;
 use transferd::settlement::ledger::{Advance, Offsets, Settlements};
 use transferd::stores::postgres::Ledger;
 use uuid::Uuid;
@@ -44,12 +44,12 @@ impl Random {
     }
 }
 
-fn transfers(count: usize, random: &mut Random) -> Vec<TransferMessage> {
+fn transfers(count: usize, random: &mut Random) -> Vec<Transfer> {
     (0..count)
         .map(|_| {
             let sender_id = random.between(1, USERS);
             let receiver_id = (sender_id + random.between(1, USERS - 1) - 1) % USERS + 1;
-            TransferMessage {
+            Transfer {
                 transaction_id: Uuid::now_v7(),
                 sender_id,
                 receiver_id,
@@ -109,7 +109,7 @@ async fn main() -> anyhow::Result<()> {
                 to: Offsets::from([(0, next)]),
                 last_payload: Default::default(),
             };
-            let settled = settlements.apply(batch, &advance).await?;
+            let settled = settlements.apply(batch, &[], &advance).await?;
             if let Some(effects) = settled.effects {
                 settlements.effects_done(effects).await?;
             }

@@ -1,5 +1,6 @@
-//! `transferd guest …`: the admin API's guest routes from the command line. A thin client:
-//! every check and change happens in the server, so the CLI and curl behave the same.
+//! `transferd guest …` and `transferd quarantine …`: the admin API's guest and quarantine routes
+//! from the command line. A thin client: every check and change happens in the server, so the
+//! CLI and curl behave the same.
 
 use std::path::PathBuf;
 
@@ -49,7 +50,6 @@ pub enum GuestCommand {
 
 /// Sends the command's request and prints the answer; fails on any non-2xx status.
 pub async fn run(cli: GuestCli) -> anyhow::Result<()> {
-    let base = cli.url.trim_end_matches('/');
     let (method, path, body, note) = match &cli.command {
         GuestCommand::Upload { file, note } => {
             let bytes =
@@ -88,18 +88,94 @@ pub async fn run(cli: GuestCli) -> anyhow::Result<()> {
         ),
         GuestCommand::Status => ("GET", "/admin/guest".to_string(), Vec::new(), None),
     };
+    let content_type = if matches!(cli.command, GuestCommand::Upload { .. }) {
+        "application/wasm"
+    } else {
+        "application/json"
+    };
+    send(
+        &cli.url,
+        &cli.admin_token,
+        Call {
+            method,
+            path,
+            body,
+            content_type,
+            note,
+        },
+    )
+    .await
+}
+
+#[derive(Debug, Args)]
+pub struct QuarantineCli {
+    /// Base URL of a transferd replica.
+    #[arg(long, env = "TRANSFERD_URL", default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+
+    /// The admin bearer token.
+    #[arg(long, env = "TRANSFERD_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: String,
+
+    #[command(subcommand)]
+    pub command: QuarantineCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum QuarantineCommand {
+    /// The messages settlement set aside, newest first, and how many wait for an operator.
+    List,
+    /// Apply the message at PARTITION:OFFSET of the transfer topic, once its cause is fixed.
+    Retry { position: String },
+}
+
+/// Sends the quarantine command's request and prints the answer; fails on any non-2xx status.
+pub async fn run_quarantine(cli: QuarantineCli) -> anyhow::Result<()> {
+    let (method, path) = match &cli.command {
+        QuarantineCommand::List => ("GET", "/admin/quarantine".to_string()),
+        QuarantineCommand::Retry { position } => {
+            let (partition, offset) = position
+                .split_once(':')
+                .context("the position is PARTITION:OFFSET, like 0:42")?;
+            (
+                "POST",
+                format!("/admin/quarantine/{partition}/{offset}/retry"),
+            )
+        }
+    };
+    let call = Call {
+        method,
+        path,
+        body: Vec::new(),
+        content_type: "application/json",
+        note: None,
+    };
+    send(&cli.url, &cli.admin_token, call).await
+}
+
+/// One request to the admin API.
+struct Call {
+    method: &'static str,
+    path: String,
+    body: Vec<u8>,
+    content_type: &'static str,
+    note: Option<String>,
+}
+
+async fn send(url: &str, admin_token: &str, call: Call) -> anyhow::Result<()> {
+    let base = url.trim_end_matches('/');
+    let Call {
+        method,
+        path,
+        body,
+        content_type,
+        note,
+    } = call;
     let mut request = hyper::Request::builder()
         .method(method)
         .uri(format!("{base}{path}"))
-        .header("authorization", format!("Bearer {}", cli.admin_token))
-        .header(
-            "content-type",
-            if matches!(cli.command, GuestCommand::Upload { .. }) {
-                "application/wasm"
-            } else {
-                "application/json"
-            },
-        );
+        .header("authorization", format!("Bearer {admin_token}"))
+        .header("content-type", content_type);
     if let Some(note) = note {
         request = request.header("x-guest-note", note);
     }

@@ -1,6 +1,6 @@
 //! What the dependencies and the money in flight look like from here: the probes behind
 //! `/readyz`, and the gauges that need asking (dependency up/down, holds outstanding,
-//! settlement lag), refreshed by one background task every [`GAUGE_INTERVAL`].
+//! settlement lag, the quarantine), refreshed by one background task every [`GAUGE_INTERVAL`].
 //!
 //! The gauges are read off the stores rather than counted as events, so a replica that
 //! restarts, or one that settles nothing itself, reports the same figures as its peers.
@@ -12,8 +12,10 @@ use std::time::Duration;
 
 use crate::capabilities::Capabilities;
 use crate::metrics::{
-    DEPENDENCY_UP, HOLDS_OUTSTANDING, HOLDS_OUTSTANDING_MINOR, SETTLEMENT_LAG_MESSAGES,
+    DEPENDENCY_UP, HOLDS_OUTSTANDING, HOLDS_OUTSTANDING_MINOR, QUARANTINE_OPEN,
+    SETTLEMENT_LAG_MESSAGES,
 };
+use crate::settlement::quarantine;
 use crate::settlement::reconcile::Position;
 
 /// Longest wait for one dependency's answer.
@@ -112,6 +114,7 @@ pub fn spawn_gauges(capabilities: Arc<Capabilities>, position: Position) {
             probe_dependencies(&capabilities).await;
             gauge_holds(&capabilities, &mut currencies_held).await;
             gauge_lag(&position).await;
+            gauge_quarantine(&capabilities).await;
             tokio::time::sleep(GAUGE_INTERVAL).await;
         }
     });
@@ -142,5 +145,12 @@ async fn gauge_holds(capabilities: &Capabilities, currencies_held: &mut BTreeSet
 async fn gauge_lag(position: &Position) {
     if let Ok(lag) = position.lag_messages().await {
         metrics::gauge!(SETTLEMENT_LAG_MESSAGES).set(lag as f64);
+    }
+}
+
+/// Quarantined messages waiting for an operator.
+async fn gauge_quarantine(capabilities: &Capabilities) {
+    if let Ok(open) = quarantine::open_count(capabilities.ledger.pool()).await {
+        metrics::gauge!(QUARANTINE_OPEN).set(open as f64);
     }
 }

@@ -41,6 +41,8 @@ enum Command {
     Migrate(config::Services),
     /// Manage guest versions through a replica's admin API.
     Guest(admin_client::GuestCli),
+    /// Look at and re-drive the transfer-log messages settlement could not apply.
+    Quarantine(admin_client::QuarantineCli),
     /// Print a bearer token for the configured key (development, tests, examples).
     Token(config::Token),
 }
@@ -93,6 +95,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             worker(command, signals).await
         }
         Command::Guest(cli) => admin_client::run(cli).await,
+        Command::Quarantine(cli) => admin_client::run_quarantine(cli).await,
         Command::Token(settings) => {
             settings.validate()?;
             let now_s = epoch_now_s()?;

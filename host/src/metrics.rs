@@ -63,6 +63,11 @@ pub const HOLDS_AHEAD: &str = "transferd_holds_ahead_total";
 pub const BALANCE_LOOKUPS: &str = "transferd_balance_lookups_total";
 /// Transfers newly settled into the ledger, by `status` (`completed`, `rejected`).
 pub const SETTLED: &str = "transferd_settled_transfers_total";
+/// Transfer-log messages settlement set aside in the quarantine, by `cause`: `unreadable` (not
+/// a transfer message) or `refused` (the ledger refuses its data).
+pub const SETTLEMENT_QUARANTINED: &str = "transferd_settlement_quarantined_total";
+/// Quarantined messages waiting for an operator (not re-driven), as the ledger counts them.
+pub const QUARANTINE_OPEN: &str = "transferd_settlement_quarantine_open";
 /// Transfers per settled batch.
 pub const SETTLEMENT_BATCH: &str = "transferd_settlement_batch_transfers";
 /// Messages in the transfer log not yet settled (the log's end minus settlement's position,

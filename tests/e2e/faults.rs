@@ -15,9 +15,11 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use transferd_e2e::load::{Fault, Load, LoadSettings, verify};
 use transferd_e2e::services::{Service, Services};
-use transferd_e2e::{Broker, BrokerStorage, Host, HostOptions, Namespace, log_tail};
+use transferd_e2e::{Broker, BrokerStorage, Host, HostOptions, Namespace, log_tail, produce_raw};
 
 const USERS: i64 = 40;
+/// The transfer topic's partitions (the harness's default).
+const PARTITIONS: i32 = 3;
 const CLIENTS: u64 = 12;
 /// Up to 5.00 against balances of 1,000.00: nearly every transfer is accepted.
 const MAX_MINOR: i64 = 500;
@@ -98,6 +100,7 @@ async fn run() -> anyhow::Result<()> {
     let started = Instant::now();
     let mut faults = Vec::new();
     tokio::time::sleep(STEADY).await;
+    let poisoned = poison(&subject.namespace, &broker.brokers()).await?;
     for (service, name) in [
         (Service::Redis, "Redis stop/start"),
         (Service::Postgres, "PostgreSQL stop/start"),
@@ -129,6 +132,12 @@ async fn run() -> anyhow::Result<()> {
     .await?;
     subject.check_alive("settlement after the load").await?;
     verdict.violations.append(&mut subject.unasked_exits);
+    let quarantined = quarantined(&subject.namespace).await?;
+    if quarantined != poisoned {
+        verdict.violations.push(format!(
+            "the bad messages written at {poisoned:?} were quarantined at {quarantined:?}"
+        ));
+    }
     eprintln!(
         "fault test: {:.0}s of load, {:.0}s to settle and check\n{verdict}",
         load_time.as_secs_f64(),
@@ -140,6 +149,48 @@ async fn run() -> anyhow::Result<()> {
         verdict.violations.len()
     );
     Ok(())
+}
+
+/// While the load runs, another producer writes to every partition of the transfer topic what
+/// settlement cannot apply: not JSON, JSON of another shape, and a well-formed transfer the
+/// ledger refuses (an operator's constraint, added here). Returns where each went.
+async fn poison(namespace: &Namespace, brokers: &str) -> anyhow::Result<Vec<(i32, i64)>> {
+    eprintln!("fault: bad messages on every partition");
+    let ledger = namespace.ledger().await?;
+    sqlx::query(
+        "ALTER TABLE transfers ADD CONSTRAINT no_poison CHECK (description IS DISTINCT FROM 'poison')",
+    )
+    .execute(&ledger)
+    .await?;
+    let refused = serde_json::json!({
+        "transaction_id": uuid::Uuid::now_v7(), "sender_id": 1, "receiver_id": 2,
+        "amount": 1.00, "amount_minor": 100, "currency": "USD", "description": "poison",
+        "created_at_ms": 1_795_960_800_123_i64,
+    });
+    let bad = [
+        b"not json".to_vec(),
+        br#"{"transfer":"no"}"#.to_vec(),
+        refused.to_string().into_bytes(),
+    ];
+    let mut written = Vec::new();
+    for partition in 0..PARTITIONS {
+        for payload in &bad {
+            let topic = namespace.transfer_topic();
+            written.push(produce_raw(brokers, &topic, partition, payload).await?);
+        }
+    }
+    written.sort();
+    Ok(written)
+}
+
+/// Where the quarantine's messages were in the log, each as often as it is recorded.
+async fn quarantined(namespace: &Namespace) -> anyhow::Result<Vec<(i32, i64)>> {
+    let ledger = namespace.ledger().await?;
+    Ok(sqlx::query_as(
+        "SELECT partition, log_offset FROM settlement_quarantine ORDER BY partition, log_offset",
+    )
+    .fetch_all(&ledger)
+    .await?)
 }
 
 /// Runs `restart` (which takes something away and brings it back) under load, then waits for

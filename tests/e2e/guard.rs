@@ -106,6 +106,38 @@ async fn a_publish_that_is_not_the_request_is_refused_before_anything_is_held() 
     Ok(())
 }
 
+/// A guest that does not apply the rules' text check (it publishes the request's description
+/// as it came) is refused by the guard, which reads the message with settlement's parser: a
+/// description with NUL, which the ledger cannot store, or a line break, never reaches the log.
+#[tokio::test]
+async fn a_published_description_the_ledger_cannot_store_or_print_is_refused() -> anyhow::Result<()>
+{
+    let namespace = Namespace::new().await?;
+    let host = hostile_host(&namespace).await?;
+    for text in ["a\u{0}b", "line\nbreak", "\u{1b}[2J"] {
+        let description = format!("hostile:verbatim:{text}");
+        let reply = host.transfer(hostile(&description)).await?;
+        assert_eq!(reply.status, 500, "{text:?}: {}", reply.body);
+        let detail = reply.body["detail"].as_str().unwrap_or_default();
+        assert!(detail.contains("check json failed"), "{text:?}: {detail}");
+    }
+    // Printable text that is not the request's description is refused too.
+    let reply = host.transfer(hostile("hostile:verbatim:a b")).await?;
+    assert_eq!(reply.status, 500, "{}", reply.body);
+    let detail = reply.body["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains("check description failed"), "{detail}");
+    assert_eq!(held(&namespace, 1).await?, 0);
+    let published = consume(
+        KAFKA_BROKERS,
+        &namespace.transfer_topic(),
+        1,
+        Duration::from_secs(3),
+    )
+    .await?;
+    assert!(published.is_empty(), "nothing published: {published:?}");
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_second_publish_is_refused_and_the_first_settles_once() -> anyhow::Result<()> {
     let namespace = Namespace::new().await?;

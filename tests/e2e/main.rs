@@ -17,6 +17,7 @@ mod hot_swap;
 mod idempotency;
 mod metrics;
 mod outcomes;
+mod quarantine;
 mod reconcile;
 mod settlement;
 mod shutdown;

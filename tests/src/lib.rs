@@ -1370,3 +1370,27 @@ pub fn process_figures(pid: u32) -> Option<(u64, u64)> {
         .unwrap_or(0);
     Some((ticks, peak_kib))
 }
+
+/// Writes `payload` to one partition of `topic` as another producer would (not through
+/// transferd): what a foreign writer, a bug or an older version can leave in the log.
+pub async fn produce_raw(
+    brokers: &str,
+    topic: &str,
+    partition: i32,
+    payload: &[u8],
+) -> anyhow::Result<(i32, i64)> {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("message.timeout.ms", "10000")
+        .create()?;
+    let record = FutureRecord::<str, [u8]>::to(topic)
+        .partition(partition)
+        .key("foreign")
+        .payload(payload);
+    let delivered = producer
+        .send(record, Duration::from_secs(10))
+        .await
+        .map_err(|(error, _)| anyhow::anyhow!("producing to {topic}/{partition}: {error}"))?;
+    Ok((delivered.partition, delivered.offset))
+}

@@ -226,6 +226,9 @@ mod tests {
             currency: "USD".into(),
             amount_minor: Some(1050),
             principal: Some(sender_id),
+            description: None,
+            guest_version: "sha256:test".into(),
+            received_at_ms: 0,
         }
     }
 

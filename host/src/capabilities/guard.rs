@@ -11,12 +11,10 @@
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
 
-use serde::Deserialize;
-use serde_json::Value;
-use serde_json::value::RawValue;
 use transferd_guest::logic::{Accepted, Outgoing, RequestContext};
 use transferd_guest::money::{currency_exponent, format_minor, parse_amount};
 use transferd_guest::rules::TransferRequest;
+use transferd_message::TransferMessage;
 
 use crate::stores::kafka::GUEST_TOPICS;
 
@@ -35,7 +33,17 @@ pub struct Expected {
     pub amount_minor: Option<i64>,
     /// The authenticated caller; none when authentication is off.
     pub principal: Option<i64>,
+    /// The request's description, which the message must carry unchanged.
+    pub description: Option<String>,
+    /// The guest version that runs the call.
+    pub guest_version: String,
+    /// When the host received the request (the context's time).
+    pub received_at_ms: u64,
 }
+
+/// How far a message's `created_at_ms` may be from the host's receive time: a guest is given
+/// that time and should write it as it is; a little room for one that reads its own clock.
+pub const MAX_CREATED_AT_SKEW_MS: u64 = 1_000;
 
 impl Expected {
     pub fn of(context: &RequestContext, request: &TransferRequest) -> Expected {
@@ -46,6 +54,9 @@ impl Expected {
             currency: request.currency.clone(),
             amount_minor: requested_minor(&request.amount, &request.currency),
             principal: context.principal,
+            description: request.description.clone(),
+            guest_version: context.guest_version.clone(),
+            received_at_ms: context.received_at_ms,
         }
     }
 }
@@ -64,7 +75,7 @@ pub enum Violation {
     SecondPublish,
     #[error("publishes to topic {0:?}, which a guest may not")]
     Topic(String),
-    #[error("the message is not a JSON object with one value per field: {0}")]
+    #[error("the message is not a transfer message of this version: {0}")]
     NotJson(String),
     #[error("the message's {field} is {found}, the request's is {expected}")]
     Field {
@@ -122,12 +133,7 @@ impl Violation {
             Violation::SecondPublish => "one_publish",
             Violation::Topic(_) => "topic",
             Violation::NotJson(_) => "json",
-            Violation::Field { field, .. } => match *field {
-                "transaction_id" => "transaction_id",
-                "sender_id" => "sender_id",
-                "receiver_id" => "receiver_id",
-                _ => "currency",
-            },
+            Violation::Field { field, .. } => *field,
             Violation::Amount(_) => "amount_minor",
             Violation::NotRequested { .. } => "requested_amount",
             Violation::AmountText { .. } => "amount",
@@ -146,25 +152,6 @@ impl Violation {
     pub fn describe(&self) -> String {
         format!("the host's check {} failed: {self}", self.check())
     }
-}
-
-/// The fields the checks read. Derived, so a field given twice is refused as settlement's
-/// parser refuses it: what is checked is what would be settled.
-#[derive(Deserialize)]
-struct Fields {
-    #[serde(default)]
-    transaction_id: Value,
-    #[serde(default)]
-    sender_id: Value,
-    #[serde(default)]
-    receiver_id: Value,
-    #[serde(default)]
-    currency: Value,
-    #[serde(default)]
-    amount_minor: Value,
-    /// The number consumers of the original message read, exactly as written.
-    #[serde(default)]
-    amount: Option<Box<RawValue>>,
 }
 
 /// Admits one publish of a call, for the live and the replayed imports alike: checks it,
@@ -210,32 +197,38 @@ pub fn check_publish(
     if !GUEST_TOPICS.contains(&outgoing.topic.as_str()) {
         return Err(Violation::Topic(outgoing.topic.clone()));
     }
-    let fields: Fields = serde_json::from_slice(&outgoing.payload)
+    // Settlement's parser, in its exact form: what passes here is what settlement applies.
+    let message = TransferMessage::parse_exact(&outgoing.payload)
         .map_err(|error| Violation::NotJson(error.to_string()))?;
     field_is(
         "transaction_id",
-        &fields.transaction_id,
-        Value::from(expected.transaction_id.as_str()),
+        message.transaction_id.to_string(),
+        expected.transaction_id.clone(),
     )?;
+    field_is("sender_id", message.sender_id, expected.sender_id)?;
+    field_is("receiver_id", message.receiver_id, expected.receiver_id)?;
+    field_is("currency", &message.currency, &expected.currency)?;
+    field_is("description", &message.description, &expected.description)?;
     field_is(
-        "sender_id",
-        &fields.sender_id,
-        Value::from(expected.sender_id),
+        "guest_version",
+        message.guest_version.as_deref(),
+        Some(expected.guest_version.as_str()),
     )?;
-    field_is(
-        "receiver_id",
-        &fields.receiver_id,
-        Value::from(expected.receiver_id),
-    )?;
-    field_is(
-        "currency",
-        &fields.currency,
-        Value::from(expected.currency.as_str()),
-    )?;
-    let amount_minor = match fields.amount_minor.as_i64() {
-        Some(amount_minor) if amount_minor > 0 => amount_minor,
-        _ => return Err(Violation::Amount(fields.amount_minor.to_string())),
-    };
+    let created_at_ms = u64::try_from(message.created_at_ms).unwrap_or(0);
+    if created_at_ms.abs_diff(expected.received_at_ms) > MAX_CREATED_AT_SKEW_MS {
+        return Err(Violation::Field {
+            field: "created_at_ms",
+            found: message.created_at_ms.to_string(),
+            expected: format!(
+                "within {MAX_CREATED_AT_SKEW_MS} ms of {}",
+                expected.received_at_ms
+            ),
+        });
+    }
+    let amount_minor = message.amount_minor;
+    if amount_minor <= 0 {
+        return Err(Violation::Amount(amount_minor.to_string()));
+    }
     let hold = outgoing.hold.as_ref().ok_or(Violation::NoHold)?;
     if hold.account_id != expected.sender_id || hold.currency != expected.currency {
         return Err(Violation::HoldAccount {
@@ -251,7 +244,8 @@ pub fn check_publish(
             amount_minor,
         });
     }
-    amount_is_requested(expected, amount_minor, fields.amount.as_deref())?;
+    let amount = message.amount.as_ref().map(|amount| amount.as_str());
+    amount_is_requested(expected, amount_minor, amount)?;
     if outgoing.key != expected.sender_id.to_string() {
         return Err(Violation::Key {
             found: outgoing.key.clone(),
@@ -290,7 +284,7 @@ pub fn check_accepted(
 fn amount_is_requested(
     expected: &Expected,
     amount_minor: i64,
-    amount: Option<&RawValue>,
+    amount: Option<&str>,
 ) -> Result<(), Violation> {
     let exponent = currency_exponent(&expected.currency);
     let (Some(requested), Some(exponent)) = (expected.amount_minor, exponent) else {
@@ -300,7 +294,7 @@ fn amount_is_requested(
         return Err(not_requested(expected, amount_minor));
     }
     let written = format_minor(amount_minor, exponent);
-    match amount.map(RawValue::get) {
+    match amount {
         Some(found) if found == written => Ok(()),
         found => Err(Violation::AmountText {
             found: found.unwrap_or("nothing").to_string(),
@@ -317,14 +311,18 @@ fn not_requested(expected: &Expected, published_minor: i64) -> Violation {
     }
 }
 
-fn field_is(field: &'static str, found: &Value, expected: Value) -> Result<(), Violation> {
-    if *found == expected {
+fn field_is<T: PartialEq + std::fmt::Debug>(
+    field: &'static str,
+    found: T,
+    expected: T,
+) -> Result<(), Violation> {
+    if found == expected {
         return Ok(());
     }
     Err(Violation::Field {
         field,
-        found: found.to_string(),
-        expected: expected.to_string(),
+        found: format!("{found:?}"),
+        expected: format!("{expected:?}"),
     })
 }
 
@@ -355,10 +353,13 @@ impl ViolationCounts {
 mod tests {
     use super::*;
     use proptest::prelude::*;
-    use serde_json::json;
+    use serde_json::{Value, json};
     use transferd_guest::logic::Hold;
 
     const ID: &str = "01a20c00-0000-7000-8000-000000000001";
+
+    const RECEIVED_AT_MS: u64 = 1_795_960_800_123;
+    const VERSION: &str = "sha256:test";
 
     /// The request of every case: 10.50 USD from 1 to 2.
     fn expected() -> Expected {
@@ -369,6 +370,9 @@ mod tests {
             currency: "USD".into(),
             amount_minor: requested_minor("10.50", "USD"),
             principal: None,
+            description: None,
+            guest_version: VERSION.into(),
+            received_at_ms: RECEIVED_AT_MS,
         }
     }
 
@@ -378,7 +382,8 @@ mod tests {
         let mut message = json!({
             "transaction_id": ID, "sender_id": 1, "receiver_id": 2,
             "amount_minor": 1050, "currency": "USD", "description": null,
-            "created_at_ms": 1, "schema_version": 1,
+            "created_at": transferd_message::time::rfc3339_from_ms(RECEIVED_AT_MS),
+            "created_at_ms": RECEIVED_AT_MS, "guest_version": VERSION, "schema_version": 1,
         });
         let mut amount = Some("10.50".to_string());
         for (key, value) in changes.as_object().into_iter().flatten() {
@@ -461,18 +466,21 @@ mod tests {
 
     #[test]
     fn the_amount_consumers_read_must_be_amount_minor_at_the_currencys_decimals() {
-        for amount in ["10.5", "10.500", "1050", "105.0", r#""10.50""#, "null"] {
+        for amount in ["10.5", "10.500", "1050", "105.0"] {
             assert_eq!(
                 check(json!({"amount": amount}), hold(1, 1050)),
                 Err("amount"),
                 "{amount}"
             );
         }
-        assert_eq!(
-            check(json!({"amount": null}), hold(1, 1050)),
-            Err("amount"),
-            "missing"
-        );
+        // Not a number, null or missing: not a message of this version at all.
+        for amount in [json!(r#""10.50""#), json!("null"), json!(null)] {
+            assert_eq!(
+                check(json!({ "amount": amount }), hold(1, 1050)),
+                Err("json"),
+                "{amount}"
+            );
+        }
         let yen = Expected {
             currency: "JPY".into(),
             amount_minor: requested_minor("1050", "JPY"),
@@ -506,17 +514,21 @@ mod tests {
     #[test]
     fn each_field_of_the_message_must_be_the_requests() {
         assert_eq!(
-            check(json!({"transaction_id": "other"}), hold(1, 1050)),
+            check(
+                json!({"transaction_id": "01a20c00-0000-7000-8000-000000000002"}),
+                hold(1, 1050)
+            ),
             Err("transaction_id")
+        );
+        assert_eq!(
+            check(json!({"transaction_id": "other"}), hold(1, 1050)),
+            Err("json")
         );
         assert_eq!(
             check(json!({"sender_id": 2}), hold(1, 1050)),
             Err("sender_id")
         );
-        assert_eq!(
-            check(json!({"sender_id": "1"}), hold(1, 1050)),
-            Err("sender_id")
-        );
+        assert_eq!(check(json!({"sender_id": "1"}), hold(1, 1050)), Err("json"));
         assert_eq!(
             check(json!({"receiver_id": 3}), hold(1, 1050)),
             Err("receiver_id")
@@ -528,11 +540,74 @@ mod tests {
     }
 
     #[test]
+    fn every_other_field_settlement_reads_or_consumers_print_is_checked() {
+        let described = Expected {
+            description: Some("rent".into()),
+            ..expected()
+        };
+        let check_as = |request: &Expected, changes: Value| {
+            check_publish(request, 0, &outgoing(changes, hold(1, 1050))).map_err(|v| v.check())
+        };
+        assert_eq!(
+            check_as(&described, json!({"description": "rent"})),
+            Ok(1050)
+        );
+        assert_eq!(
+            check_as(&described, json!({"description": "rent, and 1,000 more"})),
+            Err("description")
+        );
+        assert_eq!(check_as(&described, json!({})), Err("description"));
+        // A request the rules should have refused, passed on by a guest that did not: the
+        // ledger cannot store NUL, and a line break forges lines in whatever prints it.
+        for text in ["a\u{0}b", "a\nb"] {
+            let controlled = Expected {
+                description: Some(text.into()),
+                ..expected()
+            };
+            assert_eq!(
+                check_as(&controlled, json!({ "description": text })),
+                Err("json"),
+                "{text:?}"
+            );
+        }
+        assert_eq!(
+            check(json!({"guest_version": "sha256:other"}), hold(1, 1050)),
+            Err("guest_version")
+        );
+        let late = RECEIVED_AT_MS + MAX_CREATED_AT_SKEW_MS + 1;
+        let late_changes = json!({
+            "created_at_ms": late,
+            "created_at": transferd_message::time::rfc3339_from_ms(late),
+        });
+        assert_eq!(check(late_changes, hold(1, 1050)), Err("created_at_ms"));
+        assert_eq!(
+            check(json!({"created_at_ms": i64::MAX}), hold(1, 1050)),
+            Err("json")
+        );
+        assert_eq!(
+            check(json!({"created_at": "2026-11-29T14:00:00Z"}), hold(1, 1050)),
+            Err("json")
+        );
+        assert_eq!(
+            check(json!({"schema_version": 2}), hold(1, 1050)),
+            Err("json")
+        );
+        assert_eq!(check(json!({"note": "extra"}), hold(1, 1050)), Err("json"));
+    }
+
+    #[test]
     fn amount_minor_must_be_a_positive_integer() {
-        for amount in [json!(0), json!(-5), json!(10.5), json!("1050"), json!(null)] {
+        for amount in [json!(0), json!(-5)] {
             assert_eq!(
                 check(json!({"amount_minor": amount}), hold(1, 1050)),
                 Err("amount_minor"),
+                "{amount}"
+            );
+        }
+        for amount in [json!(10.5), json!("1050"), json!(null)] {
+            assert_eq!(
+                check(json!({"amount_minor": amount}), hold(1, 1050)),
+                Err("json"),
                 "{amount}"
             );
         }

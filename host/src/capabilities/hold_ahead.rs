@@ -50,7 +50,8 @@ impl HoldAhead {
             context.received_at_ms,
             &context.guest_version,
             &transfer,
-        );
+        )
+        .ok()?;
         Some(HoldAhead {
             account_id: transfer.sender_id,
             currency: transfer.currency,

@@ -71,6 +71,9 @@ mod tests {
             currency: "USD".into(),
             amount_minor: Some(1050),
             principal: None,
+            description: None,
+            guest_version: "sha256:test".into(),
+            received_at_ms: 0,
         }
     }
 

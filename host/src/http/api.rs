@@ -214,6 +214,48 @@ pub struct GuestActivated {
     pub active: String,
 }
 
+/// `GET /admin/quarantine`: transfer-log messages settlement set aside, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct QuarantineList {
+    /// How many wait for an operator (not re-driven), of all there are.
+    pub open: i64,
+    /// The newest, at most 100.
+    pub messages: Vec<QuarantinedMessage>,
+}
+
+/// One quarantined message.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct QuarantinedMessage {
+    pub partition: i32,
+    pub offset: i64,
+    /// The topic's log generation it was read in (a topic created again starts a new one).
+    pub log_generation: i64,
+    /// Why settlement could not apply it.
+    pub error: String,
+    /// Its transaction id, when one could be read.
+    pub transaction_id: Option<Uuid>,
+    /// The message as the log holds it, as UTF-8 (bytes that are not are replaced), cut at
+    /// 4,096 characters.
+    pub payload: String,
+    #[schema(format = DateTime)]
+    pub quarantined_at: String,
+    /// Whether it is on the dead-letter topic (`transfer_quarantine`) yet.
+    pub dead_lettered: bool,
+    /// When an operator re-drove it and the ledger applied it.
+    #[schema(format = DateTime)]
+    pub retried_at: Option<String>,
+}
+
+/// `POST /admin/quarantine/{partition}/{offset}/retry`: the re-driven message's outcome.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct QuarantineRetried {
+    pub status: Success,
+    pub transaction_id: Uuid,
+    /// `completed` or `rejected`.
+    pub outcome: TransferStatus,
+    pub reason: Option<String>,
+}
+
 /// How a candidate version runs beside the active one.
 #[derive(Debug, Clone, Copy, Serialize, ToSchema)]
 #[serde(rename_all = "lowercase")]

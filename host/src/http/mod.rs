@@ -8,6 +8,7 @@
 mod accounts;
 mod admin;
 mod admin_guest;
+mod admin_quarantine;
 mod api;
 mod body;
 mod error;
@@ -282,6 +283,9 @@ impl Route<'_> {
             Route::User(UserRoute::Balances(_)) => "balances",
             Route::Admin(AdminRoute::Deposit) => "deposit",
             Route::Admin(AdminRoute::StatusPage | AdminRoute::StatusScript) => "admin_status",
+            Route::Admin(AdminRoute::QuarantineList | AdminRoute::QuarantineRetry(..)) => {
+                "admin_quarantine"
+            }
             Route::Admin(_) => "admin_guest",
         }
     }
@@ -324,6 +328,8 @@ enum AdminRoute<'a> {
     Deposit,
     StatusPage,
     StatusScript,
+    QuarantineList,
+    QuarantineRetry(&'a str, &'a str),
 }
 
 /// The limits every connection is served under.
@@ -379,6 +385,8 @@ fn allowed(segments: &[&str]) -> Option<&'static str> {
         ["admin", "guest", "candidate"] => "DELETE",
         ["admin", "guest", _, "shadow"] => "GET, HEAD, POST",
         ["admin", "guest", _, "activate" | "canary"] => "POST",
+        ["admin", "quarantine"] => "GET, HEAD",
+        ["admin", "quarantine", _, _, "retry"] => "POST",
         _ => return None,
     })
 }
@@ -418,6 +426,10 @@ fn resolve<'a>(method: &Method, segments: &[&'a str]) -> Result<Route<'a>, ApiEr
         ["admin", "deposits"] if post => Route::Admin(AdminRoute::Deposit),
         ["admin", "status"] if get => Route::Admin(AdminRoute::StatusPage),
         ["admin", "status.js"] if get => Route::Admin(AdminRoute::StatusScript),
+        ["admin", "quarantine"] if get => Route::Admin(AdminRoute::QuarantineList),
+        ["admin", "quarantine", partition, offset, "retry"] if post => {
+            Route::Admin(AdminRoute::QuarantineRetry(partition, offset))
+        }
         _ => {
             return Err(match allowed(segments) {
                 Some(allow) => ApiError::MethodNotAllowed { allow },
@@ -527,6 +539,10 @@ async fn admin_route(
         AdminRoute::Deposit => admin::deposit(app, admin, headers, body).await,
         AdminRoute::StatusPage => Ok(status::page()),
         AdminRoute::StatusScript => Ok(status::script()),
+        AdminRoute::QuarantineList => admin_quarantine::list(app).await,
+        AdminRoute::QuarantineRetry(partition, offset) => {
+            admin_quarantine::retry(app, partition, offset).await
+        }
     }
 }
 

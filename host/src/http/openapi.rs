@@ -43,12 +43,14 @@ use crate::http::error::Reply;
         guest_end_candidate,
         status_page,
         status_script,
+        quarantine_list,
+        quarantine_retry,
     ),
     components(schemas(ErrorBody, OutcomeUnknown, Problem, ErrorCode)),
     modifiers(&BearerScheme),
     tags(
         (name = "transfers", description = "A user's own money"),
-        (name = "admin", description = "Deposits and the guest logic's versions; admin role"),
+        (name = "admin", description = "Deposits, the guest logic's versions and the settlement quarantine; admin role"),
         (name = "service", description = "Liveness and this document"),
     ),
 )]
@@ -238,6 +240,42 @@ fn status_page() {}
 )]
 #[allow(dead_code)]
 fn status_script() {}
+
+#[utoipa::path(
+    get, path = "/admin/quarantine", tag = "admin",
+    summary = "Transfer-log messages settlement could not apply, newest first",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, body = QuarantineList),
+        (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody),
+        (status = 503, body = ErrorBody),
+    ),
+)]
+#[allow(dead_code)]
+fn quarantine_list() {}
+
+#[utoipa::path(
+    post, path = "/admin/quarantine/{partition}/{offset}/retry", tag = "admin",
+    summary = "Re-drive a quarantined message once its cause is fixed",
+    description = "Applies the message at that position of the transfer topic to the ledger, exactly once.",
+    params(
+        ("partition" = i32, Path, minimum = 0),
+        ("offset" = i64, Path, minimum = 0),
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, body = QuarantineRetried),
+        (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody),
+        (status = 404, description = "No quarantined message there", body = ErrorBody),
+        (status = 409, description = "Re-driven already", body = ErrorBody),
+        (status = 422, description = "Settlement still cannot apply it", body = ErrorBody),
+        (status = 503, body = ErrorBody),
+    ),
+)]
+#[allow(dead_code)]
+fn quarantine_retry() {}
 
 #[utoipa::path(
     get, path = "/admin/guest", tag = "admin",

@@ -131,6 +131,7 @@ function showTraffic(samples, atMs) {
     .map((s) => `${s.labels.currency} ${number(s.value)}`);
   const holds = sum(samples, "transferd_holds_outstanding");
   show("held-minor", held.length ? held.join(", ") : holds === null ? null : "0");
+  show("quarantined", number(sum(samples, "transferd_settlement_quarantine_open")));
   return counters;
 }
 

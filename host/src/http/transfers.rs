@@ -30,8 +30,9 @@ use crate::http::body::read_json_body;
 use crate::http::error::{ApiError, Invalid, Reply, json_response};
 use crate::http::idempotency::{self, HeldKey, Start};
 use crate::http::{App, GUEST_VERSION_HEADER};
-use crate::settlement::decide::TransferMessage;
+use crate::settlement::quarantine;
 use crate::stores::postgres::TransferRecord;
+use transferd_message::TransferMessage;
 
 pub async fn create(
     app: &Arc<App>,
@@ -278,6 +279,15 @@ async fn find(app: &App, id: uuid::Uuid) -> Result<Option<TransferView>, ApiErro
         Ok(None) => {}
         Err(error) => unreachable.push(error.to_string()),
     }
+    match quarantine::of_transaction(capabilities.ledger.pool(), id).await {
+        Ok(Some(entry)) => {
+            if let Some(view) = quarantined_view(id, &entry) {
+                return Ok(Some(view));
+            }
+        }
+        Ok(None) => {}
+        Err(error) => unreachable.push(error.to_string()),
+    }
     if !unreachable.is_empty() {
         return Err(ApiError::Unavailable(format!(
             "cannot tell what became of transfer {id}: {}",
@@ -319,6 +329,31 @@ fn settled_view(record: &TransferRecord) -> Result<TransferView, ApiError> {
                 .settled_at
                 .to_rfc3339_opts(SecondsFormat::Millis, true),
         ),
+    })
+}
+
+/// A quarantined message as the API shows it: rejected, reason `unprocessable`, nothing moved.
+/// `None` when its parties, amount or currency could not be read: nobody can be shown it.
+fn quarantined_view(id: uuid::Uuid, entry: &quarantine::Entry) -> Option<TransferView> {
+    let currency = entry.currency.clone()?;
+    let amount_minor = entry.amount_minor?;
+    let exponent = currency_exponent(&currency)?;
+    let at = entry
+        .quarantined_at
+        .to_rfc3339_opts(SecondsFormat::Millis, true);
+    Some(TransferView {
+        transaction_id: id,
+        kind: TransferKind::Transfer,
+        status: TransferStatus::Rejected,
+        reason: Some(quarantine::UNPROCESSABLE.to_string()),
+        sender_id: entry.sender_id?,
+        receiver_id: entry.receiver_id?,
+        amount: format_minor(amount_minor, exponent),
+        amount_minor,
+        currency,
+        description: None,
+        created_at: at.clone(),
+        settled_at: Some(at),
     })
 }
 

@@ -4,30 +4,38 @@
 
 use std::collections::BTreeMap;
 
-use serde::Deserialize;
+use transferd_message::TransferMessage;
 
 /// An account: (user id, ISO 4217 currency).
 pub type AccountKey = (i64, String);
 
-/// The fields of a transfer-log message that settlement needs (the message has more).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct TransferMessage {
+/// What settlement applies of a transfer-log message (read with the contract's parser,
+/// `TransferMessage::parse`), and what the ledger gives back of a settled transfer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transfer {
     pub transaction_id: uuid::Uuid,
     pub sender_id: i64,
     pub receiver_id: i64,
     pub amount_minor: i64,
     pub currency: String,
-    #[serde(default)]
     pub description: Option<String>,
     pub created_at_ms: i64,
     /// The accepting request's id and trace, from the message's headers (not its payload).
-    #[serde(skip)]
     pub trace: Option<crate::trace::TraceContext>,
 }
 
-impl TransferMessage {
-    pub fn parse(payload: &[u8]) -> Result<TransferMessage, serde_json::Error> {
-        serde_json::from_slice(payload)
+impl Transfer {
+    pub fn of(message: TransferMessage, trace: Option<crate::trace::TraceContext>) -> Transfer {
+        Transfer {
+            transaction_id: message.transaction_id,
+            sender_id: message.sender_id,
+            receiver_id: message.receiver_id,
+            amount_minor: message.amount_minor,
+            currency: message.currency,
+            description: message.description,
+            created_at_ms: message.created_at_ms,
+            trace,
+        }
     }
 
     pub fn sender(&self) -> AccountKey {
@@ -109,17 +117,14 @@ impl Outcome {
 /// Applies `transfers` in order to `balances` (every account the ledger has among those the
 /// transfers name; a missing key is a missing account). Returns one outcome per transfer.
 /// A user's balance never goes below zero; the sum of all balances never changes.
-pub fn decide(
-    balances: &mut BTreeMap<AccountKey, i64>,
-    transfers: &[&TransferMessage],
-) -> Vec<Outcome> {
+pub fn decide(balances: &mut BTreeMap<AccountKey, i64>, transfers: &[&Transfer]) -> Vec<Outcome> {
     transfers
         .iter()
         .map(|transfer| apply_one(balances, transfer))
         .collect()
 }
 
-fn apply_one(balances: &mut BTreeMap<AccountKey, i64>, transfer: &TransferMessage) -> Outcome {
+fn apply_one(balances: &mut BTreeMap<AccountKey, i64>, transfer: &Transfer) -> Outcome {
     if transfer.sender_id <= 0
         || transfer.receiver_id <= 0
         || transfer.sender_id == transfer.receiver_id
@@ -175,8 +180,8 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn message(sender_id: i64, receiver_id: i64, amount_minor: i64) -> TransferMessage {
-        TransferMessage {
+    fn message(sender_id: i64, receiver_id: i64, amount_minor: i64) -> Transfer {
+        Transfer {
             transaction_id: uuid::Uuid::now_v7(),
             sender_id,
             receiver_id,
@@ -247,16 +252,16 @@ mod tests {
     }
 
     #[test]
-    fn messages_parse_from_the_guest_format() {
+    fn a_transfer_is_what_the_contracts_parser_read() {
         let payload = br#"{"transaction_id":"01a20c11-98f8-747a-b2db-67d75110cae1","sender_id":1,"receiver_id":2,
             "amount":10.50,"amount_minor":1050,"currency":"USD","description":null,"created_at":"x","created_at_ms":5,
             "guest_version":"v","schema_version":1}"#;
-        let parsed = TransferMessage::parse(payload).expect("parses");
+        let parsed = Transfer::of(TransferMessage::parse(payload).expect("parses"), None);
         assert_eq!(
             (parsed.sender_id, parsed.receiver_id, parsed.amount_minor),
             (1, 2, 1050)
         );
-        assert!(TransferMessage::parse(b"{\"sender_id\":1}").is_err());
+        assert_eq!(parsed.created_at_ms, 5);
     }
 
     proptest! {
@@ -271,11 +276,11 @@ mod tests {
                 .map(|(index, balance)| ((index as i64 + 1, "USD".to_string()), *balance))
                 .collect();
             let total_before: i64 = balances.values().sum();
-            let messages: Vec<TransferMessage> = moves
+            let messages: Vec<Transfer> = moves
                 .iter()
                 .map(|(from, to, amount)| message(*from as i64 + 1, *to as i64 + 1, *amount))
                 .collect();
-            let references: Vec<&TransferMessage> = messages.iter().collect();
+            let references: Vec<&Transfer> = messages.iter().collect();
             let before = balances.clone();
             let outcomes = decide(&mut balances, &references);
             prop_assert_eq!(outcomes.len(), messages.len());

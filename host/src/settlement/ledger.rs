@@ -14,7 +14,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::settlement::decide::{AccountKey, Outcome, TransferMessage, decide};
+use transferd_message::TransferMessage;
+
+use crate::settlement::decide::{AccountKey, Outcome, Transfer, decide};
+use crate::settlement::quarantine::{self, Entry, Quarantined};
 use crate::stores::postgres::{Balance, LedgerError, delete_pending_in};
 
 pub use crate::stores::log_position::Offsets;
@@ -48,6 +51,19 @@ pub enum SettleError {
         "settlement's position in {topic} is not where this worker read from: another worker settled there, or the topic was created again"
     )]
     PositionMoved { topic: String },
+}
+
+/// Why a quarantined message was not re-driven.
+#[derive(Debug, thiserror::Error)]
+pub enum RetryError {
+    #[error("it was re-driven already")]
+    AlreadyRetried,
+    #[error("it is still not a transfer settlement can apply: {0}")]
+    StillUnreadable(String),
+    #[error("the ledger still refuses it: {0}")]
+    StillRefused(String),
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
 }
 
 impl From<sqlx::Error> for SettleError {
@@ -88,6 +104,11 @@ type LockedAccount = (i64, String, i64, i64);
 impl Settlements {
     pub fn new(pool: PgPool) -> Settlements {
         Settlements { pool }
+    }
+
+    /// The ledger's pool, for the quarantine's own tables.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
     }
 
     /// Settlement's position in each of `partitions` of `topic`; a partition never settled
@@ -150,70 +171,97 @@ impl Settlements {
     /// Applies a batch in one transaction: checks and moves the position, skips transaction
     /// ids already applied, locks every touched account in (user id, currency) order, decides
     /// in message order against the locked balances, writes transfers, journal entries and
-    /// balances, deletes pending rows and records the effects to run. Returns the outcome of
-    /// every message and the committed state of every touched account (for the cache).
+    /// balances, deletes pending rows, records the effects to run and the `quarantined`
+    /// messages. Returns the outcome of every transfer and the committed state of every
+    /// touched account (for the cache).
     pub async fn apply(
         &self,
-        messages: &[TransferMessage],
+        transfers: &[Transfer],
+        quarantined: &[Quarantined],
         advance: &Advance,
     ) -> Result<SettledBatch, SettleError> {
         let mut transaction = self.pool.begin().await?;
         check_position(&mut transaction, advance).await?;
-        let locked = lock_accounts(&mut transaction, messages).await?;
-        let ids: Vec<Uuid> = messages.iter().map(|m| m.transaction_id).collect();
-        let mut settled = already_settled(&mut transaction, &ids).await?;
-        let firsts = first_of_each_transfer(messages);
-        let distinct: Vec<Uuid> = firsts.iter().map(|m| m.transaction_id).collect();
-        let fresh: Vec<&TransferMessage> = firsts
-            .into_iter()
-            .filter(|m| !settled.contains_key(&m.transaction_id))
-            .collect();
-        let mut balances: BTreeMap<AccountKey, i64> = locked
-            .iter()
-            .map(|(user, currency, balance, _)| ((*user, currency.clone()), *balance))
-            .collect();
-        let mut accounts: BTreeMap<AccountKey, Balance> =
-            locked.into_iter().map(account_entry).collect();
-
-        let outcomes = decide(&mut balances, &fresh);
-        if !fresh.is_empty() {
-            write_transfers(&mut transaction, &fresh, &outcomes).await?;
-            write_journal(&mut transaction, &fresh, &outcomes).await?;
-            let updated = write_balances(&mut transaction, &fresh, &outcomes, &balances).await?;
-            accounts.extend(updated);
-        }
-        // Settled (now or before): no longer pending, and its effects are to run, in the
-        // same commit as the position.
-        delete_pending_in(&mut *transaction, &ids).await?;
-        let effects = record_effects(&mut transaction, &distinct).await?;
+        let settled = write_batch(&mut transaction, transfers).await?;
+        quarantine::record(
+            &mut transaction,
+            &advance.topic,
+            advance.generation,
+            quarantined,
+        )
+        .await?;
         move_position(&mut transaction, advance).await?;
         transaction.commit().await?;
+        Ok(settled)
+    }
 
-        for (message, outcome) in fresh.iter().zip(&outcomes) {
-            settled.insert(message.transaction_id, *outcome);
+    /// The transfers of a batch the ledger refused whose data it refuses on their own, with
+    /// its words, found by bisecting the batch in transactions that are rolled back. Empty
+    /// when no single transfer is refused. A transient failure ends the search.
+    pub async fn refused(
+        &self,
+        transfers: &[Transfer],
+    ) -> Result<Vec<(usize, String)>, LedgerError> {
+        let mut found = Vec::new();
+        let mut ranges = vec![(0, transfers.len())];
+        while let Some((start, end)) = ranges.pop() {
+            if start == end {
+                continue;
+            }
+            match self.probe(&transfers[start..end]).await {
+                Ok(()) => {}
+                Err(error) if error.refuses_data() && end - start == 1 => {
+                    found.push((start, error.to_string()));
+                }
+                Err(error) if error.refuses_data() => {
+                    let middle = start + (end - start) / 2;
+                    ranges.push((middle, end));
+                    ranges.push((start, middle));
+                }
+                Err(error) => return Err(error),
+            }
         }
-        let newly_applied: HashSet<Uuid> = fresh.iter().map(|m| m.transaction_id).collect();
-        let transfers = messages
-            .iter()
-            .map(|message| SettledTransfer {
-                transaction_id: message.transaction_id,
-                // Every id was either already settled or decided just now.
-                outcome: settled[&message.transaction_id],
-                newly_applied: newly_applied.contains(&message.transaction_id),
-            })
-            .collect();
-        Ok(SettledBatch {
-            transfers,
-            accounts,
-            effects,
-        })
+        found.sort_by_key(|(index, _)| *index);
+        Ok(found)
+    }
+
+    /// Whether the ledger takes `transfers`, written in a transaction that is rolled back.
+    async fn probe(&self, transfers: &[Transfer]) -> Result<(), LedgerError> {
+        let mut transaction = self.pool.begin().await?;
+        write_batch(&mut transaction, transfers).await?;
+        transaction.rollback().await?;
+        Ok(())
+    }
+
+    /// Applies a quarantined message whose cause an operator fixed, without moving any
+    /// position (settlement is past it). The row is marked re-driven in the same transaction,
+    /// so of two concurrent retries one applies; a transfer the ledger has already (its id
+    /// settled by another message) is not applied again.
+    pub async fn retry(&self, entry: &Entry) -> Result<(Transfer, SettledBatch), RetryError> {
+        if entry.retried_at.is_some() {
+            return Err(RetryError::AlreadyRetried);
+        }
+        let message = TransferMessage::parse(&entry.payload)
+            .map_err(|error| RetryError::StillUnreadable(error.to_string()))?;
+        let transfer = Transfer::of(message, None);
+        let mut transaction = self.pool.begin().await.map_err(LedgerError::from)?;
+        let settled = match write_batch(&mut transaction, std::slice::from_ref(&transfer)).await {
+            Ok(settled) => settled,
+            Err(error) if error.refuses_data() => {
+                return Err(RetryError::StillRefused(error.to_string()));
+            }
+            Err(error) => return Err(RetryError::Ledger(error)),
+        };
+        if !quarantine::mark_retried(&mut transaction, entry.quarantine_id).await? {
+            return Err(RetryError::AlreadyRetried);
+        }
+        transaction.commit().await.map_err(LedgerError::from)?;
+        Ok((transfer, settled))
     }
 
     /// The oldest settled batch whose effects may not have run, as messages and as a settled
     /// batch, ready for the same effects a fresh batch gets; no messages when none is left.
-    pub async fn outstanding_effects(
-        &self,
-    ) -> Result<(Vec<TransferMessage>, SettledBatch), LedgerError> {
+    pub async fn outstanding_effects(&self) -> Result<(Vec<Transfer>, SettledBatch), LedgerError> {
         let Some(batch_id): Option<i64> = sqlx::query_scalar(
             "SELECT batch_id FROM settlement_effect_batches ORDER BY batch_id LIMIT 1",
         )
@@ -251,7 +299,7 @@ impl Settlements {
         for (id, sender, receiver, amount, currency, description, status, reason, created_ms) in
             rows
         {
-            messages.push(TransferMessage {
+            messages.push(Transfer {
                 transaction_id: id,
                 sender_id: sender,
                 receiver_id: receiver,
@@ -298,7 +346,7 @@ impl Settlements {
     /// The committed balance of every account the messages touch.
     async fn current_balances(
         &self,
-        messages: &[TransferMessage],
+        messages: &[Transfer],
     ) -> Result<BTreeMap<AccountKey, Balance>, LedgerError> {
         let (users, currencies) = account_keys(messages);
         let rows: Vec<LockedAccount> = sqlx::query_as(
@@ -315,6 +363,61 @@ impl Settlements {
 
 type Transaction<'a> = sqlx::Transaction<'a, sqlx::Postgres>;
 
+/// Writes a batch's transfers in `transaction`: skips ids already applied, locks the touched
+/// accounts, decides, writes transfers, journal entries and balances, deletes pending rows and
+/// records the effects to run. What it returns holds once the transaction commits.
+async fn write_batch(
+    transaction: &mut Transaction<'_>,
+    messages: &[Transfer],
+) -> Result<SettledBatch, LedgerError> {
+    let locked = lock_accounts(transaction, messages).await?;
+    let ids: Vec<Uuid> = messages.iter().map(|m| m.transaction_id).collect();
+    let mut settled = already_settled(transaction, &ids).await?;
+    let firsts = first_of_each_transfer(messages);
+    let distinct: Vec<Uuid> = firsts.iter().map(|m| m.transaction_id).collect();
+    let fresh: Vec<&Transfer> = firsts
+        .into_iter()
+        .filter(|m| !settled.contains_key(&m.transaction_id))
+        .collect();
+    let mut balances: BTreeMap<AccountKey, i64> = locked
+        .iter()
+        .map(|(user, currency, balance, _)| ((*user, currency.clone()), *balance))
+        .collect();
+    let mut accounts: BTreeMap<AccountKey, Balance> =
+        locked.into_iter().map(account_entry).collect();
+
+    let outcomes = decide(&mut balances, &fresh);
+    if !fresh.is_empty() {
+        write_transfers(transaction, &fresh, &outcomes).await?;
+        write_journal(transaction, &fresh, &outcomes).await?;
+        let updated = write_balances(transaction, &fresh, &outcomes, &balances).await?;
+        accounts.extend(updated);
+    }
+    // Settled (now or before): no longer pending, and its effects are to run, in the same
+    // commit as the position.
+    delete_pending_in(&mut **transaction, &ids).await?;
+    let effects = record_effects(transaction, &distinct).await?;
+
+    for (message, outcome) in fresh.iter().zip(&outcomes) {
+        settled.insert(message.transaction_id, *outcome);
+    }
+    let newly_applied: HashSet<Uuid> = fresh.iter().map(|m| m.transaction_id).collect();
+    let transfers = messages
+        .iter()
+        .map(|message| SettledTransfer {
+            transaction_id: message.transaction_id,
+            // Every id was either already settled or decided just now.
+            outcome: settled[&message.transaction_id],
+            newly_applied: newly_applied.contains(&message.transaction_id),
+        })
+        .collect();
+    Ok(SettledBatch {
+        transfers,
+        accounts,
+        effects,
+    })
+}
+
 fn account_entry((user, currency, balance_minor, version): LockedAccount) -> (AccountKey, Balance) {
     let balance = Balance {
         balance_minor,
@@ -324,7 +427,7 @@ fn account_entry((user, currency, balance_minor, version): LockedAccount) -> (Ac
 }
 
 /// The (user ids, currencies) of every account the messages touch, sorted, without repeats.
-fn account_keys(messages: &[TransferMessage]) -> (Vec<i64>, Vec<String>) {
+fn account_keys(messages: &[Transfer]) -> (Vec<i64>, Vec<String>) {
     let keys: BTreeSet<AccountKey> = messages
         .iter()
         .flat_map(|m| [m.sender(), m.receiver()])
@@ -405,7 +508,7 @@ async fn move_position(
 /// same order), and returns their balances and versions.
 async fn lock_accounts(
     transaction: &mut Transaction<'_>,
-    messages: &[TransferMessage],
+    messages: &[Transfer],
 ) -> Result<Vec<LockedAccount>, LedgerError> {
     let (users, currencies) = account_keys(messages);
     Ok(sqlx::query_as(
@@ -451,7 +554,7 @@ fn stored_outcome(id: Uuid, status: &str, reason: Option<&str>) -> Result<Outcom
 
 async fn write_transfers(
     transaction: &mut Transaction<'_>,
-    fresh: &[&TransferMessage],
+    fresh: &[&Transfer],
     outcomes: &[Outcome],
 ) -> Result<(), LedgerError> {
     assert_eq!(fresh.len(), outcomes.len(), "one outcome per fresh message");
@@ -481,7 +584,7 @@ async fn write_transfers(
 /// Two entries per completed transfer: the sender's negative, the receiver's positive.
 async fn write_journal(
     transaction: &mut Transaction<'_>,
-    fresh: &[&TransferMessage],
+    fresh: &[&Transfer],
     outcomes: &[Outcome],
 ) -> Result<(), LedgerError> {
     let completed = completed(fresh, outcomes);
@@ -520,7 +623,7 @@ async fn write_journal(
 /// committed state.
 async fn write_balances(
     transaction: &mut Transaction<'_>,
-    fresh: &[&TransferMessage],
+    fresh: &[&Transfer],
     outcomes: &[Outcome],
     balances: &BTreeMap<AccountKey, i64>,
 ) -> Result<Vec<(AccountKey, Balance)>, LedgerError> {
@@ -558,7 +661,7 @@ async fn write_balances(
 
 /// Each transfer's first message, in message order (a message read twice in one batch is one
 /// transfer).
-fn first_of_each_transfer(messages: &[TransferMessage]) -> Vec<&TransferMessage> {
+fn first_of_each_transfer(messages: &[Transfer]) -> Vec<&Transfer> {
     let mut seen = HashSet::with_capacity(messages.len());
     messages
         .iter()
@@ -584,7 +687,7 @@ async fn record_effects(
     Ok(Some(batch_id))
 }
 
-fn completed<'m>(fresh: &[&'m TransferMessage], outcomes: &[Outcome]) -> Vec<&'m TransferMessage> {
+fn completed<'m>(fresh: &[&'m Transfer], outcomes: &[Outcome]) -> Vec<&'m Transfer> {
     fresh
         .iter()
         .zip(outcomes)

@@ -13,6 +13,7 @@ pub mod decide;
 pub mod ledger;
 pub mod ownership;
 pub mod process;
+pub mod quarantine;
 pub mod reconcile;
 pub mod same_log;
 
@@ -23,19 +24,22 @@ use std::time::{Duration, Instant};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message, OwnedMessage};
 use rdkafka::{Offset, TopicPartitionList};
+use transferd_message::TransferMessage;
 
 use crate::capabilities::Capabilities;
 use crate::config::{Services, Worker};
 use crate::shutdown::Stop;
 use crate::stores::kafka::{
-    EVENTS_TOPIC, TRANSFER_TOPIC, TransferLog, is_unknown_topic, settlement_consumer,
+    DEAD_LETTER_TOPIC, EVENTS_TOPIC, TRANSFER_TOPIC, TransferLog, is_unknown_topic,
+    settlement_consumer,
 };
 use crate::stores::log_position::partitions;
 use crate::stores::redis::{SettledBalance, SettledHold};
 use crate::trace::{REQUEST_ID_KAFKA_HEADER, TRACEPARENT_HEADER, TraceContext};
-use decide::TransferMessage;
+use decide::Transfer;
 use ledger::{Advance, Offsets, SettleError, SettledBatch, Settlements};
 use ownership::Ownership;
+use quarantine::Quarantined;
 
 /// Longest pause between attempts at a step that keeps failing (a dependency is down).
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
@@ -193,15 +197,9 @@ impl TopicWorker<'_> {
                 continue;
             };
             let advance = advance_of(self.topic, generation, &positions, &batch);
-            let messages = parse_batch(&batch);
-            if let Some(ended) = settle_batch(
-                self.capabilities,
-                self.settlements,
-                &messages,
-                &advance,
-                stop,
-            )
-            .await
+            let read = Read::of(&batch);
+            if let Some(ended) =
+                settle_batch(self.capabilities, self.settlements, read, &advance, stop).await
             {
                 return ended;
             }
@@ -324,48 +322,297 @@ fn advance_of(
     advance
 }
 
+/// How one attempt at applying a batch ended, when it did not fail for a while.
+enum Applied {
+    Settled(SettledBatch),
+    /// Another worker moved the position in this topic.
+    Moved(String),
+    /// The ledger refuses the batch's data: retrying the same batch changes nothing.
+    Refused(crate::stores::postgres::LedgerError),
+}
+
 /// Applies one batch, then runs its effects. `None` when done; otherwise how the worker ends.
+/// A batch whose data the ledger refuses is searched for the transfers it refuses, which are
+/// quarantined; the rest is applied as usual.
 async fn settle_batch(
     capabilities: &Capabilities,
     settlements: &Settlements,
-    messages: &[TransferMessage],
+    mut read: Read<'_>,
     advance: &Advance,
     stop: &mut Stop,
 ) -> Option<Ended> {
-    let applied = retrying(stop, "settling a batch", || async {
-        match settlements.apply(messages, advance).await {
-            Ok(settled) => Ok(Ok(settled)),
-            Err(SettleError::PositionMoved { topic }) => Ok(Err(topic)),
-            Err(SettleError::Ledger(error)) => Err(error),
+    let settled = loop {
+        let applied = retrying(stop, "settling a batch", || async {
+            match settlements
+                .apply(&read.transfers, &read.quarantined, advance)
+                .await
+            {
+                Ok(settled) => Ok(Applied::Settled(settled)),
+                Err(SettleError::PositionMoved { topic }) => Ok(Applied::Moved(topic)),
+                Err(SettleError::Ledger(error)) if error.refuses_data() => {
+                    Ok(Applied::Refused(error))
+                }
+                Err(SettleError::Ledger(error)) => Err(error),
+            }
+        })
+        .await;
+        match applied {
+            None => {
+                tracing::info!(
+                    messages = read.transfers.len(),
+                    "stopping with a batch not settled; it will be read again"
+                );
+                return Some(Ended::Stop);
+            }
+            Some(Applied::Moved(topic)) => {
+                return Some(Ended::Restart(format!(
+                    "another worker moved the position in {topic}"
+                )));
+            }
+            Some(Applied::Settled(settled)) => break settled,
+            Some(Applied::Refused(error)) => {
+                tracing::error!(%error, "the ledger refuses a batch; finding the messages it refuses");
+                let found = retrying(stop, "finding the messages the ledger refuses", || {
+                    settlements.refused(&read.transfers)
+                })
+                .await;
+                let Some(refused) = found else {
+                    return Some(Ended::Stop);
+                };
+                if refused.is_empty() {
+                    // Only the batch as a whole is refused: try it again, as after an outage.
+                    tracing::error!(%error, "the ledger refuses the batch but none of its transfers alone; retrying");
+                    tokio::select! {
+                        () = tokio::time::sleep(MAX_RETRY_DELAY) => {}
+                        () = stop.requested() => return Some(Ended::Stop),
+                    }
+                }
+                read.quarantine(refused);
+            }
         }
-    })
-    .await;
-    let settled = match applied {
-        None => {
-            tracing::info!(
-                messages = messages.len(),
-                "stopping with a batch not settled; it will be read again"
-            );
-            return Some(Ended::Stop);
-        }
-        Some(Err(topic)) => {
-            return Some(Ended::Restart(format!(
-                "another worker moved the position in {topic}"
-            )));
-        }
-        Some(Ok(settled)) => settled,
     };
     crate::crash::point("after-ledger-commit");
-    count_settled(messages, &settled);
-    if !run_effects(capabilities, settlements, messages, &settled, stop).await {
+    count_settled(&read.transfers, &settled);
+    count_quarantined(&read);
+    let released = read.quarantined_holds(capabilities).await;
+    if !run_effects(
+        capabilities,
+        settlements,
+        &read.transfers,
+        &settled,
+        &released,
+        stop,
+    )
+    .await
+    {
+        return Some(Ended::Stop);
+    }
+    if !read.quarantined.is_empty() && !dead_letter(capabilities, settlements, stop).await {
         return Some(Ended::Stop);
     }
     None
 }
 
+/// A polled batch as settlement reads it: the transfers to apply, each with the index of the
+/// log message it came from, and the messages set aside.
+struct Read<'a> {
+    log: &'a [OwnedMessage],
+    transfers: Vec<Transfer>,
+    sources: Vec<usize>,
+    quarantined: Vec<Quarantined>,
+    /// How many of `quarantined` the ledger refused (the others are not transfers at all).
+    refused: usize,
+}
+
+impl<'a> Read<'a> {
+    /// Reads every message with the contract's parser; what it refuses is quarantined, not
+    /// skipped: holding the partition back for it would stop every transfer behind it.
+    fn of(log: &'a [OwnedMessage]) -> Read<'a> {
+        let mut read = Read {
+            log,
+            transfers: Vec::with_capacity(log.len()),
+            sources: Vec::with_capacity(log.len()),
+            quarantined: Vec::new(),
+            refused: 0,
+        };
+        for (index, message) in log.iter().enumerate() {
+            let payload = message.payload().unwrap_or_default();
+            match TransferMessage::parse(payload) {
+                Ok(parsed) => {
+                    read.transfers.push(Transfer::of(parsed, trace_of(message)));
+                    read.sources.push(index);
+                }
+                Err(error) => read.set_aside(index, &error.to_string()),
+            }
+        }
+        read
+    }
+
+    fn set_aside(&mut self, index: usize, error: &str) {
+        let message = &self.log[index];
+        tracing::error!(
+            error,
+            partition = message.partition(),
+            offset = message.offset(),
+            "quarantining a message settlement cannot apply"
+        );
+        self.quarantined.push(Quarantined::new(
+            message.partition(),
+            message.offset(),
+            message.payload().unwrap_or_default(),
+            error,
+        ));
+    }
+
+    /// Moves the transfers at `refused` (indices into `transfers`, ascending, with the
+    /// ledger's words) to the quarantine.
+    fn quarantine(&mut self, refused: Vec<(usize, String)>) {
+        for (index, error) in refused.into_iter().rev() {
+            self.transfers.remove(index);
+            let source = self.sources.remove(index);
+            self.set_aside(source, &format!("the ledger refuses it: {error}"));
+            self.refused += 1;
+        }
+    }
+
+    /// The holds of quarantined messages that will never settle, to give back now: those whose
+    /// pending record (written with the hold) is this very message. A message that only names
+    /// another transfer's id (another producer's) releases nothing; the reconciler releases a
+    /// hold whose transfer never reaches the ledger. A cache that cannot say releases nothing.
+    async fn quarantined_holds(&self, capabilities: &Capabilities) -> Vec<SettledHold> {
+        let mut holds = Vec::new();
+        for message in &self.quarantined {
+            let found = &message.found;
+            let (Some(id), Some(sender_id), Some(currency)) =
+                (found.transaction_id, found.sender_id, &found.currency)
+            else {
+                continue;
+            };
+            let id = id.to_string();
+            match capabilities.cache.pending(&id).await {
+                Ok(Some(record)) if record == message.payload => holds.push(SettledHold {
+                    transaction_id: id,
+                    user_id: sender_id,
+                    currency: currency.clone(),
+                }),
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::warn!(%error, transaction_id = id, "cannot read a quarantined transfer's pending record; the reconciler will release its hold");
+                }
+            }
+        }
+        holds
+    }
+}
+
+fn count_quarantined(read: &Read<'_>) {
+    use crate::metrics::SETTLEMENT_QUARANTINED;
+    let unreadable = read.quarantined.len() - read.refused;
+    for (cause, count) in [("unreadable", unreadable), ("refused", read.refused)] {
+        if count > 0 {
+            metrics::counter!(SETTLEMENT_QUARANTINED, "cause" => cause).increment(count as u64);
+        }
+    }
+}
+
+/// Copies every quarantined message not yet on the dead-letter topic there, marking each once
+/// acknowledged. False when stopping was requested first (the rest goes at the next start).
+async fn dead_letter(
+    capabilities: &Capabilities,
+    settlements: &Settlements,
+    stop: &mut Stop,
+) -> bool {
+    retrying(
+        stop,
+        "writing quarantined messages to the dead-letter topic",
+        || dead_letter_once(capabilities, settlements),
+    )
+    .await
+    .is_some()
+}
+
+async fn dead_letter_once(
+    capabilities: &Capabilities,
+    settlements: &Settlements,
+) -> Result<(), SettlementError> {
+    loop {
+        let unsent = quarantine::not_dead_lettered(settlements.pool(), 100).await?;
+        if unsent.is_empty() {
+            return Ok(());
+        }
+        for entry in unsent {
+            let key = format!("{}:{}", entry.partition, entry.log_offset);
+            let source = format!(
+                "{}/{}/{}/{}",
+                entry.topic, entry.log_generation, entry.partition, entry.log_offset
+            );
+            let headers = [
+                ("transferd-error", entry.error.as_str()),
+                ("transferd-source", source.as_str()),
+            ];
+            capabilities
+                .log
+                .produce(DEAD_LETTER_TOPIC, &key, &entry.payload, &headers)
+                .await?;
+            quarantine::dead_lettered(settlements.pool(), entry.quarantine_id).await?;
+        }
+    }
+}
+
+/// Why a quarantined message was not re-driven.
+#[derive(Debug, thiserror::Error)]
+pub enum RedriveError {
+    #[error("no quarantined message at {partition}:{offset}")]
+    NotFound { partition: i32, offset: i64 },
+    #[error("the message at {partition}:{offset} was not re-driven: {error}")]
+    Refused {
+        partition: i32,
+        offset: i64,
+        error: ledger::RetryError,
+    },
+}
+
+/// Re-drives the quarantined message at `partition:offset` of the transfer topic once its
+/// cause is fixed: applies it (exactly once: its row is marked in the same transaction, and
+/// the ledger skips an id it has) and runs its effects once. Effects that fail stay recorded,
+/// for the next worker to take the settlement lock; the reconciler releases the hold meanwhile.
+pub async fn redrive(
+    capabilities: &Capabilities,
+    partition: i32,
+    offset: i64,
+) -> Result<(Transfer, decide::Outcome), RedriveError> {
+    let settlements = Settlements::new(capabilities.ledger.pool().clone());
+    let topic = capabilities.log.physical_topic(TRANSFER_TOPIC);
+    let refused = |error: ledger::RetryError| RedriveError::Refused {
+        partition,
+        offset,
+        error,
+    };
+    let entry = quarantine::find(settlements.pool(), &topic, partition, offset)
+        .await
+        .map_err(|error| refused(error.into()))?
+        .ok_or(RedriveError::NotFound { partition, offset })?;
+    let (transfer, settled) = settlements.retry(&entry).await.map_err(refused)?;
+    tracing::info!(transaction_id = %transfer.transaction_id, partition, offset, "re-drove a quarantined message");
+    let transfers = std::slice::from_ref(&transfer);
+    let effects = async {
+        update_cache(capabilities, transfers, &settled, &[]).await?;
+        emit_events(capabilities, transfers, &settled).await?;
+        if let Some(batch_id) = settled.effects {
+            settlements.effects_done(batch_id).await?;
+        }
+        Ok::<(), SettlementError>(())
+    };
+    if let Err(error) = effects.await {
+        tracing::warn!(%error, "a re-driven transfer's effects did not run; they stay recorded");
+    }
+    let outcome = settled.transfers[0].outcome;
+    Ok((transfer, outcome))
+}
+
 /// The settlement metrics of a committed batch: its size, what it newly applied, and how old
 /// its oldest transfer was (time from acceptance to commit).
-fn count_settled(messages: &[TransferMessage], settled: &SettledBatch) {
+fn count_settled(messages: &[Transfer], settled: &SettledBatch) {
     use crate::metrics::{SETTLED, SETTLEMENT_BATCH, SETTLEMENT_LAG_SECONDS};
     metrics::histogram!(SETTLEMENT_BATCH).record(messages.len() as f64);
     // One update per status and batch: the worker process relays every update to serve as a
@@ -409,7 +656,8 @@ fn count_settled(messages: &[TransferMessage], settled: &SettledBatch) {
     }
 }
 
-/// Runs the effects a previous owner of the topic recorded and did not finish. False when
+/// Runs the effects a previous owner of the topic recorded and did not finish, and sends the
+/// quarantined messages it did not get onto the dead-letter topic. False when
 /// stopping was requested first.
 async fn finish_outstanding(
     capabilities: &Capabilities,
@@ -425,32 +673,36 @@ async fn finish_outstanding(
             return false;
         };
         if messages.is_empty() {
-            return true;
+            break;
         }
         tracing::info!(
             transfers = messages.len(),
             "running the effects a previous worker left"
         );
-        if !run_effects(capabilities, settlements, &messages, &settled, stop).await {
+        if !run_effects(capabilities, settlements, &messages, &settled, &[], stop).await {
             return false;
         }
     }
+    // Quarantined messages a previous worker did not get onto the dead-letter topic.
+    dead_letter(capabilities, settlements, stop).await
 }
 
-/// The after-commit effects of settled transfers, retried until they run, then forgotten.
-/// False when stopping was requested first (they stay recorded for the next worker).
+/// The after-commit effects of settled transfers, retried until they run, then forgotten;
+/// `released` are the holds of quarantined messages, given back with the others. False when
+/// stopping was requested first (they stay recorded for the next worker).
 async fn run_effects(
     capabilities: &Capabilities,
     settlements: &Settlements,
-    messages: &[TransferMessage],
+    messages: &[Transfer],
     settled: &SettledBatch,
+    released: &[SettledHold],
     stop: &mut Stop,
 ) -> bool {
-    if messages.is_empty() {
+    if messages.is_empty() && released.is_empty() {
         return true;
     }
     let done = retrying(stop, "running a batch's effects", || async {
-        update_cache(capabilities, messages, settled).await?;
+        update_cache(capabilities, messages, settled, released).await?;
         crate::crash::point("after-cache-update");
         emit_events(capabilities, messages, settled).await?;
         Ok::<(), SettlementError>(())
@@ -540,31 +792,6 @@ async fn consumer_error(error: &rdkafka::error::KafkaError, log: &TransferLog) {
     }
 }
 
-/// Messages that are not transfer messages are logged and skipped: they cannot be applied,
-/// and holding the partition back for them would stop every transfer behind them.
-fn parse_batch(batch: &[OwnedMessage]) -> Vec<TransferMessage> {
-    batch
-        .iter()
-        .filter_map(
-            |message| match TransferMessage::parse(message.payload().unwrap_or_default()) {
-                Ok(mut parsed) => {
-                    parsed.trace = trace_of(message);
-                    Some(parsed)
-                }
-                Err(error) => {
-                    tracing::error!(
-                        %error,
-                        partition = message.partition(),
-                        offset = message.offset(),
-                        "skipping a message that is not a transfer"
-                    );
-                    None
-                }
-            },
-        )
-        .collect()
-}
-
 /// The request id and trace context a message's headers carry, if any.
 fn trace_of(message: &OwnedMessage) -> Option<TraceContext> {
     let headers = message.headers()?;
@@ -582,8 +809,9 @@ fn trace_of(message: &OwnedMessage) -> Option<TraceContext> {
 /// settled transfer twice (balance lowered and still held is only conservative) or not at all.
 async fn update_cache(
     capabilities: &Capabilities,
-    messages: &[TransferMessage],
+    messages: &[Transfer],
     settled: &SettledBatch,
+    released: &[SettledHold],
 ) -> Result<(), SettlementError> {
     let balances: Vec<SettledBalance> = settled
         .accounts
@@ -602,6 +830,7 @@ async fn update_cache(
             user_id: message.sender_id,
             currency: message.currency.clone(),
         })
+        .chain(released.iter().cloned())
         .collect();
     capabilities.cache.settle(&balances, &holds).await?;
     Ok(())
@@ -639,7 +868,7 @@ struct SettledEvent<'a> {
 /// `MAX_TRANSFERS_PER_EVENT` transfers each, `{"transfers":[…]}`, keyed by the first one's
 /// transaction id. One message per batch rather than per transfer: the local broker's cost
 /// is per record and per header it stores, not per byte.
-fn event_messages(messages: &[TransferMessage], settled: &SettledBatch) -> Vec<(String, Vec<u8>)> {
+fn event_messages(messages: &[Transfer], settled: &SettledBatch) -> Vec<(String, Vec<u8>)> {
     assert_eq!(
         messages.len(),
         settled.transfers.len(),
@@ -684,7 +913,7 @@ fn event_messages(messages: &[TransferMessage], settled: &SettledBatch) -> Vec<(
 /// forgotten.
 async fn emit_events(
     capabilities: &Capabilities,
-    messages: &[TransferMessage],
+    messages: &[Transfer],
     settled: &SettledBatch,
 ) -> Result<(), SettlementError> {
     let events = event_messages(messages, settled);
@@ -703,9 +932,9 @@ mod tests {
     use decide::{Outcome, Reason};
     use ledger::SettledTransfer;
 
-    fn settled(count: usize, trace: Option<TraceContext>) -> (Vec<TransferMessage>, SettledBatch) {
-        let messages: Vec<TransferMessage> = (0..count)
-            .map(|index| TransferMessage {
+    fn settled(count: usize, trace: Option<TraceContext>) -> (Vec<Transfer>, SettledBatch) {
+        let messages: Vec<Transfer> = (0..count)
+            .map(|index| Transfer {
                 transaction_id: uuid::Uuid::now_v7(),
                 sender_id: 1,
                 receiver_id: 2 + index as i64,

@@ -21,14 +21,18 @@ use crate::stores::log_position;
 /// Topics a guest may publish to, by their logical (unprefixed) names.
 pub const GUEST_TOPICS: &[&str] = &[TRANSFER_TOPIC];
 
-/// Accepted transfers (written through the guest, read by settlement).
-pub const TRANSFER_TOPIC: &str = "transfer_topic";
+/// Accepted transfers (written through the guest, read by settlement): the message contract's.
+pub use transferd_message::TRANSFER_TOPIC;
 
 /// Settlement outcomes, one event per transfer.
 pub const EVENTS_TOPIC: &str = "transfer_events";
 
+/// Transfer-log messages settlement could not apply (the quarantine's dead letters), each as
+/// the log held it, keyed `partition:offset`, with the reason in a header.
+pub const DEAD_LETTER_TOPIC: &str = "transfer_quarantine";
+
 /// Every topic transferd writes, created at start-up and whenever one is found missing.
-pub const HOST_TOPICS: &[&str] = &[TRANSFER_TOPIC, EVENTS_TOPIC];
+pub const HOST_TOPICS: &[&str] = &[TRANSFER_TOPIC, EVENTS_TOPIC, DEAD_LETTER_TOPIC];
 
 /// Least time between two attempts at recreating missing topics: every request that meets a
 /// missing topic asks, one attempt answers them all.

@@ -41,6 +41,26 @@ pub enum LedgerError {
     Batched(#[from] BatchError<LedgerError>),
 }
 
+impl LedgerError {
+    /// Whether the database refused the data itself: a data exception (SQLSTATE class 22: text
+    /// with NUL, a time out of range, a number too large), a broken constraint (class 23, but
+    /// not a unique violation, which a concurrent writer can cause) or a program limit (class
+    /// 54). The same statement with the same data fails again however often it is retried.
+    pub fn refuses_data(&self) -> bool {
+        match self {
+            LedgerError::Overflow => true,
+            LedgerError::Unavailable(sqlx::Error::Database(error)) => {
+                let code = error.code();
+                let code = code.as_deref().unwrap_or_default();
+                code.starts_with("22")
+                    || (code.starts_with("23") && code != "23505")
+                    || code.starts_with("54")
+            }
+            _ => false,
+        }
+    }
+}
+
 impl From<sqlx::Error> for LedgerError {
     fn from(error: sqlx::Error) -> Self {
         // 22003: numeric_value_out_of_range, what BIGINT overflow raises.

@@ -15,6 +15,9 @@
 //!   in a static and in a heap buffer it grows, and refuses the transfer (422, nothing looked
 //!   up or published) naming both counts as `"<static> <heap>"`; an instance that starts
 //!   from its image says `"1 1"`;
+//! - `hostile:verbatim:TEXT`: decides the request as if its description were
+//!   `hostile:verbatim` (so the rules pass), then publishes TEXT as the description: a guest
+//!   that does not check what the rules check (TEXT with NUL or a line break);
 //! - anything else: the example, a hold of 1 minor unit on the sender and a message
 //!   moving 1,000x the amount from the receiver to the sender.
 #![cfg(target_arch = "wasm32")]
@@ -63,7 +66,11 @@ impl Mode {
 struct Hostile {
     mode: Mode,
     published: bool,
+    /// `hostile:verbatim:`'s text, written into the message as its description.
+    verbatim: Option<String>,
 }
+
+const VERBATIM: &str = "hostile:verbatim";
 
 /// Changes fields of a JSON message.
 fn rewrite(payload: &[u8], change: impl FnOnce(&mut serde_json::Map<String, Value>)) -> Vec<u8> {
@@ -145,6 +152,11 @@ impl Imports for Hostile {
             }
             Mode::TrapAfterPublish | Mode::Remember => {}
         }
+        if let Some(text) = &self.verbatim {
+            message.payload = rewrite(&message.payload, |fields| {
+                fields.insert("description".into(), text.as_str().into());
+            });
+        }
         HostImports.send(message)?;
         self.published = true;
         Ok(())
@@ -178,8 +190,16 @@ struct HostileGuest;
 impl Guest for HostileGuest {
     fn initiate_transfer(
         ctx: types::RequestContext,
-        request: types::TransferRequest,
+        mut request: types::TransferRequest,
     ) -> Result<types::Accepted, types::Rejection> {
+        let verbatim = request
+            .description
+            .as_deref()
+            .and_then(|text| text.strip_prefix(VERBATIM)?.strip_prefix(':'))
+            .map(str::to_string);
+        if verbatim.is_some() {
+            request.description = Some(VERBATIM.into());
+        }
         let mode = Mode::of(request.description.as_deref());
         if mode == Mode::Remember {
             return Err(remembered());
@@ -187,6 +207,7 @@ impl Guest for HostileGuest {
         let mut imports = Hostile {
             mode,
             published: false,
+            verbatim,
         };
         let result = handle_with(&STANDARD, &mut imports, ctx, request);
         if imports.mode == Mode::TrapAfterPublish && imports.published {

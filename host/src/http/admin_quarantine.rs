@@ -1,0 +1,107 @@
+//! `/admin/quarantine`: the transfer-log messages settlement set aside, and re-driving one once
+//! its cause is fixed. The router lets only admins reach these (`auth::Gate::admin`).
+
+use chrono::SecondsFormat;
+use http::StatusCode;
+
+use crate::http::App;
+use crate::http::api::{
+    QuarantineList, QuarantineRetried, QuarantinedMessage, Success, TransferStatus,
+};
+use crate::http::error::{ApiError, Invalid, Reply, json_response};
+use crate::settlement::ledger::RetryError;
+use crate::settlement::quarantine::{self, Entry};
+use crate::settlement::{RedriveError, redrive};
+
+/// Most messages one listing shows.
+const LIST_LIMIT: i64 = 100;
+
+/// Longest payload text one entry shows, in characters.
+const PAYLOAD_CHARS: usize = 4_096;
+
+/// `GET /admin/quarantine`.
+pub async fn list(app: &App) -> Result<Reply, ApiError> {
+    let pool = app.capabilities.ledger.pool();
+    let unavailable =
+        |error: crate::stores::postgres::LedgerError| ApiError::Unavailable(error.to_string());
+    let open = quarantine::open_count(pool).await.map_err(unavailable)?;
+    let entries = quarantine::list(pool, LIST_LIMIT)
+        .await
+        .map_err(unavailable)?;
+    let messages = entries.iter().map(shown).collect();
+    Ok(json_response(
+        StatusCode::OK,
+        &QuarantineList { open, messages },
+    ))
+}
+
+fn shown(entry: &Entry) -> QuarantinedMessage {
+    let time = |at: &chrono::DateTime<chrono::Utc>| at.to_rfc3339_opts(SecondsFormat::Millis, true);
+    QuarantinedMessage {
+        partition: entry.partition,
+        offset: entry.log_offset,
+        log_generation: entry.log_generation,
+        error: entry.error.clone(),
+        transaction_id: entry.transaction_id,
+        payload: String::from_utf8_lossy(&entry.payload)
+            .chars()
+            .take(PAYLOAD_CHARS)
+            .collect(),
+        quarantined_at: time(&entry.quarantined_at),
+        dead_lettered: entry.dead_lettered_at.is_some(),
+        retried_at: entry.retried_at.as_ref().map(time),
+    }
+}
+
+/// `POST /admin/quarantine/{partition}/{offset}/retry`.
+pub async fn retry(app: &App, partition: &str, offset: &str) -> Result<Reply, ApiError> {
+    let (partition, offset) = position(partition, offset)?;
+    let (transfer, outcome) = redrive(&app.capabilities, partition, offset)
+        .await
+        .map_err(|error| match error {
+            RedriveError::NotFound { .. } => ApiError::NotFoundMessage(error.to_string()),
+            RedriveError::Refused {
+                error: RetryError::Ledger(_),
+                ..
+            } => ApiError::Unavailable(error.to_string()),
+            RedriveError::Refused {
+                error: RetryError::AlreadyRetried,
+                ..
+            } => ApiError::Conflict(error.to_string()),
+            RedriveError::Refused { .. } => ApiError::Unprocessable(error.to_string()),
+        })?;
+    let outcome_status = TransferStatus::from_stored(outcome.status())
+        .ok_or_else(|| ApiError::Internal("an outcome without a status".into()))?;
+    Ok(json_response(
+        StatusCode::OK,
+        &QuarantineRetried {
+            status: Success::Success,
+            transaction_id: transfer.transaction_id,
+            outcome: outcome_status,
+            reason: outcome.reason().map(str::to_string),
+        },
+    ))
+}
+
+/// A message's position in the log from the path's segments.
+fn position(partition: &str, offset: &str) -> Result<(i32, i64), ApiError> {
+    let partition = partition.parse::<i32>().ok().filter(|p| *p >= 0);
+    let offset = offset.parse::<i64>().ok().filter(|o| *o >= 0);
+    let mut problems = Vec::new();
+    for (name, valid) in [
+        ("partition", partition.is_some()),
+        ("offset", offset.is_some()),
+    ] {
+        if !valid {
+            problems.push(Invalid {
+                location: vec!["path".into(), name.into()],
+                message: format!("{name} must be a non-negative integer"),
+                kind: "int_parsing".into(),
+            });
+        }
+    }
+    match (partition, offset) {
+        (Some(partition), Some(offset)) => Ok((partition, offset)),
+        _ => Err(ApiError::Validation(problems)),
+    }
+}

@@ -1,0 +1,258 @@
+//! The transfer-log message: the record of an accepted transfer that the guest writes, the
+//! host's guard checks before anything is held, and the settlement worker applies.
+//!
+//! One type and one parser for all three, so what the guard admits is by construction what
+//! settlement can apply. [`TransferMessage::parse`] is settlement's reading: the fields it
+//! applies, with the values the ledger can store. [`TransferMessage::parse_exact`] is the
+//! guard's: the same reading, plus exactly this version's field set written as this version
+//! writes it.
+//!
+//! The message keeps the original service's fields (`sender_id, receiver_id, amount,
+//! currency, description, transaction_id`) and adds exact ones. `amount` is a JSON number
+//! written with exactly the currency's decimals (`10.50`), so old consumers still read a number
+//! and new ones can read it exactly; `amount_minor` is the integer to use.
+
+pub mod time;
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::value::RawValue;
+use uuid::Uuid;
+
+/// Bumped when a field changes meaning or disappears; adding a field does not bump it.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// The topic accepted transfers are published to (the original service's name).
+pub const TRANSFER_TOPIC: &str = "transfer_topic";
+
+/// Every field a message of [`SCHEMA_VERSION`] has, in the order it is written.
+pub const FIELDS: [&str; 11] = [
+    "transaction_id",
+    "sender_id",
+    "receiver_id",
+    "amount",
+    "amount_minor",
+    "currency",
+    "description",
+    "created_at",
+    "created_at_ms",
+    "guest_version",
+    "schema_version",
+];
+
+/// The last instant a message may carry: 9999-12-31T23:59:59.999Z, the end of what RFC 3339's
+/// four-digit years can write (the ledger's timestamps reach further).
+pub const MAX_CREATED_AT_MS: i64 = 253_402_300_799_999;
+
+/// A transfer-log message.
+///
+/// The fields after `amount_minor` that settlement does not apply are optional on reading, so a
+/// message of an older writer that left them out still settles; the guard requires them all.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransferMessage {
+    pub transaction_id: Uuid,
+    pub sender_id: i64,
+    pub receiver_id: i64,
+    /// `amount_minor` at the currency's decimals, as consumers of the original message read it.
+    #[serde(default)]
+    pub amount: Option<AmountText>,
+    pub amount_minor: i64,
+    pub currency: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    /// `created_at_ms` in RFC 3339 (`time::rfc3339_from_ms`).
+    #[serde(default)]
+    pub created_at: Option<String>,
+    /// When the host received the request, in milliseconds since the Unix epoch.
+    pub created_at_ms: i64,
+    /// The guest version that decided the transfer.
+    #[serde(default)]
+    pub guest_version: Option<String>,
+    #[serde(default)]
+    pub schema_version: Option<u32>,
+}
+
+/// Why a payload is not a message settlement can apply (or, for `parse_exact`, not one this
+/// version writes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MessageError {
+    /// Not JSON, or not an object of the message's shape: a field missing, of the wrong type,
+    /// out of its type's range, or given twice.
+    Shape(String),
+    /// Of the shape, but a field holds what the ledger cannot store or a reader cannot take.
+    Field {
+        field: &'static str,
+        problem: String,
+    },
+}
+
+impl fmt::Display for MessageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MessageError::Shape(why) => write!(f, "not a transfer message: {why}"),
+            MessageError::Field { field, problem } => write!(f, "the message's {field} {problem}"),
+        }
+    }
+}
+
+impl std::error::Error for MessageError {}
+
+impl TransferMessage {
+    /// Settlement's reading: the shape (serde refuses a field given twice), then the values the
+    /// ledger can store.
+    pub fn parse(payload: &[u8]) -> Result<TransferMessage, MessageError> {
+        let message: TransferMessage = serde_json::from_slice(payload)
+            .map_err(|error| MessageError::Shape(error.to_string()))?;
+        message.check_storable()?;
+        Ok(message)
+    }
+
+    /// The guard's reading: [`parse`](Self::parse), and exactly the fields of
+    /// [`SCHEMA_VERSION`], each present and written as this version writes it: the id in its
+    /// hyphenated lower-case form, `created_at` equal to `created_at_ms`, and printable text.
+    /// What `amount` must say depends on the currency's decimals: the guard checks it.
+    pub fn parse_exact(payload: &[u8]) -> Result<TransferMessage, MessageError> {
+        let message = TransferMessage::parse(payload)?;
+        let object: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(payload)
+            .map_err(|error| MessageError::Shape(error.to_string()))?;
+        let found: BTreeSet<&str> = object.keys().map(String::as_str).collect();
+        let expected: BTreeSet<&str> = FIELDS.into_iter().collect();
+        if let Some(unknown) = found.difference(&expected).next() {
+            return Err(MessageError::Shape(format!("unknown field {unknown:?}")));
+        }
+        if let Some(missing) = expected.difference(&found).next() {
+            return Err(MessageError::Shape(format!("missing field {missing:?}")));
+        }
+        let id_text = object["transaction_id"].as_str().unwrap_or_default();
+        if id_text != message.transaction_id.hyphenated().to_string() {
+            return Err(field(
+                "transaction_id",
+                "is not a lower-case hyphenated UUID",
+            ));
+        }
+        message.check_exact()?;
+        Ok(message)
+    }
+
+    /// The message as JSON bytes. Deterministic: the same message gives the same bytes.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a message of strings and integers always serialises")
+    }
+
+    fn check_storable(&self) -> Result<(), MessageError> {
+        if !(0..=MAX_CREATED_AT_MS).contains(&self.created_at_ms) {
+            return Err(field(
+                "created_at_ms",
+                &format!("is {}, outside 0..={MAX_CREATED_AT_MS}", self.created_at_ms),
+            ));
+        }
+        if !storable(&self.currency) {
+            return Err(field(
+                "currency",
+                "contains NUL, which the ledger cannot store",
+            ));
+        }
+        if let Some(description) = &self.description
+            && !storable(description)
+        {
+            return Err(field(
+                "description",
+                "contains NUL, which the ledger cannot store",
+            ));
+        }
+        Ok(())
+    }
+
+    fn check_exact(&self) -> Result<(), MessageError> {
+        if self.schema_version != Some(SCHEMA_VERSION) {
+            return Err(field(
+                "schema_version",
+                &format!("is {:?}, not {SCHEMA_VERSION}", self.schema_version),
+            ));
+        }
+        if self.amount.is_none() {
+            return Err(field("amount", "is null"));
+        }
+        let expected_created_at = time::rfc3339_from_ms(self.created_at_ms as u64);
+        if self.created_at.as_deref() != Some(expected_created_at.as_str()) {
+            return Err(field(
+                "created_at",
+                &format!("is {:?}, not {expected_created_at:?}", self.created_at),
+            ));
+        }
+        match &self.guest_version {
+            Some(version) if printable(version) => {}
+            _ => return Err(field("guest_version", "is not printable text")),
+        }
+        if !printable(&self.currency) {
+            return Err(field("currency", "contains a control character"));
+        }
+        if let Some(description) = &self.description
+            && !printable(description)
+        {
+            return Err(field("description", "contains a control character"));
+        }
+        Ok(())
+    }
+}
+
+fn field(field: &'static str, problem: &str) -> MessageError {
+    MessageError::Field {
+        field,
+        problem: problem.to_string(),
+    }
+}
+
+/// Text PostgreSQL can store: no NUL (its text types cannot hold one).
+pub fn storable(text: &str) -> bool {
+    !text.contains('\0')
+}
+
+/// Text a reader can print as it is: no C0 control character (U+0000 to U+001F, which includes
+/// tab and line breaks) and no DEL (U+007F). What the guest's rules and the guard require of
+/// every text field of a transfer.
+pub fn printable(text: &str) -> bool {
+    !text.chars().any(|c| c <= '\u{1f}' || c == '\u{7f}')
+}
+
+/// A JSON number exactly as written (`10.50` stays `10.50`, where `f64` would write `10.5`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AmountText(String);
+
+impl AmountText {
+    /// `text` when it is one JSON number.
+    pub fn new(text: String) -> Option<AmountText> {
+        let raw: Box<RawValue> = serde_json::from_str(&text).ok()?;
+        is_number(raw.get()).then_some(AmountText(text))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+fn is_number(raw: &str) -> bool {
+    raw.starts_with(|c: char| c == '-' || c.is_ascii_digit())
+}
+
+impl Serialize for AmountText {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let raw = RawValue::from_string(self.0.clone()).map_err(serde::ser::Error::custom)?;
+        raw.serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for AmountText {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<AmountText, D::Error> {
+        let raw = Box::<RawValue>::deserialize(deserializer)?;
+        if !is_number(raw.get()) {
+            return Err(serde::de::Error::custom("amount must be a JSON number"));
+        }
+        Ok(AmountText(raw.get().to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests;
