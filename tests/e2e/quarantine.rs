@@ -85,7 +85,7 @@ async fn a_description_with_a_control_character_is_refused_and_changes_nothing()
     let namespace = Namespace::new().await?;
     let host = Host::start(&namespace).await?;
     host.deposit(1, "USD", "10.00").await?;
-    host.deposit(2, "USD", "0.00").await?;
+    host.deposit(2, "USD", "1.00").await?;
     for description in ["a\u{0}b", "line\nbreak", "\u{1b}[2J"] {
         let reply = host.transfer(transfer("0.01", description)).await?;
         assert_eq!(reply.status, 422, "{description:?}: {}", reply.body);
@@ -116,7 +116,7 @@ async fn foreign_messages_are_quarantined_and_every_transfer_behind_them_settles
     let namespace = Namespace::new().await?;
     let host = Host::start(&namespace).await?;
     host.deposit(1, "USD", "100.00").await?;
-    host.deposit(2, "USD", "0.00").await?;
+    host.deposit(2, "USD", "1.00").await?;
     let topic = namespace.transfer_topic();
     let far_future = json!({
         "transaction_id": uuid::Uuid::now_v7(), "sender_id": 1, "receiver_id": 2,
@@ -228,7 +228,7 @@ async fn a_transfer_the_ledger_refuses_is_quarantined_alone_and_re_driven_once()
     options.run_worker = false;
     let host = Host::start_with(&namespace, options.clone()).await?;
     host.deposit(1, "USD", "100.00").await?;
-    host.deposit(2, "USD", "0.00").await?;
+    host.deposit(2, "USD", "1.00").await?;
     // An operator's rule the ledger enforces, which this one transfer breaks.
     let ledger = namespace.ledger().await?;
     sqlx::query(

@@ -133,7 +133,7 @@ impl Violation {
             Violation::SecondPublish => "one_publish",
             Violation::Topic(_) => "topic",
             Violation::NotJson(_) => "json",
-            Violation::Field { field, .. } => *field,
+            Violation::Field { field, .. } => field,
             Violation::Amount(_) => "amount_minor",
             Violation::NotRequested { .. } => "requested_amount",
             Violation::AmountText { .. } => "amount",

@@ -211,7 +211,7 @@ impl Settlements {
             match self.probe(&transfers[start..end]).await {
                 Ok(()) => {}
                 Err(error) if error.refuses_data() && end - start == 1 => {
-                    found.push((start, error.to_string()));
+                    found.push((start, refusal(&error)));
                 }
                 Err(error) if error.refuses_data() => {
                     let middle = start + (end - start) / 2;
@@ -248,7 +248,7 @@ impl Settlements {
         let settled = match write_batch(&mut transaction, std::slice::from_ref(&transfer)).await {
             Ok(settled) => settled,
             Err(error) if error.refuses_data() => {
-                return Err(RetryError::StillRefused(error.to_string()));
+                return Err(RetryError::StillRefused(refusal(&error)));
             }
             Err(error) => return Err(RetryError::Ledger(error)),
         };
@@ -362,6 +362,18 @@ impl Settlements {
 }
 
 type Transaction<'a> = sqlx::Transaction<'a, sqlx::Postgres>;
+
+/// The database's own words for a refusal, with its SQLSTATE.
+fn refusal(error: &LedgerError) -> String {
+    match error {
+        LedgerError::Unavailable(sqlx::Error::Database(database)) => format!(
+            "{} (SQLSTATE {})",
+            database.message(),
+            database.code().unwrap_or_default()
+        ),
+        other => other.to_string(),
+    }
+}
 
 /// Writes a batch's transfers in `transaction`: skips ids already applied, locks the touched
 /// accounts, decides, writes transfers, journal entries and balances, deletes pending rows and

@@ -43,6 +43,7 @@ enum Mode {
     AmountText,
     TrapAfterPublish,
     Remember,
+    Verbatim,
     Reversed,
 }
 
@@ -57,6 +58,7 @@ impl Mode {
             Some("hostile:amount-text") => Mode::AmountText,
             Some("hostile:trap-after-publish") => Mode::TrapAfterPublish,
             Some("hostile:remember") => Mode::Remember,
+            Some(VERBATIM) => Mode::Verbatim,
             _ => Mode::Reversed,
         }
     }
@@ -150,7 +152,7 @@ impl Imports for Hostile {
                     fields.insert("transaction_id".into(), FOREIGN_ID.into());
                 });
             }
-            Mode::TrapAfterPublish | Mode::Remember => {}
+            Mode::TrapAfterPublish | Mode::Remember | Mode::Verbatim => {}
         }
         if let Some(text) = &self.verbatim {
             message.payload = rewrite(&message.payload, |fields| {
