@@ -39,18 +39,23 @@ async fn until_logged(
 #[tokio::test]
 async fn sigterm_exits_within_the_drain_time_while_the_worker_retries() -> anyhow::Result<()> {
     let namespace = Namespace::new().await?;
-    let mut options = with_drain(HostOptions::new(&namespace));
-    // Redis is unreachable: transfers are accepted from PostgreSQL balances, and settling
-    // fails at the cache update, so the worker retries the batch's effects until it is
-    // stopped.
-    options.redis_url = format!("redis://127.0.0.1:{}", free_port());
-    let mut host = Host::start_with(&namespace, options).await?;
-    host.deposit(1, "USD", "10.00").await?;
-    host.deposit(2, "USD", "10.00").await?;
-    let reply = host
+    // A transfer accepted (with its hold) and not settled: no worker runs yet.
+    let mut api = HostOptions::new(&namespace);
+    api.run_worker = false;
+    let mut accepting = Host::start_with(&namespace, api).await?;
+    accepting.deposit(1, "USD", "10.00").await?;
+    accepting.deposit(2, "USD", "10.00").await?;
+    let reply = accepting
         .transfer(json!({"sender_id": 1, "receiver_id": 2, "amount": "1.00", "currency": "USD"}))
         .await?;
     assert_eq!(reply.status, 200, "{}", reply.body);
+    accepting.terminate(EXIT_BOUND).await?;
+
+    // Redis is unreachable for the serve that settles it: settling fails at the cache update,
+    // so its worker retries the batch's effects until it is stopped.
+    let mut options = with_drain(HostOptions::new(&namespace));
+    options.redis_url = format!("redis://127.0.0.1:{}", free_port());
+    let mut host = Host::start_with(&namespace, options).await?;
     until_logged(
         || host.log(),
         "running a batch's effects failed; retrying",
