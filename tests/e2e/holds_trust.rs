@@ -228,13 +228,13 @@ async fn redis_back_empty_with_unsettled_transfers_accepts_nothing_until_settlem
     // Settlement catches up; the service then accepts again by itself, never beyond 10.00.
     let _worker = WorkerProcess::start(&namespace, &options, "worker")?;
     all_complete(&namespace, &accepted).await?;
-    let minor_left = 1_000 - 200 * accepted.len() as i64;
     let again = accepted_again(&host, "0.01").await?;
+    let minor_left = 1_000 - 200 * accepted.len() as i64 - 1;
     accepted.push(again);
     let after = at_once(&host, "0.50").await?;
     assert!(
-        50 * after.len() as i64 <= minor_left - 1,
-        "{} transfers of 0.50 accepted with {minor_left} minor units less 1 left",
+        50 * after.len() as i64 <= minor_left,
+        "{} transfers of 0.50 accepted with {minor_left} minor units left",
         after.len()
     );
     accepted.extend(&after);
