@@ -181,7 +181,8 @@ async fn worker(command: config::WorkerCommand, mut signals: Signals) -> anyhow:
     };
     let capabilities = Arc::new(Capabilities::connect(&settings.services).await?);
     if !command.supervised {
-        settlement::reconcile::spawn(&settings.services, &settings.worker, &capabilities);
+        let _holds_trust =
+            settlement::reconcile::spawn(&settings.services, &settings.worker, &capabilities);
     }
     let (stop_handle, stop) = shutdown::stop_channel();
     let mut worker = Some(settlement::spawn(

@@ -51,8 +51,13 @@ pub const PUBLISHES_IN_DOUBT: &str = "transferd_publishes_in_doubt_total";
 pub const HOLDS_OUTSTANDING: &str = "transferd_holds_outstanding";
 /// Minor units held, by `currency`, as of the last count.
 pub const HOLDS_OUTSTANDING_MINOR: &str = "transferd_holds_outstanding_minor";
-/// Transfers accepted with a PostgreSQL pending row instead of a Redis hold (Redis was down).
-pub const HOLD_FALLBACKS: &str = "transferd_hold_fallbacks_total";
+/// Transfers refused (503, nothing published) because no hold could be taken, by `reason`:
+/// `redis_unavailable`, `untrusted` (Redis came back without its data and settlement has not
+/// yet caught up with the log; see `stores::redis`, `holds_trusted`).
+pub const HOLDS_REFUSED: &str = "transferd_holds_refused_total";
+/// 1 while this replica last found Redis's holds trusted, 0 while it did not (Redis
+/// unreachable, or rebuilding trust after losing its data).
+pub const HOLDS_TRUSTED: &str = "transferd_holds_trusted";
 /// Holds the first balance lookup took ahead of the publish (`capabilities::hold_ahead`), by
 /// `outcome`: `used` (the publish needed no Redis call of its own), `replaced` (the guest
 /// published another message: the hold stayed and its pending record was replaced),

@@ -10,8 +10,20 @@ use transferd::settlement::quarantine::{self, Quarantined};
 use transferd::settlement::same_log::{Fingerprints, fingerprint};
 use transferd::stores::log_position::forget_positions;
 use transferd::stores::postgres::Ledger;
-use transferd::stores::redis::{BalanceCache, HoldRequest, SettledBalance, SettledHold};
+use transferd::stores::redis::{
+    BalanceCache, HoldOutcome, HoldRequest, SettledBalance, SettledHold, TrustClaim,
+};
 use uuid::Uuid;
+
+/// A cache on a fresh prefix whose holds are trusted, as the keeper marks a new Redis whose
+/// log is consumed (`settlement::reconcile::restore_trust`).
+async fn trusted_cache(prefix: &str) -> anyhow::Result<Arc<BalanceCache>> {
+    let cache = BalanceCache::new(&services("postgres", prefix))?;
+    let ttl = std::time::Duration::from_secs(60);
+    assert_eq!(cache.claim_trust("test", ttl).await?, TrustClaim::Claimed);
+    assert!(cache.confirm_trust("test").await?);
+    Ok(cache)
+}
 
 fn services(database: &str, redis_prefix: &str) -> Services {
     Services {
@@ -529,7 +541,7 @@ async fn effects_a_previous_version_left_are_run_after_the_upgrade() -> anyhow::
 #[tokio::test]
 async fn an_older_balance_never_overwrites_a_newer_one() -> anyhow::Result<()> {
     let prefix = format!("storetest{}:", Uuid::now_v7().simple());
-    let cache = BalanceCache::new(&services("postgres", &prefix))?;
+    let cache = trusted_cache(&prefix).await?;
     assert!(cache.store_balance(1, "USD", 500, 5).await?);
     assert!(
         !cache.store_balance(1, "USD", 900, 4).await?,
@@ -539,7 +551,7 @@ async fn an_older_balance_never_overwrites_a_newer_one() -> anyhow::Result<()> {
 
     // Settlement's atomic step follows the same rule, and releases holds once.
     let held = cache.reserve_hold("tx-1", 1, "USD", 200, b"{}").await?;
-    assert_eq!(held, transferd::stores::redis::HoldOutcome::Reserved);
+    assert_eq!(held, HoldOutcome::Reserved);
     assert_eq!(cache.available(1, "USD").await?, Some(300));
     let stale = SettledBalance {
         user_id: 1,
@@ -778,7 +790,7 @@ async fn keys_claimed_and_answered_together_each_keep_their_own() -> anyhow::Res
 #[tokio::test]
 async fn several_accounts_are_read_in_one_call_each_with_its_own_holds() -> anyhow::Result<()> {
     let prefix = format!("storetest{}:", Uuid::now_v7().simple());
-    let cache = BalanceCache::new(&services("postgres", &prefix))?;
+    let cache = trusted_cache(&prefix).await?;
     assert!(cache.store_balance(1, "USD", 500, 1).await?);
     assert!(cache.store_balance(3, "USD", -40, 1).await?);
     cache.reserve_hold("t1", 1, "USD", 120, b"{}").await?;
@@ -802,7 +814,7 @@ async fn several_accounts_are_read_in_one_call_each_with_its_own_holds() -> anyh
 #[tokio::test]
 async fn a_lookup_holds_ahead_only_what_is_available_among_cached_accounts() -> anyhow::Result<()> {
     let prefix = format!("storetest{}:", Uuid::now_v7().simple());
-    let cache = BalanceCache::new(&services("postgres", &prefix))?;
+    let cache = trusted_cache(&prefix).await?;
     assert!(cache.store_balance(1, "USD", 500, 1).await?);
     assert!(cache.store_balance(2, "USD", 70, 1).await?);
     cache.reserve_hold("other", 1, "USD", 100, b"{}").await?;
@@ -860,7 +872,7 @@ async fn a_lookup_holds_ahead_only_what_is_available_among_cached_accounts() -> 
 #[tokio::test]
 async fn a_transaction_s_own_hold_does_not_count_against_it() -> anyhow::Result<()> {
     let prefix = format!("storetest{}:", Uuid::now_v7().simple());
-    let cache = BalanceCache::new(&services("postgres", &prefix))?;
+    let cache = trusted_cache(&prefix).await?;
     assert!(cache.store_balance(1, "USD", 500, 1).await?);
     cache.reserve_hold("retried", 1, "USD", 300, b"{}").await?;
     assert_eq!(cache.available(1, "USD").await?, Some(200));
@@ -1135,5 +1147,95 @@ async fn every_message_the_guard_admits_the_ledger_applies() -> anyhow::Result<(
         admitted >= 20 && refused >= 100,
         "{admitted} admitted, {refused} refused"
     );
+    Ok(())
+}
+
+/// No script takes a hold while `holds_trusted` is missing; it is written only by a claim made
+/// in the same data (a Redis that lost its data since the claim loses the claim too); and the
+/// time a hold was taken (Redis's clock) is kept with it and goes with it.
+#[tokio::test]
+async fn holds_are_taken_only_while_trusted_and_keep_the_time_they_were_taken() -> anyhow::Result<()>
+{
+    use redis::AsyncCommands;
+    let prefix = format!("storetest{}:", Uuid::now_v7().simple());
+    let cache = BalanceCache::new(&services("postgres", &prefix))?;
+    let ttl = std::time::Duration::from_secs(60);
+    assert!(cache.store_balance(1, "USD", 500, 1).await?);
+    assert!(cache.store_balance(2, "USD", 70, 1).await?);
+    let on_first = HoldRequest {
+        hold_on: 1,
+        amount_minor: 100,
+        record: b"a",
+    };
+    // Not trusted: nothing held, by either script; reads still answer.
+    assert_eq!(
+        cache.reserve_hold("t1", 1, "USD", 100, b"{}").await?,
+        HoldOutcome::Untrusted
+    );
+    assert_eq!(
+        cache
+            .available_holding(&[2, 1], "USD", "t1", &on_first)
+            .await?,
+        (vec![Some(70), Some(500)], false)
+    );
+    assert_eq!(cache.held(1, "USD").await?, 0);
+    assert_eq!(cache.pending("t1").await?, None);
+
+    // A claim that Redis lost (as a restart without its data loses every key) confirms nothing.
+    assert_eq!(cache.claim_trust("a", ttl).await?, TrustClaim::Claimed);
+    let client = redis::Client::open("redis://127.0.0.1:6379")?;
+    let mut redis = client.get_multiplexed_async_connection().await?;
+    let _: () = redis.del(format!("{prefix}holds_trust_claim:a")).await?;
+    assert!(!cache.confirm_trust("a").await?);
+    assert_eq!(
+        cache.reserve_hold("t1", 1, "USD", 100, b"{}").await?,
+        HoldOutcome::Untrusted
+    );
+    // A claim still there: trusted, for every replica.
+    assert_eq!(cache.claim_trust("b", ttl).await?, TrustClaim::Claimed);
+    assert!(cache.confirm_trust("b").await?);
+    assert_eq!(cache.claim_trust("c", ttl).await?, TrustClaim::Trusted);
+    assert!(
+        cache.confirm_trust("b").await?,
+        "confirming again changes nothing"
+    );
+
+    let before = cache.now_ms().await?;
+    assert_eq!(
+        cache.reserve_hold("t1", 1, "USD", 100, b"{}").await?,
+        HoldOutcome::Reserved
+    );
+    assert_eq!(
+        cache
+            .available_holding(&[2, 1], "USD", "t2", &on_first)
+            .await?,
+        (vec![Some(70), Some(400)], true)
+    );
+    let after = cache.now_ms().await?;
+    let mut held = cache.held_transfers(100).await?;
+    held.sort_by(|a, b| a.transaction_id.cmp(&b.transaction_id));
+    assert_eq!(held.len(), 2, "{held:?}");
+    for hold in &held {
+        let taken = hold.taken_at_ms.expect("a hold keeps its time");
+        assert!(
+            (before..=after).contains(&taken),
+            "{before} <= {taken} <= {after}"
+        );
+    }
+    cache.release_hold("t1", 1, "USD").await?;
+    cache
+        .settle(
+            &[],
+            &[SettledHold {
+                transaction_id: "t2".into(),
+                user_id: 1,
+                currency: "USD".into(),
+            }],
+        )
+        .await?;
+    let times: std::collections::HashMap<String, String> =
+        redis.hgetall(format!("{prefix}hold_times:1:USD")).await?;
+    assert!(times.is_empty(), "the times go with their holds: {times:?}");
+    assert!(cache.held_transfers(100).await?.is_empty());
     Ok(())
 }

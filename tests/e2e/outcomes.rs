@@ -1,6 +1,8 @@
 //! Every accepted transfer reaches a definite, findable outcome: a client that hangs up does
-//! not strand its transfer halfway, and a transfer accepted while Redis is down is `pending`
-//! from PostgreSQL (never 404) until it settles; when neither store can be asked, 503.
+//! not strand its transfer halfway; while Redis is down nothing is accepted (503), and a
+//! pending row an older version wrote in PostgreSQL for a transfer it accepted without Redis
+//! still shows that transfer `pending` (never 404) until it settles; when neither store can be
+//! asked, 503.
 
 use std::time::Duration;
 
@@ -89,7 +91,7 @@ async fn a_client_that_hangs_up_does_not_strand_its_transfer() -> anyhow::Result
 }
 
 #[tokio::test]
-async fn accepted_without_redis_is_pending_from_postgres_never_404() -> anyhow::Result<()> {
+async fn a_pending_row_shows_its_transfer_without_redis_never_404() -> anyhow::Result<()> {
     let namespace = Namespace::new().await?;
     let mut redis_proxy = Proxy::start(6379).await?;
     let mut postgres_proxy = Proxy::start(5432).await?;
@@ -104,13 +106,35 @@ async fn accepted_without_redis_is_pending_from_postgres_never_404() -> anyhow::
     host.deposit(1, "USD", "50.00").await?;
     host.deposit(2, "USD", "1.00").await?;
 
-    redis_proxy.cut().await;
+    // Accepted with its hold; its pending record then lives only in PostgreSQL, as an older
+    // version left a transfer it accepted while Redis was down.
     let reply = host.transfer(transfer("5.00")).await?;
     assert_eq!(reply.status, 200, "{}", reply.body);
     let transaction_id = reply.body["transaction_id"]
         .as_str()
         .unwrap_or_default()
         .to_string();
+    let mut redis = namespace.redis().await?;
+    let record_key = namespace.redis_key(&format!("pending:{transaction_id}"));
+    let message: Vec<u8> = redis.get(&record_key).await?;
+    let () = redis.del(&record_key).await?;
+    let ledger = namespace.ledger().await?;
+    sqlx::query(
+        "INSERT INTO pending_transfers (transaction_id, sender_id, currency, amount_minor, message)
+         VALUES ($1, 1, 'USD', 500, $2)",
+    )
+    .bind(uuid::Uuid::parse_str(&transaction_id)?)
+    .bind(&message)
+    .execute(&ledger)
+    .await?;
+
+    redis_proxy.cut().await;
+    let refused = host.transfer(transfer("1.00")).await?;
+    assert_eq!(
+        refused.status, 503,
+        "no hold, not accepted: {}",
+        refused.body
+    );
     let (status, shown) = show(&host, &transaction_id).await?;
     assert_eq!(status, 200, "{shown}");
     assert_eq!(
@@ -134,10 +158,17 @@ async fn accepted_without_redis_is_pending_from_postgres_never_404() -> anyhow::
         (200, Some("completed")),
         "{shown}"
     );
-    let ledger = namespace.ledger().await?;
     let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM pending_transfers")
         .fetch_one(&ledger)
         .await?;
     assert_eq!(rows, 0, "settlement deleted the pending row");
+    let published = consume(
+        KAFKA_BROKERS,
+        &namespace.transfer_topic(),
+        2,
+        Duration::from_secs(3),
+    )
+    .await?;
+    assert_eq!(published.len(), 1, "the refused transfer was not published");
     Ok(())
 }

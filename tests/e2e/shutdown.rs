@@ -22,6 +22,19 @@ fn with_drain(mut options: HostOptions) -> HostOptions {
     options
 }
 
+/// Marks the namespace's Redis holds trusted, as a replica that could read the transfer log
+/// does on a fresh Redis: a host that cannot reach the broker cannot establish that itself,
+/// and without it refuses transfers before they reach the publish these tests wait in.
+async fn trust_holds(namespace: &Namespace) -> anyhow::Result<()> {
+    let mut redis = namespace.redis().await?;
+    redis::cmd("SET")
+        .arg(namespace.redis_key("holds_trusted"))
+        .arg(1)
+        .query_async::<()>(&mut redis)
+        .await?;
+    Ok(())
+}
+
 /// Waits until `log()` contains `needle`.
 async fn until_logged(
     log: impl Fn() -> String,
@@ -39,18 +52,23 @@ async fn until_logged(
 #[tokio::test]
 async fn sigterm_exits_within_the_drain_time_while_the_worker_retries() -> anyhow::Result<()> {
     let namespace = Namespace::new().await?;
-    let mut options = with_drain(HostOptions::new(&namespace));
-    // Redis is unreachable: transfers are accepted from PostgreSQL balances, and settling
-    // fails at the cache update, so the worker retries the batch's effects until it is
-    // stopped.
-    options.redis_url = format!("redis://127.0.0.1:{}", free_port());
-    let mut host = Host::start_with(&namespace, options).await?;
-    host.deposit(1, "USD", "10.00").await?;
-    host.deposit(2, "USD", "10.00").await?;
-    let reply = host
+    // A transfer accepted (with its hold) and not settled: no worker runs yet.
+    let mut api = HostOptions::new(&namespace);
+    api.run_worker = false;
+    let mut accepting = Host::start_with(&namespace, api).await?;
+    accepting.deposit(1, "USD", "10.00").await?;
+    accepting.deposit(2, "USD", "10.00").await?;
+    let reply = accepting
         .transfer(json!({"sender_id": 1, "receiver_id": 2, "amount": "1.00", "currency": "USD"}))
         .await?;
     assert_eq!(reply.status, 200, "{}", reply.body);
+    accepting.terminate(EXIT_BOUND).await?;
+
+    // Redis is unreachable for the serve that settles it: settling fails at the cache update,
+    // so its worker retries the batch's effects until it is stopped.
+    let mut options = with_drain(HostOptions::new(&namespace));
+    options.redis_url = format!("redis://127.0.0.1:{}", free_port());
+    let mut host = Host::start_with(&namespace, options).await?;
     until_logged(
         || host.log(),
         "running a batch's effects failed; retrying",
@@ -80,6 +98,7 @@ async fn sigterm_exits_within_the_drain_time_while_a_request_waits_for_the_broke
     let namespace = Namespace::new().await?;
     let mut options = with_drain(HostOptions::new(&namespace));
     options.kafka_brokers = format!("127.0.0.1:{}", free_port());
+    trust_holds(&namespace).await?;
     options.kafka_timeout_ms = 5_000;
     let mut host = Host::start_with(&namespace, options).await?;
     host.deposit(1, "USD", "10.00").await?;
@@ -151,6 +170,7 @@ async fn sigterm_waits_for_a_decision_whose_client_left() -> anyhow::Result<()> 
     let mut options = with_drain(HostOptions::new(&namespace));
     // No broker: the publish waits out the Kafka timeout and ends in doubt.
     options.kafka_brokers = format!("127.0.0.1:{}", free_port());
+    trust_holds(&namespace).await?;
     options.kafka_timeout_ms = 1_500;
     let mut host = Host::start_with(&namespace, options).await?;
     host.deposit(1, "USD", "10.00").await?;

@@ -1,12 +1,9 @@
 //! What the imports' policy needs from the stores, as one small trait. The policy (Redis
-//! first and the ledger when Redis is down or the balance is not cached; a hold, or without
-//! Redis a pending row; release only what is certainly not in the log) is written once over
-//! it, so it is unit-tested against an in-memory backend without services (`tests` below),
+//! first and the ledger when Redis is down or the balance is not cached; no transfer without
+//! a hold; release only what is certainly not in the log) is written once over it, so it is unit-tested against an in-memory backend without services (`tests` below),
 //! while [`Capabilities`] implements it with Redis, PostgreSQL and Kafka.
 
 use std::future::Future;
-
-use uuid::Uuid;
 
 use crate::capabilities::Capabilities;
 use crate::stores::kafka::{Acknowledged, LogError};
@@ -44,7 +41,7 @@ pub trait Backend: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), CacheError>> + Send;
 
     /// Redis: sets `amount_minor` of the available balance aside for `transaction_id`, with
-    /// the message as its pending record.
+    /// the message as its pending record, when the holds are trusted.
     fn reserve_hold(
         &self,
         transaction_id: &str,
@@ -75,21 +72,6 @@ pub trait Backend: Send + Sync + 'static {
         account_id: i64,
         currency: &str,
     ) -> impl Future<Output = Result<Option<Balance>, LedgerError>> + Send;
-
-    /// PostgreSQL: records an accepted transfer that has no Redis hold.
-    fn insert_pending(
-        &self,
-        transaction_id: Uuid,
-        account_id: i64,
-        currency: &str,
-        amount_minor: i64,
-        message: &[u8],
-    ) -> impl Future<Output = Result<(), LedgerError>> + Send;
-
-    fn delete_pending(
-        &self,
-        transaction_id: Uuid,
-    ) -> impl Future<Output = Result<(), LedgerError>> + Send;
 
     /// Kafka: writes the message and waits for the broker's acknowledgement.
     fn produce(
@@ -179,23 +161,6 @@ impl Backend for Capabilities {
         currency: &str,
     ) -> Result<Option<Balance>, LedgerError> {
         self.ledger.balance(account_id, currency).await
-    }
-
-    async fn insert_pending(
-        &self,
-        transaction_id: Uuid,
-        account_id: i64,
-        currency: &str,
-        amount_minor: i64,
-        message: &[u8],
-    ) -> Result<(), LedgerError> {
-        self.ledger
-            .insert_pending(transaction_id, account_id, currency, amount_minor, message)
-            .await
-    }
-
-    async fn delete_pending(&self, transaction_id: Uuid) -> Result<(), LedgerError> {
-        self.ledger.delete_pending(&[transaction_id]).await
     }
 
     async fn produce(

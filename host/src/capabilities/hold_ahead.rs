@@ -98,9 +98,9 @@ pub enum Ahead {
     /// Redis answered that it took the hold now (with its pending record).
     Held(HoldAhead),
     /// Perhaps held: the lookup carrying it failed or was dropped once sent. A publish
-    /// reserves as usual (taking over a hold that exists, or writing a pending row in the
-    /// ledger when Redis cannot be reached); unless the transfer then reached the log, or may
-    /// have, the call gives it back all the same.
+    /// reserves as usual (taking over a hold that exists; refused when Redis cannot be
+    /// reached); unless the transfer then reached the log, or may have, the call gives it back
+    /// all the same.
     Unsure(HoldAhead),
 }
 

@@ -1,6 +1,6 @@
 //! The guest's imports, implemented with the stores. The WIT impls are thin: they translate
 //! between the WIT types and the policy, which is written over a small backend trait
-//! (`backend`: which store answers, hold or pending row, what to release) and unit-tested
+//! (`backend`: which store answers, what is held, what to release) and unit-tested
 //! without services; the host's checks on what a guest publishes live in `guard`.
 //!
 //! `RequestState` is the data of one request's store: the shared stores plus what this

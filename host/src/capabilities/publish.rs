@@ -2,9 +2,10 @@
 //! to Kafka, wait for the acknowledgement; release the hold when the message is certainly not
 //! in the log, keep it when it may be.
 //!
-//! The hold lives in Redis. When Redis cannot be reached the transfer goes ahead without one
-//! (the ledger re-checks the balance when it settles), but its pending row is written in
-//! PostgreSQL first, so `GET /transfers/{id}` can always find an accepted transfer.
+//! The hold lives in Redis. No hold, no transfer: when Redis cannot be reached, or its holds
+//! cannot be trusted yet (it came back without its data: `stores::redis`, `holds_trusted`),
+//! nothing is published and the answer is 503 "not accepted", since a 200 without a hold could
+//! promise money that another transfer accepted at the same time spends as well.
 
 use std::sync::Arc;
 
@@ -83,12 +84,6 @@ impl RequestState {
     }
 }
 
-/// Where the transfer's hold (or, without Redis, its pending row) was kept.
-enum Kept {
-    RedisHold,
-    PendingRow,
-}
-
 /// Holds, produces, and records what happened in `publication`. `outgoing` passed the guard:
 /// its hold is present, on the sender, and equals `amount_minor`; `taken` says whether that
 /// hold is in Redis already (`hold_ahead`). The message carries the transaction id and, when
@@ -105,7 +100,7 @@ pub async fn deliver<B: Backend>(
     let refused = |reason: String| Publication::Refused { reason };
     let kept = match taken {
         Taken::No => keep(&*backend, &transaction_id, &outgoing, amount_minor).await,
-        Taken::AsRecorded => Ok(Kept::RedisHold),
+        Taken::AsRecorded => Ok(()),
         Taken::OtherRecord => {
             // The hold stands either way; a record that could not be replaced still names
             // this transfer (the standard rules' message for its request).
@@ -115,19 +110,16 @@ pub async fn deliver<B: Backend>(
             {
                 tracing::warn!(%error, transaction_id, "could not replace the pending record of a hold taken ahead");
             }
-            Ok(Kept::RedisHold)
+            Ok(())
         }
     };
-    let kept = match kept {
-        Ok(kept) => kept,
-        Err(error) => {
-            publication.set(refused(match &error {
-                PublishError::InsufficientFunds => "insufficient funds".into(),
-                PublishError::Unavailable(reason) => reason.clone(),
-            }));
-            return Err(error);
-        }
-    };
+    if let Err(error) = kept {
+        publication.set(refused(match &error {
+            PublishError::InsufficientFunds => "insufficient funds".into(),
+            PublishError::Unavailable(reason) => reason.clone(),
+        }));
+        return Err(error);
+    }
 
     crate::crash::point("after-hold");
     let traced = trace
@@ -162,21 +154,21 @@ pub async fn deliver<B: Backend>(
         }
         Err(error) => {
             tracing::warn!(%error, transaction_id, "publish refused; releasing the hold");
-            release(&*backend, &transaction_id, &outgoing, kept).await;
+            release(&*backend, &transaction_id, &outgoing).await;
             publication.set(refused(error.to_string()));
             Err(PublishError::Unavailable(error.to_string()))
         }
     }
 }
 
-/// Takes the hold in Redis, or, when Redis cannot be reached, writes the pending row in
-/// PostgreSQL. Neither possible: the transfer is not accepted.
+/// Takes the hold in Redis. Not possible (Redis unreachable, or its holds not trusted): the
+/// transfer is not accepted.
 async fn keep<B: Backend>(
     backend: &B,
     transaction_id: &str,
     outgoing: &Outgoing,
     amount_minor: i64,
-) -> Result<Kept, PublishError> {
+) -> Result<(), PublishError> {
     let Some(hold) = &outgoing.hold else {
         return Err(PublishError::Unavailable(
             "a checked message carries a hold".into(),
@@ -205,39 +197,41 @@ async fn keep<B: Backend>(
         other => other,
     };
     match outcome {
-        Ok(HoldOutcome::Reserved) => Ok(Kept::RedisHold),
+        Ok(HoldOutcome::Reserved) => Ok(()),
         Ok(HoldOutcome::Insufficient) => Err(PublishError::InsufficientFunds),
         // Still missing right after filling it: the account vanished; nothing to hold.
         Ok(HoldOutcome::Missing) => Err(PublishError::InsufficientFunds),
-        Err(cache_error) => {
-            tracing::warn!(%cache_error, transaction_id, "cannot reserve a hold; recording the transfer as pending in the ledger");
-            metrics::counter!(crate::metrics::HOLD_FALLBACKS).increment(1);
-            let id = uuid::Uuid::parse_str(transaction_id)
-                .map_err(|error| PublishError::Unavailable(error.to_string()))?;
-            backend
-                .insert_pending(id, account_id, currency, amount_minor, &outgoing.payload)
-                .await
-                .map_err(|error| PublishError::Unavailable(format!("{cache_error}; {error}")))?;
-            Ok(Kept::PendingRow)
+        Ok(HoldOutcome::Untrusted) => {
+            refused_hold("untrusted");
+            Err(PublishError::Unavailable(HOLDS_UNTRUSTED.into()))
+        }
+        Err(error) => {
+            tracing::warn!(%error, transaction_id, "cannot reserve a hold; not accepted");
+            refused_hold("redis_unavailable");
+            Err(PublishError::Unavailable(format!(
+                "cannot hold the amount ({error}); not accepted, retry"
+            )))
         }
     }
 }
 
+/// Why a transfer is refused while Redis's holds cannot be trusted.
+pub const HOLDS_UNTRUSTED: &str = "the holds are being rebuilt after Redis lost its data \
+     (settlement is catching up with the transfer log); not accepted, retry";
+
+/// Counts a transfer refused because no hold could be taken, by `reason`.
+fn refused_hold(reason: &'static str) {
+    metrics::counter!(crate::metrics::HOLDS_REFUSED, "reason" => reason).increment(1);
+}
+
 /// Undoes [`keep`] for a message certainly not in the log.
-async fn release<B: Backend>(backend: &B, transaction_id: &str, outgoing: &Outgoing, kept: Kept) {
-    let released = match (kept, &outgoing.hold) {
-        (Kept::RedisHold, Some(hold)) => backend
+async fn release<B: Backend>(backend: &B, transaction_id: &str, outgoing: &Outgoing) {
+    let released = match &outgoing.hold {
+        Some(hold) => backend
             .release_hold(transaction_id, hold.account_id, &hold.currency)
             .await
             .map_err(|error| error.to_string()),
-        (Kept::PendingRow, _) => match uuid::Uuid::parse_str(transaction_id) {
-            Ok(id) => backend
-                .delete_pending(id)
-                .await
-                .map_err(|error| error.to_string()),
-            Err(error) => Err(error.to_string()),
-        },
-        (Kept::RedisHold, None) => Ok(()),
+        None => Ok(()),
     };
     if let Err(error) = released {
         // The hold stays until the reconciler releases it; it only makes the account look

@@ -35,9 +35,8 @@ struct State {
     cached: HashMap<Account, i64>,
     /// Redis: holds by transaction id.
     holds: HashMap<String, (Account, i64)>,
-    /// PostgreSQL: settled balances and pending rows.
+    /// PostgreSQL: settled balances.
     settled: HashMap<Account, i64>,
-    pending: HashMap<Uuid, i64>,
     produced: Vec<String>,
     /// The headers of each message produced, in order.
     produced_headers: Vec<Vec<(String, String)>>,
@@ -52,6 +51,8 @@ struct State {
 struct Fake {
     state: Mutex<State>,
     redis_down: AtomicBool,
+    /// Redis lost its data and the holds are not trusted yet: nothing is held.
+    holds_untrusted: AtomicBool,
     ledger_down: AtomicBool,
     broker: Mutex<Broker>,
 }
@@ -61,6 +62,7 @@ impl Fake {
         Arc::new(Fake {
             state: Mutex::default(),
             redis_down: AtomicBool::new(false),
+            holds_untrusted: AtomicBool::new(false),
             ledger_down: AtomicBool::new(false),
             broker: Mutex::new(Broker::Acknowledges),
         })
@@ -139,7 +141,8 @@ impl Backend for Fake {
         let key = (ids[ahead.hold_on], currency.to_string());
         let already = state.holds.contains_key(transaction_id);
         let covered = found[ahead.hold_on].is_some_and(|available| available >= ahead.amount_minor);
-        let held = found.iter().all(Option::is_some) && !already && covered;
+        let trusted = !self.holds_untrusted.load(Ordering::SeqCst);
+        let held = trusted && found.iter().all(Option::is_some) && !already && covered;
         if held {
             state
                 .holds
@@ -175,6 +178,9 @@ impl Backend for Fake {
         self.redis()?;
         let mut state = self.state();
         state.reserves += 1;
+        if self.holds_untrusted.load(Ordering::SeqCst) {
+            return Ok(HoldOutcome::Untrusted);
+        }
         // As the reserve script: a transaction that holds already keeps its hold and record.
         if state.holds.contains_key(transaction_id) {
             return Ok(HoldOutcome::Reserved);
@@ -229,25 +235,6 @@ impl Backend for Fake {
                 balance_minor: *balance_minor,
                 version: 1,
             }))
-    }
-
-    async fn insert_pending(
-        &self,
-        transaction_id: Uuid,
-        _: i64,
-        _: &str,
-        amount_minor: i64,
-        _: &[u8],
-    ) -> Result<(), LedgerError> {
-        self.ledger()?;
-        self.state().pending.insert(transaction_id, amount_minor);
-        Ok(())
-    }
-
-    async fn delete_pending(&self, transaction_id: Uuid) -> Result<(), LedgerError> {
-        self.ledger()?;
-        self.state().pending.remove(&transaction_id);
-        Ok(())
     }
 
     async fn produce(
@@ -577,19 +564,37 @@ async fn a_publish_in_doubt_keeps_its_hold() {
 }
 
 #[tokio::test]
-async fn without_redis_a_publish_writes_a_pending_row_first() {
+async fn without_redis_a_publish_is_refused_and_sends_nothing() {
     let fake = Fake::new();
     fake.state().settled.insert(account(1), 500);
     fake.redis_down.store(true, Ordering::SeqCst);
-    let (id, answer, _) = publish(&fake, 300).await;
-    assert!(answer.is_ok(), "{answer:?}");
-    assert_eq!(fake.state().pending.get(&id), Some(&300));
+    let (_, answer, publication) = publish(&fake, 300).await;
+    assert!(
+        matches!(answer, Err(PublishError::Unavailable(_))),
+        "no hold, no transfer: {answer:?}"
+    );
+    assert!(matches!(publication, Publication::Refused { .. }));
+    assert!(fake.state().produced.is_empty());
+}
 
-    // Refused by the broker: the row goes again.
-    *fake.broker.lock().expect("lock") = Broker::Refuses;
-    let (refused, answer, _) = publish(&fake, 100).await;
-    assert!(answer.is_err());
-    assert!(!fake.state().pending.contains_key(&refused));
+#[tokio::test]
+async fn while_the_holds_are_untrusted_nothing_is_held_or_sent() {
+    let fake = Fake::new();
+    fake.state().cached.insert(account(1), 500);
+    fake.state().cached.insert(account(2), 70);
+    fake.holds_untrusted.store(true, Ordering::SeqCst);
+    // The lookup still answers (reads go on), but takes nothing ahead.
+    let found = lookup(&*fake, "tx", 2, "USD", Some(1), Some(&plan(300, b"m"))).await;
+    assert_eq!((found.answer, found.held), (Ok(Some(70)), Some(false)));
+    let (_, answer, publication) = publish(&fake, 300).await;
+    assert!(
+        matches!(&answer, Err(PublishError::Unavailable(reason)) if reason == super::publish::HOLDS_UNTRUSTED),
+        "{answer:?}"
+    );
+    assert!(matches!(publication, Publication::Refused { .. }));
+    let state = fake.state();
+    assert!(state.holds.is_empty() && state.records.is_empty());
+    assert!(state.produced.is_empty());
 }
 
 #[tokio::test]

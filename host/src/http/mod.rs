@@ -51,6 +51,9 @@ use error::{ApiError, Reply, json_response};
 /// Names the guest version that decided a response.
 pub const GUEST_VERSION_HEADER: &str = "x-guest-version";
 
+/// How long serve waits at start to learn whether Redis's holds are trusted.
+const HOLDS_TRUST_AT_START: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// What every request handler shares.
 pub struct App {
     pub capabilities: Arc<Capabilities>,
@@ -124,7 +127,7 @@ pub async fn serve(settings: Serve, mut signals: Signals) -> anyhow::Result<()> 
         registry::reconcile(&registry, &engine, &serving).await;
         registry::follow(registry.clone(), Arc::clone(&engine), Arc::clone(&serving));
     }
-    settlement::reconcile::spawn(services, &settings.worker, &capabilities);
+    let mut holds_trust = settlement::reconcile::spawn(services, &settings.worker, &capabilities);
     crate::health::spawn_gauges(
         Arc::clone(&capabilities),
         settlement::reconcile::position(services, &capabilities)?,
@@ -158,6 +161,16 @@ pub async fn serve(settings: Serve, mut signals: Signals) -> anyhow::Result<()> 
             settings.rate_limit_burst,
         ),
     });
+    // Transfers are refused while the holds are not trusted; on a fresh Redis with a consumed
+    // log the first check makes them trusted, so waiting for it (bounded: Redis or the broker
+    // may be down) lets the first request be accepted.
+    let trusted = settlement::reconcile::first_trust(&mut holds_trust, HOLDS_TRUST_AT_START).await;
+    if trusted != Some(true) {
+        tracing::warn!(
+            ?trusted,
+            "starting while Redis's holds are not trusted: transfers are refused (503) until they are"
+        );
+    }
     let listener = TcpListener::bind(settings.listen)
         .await
         .with_context(|| format!("binding {}", settings.listen))?;

@@ -1,7 +1,7 @@
 //! `GET /readyz`: should this replica take traffic? PostgreSQL (with the migrations applied),
 //! Redis and the broker are asked at once, each within `health::PROBE_TIMEOUT`; 503 names what is not
-//! ready. `/healthz` stays liveness only: a replica whose Redis is down is alive (it even
-//! serves, from PostgreSQL) but a load balancer may prefer another.
+//! ready. `/healthz` stays liveness only: a replica whose Redis is down is alive (it serves
+//! reads, and refuses transfers with 503) but a load balancer may prefer another.
 
 use http::StatusCode;
 

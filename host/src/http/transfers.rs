@@ -241,9 +241,9 @@ fn now_ms() -> u64 {
 
 /// `GET /transfers/{transaction_id}`: the ledger's record once settled; `pending` while the
 /// transfer is accepted but not yet settled (from its pending record in Redis, or its pending
-/// row in PostgreSQL when it was accepted without Redis). Never 404 for an accepted transfer:
-/// 503 when a place it could be in could not be asked. A caller who is neither party nor admin
-/// gets the same 404 as for an id nobody accepted.
+/// row in PostgreSQL, which older versions wrote for a transfer accepted without Redis). Never
+/// 404 for an accepted transfer: 503 when a place it could be in could not be asked. A caller
+/// who is neither party nor admin gets the same 404 as for an id nobody accepted.
 pub async fn show(app: &App, caller: &Caller, transaction_id: &str) -> Result<Reply, ApiError> {
     let Ok(id) = uuid::Uuid::parse_str(transaction_id) else {
         return Err(ApiError::Validation(vec![Invalid {

@@ -5,19 +5,31 @@
 //! the hold and the produce, a publish whose outcome was in doubt. Such a hold understates the
 //! sender's available balance until someone releases it; this is that someone.
 //!
-//! A hold is released when its transfer is old enough that any message for it was written
-//! long ago (its UUIDv7 carries the acceptance time; `min_age` far exceeds the produce
-//! timeout), and either
+//! A hold is released when it is old enough that any message for it was written long ago
+//! (`min_age` far exceeds the produce timeout), and either
 //! - the ledger has the transfer (settled or rejected: settlement's own release was lost), or
 //! - settlement's position (kept in the ledger) has passed every message the transfer log held
 //!   when this pass began, and the ledger still does not have it: the message was never written (or was
 //!   unreadable), so it will never settle.
 //!
+//! A hold's age is the time since it was taken, by Redis's clock: the script that takes a hold
+//! records Redis's `TIME` with it, and a pass measures from Redis's `TIME` when it begins, so
+//! replicas' clocks do not matter. Not the transaction id's UUIDv7: an idempotent retry takes a
+//! fresh hold under its first attempt's id, which may be long past the minimum age while the
+//! retry's message is being written. A hold recorded without its time (none is, since hold
+//! times are recorded) is judged by its id's time.
+//!
 //! Every pass is idempotent; replicas may run it at the same time.
+//!
+//! The same position ("settlement has consumed the log up to here") restores trust in the
+//! holds after Redis lost them ([`spawn`], `stores::redis`, `holds_trusted`): once settlement
+//! has consumed the log up to its end read after the marker was found missing, every transfer
+//! accepted before is in the ledger, so no hold of an unsettled transfer can be missing.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::capabilities::Capabilities;
@@ -26,7 +38,7 @@ use crate::settlement::ledger::Settlements;
 use crate::stores::idempotency;
 use crate::stores::kafka::{LogError, TRANSFER_TOPIC};
 use crate::stores::log_position::{LogPosition, Offsets, consumed_through};
-use crate::stores::redis::HeldTransfer;
+use crate::stores::redis::{BalanceCache, HeldTransfer, TrustClaim};
 
 /// Most holds looked at in one pass; the next pass takes the rest.
 const MAX_HOLDS_PER_PASS: usize = 10_000;
@@ -52,11 +64,13 @@ pub struct Report {
     pub released_settled: usize,
     /// Released: the log was consumed past it and the ledger does not have it.
     pub released_absent: usize,
-    /// Old, unsettled, and not provably absent (settlement is behind, or the id carries no time).
+    /// Old, unsettled, and not provably absent (settlement is behind, or the hold carries no
+    /// time).
     pub kept: usize,
     /// Whether settlement had consumed the log as far as it reached when the pass began.
     pub log_consumed: bool,
-    /// Old PostgreSQL pending rows (transfers accepted while Redis was down) found.
+    /// Old PostgreSQL pending rows found (written when transfers were accepted without Redis;
+    /// no longer written, still cleared).
     pub pending_rows: usize,
     /// Of those, deleted: settled, or provably never written.
     pub pending_rows_released: usize,
@@ -73,7 +87,8 @@ pub enum Verdict {
     Keep,
 }
 
-/// The rule, without any I/O. `age_ms` is `None` when the transaction id carries no time.
+/// The rule, without any I/O. `age_ms` is the time since the hold was taken, `None` when it is
+/// unknown.
 pub fn verdict(age_ms: Option<u64>, min_age_ms: u64, settled: bool, log_consumed: bool) -> Verdict {
     match age_ms {
         Some(age_ms) if age_ms < min_age_ms => Verdict::Young,
@@ -81,6 +96,14 @@ pub fn verdict(age_ms: Option<u64>, min_age_ms: u64, settled: bool, log_consumed
         Some(_) if log_consumed => Verdict::ReleaseAbsent,
         _ => Verdict::Keep,
     }
+}
+
+/// How long before `began_ms` (Redis's clock) the hold was taken: by the time recorded with it,
+/// or, for a hold without one, by its id's UUIDv7. `None` when neither says.
+pub fn hold_age_ms(hold: &HeldTransfer, id: Option<&Uuid>, began_ms: u64) -> Option<u64> {
+    hold.taken_at_ms
+        .or_else(|| id.and_then(minted_at_ms))
+        .map(|taken| began_ms.saturating_sub(taken))
 }
 
 /// Milliseconds since the Unix epoch at which a UUIDv7 was minted.
@@ -131,8 +154,25 @@ pub async fn run(
     }
 }
 
-/// Starts [`run`] in the background for the life of the process; it logs its own failures.
-pub fn spawn(services: &Services, settings: &Worker, capabilities: &Arc<Capabilities>) {
+/// Starts [`run`] and [`keep_holds_trusted`] in the background for the life of the process;
+/// they log their own failures. Returns whether the holds are trusted, as the keeper last
+/// found (`None` until it knows).
+pub fn spawn(
+    services: &Services,
+    settings: &Worker,
+    capabilities: &Arc<Capabilities>,
+) -> HoldsTrust {
+    let (trust, trusted) = watch::channel(None);
+    match position(services, capabilities) {
+        Ok(position) => {
+            let cache = Arc::clone(&capabilities.cache);
+            let wait = settings.reconcile_wait();
+            tokio::spawn(keep_holds_trusted(cache, position, wait, trust));
+        }
+        Err(error) => {
+            tracing::error!(%error, "cannot watch the transfer log; holds stay untrusted")
+        }
+    }
     let (services, settings, capabilities) =
         (services.clone(), settings.clone(), Arc::clone(capabilities));
     tokio::spawn(async move {
@@ -140,6 +180,94 @@ pub fn spawn(services: &Services, settings: &Worker, capabilities: &Arc<Capabili
             tracing::error!(%error, "the hold reconciler could not start");
         }
     });
+    trusted
+}
+
+/// Whether the holds are trusted, as a replica's keeper last found: `None` until it knows.
+pub type HoldsTrust = watch::Receiver<Option<bool>>;
+
+/// How often a trusted Redis is asked again (a restart without its data is found within this).
+const TRUST_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+/// Between attempts to restore trust.
+const TRUST_RETRY_INTERVAL: Duration = Duration::from_millis(250);
+/// How long a claim to restore trust lives unconfirmed: far beyond one attempt.
+const TRUST_CLAIM_TTL: Duration = Duration::from_secs(3600);
+
+/// Waits until the keeper knows whether the holds are trusted, at most `limit`: a replica
+/// starting on a fresh Redis with a consumed log then accepts transfers from its first request.
+pub async fn first_trust(trust: &mut HoldsTrust, limit: Duration) -> Option<bool> {
+    let known = tokio::time::timeout(limit, trust.wait_for(Option::is_some)).await;
+    known
+        .ok()
+        .and_then(|found| found.ok().and_then(|found| *found))
+}
+
+/// Keeps `holds_trusted` in Redis: checks it every [`TRUST_CHECK_INTERVAL`], and when it is
+/// missing writes it again once settlement has consumed the log (see [`restore_trust`]). Any
+/// number of replicas may run it.
+pub async fn keep_holds_trusted(
+    cache: Arc<BalanceCache>,
+    position: Position,
+    wait: Duration,
+    trust: watch::Sender<Option<bool>>,
+) {
+    // One claim per replica, made again by each attempt.
+    let token = Uuid::new_v4().simple().to_string();
+    loop {
+        let found = restore_trust(&cache, &position, wait, &token).await;
+        let was = *trust.borrow();
+        let now = match &found {
+            Ok(trusted) => Some(*trusted),
+            // Redis's answer is what counts; the log cannot be read yet at a first start
+            // (its topic is being created), which says nothing either way.
+            Err(ReconcileError::Cache(_)) => Some(false),
+            Err(_) => was.map(|_| false),
+        };
+        if now != was {
+            match (&found, now) {
+                (_, Some(true)) => tracing::info!("Redis's holds are trusted: accepting transfers"),
+                (Err(error), _) => tracing::warn!(
+                    %error,
+                    "cannot tell whether Redis's holds cover every accepted transfer; refusing transfers (503) until it can"
+                ),
+                (Ok(_), _) => tracing::warn!(
+                    "Redis has no record that its holds are complete (new, or restarted without its data): refusing transfers (503) until settlement has consumed the transfer log"
+                ),
+            }
+        }
+        if let Some(trusted) = now {
+            metrics::gauge!(crate::metrics::HOLDS_TRUSTED).set(if trusted { 1.0 } else { 0.0 });
+        }
+        trust.send_replace(now);
+        let pause = if now == Some(true) {
+            TRUST_CHECK_INTERVAL
+        } else {
+            TRUST_RETRY_INTERVAL
+        };
+        tokio::time::sleep(pause).await;
+    }
+}
+
+/// One attempt: true when the holds are trusted (found so, or made so now). When the marker is
+/// missing, the claim `token` is recorded in the same step; the log's end offsets are read
+/// after that, and once settlement's positions reach them, the marker is written if the claim
+/// is still there (Redis lost nothing meanwhile). Any transfer whose hold Redis lost was
+/// accepted before the claim, so its message is below those ends and now in the ledger; and
+/// since the marker was missing, no hold has been taken in this Redis since it lost its data.
+pub async fn restore_trust(
+    cache: &BalanceCache,
+    position: &Position,
+    wait: Duration,
+    token: &str,
+) -> Result<bool, ReconcileError> {
+    if cache.claim_trust(token, TRUST_CLAIM_TTL).await? == TrustClaim::Trusted {
+        return Ok(true);
+    }
+    let ends = position.log.end_offsets().await?;
+    if !position.wait_consumed(&ends, wait).await? {
+        return Ok(false);
+    }
+    Ok(cache.confirm_trust(token).await?)
 }
 
 /// How far the transfer log was written, and how far settlement has consumed it.
@@ -209,6 +337,8 @@ pub async fn pass(
 ) -> Result<Report, ReconcileError> {
     let min_age_ms = settings.reconcile_min_age_ms;
     let began_ms = now_ms();
+    // Hold times are Redis's clock; so is a hold's age.
+    let redis_began_ms = capabilities.cache.now_ms().await?;
     let ends = position.log.end_offsets().await?;
     let log_consumed = position
         .wait_consumed(&ends, settings.reconcile_wait())
@@ -243,10 +373,7 @@ pub async fn pass(
     )
     .await?;
     for (hold, id) in holds.iter().zip(&ids) {
-        let age_ms = id
-            .as_ref()
-            .and_then(minted_at_ms)
-            .map(|minted| began_ms.saturating_sub(minted));
+        let age_ms = hold_age_ms(hold, id.as_ref(), redis_began_ms);
         let is_settled = id.is_some_and(|id| settled.contains(&id));
         match verdict(age_ms, min_age_ms, is_settled, log_consumed) {
             Verdict::Young => report.young += 1,
@@ -264,8 +391,9 @@ pub async fn pass(
     Ok(report)
 }
 
-/// The same rule for PostgreSQL pending rows, which stand in for the Redis pending record of a
-/// transfer accepted while Redis was down (settlement deletes them in its own transaction).
+/// The same rule for PostgreSQL pending rows, which stood in for the Redis pending record of a
+/// transfer an older version accepted while Redis was down (settlement deletes them in its own
+/// transaction).
 async fn release_pending_rows(
     capabilities: &Capabilities,
     began_ms: u64,
@@ -358,6 +486,37 @@ mod tests {
     fn ids_without_a_time_are_released_only_when_settled() {
         assert_eq!(verdict(None, 1_000, true, true), Verdict::ReleaseSettled);
         assert_eq!(verdict(None, 1_000, false, true), Verdict::Keep);
+    }
+
+    #[test]
+    fn a_hold_is_as_old_as_its_recorded_time_not_its_id() {
+        let began = now_ms();
+        let old_id = Uuid::new_v7(uuid::Timestamp::from_unix(
+            uuid::NoContext,
+            began / 1000 - 600,
+            0,
+        ));
+        let hold = |taken_at_ms| HeldTransfer {
+            transaction_id: old_id.to_string(),
+            user_id: 1,
+            currency: "USD".into(),
+            amount_minor: 100,
+            taken_at_ms,
+        };
+        // A retry's fresh hold under its first attempt's old id is young.
+        assert_eq!(
+            hold_age_ms(&hold(Some(began - 20)), Some(&old_id), began),
+            Some(20)
+        );
+        assert_eq!(
+            hold_age_ms(&hold(Some(began + 5)), Some(&old_id), began),
+            Some(0),
+            "taken after the pass began"
+        );
+        // Without a recorded time, the id's.
+        let by_id = hold_age_ms(&hold(None), Some(&old_id), began).expect("a v7 id has a time");
+        assert!((600_000..601_000).contains(&by_id), "{by_id}");
+        assert_eq!(hold_age_ms(&hold(None), None, began), None);
     }
 
     #[test]

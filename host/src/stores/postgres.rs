@@ -362,32 +362,6 @@ impl Ledger {
         Ok(rows.into_iter().map(|(id,)| id).collect())
     }
 
-    /// Records a transfer accepted without a Redis hold (and so without a Redis pending
-    /// record); writing it again changes nothing.
-    pub async fn insert_pending(
-        &self,
-        transaction_id: Uuid,
-        sender_id: i64,
-        currency: &str,
-        amount_minor: i64,
-        message: &[u8],
-    ) -> Result<(), LedgerError> {
-        again_if_lost(&self.pool, || {
-            sqlx::query(
-                "INSERT INTO pending_transfers (transaction_id, sender_id, currency, amount_minor, message)
-                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (transaction_id) DO NOTHING",
-            )
-            .bind(transaction_id)
-            .bind(sender_id)
-            .bind(currency)
-            .bind(amount_minor)
-            .bind(message)
-            .execute(&self.pool)
-        })
-        .await?;
-        Ok(())
-    }
-
     /// The pending row of a transfer, if it has one.
     pub async fn pending(
         &self,

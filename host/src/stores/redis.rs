@@ -1,5 +1,8 @@
-//! The balance cache and the holds, in Redis. Redis only advises: the ledger re-checks every
-//! transfer when it settles, so losing Redis costs speed and early refusals, never money.
+//! The balance cache and the holds, in Redis. The ledger re-checks every transfer when it
+//! settles, so Redis never decides money; but a 200 promises that the transfer settles, and
+//! only the holds serialise concurrent spends from one account: while Redis is unreachable, or
+//! has not yet been trusted again after losing its data, no hold is taken and transfers are
+//! refused (503); reads go on.
 //!
 //! Keys (with the configured prefix in front):
 //! - `balance:{user_id}:{currency}`: the settled balance in minor units (the original
@@ -8,13 +11,25 @@
 //!   balance never overwrites a newer one;
 //! - `holds:{user_id}:{currency}`: a hash of transaction id → held minor units, plus the
 //!   field `total`. Reserving and releasing are idempotent per transaction id.
+//! - `hold_times:{user_id}:{currency}`: a hash of transaction id → when its hold was taken,
+//!   in milliseconds since the epoch by Redis's own clock (`TIME`), written by the script that
+//!   takes the hold and removed with it: the reconciler judges a hold by it, not by its id (a
+//!   retry takes a fresh hold under its first attempt's id).
 //! - `pending:{transaction_id}`: the message of an accepted transfer until it settles (kept
 //!   at most [`PENDING_TTL_SECONDS`]), so `GET /transfers/{id}` can say `pending`. Written
 //!   atomically with the hold, removed with it.
+//! - `holds_trusted`: present while the holds can be trusted to cover every accepted transfer
+//!   not yet settled. Every script that takes a hold checks it and holds nothing without it.
+//!   A Redis that comes back empty has lost holds and this key alike; the key is written again
+//!   only once settlement has consumed the log up to where it ended after the key was found
+//!   missing (`settlement::reconcile`, [`BalanceCache::claim_trust`]).
+//! - `holds_trust_claim:{token}`: one attempt to write `holds_trusted` again, so that the key
+//!   is written only into the same data the attempt found it missing in.
 //!
 //! Amounts are compared in Lua, whose numbers are doubles: exact up to 2^53 minor units
 //! (90 trillion USD), far above any balance the amount limits allow.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -45,6 +60,17 @@ pub enum HoldOutcome {
     Insufficient,
     /// The cache has no balance for the account; load it from the ledger and try again.
     Missing,
+    /// The holds cannot be trusted (`holds_trusted` is missing); nothing was reserved.
+    Untrusted,
+}
+
+/// What [`BalanceCache::claim_trust`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrustClaim {
+    /// `holds_trusted` is there.
+    Trusted,
+    /// It is missing; the claim was recorded for [`BalanceCache::confirm_trust`].
+    Claimed,
 }
 
 /// After a failed connection attempt, requests skip Redis for this long instead of each
@@ -55,16 +81,18 @@ const RECONNECT_BACKOFF: Duration = Duration::from_secs(1);
 /// (empty: none). Per account, two numbers: 1 and the available balance, or 0 and 0 when the
 /// balance is not cached (a Lua `false` in a table would cut the reply short).
 ///
-/// Holding as well (five ARGV): the last KEY is the transaction's pending key, ARGV[2] the
-/// position (from 1) of the account to hold on, ARGV[3] the amount, ARGV[4] the pending
-/// record, ARGV[5] its time to live in seconds. When every account read is cached, the
-/// transaction holds nothing on the hold's account yet and that account has the amount
-/// available, the hold and the pending record are written as RESERVE writes them; one more
-/// number ends the reply: 1 when the hold was taken now, else 0 (a transaction that held
-/// already, a retry, keeps its hold and record as they are).
+/// Holding as well (five ARGV): three more KEYS, the transaction's pending key, the hold's
+/// account's hold times and `holds_trusted`; ARGV[2] the position (from 1) of the account to
+/// hold on, ARGV[3] the amount, ARGV[4] the pending record, ARGV[5] its time to live in
+/// seconds. When the holds are trusted, every account read is cached, the transaction holds
+/// nothing on the hold's account yet and that account has the amount available, the hold, its
+/// time and the pending record are written as RESERVE writes them; one more number ends the
+/// reply: 1 when the hold was taken now, else 0 (a transaction that held already, a retry,
+/// keeps its hold and record as they are).
 const AVAILABLE: &str = r"
 local holding = #ARGV > 1
-local accounts = math.floor(#KEYS / 2)
+local accounts = #KEYS / 2
+if holding then accounts = (#KEYS - 3) / 2 end
 local reply = {}
 local own = {}
 local all_cached = true
@@ -85,10 +113,13 @@ if holding then
   local i = tonumber(ARGV[2])
   local holds = KEYS[2 * i]
   local held = 0
-  if all_cached and not own[i] and reply[2 * i] >= tonumber(ARGV[3]) then
+  local trusted = redis.call('EXISTS', KEYS[#KEYS]) == 1
+  if trusted and all_cached and not own[i] and reply[2 * i] >= tonumber(ARGV[3]) then
+    local now = redis.call('TIME')
     redis.call('HSET', holds, ARGV[1], ARGV[3])
     redis.call('HINCRBY', holds, 'total', ARGV[3])
-    redis.call('SET', KEYS[#KEYS], ARGV[4], 'EX', ARGV[5])
+    redis.call('HSET', KEYS[#KEYS - 1], ARGV[1], now[1] .. string.format('%03d', math.floor(now[2] / 1000)))
+    redis.call('SET', KEYS[#KEYS - 2], ARGV[4], 'EX', ARGV[5])
     held = 1
   end
   reply[2 * accounts + 1] = held
@@ -103,20 +134,28 @@ pub const MAX_ACCOUNTS_PER_LOOKUP: usize = 16;
 /// settlement delay, short enough that a lost one does not stay forever.
 pub const PENDING_TTL_SECONDS: u64 = 7 * 24 * 3600;
 
+/// KEYS: balance, holds, pending, hold times, `holds_trusted`. ARGV: transaction id, amount,
+/// pending record, its time to live. 1 reserved (now or before), 0 insufficient, -1 balance
+/// not cached, -2 holds not trusted. The hold's time is Redis's clock, in milliseconds.
 const RESERVE: &str = r"
+if redis.call('EXISTS', KEYS[5]) == 0 then return -2 end
 if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then return 1 end
 local balance = redis.call('GET', KEYS[1])
 if not balance then return -1 end
 local held = tonumber(redis.call('HGET', KEYS[2], 'total') or '0')
 if tonumber(balance) - held < tonumber(ARGV[2]) then return 0 end
+local now = redis.call('TIME')
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 redis.call('HINCRBY', KEYS[2], 'total', ARGV[2])
+redis.call('HSET', KEYS[4], ARGV[1], now[1] .. string.format('%03d', math.floor(now[2] / 1000)))
 redis.call('SET', KEYS[3], ARGV[3], 'EX', ARGV[4])
 return 1
 ";
 
+/// KEYS: holds, pending, hold times. ARGV: transaction id.
 const RELEASE: &str = r"
 redis.call('DEL', KEYS[2])
+redis.call('HDEL', KEYS[3], ARGV[1])
 local amount = redis.call('HGET', KEYS[1], ARGV[1])
 if not amount then return 0 end
 redis.call('HDEL', KEYS[1], ARGV[1])
@@ -124,10 +163,31 @@ redis.call('HINCRBY', KEYS[1], 'total', -tonumber(amount))
 return 1
 ";
 
+/// KEYS: `holds_trusted`, this attempt's claim. ARGV: the claim's time to live in seconds.
+/// 1 trusted; 0 not, and the claim is recorded.
+const CLAIM_TRUST: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 1 then return 1 end
+redis.call('SET', KEYS[2], '1', 'EX', ARGV[1])
+return 0
+";
+
+/// KEYS: `holds_trusted`, the attempt's claim. Writes `holds_trusted` (its value: Redis's time
+/// in seconds, for an operator) when the claim is still there: the data is the one the claim
+/// was made in, so no hold was lost since. 1 trusted, 0 the claim is gone.
+const CONFIRM_TRUST: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('DEL', KEYS[2])
+  return 1
+end
+if redis.call('DEL', KEYS[2]) == 0 then return 0 end
+redis.call('SET', KEYS[1], redis.call('TIME')[1])
+return 1
+";
+
 /// After settlement: store the new balances (never over newer ones), then release the holds
 /// and pending records of the settled transfers, in one atomic step, so the available
 /// balance never counts a settled transfer twice or not at all.
-/// KEYS: per account (balance, version), then per transfer (holds, pending).
+/// KEYS: per account (balance, version), then per transfer (holds, pending, hold times).
 /// ARGV: account count, per account (balance, version), then per transfer the transaction id.
 const SETTLE: &str = r"
 local accounts = tonumber(ARGV[1])
@@ -138,16 +198,17 @@ for i = 1, accounts do
     redis.call('MSET', KEYS[2 * i - 1], ARGV[2 * i], KEYS[2 * i], version)
   end
 end
-local transfers = (#KEYS - 2 * accounts) / 2
+local transfers = (#KEYS - 2 * accounts) / 3
 for j = 1, transfers do
-  local holds = KEYS[2 * accounts + 2 * j - 1]
+  local holds = KEYS[2 * accounts + 3 * j - 2]
   local id = ARGV[2 * accounts + 1 + j]
   local amount = redis.call('HGET', holds, id)
   if amount then
     redis.call('HDEL', holds, id)
     redis.call('HINCRBY', holds, 'total', -tonumber(amount))
   end
-  redis.call('DEL', KEYS[2 * accounts + 2 * j])
+  redis.call('DEL', KEYS[2 * accounts + 3 * j - 1])
+  redis.call('HDEL', KEYS[2 * accounts + 3 * j], id)
 end
 return 1
 ";
@@ -174,6 +235,8 @@ pub struct BalanceCache {
     release: Script,
     store_balance: Script,
     settle: Script,
+    claim_trust: Script,
+    confirm_trust: Script,
 }
 
 /// A settled account balance, for [`BalanceCache::settle`].
@@ -192,6 +255,9 @@ pub struct HeldTransfer {
     pub user_id: i64,
     pub currency: String,
     pub amount_minor: i64,
+    /// When it was taken, by Redis's clock in milliseconds since the epoch; `None` for a hold
+    /// written without its time.
+    pub taken_at_ms: Option<u64>,
 }
 
 /// `(user_id, currency)` of a `{prefix}holds:{user_id}:{currency}` key.
@@ -261,6 +327,8 @@ impl BalanceCache {
             release: Script::new(RELEASE),
             store_balance: Script::new(STORE_BALANCE),
             settle: Script::new(SETTLE),
+            claim_trust: Script::new(CLAIM_TRUST),
+            confirm_trust: Script::new(CONFIRM_TRUST),
         }))
     }
 
@@ -338,6 +406,8 @@ impl BalanceCache {
         assert!(ahead.amount_minor > 0, "a hold sets money aside");
         let mut keys = self.availability_keys(user_ids, currency);
         keys.push(self.pending_key(transaction_id));
+        keys.push(self.hold_times_key(user_ids[ahead.hold_on], currency));
+        keys.push(self.trusted_key());
         let args = [
             transaction_id.as_bytes().to_vec(),
             (ahead.hold_on + 1).to_string().into_bytes(),
@@ -365,6 +435,8 @@ impl BalanceCache {
             self.balance_key(user_id, currency),
             self.holds_key(user_id, currency),
             self.pending_key(transaction_id),
+            self.hold_times_key(user_id, currency),
+            self.trusted_key(),
         ];
         let args = [
             transaction_id.as_bytes().to_vec(),
@@ -376,7 +448,8 @@ impl BalanceCache {
         Ok(match outcome {
             1 => HoldOutcome::Reserved,
             0 => HoldOutcome::Insufficient,
-            _ => HoldOutcome::Missing,
+            -1 => HoldOutcome::Missing,
+            _ => HoldOutcome::Untrusted,
         })
     }
 
@@ -408,10 +481,46 @@ impl BalanceCache {
         let keys = [
             self.holds_key(user_id, currency),
             self.pending_key(transaction_id),
+            self.hold_times_key(user_id, currency),
         ];
         let args = [transaction_id.as_bytes().to_vec()];
         let _released: i64 = self.run(&self.release, &keys, &args).await?;
         Ok(())
+    }
+
+    /// Whether the holds can be trusted; when they cannot, records a claim named `token` for
+    /// [`BalanceCache::confirm_trust`] (it lapses after `claim_ttl`).
+    pub async fn claim_trust(
+        &self,
+        token: &str,
+        claim_ttl: Duration,
+    ) -> Result<TrustClaim, CacheError> {
+        let keys = [self.trusted_key(), self.claim_key(token)];
+        let args = [claim_ttl.as_secs().max(1).to_string().into_bytes()];
+        let trusted: i64 = self.run(&self.claim_trust, &keys, &args).await?;
+        Ok(if trusted == 1 {
+            TrustClaim::Trusted
+        } else {
+            TrustClaim::Claimed
+        })
+    }
+
+    /// Marks the holds trusted if the claim `token` is still there (Redis lost nothing since
+    /// it was made); whether they are trusted now. The caller has made sure, since the claim,
+    /// that every accepted transfer whose hold may be missing is in the ledger.
+    pub async fn confirm_trust(&self, token: &str) -> Result<bool, CacheError> {
+        let keys = [self.trusted_key(), self.claim_key(token)];
+        let trusted: i64 = self.run(&self.confirm_trust, &keys, &[]).await?;
+        Ok(trusted == 1)
+    }
+
+    /// Redis's clock, in milliseconds since the epoch: the clock hold times are written by.
+    pub async fn now_ms(&self) -> Result<u64, CacheError> {
+        let mut connection = self.connection().await?;
+        let (seconds, micros): (u64, u64) = self
+            .bounded(redis::cmd("TIME").query_async(&mut connection))
+            .await?;
+        Ok(seconds * 1000 + micros / 1000)
     }
 
     /// Stores settled balances and releases the holds of settled transfers, atomically.
@@ -420,7 +529,7 @@ impl BalanceCache {
         balances: &[SettledBalance],
         holds: &[SettledHold],
     ) -> Result<(), CacheError> {
-        let mut keys = Vec::with_capacity(balances.len() * 2 + holds.len() * 2);
+        let mut keys = Vec::with_capacity(balances.len() * 2 + holds.len() * 3);
         let mut args = Vec::with_capacity(1 + balances.len() * 2 + holds.len());
         args.push(balances.len().to_string().into_bytes());
         for balance in balances {
@@ -432,6 +541,7 @@ impl BalanceCache {
         for hold in holds {
             keys.push(self.holds_key(hold.user_id, &hold.currency));
             keys.push(self.pending_key(&hold.transaction_id));
+            keys.push(self.hold_times_key(hold.user_id, &hold.currency));
             args.push(hold.transaction_id.as_bytes().to_vec());
         }
         let _: i64 = self.run(&self.settle, &keys, &args).await?;
@@ -511,11 +621,16 @@ impl BalanceCache {
                 hgetall.arg(&key);
                 let fields: Vec<(String, i64)> =
                     self.bounded(hgetall.query_async(&mut connection)).await?;
+                let mut times = redis::cmd("HGETALL");
+                times.arg(self.hold_times_key(user_id, &currency));
+                let taken_at: HashMap<String, u64> =
+                    self.bounded(times.query_async(&mut connection)).await?;
                 for (transaction_id, amount_minor) in fields {
                     if transaction_id == "total" || held.len() >= limit {
                         continue;
                     }
                     held.push(HeldTransfer {
+                        taken_at_ms: taken_at.get(&transaction_id).copied(),
                         transaction_id,
                         user_id,
                         currency: currency.clone(),
@@ -541,6 +656,15 @@ impl BalanceCache {
     }
     fn pending_key(&self, transaction_id: &str) -> String {
         format!("{}pending:{transaction_id}", self.prefix)
+    }
+    fn hold_times_key(&self, user_id: i64, currency: &str) -> String {
+        format!("{}hold_times:{user_id}:{currency}", self.prefix)
+    }
+    fn trusted_key(&self) -> String {
+        format!("{}holds_trusted", self.prefix)
+    }
+    fn claim_key(&self, token: &str) -> String {
+        format!("{}holds_trust_claim:{token}", self.prefix)
     }
 
     /// Runs a script (EVALSHA, loading it when Redis does not know it), bounded by the
