@@ -13,11 +13,18 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use transferd_e2e::load::{Fault, Load, LoadSettings, verify};
+use transferd_e2e::load::{Answer, Fault, Load, LoadSettings, Outcome, verify};
 use transferd_e2e::services::{Service, Services};
 use transferd_e2e::{Broker, BrokerStorage, Host, HostOptions, Namespace, log_tail, produce_raw};
 
 const USERS: i64 = 40;
+/// The account that spends more than it has while Redis is down, and how.
+const SPENDER: i64 = USERS + 1;
+const SPENDER_BALANCE: &str = "10.00";
+const SPEND_AMOUNT: &str = "2.00";
+const SPENDS: usize = 12;
+/// How many spends the balance covers.
+const SPENDS_COVERED: usize = 5;
 /// The transfer topic's partitions (the harness's default).
 const PARTITIONS: i32 = 3;
 const CLIENTS: u64 = 12;
@@ -81,6 +88,7 @@ async fn run() -> anyhow::Result<()> {
     for user in 1..=USERS {
         host.deposit(user, "USD", "1000.00").await?;
     }
+    host.deposit(SPENDER, "USD", SPENDER_BALANCE).await?;
     let base_url = host.base_url.clone();
     let mut subject = Subject {
         namespace,
@@ -101,10 +109,12 @@ async fn run() -> anyhow::Result<()> {
     let mut faults = Vec::new();
     tokio::time::sleep(STEADY).await;
     let poisoned = poison(&subject.namespace, &broker.brokers()).await?;
-    for (service, name) in [
-        (Service::Redis, "Redis stop/start"),
-        (Service::Postgres, "PostgreSQL stop/start"),
-    ] {
+    let (fault, spends) = redis_outage_with_spends(&mut services, &load, &subject.host).await?;
+    faults.push(fault);
+    for (service, name) in [(Service::Postgres, "PostgreSQL stop/start")] {
+        subject.check_alive("Redis stop/start").await?;
+        tokio::time::sleep(STEADY).await;
+        subject.check_alive("Redis stop/start").await?;
         let fault = outage(&mut services, &load, service, name).await?;
         subject.check_alive(name).await?;
         faults.push(fault);
@@ -118,7 +128,8 @@ async fn run() -> anyhow::Result<()> {
     faults.push(kill_transferd(&mut subject, &load).await?);
     tokio::time::sleep(STEADY).await;
     subject.check_alive("the load after the faults").await?;
-    let outcomes = load.stop().await?;
+    let mut outcomes = load.stop().await?;
+    outcomes.extend(spends.iter().cloned());
     let load_time = started.elapsed();
 
     let checks_started = Instant::now();
@@ -132,6 +143,9 @@ async fn run() -> anyhow::Result<()> {
     .await?;
     subject.check_alive("settlement after the load").await?;
     verdict.violations.append(&mut subject.unasked_exits);
+    verdict
+        .violations
+        .extend(check_spends(&subject.host, &spends).await?);
     let quarantined = quarantined(&subject.namespace).await?;
     if quarantined != poisoned {
         verdict.violations.push(format!(
@@ -228,6 +242,67 @@ async fn outage(
         services.start(service).await
     })
     .await
+}
+
+/// Stops Redis and, while it is down, sends [`SPENDS`] concurrent transfers of
+/// [`SPEND_AMOUNT`] from one account holding [`SPENDER_BALANCE`]: more than it has. Starts
+/// Redis again after [`OUTAGE`]. Returns the fault and the spends' outcomes, which the load's
+/// checks then cover like its own (answers, settlement, reads).
+async fn redis_outage_with_spends(
+    services: &mut Services,
+    load: &Load,
+    host: &Host,
+) -> anyhow::Result<(Fault, Vec<Outcome>)> {
+    let mut spends = Vec::new();
+    let fault = fault(load, "Redis stop/start", false, async {
+        services.stop(Service::Redis).await?;
+        let started = Instant::now();
+        let transfer = serde_json::json!({
+            "sender_id": SPENDER, "receiver_id": 1, "amount": SPEND_AMOUNT, "currency": "USD",
+        });
+        let answers =
+            futures::future::join_all((0..SPENDS).map(|_| host.transfer(transfer.clone()))).await;
+        for answer in answers {
+            let reply = answer?;
+            spends.push(Outcome {
+                sent: started,
+                answered: Instant::now(),
+                answer: Answer::Status(reply.status),
+                transaction_id: reply.body["transaction_id"]
+                    .as_str()
+                    .and_then(|id| id.parse().ok()),
+                in_doubt: reply.body["status"] == "unknown",
+            });
+        }
+        tokio::time::sleep(OUTAGE.saturating_sub(started.elapsed())).await;
+        services.start(Service::Redis).await
+    })
+    .await?;
+    Ok((fault, spends))
+}
+
+/// What a 200 promises, for the spends made while Redis was down: no more accepted than the
+/// account held, and every accepted one completed (not only settled).
+async fn check_spends(host: &Host, spends: &[Outcome]) -> anyhow::Result<Vec<String>> {
+    let mut violations = Vec::new();
+    let accepted: Vec<uuid::Uuid> = spends
+        .iter()
+        .filter(|spend| spend.answer == Answer::Status(200))
+        .filter_map(|spend| spend.transaction_id)
+        .collect();
+    if accepted.len() > SPENDS_COVERED {
+        violations.push(format!(
+            "{} spends of {SPEND_AMOUNT} accepted from {SPENDER_BALANCE} while Redis was down",
+            accepted.len()
+        ));
+    }
+    for id in accepted {
+        let shown = host.get_json(&format!("/transfers/{id}")).await?;
+        if shown["status"] != "completed" {
+            violations.push(format!("spend {id} answered 200 and is {shown}"));
+        }
+    }
+    Ok(violations)
 }
 
 /// SIGKILL the broker and start it again at once on its storage: the outage is its restart.
