@@ -40,6 +40,19 @@ async fn held(namespace: &Namespace, user_id: i64) -> anyhow::Result<i64> {
     Ok(total.unwrap_or(0))
 }
 
+/// Nothing reached the namespace's transfer topic (read for a few seconds).
+async fn assert_nothing_published(namespace: &Namespace) -> anyhow::Result<()> {
+    let published = consume(
+        KAFKA_BROKERS,
+        &namespace.transfer_topic(),
+        1,
+        Duration::from_secs(3),
+    )
+    .await?;
+    assert!(published.is_empty(), "nothing published: {published:?}");
+    Ok(())
+}
+
 async fn violations(host: &Host, version: &str) -> anyhow::Result<i64> {
     let status: Value = host
         .client
@@ -84,14 +97,7 @@ async fn a_publish_that_is_not_the_request_is_refused_before_anything_is_held() 
         (held(&namespace, 1).await?, held(&namespace, 2).await?),
         (0, 0)
     );
-    let published = consume(
-        KAFKA_BROKERS,
-        &namespace.transfer_topic(),
-        1,
-        Duration::from_secs(3),
-    )
-    .await?;
-    assert!(published.is_empty(), "nothing published: {published:?}");
+    assert_nothing_published(&namespace).await?;
     assert_eq!(namespace.wait_settled(1, Duration::from_secs(1)).await?, 0);
     assert_eq!(namespace.ledger_balance(1, "USD").await?, Some(5_000));
     assert_eq!(namespace.ledger_balance(2, "USD").await?, Some(200_000));
@@ -127,14 +133,7 @@ async fn a_published_description_the_ledger_cannot_store_or_print_is_refused() -
     let detail = reply.body["detail"].as_str().unwrap_or_default();
     assert!(detail.contains("check description failed"), "{detail}");
     assert_eq!(held(&namespace, 1).await?, 0);
-    let published = consume(
-        KAFKA_BROKERS,
-        &namespace.transfer_topic(),
-        1,
-        Duration::from_secs(3),
-    )
-    .await?;
-    assert!(published.is_empty(), "nothing published: {published:?}");
+    assert_nothing_published(&namespace).await?;
     Ok(())
 }
 

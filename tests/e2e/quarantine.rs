@@ -18,19 +18,21 @@ fn transfer(amount: &str, description: &str) -> Value {
 }
 
 async fn admin_get(host: &Host, path: &str) -> anyhow::Result<(u16, Value)> {
-    let response = host
-        .client
-        .get(format!("{}{path}", host.base_url))
-        .bearer_auth(admin_token())
-        .send()
-        .await?;
-    Ok((response.status().as_u16(), response.json().await?))
+    as_admin(host, reqwest::Method::GET, path).await
 }
 
 async fn admin_post(host: &Host, path: &str) -> anyhow::Result<(u16, Value)> {
+    as_admin(host, reqwest::Method::POST, path).await
+}
+
+async fn as_admin(
+    host: &Host,
+    method: reqwest::Method,
+    path: &str,
+) -> anyhow::Result<(u16, Value)> {
     let response = host
         .client
-        .post(format!("{}{path}", host.base_url))
+        .request(method, format!("{}{path}", host.base_url))
         .bearer_auth(admin_token())
         .send()
         .await?;
