@@ -20,7 +20,8 @@ pub const GUEST_CALLS: &str = "transferd_guest_calls_total";
 pub const GUEST_DURATION: &str = "transferd_guest_call_duration_seconds";
 /// Answers replayed for a repeated `Idempotency-Key`.
 pub const IDEMPOTENT_REPLAYS: &str = "transferd_idempotent_replays_total";
-/// Refused bearer tokens, by `reason` (the RFC 6750 error code).
+/// Refused credentials, by `reason`: the RFC 6750 error code, or `foreign_origin` for an admin
+/// change sent from another origin.
 pub const AUTH_FAILURES: &str = "transferd_auth_failures_total";
 /// Guest instances created, by `version`: one per call with the default reuse count of 1,
 /// fewer with `TRANSFERD_GUEST_REUSE_COUNT` above 1.

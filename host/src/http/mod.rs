@@ -3,7 +3,8 @@
 //!
 //! Every request goes the same way: the path and method are resolved to a [`Route`] (404, 405),
 //! then the route's callers are authenticated in one place (`auth::Gate`: a user for user
-//! routes, an admin for every `/admin` route), then the handler runs with who is calling.
+//! routes, an admin for every `/admin` route, with what the route accepts decided by
+//! [`admin_access`] from its method), then the handler runs with who is calling.
 
 mod accounts;
 mod admin;
@@ -33,7 +34,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::auth::{Admin, Caller, Gate};
+use crate::auth::{Admin, AdminAccess, Caller, Gate};
 use crate::capabilities::Capabilities;
 use crate::capabilities::guard::ViolationCounts;
 use crate::config::Serve;
@@ -287,7 +288,7 @@ impl Route<'_> {
     }
 }
 
-/// Counts a refused bearer token by its RFC 6750 code.
+/// Counts a refused request by its reason ([`crate::auth::AuthError::code`]).
 fn count_refusal(error: &crate::auth::AuthError) {
     metrics::counter!(crate::metrics::AUTH_FAILURES, "reason" => error.code()).increment(1);
 }
@@ -324,6 +325,23 @@ enum AdminRoute<'a> {
     Deposit,
     StatusPage,
     StatusScript,
+}
+
+/// What an admin route accepts, from the request's method: every method but GET and HEAD
+/// changes state and needs a bearer token from no foreign origin, so a route added to the
+/// table is protected without doing anything. HTTP Basic credentials, which a browser resends
+/// by itself once an admin has opened the status page, open only the page, its script and the
+/// read-only JSON it polls.
+fn admin_access(method: &Method, route: &AdminRoute<'_>) -> AdminAccess {
+    if method != Method::GET && method != Method::HEAD {
+        return AdminAccess::Change;
+    }
+    match route {
+        AdminRoute::StatusPage | AdminRoute::StatusScript | AdminRoute::GuestStatus => {
+            AdminAccess::StatusPage
+        }
+        _ => AdminAccess::Read,
+    }
 }
 
 /// The limits every connection is served under.
@@ -433,14 +451,15 @@ fn resolve<'a>(method: &Method, segments: &[&'a str]) -> Result<Route<'a>, ApiEr
 async fn within_limit(
     app: &Arc<App>,
     route: Route<'_>,
+    method: &Method,
     headers: &http::HeaderMap,
     body: Incoming,
 ) -> Result<Reply, ApiError> {
     if matches!(route, Route::User(UserRoute::CreateTransfer)) {
-        return handle(app, route, headers, body).await;
+        return handle(app, route, method, headers, body).await;
     }
     let limit = app.request_timeout;
-    tokio::time::timeout(limit, handle(app, route, headers, body))
+    tokio::time::timeout(limit, handle(app, route, method, headers, body))
         .await
         .unwrap_or_else(|_| {
             Err(ApiError::Unavailable(format!(
@@ -454,6 +473,7 @@ async fn within_limit(
 async fn handle(
     app: &Arc<App>,
     route: Route<'_>,
+    method: &Method,
     headers: &http::HeaderMap,
     body: Incoming,
 ) -> Result<Reply, ApiError> {
@@ -479,7 +499,8 @@ async fn handle(
             user_route(app, &caller, route, headers, body).await
         }
         Route::Admin(route) => {
-            let admin = match app.gate.admin(headers).inspect_err(count_refusal) {
+            let access = admin_access(method, &route);
+            let admin = match app.gate.admin(headers, access).inspect_err(count_refusal) {
                 Ok(admin) => admin,
                 // The status page is opened by a browser: ask it for credentials.
                 Err(error) if matches!(route, AdminRoute::StatusPage) => {
@@ -565,7 +586,7 @@ async fn routed(app: &Arc<App>, request: Request<Incoming>) -> Reply {
     let (name, result) = match resolve(&parts.method, &segments) {
         Ok(route) => (
             route.name(),
-            within_limit(app, route, &parts.headers, body).await,
+            within_limit(app, route, &parts.method, &parts.headers, body).await,
         ),
         Err(error) => ("unrouted", Err(error)),
     };
