@@ -75,6 +75,9 @@ pub const SETTLEMENT_LAG_SECONDS: &str = "transferd_settlement_lag_seconds";
 pub const WORKER_RESTARTS: &str = "transferd_worker_restarts_total";
 /// 1 when a `dependency` (postgres, redis, broker) answered its last probe, else 0.
 pub const DEPENDENCY_UP: &str = "transferd_dependency_up";
+/// Runs of the dependency probes (each asks PostgreSQL, Redis and the broker once). One run
+/// answers every `/readyz` request and the gauges for `health::PROBE_REUSE`.
+pub const PROBE_RUNS: &str = "transferd_dependency_probe_runs_total";
 
 /// Histogram buckets in seconds, from 100 µs to 10 s.
 const BUCKETS_S: &[f64] = &[

@@ -344,7 +344,8 @@ pub struct Readiness {
     pub checks: ReadinessChecks,
 }
 
-/// One check per dependency.
+/// One entry per dependency. An entry is a field here; whether it gates readiness is said
+/// once, in [`ReadinessChecks::ready`] (an entry that only informs stays out of it).
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ReadinessChecks {
     /// Reachable, with every migration of this binary applied.
@@ -354,6 +355,15 @@ pub struct ReadinessChecks {
     pub broker: Check,
     /// A guest is loaded and serving.
     pub guest: Check,
+}
+
+impl ReadinessChecks {
+    /// Whether every entry that gates readiness is ready.
+    pub fn ready(&self) -> bool {
+        [&self.postgres, &self.redis, &self.broker, &self.guest]
+            .iter()
+            .all(|check| check.ready)
+    }
 }
 
 #[derive(Debug, Serialize, ToSchema)]

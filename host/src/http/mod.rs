@@ -62,6 +62,8 @@ pub struct App {
     pub violations: Arc<ViolationCounts>,
     /// Authenticates callers: bearer JWTs, the static admin token.
     pub gate: Gate,
+    /// The dependency probes `/readyz` answers from, shared with the gauges.
+    pub probes: Arc<crate::health::Probes>,
     /// Transfer decisions, each its own task: shutdown waits for the ones whose client left.
     pub decisions: TaskTracker,
     /// `Idempotency-Key`s, and how long a request holds one.
@@ -125,8 +127,9 @@ pub async fn serve(settings: Serve, mut signals: Signals) -> anyhow::Result<()> 
         registry::follow(registry.clone(), Arc::clone(&engine), Arc::clone(&serving));
     }
     settlement::reconcile::spawn(services, &settings.worker, &capabilities);
+    let probes = Arc::new(crate::health::Probes::new(Arc::clone(&capabilities)));
     crate::health::spawn_gauges(
-        Arc::clone(&capabilities),
+        Arc::clone(&probes),
         settlement::reconcile::position(services, &capabilities)?,
     );
 
@@ -144,6 +147,7 @@ pub async fn serve(settings: Serve, mut signals: Signals) -> anyhow::Result<()> 
         shadow_book: Arc::new(ShadowBook::default()),
         violations: Arc::new(ViolationCounts::default()),
         gate,
+        probes,
         decisions: TaskTracker::new(),
         idempotency: IdempotencyKeys::new(capabilities_pool),
         idempotency_lease: idempotency::lease(
