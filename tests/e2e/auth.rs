@@ -407,7 +407,7 @@ async fn a_page_of_another_site_cannot_make_an_admins_browser_change_anything() 
         assert_eq!(active(&host).await?, second, "not rolled back");
     }
     // A page of the service's own origin may, with a bearer token.
-    let own = post_from(&host, "/admin/guest/rollback", Some(&host.base_url)).await?;
+    let own = post_from(&host, "/admin/guest/rollback", Some(host.base_url.as_str())).await?;
     assert_eq!(own.status, 200, "{}", own.body);
     assert_eq!(active(&host).await?, first);
 
