@@ -2,17 +2,23 @@
 //! `/readyz`, and the gauges that need asking (dependency up/down, holds outstanding,
 //! settlement lag, the quarantine), refreshed by one background task every [`GAUGE_INTERVAL`].
 //!
+//! The probes run through [`Probes`]: one run at a time, whose answers serve every caller (any
+//! number of `/readyz` requests, and the gauges) for [`PROBE_REUSE`], so the load the probes
+//! put on the dependencies does not grow with the callers.
+//!
 //! The gauges are read off the stores rather than counted as events, so a replica that
 //! restarts, or one that settles nothing itself, reports the same figures as its peers.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use tokio::task::JoinHandle;
 
 use crate::capabilities::Capabilities;
 use crate::metrics::{
-    DEPENDENCY_UP, HOLDS_OUTSTANDING, HOLDS_OUTSTANDING_MINOR, QUARANTINE_OPEN,
+    DEPENDENCY_UP, HOLDS_OUTSTANDING, HOLDS_OUTSTANDING_MINOR, PROBE_RUNS, QUARANTINE_OPEN,
     SETTLEMENT_LAG_MESSAGES,
 };
 use crate::settlement::quarantine;
@@ -20,6 +26,14 @@ use crate::settlement::reconcile::Position;
 
 /// Longest wait for one dependency's answer.
 pub const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// How long the broker's blocking metadata request may take: less than [`PROBE_TIMEOUT`], so the
+/// blocking thread has ended by itself when the probe stops waiting.
+const BROKER_METADATA_TIMEOUT: Duration = Duration::from_millis(400);
+
+/// How long one probe run's answers serve every caller; short, so that readiness still turns
+/// within about a second of a dependency going away.
+pub const PROBE_REUSE: Duration = Duration::from_secs(1);
 
 /// How often the gauges are refreshed.
 const GAUGE_INTERVAL: Duration = Duration::from_secs(5);
@@ -40,11 +54,82 @@ pub struct Dependencies {
     pub postgres: Probe,
     pub redis: Probe,
     pub broker: Probe,
+    /// The quarantine's messages waiting for an operator: detail only, always ready (the rest
+    /// settles; a replica is no less fit to serve for them).
+    pub quarantine: Probe,
+}
+
+impl Dependencies {
+    /// Every dependency unknown, for `reason` (a probe run that ended without answers).
+    fn unknown(reason: &str) -> Dependencies {
+        let probe = || Probe {
+            ready: false,
+            detail: reason.to_string(),
+        };
+        Dependencies {
+            postgres: probe(),
+            redis: probe(),
+            broker: probe(),
+            quarantine: Probe {
+                ready: true,
+                detail: reason.to_string(),
+            },
+        }
+    }
+}
+
+/// The dependency probes, run at most once per [`PROBE_REUSE`] whoever asks.
+pub struct Probes {
+    capabilities: Arc<Capabilities>,
+    /// Held by the caller that waits for a run; the others wait for the lock, then take that
+    /// run's answers.
+    state: tokio::sync::Mutex<ProbeState>,
+}
+
+#[derive(Default)]
+struct ProbeState {
+    /// The last run's answers and when it ended.
+    last: Option<(Instant, Arc<Dependencies>)>,
+    /// The run in progress: a task of its own, so a caller that stops waiting (a client that
+    /// disconnected) neither cancels it nor makes the next caller start another.
+    running: Option<JoinHandle<Dependencies>>,
+}
+
+impl Probes {
+    pub fn new(capabilities: Arc<Capabilities>) -> Probes {
+        Probes {
+            capabilities,
+            state: tokio::sync::Mutex::new(ProbeState::default()),
+        }
+    }
+
+    /// The dependencies' answers: the last run's while it is fresher than [`PROBE_REUSE`], else
+    /// those of the run in progress, or of a new one.
+    pub async fn dependencies(&self) -> Arc<Dependencies> {
+        let mut state = self.state.lock().await;
+        if state.running.is_none()
+            && let Some((ended, answers)) = &state.last
+            && ended.elapsed() < PROBE_REUSE
+        {
+            return Arc::clone(answers);
+        }
+        let run = state.running.get_or_insert_with(|| {
+            let capabilities = Arc::clone(&self.capabilities);
+            tokio::spawn(async move { probe_dependencies(&capabilities).await })
+        });
+        let answers = Arc::new(run.await.unwrap_or_else(|error| {
+            Dependencies::unknown(&format!("the probe run failed: {error}"))
+        }));
+        state.running = None;
+        state.last = Some((Instant::now(), Arc::clone(&answers)));
+        answers
+    }
 }
 
 /// Asks every dependency at once, each within [`PROBE_TIMEOUT`], and sets their gauges.
-pub async fn probe_dependencies(capabilities: &Capabilities) -> Dependencies {
-    let (postgres, redis, broker) = tokio::join!(
+async fn probe_dependencies(capabilities: &Capabilities) -> Dependencies {
+    metrics::counter!(PROBE_RUNS).increment(1);
+    let (postgres, redis, broker, quarantine) = tokio::join!(
         probe(async {
             match capabilities.ledger.unapplied_migrations().await {
                 Ok(0) => Ok("migrations applied".to_string()),
@@ -63,12 +148,26 @@ pub async fn probe_dependencies(capabilities: &Capabilities) -> Dependencies {
         probe(async {
             capabilities
                 .log
-                .reachable(PROBE_TIMEOUT)
+                .reachable(BROKER_METADATA_TIMEOUT)
                 .await
                 .map(|()| "answers, topic present".to_string())
                 .map_err(|error| error.to_string())
         }),
+        probe(async {
+            quarantine::open_count(capabilities.ledger.pool())
+                .await
+                .map(|open| {
+                    metrics::gauge!(QUARANTINE_OPEN).set(open as f64);
+                    format!("{open} messages waiting (GET /admin/quarantine)")
+                })
+                .map_err(|error| format!("cannot count: {error}"))
+        }),
     );
+    // Informs, never gates: see `Dependencies::quarantine`.
+    let quarantine = Probe {
+        ready: true,
+        ..quarantine
+    };
     for (name, probe) in [
         ("postgres", &postgres),
         ("redis", &redis),
@@ -84,6 +183,7 @@ pub async fn probe_dependencies(capabilities: &Capabilities) -> Dependencies {
         postgres,
         redis,
         broker,
+        quarantine,
     }
 }
 
@@ -107,14 +207,14 @@ async fn probe(asked: impl Future<Output = Result<String, String>>) -> Probe {
 
 /// Refreshes the gauges every [`GAUGE_INTERVAL`] for the life of the process. A gauge whose
 /// store cannot be asked keeps its last value (its dependency's gauge says why).
-pub fn spawn_gauges(capabilities: Arc<Capabilities>, position: Position) {
+pub fn spawn_gauges(probes: Arc<Probes>, position: Position) {
     tokio::spawn(async move {
+        let capabilities = &probes.capabilities;
         let mut currencies_held = BTreeSet::new();
         loop {
-            probe_dependencies(&capabilities).await;
-            gauge_holds(&capabilities, &mut currencies_held).await;
+            probes.dependencies().await;
+            gauge_holds(capabilities, &mut currencies_held).await;
             gauge_lag(&position).await;
-            gauge_quarantine(&capabilities).await;
             tokio::time::sleep(GAUGE_INTERVAL).await;
         }
     });
@@ -145,12 +245,5 @@ async fn gauge_holds(capabilities: &Capabilities, currencies_held: &mut BTreeSet
 async fn gauge_lag(position: &Position) {
     if let Ok(lag) = position.lag_messages().await {
         metrics::gauge!(SETTLEMENT_LAG_MESSAGES).set(lag as f64);
-    }
-}
-
-/// Quarantined messages waiting for an operator.
-async fn gauge_quarantine(capabilities: &Capabilities) {
-    if let Ok(open) = quarantine::open_count(capabilities.ledger.pool()).await {
-        metrics::gauge!(QUARANTINE_OPEN).set(open as f64);
     }
 }

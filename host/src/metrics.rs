@@ -20,7 +20,8 @@ pub const GUEST_CALLS: &str = "transferd_guest_calls_total";
 pub const GUEST_DURATION: &str = "transferd_guest_call_duration_seconds";
 /// Answers replayed for a repeated `Idempotency-Key`.
 pub const IDEMPOTENT_REPLAYS: &str = "transferd_idempotent_replays_total";
-/// Refused bearer tokens, by `reason` (the RFC 6750 error code).
+/// Refused credentials, by `reason`: the RFC 6750 error code, or `foreign_origin` for an admin
+/// change sent from another origin.
 pub const AUTH_FAILURES: &str = "transferd_auth_failures_total";
 /// Guest instances created, by `version`: one per call with the default reuse count of 1,
 /// fewer with `TRANSFERD_GUEST_REUSE_COUNT` above 1.
@@ -84,6 +85,9 @@ pub const SETTLEMENT_LAG_SECONDS: &str = "transferd_settlement_lag_seconds";
 pub const WORKER_RESTARTS: &str = "transferd_worker_restarts_total";
 /// 1 when a `dependency` (postgres, redis, broker) answered its last probe, else 0.
 pub const DEPENDENCY_UP: &str = "transferd_dependency_up";
+/// Runs of the dependency probes (each asks PostgreSQL, Redis and the broker once). One run
+/// answers every `/readyz` request and the gauges for `health::PROBE_REUSE`.
+pub const PROBE_RUNS: &str = "transferd_dependency_probe_runs_total";
 
 /// Histogram buckets in seconds, from 100 µs to 10 s.
 const BUCKETS_S: &[f64] = &[

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use transferd_e2e::auth::{self, JWT_SECRET, admin_token, user_token};
-use transferd_e2e::{ADMIN_TOKEN, Host, HostOptions, KAFKA_BROKERS, Namespace, Reply, consume};
+use transferd_e2e::{
+    ADMIN_TOKEN, Host, HostOptions, KAFKA_BROKERS, Namespace, Reply, consume, strict_guest_file,
+};
 
 fn transfer(sender_id: i64, receiver_id: i64, amount: &str) -> Value {
     json!({"sender_id": sender_id, "receiver_id": receiver_id, "amount": amount, "currency": "USD"})
@@ -305,6 +307,134 @@ async fn admin_routes_refuse_user_tokens_and_accept_admin_tokens() -> anyhow::Re
         "invalid_token",
         "static token on a user route",
     );
+    Ok(())
+}
+
+/// A page of another site.
+const FOREIGN_ORIGIN: &str = "https://attacker.example";
+
+/// What a page of another site can make an admin's browser send once the admin has opened the
+/// status page: a form posted to `path`, with the Basic credentials the browser cached for
+/// this service.
+async fn cross_site_form(host: &Host, path: &str) -> anyhow::Result<Reply> {
+    let response = host
+        .client
+        .post(format!("{}{path}", host.base_url))
+        .basic_auth("oncall", Some(ADMIN_TOKEN))
+        .header("origin", FOREIGN_ORIGIN)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("user_id=5&currency=USD&amount=10.00")
+        .send()
+        .await?;
+    Reply::read(response).await
+}
+
+/// `POST path` with the static admin token and, when given, an `Origin`.
+async fn post_from(host: &Host, path: &str, origin: Option<&str>) -> anyhow::Result<Reply> {
+    let mut request = host
+        .client
+        .post(format!("{}{path}", host.base_url))
+        .bearer_auth(ADMIN_TOKEN);
+    if let Some(origin) = origin {
+        request = request.header("origin", origin);
+    }
+    Reply::read(request.send().await?).await
+}
+
+/// The registry's active guest version.
+async fn active(host: &Host) -> anyhow::Result<Value> {
+    Ok(host.get_json("/admin/guest").await?["active"].clone())
+}
+
+#[tokio::test]
+async fn a_page_of_another_site_cannot_make_an_admins_browser_change_anything() -> anyhow::Result<()>
+{
+    let namespace = Namespace::new().await?;
+    let host = Host::start(&namespace).await?;
+    let first = active(&host).await?;
+    assert!(first.is_string(), "a version is active: {first}");
+    let second = host.upload_guest(&strict_guest_file()).await?;
+    let activate = format!("/admin/guest/{second}/activate");
+
+    // The admin's browser, with the status page's credentials cached, posts another site's
+    // form: refused, nothing activated, rolled back or deposited.
+    for path in [
+        activate.as_str(),
+        "/admin/guest/rollback",
+        "/admin/deposits",
+    ] {
+        let forged = cross_site_form(&host, path).await?;
+        assert!(
+            [401, 403].contains(&forged.status),
+            "{path}: {} {}",
+            forged.status,
+            forged.body
+        );
+        assert_eq!(active(&host).await?, first, "{path}: nothing activated");
+    }
+    assert_eq!(namespace.ledger_balance(5, "USD").await?, None);
+    // Basic credentials do not open a change even without an Origin; no Basic challenge
+    // makes a browser offer them.
+    let basic = host
+        .client
+        .post(format!("{}{activate}", host.base_url))
+        .basic_auth("oncall", Some(ADMIN_TOKEN))
+        .send()
+        .await?;
+    assert_eq!(basic.status(), 401);
+    let challenges: Vec<_> = basic.headers().get_all("www-authenticate").iter().collect();
+    assert!(
+        challenges
+            .iter()
+            .all(|c| !c.as_bytes().starts_with(b"Basic")),
+        "{challenges:?}"
+    );
+    // A bearer token from a foreign origin is refused too.
+    let foreign = post_from(&host, &activate, Some(FOREIGN_ORIGIN)).await?;
+    assert_eq!(foreign.status, 403, "{}", foreign.body);
+    assert_eq!(foreign.body["code"], "forbidden");
+    assert_eq!(active(&host).await?, first);
+
+    // The CLI's way, a bearer token and no Origin, works.
+    let activated = post_from(&host, &activate, None).await?;
+    assert_eq!(activated.status, 200, "{}", activated.body);
+    assert_eq!(active(&host).await?, second);
+    for refused in [
+        cross_site_form(&host, "/admin/guest/rollback").await?,
+        post_from(&host, "/admin/guest/rollback", Some(FOREIGN_ORIGIN)).await?,
+    ] {
+        assert!([401, 403].contains(&refused.status), "{}", refused.body);
+        assert_eq!(active(&host).await?, second, "not rolled back");
+    }
+    // A page of the service's own origin may, with a bearer token.
+    let own = post_from(&host, "/admin/guest/rollback", Some(host.base_url.as_str())).await?;
+    assert_eq!(own.status, 200, "{}", own.body);
+    assert_eq!(active(&host).await?, first);
+
+    // Basic still opens the status page, its script and the JSON it polls, and nothing else.
+    for path in ["/admin/status", "/admin/status.js", "/admin/guest"] {
+        let opened = host
+            .client
+            .get(format!("{}{path}", host.base_url))
+            .basic_auth("oncall", Some(ADMIN_TOKEN))
+            .send()
+            .await?;
+        assert_eq!(opened.status(), 200, "{path}");
+    }
+    let shadow_stats = host
+        .client
+        .get(format!("{}/admin/guest/{second}/shadow", host.base_url))
+        .basic_auth("oncall", Some(ADMIN_TOKEN))
+        .send()
+        .await?;
+    assert_eq!(shadow_stats.status(), 401);
+    let refusals = host
+        .metric(
+            "transferd_auth_failures_total",
+            &["reason=\"foreign_origin\""],
+        )
+        .await?;
+    assert_eq!(refusals, 6.0, "each foreign change counted");
     Ok(())
 }
 

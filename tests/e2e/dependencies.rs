@@ -387,6 +387,61 @@ async fn readyz_names_the_dependency_that_is_down_and_recovers() -> anyhow::Resu
     Ok(())
 }
 
+/// How long one probe run answers every caller (`health::PROBE_REUSE` in the host).
+const PROBE_REUSE: Duration = Duration::from_secs(1);
+
+/// `/readyz` is no load generator: callers at once share one probe run, whose answers serve
+/// every caller for a second; readiness still turns within about that when a dependency goes.
+#[tokio::test]
+async fn readiness_callers_share_one_probe_run_and_still_see_an_outage_at_once()
+-> anyhow::Result<()> {
+    const CALLERS: usize = 100;
+    let namespace = Namespace::new().await?;
+    let mut redis_proxy = Proxy::start(6379).await?;
+    let mut options = HostOptions::new(&namespace);
+    options.redis_url = format!("redis://127.0.0.1:{}", redis_proxy.port);
+    let host = Host::start_with(&namespace, options).await?;
+    readiness_becomes(&host, true).await?;
+    let runs = "transferd_dependency_probe_runs_total";
+
+    // Past the last run's reuse, so the callers need a run of their own.
+    tokio::time::sleep(PROBE_REUSE + Duration::from_millis(200)).await;
+    let started = std::time::Instant::now();
+    let before = host.metric(runs, &[]).await?;
+    let url = format!("{}/readyz", host.base_url);
+    let answers =
+        futures::future::join_all((0..CALLERS).map(|_| host.client.get(&url).send())).await;
+    for answer in answers {
+        assert_eq!(answer?.status(), 200);
+    }
+    let after = host.metric(runs, &[]).await?;
+    let elapsed = started.elapsed();
+    assert!(after >= 1.0, "probe runs are counted: {after}");
+    // One run at a time, none started within PROBE_REUSE of the last one's end: the run in
+    // progress when the window began, and one per PROBE_REUSE after it.
+    let most = 2.0 + (elapsed.as_secs_f64() / PROBE_REUSE.as_secs_f64()).floor();
+    assert!(
+        after - before <= most,
+        "{CALLERS} callers in {elapsed:?} caused {} probe runs (at most {most})",
+        after - before
+    );
+
+    // Down: seen within a reuse and a probe's timeout, not a reuse later.
+    redis_proxy.cut().await;
+    let cut = std::time::Instant::now();
+    let down = readiness_becomes(&host, false).await?;
+    let noticed = cut.elapsed();
+    assert_eq!(down["checks"]["redis"]["ready"], false, "{down}");
+    assert!(
+        noticed < PROBE_REUSE + Duration::from_secs(2),
+        "the outage showed after {noticed:?}"
+    );
+    redis_proxy.restore().await?;
+    let back = readiness_becomes(&host, true).await?;
+    assert_eq!(back["ready"], true, "{back}");
+    Ok(())
+}
+
 /// Reads answer for the database, not for one pooled connection: connections the database
 /// dropped moments after their last use (too recently to be pinged before the next) are
 /// discarded and the read asks again, so a database that is up answers `GET /transfers/{id}`

@@ -215,6 +215,17 @@ async fn foreign_messages_are_quarantined_and_every_transfer_behind_them_settles
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    // /readyz names them without calling the replica unready.
+    let (status, readiness) = admin_get(&host, "/readyz").await?;
+    assert_eq!(status, 200, "{readiness}");
+    assert_eq!(readiness["checks"]["quarantine"]["ready"], true);
+    let detail = readiness["checks"]["quarantine"]["detail"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        detail.starts_with(&format!("{} messages waiting", written.len())),
+        "{detail}"
+    );
     let check = namespace.check_ledger().await?;
     assert_eq!(check.completed_transfers, 3, "nothing foreign moved money");
     assert!(check.nonzero_currency_sums.is_empty());

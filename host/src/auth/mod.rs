@@ -1,10 +1,11 @@
 //! Who is calling, decided once per request before any handler runs.
 //!
 //! The router asks the [`Gate`] for a [`Caller`] on user routes and for an [`Admin`] on every
-//! `/admin` route; handlers then decide what that caller may see (a transfer only for its
-//! sender, receiver or an admin; balances only for their owner or an admin) and hand the
-//! caller's user id to the guest as its `principal`. Refusals are [`AuthError`]s, which
-//! `http/error.rs` turns into 401/403 with an RFC 6750 `WWW-Authenticate` header.
+//! `/admin` route, with the [`AdminAccess`] the route's method calls for; handlers then decide
+//! what that caller may see (a transfer only for its sender, receiver or an admin; balances
+//! only for their owner or an admin) and hand the caller's user id to the guest as its
+//! `principal`. Refusals are [`AuthError`]s, which `http/error.rs` turns into 401/403 with an
+//! RFC 6750 `WWW-Authenticate` header.
 
 pub mod jwt;
 
@@ -79,6 +80,21 @@ impl Admin {
     }
 }
 
+/// What an admin route accepts. The router derives it from the request's method (and, for a
+/// read, whether the status page polls it), so a route added later is covered without doing
+/// anything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminAccess {
+    /// The status page, its script and the read-only JSON it polls: a bearer token, or HTTP
+    /// Basic credentials whose password is an admin token (what a browser resends by itself).
+    StatusPage,
+    /// Any other read: a bearer token.
+    Read,
+    /// Anything that changes state (every method but GET and HEAD): a bearer token, which a
+    /// browser never adds by itself, and no `Origin` but the service's own (`same_origin`).
+    Change,
+}
+
 /// Why a request was not let through. Never carries the token.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
@@ -90,16 +106,29 @@ pub enum AuthError {
     Token(#[from] TokenError),
     #[error("this route needs a token with the admin role")]
     NotAdmin,
+    #[error("HTTP Basic credentials open only the status page; this route needs a bearer token")]
+    BasicNotAccepted,
+    #[error("a request from another origin may not change anything here")]
+    ForeignOrigin,
 }
 
 impl AuthError {
-    /// The RFC 6750 `error` code.
+    /// The RFC 6750 `error` code; `foreign_origin` for the one refusal that is not about the
+    /// token (it gets no bearer challenge, see [`AuthError::challenges`]).
     pub fn code(&self) -> &'static str {
         match self {
-            AuthError::Missing | AuthError::Malformed => "invalid_request",
+            AuthError::Missing | AuthError::Malformed | AuthError::BasicNotAccepted => {
+                "invalid_request"
+            }
             AuthError::Token(_) => "invalid_token",
             AuthError::NotAdmin => "insufficient_scope",
+            AuthError::ForeignOrigin => "foreign_origin",
         }
+    }
+
+    /// Whether the refusal is about the credentials, so that an RFC 6750 challenge fits it.
+    pub fn challenges(&self) -> bool {
+        !matches!(self, AuthError::ForeignOrigin)
     }
 }
 
@@ -145,11 +174,19 @@ impl Gate {
         Ok(Caller::User(verifier.verify(token).inspect_err(refused)?))
     }
 
-    /// The caller of an admin route: the static admin token, or a JWT with the admin role,
-    /// as a bearer token or as the password of HTTP Basic credentials (what a browser sends
-    /// for the status page).
-    pub fn admin(&self, headers: &HeaderMap) -> Result<Admin, AuthError> {
-        let credential = admin_credential(headers)?;
+    /// The caller of an admin route: the static admin token, or a JWT with the admin role, as
+    /// a bearer token, or on the status page's routes also as the password of HTTP Basic
+    /// credentials (what a browser sends for the status page). A route that changes state
+    /// refuses a foreign `Origin` before it looks at any credentials.
+    pub fn admin(&self, headers: &HeaderMap, access: AdminAccess) -> Result<Admin, AuthError> {
+        let credential = match access {
+            AdminAccess::StatusPage => admin_credential(headers)?,
+            AdminAccess::Read => bearer_only(headers)?.to_owned(),
+            AdminAccess::Change => {
+                same_origin(headers)?;
+                bearer_only(headers)?.to_owned()
+            }
+        };
         let token = credential.as_str();
         if let Some(expected) = &self.admin_token
             && bool::from(token.as_bytes().ct_eq(expected.expose().as_bytes()))
@@ -181,6 +218,44 @@ fn bearer(headers: &HeaderMap) -> Result<&str, AuthError> {
         return Err(AuthError::Malformed);
     }
     Ok(token)
+}
+
+/// The bearer token of a route that takes no Basic credentials, saying so to a caller that
+/// sent them (a browser, most likely, resending what it cached for the status page).
+fn bearer_only(headers: &HeaderMap) -> Result<&str, AuthError> {
+    let (scheme, _) = authorization(headers)?;
+    if scheme.eq_ignore_ascii_case("basic") {
+        return Err(AuthError::BasicNotAccepted);
+    }
+    bearer(headers)
+}
+
+/// Refuses a request sent by a page of another origin. The service's own origin is the
+/// request's `Host` (one header) under `http` (what transferd serves) or `https` (what a
+/// TLS-terminating proxy that keeps the `Host` serves): a browser sets both `Host` and
+/// `Origin` itself, so a page elsewhere cannot make them agree. No `Origin` is a client
+/// that is not a browser page (the CLI, curl) and passes; any other `Origin`, `null` included,
+/// is refused.
+fn same_origin(headers: &HeaderMap) -> Result<(), AuthError> {
+    let mut origins = headers.get_all(header::ORIGIN).iter();
+    let Some(origin) = origins.next() else {
+        return Ok(());
+    };
+    let mut hosts = headers.get_all(header::HOST).iter();
+    let (None, Some(host), None) = (origins.next(), hosts.next(), hosts.next()) else {
+        return Err(AuthError::ForeignOrigin);
+    };
+    let authority = origin.to_str().ok().and_then(|origin| {
+        origin
+            .strip_prefix("http://")
+            .or_else(|| origin.strip_prefix("https://"))
+    });
+    match (authority, host.to_str()) {
+        (Some(authority), Ok(host)) if !host.is_empty() && authority.eq_ignore_ascii_case(host) => {
+            Ok(())
+        }
+        _ => Err(AuthError::ForeignOrigin),
+    }
 }
 
 /// An admin's token: a bearer token, or the password of `Basic` credentials (base64 of
@@ -326,20 +401,29 @@ mod tests {
     #[test]
     fn admin_routes_need_the_admin_role_or_the_static_token() {
         let gate = gate(AuthMode::Jwt, Some(ADMIN_TOKEN));
-        assert_eq!(gate.admin(&bearer_of(ADMIN_TOKEN)), Ok(Admin::StaticToken));
-        assert_eq!(gate.admin(&bearer_of(&token(9, true))), Ok(Admin::User(9)));
         assert_eq!(
-            gate.admin(&bearer_of(&token(9, false))),
+            gate.admin(&bearer_of(ADMIN_TOKEN), AdminAccess::Change),
+            Ok(Admin::StaticToken)
+        );
+        assert_eq!(
+            gate.admin(&bearer_of(&token(9, true)), AdminAccess::Change),
+            Ok(Admin::User(9))
+        );
+        assert_eq!(
+            gate.admin(&bearer_of(&token(9, false)), AdminAccess::Change),
             Err(AuthError::NotAdmin)
         );
-        assert_eq!(gate.admin(&headers(&[])), Err(AuthError::Missing));
+        assert_eq!(
+            gate.admin(&headers(&[]), AdminAccess::Change),
+            Err(AuthError::Missing)
+        );
         assert!(matches!(
-            gate.admin(&bearer_of("static-admin-token-0124")),
+            gate.admin(&bearer_of("static-admin-token-0124"), AdminAccess::Change),
             Err(AuthError::Token(_))
         ));
         let without_static = self::gate(AuthMode::Jwt, None);
         assert!(matches!(
-            without_static.admin(&bearer_of(ADMIN_TOKEN)),
+            without_static.admin(&bearer_of(ADMIN_TOKEN), AdminAccess::Change),
             Err(AuthError::Token(_))
         ));
     }
@@ -354,15 +438,27 @@ mod tests {
     fn an_admin_may_log_in_with_basic_credentials_whose_password_is_an_admin_token() {
         let gate = gate(AuthMode::Jwt, Some(ADMIN_TOKEN));
         let with_static = basic(&format!("anyone:{ADMIN_TOKEN}"));
-        assert_eq!(gate.admin(&with_static), Ok(Admin::StaticToken));
-        let with_jwt = basic(&format!("admin:{}", token(9, true)));
-        assert_eq!(gate.admin(&with_jwt), Ok(Admin::User(9)));
         assert_eq!(
-            gate.admin(&basic(&format!("u:{}", token(9, false)))),
+            gate.admin(&with_static, AdminAccess::StatusPage),
+            Ok(Admin::StaticToken)
+        );
+        let with_jwt = basic(&format!("admin:{}", token(9, true)));
+        assert_eq!(
+            gate.admin(&with_jwt, AdminAccess::StatusPage),
+            Ok(Admin::User(9))
+        );
+        assert_eq!(
+            gate.admin(
+                &basic(&format!("u:{}", token(9, false))),
+                AdminAccess::StatusPage
+            ),
             Err(AuthError::NotAdmin)
         );
         assert!(matches!(
-            gate.admin(&basic("admin:static-admin-token-0124")),
+            gate.admin(
+                &basic("admin:static-admin-token-0124"),
+                AdminAccess::StatusPage
+            ),
             Err(AuthError::Token(_))
         ));
         for wrong in [
@@ -371,10 +467,97 @@ mod tests {
             basic("user:"),
             headers(&["Basic "]),
         ] {
-            assert_eq!(gate.admin(&wrong), Err(AuthError::Malformed));
+            assert_eq!(
+                gate.admin(&wrong, AdminAccess::StatusPage),
+                Err(AuthError::Malformed)
+            );
         }
         // Basic is for /admin only: a user route still needs a bearer token.
         assert_eq!(gate.caller(&with_jwt), Err(AuthError::Malformed));
+    }
+
+    #[test]
+    fn basic_credentials_open_only_the_status_page() {
+        let gate = gate(AuthMode::Jwt, Some(ADMIN_TOKEN));
+        let cached = basic(&format!("oncall:{ADMIN_TOKEN}"));
+        assert_eq!(
+            gate.admin(&cached, AdminAccess::StatusPage),
+            Ok(Admin::StaticToken)
+        );
+        for access in [AdminAccess::Read, AdminAccess::Change] {
+            assert_eq!(
+                gate.admin(&cached, access),
+                Err(AuthError::BasicNotAccepted),
+                "{access:?}"
+            );
+            assert_eq!(
+                gate.admin(&bearer_of(ADMIN_TOKEN), access),
+                Ok(Admin::StaticToken)
+            );
+        }
+    }
+
+    /// `headers` with `Host` and, when given, `Origin` added.
+    fn from(mut headers: HeaderMap, host: &str, origin: Option<&str>) -> HeaderMap {
+        headers.insert(header::HOST, HeaderValue::from_str(host).expect("host"));
+        if let Some(origin) = origin {
+            headers.insert(
+                header::ORIGIN,
+                HeaderValue::from_str(origin).expect("origin"),
+            );
+        }
+        headers
+    }
+
+    #[test]
+    fn a_change_is_refused_from_a_foreign_origin_whatever_the_credentials() {
+        let gate = gate(AuthMode::Jwt, Some(ADMIN_TOKEN));
+        let host = "transferd.internal:8080";
+        for credentials in [
+            bearer_of(ADMIN_TOKEN),
+            bearer_of(&token(9, true)),
+            basic(&format!("oncall:{ADMIN_TOKEN}")),
+        ] {
+            for foreign in [
+                "https://evil.example",
+                "null",
+                "http://transferd.internal",
+                "http://transferd.internal:8081",
+                "ftp://transferd.internal:8080",
+                "http://transferd.internal:8080.evil.example",
+            ] {
+                let request = from(credentials.clone(), host, Some(foreign));
+                assert_eq!(
+                    gate.admin(&request, AdminAccess::Change),
+                    Err(AuthError::ForeignOrigin),
+                    "{foreign}"
+                );
+            }
+        }
+        // The CLI sends no Origin; a page of the service itself sends its own.
+        for own in [
+            None,
+            Some("http://transferd.internal:8080"),
+            Some("https://Transferd.Internal:8080"),
+        ] {
+            let request = from(bearer_of(ADMIN_TOKEN), host, own);
+            assert_eq!(
+                gate.admin(&request, AdminAccess::Change),
+                Ok(Admin::StaticToken),
+                "{own:?}"
+            );
+        }
+        // Without a Host to compare with, an Origin is never the service's own.
+        let mut no_host = bearer_of(ADMIN_TOKEN);
+        no_host.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("http://transferd.internal:8080"),
+        );
+        assert_eq!(same_origin(&no_host), Err(AuthError::ForeignOrigin));
+        // Reads do not look at the Origin: a browser's CORS keeps their answers from a page
+        // elsewhere.
+        let read = from(bearer_of(ADMIN_TOKEN), host, Some("https://evil.example"));
+        assert_eq!(gate.admin(&read, AdminAccess::Read), Ok(Admin::StaticToken));
     }
 
     #[test]
@@ -382,9 +565,18 @@ mod tests {
         let gate = gate(AuthMode::None, Some(ADMIN_TOKEN));
         assert_eq!(gate.caller(&headers(&[])), Ok(Caller::Anyone));
         assert_eq!(Caller::Anyone.principal(), None);
-        assert_eq!(gate.admin(&bearer_of(ADMIN_TOKEN)), Ok(Admin::StaticToken));
-        assert!(gate.admin(&bearer_of(&token(9, true))).is_err());
-        assert_eq!(gate.admin(&headers(&[])), Err(AuthError::Missing));
+        assert_eq!(
+            gate.admin(&bearer_of(ADMIN_TOKEN), AdminAccess::Change),
+            Ok(Admin::StaticToken)
+        );
+        assert!(
+            gate.admin(&bearer_of(&token(9, true)), AdminAccess::Change)
+                .is_err()
+        );
+        assert_eq!(
+            gate.admin(&headers(&[]), AdminAccess::Change),
+            Err(AuthError::Missing)
+        );
     }
 
     #[test]
@@ -417,5 +609,7 @@ mod tests {
             "invalid_token"
         );
         assert_eq!(AuthError::NotAdmin.code(), "insufficient_scope");
+        assert_eq!(AuthError::BasicNotAccepted.code(), "invalid_request");
+        assert!(!AuthError::ForeignOrigin.challenges());
     }
 }

@@ -386,7 +386,8 @@ pub struct Readiness {
     pub checks: ReadinessChecks,
 }
 
-/// One check per dependency.
+/// One entry per dependency. An entry is a field here; whether it gates readiness is said
+/// once, in [`ReadinessChecks::ready`] (an entry that only informs stays out of it).
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ReadinessChecks {
     /// Reachable, with every migration of this binary applied.
@@ -396,6 +397,18 @@ pub struct ReadinessChecks {
     pub broker: Check,
     /// A guest is loaded and serving.
     pub guest: Check,
+    /// Transfer-log messages settlement set aside and an operator has not re-driven: always
+    /// ready (informs only).
+    pub quarantine: Check,
+}
+
+impl ReadinessChecks {
+    /// Whether every entry that gates readiness is ready.
+    pub fn ready(&self) -> bool {
+        [&self.postgres, &self.redis, &self.broker, &self.guest]
+            .iter()
+            .all(|check| check.ready)
+    }
 }
 
 #[derive(Debug, Serialize, ToSchema)]

@@ -28,8 +28,9 @@ pub enum ApiError {
     PayloadTooLarge { limit_bytes: usize },
     #[error("bad request: {0}")]
     BadRequest(String),
-    /// No, a malformed, or an invalid bearer token (401); a valid one without the admin role
-    /// on an admin route (403).
+    /// No, a malformed, or an invalid bearer token, or Basic credentials where only a bearer
+    /// token opens (401); a valid one without the admin role on an admin route, or a change
+    /// sent from another origin (403).
     #[error(transparent)]
     Auth(#[from] AuthError),
     #[error("forbidden: {0}")]
@@ -88,7 +89,7 @@ impl ApiError {
             ApiError::InsufficientFunds | ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::Auth(AuthError::NotAdmin) => StatusCode::FORBIDDEN,
+            ApiError::Auth(AuthError::NotAdmin | AuthError::ForeignOrigin) => StatusCode::FORBIDDEN,
             ApiError::Auth(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
@@ -112,7 +113,8 @@ impl ApiError {
             ApiError::UnsupportedMediaType => ErrorCode::UnsupportedMediaType,
             ApiError::PayloadTooLarge { .. } => ErrorCode::PayloadTooLarge,
             ApiError::BadRequest(_) => ErrorCode::BadRequest,
-            ApiError::Auth(AuthError::NotAdmin) | ApiError::Forbidden(_) => ErrorCode::Forbidden,
+            ApiError::Auth(AuthError::NotAdmin | AuthError::ForeignOrigin)
+            | ApiError::Forbidden(_) => ErrorCode::Forbidden,
             ApiError::Auth(_) => ErrorCode::Unauthorized,
             ApiError::Unprocessable(_) => ErrorCode::Unprocessable,
             ApiError::Conflict(_) => ErrorCode::Conflict,
@@ -199,6 +201,7 @@ impl ApiError {
                 .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_s));
         }
         if let ApiError::Auth(error) = &self
+            && error.challenges()
             && let Ok(challenge) = HeaderValue::from_str(&bearer_challenge(error))
         {
             response
@@ -277,6 +280,15 @@ mod tests {
                 .to_str()
                 .is_ok_and(|value| value.contains("error=\"insufficient_scope\""))
         );
+        // A foreign origin is not about the token: 403 with no challenge to answer.
+        let foreign = ApiError::from(AuthError::ForeignOrigin);
+        assert_eq!(
+            foreign.body(),
+            json!({"detail": "a request from another origin may not change anything here", "code": "forbidden"})
+        );
+        let foreign = foreign.into_response();
+        assert_eq!(foreign.status(), StatusCode::FORBIDDEN);
+        assert!(!foreign.headers().contains_key(header::WWW_AUTHENTICATE));
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //!
 //! Every request goes the same way: the path and method are resolved to a [`Route`] (404, 405),
 //! then the route's callers are authenticated in one place (`auth::Gate`: a user for user
-//! routes, an admin for every `/admin` route), then the handler runs with who is calling.
+//! routes, an admin for every `/admin` route, with what the route accepts decided by
+//! [`admin_access`] from its method), then the handler runs with who is calling.
 
 mod accounts;
 mod admin;
@@ -34,7 +35,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::auth::{Admin, Caller, Gate};
+use crate::auth::{Admin, AdminAccess, Caller, Gate};
 use crate::capabilities::Capabilities;
 use crate::capabilities::guard::ViolationCounts;
 use crate::config::Serve;
@@ -65,6 +66,8 @@ pub struct App {
     pub violations: Arc<ViolationCounts>,
     /// Authenticates callers: bearer JWTs, the static admin token.
     pub gate: Gate,
+    /// The dependency probes `/readyz` answers from, shared with the gauges.
+    pub probes: Arc<crate::health::Probes>,
     /// Transfer decisions, each its own task: shutdown waits for the ones whose client left.
     pub decisions: TaskTracker,
     /// `Idempotency-Key`s, and how long a request holds one.
@@ -128,8 +131,9 @@ pub async fn serve(settings: Serve, mut signals: Signals) -> anyhow::Result<()> 
         registry::follow(registry.clone(), Arc::clone(&engine), Arc::clone(&serving));
     }
     let mut holds_trust = settlement::reconcile::spawn(services, &settings.worker, &capabilities);
+    let probes = Arc::new(crate::health::Probes::new(Arc::clone(&capabilities)));
     crate::health::spawn_gauges(
-        Arc::clone(&capabilities),
+        Arc::clone(&probes),
         settlement::reconcile::position(services, &capabilities)?,
     );
 
@@ -147,6 +151,7 @@ pub async fn serve(settings: Serve, mut signals: Signals) -> anyhow::Result<()> 
         shadow_book: Arc::new(ShadowBook::default()),
         violations: Arc::new(ViolationCounts::default()),
         gate,
+        probes,
         decisions: TaskTracker::new(),
         idempotency: IdempotencyKeys::new(capabilities_pool),
         idempotency_lease: idempotency::lease(
@@ -304,7 +309,7 @@ impl Route<'_> {
     }
 }
 
-/// Counts a refused bearer token by its RFC 6750 code.
+/// Counts a refused request by its reason ([`crate::auth::AuthError::code`]).
 fn count_refusal(error: &crate::auth::AuthError) {
     metrics::counter!(crate::metrics::AUTH_FAILURES, "reason" => error.code()).increment(1);
 }
@@ -343,6 +348,23 @@ enum AdminRoute<'a> {
     StatusScript,
     QuarantineList,
     QuarantineRetry(&'a str, &'a str),
+}
+
+/// What an admin route accepts, from the request's method: every method but GET and HEAD
+/// changes state and needs a bearer token from no foreign origin, so a route added to the
+/// table is protected without doing anything. HTTP Basic credentials, which a browser resends
+/// by itself once an admin has opened the status page, open only the page, its script and the
+/// read-only JSON it polls.
+fn admin_access(method: &Method, route: &AdminRoute<'_>) -> AdminAccess {
+    if method != Method::GET && method != Method::HEAD {
+        return AdminAccess::Change;
+    }
+    match route {
+        AdminRoute::StatusPage | AdminRoute::StatusScript | AdminRoute::GuestStatus => {
+            AdminAccess::StatusPage
+        }
+        _ => AdminAccess::Read,
+    }
 }
 
 /// The limits every connection is served under.
@@ -458,14 +480,15 @@ fn resolve<'a>(method: &Method, segments: &[&'a str]) -> Result<Route<'a>, ApiEr
 async fn within_limit(
     app: &Arc<App>,
     route: Route<'_>,
+    method: &Method,
     headers: &http::HeaderMap,
     body: Incoming,
 ) -> Result<Reply, ApiError> {
     if matches!(route, Route::User(UserRoute::CreateTransfer)) {
-        return handle(app, route, headers, body).await;
+        return handle(app, route, method, headers, body).await;
     }
     let limit = app.request_timeout;
-    tokio::time::timeout(limit, handle(app, route, headers, body))
+    tokio::time::timeout(limit, handle(app, route, method, headers, body))
         .await
         .unwrap_or_else(|_| {
             Err(ApiError::Unavailable(format!(
@@ -479,6 +502,7 @@ async fn within_limit(
 async fn handle(
     app: &Arc<App>,
     route: Route<'_>,
+    method: &Method,
     headers: &http::HeaderMap,
     body: Incoming,
 ) -> Result<Reply, ApiError> {
@@ -504,7 +528,8 @@ async fn handle(
             user_route(app, &caller, route, headers, body).await
         }
         Route::Admin(route) => {
-            let admin = match app.gate.admin(headers).inspect_err(count_refusal) {
+            let access = admin_access(method, &route);
+            let admin = match app.gate.admin(headers, access).inspect_err(count_refusal) {
                 Ok(admin) => admin,
                 // The status page is opened by a browser: ask it for credentials.
                 Err(error) if matches!(route, AdminRoute::StatusPage) => {
@@ -594,7 +619,7 @@ async fn routed(app: &Arc<App>, request: Request<Incoming>) -> Reply {
     let (name, result) = match resolve(&parts.method, &segments) {
         Ok(route) => (
             route.name(),
-            within_limit(app, route, &parts.headers, body).await,
+            within_limit(app, route, &parts.method, &parts.headers, body).await,
         ),
         Err(error) => ("unrouted", Err(error)),
     };

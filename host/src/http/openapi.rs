@@ -66,7 +66,10 @@ impl Modify for BearerScheme {
         scheme.bearer_format = Some("JWT".into());
         scheme.description = Some(
             "A JWT (HS256, RS256 or EdDSA, as configured). `sub`: the user id; `roles`: \
-             `[\"admin\"]` for `/admin`. The static admin token also opens `/admin`."
+             `[\"admin\"]` for `/admin`. The static admin token also opens `/admin`. An \
+             `/admin` operation that changes state (any method but GET and HEAD) refuses a \
+             request whose `Origin` is not the service's own (`http` or `https` with the \
+             request's `Host`) with 403."
                 .into(),
         );
         components.add_security_scheme("bearer", SecurityScheme::Http(scheme));
@@ -215,7 +218,7 @@ fn deposit() {}
 #[utoipa::path(
     get, path = "/admin/status", tag = "admin",
     summary = "The on-call status page (HTML, refreshes itself)",
-    description = "Besides a bearer token, takes HTTP Basic credentials whose password is an admin token (any user name), so a browser can open it; a refusal then carries a `Basic` challenge too.",
+    description = "Besides a bearer token, takes HTTP Basic credentials whose password is an admin token (any user name), so a browser can open it; a refusal then carries a `Basic` challenge too. Basic credentials open only this page, its script and `GET /admin/guest`.",
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The page", content_type = "text/html"),
@@ -421,7 +424,8 @@ struct IdempotencyKey {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http::{allowed, resolve};
+    use crate::auth::AdminAccess;
+    use crate::http::{Route, admin_access, allowed, resolve};
     use http::Method;
 
     fn document() -> serde_json::Value {
@@ -481,6 +485,35 @@ mod tests {
             for method in &documented {
                 let method = Method::from_bytes(method.as_bytes()).expect("a method");
                 assert!(resolve(&method, &segments).is_ok(), "{method} {path}");
+            }
+        }
+    }
+
+    #[test]
+    fn basic_credentials_open_only_the_status_pages_reads_and_every_change_checks_the_origin() {
+        let document = document();
+        let paths = document["paths"].as_object().expect("paths");
+        let status_page_reads = ["/admin/status", "/admin/status.js", "/admin/guest"];
+        for (path, item) in paths.iter().filter(|(path, _)| path.starts_with("/admin")) {
+            let segments = sample(path);
+            let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
+            let methods = item.as_object().expect("a path item").keys();
+            for method in methods
+                .filter(|key| ["get", "put", "post", "delete", "patch"].contains(&key.as_str()))
+            {
+                let method =
+                    Method::from_bytes(method.to_uppercase().as_bytes()).expect("a method");
+                let Ok(Route::Admin(route)) = resolve(&method, &segments) else {
+                    panic!("{method} {path} is not an admin route");
+                };
+                let expected = match method {
+                    Method::GET if status_page_reads.contains(&path.as_str()) => {
+                        AdminAccess::StatusPage
+                    }
+                    Method::GET => AdminAccess::Read,
+                    _ => AdminAccess::Change,
+                };
+                assert_eq!(admin_access(&method, &route), expected, "{method} {path}");
             }
         }
     }

@@ -1,35 +1,29 @@
 //! `GET /readyz`: should this replica take traffic? PostgreSQL (with the migrations applied),
-//! Redis and the broker are asked at once, each within `health::PROBE_TIMEOUT`; 503 names what is not
-//! ready. `/healthz` stays liveness only: a replica whose Redis is down is alive (it serves
-//! reads, and refuses transfers with 503) but a load balancer may prefer another.
+//! Redis and the broker, from the last probe run (`health::Probes`: one run at a time, its
+//! answers shared by every caller for `health::PROBE_REUSE`), and the serving guest; 503 names
+//! what is not ready. `/healthz` stays liveness only: a replica whose Redis is down is alive
+//! (it serves reads, and refuses transfers with 503) but a load balancer may prefer another.
 
 use http::StatusCode;
 
-use crate::health::{self, Probe};
+use crate::health::Probe;
 use crate::http::App;
 use crate::http::api::{Check, Readiness, ReadinessChecks};
 use crate::http::error::{Reply, json_response};
 
 pub async fn readiness(app: &App) -> Reply {
-    let dependencies = health::probe_dependencies(&app.capabilities).await;
-    let guest = Check {
-        ready: true,
-        detail: format!("serving {}", app.serving().active.version()),
-    };
+    let dependencies = app.probes.dependencies().await;
     let checks = ReadinessChecks {
-        postgres: check(dependencies.postgres),
-        redis: check(dependencies.redis),
-        broker: check(dependencies.broker),
-        guest,
+        postgres: check(&dependencies.postgres),
+        redis: check(&dependencies.redis),
+        broker: check(&dependencies.broker),
+        guest: Check {
+            ready: true,
+            detail: format!("serving {}", app.serving().active.version()),
+        },
+        quarantine: check(&dependencies.quarantine),
     };
-    let ready = [
-        &checks.postgres,
-        &checks.redis,
-        &checks.broker,
-        &checks.guest,
-    ]
-    .iter()
-    .all(|check| check.ready);
+    let ready = checks.ready();
     let status = if ready {
         StatusCode::OK
     } else {
@@ -38,9 +32,9 @@ pub async fn readiness(app: &App) -> Reply {
     json_response(status, &Readiness { ready, checks })
 }
 
-fn check(probe: Probe) -> Check {
+fn check(probe: &Probe) -> Check {
     Check {
         ready: probe.ready,
-        detail: probe.detail,
+        detail: probe.detail.clone(),
     }
 }

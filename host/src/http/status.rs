@@ -5,7 +5,10 @@
 //!
 //! A browser cannot send a bearer token, so the admin gate also takes HTTP Basic credentials
 //! whose password is an admin token, and a refusal of the page asks for them
-//! (`WWW-Authenticate: Basic`); the browser then resends them with the page's requests.
+//! (`WWW-Authenticate: Basic`); the browser then resends them with the page's requests. It
+//! would resend them to any `/admin` route, a form posted by another site's page included, so
+//! they open only the page, its script and the read-only JSON it polls
+//! (`http::admin_access`).
 
 use http::{HeaderValue, StatusCode, header};
 use http_body_util::Full;

@@ -1,7 +1,7 @@
 //! The transfer log in Kafka: a producer that reports success only for messages the broker
 //! acknowledged on all in-sync replicas.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
@@ -230,6 +230,27 @@ pub struct TransferLog {
     last_repair: tokio::sync::Mutex<Option<Instant>>,
     /// Grows with every repair: a consumer that read the topic before must start over.
     repairs: AtomicU64,
+    /// Set while a metadata request of [`TransferLog::reachable`] runs on a blocking thread.
+    metadata_in_flight: Arc<AtomicBool>,
+}
+
+/// A blocking call that runs at most once at a time: the flag stays set until this is dropped,
+/// which the blocking closure does when it ends (or when it never runs).
+struct InFlight(Arc<AtomicBool>);
+
+impl InFlight {
+    /// Sets the flag; `None` when it was set already.
+    fn begin(flag: &Arc<AtomicBool>) -> Option<InFlight> {
+        flag.compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .ok()?;
+        Some(InFlight(Arc::clone(flag)))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
 }
 
 impl TransferLog {
@@ -243,12 +264,21 @@ impl TransferLog {
             timeout: services.kafka_timeout(),
             last_repair: tokio::sync::Mutex::new(None),
             repairs: AtomicU64::new(0),
+            metadata_in_flight: Arc::new(AtomicBool::new(false)),
         })
     }
 
     /// Whether the broker answers a metadata request for the transfer topic within `timeout`,
-    /// and has the topic. Runs librdkafka's blocking call off the async threads.
+    /// and has the topic. librdkafka's blocking call runs off the async threads and ends by
+    /// itself after `timeout`, whether or not anyone still waits for it; while one runs no
+    /// other starts (the answer is then that it has not ended), so callers that stopped
+    /// waiting cannot pile up blocking threads.
     pub async fn reachable(&self, timeout: Duration) -> Result<(), LogError> {
+        let Some(in_flight) = InFlight::begin(&self.metadata_in_flight) else {
+            return Err(LogError::NotSent(
+                "the previous metadata request has not ended yet".to_string(),
+            ));
+        };
         let producer = self
             .producer
             .read()
@@ -257,6 +287,7 @@ impl TransferLog {
             .clone();
         let topic = self.physical_topic(TRANSFER_TOPIC);
         let asked = tokio::task::spawn_blocking(move || {
+            let _in_flight = in_flight;
             let metadata = producer.client().fetch_metadata(Some(&topic), timeout)?;
             let known = metadata
                 .topics()
@@ -548,6 +579,19 @@ async fn missing_topics(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_blocking_call_in_flight_keeps_the_next_one_from_starting_until_it_ends() {
+        let flag = Arc::new(AtomicBool::new(false));
+        let running = InFlight::begin(&flag).expect("the first starts");
+        assert!(InFlight::begin(&flag).is_none(), "a second waits for it");
+        let blocking = std::thread::spawn(move || drop(running));
+        blocking.join().expect("the blocking thread ends");
+        assert!(
+            InFlight::begin(&flag).is_some(),
+            "the next starts once it ended"
+        );
+    }
 
     #[test]
     fn only_errors_before_sending_are_certain() {
