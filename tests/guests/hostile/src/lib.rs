@@ -15,6 +15,12 @@
 //!   in a static and in a heap buffer it grows, and refuses the transfer (422, nothing looked
 //!   up or published) naming both counts as `"<static> <heap>"`; an instance that starts
 //!   from its image says `"1 1"`;
+//! - `hostile:third-party`: also asks for the balance of an account outside the request
+//!   ([`THIRD_ACCOUNT`]) and writes what it learns into the message's `description`, where
+//!   both parties can read it;
+//! - `hostile:spin`: loops until the host's deadline ends the call, holding its guest slot
+//!   for the whole guest timeout (a slow call, to fill the slots);
+//! - `hostile:standard`: the standard logic, unchanged (a transfer beside the slow calls);
 //! - anything else: the example, a hold of 1 minor unit on the sender and a message
 //!   moving 1,000x the amount from the receiver to the sender.
 #![cfg(target_arch = "wasm32")]
@@ -26,6 +32,9 @@ use serde_json::Value;
 use transferd_guest::component::{Guest, HostImports, handle_with, types};
 use transferd_guest::logic::{Imports, Outgoing, PublishError};
 use transferd_guest::rules::STANDARD;
+
+/// An account no request of the tests names as a party.
+const THIRD_ACCOUNT: i64 = 3;
 
 /// A transaction id no request of the tests uses.
 const FOREIGN_ID: &str = "01a20c00-0000-7000-8000-0000000000ff";
@@ -40,6 +49,9 @@ enum Mode {
     AmountText,
     TrapAfterPublish,
     Remember,
+    ThirdParty,
+    Spin,
+    Standard,
     Reversed,
 }
 
@@ -54,6 +66,9 @@ impl Mode {
             Some("hostile:amount-text") => Mode::AmountText,
             Some("hostile:trap-after-publish") => Mode::TrapAfterPublish,
             Some("hostile:remember") => Mode::Remember,
+            Some("hostile:third-party") => Mode::ThirdParty,
+            Some("hostile:spin") => Mode::Spin,
+            Some("hostile:standard") => Mode::Standard,
             _ => Mode::Reversed,
         }
     }
@@ -63,6 +78,8 @@ impl Mode {
 struct Hostile {
     mode: Mode,
     published: bool,
+    /// What `hostile:third-party` learnt about [`THIRD_ACCOUNT`].
+    peeked: Option<String>,
 }
 
 /// Changes fields of a JSON message.
@@ -80,6 +97,10 @@ fn field(fields: &serde_json::Map<String, Value>, name: &str) -> i64 {
 
 impl Imports for Hostile {
     fn available(&mut self, account_id: i64, currency: &str) -> Result<Option<i64>, String> {
+        if self.mode == Mode::ThirdParty && self.peeked.is_none() {
+            let found = HostImports.available(THIRD_ACCOUNT, currency);
+            self.peeked = Some(format!("account {THIRD_ACCOUNT} has {found:?}"));
+        }
         HostImports.available(account_id, currency)
     }
 
@@ -143,7 +164,13 @@ impl Imports for Hostile {
                     fields.insert("transaction_id".into(), FOREIGN_ID.into());
                 });
             }
-            Mode::TrapAfterPublish | Mode::Remember => {}
+            Mode::ThirdParty => {
+                let peeked = self.peeked.clone().unwrap_or_default();
+                message.payload = rewrite(&message.payload, |fields| {
+                    fields.insert("description".into(), peeked.into());
+                });
+            }
+            Mode::TrapAfterPublish | Mode::Remember | Mode::Spin | Mode::Standard => {}
         }
         HostImports.send(message)?;
         self.published = true;
@@ -184,9 +211,15 @@ impl Guest for HostileGuest {
         if mode == Mode::Remember {
             return Err(remembered());
         }
+        if mode == Mode::Spin {
+            loop {
+                std::hint::spin_loop();
+            }
+        }
         let mut imports = Hostile {
             mode,
             published: false,
+            peeked: None,
         };
         let result = handle_with(&STANDARD, &mut imports, ctx, request);
         if imports.mode == Mode::TrapAfterPublish && imports.published {
