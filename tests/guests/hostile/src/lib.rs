@@ -165,10 +165,11 @@ impl Imports for Hostile {
                 });
             }
             Mode::ThirdParty => {
-                let peeked = self.peeked.clone().unwrap_or_default();
-                message.payload = rewrite(&message.payload, |fields| {
-                    fields.insert("description".into(), peeked.into());
-                });
+                // Replaced in the text, so every other field stays as the host expects it.
+                let peeked = Value::from(self.peeked.clone().unwrap_or_default()).to_string();
+                let text = String::from_utf8_lossy(&message.payload)
+                    .replace(r#""hostile:third-party""#, &peeked);
+                message.payload = text.into_bytes();
             }
             Mode::TrapAfterPublish | Mode::Remember | Mode::Spin | Mode::Standard => {}
         }
