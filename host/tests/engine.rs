@@ -104,7 +104,7 @@ async fn two_guests_on_one_engine_share_its_instance_pool() -> anyhow::Result<()
         tokio::spawn(async move {
             let (context, request) = call("first");
             active
-                .initiate_transfer(capabilities, &context, &request)
+                .initiate_transfer(capabilities, &context, &request, None)
                 .await
         })
     };
@@ -112,7 +112,7 @@ async fn two_guests_on_one_engine_share_its_instance_pool() -> anyhow::Result<()
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (context, request) = call("second");
     let second = candidate
-        .initiate_transfer(capabilities, &context, &request)
+        .initiate_transfer(capabilities, &context, &request, None)
         .await;
     let first = first.await?;
 

@@ -602,7 +602,8 @@ async fn an_idempotency_key_names_one_request_and_one_transaction_id() -> anyhow
         first,
         Claim::Owned {
             transaction_id: first_id,
-            retry: false
+            retry: false,
+            generation: 0
         }
     );
     // While the first is in flight: a repeat waits, a different body is refused.
@@ -621,17 +622,19 @@ async fn an_idempotency_key_names_one_request_and_one_transaction_id() -> anyhow
         keys.claim("8", "k", &hash, theirs, lease).await?,
         Claim::Owned {
             transaction_id: theirs,
-            retry: false
+            retry: false,
+            generation: 0
         }
     );
 
     // Unfinished (an in-doubt 503): the repeat takes it over with the same transaction id.
-    keys.abandon("7", "k").await?;
+    keys.abandon("7", "k", 0).await?;
     assert_eq!(
         keys.claim("7", "k", &hash, Uuid::now_v7(), lease).await?,
         Claim::Owned {
             transaction_id: first_id,
-            retry: true
+            retry: true,
+            generation: 1
         }
     );
     // Finished: replayed, whatever comes later.
@@ -641,11 +644,12 @@ async fn an_idempotency_key_names_one_request_and_one_transaction_id() -> anyhow
         key: "k".into(),
         request_hash: hash.clone(),
         transaction_id: first_id,
+        generation: 1,
         status: 200,
         body: body.clone(),
     })
     .await?;
-    keys.abandon("7", "k").await?;
+    keys.abandon("7", "k", 1).await?;
     assert_eq!(
         keys.claim("7", "k", &hash, Uuid::now_v7(), lease).await?,
         Claim::Replay {
@@ -664,6 +668,128 @@ async fn an_idempotency_key_names_one_request_and_one_transaction_id() -> anyhow
             .await?,
         0
     );
+    Ok(())
+}
+
+/// A request that outlives its lease loses its key to the retry that takes it over: from then
+/// on it cannot renew the key (so it neither publishes nor releases), give it up for the
+/// retry, or store its answer over the retry's.
+#[tokio::test]
+async fn an_attempt_whose_key_was_taken_over_can_no_longer_act_on_it() -> anyhow::Result<()> {
+    use std::time::{Duration, Instant};
+    use transferd::stores::idempotency::{Answer, Claim, IdempotencyKeys, KeyLease, may_act};
+    let ledger = fresh_ledger().await?;
+    let keys = IdempotencyKeys::new(ledger.pool().clone());
+    let hash = vec![3u8; 32];
+    let id = Uuid::now_v7();
+    // The first attempt's lease is short, and its own clock says it has run out.
+    let claimed_at = Instant::now();
+    let short = Duration::from_millis(200);
+    let first = keys.claim("5", "k", &hash, id, short).await?;
+    assert_eq!(
+        first,
+        Claim::Owned {
+            transaction_id: id,
+            retry: false,
+            generation: 0
+        }
+    );
+    let act_within = Duration::from_secs(1);
+    let lease = |generation, claimed_at, lease| {
+        KeyLease::new(
+            keys.clone(),
+            "5".into(),
+            "k".into(),
+            generation,
+            claimed_at,
+            lease,
+            act_within,
+        )
+    };
+    let stale = lease(0, claimed_at, short);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let long = Duration::from_secs(60);
+    let retried_at = Instant::now();
+    assert_eq!(
+        keys.claim("5", "k", &hash, Uuid::now_v7(), long).await?,
+        Claim::Owned {
+            transaction_id: id,
+            retry: true,
+            generation: 1
+        }
+    );
+    let retry = lease(1, retried_at, long);
+    assert!(!stale.still_held().await, "the stale attempt may not act");
+    assert!(!may_act(Some(&stale)).await);
+    assert!(retry.still_held().await, "the retry may");
+    // Its 5xx does not free the retry's key.
+    stale.abandon().await?;
+    assert_eq!(
+        keys.claim("5", "k", &hash, Uuid::now_v7(), long).await?,
+        Claim::InFlight
+    );
+    // Its answer does not replace the retry's, in one batch or one after the other.
+    let answer = |generation, status| Answer {
+        scope: "5".into(),
+        key: "k".into(),
+        request_hash: hash.clone(),
+        transaction_id: id,
+        generation,
+        status,
+        body: serde_json::json!({"status": status}),
+    };
+    let (stale_answer, retry_answer) =
+        tokio::join!(keys.finish(answer(0, 503)), keys.finish(answer(1, 200)));
+    stale_answer?;
+    retry_answer?;
+    keys.finish(answer(0, 422)).await?;
+    assert_eq!(
+        keys.claim("5", "k", &hash, Uuid::now_v7(), long).await?,
+        Claim::Replay {
+            status: 200,
+            body: serde_json::json!({"status": 200}),
+            transaction_id: id
+        }
+    );
+    Ok(())
+}
+
+/// An attempt whose own clock says its lease ran out, but whose key nobody took over, renews
+/// it and goes on; a retry then finds the key in flight.
+#[tokio::test]
+async fn a_late_attempt_whose_key_nobody_took_renews_it() -> anyhow::Result<()> {
+    use std::time::{Duration, Instant};
+    use transferd::stores::idempotency::{Claim, IdempotencyKeys, KeyLease};
+    let ledger = fresh_ledger().await?;
+    let keys = IdempotencyKeys::new(ledger.pool().clone());
+    let short = Duration::from_millis(200);
+    keys.claim("5", "k", &[4; 32], Uuid::now_v7(), short)
+        .await?;
+    // Its clock says the lease ended long ago; renewed, it is a minute again.
+    let long = Duration::from_secs(60);
+    let claimed_at = Instant::now()
+        .checked_sub(long)
+        .expect("the machine has run for a minute");
+    let late = KeyLease::new(
+        keys.clone(),
+        "5".into(),
+        "k".into(),
+        0,
+        claimed_at,
+        long,
+        Duration::from_secs(1),
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(late.still_held().await);
+    assert!(late.until().is_some_and(|until| until > Instant::now()));
+    assert_eq!(
+        keys.claim("5", "k", &[4; 32], Uuid::now_v7(), short)
+            .await?,
+        Claim::InFlight
+    );
+    // Given up, it acts no more.
+    late.give_up();
+    assert!(!late.still_held().await);
     Ok(())
 }
 
@@ -754,7 +880,8 @@ async fn keys_claimed_and_answered_together_each_keep_their_own() -> anyhow::Res
             claim?,
             Claim::Owned {
                 transaction_id: *id,
-                retry: false
+                retry: false,
+                generation: 0
             }
         );
     }
@@ -766,6 +893,7 @@ async fn keys_claimed_and_answered_together_each_keep_their_own() -> anyhow::Res
                 key: key.clone(),
                 request_hash: hash.clone(),
                 transaction_id: *id,
+                generation: 0,
                 status: 200 + (index % 3) as u16,
                 body: serde_json::json!({"transaction_id": id, "index": index}),
             };

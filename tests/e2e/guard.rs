@@ -203,3 +203,38 @@ async fn uploading_a_guest_that_publishes_the_wrong_transfer_is_refused() -> any
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn a_guest_asking_for_a_third_accounts_balance_is_refused_and_learns_nothing()
+-> anyhow::Result<()> {
+    let namespace = Namespace::new().await?;
+    let host = hostile_host(&namespace).await?;
+    // The hostile guest's third account, with a balance no other number in the test has.
+    host.deposit(3, "USD", "7654.31").await?;
+    let secret = "765431";
+    let reply = host.transfer(hostile("hostile:third-party")).await?;
+    assert_eq!(reply.status, 500, "{}", reply.body);
+    let version = reply.headers["x-guest-version"].to_str()?.to_string();
+    let detail = reply.body["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains("check balance_lookup failed") && detail.contains("account 3"),
+        "{detail}"
+    );
+    assert!(!reply.body.to_string().contains(secret), "{}", reply.body);
+    assert_eq!(
+        (held(&namespace, 1).await?, held(&namespace, 2).await?),
+        (0, 0)
+    );
+    let published = consume(
+        KAFKA_BROKERS,
+        &namespace.transfer_topic(),
+        1,
+        Duration::from_secs(3),
+    )
+    .await?;
+    assert!(published.is_empty(), "nothing published: {published:?}");
+    assert!(!host.log().contains(secret), "the log names the balance");
+    assert_eq!(violations(&host, &version).await?, 1, "counted per version");
+    assert_eq!(namespace.ledger_balance(1, "USD").await?, Some(5_000));
+    Ok(())
+}

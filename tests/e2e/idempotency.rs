@@ -1,12 +1,14 @@
 //! `Idempotency-Key`: a repeat replays the first answer and moves money once, whatever
 //! happens between the two (many connections at once, a restart of transferd, a broker that
-//! timed the first attempt out).
+//! timed the first attempt out, a first attempt that waited for a guest slot past its lease).
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use transferd_e2e::{Broker, Host, HostOptions, Namespace, Reply};
+use transferd_e2e::{
+    Broker, Host, HostOptions, KAFKA_BROKERS, Namespace, Reply, consume, hostile_guest_file,
+};
 
 fn transfer(amount: &str) -> Value {
     json!({"sender_id": 1, "receiver_id": 2, "amount": amount, "currency": "USD"})
@@ -277,5 +279,94 @@ async fn a_keyed_body_that_is_not_json_is_refused_like_any_other() -> anyhow::Re
         }
     }
     assert_eq!(namespace.ledger_balance(1, "USD").await?, None);
+    Ok(())
+}
+
+/// Under overload a keyed request can wait for a guest slot longer than its key's lease, and a
+/// retry then takes the key over. The first attempt must not run the transaction beside the
+/// retry: one message for the transaction, the retry's hold in place, one final answer.
+#[tokio::test]
+async fn a_request_that_waits_past_its_lease_leaves_the_transaction_to_the_retry()
+-> anyhow::Result<()> {
+    let namespace = Namespace::new().await?;
+    let mut options = HostOptions::new(&namespace);
+    // One guest slot, a 1 s guest timeout: the key's lease is 1 s + 0.3 s + 5 s.
+    options.guest_file = hostile_guest_file();
+    options.kafka_timeout_ms = 300;
+    options.run_worker = false;
+    options.extra_env = vec![
+        ("TRANSFERD_GUEST_CONCURRENCY".into(), "1".into()),
+        ("TRANSFERD_GUEST_TIMEOUT_MS".into(), "1000".into()),
+        ("TRANSFERD_DATABASE_TIMEOUT_MS".into(), "300".into()),
+    ];
+    let lease = Duration::from_millis(6_300);
+    let host = std::sync::Arc::new(funded(&namespace, options).await?);
+    let spinning = json!({"sender_id": 1, "receiver_id": 2, "amount": "1.00", "currency": "USD",
+        "description": "hostile:spin"});
+    let keyed = json!({"sender_id": 1, "receiver_id": 2, "amount": "3.00", "currency": "USD",
+        "description": "hostile:standard"});
+    // Nine calls that each hold the slot for the guest timeout, queued ahead of the keyed one.
+    let spinners: Vec<_> = (0..9)
+        .map(|_| {
+            let (host, body) = (std::sync::Arc::clone(&host), spinning.clone());
+            tokio::spawn(async move { host.transfer(body).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let sent_at = Instant::now();
+    let first = {
+        let (host, body) = (std::sync::Arc::clone(&host), keyed.clone());
+        tokio::spawn(async move { host.post_with_key("/transfers", &body, "overload").await })
+    };
+    // Its lease ends while it still waits; the client retries.
+    tokio::time::sleep_until((sent_at + lease + Duration::from_millis(300)).into()).await;
+    let retry = host.post_with_key("/transfers", &keyed, "overload").await?;
+    let first = first.await??;
+    for spinner in spinners {
+        assert_eq!(spinner.await??.status, 503, "the spinning calls time out");
+    }
+    assert_eq!(
+        retry.status, 200,
+        "the retry makes the transfer: {}",
+        retry.body
+    );
+    assert_ne!(first.status, 200, "{}", first.body);
+    assert!(
+        first.status >= 500,
+        "the first attempt did nothing: {}",
+        first.body
+    );
+    let id = transaction_id(&retry).unwrap_or_default();
+
+    let messages = consume(
+        KAFKA_BROKERS,
+        &namespace.transfer_topic(),
+        2,
+        Duration::from_secs(5),
+    )
+    .await?;
+    let for_id = messages
+        .iter()
+        .filter(|message| message.json["transaction_id"] == id.as_str())
+        .count();
+    assert_eq!(
+        (messages.len(), for_id),
+        (1, 1),
+        "one message: {messages:?}"
+    );
+    let holds = namespace.holds().await?;
+    assert!(
+        holds
+            .iter()
+            .any(|hold| hold.transaction_id == id && hold.user_id == 1 && hold.amount_minor == 300),
+        "the retry's hold is in place: {holds:?}"
+    );
+    let again = host.post_with_key("/transfers", &keyed, "overload").await?;
+    assert!(replayed(&again), "{}", again.body);
+    assert_eq!(
+        (again.status, &again.body),
+        (200, &retry.body),
+        "one final answer"
+    );
     Ok(())
 }

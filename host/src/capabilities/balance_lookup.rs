@@ -6,12 +6,18 @@
 //! it for the call that asks for it (`Prefetched`): one round trip fewer per transfer, and the
 //! answer the guest gets is what Redis said a moment earlier, as advisory as any lookup (the
 //! hold re-checks atomically, settlement re-checks in the ledger).
+//!
+//! A guest learns only what its request needs ([`party`]): the sender's available balance and
+//! whether the receiver has an account, in the request's currency, and nothing when the
+//! caller is not the sender. Whatever it learns it can write into a message the parties read,
+//! so asking about anything else is a guest fault, refused before any store is asked: the call
+//! traps and is counted like a broken publish check.
 
 use std::sync::Arc;
 
 use crate::capabilities::RequestState;
 use crate::capabilities::backend::Backend;
-use crate::capabilities::guard::Expected;
+use crate::capabilities::guard::{Expected, Violation};
 use crate::capabilities::hold_ahead::HoldAhead;
 use crate::guest::bindings::transferd::transfer::balance_lookup;
 
@@ -21,6 +27,8 @@ impl balance_lookup::Host for RequestState {
         account_id: i64,
         currency: String,
     ) -> wasmtime::Result<Result<Option<i64>, String>> {
+        let party = party(&self.expected, account_id, &currency)
+            .map_err(|broken| refuse(&mut self.violation, broken))?;
         let answer = match self.prefetched.take(account_id, &currency) {
             Some(available) => {
                 counted("cache");
@@ -54,11 +62,62 @@ impl balance_lookup::Host for RequestState {
                 looked_up.answer
             }
         };
+        let answer = party.reveal(answer);
         self.answers
             .lookups
             .push((account_id, currency, answer.clone()));
         Ok(answer)
     }
+}
+
+/// Which of the request's parties a lookup is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Party {
+    /// The sender (the caller, when there is one): its available balance.
+    Sender,
+    /// The receiver: whether it has an account, never how much is in it.
+    Receiver,
+}
+
+impl Party {
+    /// What the guest is told: the receiver's balance, when it has one, reads as 0.
+    pub fn reveal(self, answer: Result<Option<i64>, String>) -> Result<Option<i64>, String> {
+        match self {
+            Party::Sender => answer,
+            Party::Receiver => answer.map(|found| found.map(|_| 0)),
+        }
+    }
+}
+
+/// The party `account_id` is in the request, when a guest may ask about it in `currency`: the
+/// request's sender or receiver in the request's currency, and only when the caller (if any)
+/// is the sender, since the guest must refuse anyone else before it reads a balance.
+pub fn party(expected: &Expected, account_id: i64, currency: &str) -> Result<Party, Violation> {
+    let caller_sends = expected
+        .principal
+        .is_none_or(|principal| principal == expected.sender_id);
+    match account_id {
+        _ if !caller_sends || currency != expected.currency => Err(outside(account_id, currency)),
+        id if id == expected.sender_id => Ok(Party::Sender),
+        id if id == expected.receiver_id => Ok(Party::Receiver),
+        _ => Err(outside(account_id, currency)),
+    }
+}
+
+fn outside(account_id: i64, currency: &str) -> Violation {
+    Violation::Lookup {
+        account_id,
+        // The guest's text, as much of it as names a currency.
+        currency: currency.chars().take(16).collect(),
+    }
+}
+
+/// Keeps a lookup's violation for the call's answer and returns the trap that stops the guest
+/// (as `guard::admit` does for a publish).
+pub fn refuse(violation: &mut Option<Violation>, broken: Violation) -> wasmtime::Error {
+    let description = broken.describe();
+    *violation = Some(broken);
+    wasmtime::Error::msg(description)
 }
 
 /// A cached balance read ahead of its call, good for one call of the same decision.
@@ -242,6 +301,47 @@ mod tests {
         assert_eq!(Prefetched::partner(&transfer, 2, "EUR", true), None);
         assert_eq!(Prefetched::partner(&transfer, 3, "USD", true), None);
         assert_eq!(Prefetched::partner(&expected(1, 1), 1, "USD", true), None);
+    }
+
+    #[test]
+    fn a_guest_may_ask_only_about_the_requests_parties() {
+        let transfer = expected(1, 2);
+        assert_eq!(party(&transfer, 1, "USD"), Ok(Party::Sender));
+        assert_eq!(party(&transfer, 2, "USD"), Ok(Party::Receiver));
+        // Another account, another currency, or anything while the caller is not the sender.
+        let refused = |expected: &Expected, account_id, currency: &str| {
+            party(expected, account_id, currency).map_err(|broken| broken.check())
+        };
+        assert_eq!(refused(&transfer, 3, "USD"), Err("balance_lookup"));
+        assert_eq!(refused(&transfer, 1, "EUR"), Err("balance_lookup"));
+        assert_eq!(refused(&transfer, 2, "EUR"), Err("balance_lookup"));
+        let by_receiver = Expected {
+            principal: Some(2),
+            ..expected(1, 2)
+        };
+        assert_eq!(refused(&by_receiver, 1, "USD"), Err("balance_lookup"));
+        assert_eq!(refused(&by_receiver, 2, "USD"), Err("balance_lookup"));
+        let anonymous = Expected {
+            principal: None,
+            ..expected(1, 2)
+        };
+        assert_eq!(party(&anonymous, 1, "USD"), Ok(Party::Sender));
+        // One account on both sides is the sender.
+        assert_eq!(party(&expected(1, 1), 1, "USD"), Ok(Party::Sender));
+        // The text of a violation is bounded, whatever the guest sent.
+        let long = "X".repeat(10_000);
+        assert!(party(&transfer, 1, &long).is_err_and(|broken| broken.describe().len() < 200));
+    }
+
+    #[test]
+    fn the_receiver_is_told_whether_it_has_an_account_not_its_balance() {
+        assert_eq!(Party::Receiver.reveal(Ok(Some(123_456))), Ok(Some(0)));
+        assert_eq!(Party::Receiver.reveal(Ok(None)), Ok(None));
+        assert_eq!(
+            Party::Receiver.reveal(Err("down".into())),
+            Err("down".into())
+        );
+        assert_eq!(Party::Sender.reveal(Ok(Some(123_456))), Ok(Some(123_456)));
     }
 
     #[test]

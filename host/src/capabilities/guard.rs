@@ -124,6 +124,11 @@ pub enum Violation {
     AcceptedUnpublished,
     #[error("publishes a transfer from account {sender_id} for user {principal}")]
     Principal { principal: i64, sender_id: i64 },
+    /// Checked by `balance_lookup`: a guest asks only about the request's parties.
+    #[error(
+        "asks for the balance of account {account_id} in {currency:?}, not a party of the request"
+    )]
+    Lookup { account_id: i64, currency: String },
 }
 
 impl Violation {
@@ -145,6 +150,7 @@ impl Violation {
             Violation::AcceptedAmount { .. } => "accepted_amount",
             Violation::AcceptedUnpublished => "accepted_without_publish",
             Violation::Principal { .. } => "principal",
+            Violation::Lookup { .. } => "balance_lookup",
         }
     }
 

@@ -26,6 +26,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::config::Services;
 use crate::guest::bindings::transferd::transfer::types;
+use crate::stores::idempotency::KeyLease;
 use crate::stores::kafka::{HOST_TOPICS, TransferLog};
 use crate::stores::postgres::Ledger;
 use crate::stores::redis::BalanceCache;
@@ -139,6 +140,9 @@ pub struct RequestState {
     prefetched: balance_lookup::Prefetched,
     /// The hold the first lookup takes for the publish (see `hold_ahead`).
     pub ahead: hold_ahead::Ahead,
+    /// The request's claim on its idempotency key, if it has one: the publish and its release
+    /// act only while the claim stands.
+    pub lease: Option<KeyLease>,
     wasi: WasiCtx,
     table: ResourceTable,
     pub limits: StoreLimits,
@@ -161,6 +165,7 @@ impl RequestState {
             answers: RecordedAnswers::default(),
             prefetched: balance_lookup::Prefetched::default(),
             ahead: hold_ahead::Ahead::planned(ahead),
+            lease: None,
             // Nothing: no arguments, environment, files, sockets or inherited stdio.
             wasi: WasiCtx::builder().build(),
             table: ResourceTable::new(),

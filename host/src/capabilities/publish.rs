@@ -15,6 +15,7 @@ use crate::capabilities::backend::Backend;
 use crate::capabilities::hold_ahead::{self, Taken};
 use crate::capabilities::{Publication, PublicationCell, RequestState, guard};
 use crate::guest::bindings::transferd::transfer::publish::{self, PublishError};
+use crate::stores::idempotency::{self, KeyLease};
 use crate::stores::redis::HoldOutcome;
 use crate::trace::TraceContext;
 
@@ -44,6 +45,7 @@ impl publish::Host for RequestState {
             taken,
             self.publication.clone(),
             crate::trace::current(),
+            self.lease.clone(),
         )));
         let answer = delivery
             .await
@@ -87,7 +89,9 @@ impl RequestState {
 /// Holds, produces, and records what happened in `publication`. `outgoing` passed the guard:
 /// its hold is present, on the sender, and equals `amount_minor`; `taken` says whether that
 /// hold is in Redis already (`hold_ahead`). The message carries the transaction id and, when
-/// the request has one, its request id and trace context.
+/// the request has one, its request id and trace context. With an idempotency key, nothing is
+/// held, sent or released once the request's claim on the key is gone (`lease`).
+#[allow(clippy::too_many_arguments)] // one per thing the delivery task owns
 pub async fn deliver<B: Backend>(
     backend: Arc<B>,
     transaction_id: String,
@@ -96,8 +100,16 @@ pub async fn deliver<B: Backend>(
     taken: Taken,
     publication: PublicationCell,
     trace: Option<TraceContext>,
+    lease: Option<KeyLease>,
 ) -> Result<(), PublishError> {
     let refused = |reason: String| Publication::Refused { reason };
+    if !idempotency::may_act(lease.as_ref()).await {
+        // A retry holds the key (or it cannot be told): the retry publishes, not this.
+        let reason = "the request's idempotency key is no longer its own; nothing was sent";
+        tracing::warn!(transaction_id, "{reason}");
+        publication.set(refused(reason.into()));
+        return Err(PublishError::Unavailable(reason.into()));
+    }
     let kept = match taken {
         Taken::No => keep(&*backend, &transaction_id, &outgoing, amount_minor).await,
         Taken::AsRecorded => Ok(()),
@@ -153,8 +165,13 @@ pub async fn deliver<B: Backend>(
             Err(PublishError::Unavailable(error.to_string()))
         }
         Err(error) => {
-            tracing::warn!(%error, transaction_id, "publish refused; releasing the hold");
-            release(&*backend, &transaction_id, &outgoing).await;
+            if idempotency::may_act(lease.as_ref()).await {
+                tracing::warn!(%error, transaction_id, "publish refused; releasing the hold");
+                release(&*backend, &transaction_id, &outgoing).await;
+            } else {
+                // The hold may be the retry's now; it keeps it (or the reconciler releases it).
+                tracing::warn!(%error, transaction_id, "publish refused; the hold is left to the retry that holds the key");
+            }
             publication.set(refused(error.to_string()));
             Err(PublishError::Unavailable(error.to_string()))
         }

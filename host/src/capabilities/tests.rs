@@ -297,6 +297,7 @@ async fn publish(
         Taken::No,
         cell.clone(),
         None,
+        None,
     )
     .await;
     (id, answer, cell.get())
@@ -406,6 +407,7 @@ async fn the_first_lookup_holds_ahead_in_its_round_trip_and_the_publish_needs_no
         Taken::AsRecorded,
         cell.clone(),
         None,
+        None,
     )
     .await;
     assert!(answer.is_ok(), "{answer:?}");
@@ -491,6 +493,7 @@ async fn a_publish_of_another_message_replaces_the_record_of_the_hold_ahead() {
         300,
         Taken::OtherRecord,
         PublicationCell::default(),
+        None,
         None,
     )
     .await;
@@ -635,6 +638,7 @@ async fn a_published_transfer_carries_its_request_id_and_trace() {
         Taken::No,
         PublicationCell::default(),
         Some(trace.clone()),
+        None,
     )
     .await;
     assert!(answer.is_ok(), "acknowledged: {answer:?}");

@@ -1,8 +1,9 @@
 //! Runs the guest with imports that replay a conformance vector's recorded answers instead of
 //! Redis and Kafka: the host's conformance harness, and the check that an uploaded guest
 //! still decides the invariant cases as every version must. Publishes pass the same host
-//! checks as live ones (`capabilities::guard`), so a guest that would publish the wrong
-//! transfer is refused at upload.
+//! checks as live ones (`capabilities::guard`), and lookups the same rule
+//! (`capabilities::balance_lookup::party`), so a guest that would publish the wrong transfer
+//! or ask about an account outside its request is refused at upload.
 
 use transferd_guest::logic::{Imports, Outgoing, PublishError};
 use transferd_guest::vectors::Replay;
@@ -12,7 +13,8 @@ use wasmtime::StoreLimits;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use crate::guest::bindings::transferd::transfer::{balance_lookup, publish, types};
+use crate::capabilities::balance_lookup;
+use crate::guest::bindings::transferd::transfer::{publish, types};
 
 /// Store data of a replayed call.
 pub struct ReplayState {
@@ -64,13 +66,16 @@ impl WasiView for ReplayState {
 
 impl types::Host for ReplayState {}
 
-impl balance_lookup::Host for ReplayState {
+impl crate::guest::bindings::transferd::transfer::balance_lookup::Host for ReplayState {
     async fn available(
         &mut self,
         account_id: i64,
         currency: String,
     ) -> wasmtime::Result<Result<Option<i64>, String>> {
-        Ok(self.replay.available(account_id, &currency))
+        // The live import's rule: only the request's parties, the receiver's existence only.
+        let party = balance_lookup::party(&self.expected, account_id, &currency)
+            .map_err(|broken| balance_lookup::refuse(&mut self.violation, broken))?;
+        Ok(party.reveal(self.replay.available(account_id, &currency)))
     }
 }
 

@@ -13,11 +13,17 @@
 //! version, a canary or shadow, vector runs and an old version finishing during a swap all
 //! draw from the same pool. A running call holds a slot; a kept instance holds a place of the
 //! idle budget instead, so kept instances never stop a call from starting.
+//!
+//! A request that holds an idempotency key waits for a slot only while its call would still
+//! end inside the key's lease (its end minus the guest timeout); past that it is answered
+//! 503 having done nothing, and its key is left to the retry. Within the call, the publish and
+//! any release of what the call held act only while the key is still the request's
+//! (`stores::idempotency::KeyLease`).
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -36,8 +42,12 @@ use crate::capabilities::hold_ahead::{self, HoldAhead};
 use crate::capabilities::{
     Capabilities, Publication, PublicationCell, RecordedAnswers, RequestState,
 };
+use crate::guest::bindings::transferd::transfer::types::{
+    RequestContext as WitContext, TransferRequest as WitRequest,
+};
 use crate::guest::bindings::{self, TransferLogic, TransferLogicPre};
 use crate::guest::replay::ReplayState;
+use crate::stores::idempotency::{self, KeyLease};
 
 /// How often the engine's epoch advances; a running guest yields to the scheduler at each
 /// tick, so a guest stuck in a loop cannot hold a worker thread past its deadline.
@@ -74,15 +84,19 @@ impl CallState for RequestState {
         Expected,
         PublicationCell,
         Option<HoldAhead>,
+        Option<KeyLease>,
     );
     fn for_call(
-        (capabilities, expected, publication, ahead): Self::Call,
+        (capabilities, expected, publication, ahead, lease): Self::Call,
         limits: StoreLimits,
     ) -> Self {
-        RequestState::new(capabilities, expected, publication, ahead, limits)
+        let mut state = RequestState::new(capabilities, expected, publication, ahead, limits);
+        state.lease = lease;
+        state
     }
-    fn begin(&mut self, (capabilities, expected, publication, ahead): Self::Call) {
+    fn begin(&mut self, (capabilities, expected, publication, ahead, lease): Self::Call) {
         RequestState::begin(self, capabilities, expected, publication, ahead);
+        self.lease = lease;
     }
 }
 
@@ -163,6 +177,10 @@ pub enum GuestFailure {
     Trap(String),
     #[error("the transfer logic did not finish within {0} ms")]
     Timeout(u128),
+    /// No guest slot came free while the request's idempotency key could still cover its
+    /// call: nothing was done.
+    #[error("the service is busy: no room to run the transfer logic in time; nothing was done")]
+    Busy,
     /// It broke one of the host's checks (`capabilities::guard`).
     #[error("the transfer logic failed: {}", .0.describe())]
     Violation(Violation),
@@ -290,12 +308,27 @@ impl GuestEngine {
         })
     }
 
-    /// A place in the instance pool; every call holds one while it runs.
-    async fn slot(&self) -> Result<OwnedSemaphorePermit, GuestFailure> {
-        Arc::clone(&self.slots)
-            .acquire_owned()
-            .await
-            .map_err(|_| GuestFailure::Trap("guest engine closed".into()))
+    /// A place in the instance pool; every call holds one while it runs. With `start_by`, a
+    /// call that has none by then does not run (`Busy`).
+    async fn slot(&self, start_by: Option<Instant>) -> Result<OwnedSemaphorePermit, GuestFailure> {
+        let acquire = Arc::clone(&self.slots).acquire_owned();
+        let acquired = match start_by {
+            None => acquire.await,
+            Some(start_by) => tokio::time::timeout_at(start_by.into(), acquire)
+                .await
+                .map_err(|_elapsed| GuestFailure::Busy)?,
+        };
+        acquired.map_err(|_| GuestFailure::Trap("guest engine closed".into()))
+    }
+
+    /// When a call covered by `lease` must have started to end inside it: the lease's end
+    /// minus the guest timeout (already past when the lease is lost).
+    fn start_by(&self, lease: &KeyLease) -> Instant {
+        let now = Instant::now();
+        lease
+            .until()
+            .and_then(|until| until.checked_sub(self.limits.timeout))
+            .unwrap_or(now)
     }
 
     /// Compiles a component and checks it against the `transfer-logic` world.
@@ -378,28 +411,40 @@ impl Guest {
 
     /// Runs `initiate-transfer` with live imports. Returns what the call came to even when
     /// the guest trapped or ran out of time: its publish may have happened all the same.
+    /// `lease`: the request's claim on its idempotency key, which bounds the wait for a slot
+    /// and fences the publish and the releases.
     pub async fn initiate_transfer(
         &self,
         capabilities: Arc<Capabilities>,
         context: &RequestContext,
         request: &TransferRequest,
+        lease: Option<KeyLease>,
     ) -> Decided {
         let publication = PublicationCell::default();
+        let start_by = lease.as_ref().map(|lease| self.engine.start_by(lease));
         let call = (
             Arc::clone(&capabilities),
             Expected::of(context, request),
             publication.clone(),
             HoldAhead::plan(context, request),
+            lease.clone(),
         );
         let ran = self
-            .run(&self.pre, &self.kept, call, context, request, |state| {
-                let unused = state.ahead.take_unused();
-                (
-                    std::mem::take(&mut state.answers),
-                    state.violation.take(),
-                    unused,
-                )
-            })
+            .run(
+                &self.pre,
+                &self.kept,
+                call,
+                start_by,
+                bindings::wit_arguments(context, request),
+                |state| {
+                    let unused = state.ahead.take_unused();
+                    (
+                        std::mem::take(&mut state.answers),
+                        state.violation.take(),
+                        unused,
+                    )
+                },
+            )
             .await;
         let (decision, answers) = match ran {
             Err(failure) => (Err(failure), RecordedAnswers::default()),
@@ -407,7 +452,11 @@ impl Guest {
                 // Before the answer: a refused transfer's money is available again when the
                 // client hears of it.
                 if let Some(unused) = hold_ahead::to_give_back(unused, &publication.get()) {
-                    hold_ahead::give_back(&*capabilities, &context.transaction_id, &unused).await;
+                    // Not when a retry took the key over: the hold may be the retry's now.
+                    if idempotency::may_act(lease.as_ref()).await {
+                        hold_ahead::give_back(&*capabilities, &context.transaction_id, &unused)
+                            .await;
+                    }
                 }
                 (self.decision(ran, violation), answers)
             }
@@ -437,18 +486,19 @@ impl Guest {
     }
 
     /// One call of `initiate-transfer` on a kept instance (its data reset for `call`) or a
-    /// fresh one, within the time limit. `inspect` reads what the call left in the store's
-    /// data before the instance is kept or dropped.
+    /// fresh one, within the time limit, once it has a slot (by `start_by`, when given).
+    /// `inspect` reads what the call left in the store's data before the instance is kept or
+    /// dropped.
     async fn run<T: CallState, R>(
         &self,
         pre: &TransferLogicPre<T>,
         kept: &KeptInstances<T>,
         call: T::Call,
-        context: &RequestContext,
-        request: &TransferRequest,
+        start_by: Option<Instant>,
+        (wit_context, wit_request): (WitContext, WitRequest),
         inspect: impl FnOnce(&mut T) -> R,
     ) -> Result<(Ran, R), GuestFailure> {
-        let slot = self.engine.slot().await?;
+        let slot = self.engine.slot(start_by).await?;
         let (mut store, instance, calls) = match kept.take() {
             Some(mut reused) => {
                 reused.store.data_mut().begin(call);
@@ -461,7 +511,6 @@ impl Guest {
         // call would go back to the scheduler at its first instruction, behind every task
         // that is ready, and wake an idle worker thread to steal it.
         store.set_epoch_deadline(1);
-        let (wit_context, wit_request) = bindings::wit_arguments(context, request);
         let attempt = async {
             let instance = match instance {
                 Some(instance) => instance,
@@ -549,8 +598,8 @@ impl Guest {
                 &self.replay_pre,
                 &self.kept_replays,
                 call,
-                context,
-                request,
+                None,
+                bindings::wit_arguments(context, request),
                 |state| {
                     let calls = std::mem::take(&mut state.replay.calls);
                     (state.violation.take(), state.published_minor, calls)

@@ -8,8 +8,12 @@
 //! acting, [`finish`] records a final answer (2xx or 4xx: it changed what it changed, or
 //! nothing); a 5xx leaves the key to the next retry. Keys are scoped to the caller and kept in
 //! PostgreSQL (`stores::idempotency`).
+//!
+//! A request acts on its key only while its claim stands ([`KeyLease`]): its answer is stored,
+//! and its 5xx frees the key, only for the claim generation it took, and the decision gets
+//! the lease to fence its guest slot, its publish and its releases with.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, StatusCode};
@@ -18,7 +22,7 @@ use uuid::Uuid;
 
 use crate::http::App;
 use crate::http::error::{ApiError, Invalid, Reply, json_response};
-use crate::stores::idempotency::{Answer, Claim, parse_key, request_hash};
+use crate::stores::idempotency::{Answer, Claim, KeyLease, parse_key, request_hash};
 
 pub const KEY_HEADER: &str = "idempotency-key";
 pub const REPLAYED_HEADER: &str = "idempotent-replayed";
@@ -31,6 +35,7 @@ pub struct HeldKey {
     transaction_id: Uuid,
     /// An earlier attempt with this key did not record an answer.
     retry: bool,
+    lease: KeyLease,
 }
 
 impl HeldKey {
@@ -38,6 +43,11 @@ impl HeldKey {
     /// done what it was asked all the same.
     pub fn is_retry(&self) -> bool {
         self.retry
+    }
+
+    /// This request's claim on the key.
+    pub fn lease(&self) -> &KeyLease {
+        &self.lease
     }
 }
 
@@ -78,6 +88,8 @@ pub async fn start(
     let value: serde_json::Value =
         serde_json::from_slice(body).map_err(|error| ApiError::BadRequest(error.to_string()))?;
     let hash = request_hash(route, &value);
+    // Before the statement: the lease PostgreSQL counts starts after this.
+    let claimed_at = Instant::now();
     let claim = app
         .idempotency
         .claim(&scope, key, &hash, Uuid::now_v7(), app.idempotency_lease)
@@ -87,10 +99,20 @@ pub async fn start(
         Claim::Owned {
             transaction_id,
             retry,
+            generation,
         } => {
             if retry {
                 tracing::info!(%transaction_id, "retrying an unfinished request under its idempotency key");
             }
+            let lease = KeyLease::new(
+                app.idempotency.clone(),
+                scope.clone(),
+                key.to_string(),
+                generation,
+                claimed_at,
+                app.idempotency_lease,
+                app.guest_timeout,
+            );
             Ok(Start::Proceed {
                 transaction_id,
                 held: Some(HeldKey {
@@ -99,6 +121,7 @@ pub async fn start(
                     request_hash: hash,
                     transaction_id,
                     retry,
+                    lease,
                 }),
             })
         }
@@ -127,7 +150,7 @@ pub async fn finish(app: &App, held: Option<HeldKey>, reply: Reply) -> Reply {
         return reply;
     };
     if reply.status().is_server_error() {
-        if let Err(error) = app.idempotency.abandon(&held.scope, &held.key).await {
+        if let Err(error) = held.lease.abandon().await {
             // The key frees itself when its lease ends.
             tracing::warn!(%error, "could not free an idempotency key after a 5xx");
         }
@@ -144,6 +167,7 @@ pub async fn finish(app: &App, held: Option<HeldKey>, reply: Reply) -> Reply {
         key: held.key,
         request_hash: held.request_hash,
         transaction_id: held.transaction_id,
+        generation: held.lease.generation(),
         status: parts.status.as_u16(),
         body: stored,
     };
@@ -155,7 +179,9 @@ pub async fn finish(app: &App, held: Option<HeldKey>, reply: Reply) -> Reply {
     http::Response::from_parts(parts, Full::new(bytes))
 }
 
-/// How long a request holds its key: longer than any request can take.
+/// How long a request holds its key: longer than any request can take once it has a guest
+/// slot (a decision that waits for one longer than `lease - guest_timeout` gives up, see
+/// `guest::runtime`).
 pub fn lease(guest_timeout: Duration, kafka_timeout: Duration) -> Duration {
     guest_timeout + kafka_timeout + Duration::from_secs(5)
 }

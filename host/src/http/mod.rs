@@ -73,6 +73,8 @@ pub struct App {
     /// `Idempotency-Key`s, and how long a request holds one.
     pub idempotency: IdempotencyKeys,
     pub idempotency_lease: std::time::Duration,
+    /// The longest a guest call (and the publish it starts) may take.
+    pub guest_timeout: std::time::Duration,
     /// A request body that has not arrived by then is answered 408.
     pub body_timeout: std::time::Duration,
     /// Every route but `POST /transfers` answers within this, or 503.
@@ -158,6 +160,7 @@ pub async fn serve(settings: Serve, mut signals: Signals) -> anyhow::Result<()> 
             settings.guest_timeout(),
             settings.services.kafka_timeout(),
         ),
+        guest_timeout: settings.guest_timeout(),
         body_timeout: settings.body_timeout(),
         request_timeout: settings.request_timeout(),
         kafka_trace_headers: settings.kafka_trace_headers,

@@ -31,6 +31,7 @@ use crate::http::error::{ApiError, Invalid, Reply, json_response};
 use crate::http::idempotency::{self, HeldKey, Start};
 use crate::http::{App, GUEST_VERSION_HEADER};
 use crate::settlement::quarantine;
+use crate::stores::idempotency::KeyLease;
 use crate::stores::postgres::TransferRecord;
 use transferd_message::TransferMessage;
 
@@ -64,9 +65,10 @@ pub async fn create(
     // what it is given several times over (2 % of serve's CPU under load, in memmove).
     let task_app = Arc::clone(app);
     let principal = caller.principal();
+    let lease = held.as_ref().map(|held| held.lease().clone());
     app.decisions
         .spawn(crate::trace::carried(Box::pin(async move {
-            let decided = decide(&task_app, transaction_id, principal, request).await;
+            let decided = decide(&task_app, transaction_id, principal, request, lease).await;
             let reply = decided.unwrap_or_else(ApiError::into_response);
             Ok(idempotency::finish(&task_app, held, reply).await)
         })))
@@ -94,12 +96,14 @@ async fn accepted_before(app: &App, transaction_id: uuid::Uuid) -> Option<Reply>
     }
 }
 
-/// Runs the guest on one transfer and answers for it.
+/// Runs the guest on one transfer and answers for it; `lease` is the request's claim on its
+/// idempotency key, if it has one.
 async fn decide(
     app: &App,
     transaction_id: uuid::Uuid,
     principal: Option<i64>,
     request: TransferRequest,
+    lease: Option<KeyLease>,
 ) -> Result<Reply, ApiError> {
     let (guest, shadow) = app.serving().pick(&transaction_id);
     let context = RequestContext {
@@ -110,7 +114,7 @@ async fn decide(
     };
     let started = std::time::Instant::now();
     let decided = guest
-        .initiate_transfer(app.capabilities.clone(), &context, &request)
+        .initiate_transfer(app.capabilities.clone(), &context, &request, lease)
         .await;
     metrics::histogram!(crate::metrics::GUEST_DURATION, "version" => guest.version().to_owned())
         .record(started.elapsed().as_secs_f64());
@@ -164,7 +168,9 @@ async fn decide(
                 tracing::error!(%failure, version, transaction_id, "guest failed");
             }
             match failure {
-                GuestFailure::Timeout(_) => ApiError::Unavailable(failure.to_string()),
+                GuestFailure::Timeout(_) | GuestFailure::Busy => {
+                    ApiError::Unavailable(failure.to_string())
+                }
                 GuestFailure::Trap(_) | GuestFailure::Violation(_) => {
                     ApiError::Internal(failure.to_string())
                 }
@@ -203,6 +209,7 @@ fn outcome_name(answer: &Answer) -> &'static str {
         Answer::Rejected(Rejection::Unavailable(_)) => "unavailable",
         Answer::InDoubt(_) => "in_doubt",
         Answer::Failed(GuestFailure::Timeout(_)) => "timeout",
+        Answer::Failed(GuestFailure::Busy) => "busy",
         Answer::Failed(GuestFailure::Trap(_)) => "trap",
         Answer::Failed(GuestFailure::Violation(_)) => "violation",
     }

@@ -6,9 +6,17 @@
 //! or not, a 500, a crash) leaves the key to the next repeat, which takes it over with the
 //! same transaction id: whatever the first attempt may have written to the log, settlement
 //! applies that id once.
+//!
+//! Each takeover moves the key's claim generation on. An attempt's [`KeyLease`] names the
+//! generation it claimed: the attempt publishes, releases a hold and gives up its key only
+//! while the lease is still its own (by its own clock while the lease it took has time left,
+//! otherwise by renewing it in PostgreSQL for its generation), and its answer is stored only
+//! for its generation. An attempt that outlived its lease and lost the key to a retry can
+//! neither publish nor release the retry's hold nor overwrite the retry's answer.
 
 use std::collections::HashSet;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -23,8 +31,12 @@ pub const MAX_KEY_CHARS: usize = 255;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Claim {
     /// This request holds the key: process it with this transaction id. `retry` when an
-    /// earlier attempt with the key did not finish.
-    Owned { transaction_id: Uuid, retry: bool },
+    /// earlier attempt with the key did not finish; `generation` counts the takeovers.
+    Owned {
+        transaction_id: Uuid,
+        retry: bool,
+        generation: i64,
+    },
     /// A request with this key and body finished: answer what it answered.
     Replay {
         status: u16,
@@ -107,6 +119,8 @@ pub struct Answer {
     /// transaction id, and puts back a row that was purged meanwhile.
     pub request_hash: Vec<u8>,
     pub transaction_id: Uuid,
+    /// The claim generation of the request that answers: a later one's answer stays.
+    pub generation: i64,
     pub status: u16,
     pub body: serde_json::Value,
 }
@@ -140,7 +154,14 @@ pub struct IdempotencyKeys {
     answers: Batcher<Answer, (), LedgerError>,
 }
 
-type Row = (Vec<u8>, Uuid, Option<i16>, Option<serde_json::Value>, bool);
+type Row = (
+    Vec<u8>,
+    Uuid,
+    Option<i16>,
+    Option<serde_json::Value>,
+    bool,
+    i64,
+);
 
 impl IdempotencyKeys {
     /// Starts the batchers on the current tokio runtime.
@@ -188,6 +209,7 @@ impl IdempotencyKeys {
             return Ok(Claim::Owned {
                 transaction_id,
                 retry: false,
+                generation: 0,
             });
         }
         self.claim_existing(scope, key, hash, lease_ms).await
@@ -203,8 +225,9 @@ impl IdempotencyKeys {
         lease_ms: i64,
     ) -> Result<Claim, LedgerError> {
         let mut transaction = self.pool.begin().await?;
-        let (stored_hash, stored_id, status, body, locked): Row = sqlx::query_as(
-            "SELECT request_hash, transaction_id, response_status, response_body, locked_until > now()
+        let (stored_hash, stored_id, status, body, locked, generation): Row = sqlx::query_as(
+            "SELECT request_hash, transaction_id, response_status, response_body, locked_until > now(),
+                    claim_generation
              FROM idempotency_keys WHERE scope = $1 AND idempotency_key = $2 FOR UPDATE",
         )
         .bind(scope)
@@ -221,17 +244,20 @@ impl IdempotencyKeys {
             _ if locked => Claim::InFlight,
             _ => {
                 sqlx::query(
-                    "UPDATE idempotency_keys SET locked_until = now() + $3 * interval '1 millisecond'
+                    "UPDATE idempotency_keys SET locked_until = now() + $3 * interval '1 millisecond',
+                         claim_generation = $4
                      WHERE scope = $1 AND idempotency_key = $2",
                 )
                 .bind(scope)
                 .bind(key)
                 .bind(lease_ms)
+                .bind(generation + 1)
                 .execute(&mut *transaction)
                 .await?;
                 Claim::Owned {
                     transaction_id: stored_id,
                     retry: true,
+                    generation: generation + 1,
                 }
             }
         };
@@ -245,17 +271,154 @@ impl IdempotencyKeys {
         self.answers.submit(answer).await.map_err(LedgerError::from)
     }
 
-    /// Ends the lease of a request that did not finish: the next repeat takes the key over.
-    pub async fn abandon(&self, scope: &str, key: &str) -> Result<(), LedgerError> {
+    /// Ends the lease of a request that did not finish, when the key is still its claim
+    /// (`generation`): the next repeat takes the key over.
+    pub async fn abandon(
+        &self,
+        scope: &str,
+        key: &str,
+        generation: i64,
+    ) -> Result<(), LedgerError> {
         sqlx::query(
             "UPDATE idempotency_keys SET locked_until = now()
-             WHERE scope = $1 AND idempotency_key = $2 AND response_status IS NULL",
+             WHERE scope = $1 AND idempotency_key = $2 AND response_status IS NULL
+               AND claim_generation = $3",
         )
         .bind(scope)
         .bind(key)
+        .bind(generation)
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    /// Holds the key for `lease` more from now, if it is still the unanswered claim of
+    /// `generation`; `false` when a retry took it over (or an answer was stored).
+    pub async fn renew(
+        &self,
+        scope: &str,
+        key: &str,
+        generation: i64,
+        lease: Duration,
+    ) -> Result<bool, LedgerError> {
+        let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
+        let renewed = sqlx::query(
+            "UPDATE idempotency_keys
+             SET locked_until = GREATEST(locked_until, now() + $4 * interval '1 millisecond')
+             WHERE scope = $1 AND idempotency_key = $2 AND response_status IS NULL
+               AND claim_generation = $3",
+        )
+        .bind(scope)
+        .bind(key)
+        .bind(generation)
+        .bind(lease_ms)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(renewed == 1)
+    }
+}
+
+/// One attempt's claim on its key, shared by what acts for the attempt (the decision, its
+/// publish, the handler that answers). Cheap to clone.
+#[derive(Clone)]
+pub struct KeyLease {
+    keys: IdempotencyKeys,
+    scope: String,
+    key: String,
+    generation: i64,
+    lease: Duration,
+    /// The longest one act takes once it is allowed (a publish: the guest timeout bounds it).
+    act_within: Duration,
+    /// Until when, by this process's clock, nobody can take the key over (the lease counted
+    /// from before the statement that took it); `None` once the attempt has lost or given up
+    /// its key.
+    until: Arc<Mutex<Option<Instant>>>,
+}
+
+impl KeyLease {
+    /// The lease of a claim of `generation` sent at `claimed_at`.
+    pub fn new(
+        keys: IdempotencyKeys,
+        scope: String,
+        key: String,
+        generation: i64,
+        claimed_at: Instant,
+        lease: Duration,
+        act_within: Duration,
+    ) -> KeyLease {
+        KeyLease {
+            keys,
+            scope,
+            key,
+            generation,
+            lease,
+            act_within,
+            until: Arc::new(Mutex::new(Some(claimed_at + lease))),
+        }
+    }
+
+    pub fn generation(&self) -> i64 {
+        self.generation
+    }
+
+    /// Until when the key is certainly this attempt's; `None` once it is not.
+    pub fn until(&self) -> Option<Instant> {
+        *self.until.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Whether this attempt may still act on its key for one act: yes while its lease has an
+    /// act's time left by its own clock; otherwise only if PostgreSQL renews the lease for its
+    /// generation (no retry took it over meanwhile). `false` when that cannot be asked.
+    pub async fn still_held(&self) -> bool {
+        let Some(until) = self.until() else {
+            return false;
+        };
+        if until.saturating_duration_since(Instant::now()) >= self.act_within {
+            return true;
+        }
+        let asked_at = Instant::now();
+        let renewed = self
+            .keys
+            .renew(&self.scope, &self.key, self.generation, self.lease)
+            .await;
+        let mut kept = self.until.lock().unwrap_or_else(PoisonError::into_inner);
+        match renewed {
+            Ok(true) if kept.is_some() => {
+                *kept = Some(asked_at + self.lease);
+                true
+            }
+            Ok(_) => {
+                *kept = None;
+                false
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot confirm an idempotency key's lease; not acting on it");
+                false
+            }
+        }
+    }
+
+    /// Gives the key up: nothing acts on it for this attempt from here on.
+    pub fn give_up(&self) {
+        *self.until.lock().unwrap_or_else(PoisonError::into_inner) = None;
+    }
+
+    /// Gives the key up and ends its lease in PostgreSQL, unless a retry holds it already.
+    pub async fn abandon(&self) -> Result<(), LedgerError> {
+        self.give_up();
+        self.keys
+            .abandon(&self.scope, &self.key, self.generation)
+            .await
+    }
+}
+
+/// Whether an attempt may act on its transaction: always without a key, else while its
+/// claim on the key stands ([`KeyLease::still_held`]).
+pub async fn may_act(lease: Option<&KeyLease>) -> bool {
+    match lease {
+        Some(lease) => lease.still_held().await,
+        None => true,
     }
 }
 
@@ -342,13 +505,15 @@ async fn insert_claims(pool: PgPool, claims: Vec<NewClaim>) -> Result<Vec<bool>,
 /// Stores final answers in one statement, in key order (see [`insert_claims`]). An upsert
 /// rather than an update joined on the arrays: the unique index finds each row whatever the
 /// table's statistics say (a join's plan cached while the table was empty scans all of it
-/// for every batch once it has grown, and this machine runs without autovacuum). Two answers
-/// for one key in a batch (a request that outlived its lease and the retry that took the key
-/// over) cannot both go into one upsert: the later one is stored, as one update after the
-/// other would have left it.
+/// for every batch once it has grown, and this machine runs without autovacuum). An answer
+/// is stored only over its own claim (transaction id and generation): a request that outlived
+/// its lease does not overwrite the answer of the retry that took the key over. Two answers
+/// for one key in a batch cannot both go into one upsert: the later generation's is kept.
 async fn store_answers(pool: PgPool, mut answers: Vec<Answer>) -> Result<Vec<()>, LedgerError> {
     let count = answers.len();
-    answers.sort_by(|left, right| (&left.scope, &left.key).cmp(&(&right.scope, &right.key)));
+    answers.sort_by(|left, right| {
+        (&left.scope, &left.key, left.generation).cmp(&(&right.scope, &right.key, right.generation))
+    });
     answers.dedup_by(|later, earlier| {
         let same = (&later.scope, &later.key) == (&earlier.scope, &earlier.key);
         if same {
@@ -360,6 +525,7 @@ async fn store_answers(pool: PgPool, mut answers: Vec<Answer>) -> Result<Vec<()>
     let mut keys = Vec::with_capacity(answers.len());
     let mut hashes = Vec::with_capacity(answers.len());
     let mut ids = Vec::with_capacity(answers.len());
+    let mut generations = Vec::with_capacity(answers.len());
     let mut statuses = Vec::with_capacity(answers.len());
     let mut bodies = Vec::with_capacity(answers.len());
     for answer in answers {
@@ -367,19 +533,23 @@ async fn store_answers(pool: PgPool, mut answers: Vec<Answer>) -> Result<Vec<()>
         keys.push(answer.key);
         hashes.push(answer.request_hash);
         ids.push(answer.transaction_id);
+        generations.push(answer.generation);
         statuses.push(i16::try_from(answer.status).unwrap_or(500));
         bodies.push(answer.body);
     }
     sqlx::query(
         "INSERT INTO idempotency_keys AS stored
-             (scope, idempotency_key, request_hash, transaction_id, response_status, response_body, locked_until)
-         SELECT scope, idempotency_key, request_hash, transaction_id, status, body, now()
-         FROM UNNEST($1::text[], $2::text[], $3::bytea[], $4::uuid[], $5::smallint[], $6::jsonb[])
-              AS answer (scope, idempotency_key, request_hash, transaction_id, status, body)
+             (scope, idempotency_key, request_hash, transaction_id, response_status, response_body,
+              locked_until, claim_generation)
+         SELECT scope, idempotency_key, request_hash, transaction_id, status, body, now(), generation
+         FROM UNNEST($1::text[], $2::text[], $3::bytea[], $4::uuid[], $5::smallint[], $6::jsonb[],
+                     $7::bigint[])
+              AS answer (scope, idempotency_key, request_hash, transaction_id, status, body, generation)
          ON CONFLICT (scope, idempotency_key) DO UPDATE
          SET response_status = EXCLUDED.response_status, response_body = EXCLUDED.response_body,
              locked_until = now()
-         WHERE stored.transaction_id = EXCLUDED.transaction_id",
+         WHERE stored.transaction_id = EXCLUDED.transaction_id
+           AND stored.claim_generation = EXCLUDED.claim_generation",
     )
     .bind(&scopes)
     .bind(&keys)
@@ -387,6 +557,7 @@ async fn store_answers(pool: PgPool, mut answers: Vec<Answer>) -> Result<Vec<()>
     .bind(&ids)
     .bind(&statuses)
     .bind(&bodies)
+    .bind(&generations)
     .execute(&pool)
     .await?;
     Ok(vec![(); count])

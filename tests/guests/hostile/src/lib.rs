@@ -15,6 +15,12 @@
 //!   in a static and in a heap buffer it grows, and refuses the transfer (422, nothing looked
 //!   up or published) naming both counts as `"<static> <heap>"`; an instance that starts
 //!   from its image says `"1 1"`;
+//! - `hostile:third-party`: also asks for the balance of an account outside the request
+//!   ([`THIRD_ACCOUNT`]) and writes what it learns into the message's `description`, where
+//!   both parties can read it;
+//! - `hostile:spin`: loops until the host's deadline ends the call, holding its guest slot
+//!   for the whole guest timeout (a slow call, to fill the slots);
+//! - `hostile:standard`: the standard logic, unchanged (a transfer beside the slow calls);
 //! - `hostile:verbatim:TEXT`: decides the request as if its description were
 //!   `hostile:verbatim` (so the rules pass), then publishes TEXT as the description: a guest
 //!   that does not check what the rules check (TEXT with NUL or a line break);
@@ -30,6 +36,9 @@ use transferd_guest::component::{Guest, HostImports, handle_with, types};
 use transferd_guest::logic::{Imports, Outgoing, PublishError};
 use transferd_guest::rules::STANDARD;
 
+/// An account no request of the tests names as a party.
+const THIRD_ACCOUNT: i64 = 3;
+
 /// A transaction id no request of the tests uses.
 const FOREIGN_ID: &str = "01a20c00-0000-7000-8000-0000000000ff";
 
@@ -43,6 +52,9 @@ enum Mode {
     AmountText,
     TrapAfterPublish,
     Remember,
+    ThirdParty,
+    Spin,
+    Standard,
     Verbatim,
     Reversed,
 }
@@ -58,6 +70,9 @@ impl Mode {
             Some("hostile:amount-text") => Mode::AmountText,
             Some("hostile:trap-after-publish") => Mode::TrapAfterPublish,
             Some("hostile:remember") => Mode::Remember,
+            Some("hostile:third-party") => Mode::ThirdParty,
+            Some("hostile:spin") => Mode::Spin,
+            Some("hostile:standard") => Mode::Standard,
             Some(VERBATIM) => Mode::Verbatim,
             _ => Mode::Reversed,
         }
@@ -68,6 +83,8 @@ impl Mode {
 struct Hostile {
     mode: Mode,
     published: bool,
+    /// What `hostile:third-party` learnt about [`THIRD_ACCOUNT`].
+    peeked: Option<String>,
     /// `hostile:verbatim:`'s text, written into the message as its description.
     verbatim: Option<String>,
 }
@@ -89,6 +106,10 @@ fn field(fields: &serde_json::Map<String, Value>, name: &str) -> i64 {
 
 impl Imports for Hostile {
     fn available(&mut self, account_id: i64, currency: &str) -> Result<Option<i64>, String> {
+        if self.mode == Mode::ThirdParty && self.peeked.is_none() {
+            let found = HostImports.available(THIRD_ACCOUNT, currency);
+            self.peeked = Some(format!("account {THIRD_ACCOUNT} has {found:?}"));
+        }
         HostImports.available(account_id, currency)
     }
 
@@ -152,7 +173,18 @@ impl Imports for Hostile {
                     fields.insert("transaction_id".into(), FOREIGN_ID.into());
                 });
             }
-            Mode::TrapAfterPublish | Mode::Remember | Mode::Verbatim => {}
+            Mode::ThirdParty => {
+                // Replaced in the text, so every other field stays as the host expects it.
+                let peeked = Value::from(self.peeked.clone().unwrap_or_default()).to_string();
+                let text = String::from_utf8_lossy(&message.payload)
+                    .replace(r#""hostile:third-party""#, &peeked);
+                message.payload = text.into_bytes();
+            }
+            Mode::TrapAfterPublish
+            | Mode::Remember
+            | Mode::Spin
+            | Mode::Standard
+            | Mode::Verbatim => {}
         }
         if let Some(text) = &self.verbatim {
             message.payload = rewrite(&message.payload, |fields| {
@@ -206,9 +238,15 @@ impl Guest for HostileGuest {
         if mode == Mode::Remember {
             return Err(remembered());
         }
+        if mode == Mode::Spin {
+            loop {
+                std::hint::spin_loop();
+            }
+        }
         let mut imports = Hostile {
             mode,
             published: false,
+            peeked: None,
             verbatim,
         };
         let result = handle_with(&STANDARD, &mut imports, ctx, request);
