@@ -363,9 +363,10 @@ fn admin_access(method: &Method, route: &AdminRoute<'_>) -> AdminAccess {
         return AdminAccess::Change;
     }
     match route {
-        AdminRoute::StatusPage | AdminRoute::StatusScript | AdminRoute::GuestStatus => {
-            AdminAccess::StatusPage
-        }
+        AdminRoute::StatusPage
+        | AdminRoute::StatusScript
+        | AdminRoute::GuestStatus
+        | AdminRoute::GuestShadowStats(_) => AdminAccess::StatusPage,
         _ => AdminAccess::Read,
     }
 }

@@ -493,7 +493,12 @@ mod tests {
     fn basic_credentials_open_only_the_status_pages_reads_and_every_change_checks_the_origin() {
         let document = document();
         let paths = document["paths"].as_object().expect("paths");
-        let status_page_reads = ["/admin/status", "/admin/status.js", "/admin/guest"];
+        let status_page_reads = [
+            "/admin/status",
+            "/admin/status.js",
+            "/admin/guest",
+            "/admin/guest/{version}/shadow",
+        ];
         for (path, item) in paths.iter().filter(|(path, _)| path.starts_with("/admin")) {
             let segments = sample(path);
             let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
