@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use crate::capabilities::RequestState;
 use crate::capabilities::backend::Backend;
-use crate::capabilities::guard::{Expected, Violation};
+use crate::capabilities::guard::{self, Expected, Violation};
 use crate::capabilities::hold_ahead::HoldAhead;
 use crate::guest::bindings::transferd::transfer::balance_lookup;
 
@@ -28,7 +28,7 @@ impl balance_lookup::Host for RequestState {
         currency: String,
     ) -> wasmtime::Result<Result<Option<i64>, String>> {
         let party = party(&self.expected, account_id, &currency)
-            .map_err(|broken| refuse(&mut self.violation, broken))?;
+            .map_err(|broken| guard::trap(&mut self.violation, broken))?;
         let answer = match self.prefetched.take(account_id, &currency) {
             Some(available) => {
                 counted("cache");
@@ -110,14 +110,6 @@ fn outside(account_id: i64, currency: &str) -> Violation {
         // The guest's text, as much of it as names a currency.
         currency: currency.chars().take(16).collect(),
     }
-}
-
-/// Keeps a lookup's violation for the call's answer and returns the trap that stops the guest
-/// (as `guard::admit` does for a publish).
-pub fn refuse(violation: &mut Option<Violation>, broken: Violation) -> wasmtime::Error {
-    let description = broken.describe();
-    *violation = Some(broken);
-    wasmtime::Error::msg(description)
 }
 
 /// A cached balance read ahead of its call, good for one call of the same decision.

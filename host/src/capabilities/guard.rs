@@ -174,12 +174,16 @@ pub fn admit(
             *publishes += 1;
             Ok(amount_minor)
         }
-        Err(broken) => {
-            let description = broken.describe();
-            *violation = Some(broken);
-            Err(wasmtime::Error::msg(description))
-        }
+        Err(broken) => Err(trap(violation, broken)),
     }
+}
+
+/// Keeps a broken check (a publish's, or a lookup's in `balance_lookup`) for the call's answer
+/// and returns the trap that stops the guest.
+pub fn trap(violation: &mut Option<Violation>, broken: Violation) -> wasmtime::Error {
+    let description = broken.describe();
+    *violation = Some(broken);
+    wasmtime::Error::msg(description)
 }
 
 /// Checks one publish of a call, `publishes_before` being how many this call made already.

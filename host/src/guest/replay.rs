@@ -74,7 +74,7 @@ impl crate::guest::bindings::transferd::transfer::balance_lookup::Host for Repla
     ) -> wasmtime::Result<Result<Option<i64>, String>> {
         // The live import's rule: only the request's parties, the receiver's existence only.
         let party = balance_lookup::party(&self.expected, account_id, &currency)
-            .map_err(|broken| balance_lookup::refuse(&mut self.violation, broken))?;
+            .map_err(|broken| guard::trap(&mut self.violation, broken))?;
         Ok(party.reveal(self.replay.available(account_id, &currency)))
     }
 }
