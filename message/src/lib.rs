@@ -14,7 +14,7 @@
 
 pub mod time;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -115,9 +115,12 @@ impl TransferMessage {
     /// What `amount` must say depends on the currency's decimals: the guard checks it.
     pub fn parse_exact(payload: &[u8]) -> Result<TransferMessage, MessageError> {
         let message = TransferMessage::parse(payload)?;
-        let object: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(payload)
+        // The names and raw values only, borrowed from the payload: the guard runs on every
+        // transfer, and the values were read above. A name written with escapes cannot be
+        // borrowed and is refused: this version never writes one.
+        let object: BTreeMap<&str, &RawValue> = serde_json::from_slice(payload)
             .map_err(|error| MessageError::Shape(error.to_string()))?;
-        let found: BTreeSet<&str> = object.keys().map(String::as_str).collect();
+        let found: BTreeSet<&str> = object.keys().copied().collect();
         let expected: BTreeSet<&str> = FIELDS.into_iter().collect();
         if let Some(unknown) = found.difference(&expected).next() {
             return Err(MessageError::Shape(format!("unknown field {unknown:?}")));
@@ -125,8 +128,8 @@ impl TransferMessage {
         if let Some(missing) = expected.difference(&found).next() {
             return Err(MessageError::Shape(format!("missing field {missing:?}")));
         }
-        let id_text = object["transaction_id"].as_str().unwrap_or_default();
-        if id_text != message.transaction_id.hyphenated().to_string() {
+        let id_text = object["transaction_id"].get();
+        if id_text != format!("\"{}\"", message.transaction_id.hyphenated()) {
             return Err(field(
                 "transaction_id",
                 "is not a lower-case hyphenated UUID",

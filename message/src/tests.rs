@@ -124,6 +124,19 @@ fn the_exact_reading_wants_every_field_of_this_version_and_no_other() {
         Some("shape")
     );
 
+    // A field's name written with an escape reads the same to settlement; this version never
+    // writes one.
+    let text = String::from_utf8(standard().to_bytes()).expect("utf-8");
+    let escaped = text.replacen("\"sender_id\"", "\"sender\\u005fid\"", 1);
+    assert!(
+        TransferMessage::parse(escaped.as_bytes()).is_ok(),
+        "settles"
+    );
+    assert_eq!(
+        problem(TransferMessage::parse_exact(escaped.as_bytes())),
+        Some("shape")
+    );
+
     let extra = with("note", "1");
     assert!(TransferMessage::parse(&extra).is_ok(), "settles");
     assert_eq!(problem(TransferMessage::parse_exact(&extra)), Some("shape"));
