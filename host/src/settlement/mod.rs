@@ -332,8 +332,6 @@ enum Applied {
 }
 
 /// Applies one batch, then runs its effects. `None` when done; otherwise how the worker ends.
-/// A batch whose data the ledger refuses is searched for the transfers it refuses, which are
-/// quarantined; the rest is applied as usual.
 async fn settle_batch(
     capabilities: &Capabilities,
     settlements: &Settlements,
@@ -341,55 +339,9 @@ async fn settle_batch(
     advance: &Advance,
     stop: &mut Stop,
 ) -> Option<Ended> {
-    let settled = loop {
-        let applied = retrying(stop, "settling a batch", || async {
-            match settlements
-                .apply(&read.transfers, &read.quarantined, advance)
-                .await
-            {
-                Ok(settled) => Ok(Applied::Settled(settled)),
-                Err(SettleError::PositionMoved { topic }) => Ok(Applied::Moved(topic)),
-                Err(SettleError::Ledger(error)) if error.refuses_data() => {
-                    Ok(Applied::Refused(error))
-                }
-                Err(SettleError::Ledger(error)) => Err(error),
-            }
-        })
-        .await;
-        match applied {
-            None => {
-                tracing::info!(
-                    messages = read.transfers.len(),
-                    "stopping with a batch not settled; it will be read again"
-                );
-                return Some(Ended::Stop);
-            }
-            Some(Applied::Moved(topic)) => {
-                return Some(Ended::Restart(format!(
-                    "another worker moved the position in {topic}"
-                )));
-            }
-            Some(Applied::Settled(settled)) => break settled,
-            Some(Applied::Refused(error)) => {
-                tracing::error!(%error, "the ledger refuses a batch; finding the messages it refuses");
-                let found = retrying(stop, "finding the messages the ledger refuses", || {
-                    settlements.refused(&read.transfers)
-                })
-                .await;
-                let Some(refused) = found else {
-                    return Some(Ended::Stop);
-                };
-                if refused.is_empty() {
-                    // Only the batch as a whole is refused: try it again, as after an outage.
-                    tracing::error!(%error, "the ledger refuses the batch but none of its transfers alone; retrying");
-                    tokio::select! {
-                        () = tokio::time::sleep(MAX_RETRY_DELAY) => {}
-                        () = stop.requested() => return Some(Ended::Stop),
-                    }
-                }
-                read.quarantine(refused);
-            }
-        }
+    let settled = match apply_batch(settlements, &mut read, advance, stop).await {
+        Ok(settled) => settled,
+        Err(ended) => return Some(ended),
     };
     crate::crash::point("after-ledger-commit");
     count_settled(&read.transfers, &settled);
@@ -411,6 +363,64 @@ async fn settle_batch(
         return Some(Ended::Stop);
     }
     None
+}
+
+/// Commits the batch, retrying while the ledger is unavailable. A batch whose data the ledger
+/// refuses is searched for the transfers it refuses, which move to the quarantine, and the rest
+/// is applied; `read` says what was applied and what was set aside.
+async fn apply_batch(
+    settlements: &Settlements,
+    read: &mut Read<'_>,
+    advance: &Advance,
+    stop: &mut Stop,
+) -> Result<SettledBatch, Ended> {
+    loop {
+        let applied = retrying(stop, "settling a batch", || async {
+            match settlements
+                .apply(&read.transfers, &read.quarantined, advance)
+                .await
+            {
+                Ok(settled) => Ok(Applied::Settled(settled)),
+                Err(SettleError::PositionMoved { topic }) => Ok(Applied::Moved(topic)),
+                Err(SettleError::Ledger(error)) if error.refuses_data() => {
+                    Ok(Applied::Refused(error))
+                }
+                Err(SettleError::Ledger(error)) => Err(error),
+            }
+        })
+        .await;
+        let error = match applied {
+            None => {
+                tracing::info!(
+                    messages = read.transfers.len(),
+                    "stopping with a batch not settled; it will be read again"
+                );
+                return Err(Ended::Stop);
+            }
+            Some(Applied::Moved(topic)) => {
+                return Err(Ended::Restart(format!(
+                    "another worker moved the position in {topic}"
+                )));
+            }
+            Some(Applied::Settled(settled)) => return Ok(settled),
+            Some(Applied::Refused(error)) => error,
+        };
+        tracing::error!(%error, "the ledger refuses a batch; finding the messages it refuses");
+        let refused = retrying(stop, "finding the messages the ledger refuses", || {
+            settlements.refused(&read.transfers)
+        })
+        .await
+        .ok_or(Ended::Stop)?;
+        if refused.is_empty() {
+            // Only the batch as a whole is refused: try it again, as after an outage.
+            tracing::error!(%error, "the ledger refuses the batch but none of its transfers alone; retrying");
+            tokio::select! {
+                () = tokio::time::sleep(MAX_RETRY_DELAY) => {}
+                () = stop.requested() => return Err(Ended::Stop),
+            }
+        }
+        read.quarantine(refused);
+    }
 }
 
 /// A polled batch as settlement reads it: the transfers to apply, each with the index of the
