@@ -1,7 +1,8 @@
 //! What the imports' policy needs from the stores, as one small trait. The policy (Redis
 //! first and the ledger when Redis is down or the balance is not cached; no transfer without
-//! a hold; release only what is certainly not in the log) is written once over it, so it is unit-tested against an in-memory backend without services (`tests` below),
-//! while [`Capabilities`] implements it with Redis, PostgreSQL and Kafka.
+//! a hold; release only what is certainly not in the log) is written once over it, so it is
+//! unit-tested against an in-memory backend without services (`tests` below), while
+//! [`Capabilities`] implements it with Redis, PostgreSQL and Kafka.
 
 use std::future::Future;
 
