@@ -16,13 +16,13 @@ use std::time::{Duration, Instant};
 
 use tokio::task::JoinHandle;
 
-use crate::capabilities::Capabilities;
 use crate::metrics::{
     DEPENDENCY_UP, HOLDS_OUTSTANDING, HOLDS_OUTSTANDING_MINOR, PROBE_RUNS, QUARANTINE_OPEN,
     SETTLEMENT_LAG_MESSAGES,
 };
 use crate::settlement::quarantine;
 use crate::settlement::reconcile::Position;
+use crate::stores::Stores;
 
 /// Longest wait for one dependency's answer.
 pub const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
@@ -80,7 +80,7 @@ impl Dependencies {
 
 /// The dependency probes, run at most once per [`PROBE_REUSE`] whoever asks.
 pub struct Probes {
-    capabilities: Arc<Capabilities>,
+    stores: Arc<Stores>,
     /// Held by the caller that waits for a run; the others wait for the lock, then take that
     /// run's answers.
     state: tokio::sync::Mutex<ProbeState>,
@@ -96,9 +96,9 @@ struct ProbeState {
 }
 
 impl Probes {
-    pub fn new(capabilities: Arc<Capabilities>) -> Probes {
+    pub fn new(stores: Arc<Stores>) -> Probes {
         Probes {
-            capabilities,
+            stores,
             state: tokio::sync::Mutex::new(ProbeState::default()),
         }
     }
@@ -114,8 +114,8 @@ impl Probes {
             return Arc::clone(answers);
         }
         let run = state.running.get_or_insert_with(|| {
-            let capabilities = Arc::clone(&self.capabilities);
-            tokio::spawn(async move { probe_dependencies(&capabilities).await })
+            let stores = Arc::clone(&self.stores);
+            tokio::spawn(async move { probe_dependencies(&stores).await })
         });
         let answers = Arc::new(run.await.unwrap_or_else(|error| {
             Dependencies::unknown(&format!("the probe run failed: {error}"))
@@ -127,18 +127,18 @@ impl Probes {
 }
 
 /// Asks every dependency at once, each within [`PROBE_TIMEOUT`], and sets their gauges.
-async fn probe_dependencies(capabilities: &Capabilities) -> Dependencies {
+async fn probe_dependencies(stores: &Stores) -> Dependencies {
     metrics::counter!(PROBE_RUNS).increment(1);
     let (postgres, redis, broker, quarantine) = tokio::join!(
         probe(async {
-            match capabilities.ledger.unapplied_migrations().await {
+            match stores.ledger.unapplied_migrations().await {
                 Ok(0) => Ok("migrations applied".to_string()),
                 Ok(missing) => Err(format!("{missing} migrations not applied")),
                 Err(error) => Err(error.to_string()),
             }
         }),
         probe(async {
-            capabilities
+            stores
                 .cache
                 .ping()
                 .await
@@ -146,7 +146,7 @@ async fn probe_dependencies(capabilities: &Capabilities) -> Dependencies {
                 .map_err(|error| error.to_string())
         }),
         probe(async {
-            capabilities
+            stores
                 .log
                 .reachable(BROKER_METADATA_TIMEOUT)
                 .await
@@ -154,7 +154,7 @@ async fn probe_dependencies(capabilities: &Capabilities) -> Dependencies {
                 .map_err(|error| error.to_string())
         }),
         probe(async {
-            quarantine::open_count(capabilities.ledger.pool())
+            quarantine::open_count(stores.ledger.pool())
                 .await
                 .map(|open| {
                     metrics::gauge!(QUARANTINE_OPEN).set(open as f64);
@@ -209,11 +209,11 @@ async fn probe(asked: impl Future<Output = Result<String, String>>) -> Probe {
 /// store cannot be asked keeps its last value (its dependency's gauge says why).
 pub fn spawn_gauges(probes: Arc<Probes>, position: Position) {
     tokio::spawn(async move {
-        let capabilities = &probes.capabilities;
+        let stores = &probes.stores;
         let mut currencies_held = BTreeSet::new();
         loop {
             probes.dependencies().await;
-            gauge_holds(capabilities, &mut currencies_held).await;
+            gauge_holds(stores, &mut currencies_held).await;
             gauge_lag(&position).await;
             tokio::time::sleep(GAUGE_INTERVAL).await;
         }
@@ -222,8 +222,8 @@ pub fn spawn_gauges(probes: Arc<Probes>, position: Position) {
 
 /// Holds outstanding: how many, and how much per currency (0 for a currency held before and
 /// not now, so its gauge does not keep an old figure).
-async fn gauge_holds(capabilities: &Capabilities, currencies_held: &mut BTreeSet<String>) {
-    let Ok(held) = capabilities.cache.held_transfers(MAX_HOLDS_COUNTED).await else {
+async fn gauge_holds(stores: &Stores, currencies_held: &mut BTreeSet<String>) {
+    let Ok(held) = stores.cache.held_transfers(MAX_HOLDS_COUNTED).await else {
         return;
     };
     let mut minor_by_currency: BTreeMap<String, i64> = currencies_held

@@ -8,8 +8,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use tracing_subscriber::EnvFilter;
 
-use transferd::capabilities::Capabilities;
 use transferd::shutdown::{self, Signals};
+use transferd::stores::Stores;
 use transferd::{admin_client, auth, config, http, settlement, stores};
 
 /// mimalloc instead of glibc's malloc: under load, glibc's malloc, free and their arena work
@@ -105,10 +105,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Reconcile(settings) => {
             settings.services.validate()?;
             settings.worker.validate_with(&settings.services)?;
-            let capabilities = Capabilities::connect(&settings.services).await?;
-            let position = settlement::reconcile::position(&settings.services, &capabilities)?;
-            let report =
-                settlement::reconcile::pass(&capabilities, &position, &settings.worker).await?;
+            let stores = Stores::connect(&settings.services).await?;
+            let position = settlement::reconcile::position(&settings.services, &stores)?;
+            let report = settlement::reconcile::pass(&stores, &position, &settings.worker).await?;
             println!("{}", serde_json::to_string(&report)?);
             Ok(())
         }
@@ -179,16 +178,16 @@ async fn worker(command: config::WorkerCommand, mut signals: Signals) -> anyhow:
     } else {
         futures::future::Either::Right(std::future::pending())
     };
-    let capabilities = Arc::new(Capabilities::connect(&settings.services).await?);
+    let stores = Arc::new(Stores::connect(&settings.services).await?);
     if !command.supervised {
         let _holds_trust =
-            settlement::reconcile::spawn(&settings.services, &settings.worker, &capabilities);
+            settlement::reconcile::spawn(&settings.services, &settings.worker, &stores);
     }
     let (stop_handle, stop) = shutdown::stop_channel();
     let mut worker = Some(settlement::spawn(
         settings.services.clone(),
         settings.worker.clone(),
-        capabilities,
+        stores,
         stop,
     ));
     tokio::select! {

@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use transferd::capabilities::Capabilities;
 use transferd::config::Services;
 use transferd::guest::runtime::{GuestEngine, GuestFailure, GuestLimits};
+use transferd::stores::Stores;
 use transferd::stores::kafka::TransferLog;
 use transferd::stores::postgres::Ledger;
 use transferd::stores::redis::BalanceCache;
@@ -32,7 +32,7 @@ fn guest_file() -> PathBuf {
 
 /// Stores that make a balance lookup wait `database_timeout_ms`: Redis refuses connections
 /// (a port nobody listens on) and PostgreSQL accepts them and never answers.
-async fn slow_capabilities(database_timeout_ms: u64) -> anyhow::Result<Arc<Capabilities>> {
+async fn slow_stores(database_timeout_ms: u64) -> anyhow::Result<Arc<Stores>> {
     let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let silent_port = silent.local_addr()?.port();
     tokio::spawn(async move {
@@ -60,7 +60,7 @@ async fn slow_capabilities(database_timeout_ms: u64) -> anyhow::Result<Arc<Capab
     };
     let ledger = Ledger::connect(&services).await?;
     let log = TransferLog::new(&services, ledger.pool().clone())?;
-    Ok(Arc::new(Capabilities {
+    Ok(Arc::new(Stores {
         ledger,
         cache: BalanceCache::new(&services)?,
         log,
@@ -97,14 +97,14 @@ async fn two_guests_on_one_engine_share_its_instance_pool() -> anyhow::Result<()
     // Two versions in service at once, as during a canary or a swap.
     let active = Arc::new(engine.load_file(&guest_file())?);
     let candidate = Arc::new(engine.load_file(&guest_file())?);
-    let capabilities = slow_capabilities(1_000).await?;
+    let stores = slow_stores(1_000).await?;
 
     let first = {
-        let (active, capabilities) = (Arc::clone(&active), Arc::clone(&capabilities));
+        let (active, stores) = (Arc::clone(&active), Arc::clone(&stores));
         tokio::spawn(async move {
             let (context, request) = call("first");
             active
-                .initiate_transfer(capabilities, &context, &request, None)
+                .initiate_transfer(stores, &context, &request, None)
                 .await
         })
     };
@@ -112,7 +112,7 @@ async fn two_guests_on_one_engine_share_its_instance_pool() -> anyhow::Result<()
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (context, request) = call("second");
     let second = candidate
-        .initiate_transfer(capabilities, &context, &request, None)
+        .initiate_transfer(stores, &context, &request, None)
         .await;
     let first = first.await?;
 

@@ -2,11 +2,11 @@
 //! first and the ledger when Redis is down or the balance is not cached; no transfer without
 //! a hold; release only what is certainly not in the log) is written once over it, so it is
 //! unit-tested against an in-memory backend without services (`tests` below), while
-//! [`Capabilities`] implements it with Redis, PostgreSQL and Kafka.
+//! [`Stores`] implements it with Redis, PostgreSQL and Kafka.
 
 use std::future::Future;
 
-use crate::capabilities::Capabilities;
+use crate::stores::Stores;
 use crate::stores::kafka::{Acknowledged, LogError};
 use crate::stores::postgres::{Balance, LedgerError};
 use crate::stores::redis::{CacheError, HoldOutcome, HoldRequest};
@@ -84,7 +84,7 @@ pub trait Backend: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Acknowledged, LogError>> + Send;
 }
 
-impl Backend for Capabilities {
+impl Backend for Stores {
     async fn cached_available(
         &self,
         account_ids: &[i64],

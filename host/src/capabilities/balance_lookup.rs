@@ -41,13 +41,13 @@ impl balance_lookup::Host for RequestState {
                     &currency,
                     self.answers.lookups.is_empty(),
                 );
-                let capabilities = Arc::clone(&self.capabilities);
+                let stores = Arc::clone(&self.stores);
                 let transaction_id = self.expected.transaction_id.clone();
                 // Perhaps held from here: a call dropped while Redis runs the script (a
                 // timeout) gives back what it may hold.
                 let ahead = self.ahead.take_plan();
                 let looked_up = lookup(
-                    &*capabilities,
+                    &*stores,
                     &transaction_id,
                     account_id,
                     &currency,

@@ -16,77 +16,14 @@ mod publish;
 mod tests;
 
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
-
-use anyhow::Context;
 
 use wasmtime::StoreLimits;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use crate::config::Services;
 use crate::guest::bindings::transferd::transfer::types;
+use crate::stores::Stores;
 use crate::stores::idempotency::KeyLease;
-use crate::stores::kafka::{HOST_TOPICS, TransferLog};
-use crate::stores::postgres::Ledger;
-use crate::stores::redis::BalanceCache;
-
-/// The stores the imports use, shared by every request (and by the settlement worker).
-pub struct Capabilities {
-    pub ledger: Ledger,
-    pub cache: Arc<BalanceCache>,
-    pub log: TransferLog,
-}
-
-impl Capabilities {
-    /// Connects the stores and migrates the ledger. Redis and Kafka connect lazily and
-    /// reconnect by themselves; missing topics are created in the background.
-    pub async fn connect(services: &Services) -> anyhow::Result<Capabilities> {
-        let ledger = Ledger::connect(services).await?;
-        migrate_with_retry(&ledger).await?;
-        let cache = BalanceCache::new(services)?;
-        let log = TransferLog::new(services, ledger.pool().clone())?;
-        ensure_topics_in_background(services.clone(), ledger.pool().clone());
-        Ok(Capabilities { ledger, cache, log })
-    }
-}
-
-/// The database may still be starting (scripts start it just before us): retry for a while.
-async fn migrate_with_retry(ledger: &Ledger) -> anyhow::Result<()> {
-    const ATTEMPTS: u32 = 30;
-    for attempt in 1..=ATTEMPTS {
-        match ledger.migrate().await {
-            Ok(()) => return Ok(()),
-            Err(error) if attempt < ATTEMPTS => {
-                tracing::warn!(%error, attempt, "database not ready; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-            Err(error) => return Err(error).context("migrating the database"),
-        }
-    }
-    unreachable!("the loop returns on its last attempt")
-}
-
-/// Creates missing topics, retrying until the broker answers; requests that publish before
-/// then fail with 503, as they would with the broker down.
-fn ensure_topics_in_background(services: Services, ledger: sqlx::PgPool) {
-    tokio::spawn(async move {
-        let mut delay = Duration::from_millis(200);
-        loop {
-            match TransferLog::ensure_topics(&services, &ledger, HOST_TOPICS).await {
-                Ok(()) => {
-                    tracing::info!(topics = ?HOST_TOPICS, prefix = services.topic_prefix, "topics ready");
-                    return;
-                }
-                Err(error) => {
-                    tracing::warn!(%error, "cannot create topics yet; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
-                }
-            }
-        }
-    });
-}
 
 /// What a call's publish did. The host answers from this, not from what the guest returns:
 /// a message in the log is a transfer that will settle, whatever the guest says afterwards.
@@ -124,7 +61,7 @@ impl PublicationCell {
 }
 
 pub struct RequestState {
-    capabilities: Arc<Capabilities>,
+    stores: Arc<Stores>,
     /// What a publish must match: the request and the context's transaction id.
     expected: guard::Expected,
     /// Publishes this call made (at most one passes the guard).
@@ -150,14 +87,14 @@ pub struct RequestState {
 
 impl RequestState {
     pub fn new(
-        capabilities: Arc<Capabilities>,
+        stores: Arc<Stores>,
         expected: guard::Expected,
         publication: PublicationCell,
         ahead: Option<hold_ahead::HoldAhead>,
         limits: StoreLimits,
     ) -> RequestState {
         RequestState {
-            capabilities,
+            stores,
             expected,
             publishes: 0,
             publication,
@@ -181,12 +118,12 @@ impl RequestState {
     /// handles into them live on in its memory.
     pub fn begin(
         &mut self,
-        capabilities: Arc<Capabilities>,
+        stores: Arc<Stores>,
         expected: guard::Expected,
         publication: PublicationCell,
         ahead: Option<hold_ahead::HoldAhead>,
     ) {
-        self.capabilities = capabilities;
+        self.stores = stores;
         self.expected = expected;
         self.publishes = 0;
         self.publication = publication;

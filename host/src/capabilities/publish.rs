@@ -38,7 +38,7 @@ impl publish::Host for RequestState {
         // the hold and the acknowledgement; the task always records how it ended.
         // Boxed first: the future is about 5 KB, and spawning copies what it is given.
         let delivery = tokio::spawn(Box::pin(deliver(
-            Arc::clone(&self.capabilities),
+            Arc::clone(&self.stores),
             self.expected.transaction_id.clone(),
             outgoing,
             amount_minor,

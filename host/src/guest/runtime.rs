@@ -39,14 +39,13 @@ use transferd_guest::vectors::{self, Replay, Vector};
 
 use crate::capabilities::guard::{self, Expected, Violation};
 use crate::capabilities::hold_ahead::{self, HoldAhead};
-use crate::capabilities::{
-    Capabilities, Publication, PublicationCell, RecordedAnswers, RequestState,
-};
+use crate::capabilities::{Publication, PublicationCell, RecordedAnswers, RequestState};
 use crate::guest::bindings::transferd::transfer::types::{
     RequestContext as WitContext, TransferRequest as WitRequest,
 };
 use crate::guest::bindings::{self, TransferLogic, TransferLogicPre};
 use crate::guest::replay::ReplayState;
+use crate::stores::Stores;
 use crate::stores::idempotency::{self, KeyLease};
 
 /// How often the engine's epoch advances; a running guest yields to the scheduler at each
@@ -80,22 +79,22 @@ pub trait CallState: LimitedState + Sized {
 
 impl CallState for RequestState {
     type Call = (
-        Arc<Capabilities>,
+        Arc<Stores>,
         Expected,
         PublicationCell,
         Option<HoldAhead>,
         Option<KeyLease>,
     );
     fn for_call(
-        (capabilities, expected, publication, ahead, lease): Self::Call,
+        (stores, expected, publication, ahead, lease): Self::Call,
         limits: StoreLimits,
     ) -> Self {
-        let mut state = RequestState::new(capabilities, expected, publication, ahead, limits);
+        let mut state = RequestState::new(stores, expected, publication, ahead, limits);
         state.lease = lease;
         state
     }
-    fn begin(&mut self, (capabilities, expected, publication, ahead, lease): Self::Call) {
-        RequestState::begin(self, capabilities, expected, publication, ahead);
+    fn begin(&mut self, (stores, expected, publication, ahead, lease): Self::Call) {
+        RequestState::begin(self, stores, expected, publication, ahead);
         self.lease = lease;
     }
 }
@@ -415,7 +414,7 @@ impl Guest {
     /// and fences the publish and the releases.
     pub async fn initiate_transfer(
         &self,
-        capabilities: Arc<Capabilities>,
+        stores: Arc<Stores>,
         context: &RequestContext,
         request: &TransferRequest,
         lease: Option<KeyLease>,
@@ -423,7 +422,7 @@ impl Guest {
         let publication = PublicationCell::default();
         let start_by = lease.as_ref().map(|lease| self.engine.start_by(lease));
         let call = (
-            Arc::clone(&capabilities),
+            Arc::clone(&stores),
             Expected::of(context, request),
             publication.clone(),
             HoldAhead::plan(context, request),
@@ -454,8 +453,7 @@ impl Guest {
                 if let Some(unused) = hold_ahead::to_give_back(unused, &publication.get()) {
                     // Not when a retry took the key over: the hold may be the retry's now.
                     if idempotency::may_act(lease.as_ref()).await {
-                        hold_ahead::give_back(&*capabilities, &context.transaction_id, &unused)
-                            .await;
+                        hold_ahead::give_back(&*stores, &context.transaction_id, &unused).await;
                     }
                 }
                 (self.decision(ran, violation), answers)

@@ -25,7 +25,7 @@ pub async fn balances(app: &App, caller: &Caller, user_id: &str) -> Result<Reply
         return Err(none());
     }
     let accounts = app
-        .capabilities
+        .stores
         .ledger
         .balances(user_id)
         .await
@@ -37,7 +37,7 @@ pub async fn balances(app: &App, caller: &Caller, user_id: &str) -> Result<Reply
     for (currency, balance) in accounts {
         let exponent = currency_exponent(&currency).unwrap_or(0);
         // Without Redis the holds are unknown; available is then the settled balance.
-        let held = match app.capabilities.cache.held(user_id, &currency).await {
+        let held = match app.stores.cache.held(user_id, &currency).await {
             Ok(held) => held,
             Err(error) => {
                 tracing::warn!(%error, user_id, currency, "holds unknown; available = balance");

@@ -110,7 +110,7 @@ async fn make_deposit(app: &App, bytes: &[u8], default_id: uuid::Uuid) -> Result
     };
 
     let deposit = app
-        .capabilities
+        .stores
         .ledger
         .deposit(deposit_id, user_id, &currency, amount_minor)
         .await
@@ -129,7 +129,7 @@ async fn make_deposit(app: &App, bytes: &[u8], default_id: uuid::Uuid) -> Result
         })?;
     let balance = deposit.balance;
     if let Err(error) = app
-        .capabilities
+        .stores
         .cache
         .store_balance(user_id, &currency, balance.balance_minor, balance.version)
         .await

@@ -21,7 +21,7 @@ const PAYLOAD_CHARS: usize = 4_096;
 
 /// `GET /admin/quarantine`.
 pub async fn list(app: &App) -> Result<Reply, ApiError> {
-    let pool = app.capabilities.ledger.pool();
+    let pool = app.stores.ledger.pool();
     let unavailable =
         |error: crate::stores::postgres::LedgerError| ApiError::Unavailable(error.to_string());
     let open = quarantine::open_count(pool).await.map_err(unavailable)?;
@@ -56,7 +56,7 @@ fn shown(entry: &Entry) -> QuarantinedMessage {
 /// `POST /admin/quarantine/{partition}/{offset}/retry`.
 pub async fn retry(app: &App, partition: &str, offset: &str) -> Result<Reply, ApiError> {
     let (partition, offset) = position(partition, offset)?;
-    let (transfer, outcome) = redrive(&app.capabilities, partition, offset)
+    let (transfer, outcome) = redrive(&app.stores, partition, offset)
         .await
         .map_err(|error| match error {
             RedriveError::NotFound { .. } => ApiError::NotFoundMessage(error.to_string()),

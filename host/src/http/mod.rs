@@ -36,7 +36,6 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::auth::{Admin, AdminAccess, Caller, Gate};
-use crate::capabilities::Capabilities;
 use crate::capabilities::guard::ViolationCounts;
 use crate::config::Serve;
 use crate::guest::registry::{self, Registry, Serving, ServingGuest};
@@ -45,6 +44,7 @@ use crate::guest::shadow::ShadowBook;
 use crate::guest::watch;
 use crate::settlement;
 use crate::shutdown::{self, Signals};
+use crate::stores::Stores;
 use crate::stores::idempotency::IdempotencyKeys;
 use crate::trace::TraceContext;
 use error::{ApiError, Reply, json_response};
@@ -57,7 +57,7 @@ const HOLDS_TRUST_AT_START: std::time::Duration = std::time::Duration::from_secs
 
 /// What every request handler shares.
 pub struct App {
-    pub capabilities: Arc<Capabilities>,
+    pub stores: Arc<Stores>,
     serving: Arc<ServingGuest>,
     pub engine: Arc<GuestEngine>,
     pub registry: Registry,
@@ -101,7 +101,7 @@ pub async fn serve(settings: Serve, mut signals: Signals) -> anyhow::Result<()> 
     crate::metrics::install().context("installing the metrics recorder")?;
     // First: a key that cannot be used stops the start before anything connects.
     let gate = Gate::from_settings(&settings)?;
-    let capabilities = Arc::new(Capabilities::connect(services).await?);
+    let stores = Arc::new(Stores::connect(services).await?);
 
     let engine = Arc::new(GuestEngine::new(GuestLimits {
         timeout: settings.guest_timeout(),
@@ -117,7 +117,7 @@ pub async fn serve(settings: Serve, mut signals: Signals) -> anyhow::Result<()> 
         .with_context(|| format!("loading the guest {}", settings.guest_file.display()))?;
     tracing::info!(version = guest.version(), file = %settings.guest_file.display(), "guest loaded");
     // The registry's active version, once one was activated, wins over the file.
-    let registry = Registry::new(capabilities.ledger.pool().clone());
+    let registry = Registry::new(stores.ledger.pool().clone());
     if !settings.watch {
         adopt_startup_guest(&registry, &guest, &guest_bytes, &settings.guest_file).await;
     }
@@ -132,11 +132,11 @@ pub async fn serve(settings: Serve, mut signals: Signals) -> anyhow::Result<()> 
         registry::reconcile(&registry, &engine, &serving).await;
         registry::follow(registry.clone(), Arc::clone(&engine), Arc::clone(&serving));
     }
-    let mut holds_trust = settlement::reconcile::spawn(services, &settings.worker, &capabilities);
-    let probes = Arc::new(crate::health::Probes::new(Arc::clone(&capabilities)));
+    let mut holds_trust = settlement::reconcile::spawn(services, &settings.worker, &stores);
+    let probes = Arc::new(crate::health::Probes::new(Arc::clone(&stores)));
     crate::health::spawn_gauges(
         Arc::clone(&probes),
-        settlement::reconcile::position(services, &capabilities)?,
+        settlement::reconcile::position(services, &stores)?,
     );
 
     let (stop_handle, stop) = shutdown::stop_channel();
@@ -144,9 +144,9 @@ pub async fn serve(settings: Serve, mut signals: Signals) -> anyhow::Result<()> 
         .run_worker
         .then(|| settlement::process::supervise(services, &settings.worker, stop));
 
-    let capabilities_pool = capabilities.ledger.pool().clone();
+    let ledger_pool = stores.ledger.pool().clone();
     let app = Arc::new(App {
-        capabilities,
+        stores,
         serving,
         engine,
         registry,
@@ -155,7 +155,7 @@ pub async fn serve(settings: Serve, mut signals: Signals) -> anyhow::Result<()> 
         gate,
         probes,
         decisions: TaskTracker::new(),
-        idempotency: IdempotencyKeys::new(capabilities_pool),
+        idempotency: IdempotencyKeys::new(ledger_pool),
         idempotency_lease: idempotency::lease(
             settings.guest_timeout(),
             settings.services.kafka_timeout(),
@@ -241,7 +241,7 @@ pub async fn serve(settings: Serve, mut signals: Signals) -> anyhow::Result<()> 
     if let Some(Err(error)) = shutdown::within(
         deadline,
         "the producer's flush",
-        app.capabilities.log.flush(flush_time),
+        app.stores.log.flush(flush_time),
     )
     .await
     {

@@ -82,7 +82,7 @@ pub async fn create(
 /// refuse a transfer that has already moved money, since the balance no longer holds it.
 /// `None` when the ledger does not have it: the retry decides again, with the same id.
 async fn accepted_before(app: &App, transaction_id: uuid::Uuid) -> Option<Reply> {
-    match app.capabilities.ledger.transfer(transaction_id).await {
+    match app.stores.ledger.transfer(transaction_id).await {
         Ok(Some(_)) => Some(json_response(
             StatusCode::OK,
             &TransferAccepted {
@@ -114,7 +114,7 @@ async fn decide(
     };
     let started = std::time::Instant::now();
     let decided = guest
-        .initiate_transfer(app.capabilities.clone(), &context, &request, lease)
+        .initiate_transfer(app.stores.clone(), &context, &request, lease)
         .await;
     metrics::histogram!(crate::metrics::GUEST_DURATION, "version" => guest.version().to_owned())
         .record(started.elapsed().as_secs_f64());
@@ -269,24 +269,24 @@ pub async fn show(app: &App, caller: &Caller, transaction_id: &str) -> Result<Re
 
 /// The transfer's body for `GET /transfers/{id}`, wherever it is; `None` when nobody knows it.
 async fn find(app: &App, id: uuid::Uuid) -> Result<Option<TransferView>, ApiError> {
-    let capabilities = &app.capabilities;
+    let stores = &app.stores;
     let mut unreachable = Vec::new();
-    match capabilities.ledger.transfer(id).await {
+    match stores.ledger.transfer(id).await {
         Ok(Some(record)) => return settled_view(&record).map(Some),
         Ok(None) => {}
         Err(error) => unreachable.push(error.to_string()),
     }
-    match capabilities.cache.pending(&id.to_string()).await {
+    match stores.cache.pending(&id.to_string()).await {
         Ok(Some(message)) => return pending_view(&message).map(Some),
         Ok(None) => {}
         Err(error) => unreachable.push(error.to_string()),
     }
-    match capabilities.ledger.pending(id).await {
+    match stores.ledger.pending(id).await {
         Ok(Some(row)) => return pending_view(&row.message).map(Some),
         Ok(None) => {}
         Err(error) => unreachable.push(error.to_string()),
     }
-    match quarantine::of_transaction(capabilities.ledger.pool(), id).await {
+    match quarantine::of_transaction(stores.ledger.pool(), id).await {
         Ok(Some(entry)) => {
             if let Some(view) = quarantined_view(id, &entry) {
                 return Ok(Some(view));
@@ -303,7 +303,7 @@ async fn find(app: &App, id: uuid::Uuid) -> Result<Option<TransferView>, ApiErro
     }
     // Settlement deletes the pending records when it commits: a transfer settled between the
     // first read and the last is in the ledger now.
-    match capabilities.ledger.transfer(id).await {
+    match stores.ledger.transfer(id).await {
         Ok(record) => record.as_ref().map(settled_view).transpose(),
         Err(error) => Err(ApiError::Unavailable(error.to_string())),
     }

@@ -26,9 +26,9 @@ use rdkafka::message::{Headers, Message, OwnedMessage};
 use rdkafka::{Offset, TopicPartitionList};
 use transferd_message::TransferMessage;
 
-use crate::capabilities::Capabilities;
 use crate::config::{Services, Worker};
 use crate::shutdown::Stop;
+use crate::stores::Stores;
 use crate::stores::kafka::{
     DEAD_LETTER_TOPIC, EVENTS_TOPIC, TRANSFER_TOPIC, TransferLog, is_unknown_topic,
     settlement_consumer,
@@ -78,24 +78,24 @@ enum Ended {
 pub async fn run(
     services: &Services,
     settings: &Worker,
-    capabilities: Arc<Capabilities>,
+    stores: Arc<Stores>,
     mut stop: Stop,
 ) -> Result<(), SettlementError> {
-    let topic = capabilities.log.physical_topic(TRANSFER_TOPIC);
-    let settlements = Settlements::new(capabilities.ledger.pool().clone());
+    let topic = stores.log.physical_topic(TRANSFER_TOPIC);
+    let settlements = Settlements::new(stores.ledger.pool().clone());
     tracing::info!(topic, "settlement worker started");
     loop {
         let mut owner = tokio::select! {
             owner = Ownership::acquire(&services.database_url, &topic) => owner,
             () = stop.requested() => break,
         };
-        if !finish_outstanding(&capabilities, &settlements, &mut stop).await {
+        if !finish_outstanding(&stores, &settlements, &mut stop).await {
             break;
         }
         let worker = TopicWorker {
             services,
             settings,
-            capabilities: &capabilities,
+            stores: &stores,
             settlements: &settlements,
             topic: &topic,
         };
@@ -118,13 +118,8 @@ pub async fn run(
 /// The worker task, as spawned.
 pub type WorkerTask = tokio::task::JoinHandle<Result<(), SettlementError>>;
 
-pub fn spawn(
-    services: Services,
-    settings: Worker,
-    capabilities: Arc<Capabilities>,
-    stop: Stop,
-) -> WorkerTask {
-    tokio::spawn(async move { run(&services, &settings, capabilities, stop).await })
+pub fn spawn(services: Services, settings: Worker, stores: Arc<Stores>, stop: Stop) -> WorkerTask {
+    tokio::spawn(async move { run(&services, &settings, stores, stop).await })
 }
 
 /// Resolves when the worker task ends, saying how; never when there is no worker. Before a
@@ -155,7 +150,7 @@ pub fn log_end(outcome: Result<Result<(), SettlementError>, tokio::task::JoinErr
 struct TopicWorker<'a> {
     services: &'a Services,
     settings: &'a Worker,
-    capabilities: &'a Capabilities,
+    stores: &'a Stores,
     settlements: &'a Settlements,
     topic: &'a str,
 }
@@ -164,7 +159,7 @@ impl TopicWorker<'_> {
     /// Reads the log from the ledger's positions and settles batch after batch, until
     /// stopping, or until something means starting over.
     async fn settle(&self, owner: &mut Ownership, stop: &mut Stop) -> Ended {
-        let log = &self.capabilities.log;
+        let log = &self.stores.log;
         let repairs_seen = log.topic_repairs();
         let (consumer, generation, mut positions) = match self.assign().await {
             Ok(assigned) => assigned,
@@ -199,7 +194,7 @@ impl TopicWorker<'_> {
             let advance = advance_of(self.topic, generation, &positions, &batch);
             let read = Read::of(&batch);
             if let Some(ended) =
-                settle_batch(self.capabilities, self.settlements, read, &advance, stop).await
+                settle_batch(self.stores, self.settlements, read, &advance, stop).await
             {
                 return ended;
             }
@@ -243,7 +238,7 @@ impl TopicWorker<'_> {
         let partitions = match found {
             Ok(Ok(partitions)) => partitions,
             Ok(Err(error)) => {
-                if let Err(repair) = self.capabilities.log.repair_topics().await {
+                if let Err(repair) = self.stores.log.repair_topics().await {
                     tracing::warn!(error = %repair, "cannot create the topics yet");
                 }
                 return Err(format!("cannot read the topic's partitions: {error}"));
@@ -333,7 +328,7 @@ enum Applied {
 
 /// Applies one batch, then runs its effects. `None` when done; otherwise how the worker ends.
 async fn settle_batch(
-    capabilities: &Capabilities,
+    stores: &Stores,
     settlements: &Settlements,
     mut read: Read<'_>,
     advance: &Advance,
@@ -346,9 +341,9 @@ async fn settle_batch(
     crate::crash::point("after-ledger-commit");
     count_settled(&read.transfers, &settled);
     count_quarantined(&read);
-    let released = read.quarantined_holds(capabilities).await;
+    let released = read.quarantined_holds(stores).await;
     if !run_effects(
-        capabilities,
+        stores,
         settlements,
         &read.transfers,
         &settled,
@@ -359,7 +354,7 @@ async fn settle_batch(
     {
         return Some(Ended::Stop);
     }
-    if !read.quarantined.is_empty() && !dead_letter(capabilities, settlements, stop).await {
+    if !read.quarantined.is_empty() && !dead_letter(stores, settlements, stop).await {
         return Some(Ended::Stop);
     }
     None
@@ -489,7 +484,7 @@ impl<'a> Read<'a> {
     /// pending record (written with the hold) is this very message. A message that only names
     /// another transfer's id (another producer's) releases nothing; the reconciler releases a
     /// hold whose transfer never reaches the ledger. A cache that cannot say releases nothing.
-    async fn quarantined_holds(&self, capabilities: &Capabilities) -> Vec<SettledHold> {
+    async fn quarantined_holds(&self, stores: &Stores) -> Vec<SettledHold> {
         let mut holds = Vec::new();
         for message in &self.quarantined {
             let found = &message.found;
@@ -499,7 +494,7 @@ impl<'a> Read<'a> {
                 continue;
             };
             let id = id.to_string();
-            match capabilities.cache.pending(&id).await {
+            match stores.cache.pending(&id).await {
                 Ok(Some(record)) if record == message.payload => holds.push(SettledHold {
                     transaction_id: id,
                     user_id: sender_id,
@@ -527,22 +522,18 @@ fn count_quarantined(read: &Read<'_>) {
 
 /// Copies every quarantined message not yet on the dead-letter topic there, marking each once
 /// acknowledged. False when stopping was requested first (the rest goes at the next start).
-async fn dead_letter(
-    capabilities: &Capabilities,
-    settlements: &Settlements,
-    stop: &mut Stop,
-) -> bool {
+async fn dead_letter(stores: &Stores, settlements: &Settlements, stop: &mut Stop) -> bool {
     retrying(
         stop,
         "writing quarantined messages to the dead-letter topic",
-        || dead_letter_once(capabilities, settlements),
+        || dead_letter_once(stores, settlements),
     )
     .await
     .is_some()
 }
 
 async fn dead_letter_once(
-    capabilities: &Capabilities,
+    stores: &Stores,
     settlements: &Settlements,
 ) -> Result<(), SettlementError> {
     loop {
@@ -560,7 +551,7 @@ async fn dead_letter_once(
                 ("transferd-error", entry.error.as_str()),
                 ("transferd-source", source.as_str()),
             ];
-            capabilities
+            stores
                 .log
                 .produce(DEAD_LETTER_TOPIC, &key, &entry.payload, &headers)
                 .await?;
@@ -587,12 +578,12 @@ pub enum RedriveError {
 /// the ledger skips an id it has) and runs its effects once. Effects that fail stay recorded,
 /// for the next worker to take the settlement lock; the reconciler releases the hold meanwhile.
 pub async fn redrive(
-    capabilities: &Capabilities,
+    stores: &Stores,
     partition: i32,
     offset: i64,
 ) -> Result<(Transfer, decide::Outcome), RedriveError> {
-    let settlements = Settlements::new(capabilities.ledger.pool().clone());
-    let topic = capabilities.log.physical_topic(TRANSFER_TOPIC);
+    let settlements = Settlements::new(stores.ledger.pool().clone());
+    let topic = stores.log.physical_topic(TRANSFER_TOPIC);
     let refused = |error: ledger::RetryError| RedriveError::Refused {
         partition,
         offset,
@@ -606,8 +597,8 @@ pub async fn redrive(
     tracing::info!(transaction_id = %transfer.transaction_id, partition, offset, "re-drove a quarantined message");
     let transfers = std::slice::from_ref(&transfer);
     let effects = async {
-        update_cache(capabilities, transfers, &settled, &[]).await?;
-        emit_events(capabilities, transfers, &settled).await?;
+        update_cache(stores, transfers, &settled, &[]).await?;
+        emit_events(stores, transfers, &settled).await?;
         if let Some(batch_id) = settled.effects {
             settlements.effects_done(batch_id).await?;
         }
@@ -669,11 +660,7 @@ fn count_settled(messages: &[Transfer], settled: &SettledBatch) {
 /// Runs the effects a previous owner of the topic recorded and did not finish, and sends the
 /// quarantined messages it did not get onto the dead-letter topic. False when
 /// stopping was requested first.
-async fn finish_outstanding(
-    capabilities: &Capabilities,
-    settlements: &Settlements,
-    stop: &mut Stop,
-) -> bool {
+async fn finish_outstanding(stores: &Stores, settlements: &Settlements, stop: &mut Stop) -> bool {
     loop {
         let Some((messages, settled)) = retrying(stop, "reading outstanding effects", || {
             settlements.outstanding_effects()
@@ -689,19 +676,19 @@ async fn finish_outstanding(
             transfers = messages.len(),
             "running the effects a previous worker left"
         );
-        if !run_effects(capabilities, settlements, &messages, &settled, &[], stop).await {
+        if !run_effects(stores, settlements, &messages, &settled, &[], stop).await {
             return false;
         }
     }
     // Quarantined messages a previous worker did not get onto the dead-letter topic.
-    dead_letter(capabilities, settlements, stop).await
+    dead_letter(stores, settlements, stop).await
 }
 
 /// The after-commit effects of settled transfers, retried until they run, then forgotten;
 /// `released` are the holds of quarantined messages, given back with the others. False when
 /// stopping was requested first (they stay recorded for the next worker).
 async fn run_effects(
-    capabilities: &Capabilities,
+    stores: &Stores,
     settlements: &Settlements,
     messages: &[Transfer],
     settled: &SettledBatch,
@@ -712,9 +699,9 @@ async fn run_effects(
         return true;
     }
     let done = retrying(stop, "running a batch's effects", || async {
-        update_cache(capabilities, messages, settled, released).await?;
+        update_cache(stores, messages, settled, released).await?;
         crate::crash::point("after-cache-update");
-        emit_events(capabilities, messages, settled).await?;
+        emit_events(stores, messages, settled).await?;
         Ok::<(), SettlementError>(())
     })
     .await;
@@ -818,7 +805,7 @@ fn trace_of(message: &OwnedMessage) -> Option<TraceContext> {
 /// New balances first, holds released in the same atomic step: available never counts a
 /// settled transfer twice (balance lowered and still held is only conservative) or not at all.
 async fn update_cache(
-    capabilities: &Capabilities,
+    stores: &Stores,
     messages: &[Transfer],
     settled: &SettledBatch,
     released: &[SettledHold],
@@ -842,7 +829,7 @@ async fn update_cache(
         })
         .chain(released.iter().cloned())
         .collect();
-    capabilities.cache.settle(&balances, &holds).await?;
+    stores.cache.settle(&balances, &holds).await?;
     Ok(())
 }
 
@@ -922,14 +909,14 @@ fn event_messages(messages: &[Transfer], settled: &SettledBatch) -> Vec<(String,
 /// The batch's event messages (re-emitted on redelivery), all awaited before its effects are
 /// forgotten.
 async fn emit_events(
-    capabilities: &Capabilities,
+    stores: &Stores,
     messages: &[Transfer],
     settled: &SettledBatch,
 ) -> Result<(), SettlementError> {
     let events = event_messages(messages, settled);
     let deliveries = events
         .iter()
-        .map(|(key, payload)| capabilities.log.produce(EVENTS_TOPIC, key, payload, &[]));
+        .map(|(key, payload)| stores.log.produce(EVENTS_TOPIC, key, payload, &[]));
     for delivery in futures::future::join_all(deliveries).await {
         delivery?;
     }

@@ -32,9 +32,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use crate::capabilities::Capabilities;
 use crate::config::{Services, Worker};
 use crate::settlement::ledger::Settlements;
+use crate::stores::Stores;
 use crate::stores::idempotency;
 use crate::stores::kafka::{LogError, TRANSFER_TOPIC};
 use crate::stores::log_position::{LogPosition, Offsets, consumed_through};
@@ -119,14 +119,14 @@ pub fn minted_at_ms(transaction_id: &Uuid) -> Option<u64> {
 pub async fn run(
     services: &Services,
     settings: &Worker,
-    capabilities: Arc<Capabilities>,
+    stores: Arc<Stores>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ReconcileError> {
     let Some(interval) = settings.reconcile_interval() else {
         tracing::info!("hold reconciler off");
         return Ok(());
     };
-    let position = position(services, &capabilities)?;
+    let position = position(services, &stores)?;
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         tokio::select! {
@@ -135,7 +135,7 @@ pub async fn run(
         }
         let started = Instant::now();
         let passed = tokio::select! {
-            passed = pass(&capabilities, &position, settings) => passed,
+            passed = pass(&stores, &position, settings) => passed,
             () = &mut shutdown => return Ok(()),
         };
         match passed {
@@ -157,15 +157,11 @@ pub async fn run(
 /// Starts [`run`] and [`keep_holds_trusted`] in the background for the life of the process;
 /// they log their own failures. Returns whether the holds are trusted, as the keeper last
 /// found (`None` until it knows).
-pub fn spawn(
-    services: &Services,
-    settings: &Worker,
-    capabilities: &Arc<Capabilities>,
-) -> HoldsTrust {
+pub fn spawn(services: &Services, settings: &Worker, stores: &Arc<Stores>) -> HoldsTrust {
     let (trust, trusted) = watch::channel(None);
-    match position(services, capabilities) {
+    match position(services, stores) {
         Ok(position) => {
-            let cache = Arc::clone(&capabilities.cache);
+            let cache = Arc::clone(&stores.cache);
             let wait = settings.reconcile_wait();
             tokio::spawn(keep_holds_trusted(cache, position, wait, trust));
         }
@@ -173,10 +169,9 @@ pub fn spawn(
             tracing::error!(%error, "cannot watch the transfer log; holds stay untrusted")
         }
     }
-    let (services, settings, capabilities) =
-        (services.clone(), settings.clone(), Arc::clone(capabilities));
+    let (services, settings, stores) = (services.clone(), settings.clone(), Arc::clone(stores));
     tokio::spawn(async move {
-        if let Err(error) = run(&services, &settings, capabilities, std::future::pending()).await {
+        if let Err(error) = run(&services, &settings, stores, std::future::pending()).await {
             tracing::error!(%error, "the hold reconciler could not start");
         }
     });
@@ -317,61 +312,48 @@ impl Position {
 }
 
 /// The transfer log's position and settlement's.
-pub fn position(
-    services: &Services,
-    capabilities: &Capabilities,
-) -> Result<Position, ReconcileError> {
-    let topic = capabilities.log.physical_topic(TRANSFER_TOPIC);
+pub fn position(services: &Services, stores: &Stores) -> Result<Position, ReconcileError> {
+    let topic = stores.log.physical_topic(TRANSFER_TOPIC);
     Ok(Position {
         log: LogPosition::new(services, topic.clone())?,
-        settlements: Settlements::new(capabilities.ledger.pool().clone()),
+        settlements: Settlements::new(stores.ledger.pool().clone()),
         topic,
     })
 }
 
 /// One pass over every hold (up to [`MAX_HOLDS_PER_PASS`]).
 pub async fn pass(
-    capabilities: &Capabilities,
+    stores: &Stores,
     position: &Position,
     settings: &Worker,
 ) -> Result<Report, ReconcileError> {
     let min_age_ms = settings.reconcile_min_age_ms;
     let began_ms = now_ms();
     // Hold times are Redis's clock; so is a hold's age.
-    let redis_began_ms = capabilities.cache.now_ms().await?;
+    let redis_began_ms = stores.cache.now_ms().await?;
     let ends = position.log.end_offsets().await?;
     let log_consumed = position
         .wait_consumed(&ends, settings.reconcile_wait())
         .await?;
-    let holds = capabilities
-        .cache
-        .held_transfers(MAX_HOLDS_PER_PASS)
-        .await?;
+    let holds = stores.cache.held_transfers(MAX_HOLDS_PER_PASS).await?;
     let ids: Vec<Option<Uuid>> = holds
         .iter()
         .map(|hold| Uuid::parse_str(&hold.transaction_id).ok())
         .collect();
     let known: Vec<Uuid> = ids.iter().flatten().copied().collect();
-    let settled = capabilities.ledger.settled_among(&known).await?;
+    let settled = stores.ledger.settled_among(&known).await?;
 
     let mut report = Report {
         holds: holds.len(),
         log_consumed,
         idempotency_keys_purged: idempotency::purge_older_than(
-            capabilities.ledger.pool(),
+            stores.ledger.pool(),
             settings.idempotency_retention(),
         )
         .await?,
         ..Report::default()
     };
-    release_pending_rows(
-        capabilities,
-        began_ms,
-        min_age_ms,
-        log_consumed,
-        &mut report,
-    )
-    .await?;
+    release_pending_rows(stores, began_ms, min_age_ms, log_consumed, &mut report).await?;
     for (hold, id) in holds.iter().zip(&ids) {
         let age_ms = hold_age_ms(hold, id.as_ref(), redis_began_ms);
         let is_settled = id.is_some_and(|id| settled.contains(&id));
@@ -379,11 +361,11 @@ pub async fn pass(
             Verdict::Young => report.young += 1,
             Verdict::Keep => report.kept += 1,
             Verdict::ReleaseSettled => {
-                release(capabilities, hold, "settled").await?;
+                release(stores, hold, "settled").await?;
                 report.released_settled += 1;
             }
             Verdict::ReleaseAbsent => {
-                release(capabilities, hold, "never written").await?;
+                release(stores, hold, "never written").await?;
                 report.released_absent += 1;
             }
         }
@@ -395,7 +377,7 @@ pub async fn pass(
 /// transfer an older version accepted while Redis was down (settlement deletes them in its own
 /// transaction).
 async fn release_pending_rows(
-    capabilities: &Capabilities,
+    stores: &Stores,
     began_ms: u64,
     min_age_ms: u64,
     log_consumed: bool,
@@ -403,12 +385,12 @@ async fn release_pending_rows(
 ) -> Result<(), ReconcileError> {
     let cutoff_ms = i64::try_from(began_ms.saturating_sub(min_age_ms)).unwrap_or(i64::MAX);
     let cutoff = chrono::DateTime::from_timestamp_millis(cutoff_ms).unwrap_or_default();
-    let rows = capabilities
+    let rows = stores
         .ledger
         .pending_older_than(cutoff, MAX_HOLDS_PER_PASS as i64)
         .await?;
     let ids: Vec<Uuid> = rows.iter().map(|row| row.transaction_id).collect();
-    let settled = capabilities.ledger.settled_among(&ids).await?;
+    let settled = stores.ledger.settled_among(&ids).await?;
     let released: Vec<Uuid> = ids
         .iter()
         .filter(|id| {
@@ -422,7 +404,7 @@ async fn release_pending_rows(
         })
         .copied()
         .collect();
-    capabilities.ledger.delete_pending(&released).await?;
+    stores.ledger.delete_pending(&released).await?;
     for id in &released {
         tracing::info!(transaction_id = %id, settled = settled.contains(id), "deleted a stale pending row");
     }
@@ -432,11 +414,11 @@ async fn release_pending_rows(
 }
 
 async fn release(
-    capabilities: &Capabilities,
+    stores: &Stores,
     hold: &HeldTransfer,
     why: &'static str,
 ) -> Result<(), ReconcileError> {
-    capabilities
+    stores
         .cache
         .release_hold(&hold.transaction_id, hold.user_id, &hold.currency)
         .await?;
