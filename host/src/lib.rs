@@ -3,6 +3,7 @@
 
 pub mod admin_client;
 pub mod auth;
+pub mod bindings;
 pub mod capabilities;
 pub mod config;
 pub mod crash;

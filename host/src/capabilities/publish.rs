@@ -11,10 +11,10 @@ use std::sync::Arc;
 
 use transferd_guest::logic::Outgoing;
 
+use crate::bindings::transferd::transfer::publish::{self, PublishError};
 use crate::capabilities::backend::Backend;
 use crate::capabilities::hold_ahead::{self, Taken};
 use crate::capabilities::{Publication, PublicationCell, RequestState, guard};
-use crate::guest::bindings::transferd::transfer::publish::{self, PublishError};
 use crate::stores::idempotency::{self, KeyLease};
 use crate::stores::redis::HoldOutcome;
 use crate::trace::TraceContext;
