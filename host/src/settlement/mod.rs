@@ -16,6 +16,7 @@ pub mod process;
 pub mod quarantine;
 pub mod reconcile;
 pub mod same_log;
+pub mod topic_recreated;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
