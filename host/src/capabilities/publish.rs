@@ -16,6 +16,7 @@ use crate::capabilities::backend::Backend;
 use crate::capabilities::hold_ahead::{self, Taken};
 use crate::capabilities::{Publication, PublicationCell, RequestState, guard};
 use crate::stores::idempotency::{self, KeyLease};
+use crate::stores::kafka::LogError;
 use crate::stores::redis::HoldOutcome;
 use crate::trace::TraceContext;
 
@@ -110,21 +111,7 @@ pub async fn deliver<B: Backend>(
         publication.set(refused(reason.into()));
         return Err(PublishError::Unavailable(reason.into()));
     }
-    let kept = match taken {
-        Taken::No => keep(&*backend, &transaction_id, &outgoing, amount_minor).await,
-        Taken::AsRecorded => Ok(()),
-        Taken::OtherRecord => {
-            // The hold stands either way; a record that could not be replaced still names
-            // this transfer (the standard rules' message for its request).
-            if let Err(error) = backend
-                .replace_pending(&transaction_id, &outgoing.payload)
-                .await
-            {
-                tracing::warn!(%error, transaction_id, "could not replace the pending record of a hold taken ahead");
-            }
-            Ok(())
-        }
-    };
+    let kept = hold_as_planned(&*backend, &transaction_id, &outgoing, amount_minor, taken).await;
     if let Err(error) = kept {
         publication.set(refused(match &error {
             PublishError::InsufficientFunds => "insufficient funds".into(),
@@ -165,16 +152,61 @@ pub async fn deliver<B: Backend>(
             Err(PublishError::Unavailable(error.to_string()))
         }
         Err(error) => {
-            if idempotency::may_act(lease.as_ref()).await {
-                tracing::warn!(%error, transaction_id, "publish refused; releasing the hold");
-                release(&*backend, &transaction_id, &outgoing).await;
-            } else {
-                // The hold may be the retry's now; it keeps it (or the reconciler releases it).
-                tracing::warn!(%error, transaction_id, "publish refused; the hold is left to the retry that holds the key");
-            }
+            release_unless_taken_over(
+                &*backend,
+                &transaction_id,
+                &outgoing,
+                lease.as_ref(),
+                &error,
+            )
+            .await;
             publication.set(refused(error.to_string()));
             Err(PublishError::Unavailable(error.to_string()))
         }
+    }
+}
+
+/// Has the hold in Redis as `taken` says: taken now, or taken ahead by the first lookup with
+/// this message's pending record or another one (replaced here).
+async fn hold_as_planned<B: Backend>(
+    backend: &B,
+    transaction_id: &str,
+    outgoing: &Outgoing,
+    amount_minor: i64,
+    taken: Taken,
+) -> Result<(), PublishError> {
+    match taken {
+        Taken::No => keep(backend, transaction_id, outgoing, amount_minor).await,
+        Taken::AsRecorded => Ok(()),
+        Taken::OtherRecord => {
+            // The hold stands either way; a record that could not be replaced still names
+            // this transfer (the standard rules' message for its request).
+            if let Err(error) = backend
+                .replace_pending(transaction_id, &outgoing.payload)
+                .await
+            {
+                tracing::warn!(%error, transaction_id, "could not replace the pending record of a hold taken ahead");
+            }
+            Ok(())
+        }
+    }
+}
+
+/// After the broker refused the message (it is certainly not in the log): releases its hold,
+/// unless a retry took the idempotency key over.
+async fn release_unless_taken_over<B: Backend>(
+    backend: &B,
+    transaction_id: &str,
+    outgoing: &Outgoing,
+    lease: Option<&KeyLease>,
+    error: &LogError,
+) {
+    if idempotency::may_act(lease).await {
+        tracing::warn!(%error, transaction_id, "publish refused; releasing the hold");
+        release(backend, transaction_id, outgoing).await;
+    } else {
+        // The hold may be the retry's now; it keeps it (or the reconciler releases it).
+        tracing::warn!(%error, transaction_id, "publish refused; the hold is left to the retry that holds the key");
     }
 }
 
