@@ -10,6 +10,8 @@ pub mod crash;
 pub mod guest;
 pub mod health;
 pub mod http;
+#[cfg(test)]
+mod layers;
 pub mod metrics;
 pub mod metrics_relay;
 pub mod otel;
