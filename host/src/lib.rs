@@ -15,6 +15,7 @@ mod layers;
 pub mod metrics;
 pub mod metrics_relay;
 pub mod otel;
+pub mod server;
 pub mod settlement;
 pub mod shutdown;
 pub mod stores;
