@@ -16,7 +16,6 @@ use crate::capabilities::backend::Backend;
 use crate::capabilities::hold_ahead::{self, Taken};
 use crate::capabilities::{Publication, PublicationCell, RequestState, guard};
 use crate::stores::idempotency::{self, KeyLease};
-use crate::stores::kafka::LogError;
 use crate::stores::redis::HoldOutcome;
 use crate::trace::TraceContext;
 
@@ -119,13 +118,32 @@ pub async fn deliver<B: Backend>(
         }));
         return Err(error);
     }
-
     crate::crash::point("after-hold");
-    let traced = trace
-        .as_ref()
-        .map(TraceContext::kafka_headers)
-        .unwrap_or_default();
-    let mut headers = vec![("transaction_id", transaction_id.as_str())];
+    send_held(
+        &*backend,
+        &transaction_id,
+        &outgoing,
+        amount_minor,
+        &publication,
+        trace.as_ref(),
+        lease.as_ref(),
+    )
+    .await
+}
+
+/// Produces a message whose hold is taken and records in `publication` what happened: the hold
+/// stays while the message may be in the log, and is released once it certainly is not.
+async fn send_held<B: Backend>(
+    backend: &B,
+    transaction_id: &str,
+    outgoing: &Outgoing,
+    amount_minor: i64,
+    publication: &PublicationCell,
+    trace: Option<&TraceContext>,
+    lease: Option<&KeyLease>,
+) -> Result<(), PublishError> {
+    let traced = trace.map(TraceContext::kafka_headers).unwrap_or_default();
+    let mut headers = vec![("transaction_id", transaction_id)];
     headers.extend(traced.iter().map(|(name, value)| (*name, value.as_str())));
     let produced = backend
         .produce(&outgoing.topic, &outgoing.key, &outgoing.payload, &headers)
@@ -152,15 +170,16 @@ pub async fn deliver<B: Backend>(
             Err(PublishError::Unavailable(error.to_string()))
         }
         Err(error) => {
-            release_unless_taken_over(
-                &*backend,
-                &transaction_id,
-                &outgoing,
-                lease.as_ref(),
-                &error,
-            )
-            .await;
-            publication.set(refused(error.to_string()));
+            if idempotency::may_act(lease).await {
+                tracing::warn!(%error, transaction_id, "publish refused; releasing the hold");
+                release(backend, transaction_id, outgoing).await;
+            } else {
+                // The hold may be the retry's now; it keeps it (or the reconciler releases it).
+                tracing::warn!(%error, transaction_id, "publish refused; the hold is left to the retry that holds the key");
+            }
+            publication.set(Publication::Refused {
+                reason: error.to_string(),
+            });
             Err(PublishError::Unavailable(error.to_string()))
         }
     }
@@ -189,24 +208,6 @@ async fn hold_as_planned<B: Backend>(
             }
             Ok(())
         }
-    }
-}
-
-/// After the broker refused the message (it is certainly not in the log): releases its hold,
-/// unless a retry took the idempotency key over.
-async fn release_unless_taken_over<B: Backend>(
-    backend: &B,
-    transaction_id: &str,
-    outgoing: &Outgoing,
-    lease: Option<&KeyLease>,
-    error: &LogError,
-) {
-    if idempotency::may_act(lease).await {
-        tracing::warn!(%error, transaction_id, "publish refused; releasing the hold");
-        release(backend, transaction_id, outgoing).await;
-    } else {
-        // The hold may be the retry's now; it keeps it (or the reconciler releases it).
-        tracing::warn!(%error, transaction_id, "publish refused; the hold is left to the retry that holds the key");
     }
 }
 
