@@ -17,7 +17,7 @@ examples="${TRANSFERD_API_FUZZ_EXAMPLES:-100}"
 schemathesis_version=4.32.5
 venv="$TRANSFERD_TOOLS_DIR/schemathesis-$schemathesis_version"
 if [ ! -x "$venv/bin/st" ]; then
-  log "installing schemathesis $schemathesis_version from PyPI (about a minute)"
+  log "installing schemathesis $schemathesis_version from PyPI"
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet "schemathesis==$schemathesis_version"
 fi

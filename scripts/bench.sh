@@ -1,59 +1,46 @@
 #!/usr/bin/env bash
-# Runs every benchmark in turn (never two at once: they would measure each other) and writes
-# a markdown report with the date, the machine and the commit, then prints it:
-#   guest call (fresh, reused, native), HTTP API (POST at 1/16/64/256 connections, GET, POST →
-#   settled, CPU µs per transfer per process), settlement into PostgreSQL, and the durable
-#   broker's cost (memory vs SQLite storage).
-# TRANSFERD_BENCH_SECONDS sets each HTTP run's length (default 10; 5 gives a ~6 minute run);
-# TRANSFERD_BENCH_REPORT the report's path (default docs/benchmarks.md).
+# The benchmarks, one at a time (never two at once, nor beside anything heavy: they would
+# measure each other). Each starts what it needs once: the local services, the guest, and a
+# copy of the release host for serve (scripts/lib/bench.sh).
+#
+#   ./scripts/bench.sh [all]       every benchmark below but ab in turn, then the report, written
+#                                  into docs/performance.md between its report markers
+#   ./scripts/bench.sh guest       one guest decision: wasmtime with a fresh instance, reused,
+#                                  and native
+#   ./scripts/bench.sh http        POST /transfers under wrk at 1, 16, 64 and 256 connections,
+#                                  POST → settled, GET; CPU and work per transfer per process
+#   ./scripts/bench.sh settlement  settlement into PostgreSQL (fsync on), batches of 1, 100, 1000
+#   ./scripts/bench.sh broker      the durable broker's cost: memory against SQLite storage
+#   ./scripts/bench.sh swap        hot swaps on two replicas under load
+#   ./scripts/bench.sh ab A B      two builds side by side in one sitting: each side a git
+#                                  revision or the path of a transferd binary; compare CPU µs
+#                                  per transfer, which moves least with the machine
+#
+# Settings: TRANSFERD_BENCH_SECONDS (each HTTP and broker-ceiling run's length, 10);
+# TRANSFERD_BENCH_REPORT (the page `all` writes its report into, docs/performance.md); for
+# http, TRANSFERD_BENCH_CONNECTIONS ("64" or "16,64": only those POST runs),
+# TRANSFERD_BENCH_POST_ONLY=1, TRANSFERD_BENCH_BROKER=memory, TRANSFERD_BENCH_ENV ("NAME=value,…":
+# transferd with other settings); for ab, TRANSFERD_BENCH_ROUNDS (3), TRANSFERD_BENCH_CONNECTIONS
+# (64), and TRANSFERD_BENCH_ENV_A / TRANSFERD_BENCH_ENV_B (one side's settings, as
+# TRANSFERD_BENCH_ENV: two settings of one build compare that way).
 set -euo pipefail
 source "$(dirname "$0")/env.sh"
+source "$TRANSFERD_ROOT/scripts/lib/bench.sh"
 cd "$TRANSFERD_ROOT"
-report="${TRANSFERD_BENCH_REPORT:-$TRANSFERD_ROOT/docs/benchmarks.md}"
-work="$(mktemp -d)"
-trap 'rm -rf "$work"' EXIT
 
-# Runs one benchmark script, keeping what it printed (its progress lines go to stderr).
-run() {
-  local name=$1 script=$2
-  log "running $name"
-  "$TRANSFERD_ROOT/scripts/$script" >"$work/$name.txt"
-}
-
-run guest bench-guest.sh
-run http bench-http.sh
-run settlement bench-settlement.sh
-run broker bench-broker.sh
-
-cpu_model="$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)"
-memory_gib="$(awk '/^MemTotal/ { printf "%.0f", $2 / 1048576 }' /proc/meminfo)"
-{
-  echo "# Benchmarks"
-  echo
-  echo "Written by \`./scripts/bench.sh\` on $(date -u +%Y-%m-%d) at commit $(git rev-parse --short HEAD)"
-  echo "on $(nproc) cores ($cpu_model), $memory_gib GiB, every service local. Rerun it to refresh this file."
-  echo
-  echo "## Guest call (\`scripts/bench-guest.sh\`)"
-  echo
-  echo '```'
-  cat "$work/guest.txt"
-  echo '```'
-  echo
-  echo "## HTTP API (\`scripts/bench-http.sh\`, ${TRANSFERD_BENCH_SECONDS:-10} s per run)"
-  echo
-  cat "$work/http.txt"
-  echo
-  echo "## Settlement into PostgreSQL, fsync on (\`scripts/bench-settlement.sh\`)"
-  echo
-  echo '```'
-  cat "$work/settlement.txt"
-  echo '```'
-  echo
-  echo "## The durable broker's cost (\`scripts/bench-broker.sh\`)"
-  echo
-  echo '```'
-  cat "$work/broker.txt"
-  echo '```'
-} >"$report"
-log "wrote $report"
-cat "$report"
+command="${1:-all}"
+[ $# -gt 0 ] && shift
+case "$command" in
+  all | guest | http | settlement | broker | swap)
+    if [ $# -gt 0 ]; then
+      log "usage: $0 $command (no further arguments)"
+      exit 2
+    fi
+    "bench_$command"
+    ;;
+  ab) bench_ab "$@" ;;
+  *)
+    log "usage: $0 [all | guest | http | settlement | broker | swap | ab <a> <b>]"
+    exit 2
+    ;;
+esac

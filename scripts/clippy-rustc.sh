@@ -5,6 +5,6 @@
 # it as `clippy-rustc.sh <rustc> <arguments>`; dependencies are compiled by rustc alone.
 #
 # Why not `cargo clippy`: it checks every dependency again in check mode, whose artifacts no
-# build shares (about 6 minutes of a cold run on 2 cores); linting while the tests' own builds
-# compile costs only the lints.
+# build shares, a large part of a cold run; linting while the tests' own builds compile costs
+# only the lints.
 exec clippy-driver "$@" -D warnings

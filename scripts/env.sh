@@ -16,8 +16,8 @@ export TANSU_ROOT="$TRANSFERD_TOOLS_DIR/tansu-$TANSU_VERSION-libsql"
 export TANSU_BIN="$TANSU_ROOT/bin/tansu"
 export TRANSFERD_TANSU="${TRANSFERD_TANSU:-$TANSU_BIN}"
 # Tokio worker threads for every Tansu the scripts and tests start. SQLite writes one
-# transaction at a time anyway, and on two cores a second worker only adds wake-ups: with one,
-# the broker spent 6-15 % less CPU per transfer (README, Performance).
+# transaction at a time anyway, and on a small machine a second worker only adds wake-ups,
+# which cost the broker CPU for every transfer.
 export TANSU_WORKER_THREADS="${TANSU_WORKER_THREADS:-1}"
 
 TRANSFERD_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -31,16 +31,16 @@ duration() {
   if [ "$1" -ge 60 ]; then printf '%d min %d s' $(($1 / 60)) $(($1 % 60)); else printf '%d s' "$1"; fi
 }
 
-# Runs a long step: a line before it saying what it is and how long it usually takes, a line
-# every minute while it runs (a cold build under `cargo --quiet` is otherwise silent for many
-# minutes), and a line after it with how long it took. Returns the command's status.
-#   step "building the host" "cold: ~12-15 min on 2 cores, warm: seconds" cargo build ...
+# Runs a long step: a line before it saying what it is, a line every minute while it runs (a
+# cold build under `cargo --quiet` is otherwise silent for many minutes), and a line after it
+# with how long it took. Returns the command's status.
+#   step "building the host" cargo build ...
 # The command should be a program, not a shell function: `set -e` does not reach inside a
 # function run as the left side of `||`.
 step() {
-  local what=$1 usually=$2 started=$SECONDS status=0 heartbeat
-  shift 2
-  log "$what ($usually)"
+  local what=$1 started=$SECONDS status=0 heartbeat
+  shift
+  log "$what"
   # The heartbeat ends when killed below, or by itself within a minute once this script has
   # gone (an interrupt). Its sleep holds no output open, so a pipe reading the script's output
   # is not kept waiting for it.
@@ -103,7 +103,7 @@ ensure_toolchain() {
 
 # Builds the guest component: plain cargo, target wasm32-wasip2, from the guest's folder.
 build_guest() {
-  step "building the guest component (wasm32-wasip2)" "cold: ~1 min on 2 cores, warm: seconds" \
+  step "building the guest component (wasm32-wasip2)" \
     env --chdir="$TRANSFERD_ROOT/guest" cargo build --release --target wasm32-wasip2 --quiet
   test -f "$TRANSFERD_GUEST"
 }

@@ -10,7 +10,7 @@ source "$(dirname "$0")/env.sh"
 
 "$TRANSFERD_ROOT/scripts/services.sh"
 build_guest
-step "building the host (transferd, release)" "cold: ~12-15 min on 2 cores, warm: seconds" \
+step "building the host (transferd, release)" \
   cargo build --release --quiet -p transferd --manifest-path "$TRANSFERD_ROOT/Cargo.toml"
 transferd="$CARGO_TARGET_DIR/release/transferd"
 

@@ -48,8 +48,8 @@ start_redis() {
 ensure_tansu() {
   [ -x "$TANSU_BIN" ] && return 0
   # Not --quiet: cargo's progress shows while it builds.
+  # Once per machine (cargo install --features dynostore,libsql,postgres): a long build.
   step "installing Tansu $TANSU_VERSION with SQLite storage from crates.io into $TANSU_ROOT" \
-    "cargo install --features dynostore,libsql,postgres; once per machine: ~10-16 min on 2 cores" \
     cargo install tansu --version "$TANSU_VERSION" --locked \
     --features dynostore,libsql,postgres --root "$TANSU_ROOT"
   test -x "$TANSU_BIN"

@@ -1,9 +1,62 @@
 #!/usr/bin/env bash
-# Runs every test: formatting and lints, the guest's unit and property tests, the host's unit
-# tests, and the end-to-end tests against real PostgreSQL, Redis and Tansu (started if missing).
+# Runs the tests against real PostgreSQL, Redis and Tansu (started if missing).
+#
+#   ./scripts/test.sh                       everything, as CI runs it: formatting and lints, the
+#                                           guest's unit and property tests, the host's unit
+#                                           tests, the end-to-end tests (the fault test among
+#                                           them) and the API fuzzing
+#   ./scripts/test.sh <cargo test args>     the same checks, then only the tests they name
+#                                           (`--test e2e -- guard::`, `-p transferd-guest`)
+#   ./scripts/test.sh --faults              only the fault test: steady load while Redis,
+#                                           PostgreSQL and a private SQLite-backed broker are
+#                                           really stopped and started and transferd is
+#                                           SIGKILLed, then every invariant; prints the figures.
+#                                           It stops the shared PostgreSQL and Redis, so run
+#                                           nothing else against them meanwhile.
+#   ./scripts/test.sh --soak                the soak (not part of the full run): SOAK_REQUESTS
+#                                           transfers (default 52,000) while the settlement
+#                                           worker and the broker are each SIGKILLed SOAK_KILLS
+#                                           times (default 3), then every invariant of the fault
+#                                           test; prints the figures. The broker is a private
+#                                           Tansu with SQLite storage that the test starts and
+#                                           kills. SOAK_LIMIT_SECS bounds the run (default 1,800).
 set -euo pipefail
 source "$(dirname "$0")/env.sh"
 cd "$TRANSFERD_ROOT"
+
+# The fault test or the soak alone: the services, the guest and the release host they start
+# (TRANSFERD_BIN), then the one test. --workspace, as in the full run below: the same
+# features, so nothing is built again.
+process_test() {
+  "$TRANSFERD_ROOT/scripts/services.sh"
+  log "building the guest and the host"
+  build_guest
+  cargo build --release --quiet -p transferd
+  export TRANSFERD_BIN="$CARGO_TARGET_DIR/release/transferd"
+  case "$1" in
+    --faults)
+      log "running the fault test"
+      exec cargo test --release --quiet --workspace --test faults -- --nocapture
+      ;;
+    --soak)
+      log "soaking: ${SOAK_REQUESTS:-52000} transfers, worker and broker each killed ${SOAK_KILLS:-3} times"
+      exec cargo test --release --quiet --workspace --test e2e -- --ignored --nocapture --exact \
+        soak::soak_with_worker_and_broker_kills
+      ;;
+  esac
+}
+
+case "${1:-}" in
+  --faults | --soak)
+    if [ $# -ne 1 ]; then
+      log "usage: $0 [--faults | --soak | <cargo test arguments>]"
+      exit 2
+    fi
+    # The fault test stops and starts a broker backed by SQLite; the soak starts its own.
+    if [ "$1" = --faults ]; then export TRANSFERD_BROKER_STORAGE=sqlite; fi
+    process_test "$1"
+    ;;
+esac
 
 # The shared broker runs in memory mode for tests: fast, and no test depends on what an
 # earlier run left. Tests of durability start private SQLite brokers of their own.
@@ -21,13 +74,13 @@ log "checking the deployment files (compose.yaml, Dockerfile; each check skipped
 
 log "building the guests (wasm32-wasip2)"
 build_guest
-step "building the panicking test guest" "cold: ~30 s on 2 cores, warm: seconds" \
+step "building the panicking test guest" \
   env --chdir=tests/guests/panicking cargo build --release --target wasm32-wasip2 --quiet
 # Their own target directories: building them rebuilds the guest crate without its export, which
 # in the shared directory would overwrite transferd_guest.wasm.
-step "building the strict test guest" "cold: ~30 s on 2 cores, warm: seconds" \
+step "building the strict test guest" \
   env --chdir=tests/guests/strict CARGO_TARGET_DIR="$CARGO_TARGET_DIR/strict-guest" cargo build --release --target wasm32-wasip2 --quiet
-step "building the hostile test guest" "cold: ~30 s on 2 cores, warm: seconds" \
+step "building the hostile test guest" \
   env --chdir=tests/guests/hostile CARGO_TARGET_DIR="$CARGO_TARGET_DIR/hostile-guest" cargo build --release --target wasm32-wasip2 --quiet
 export TRANSFERD_TEST_PANICKING_GUEST="$CARGO_TARGET_DIR/wasm32-wasip2/release/transferd_test_guest_panicking.wasm"
 export TRANSFERD_TEST_STRICT_GUEST="$CARGO_TARGET_DIR/strict-guest/wasm32-wasip2/release/transferd_test_guest_strict.wasm"
@@ -43,12 +96,12 @@ log "building the host, and a copy with crash points for the crash tests"
 # Both builds stay cached (features change the artifacts' hashes), so after the first run
 # the pair costs nothing. The copy goes through a rename: a crash binary still running from
 # an earlier run must not make the copy fail.
-step "building the host with crash points" "cold: ~12-15 min on 2 cores, warm: seconds" \
+step "building the host with crash points" \
   cargo build --release --quiet -p transferd --features crash-points
 cp "$CARGO_TARGET_DIR/release/transferd" "$CARGO_TARGET_DIR/release/transferd-crash-points.new"
 mv "$CARGO_TARGET_DIR/release/transferd-crash-points.new" "$CARGO_TARGET_DIR/release/transferd-crash-points"
 export TRANSFERD_CRASH_BIN="$CARGO_TARGET_DIR/release/transferd-crash-points"
-step "building the host (transferd, release)" "after the crash-points build: ~3 min on 2 cores, warm: seconds" \
+step "building the host (transferd, release)" \
   cargo build --release --quiet -p transferd
 export TRANSFERD_BIN="$CARGO_TARGET_DIR/release/transferd"
 # The binary users run must not carry the crash points.
@@ -57,7 +110,7 @@ if grep -q TRANSFERD_CRASH_AT "$TRANSFERD_BIN"; then
   exit 1
 fi
 
-step "building (and linting) the benchmarks and examples" "cold: ~3 min on 2 cores, warm: seconds" \
+step "building (and linting) the benchmarks and examples" \
   cargo build --release --quiet --benches --examples
 
 # Checkouts at other paths share the target directory and cargo reuses the host's build script
@@ -96,5 +149,5 @@ fi
 # One closing line for the whole run, summed over every test binary.
 awk '/^test result:/ { passed += $4; failed += $6 } END { printf "all: %d passed, %d failed\n", passed, failed }' "$output"
 
-log "fuzzing the HTTP API against /openapi.json (schemathesis, bounded to 90 s)"
+log "fuzzing the HTTP API against /openapi.json (schemathesis, bounded by TRANSFERD_API_FUZZ_SECONDS)"
 "$TRANSFERD_ROOT/scripts/api-fuzz.sh"

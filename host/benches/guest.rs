@@ -3,7 +3,7 @@
 //! from the `InstancePre` per call (the default), through wasmtime with one instance reused for
 //! every call (`TRANSFERD_GUEST_REUSE_COUNT` above 1), and the same logic compiled natively.
 //! Prints the median and p99 per call and the ratio to native; run with
-//! `./scripts/bench-guest.sh`.
+//! `./scripts/bench.sh guest`.
 //!
 //! Both sides do the same work besides the guest: replay the vector's imports and write the
 //! outcome in the vectors' format, so the difference is what wasmtime and the host's call

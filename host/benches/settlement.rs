@@ -2,7 +2,7 @@
 //! transaction (ledger writes, position, effects record) and the effects' clean-up, for batch
 //! sizes 1, 100 and 1000, with the server's durability settings as they are (fsync on,
 //! synchronous_commit on by default). Prints the figures; run with
-//! `./scripts/bench-settlement.sh` (or `cargo bench -p transferd --bench settlement`).
+//! `./scripts/bench.sh settlement` (or `cargo bench -p transferd --bench settlement`).
 
 use std::time::Instant;
 

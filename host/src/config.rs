@@ -1,15 +1,29 @@
 //! Every setting, from flags and environment variables, validated once at start-up.
 //!
-//! Each flag has an environment variable of the same meaning; README.md has the table.
+//! Each setting is written once, as a clap argument: its flag, its environment variable, its
+//! default and its accepted range. The worker child's environment, the validation messages and
+//! docs/configuration.md ([`configuration_page`]) are all read from those arguments.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, ValueEnum};
+use clap::{Arg, Args, ValueEnum};
+
+/// The name a setting is known by in messages: its environment variable (else its flag), read
+/// from its clap argument so that no message spells it by hand. Naming the field makes the
+/// compiler check that it exists; clap's id for a field is the field's name.
+macro_rules! setting {
+    ($settings:ty, $field:ident) => {{
+        let _field_exists = |settings: &$settings| {
+            let _ = &settings.$field;
+        };
+        setting_name::<$settings>(stringify!($field))
+    }};
+}
 
 /// Where the service's dependencies are and how long it waits for each.
-#[derive(Debug, Clone, Args)]
+#[derive(Debug, Clone, Args, serde::Serialize)]
 pub struct Services {
     /// PostgreSQL connection URL (the ledger).
     #[arg(
@@ -46,35 +60,64 @@ pub struct Services {
     /// Partitions for topics transferd creates when they are missing. One by default: a
     /// single settlement worker reads the whole transfer topic, and every partition is a
     /// produce request of its own for a batch of messages (on Tansu's SQLite engine, a storage
-    /// transaction each: the broker's CPU per message was four times higher with six).
-    #[arg(long, env = "TRANSFERD_TOPIC_PARTITIONS", default_value_t = 1)]
+    /// transaction each), so more partitions cost the broker more per message.
+    #[arg(
+        long,
+        env = "TRANSFERD_TOPIC_PARTITIONS",
+        default_value_t = 1,
+        value_parser = clap::value_parser!(i32).range(1..=1_000)
+    )]
     pub topic_partitions: i32,
 
     /// How long a transfer waits for Kafka to acknowledge its message before it fails with 503.
-    #[arg(long, env = "TRANSFERD_KAFKA_TIMEOUT_MS", default_value_t = 5_000)]
+    #[arg(
+        long,
+        env = "TRANSFERD_KAFKA_TIMEOUT_MS",
+        default_value_t = 5_000,
+        value_parser = clap::value_parser!(u64).range(1..=600_000)
+    )]
     pub kafka_timeout_ms: u64,
 
     /// How long the producer waits to gather messages into one request to the broker. Longer
     /// means fewer, larger broker writes (each one a storage transaction) and more latency.
-    /// At 64 connections, 2 ms took about 15 % less CPU per transfer than 1 ms; 4 ms no less.
     #[arg(long, env = "TRANSFERD_KAFKA_LINGER_MS", default_value_t = 2)]
     pub kafka_linger_ms: u64,
 
     /// How long a request waits for a PostgreSQL connection before it fails with 503.
-    #[arg(long, env = "TRANSFERD_DATABASE_TIMEOUT_MS", default_value_t = 2_000)]
+    #[arg(
+        long,
+        env = "TRANSFERD_DATABASE_TIMEOUT_MS",
+        default_value_t = 2_000,
+        value_parser = clap::value_parser!(u64).range(1..=60_000)
+    )]
     pub database_timeout_ms: u64,
 
     /// PostgreSQL connections in the pool.
-    #[arg(long, env = "TRANSFERD_DATABASE_CONNECTIONS", default_value_t = 16)]
+    #[arg(
+        long,
+        env = "TRANSFERD_DATABASE_CONNECTIONS",
+        default_value_t = 16,
+        value_parser = clap::value_parser!(u32).range(1..=1_000)
+    )]
     pub database_connections: u32,
 
     /// How long a Redis command may take before the host falls back to PostgreSQL.
-    #[arg(long, env = "TRANSFERD_REDIS_TIMEOUT_MS", default_value_t = 250)]
+    #[arg(
+        long,
+        env = "TRANSFERD_REDIS_TIMEOUT_MS",
+        default_value_t = 250,
+        value_parser = clap::value_parser!(u64).range(1..=60_000)
+    )]
     pub redis_timeout_ms: u64,
 
     /// After SIGTERM/SIGINT/SIGHUP: longest time to finish requests in flight, stop the
     /// settlement worker and flush the producer before the process exits anyway.
-    #[arg(long, env = "TRANSFERD_DRAIN_TIMEOUT_MS", default_value_t = 10_000)]
+    #[arg(
+        long,
+        env = "TRANSFERD_DRAIN_TIMEOUT_MS",
+        default_value_t = 10_000,
+        value_parser = clap::value_parser!(u64).range(100..=600_000)
+    )]
     pub drain_timeout_ms: u64,
 }
 
@@ -92,75 +135,13 @@ impl Services {
         Duration::from_millis(self.drain_timeout_ms)
     }
 
-    /// These settings as the environment of a child process (`transferd worker --supervised`),
-    /// so the child runs with what this process parsed, whether it came from flags or not.
-    pub fn child_env(&self) -> Vec<(&'static str, String)> {
-        vec![
-            ("TRANSFERD_DATABASE_URL", self.database_url.clone()),
-            ("TRANSFERD_REDIS_URL", self.redis_url.clone()),
-            ("TRANSFERD_REDIS_PREFIX", self.redis_prefix.clone()),
-            ("TRANSFERD_KAFKA_BROKERS", self.kafka_brokers.clone()),
-            ("TRANSFERD_TOPIC_PREFIX", self.topic_prefix.clone()),
-            (
-                "TRANSFERD_TOPIC_PARTITIONS",
-                self.topic_partitions.to_string(),
-            ),
-            (
-                "TRANSFERD_KAFKA_TIMEOUT_MS",
-                self.kafka_timeout_ms.to_string(),
-            ),
-            (
-                "TRANSFERD_KAFKA_LINGER_MS",
-                self.kafka_linger_ms.to_string(),
-            ),
-            (
-                "TRANSFERD_DATABASE_TIMEOUT_MS",
-                self.database_timeout_ms.to_string(),
-            ),
-            (
-                "TRANSFERD_DATABASE_CONNECTIONS",
-                self.database_connections.to_string(),
-            ),
-            (
-                "TRANSFERD_REDIS_TIMEOUT_MS",
-                self.redis_timeout_ms.to_string(),
-            ),
-            (
-                "TRANSFERD_DRAIN_TIMEOUT_MS",
-                self.drain_timeout_ms.to_string(),
-            ),
-        ]
-    }
-
+    /// What clap cannot check alone: the characters of the topic prefix.
     pub fn validate(&self) -> anyhow::Result<()> {
-        anyhow::ensure!(
-            (1..=600_000).contains(&self.kafka_timeout_ms),
-            "TRANSFERD_KAFKA_TIMEOUT_MS must be 1..=600000"
-        );
-        anyhow::ensure!(
-            (1..=60_000).contains(&self.database_timeout_ms),
-            "TRANSFERD_DATABASE_TIMEOUT_MS must be 1..=60000"
-        );
-        anyhow::ensure!(
-            (1..=60_000).contains(&self.redis_timeout_ms),
-            "TRANSFERD_REDIS_TIMEOUT_MS must be 1..=60000"
-        );
-        anyhow::ensure!(
-            (100..=600_000).contains(&self.drain_timeout_ms),
-            "TRANSFERD_DRAIN_TIMEOUT_MS must be 100..=600000"
-        );
-        anyhow::ensure!(
-            (1..=1_000).contains(&self.database_connections),
-            "TRANSFERD_DATABASE_CONNECTIONS must be 1..=1000"
-        );
-        anyhow::ensure!(
-            (1..=1_000).contains(&self.topic_partitions),
-            "TRANSFERD_TOPIC_PARTITIONS must be 1..=1000"
-        );
         let topic_safe = |c: char| c.is_ascii_alphanumeric() || "._-".contains(c);
         anyhow::ensure!(
             self.topic_prefix.chars().all(topic_safe),
-            "TRANSFERD_TOPIC_PREFIX may hold only letters, digits, '.', '_' and '-'"
+            "{} may hold only letters, digits, '.', '_' and '-'",
+            setting!(Services, topic_prefix)
         );
         Ok(())
     }
@@ -189,29 +170,44 @@ pub struct WorkerCommand {
 }
 
 /// Settings of the settlement worker.
-#[derive(Debug, Clone, Args)]
+#[derive(Debug, Clone, Args, serde::Serialize)]
 pub struct Worker {
     /// Most messages applied in one database transaction.
-    #[arg(long, env = "TRANSFERD_SETTLEMENT_BATCH", default_value_t = 1000)]
+    #[arg(
+        long,
+        env = "TRANSFERD_SETTLEMENT_BATCH",
+        default_value_t = 1000,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=10_000)
+    )]
     pub batch_max: usize,
 
     /// How long a batch waits for more messages after its first, in milliseconds.
-    #[arg(long, env = "TRANSFERD_SETTLEMENT_LINGER_MS", default_value_t = 5)]
+    #[arg(
+        long,
+        env = "TRANSFERD_SETTLEMENT_LINGER_MS",
+        default_value_t = 5,
+        value_parser = clap::value_parser!(u64).range(..=10_000)
+    )]
     pub linger_ms: u64,
 
     /// How long the broker may hold a fetch of the transfer log open, in milliseconds. Tansu
     /// holds every fetch this long and reads every partition for each, so longer means fewer
     /// fetches for the broker to serve and later settlement (a Kafka broker answers as soon
-    /// as data arrives). A transfer waits up to two fetches: POST → settled p99 at half load
-    /// was 112 ms at 50 ms and 89 ms at 30 ms, for the same CPU per transfer within noise.
-    #[arg(long, env = "TRANSFERD_SETTLEMENT_FETCH_WAIT_MS", default_value_t = 30)]
+    /// as data arrives); a transfer waits up to two fetches before it is settled.
+    #[arg(
+        long,
+        env = "TRANSFERD_SETTLEMENT_FETCH_WAIT_MS",
+        default_value_t = 30,
+        value_parser = clap::value_parser!(u64).range(1..=1_000)
+    )]
     pub fetch_wait_ms: u64,
 
     /// How often the hold reconciler runs (0: never).
     #[arg(
         long,
         env = "TRANSFERD_RECONCILE_INTERVAL_MS",
-        default_value_t = 60_000
+        default_value_t = 60_000,
+        value_parser = clap::value_parser!(u64).range(..=86_400_000)
     )]
     pub reconcile_interval_ms: u64,
 
@@ -220,54 +216,32 @@ pub struct Worker {
     #[arg(
         long,
         env = "TRANSFERD_RECONCILE_MIN_AGE_MS",
-        default_value_t = 300_000
+        default_value_t = 300_000,
+        value_parser = clap::value_parser!(u64).range(1_000..=30 * 86_400_000)
     )]
     pub reconcile_min_age_ms: u64,
 
     /// How long a reconciler pass waits for settlement to consume what the log held when the
     /// pass began; holds not yet settled are judged only once it has.
-    #[arg(long, env = "TRANSFERD_RECONCILE_WAIT_MS", default_value_t = 30_000)]
+    #[arg(
+        long,
+        env = "TRANSFERD_RECONCILE_WAIT_MS",
+        default_value_t = 30_000,
+        value_parser = clap::value_parser!(u64).range(..=600_000)
+    )]
     pub reconcile_wait_ms: u64,
 
-    /// How long `Idempotency-Key`s are kept, in hours (at least 24); the reconciler deletes
-    /// older ones.
+    /// How long `Idempotency-Key`s are kept, in hours; the reconciler deletes older ones.
     #[arg(
         long,
         env = "TRANSFERD_IDEMPOTENCY_RETENTION_HOURS",
-        default_value_t = 24
+        default_value_t = 24,
+        value_parser = clap::value_parser!(u64).range(24..=8_760)
     )]
     pub idempotency_retention_hours: u64,
 }
 
 impl Worker {
-    /// These settings as the environment of a child process; see [`Services::child_env`].
-    pub fn child_env(&self) -> Vec<(&'static str, String)> {
-        vec![
-            ("TRANSFERD_SETTLEMENT_BATCH", self.batch_max.to_string()),
-            ("TRANSFERD_SETTLEMENT_LINGER_MS", self.linger_ms.to_string()),
-            (
-                "TRANSFERD_SETTLEMENT_FETCH_WAIT_MS",
-                self.fetch_wait_ms.to_string(),
-            ),
-            (
-                "TRANSFERD_RECONCILE_INTERVAL_MS",
-                self.reconcile_interval_ms.to_string(),
-            ),
-            (
-                "TRANSFERD_RECONCILE_MIN_AGE_MS",
-                self.reconcile_min_age_ms.to_string(),
-            ),
-            (
-                "TRANSFERD_RECONCILE_WAIT_MS",
-                self.reconcile_wait_ms.to_string(),
-            ),
-            (
-                "TRANSFERD_IDEMPOTENCY_RETENTION_HOURS",
-                self.idempotency_retention_hours.to_string(),
-            ),
-        ]
-    }
-
     pub fn linger(&self) -> Duration {
         Duration::from_millis(self.linger_ms)
     }
@@ -284,44 +258,14 @@ impl Worker {
         Duration::from_secs(self.idempotency_retention_hours * 3_600)
     }
 
-    /// The reconciler judges a hold only once any publish for it has long finished.
+    /// The reconciler judges a hold only once any publish for it has long finished; the
+    /// ranges of each setting alone are clap's to check.
     pub fn validate_with(&self, services: &Services) -> anyhow::Result<()> {
-        self.validate()?;
-        anyhow::ensure!(
-            self.reconcile_interval_ms <= 86_400_000,
-            "TRANSFERD_RECONCILE_INTERVAL_MS must be at most 86400000"
-        );
-        anyhow::ensure!(
-            (1_000..=30 * 86_400_000).contains(&self.reconcile_min_age_ms),
-            "TRANSFERD_RECONCILE_MIN_AGE_MS must be 1000..=2592000000"
-        );
-        anyhow::ensure!(
-            self.reconcile_wait_ms <= 600_000,
-            "TRANSFERD_RECONCILE_WAIT_MS must be at most 600000"
-        );
-        anyhow::ensure!(
-            (24..=8_760).contains(&self.idempotency_retention_hours),
-            "TRANSFERD_IDEMPOTENCY_RETENTION_HOURS must be 24..=8760"
-        );
         anyhow::ensure!(
             self.reconcile_min_age_ms > services.kafka_timeout_ms,
-            "TRANSFERD_RECONCILE_MIN_AGE_MS must exceed TRANSFERD_KAFKA_TIMEOUT_MS"
-        );
-        Ok(())
-    }
-
-    pub fn validate(&self) -> anyhow::Result<()> {
-        anyhow::ensure!(
-            (1..=10_000).contains(&self.batch_max),
-            "TRANSFERD_SETTLEMENT_BATCH must be 1..=10000"
-        );
-        anyhow::ensure!(
-            self.linger_ms <= 10_000,
-            "TRANSFERD_SETTLEMENT_LINGER_MS must be at most 10000"
-        );
-        anyhow::ensure!(
-            (1..=1_000).contains(&self.fetch_wait_ms),
-            "TRANSFERD_SETTLEMENT_FETCH_WAIT_MS must be 1..=1000"
+            "{} must exceed {}",
+            setting!(Worker, reconcile_min_age_ms),
+            setting!(Services, kafka_timeout_ms)
         );
         Ok(())
     }
@@ -346,17 +290,32 @@ pub struct Serve {
 
     /// Longest wait for a request's headers, in milliseconds: a client that stalls in them is
     /// disconnected.
-    #[arg(long, env = "TRANSFERD_HEADER_TIMEOUT_MS", default_value_t = 5_000)]
+    #[arg(
+        long,
+        env = "TRANSFERD_HEADER_TIMEOUT_MS",
+        default_value_t = 5_000,
+        value_parser = clap::value_parser!(u64).range(100..=600_000)
+    )]
     pub header_timeout_ms: u64,
 
     /// Longest wait for a request's body, in milliseconds.
-    #[arg(long, env = "TRANSFERD_BODY_TIMEOUT_MS", default_value_t = 10_000)]
+    #[arg(
+        long,
+        env = "TRANSFERD_BODY_TIMEOUT_MS",
+        default_value_t = 10_000,
+        value_parser = clap::value_parser!(u64).range(100..=600_000)
+    )]
     pub body_timeout_ms: u64,
 
     /// Longest time any request but `POST /transfers` takes, in milliseconds, body included;
     /// then 503. A transfer is not cut off: its decision is bounded by the guest and Kafka
     /// timeouts, and an answer cut short would hide whether its money moved.
-    #[arg(long, env = "TRANSFERD_REQUEST_TIMEOUT_MS", default_value_t = 30_000)]
+    #[arg(
+        long,
+        env = "TRANSFERD_REQUEST_TIMEOUT_MS",
+        default_value_t = 30_000,
+        value_parser = clap::value_parser!(u64).range(100..=3_600_000)
+    )]
     pub request_timeout_ms: u64,
 
     /// Whether a published transfer (and its settlement event) carries the request's trace
@@ -371,7 +330,12 @@ pub struct Serve {
     pub kafka_trace_headers: bool,
 
     /// Most connections served at once; further ones wait in the listen backlog.
-    #[arg(long, env = "TRANSFERD_MAX_CONNECTIONS", default_value_t = 1_024)]
+    #[arg(
+        long,
+        env = "TRANSFERD_MAX_CONNECTIONS",
+        default_value_t = 1_024,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=100_000)
+    )]
     pub max_connections: usize,
 
     /// Requests a second each caller may make on user routes, on average (0: no limit).
@@ -410,7 +374,12 @@ pub struct Serve {
     pub guest_timeout_ms: u64,
 
     /// Largest linear memory a guest instance may grow to, in MiB.
-    #[arg(long, env = "TRANSFERD_GUEST_MEMORY_MIB", default_value_t = 64)]
+    #[arg(
+        long,
+        env = "TRANSFERD_GUEST_MEMORY_MIB",
+        default_value_t = 64,
+        value_parser = clap::value_parser!(u64).range(1..=4_096)
+    )]
     pub guest_memory_mib: u64,
 
     /// Directory for compiled guests, reused across restarts and activations; empty means
@@ -420,16 +389,24 @@ pub struct Serve {
 
     /// Guest calls that may run at once; further requests wait for a slot. A call holds its
     /// slot until the broker acknowledges its publish, and each slot in use keeps its guest's
-    /// written pages resident: 64 carries 10,000 transfers/s at 6 ms per acknowledgement, and
-    /// bounds the pool's memory (at 256 connections: ~140 MiB RSS, against ~390 MiB with 256
-    /// slots, for the same throughput; `scripts/bench-http.sh`).
-    #[arg(long, env = "TRANSFERD_GUEST_CONCURRENCY", default_value_t = 64)]
+    /// written pages resident, so this bounds the pool's memory as well as its concurrency.
+    #[arg(
+        long,
+        env = "TRANSFERD_GUEST_CONCURRENCY",
+        default_value_t = 64,
+        value_parser = clap::value_parser!(u32).range(1..=10_000)
+    )]
     pub guest_concurrency: u32,
 
     /// Decisions one guest instance may make before it is dropped: 1 instantiates afresh for
     /// every request; more keeps instances between requests (the host's per-request state is
     /// reset each time; the guest's own memory is not).
-    #[arg(long, env = "TRANSFERD_GUEST_REUSE_COUNT", default_value_t = 1)]
+    #[arg(
+        long,
+        env = "TRANSFERD_GUEST_REUSE_COUNT",
+        default_value_t = 1,
+        value_parser = clap::value_parser!(u32).range(1..=1_000_000)
+    )]
     pub guest_reuse_count: u32,
 }
 
@@ -465,45 +442,23 @@ impl Serve {
         self.worker.validate_with(&self.services)?;
         anyhow::ensure!(
             self.worker.reconcile_min_age_ms > self.guest_timeout_ms,
-            "TRANSFERD_RECONCILE_MIN_AGE_MS must exceed TRANSFERD_GUEST_TIMEOUT_MS"
+            "{} must exceed {}",
+            setting!(Worker, reconcile_min_age_ms),
+            setting!(Serve, guest_timeout_ms)
         );
         anyhow::ensure!(
             self.guest_timeout_ms
                 > 2 * self.services.kafka_timeout_ms + self.services.database_timeout_ms,
-            "TRANSFERD_GUEST_TIMEOUT_MS must exceed 2 × TRANSFERD_KAFKA_TIMEOUT_MS + TRANSFERD_DATABASE_TIMEOUT_MS"
-        );
-        anyhow::ensure!(
-            (100..=600_000).contains(&self.header_timeout_ms),
-            "TRANSFERD_HEADER_TIMEOUT_MS must be 100..=600000"
-        );
-        anyhow::ensure!(
-            (100..=600_000).contains(&self.body_timeout_ms),
-            "TRANSFERD_BODY_TIMEOUT_MS must be 100..=600000"
-        );
-        anyhow::ensure!(
-            (100..=3_600_000).contains(&self.request_timeout_ms),
-            "TRANSFERD_REQUEST_TIMEOUT_MS must be 100..=3600000"
-        );
-        anyhow::ensure!(
-            (1..=100_000).contains(&self.max_connections),
-            "TRANSFERD_MAX_CONNECTIONS must be 1..=100000"
-        );
-        anyhow::ensure!(
-            (1..=4096).contains(&self.guest_memory_mib),
-            "TRANSFERD_GUEST_MEMORY_MIB must be 1..=4096"
-        );
-        anyhow::ensure!(
-            (1..=10_000).contains(&self.guest_concurrency),
-            "TRANSFERD_GUEST_CONCURRENCY must be 1..=10000"
-        );
-        anyhow::ensure!(
-            (1..=1_000_000).contains(&self.guest_reuse_count),
-            "TRANSFERD_GUEST_REUSE_COUNT must be 1..=1000000"
+            "{} must exceed 2 × {} + {}",
+            setting!(Serve, guest_timeout_ms),
+            setting!(Services, kafka_timeout_ms),
+            setting!(Services, database_timeout_ms)
         );
         if let Some(token) = &self.admin_token {
             anyhow::ensure!(
                 token.expose().len() >= 16,
-                "TRANSFERD_ADMIN_TOKEN must be at least 16 characters"
+                "{} must be at least 16 characters",
+                setting!(Serve, admin_token)
             );
         }
         self.auth.validate()
@@ -523,7 +478,8 @@ impl Secret {
     fn check_jwt_secret(&self) -> anyhow::Result<()> {
         anyhow::ensure!(
             self.0.len() >= MIN_JWT_SECRET_BYTES,
-            "TRANSFERD_JWT_SECRET must be at least {MIN_JWT_SECRET_BYTES} bytes"
+            "{} must be at least {MIN_JWT_SECRET_BYTES} bytes",
+            setting!(Auth, jwt_secret)
         );
         Ok(())
     }
@@ -585,33 +541,35 @@ pub struct Auth {
     pub jwt_audience: Option<String>,
 
     /// Clock skew allowed on `exp` and `nbf`, in seconds.
-    #[arg(long, env = "TRANSFERD_JWT_LEEWAY_SECONDS", default_value_t = 30)]
+    #[arg(
+        long,
+        env = "TRANSFERD_JWT_LEEWAY_SECONDS",
+        default_value_t = 30,
+        value_parser = clap::value_parser!(u64).range(..=600)
+    )]
     pub jwt_leeway_seconds: u64,
 }
 
 impl Auth {
     pub fn validate(&self) -> anyhow::Result<()> {
-        anyhow::ensure!(
-            self.jwt_leeway_seconds <= 600,
-            "TRANSFERD_JWT_LEEWAY_SECONDS must be at most 600"
-        );
         if self.mode == AuthMode::None {
             return Ok(());
         }
+        let secret = setting!(Auth, jwt_secret);
+        let public_key = setting!(Auth, jwt_public_key);
         match (&self.jwt_secret, &self.jwt_public_key) {
-            (Some(_), Some(_)) => anyhow::bail!(
-                "set one of TRANSFERD_JWT_SECRET and TRANSFERD_JWT_PUBLIC_KEY, not both"
-            ),
+            (Some(_), Some(_)) => anyhow::bail!("set one of {secret} and {public_key}, not both"),
             (None, None) => anyhow::bail!(
-                "set TRANSFERD_JWT_SECRET (HS256) or TRANSFERD_JWT_PUBLIC_KEY (RS256/EdDSA), \
-                 or TRANSFERD_AUTH=none to run without authentication"
+                "set {secret} (HS256) or {public_key} (RS256/EdDSA), or {}=none to run without \
+                 authentication",
+                setting!(Auth, mode)
             ),
             (Some(secret), None) => secret.check_jwt_secret()?,
             (None, Some(_)) => {}
         }
         for (name, value) in [
-            ("TRANSFERD_JWT_ISSUER", &self.jwt_issuer),
-            ("TRANSFERD_JWT_AUDIENCE", &self.jwt_audience),
+            (setting!(Auth, jwt_issuer), &self.jwt_issuer),
+            (setting!(Auth, jwt_audience), &self.jwt_audience),
         ] {
             anyhow::ensure!(
                 value.as_ref().is_none_or(|value| !value.is_empty()),
@@ -684,6 +642,308 @@ pub fn parse_ttl(text: &str) -> Result<Duration, String> {
     Ok(ttl)
 }
 
+/// See [`setting!`]: the environment variable of the argument `id` of `T`, else its flag.
+fn setting_name<T: Args>(id: &str) -> String {
+    let command = T::augment_args(clap::Command::new("transferd"));
+    let name = command
+        .get_arguments()
+        .find(|arg| arg.get_id() == id)
+        .and_then(|arg| {
+            arg.get_env()
+                .map(|env| env.to_string_lossy().into_owned())
+                .or_else(|| arg.get_long().map(|long| format!("--{long}")))
+        });
+    name.unwrap_or_else(|| id.to_string())
+}
+
+/// A setting of `transferd worker` that could not be handed to its child process.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ChildEnvError {
+    #[error("the worker's settings cannot be read as values: {0}")]
+    Unreadable(String),
+    #[error("{0} has no value to hand the worker process")]
+    Missing(String),
+}
+
+/// The settings `serve` parsed as the environment of the `transferd worker --supervised` child
+/// it starts, so the child runs with them whether they came from flags or not: one variable
+/// for each argument of `transferd worker` that has one, named as clap names it, with the
+/// value of the field of the same id.
+pub fn worker_environment(
+    services: &Services,
+    worker: &Worker,
+) -> Result<Vec<(String, String)>, ChildEnvError> {
+    let mut values = serde_json::Map::new();
+    for part in [serde_json::to_value(services), serde_json::to_value(worker)] {
+        match part.map_err(|error| ChildEnvError::Unreadable(error.to_string()))? {
+            serde_json::Value::Object(fields) => values.extend(fields),
+            other => return Err(ChildEnvError::Unreadable(other.to_string())),
+        }
+    }
+    let command = WorkerOnly::augment_args(clap::Command::new("worker"));
+    let mut environment = Vec::new();
+    for arg in command.get_arguments() {
+        let Some(name) = arg.get_env() else {
+            continue;
+        };
+        let name = name.to_string_lossy().into_owned();
+        let value = match values.get(arg.get_id().as_str()) {
+            Some(serde_json::Value::String(text)) => text.clone(),
+            Some(serde_json::Value::Number(number)) => number.to_string(),
+            Some(serde_json::Value::Bool(flag)) => flag.to_string(),
+            _ => return Err(ChildEnvError::Missing(name)),
+        };
+        environment.push((name, value));
+    }
+    Ok(environment)
+}
+
+/// A setting read from the environment alone, before the command line is parsed, so that even
+/// a bad argument is logged as chosen; docs/configuration.md lists these beside clap's.
+pub struct EnvironmentSetting {
+    pub name: &'static str,
+    pub default: &'static str,
+    pub accepted: &'static str,
+    pub help: &'static str,
+}
+
+pub const LOG_FILTER: EnvironmentSetting = EnvironmentSetting {
+    name: "TRANSFERD_LOG",
+    default: "info",
+    accepted: "a `tracing` filter: `info`, `transferd=debug,warn`",
+    help: "Which log lines are written (to standard output).",
+};
+
+pub const LOG_FORMAT: EnvironmentSetting = EnvironmentSetting {
+    name: "TRANSFERD_LOG_FORMAT",
+    default: "pretty",
+    accepted: "`pretty`, `json`",
+    help: "`pretty` writes one readable line per event; `json` one object per line, with the \
+           request's `request_id` and `trace_id` as fields of its `span`. Any other value logs \
+           pretty, with a warning.",
+};
+
+pub const OTLP_ENDPOINT: EnvironmentSetting = EnvironmentSetting {
+    name: "TRANSFERD_OTLP_ENDPOINT",
+    default: "",
+    accepted: "a URL",
+    help: "The collector's full traces URL (`http://collector:4318/v1/traces`): request and \
+           settlement spans are exported there over OTLP/HTTP (protobuf). Unset or empty, \
+           nothing is exported.",
+};
+
+const ENVIRONMENT_ONLY: [&EnvironmentSetting; 3] = [&LOG_FILTER, &LOG_FORMAT, &OTLP_ENDPOINT];
+
+/// The command that regenerates docs/configuration.md; the page and its test both name it.
+pub const WRITE_PAGE_COMMAND: &str =
+    "TRANSFERD_WRITE_DOCS=1 cargo test --release -p transferd --bin transferd configuration_page";
+
+/// docs/configuration.md: every setting of `command` (transferd's command line) and of its
+/// subcommands that has an environment variable, grouped by the commands that read it, then
+/// the settings read from the environment alone.
+pub fn configuration_page(command: &clap::Command) -> String {
+    let mut entries = Vec::new();
+    collect_settings(command, "", &mut entries);
+    let mut page = format!(
+        "# Configuration\n\n\
+         <!-- Generated by configuration_page in host/src/config.rs; do not edit. Regenerate: \
+         {WRITE_PAGE_COMMAND} -->\n\n\
+         transferd takes each setting from a flag or from the environment variable beside it \
+         (the flag wins when both are given); a value outside its range, or settings that \
+         contradict each other, stop the process at start with a message naming them. \
+         `serve` hands the settings it parsed to the settlement worker process it starts, so \
+         both run with the same values. This page is generated from the code, from the same \
+         definitions `transferd <command> --help` prints, and a unit test fails when it \
+         differs from them. Options without an environment variable (`transferd token --sub`, \
+         `transferd guest upload --note`) are listed by `transferd <command> --help`.\n"
+    );
+    let mut groups: Vec<String> = Vec::new();
+    for entry in &entries {
+        let group = entry.commands.join("`, `");
+        if !groups.contains(&group) {
+            groups.push(group);
+        }
+    }
+    for group in groups {
+        page.push_str(&format!("\n## Read by `{group}`\n"));
+        for entry in entries
+            .iter()
+            .filter(|entry| entry.commands.join("`, `") == group)
+        {
+            page.push_str(&entry.render());
+        }
+    }
+    page.push_str("\n## Read from the environment only, by every command\n");
+    for setting in ENVIRONMENT_ONLY {
+        let entry = PageEntry {
+            name: setting.name.to_string(),
+            flag: None,
+            default: Some(setting.default.to_string()),
+            accepted: Some(setting.accepted.to_string()),
+            help: setting.help.to_string(),
+            commands: Vec::new(),
+        };
+        page.push_str(&entry.render());
+    }
+    page
+}
+
+/// One setting on the configuration page.
+struct PageEntry {
+    name: String,
+    flag: Option<String>,
+    default: Option<String>,
+    accepted: Option<String>,
+    help: String,
+    commands: Vec<String>,
+}
+
+impl PageEntry {
+    /// The entry of `arg`, named `name`, read by `command`.
+    fn of(arg: &Arg, name: String, command: String) -> PageEntry {
+        let help = arg.get_long_help().or(arg.get_help());
+        let default: Vec<String> = arg
+            .get_default_values()
+            .iter()
+            .map(|value| value.to_string_lossy().into_owned())
+            .collect();
+        PageEntry {
+            name,
+            flag: arg.get_long().map(|long| format!("--{long}")),
+            default: (!default.is_empty()).then(|| default.join(", ")),
+            accepted: accepted_values(arg),
+            help: help.map(ToString::to_string).unwrap_or_default(),
+            commands: vec![command],
+        }
+    }
+
+    fn render(&self) -> String {
+        let mut text = format!("\n### `{}`\n\n", self.name);
+        if let Some(flag) = &self.flag {
+            text.push_str(&format!("- Flag: `{flag}`\n"));
+        }
+        match self.default.as_deref() {
+            Some("") => text.push_str("- Default: empty\n"),
+            Some(default) => text.push_str(&format!("- Default: `{default}`\n")),
+            None => text.push_str("- Default: none (unset)\n"),
+        }
+        if let Some(accepted) = &self.accepted {
+            // A list of described values goes on lines of its own.
+            let space = if accepted.starts_with('\n') { "" } else { " " };
+            text.push_str(&format!("- Accepted:{space}{accepted}\n"));
+        }
+        text.push_str(&format!("\n{}\n", sentence(&self.help)));
+        text
+    }
+}
+
+/// `text` with the full stop clap takes off the end of a doc comment.
+fn sentence(text: &str) -> String {
+    if text.is_empty() || text.ends_with('.') {
+        text.to_string()
+    } else {
+        format!("{text}.")
+    }
+}
+
+/// Adds the settings of each subcommand of `command`, recursively, to `entries`: one entry per
+/// argument with an environment variable, listing every command that reads it.
+fn collect_settings(command: &clap::Command, path: &str, entries: &mut Vec<PageEntry>) {
+    for subcommand in command.get_subcommands() {
+        let name = format!("{path}{}", subcommand.get_name());
+        for arg in subcommand.get_arguments() {
+            let Some(env) = arg.get_env() else {
+                continue;
+            };
+            if arg.is_hide_set() {
+                continue;
+            }
+            let entry = PageEntry::of(arg, env.to_string_lossy().into_owned(), name.clone());
+            let same = |seen: &&mut PageEntry| {
+                seen.name == entry.name && seen.flag == entry.flag && seen.help == entry.help
+            };
+            match entries.iter_mut().find(same) {
+                Some(seen) => seen.commands.push(name.clone()),
+                None => entries.push(entry),
+            }
+        }
+        collect_settings(subcommand, &format!("{name} "), entries);
+    }
+}
+
+/// What an argument accepts: its possible values, else the whole numbers its parser takes.
+fn accepted_values(arg: &Arg) -> Option<String> {
+    let possible = arg.get_possible_values();
+    if !possible.is_empty() {
+        if possible.iter().all(|value| value.get_help().is_none()) {
+            let names: Vec<String> = possible
+                .iter()
+                .map(|value| format!("`{}`", value.get_name()))
+                .collect();
+            return Some(names.join(", "));
+        }
+        let described = possible.iter().map(|value| {
+            let help = value.get_help().map(ToString::to_string);
+            format!(
+                "\n  - `{}`: {}",
+                value.get_name(),
+                sentence(&help.unwrap_or_default())
+            )
+        });
+        return Some(described.collect());
+    }
+    let (lowest, highest) = accepted_range(arg)?;
+    let type_maxima = [
+        i32::MAX.into(),
+        u32::MAX.into(),
+        i64::MAX.into(),
+        u64::MAX.into(),
+    ];
+    Some(if type_maxima.contains(&highest) {
+        format!("a whole number, {lowest} or more")
+    } else {
+        format!("a whole number from {lowest} to {highest}")
+    })
+}
+
+/// The lowest and highest whole numbers `arg` accepts, asked of its own parser (clap keeps a
+/// range to itself): a binary search on each side of its default, assuming, as clap's ranged
+/// parsers ensure, that what it accepts is one interval. `None` for an argument that is not a
+/// number (it accepts a word, or has no numeric default).
+fn accepted_range(arg: &Arg) -> Option<(i128, i128)> {
+    let long = arg.get_long()?;
+    let accepts = |value: &str| {
+        clap::Command::new("probe")
+            .arg(arg.clone())
+            .try_get_matches_from(["probe".to_string(), format!("--{long}={value}")])
+            .is_ok()
+    };
+    let inside: i128 = arg.get_default_values().first()?.to_str()?.parse().ok()?;
+    if accepts("not-a-number") || !accepts(&inside.to_string()) {
+        return None;
+    }
+    let accepts_number = |value: i128| accepts(&value.to_string());
+    // Beyond every 64-bit integer: rejected by any integer parser.
+    let outside = i128::from(u64::MAX) + 1;
+    Some((
+        boundary(inside, -outside, accepts_number),
+        boundary(inside, outside, accepts_number),
+    ))
+}
+
+/// The accepted end of the boundary between `accepted` and `rejected`.
+fn boundary(mut accepted: i128, mut rejected: i128, accepts: impl Fn(i128) -> bool) -> i128 {
+    while (rejected - accepted).abs() > 1 {
+        let middle = accepted + (rejected - accepted) / 2;
+        if accepts(middle) {
+            accepted = middle;
+        } else {
+            rejected = middle;
+        }
+    }
+    accepted
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -709,37 +969,145 @@ mod tests {
         }
     }
 
-    /// Every setting of the worker reaches the child `serve` starts, with its value: each flag
-    /// gets a value of its own, and the child's environment must carry exactly those.
-    #[test]
-    fn a_supervised_worker_gets_every_setting_serve_parsed() {
-        use clap::{CommandFactory, Parser};
+    /// `transferd worker`'s settings as parsed from `args` (the first is the program's name).
+    fn try_parse_worker(args: &[&str]) -> Result<WorkerOnly, clap::Error> {
+        use clap::Parser;
 
         #[derive(Parser)]
         struct Line {
             #[command(flatten)]
             settings: WorkerOnly,
         }
+        Line::try_parse_from(args).map(|line| line.settings)
+    }
+
+    fn parse_worker(args: &[&str]) -> WorkerOnly {
+        try_parse_worker(args).expect("every flag parses")
+    }
+
+    /// Every setting of the worker reaches the child `serve` starts, with its value: each flag
+    /// gets an accepted value of its own, and the child's environment must carry exactly those,
+    /// one variable for each argument with an environment variable.
+    #[test]
+    fn a_supervised_worker_gets_every_setting_serve_parsed() {
+        let command = WorkerOnly::augment_args(clap::Command::new("worker"));
         let mut given = std::collections::BTreeMap::new();
         let mut args = vec!["worker".to_string()];
-        for (index, arg) in Line::command().get_arguments().enumerate() {
+        for (index, arg) in command.get_arguments().enumerate() {
             let (Some(long), Some(env)) = (arg.get_long(), arg.get_env()) else {
                 continue;
             };
-            let value = (100 + index).to_string();
+            let value = match accepted_range(arg) {
+                Some((lowest, _)) => (lowest + 3 * index as i128 + 1).to_string(),
+                None => format!("value-{index}"),
+            };
             args.push(format!("--{long}={value}"));
             given.insert(env.to_string_lossy().into_owned(), value);
         }
-        let parsed = Line::try_parse_from(&args)
-            .expect("every flag parses")
-            .settings;
-        let mut child = parsed.services.child_env();
-        child.extend(parsed.worker.child_env());
-        let child: std::collections::BTreeMap<String, String> = child
-            .into_iter()
-            .map(|(name, value)| (name.to_string(), value))
-            .collect();
+        assert!(given.len() >= 19, "the worker's settings: {given:?}");
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let parsed = parse_worker(&args);
+        let child: std::collections::BTreeMap<String, String> =
+            worker_environment(&parsed.services, &parsed.worker)
+                .expect("every setting has a value")
+                .into_iter()
+                .collect();
         assert_eq!(child, given);
+    }
+
+    /// The defaults too: nothing is left for the child to take from elsewhere.
+    #[test]
+    fn a_supervised_worker_gets_the_defaults_it_was_not_given() {
+        let parsed = parse_worker(&["worker"]);
+        let child = worker_environment(&parsed.services, &parsed.worker).expect("values");
+        let command = WorkerOnly::augment_args(clap::Command::new("worker"));
+        let named = command
+            .get_arguments()
+            .filter(|arg| arg.get_env().is_some());
+        assert_eq!(child.len(), named.count());
+        assert!(child.contains(&("TRANSFERD_SETTLEMENT_BATCH".into(), "1000".into())));
+        assert!(child.contains(&("TRANSFERD_TOPIC_PREFIX".into(), String::new())));
+    }
+
+    /// Messages name a setting by its environment variable, as clap knows it.
+    #[test]
+    fn validation_messages_name_settings_by_their_variable() {
+        assert_eq!(
+            setting!(Services, kafka_timeout_ms),
+            "TRANSFERD_KAFKA_TIMEOUT_MS"
+        );
+        assert_eq!(
+            setting!(Serve, guest_timeout_ms),
+            "TRANSFERD_GUEST_TIMEOUT_MS"
+        );
+        assert_eq!(setting!(Auth, mode), "TRANSFERD_AUTH");
+        assert_eq!(setting!(Token, sub), "--sub");
+        let mut settings = parse_worker(&["worker", "--kafka-timeout-ms=400000"]);
+        let error = settings
+            .worker
+            .validate_with(&settings.services)
+            .unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "TRANSFERD_RECONCILE_MIN_AGE_MS must exceed TRANSFERD_KAFKA_TIMEOUT_MS"
+        );
+        settings.services.topic_prefix = "a/b".to_string();
+        let error = settings.services.validate().unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .starts_with("TRANSFERD_TOPIC_PREFIX may hold only")
+        );
+    }
+
+    /// The ranges validation once checked by hand are clap's now: the same values pass.
+    #[test]
+    fn clap_refuses_values_outside_a_range_and_takes_its_ends() {
+        let worker = |flag: &str| try_parse_worker(&["worker", flag]);
+        for accepted in [
+            "--kafka-timeout-ms=1",
+            "--kafka-timeout-ms=600000",
+            "--linger-ms=0",
+            "--batch-max=10000",
+            "--reconcile-min-age-ms=2592000000",
+            "--idempotency-retention-hours=24",
+        ] {
+            assert!(worker(accepted).is_ok(), "{accepted}");
+        }
+        for refused in [
+            "--kafka-timeout-ms=0",
+            "--kafka-timeout-ms=600001",
+            "--batch-max=0",
+            "--reconcile-min-age-ms=999",
+            "--idempotency-retention-hours=23",
+            "--topic-partitions=1001",
+        ] {
+            assert!(worker(refused).is_err(), "{refused}");
+        }
+    }
+
+    /// The page's ranges are what the parsers accept.
+    #[test]
+    fn the_page_reads_ranges_from_the_parsers() {
+        let command = Serve::augment_args(clap::Command::new("serve"));
+        let range = |id: &str| {
+            let arg = command.get_arguments().find(|arg| arg.get_id() == id);
+            accepted_values(arg.expect("an argument"))
+        };
+        assert_eq!(
+            range("kafka_timeout_ms").as_deref(),
+            Some("a whole number from 1 to 600000")
+        );
+        assert_eq!(
+            range("linger_ms").as_deref(),
+            Some("a whole number from 0 to 10000")
+        );
+        assert_eq!(
+            range("rate_limit_burst").as_deref(),
+            Some("a whole number, 0 or more")
+        );
+        assert_eq!(range("database_url"), None);
+        assert_eq!(range("run_worker").as_deref(), Some("`true`, `false`"));
     }
 
     #[test]

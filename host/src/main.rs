@@ -14,7 +14,7 @@ use transferd::{admin_client, auth, config, server, settlement, stores};
 
 /// mimalloc instead of glibc's malloc: under load, glibc's malloc, free and their arena work
 /// (tasks and buffers freed on another thread than the one that allocated them, aligned task
-/// cells) took a fifth of serve's CPU (perf, 64 connections).
+/// cells) took a large share of serve's CPU.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -125,18 +125,16 @@ async fn run(command: Command) -> anyhow::Result<()> {
     }
 }
 
-/// Log lines to stdout: `TRANSFERD_LOG` filters them (default `info`), `TRANSFERD_LOG_FORMAT`
-/// picks `pretty` (one readable line each, the default) or `json` (one object per line, with
-/// the request's `request_id` and `trace_id` as fields of its `span`). Read before the command
-/// line, so even a bad argument is logged in the chosen format.
+/// Log lines to stdout, as `config::LOG_FILTER` and `config::LOG_FORMAT` say. Read before the
+/// command line, so even a bad argument is logged in the chosen format.
 fn init_logging() {
     use tracing_subscriber::Layer;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
 
-    let filter =
-        EnvFilter::try_from_env("TRANSFERD_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let format = std::env::var("TRANSFERD_LOG_FORMAT").unwrap_or_default();
+    let filter = EnvFilter::try_from_env(config::LOG_FILTER.name)
+        .unwrap_or_else(|_| EnvFilter::new(config::LOG_FILTER.default));
+    let format = std::env::var(config::LOG_FORMAT.name).unwrap_or_default();
     let lines = match format.as_str() {
         "json" => tracing_subscriber::fmt::layer()
             .json()
@@ -160,7 +158,8 @@ fn init_logging() {
     if !matches!(format.as_str(), "" | "json" | "pretty") {
         tracing::warn!(
             format,
-            "TRANSFERD_LOG_FORMAT must be pretty or json; logging pretty"
+            "{} must be pretty or json; logging pretty",
+            config::LOG_FORMAT.name
         );
     }
 }
@@ -234,4 +233,36 @@ fn log_panics() {
         );
         default_hook(info);
     }));
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+    use transferd::config;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    /// docs/configuration.md is what the command line's definitions make of it; with
+    /// TRANSFERD_WRITE_DOCS set, this writes it instead.
+    #[test]
+    fn configuration_page_is_current() {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/configuration.md");
+        let page = config::configuration_page(&Cli::command());
+        if std::env::var_os("TRANSFERD_WRITE_DOCS").is_some() {
+            std::fs::write(&path, &page).expect("writing docs/configuration.md");
+            return;
+        }
+        let committed = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            committed == page,
+            "docs/configuration.md differs from what the code generates; regenerate it with `{}`",
+            config::WRITE_PAGE_COMMAND
+        );
+    }
 }

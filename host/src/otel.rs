@@ -22,7 +22,7 @@ use tracing_subscriber::registry::LookupSpan;
 use crate::trace::TraceContext;
 
 /// The setting that turns export on.
-pub const ENDPOINT_SETTING: &str = "TRANSFERD_OTLP_ENDPOINT";
+pub const ENDPOINT_SETTING: &str = crate::config::OTLP_ENDPOINT.name;
 
 static PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
 

@@ -1,7 +1,7 @@
 //! Durability benchmark: what the broker's SQLite storage costs on the request path compared
 //! with memory storage. For each engine: a private Tansu, an API-only transferd on it, the same
 //! closed-loop load of transfers, and the latency of POST /transfers (which includes waiting
-//! for the broker's acknowledgement). Run with `./scripts/bench-broker.sh`.
+//! for the broker's acknowledgement). Run with `./scripts/bench.sh broker`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -9,7 +9,7 @@
 //! On SQLite it also varies the topic's partitions and the producer's linger: Tansu writes each
 //! produce request (one partition's batch) in a storage transaction of its own, so what a
 //! message costs depends on how many share a request.
-//! Run with `./scripts/bench-broker.sh`; `TRANSFERD_BENCH_SECONDS` sets each run (default 10).
+//! Run with `./scripts/bench.sh broker`; `TRANSFERD_BENCH_SECONDS` sets each run (default 10).
 
 use std::time::{Duration, Instant};
 

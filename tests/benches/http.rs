@@ -8,10 +8,10 @@
 //! barely moves with a shared machine's noise. Beside it, the work each transfer costs, counted
 //! rather than timed (the same on a slow machine as on a fast one): PostgreSQL transactions
 //! that wrote and WAL bytes, Redis commands by name, and context switches (round trips) by
-//! process. Run with `./scripts/bench-http.sh`;
+//! process. Run with `./scripts/bench.sh http`;
 //! `TRANSFERD_BENCH_SECONDS` sets each run's length (10); `TRANSFERD_BENCH_BROKER=memory` runs
 //! the broker on memory storage, to see what its storage costs; `TRANSFERD_BENCH_POST_ONLY=1`
-//! stops after the POST runs (`scripts/bench-ab.sh` alternates two builds that way).
+//! stops after the POST runs (`scripts/bench.sh ab` alternates two builds that way).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -237,7 +237,7 @@ fn run_wrk(script: &Path, connections: u32, url: &str, args: &[&str]) -> anyhow:
         .arg("--")
         .args(args)
         .output()
-        .context("running wrk (scripts/bench-http.sh installs it)")?;
+        .context("running wrk (scripts/bench.sh installs it)")?;
     let text = String::from_utf8_lossy(&output.stdout);
     let Some(line) = text.lines().find_map(|line| line.strip_prefix("RESULT ")) else {
         bail!(

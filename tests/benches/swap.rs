@@ -1,7 +1,7 @@
 //! Hot-swap benchmark: two replicas on one database under a steady load of transfers; each
 //! activation alternates between two guest versions. Prints the time from activation to the
 //! first request served by the new version on every replica, and request latency before and
-//! during swaps. Run with `./scripts/bench-swap.sh`.
+//! during swaps. Run with `./scripts/bench.sh swap`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

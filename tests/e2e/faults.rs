@@ -8,7 +8,7 @@
 //! It stops PostgreSQL and Redis, which every test uses, so it is its own test binary: `cargo
 //! test` runs test binaries one after another, and this one alone. The broker is a private
 //! Tansu with SQLite storage (what `scripts/run.sh` runs), SIGKILLed and started again.
-//! `scripts/faults.sh` runs only this test.
+//! `scripts/test.sh --faults` runs only this test.
 
 use std::time::{Duration, Instant};
 

@@ -1,6 +1,6 @@
 //! The soak: a long run of transfers while the settlement worker and the broker are each
 //! killed several times, then the same checks as the fault test. Not in the test command
-//! (ignored); `scripts/soak.sh` runs it. Settings from the environment:
+//! (ignored); `scripts/test.sh --soak` runs it. Settings from the environment:
 //!
 //! - `SOAK_REQUESTS` (default 52,000): transfers posted in all;
 //! - `SOAK_KILLS` (default 3): times the worker, and separately the broker, are killed;
@@ -29,7 +29,7 @@ fn setting(name: &str, default: u64) -> anyhow::Result<u64> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "a long soak: scripts/soak.sh runs it"]
+#[ignore = "a long soak: scripts/test.sh --soak runs it"]
 async fn soak_with_worker_and_broker_kills() -> anyhow::Result<()> {
     let requests = setting("SOAK_REQUESTS", 52_000)?;
     let kills = setting("SOAK_KILLS", 3)?;

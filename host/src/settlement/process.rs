@@ -22,7 +22,7 @@ use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::config::{Services, Worker};
+use crate::config::{self, ChildEnvError, Services, Worker};
 use crate::metrics::WORKER_RESTARTS;
 use crate::metrics_relay;
 use crate::shutdown::Stop;
@@ -36,12 +36,22 @@ const STABLE_RUN: Duration = Duration::from_secs(60);
 /// Runs the worker process until `stop`, starting it again each time it dies. The task ends
 /// once a stopped child has exited; the caller bounds that wait by its drain time.
 pub fn supervise(services: &Services, worker: &Worker, stop: Stop) -> JoinHandle<()> {
-    let mut environment = services.child_env();
-    environment.extend(worker.child_env());
+    let environment = config::worker_environment(services, worker);
     tokio::spawn(supervise_loop(environment, stop))
 }
 
-async fn supervise_loop(environment: Vec<(&'static str, String)>, mut stop: Stop) {
+/// Why a child could not be started.
+#[derive(Debug, thiserror::Error)]
+enum StartError {
+    #[error(transparent)]
+    Settings(#[from] ChildEnvError),
+    #[error(transparent)]
+    Spawn(#[from] std::io::Error),
+}
+
+/// An environment that could not be built is reported at each attempt, as a failed start is:
+/// the unit tests of `config::worker_environment` keep it from happening.
+async fn supervise_loop(environment: Result<Vec<(String, String)>, ChildEnvError>, mut stop: Stop) {
     let mut delay = FIRST_RESTART_DELAY;
     loop {
         let started = Instant::now();
@@ -84,9 +94,10 @@ enum Run {
 }
 
 async fn run_child(
-    environment: &[(&'static str, String)],
+    environment: &Result<Vec<(String, String)>, ChildEnvError>,
     stop: &mut Stop,
-) -> std::io::Result<Run> {
+) -> Result<Run, StartError> {
+    let environment = environment.as_ref().map_err(Clone::clone)?;
     let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
     let mut child = tokio::process::Command::new(own_executable())
         .args(["worker", "--supervised"])
