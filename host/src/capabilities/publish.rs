@@ -10,6 +10,7 @@
 use std::sync::Arc;
 
 use transferd_guest::logic::Outgoing;
+use uuid::Uuid;
 
 use crate::capabilities::backend::Backend;
 use crate::capabilities::hold_ahead::{self, Taken};
@@ -39,7 +40,7 @@ impl publish::Host for RequestState {
         // Boxed first: the future is about 5 KB, and spawning copies what it is given.
         let delivery = tokio::spawn(Box::pin(deliver(
             Arc::clone(&self.stores),
-            self.expected.transaction_id.clone(),
+            self.expected.transaction_id,
             outgoing,
             amount_minor,
             taken,
@@ -94,7 +95,7 @@ impl RequestState {
 #[allow(clippy::too_many_arguments)] // one per thing the delivery task owns
 pub async fn deliver<B: Backend>(
     backend: Arc<B>,
-    transaction_id: String,
+    transaction_id: Uuid,
     outgoing: Outgoing,
     amount_minor: i64,
     taken: Taken,
@@ -106,21 +107,21 @@ pub async fn deliver<B: Backend>(
     if !idempotency::may_act(lease.as_ref()).await {
         // A retry holds the key (or it cannot be told): the retry publishes, not this.
         let reason = "the request's idempotency key is no longer its own; nothing was sent";
-        tracing::warn!(transaction_id, "{reason}");
+        tracing::warn!(%transaction_id, "{reason}");
         publication.set(refused(reason.into()));
         return Err(PublishError::Unavailable(reason.into()));
     }
     let kept = match taken {
-        Taken::No => keep(&*backend, &transaction_id, &outgoing, amount_minor).await,
+        Taken::No => keep(&*backend, transaction_id, &outgoing, amount_minor).await,
         Taken::AsRecorded => Ok(()),
         Taken::OtherRecord => {
             // The hold stands either way; a record that could not be replaced still names
             // this transfer (the standard rules' message for its request).
             if let Err(error) = backend
-                .replace_pending(&transaction_id, &outgoing.payload)
+                .replace_pending(transaction_id, &outgoing.payload)
                 .await
             {
-                tracing::warn!(%error, transaction_id, "could not replace the pending record of a hold taken ahead");
+                tracing::warn!(%error, %transaction_id, "could not replace the pending record of a hold taken ahead");
             }
             Ok(())
         }
@@ -138,7 +139,8 @@ pub async fn deliver<B: Backend>(
         .as_ref()
         .map(TraceContext::kafka_headers)
         .unwrap_or_default();
-    let mut headers = vec![("transaction_id", transaction_id.as_str())];
+    let id_text = transaction_id.to_string();
+    let mut headers = vec![("transaction_id", id_text.as_str())];
     headers.extend(traced.iter().map(|(name, value)| (*name, value.as_str())));
     let produced = backend
         .produce(&outgoing.topic, &outgoing.key, &outgoing.payload, &headers)
@@ -147,7 +149,7 @@ pub async fn deliver<B: Backend>(
         Ok(acknowledged) => {
             crate::crash::point("after-produce");
             tracing::debug!(
-                transaction_id,
+                %transaction_id,
                 partition = acknowledged.partition,
                 offset = acknowledged.offset,
                 "published"
@@ -157,7 +159,7 @@ pub async fn deliver<B: Backend>(
         }
         Err(error) if error.in_doubt() => {
             // The message may be in the log: the hold stays until the log or the ledger says.
-            tracing::warn!(%error, transaction_id, "publish in doubt; keeping the hold");
+            tracing::warn!(%error, %transaction_id, "publish in doubt; keeping the hold");
             metrics::counter!(crate::metrics::PUBLISHES_IN_DOUBT).increment(1);
             publication.set(Publication::InDoubt {
                 reason: error.to_string(),
@@ -166,11 +168,11 @@ pub async fn deliver<B: Backend>(
         }
         Err(error) => {
             if idempotency::may_act(lease.as_ref()).await {
-                tracing::warn!(%error, transaction_id, "publish refused; releasing the hold");
-                release(&*backend, &transaction_id, &outgoing).await;
+                tracing::warn!(%error, %transaction_id, "publish refused; releasing the hold");
+                release(&*backend, transaction_id, &outgoing).await;
             } else {
                 // The hold may be the retry's now; it keeps it (or the reconciler releases it).
-                tracing::warn!(%error, transaction_id, "publish refused; the hold is left to the retry that holds the key");
+                tracing::warn!(%error, %transaction_id, "publish refused; the hold is left to the retry that holds the key");
             }
             publication.set(refused(error.to_string()));
             Err(PublishError::Unavailable(error.to_string()))
@@ -182,7 +184,7 @@ pub async fn deliver<B: Backend>(
 /// transfer is not accepted.
 async fn keep<B: Backend>(
     backend: &B,
-    transaction_id: &str,
+    transaction_id: Uuid,
     outgoing: &Outgoing,
     amount_minor: i64,
 ) -> Result<(), PublishError> {
@@ -223,7 +225,7 @@ async fn keep<B: Backend>(
             Err(PublishError::Unavailable(HOLDS_UNTRUSTED.into()))
         }
         Err(error) => {
-            tracing::warn!(%error, transaction_id, "cannot reserve a hold; not accepted");
+            tracing::warn!(%error, %transaction_id, "cannot reserve a hold; not accepted");
             refused_hold("redis_unavailable");
             Err(PublishError::Unavailable(format!(
                 "cannot hold the amount ({error}); not accepted, retry"
@@ -242,7 +244,7 @@ fn refused_hold(reason: &'static str) {
 }
 
 /// Undoes [`keep`] for a message certainly not in the log.
-async fn release<B: Backend>(backend: &B, transaction_id: &str, outgoing: &Outgoing) {
+async fn release<B: Backend>(backend: &B, transaction_id: Uuid, outgoing: &Outgoing) {
     let released = match &outgoing.hold {
         Some(hold) => backend
             .release_hold(transaction_id, hold.account_id, &hold.currency)
@@ -253,6 +255,6 @@ async fn release<B: Backend>(backend: &B, transaction_id: &str, outgoing: &Outgo
     if let Err(error) = released {
         // The hold stays until the reconciler releases it; it only makes the account look
         // poorer, never richer.
-        tracing::error!(%error, transaction_id, "could not release the hold of a refused publish");
+        tracing::error!(%error, %transaction_id, "could not release the hold of a refused publish");
     }
 }

@@ -5,9 +5,7 @@ use chrono::SecondsFormat;
 use http::StatusCode;
 
 use crate::http::App;
-use crate::http::api::{
-    QuarantineList, QuarantineRetried, QuarantinedMessage, Success, TransferStatus,
-};
+use crate::http::api::{QuarantineList, QuarantineRetried, QuarantinedMessage, Success};
 use crate::http::error::{ApiError, Invalid, Reply, json_response};
 use crate::settlement::ledger::RetryError;
 use crate::settlement::quarantine::{self, Entry};
@@ -70,15 +68,13 @@ pub async fn retry(app: &App, partition: &str, offset: &str) -> Result<Reply, Ap
             } => ApiError::Conflict(error.to_string()),
             RedriveError::Refused { .. } => ApiError::Unprocessable(error.to_string()),
         })?;
-    let outcome_status = TransferStatus::from_stored(outcome.status())
-        .ok_or_else(|| ApiError::Internal("an outcome without a status".into()))?;
     Ok(json_response(
         StatusCode::OK,
         &QuarantineRetried {
             status: Success::Success,
             transaction_id: transfer.transaction_id,
-            outcome: outcome_status,
-            reason: outcome.reason().map(str::to_string),
+            outcome: outcome.status(),
+            reason: outcome.reason(),
         },
     ))
 }

@@ -25,7 +25,9 @@ use crate::capabilities::guard::Expected;
 use crate::guest::runtime::{Guest, GuestFailure};
 use crate::guest::shadow;
 use crate::guest::verdict::{Answer, verdict};
-use crate::http::api::{Success, TransferAccepted, TransferKind, TransferStatus, TransferView};
+use crate::http::api::{
+    Reason, Success, TransferAccepted, TransferKind, TransferStatus, TransferView,
+};
 use crate::http::body::read_json_body;
 use crate::http::error::{ApiError, Invalid, Reply, json_response};
 use crate::http::idempotency::{self, HeldKey, Start};
@@ -128,7 +130,13 @@ async fn decide(
             &decided.answers,
         );
     }
-    let (answer, violation) = verdict(&Expected::of(&context, &request), &decided);
+    let (answer, violation) = match Expected::of(&context, &request) {
+        Ok(expected) => verdict(&expected, &decided),
+        Err(broken) => (
+            Answer::Failed(GuestFailure::Violation(broken.clone())),
+            Some(broken),
+        ),
+    };
     let version = guest.version();
     let context_id = transaction_id;
     let transaction_id = context.transaction_id.as_str();
@@ -319,9 +327,9 @@ fn settled_view(record: &TransferRecord) -> Result<TransferView, ApiError> {
     let exponent = currency_exponent(&record.currency).ok_or_else(|| unreadable("currency"))?;
     Ok(TransferView {
         transaction_id: record.transaction_id,
-        kind: TransferKind::from_stored(&record.kind).ok_or_else(|| unreadable("kind"))?,
-        status: TransferStatus::from_stored(&record.status).ok_or_else(|| unreadable("status"))?,
-        reason: record.reason.clone(),
+        kind: record.kind,
+        status: record.status,
+        reason: record.reason,
         sender_id: record.sender_id,
         receiver_id: record.receiver_id,
         amount: format_minor(record.amount_minor, exponent),
@@ -352,7 +360,7 @@ fn quarantined_view(id: uuid::Uuid, entry: &quarantine::Entry) -> Option<Transfe
         transaction_id: id,
         kind: TransferKind::Transfer,
         status: TransferStatus::Rejected,
-        reason: Some(quarantine::UNPROCESSABLE.to_string()),
+        reason: Some(Reason::Unprocessable),
         sender_id: entry.sender_id?,
         receiver_id: entry.receiver_id?,
         amount: format_minor(amount_minor, exponent),

@@ -35,6 +35,7 @@ use crate::stores::kafka::{
 };
 use crate::stores::log_position::partitions;
 use crate::stores::redis::{SettledBalance, SettledHold};
+use crate::stores::transfer_state::Reason;
 use crate::trace::{REQUEST_ID_KAFKA_HEADER, TRACEPARENT_HEADER, TraceContext};
 use decide::Transfer;
 use ledger::{Advance, Offsets, SettleError, SettledBatch, Settlements};
@@ -624,7 +625,7 @@ fn count_settled(messages: &[Transfer], settled: &SettledBatch) {
             continue;
         }
         *newly_by_status
-            .entry(transfer.outcome.status())
+            .entry(transfer.outcome.status().as_str())
             .or_default() += 1;
         let trace = message.trace.as_ref();
         // A span of its own only when exported: it joins the accepting request's trace.
@@ -639,8 +640,8 @@ fn count_settled(messages: &[Transfer], settled: &SettledBatch) {
         span.in_scope(|| {
             tracing::info!(
                 transaction_id = %message.transaction_id,
-                status = transfer.outcome.status(),
-                reason = transfer.outcome.reason(),
+                status = transfer.outcome.status().as_str(),
+                reason = transfer.outcome.reason().map(Reason::as_str),
                 request_id = trace.map(|t| t.request_id.as_str()),
                 trace_id = trace.map(TraceContext::trace_id_hex),
                 "settled"
@@ -881,8 +882,8 @@ fn event_messages(messages: &[Transfer], settled: &SettledBatch) -> Vec<(String,
             );
             TransferEvent {
                 transaction_id: message.transaction_id,
-                status: outcome.outcome.status(),
-                reason: outcome.outcome.reason(),
+                status: outcome.outcome.status().as_str(),
+                reason: outcome.outcome.reason().map(Reason::as_str),
                 sender_id: message.sender_id,
                 receiver_id: message.receiver_id,
                 amount_minor: message.amount_minor,
@@ -926,7 +927,7 @@ async fn emit_events(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use decide::{Outcome, Reason};
+    use decide::Outcome;
     use ledger::SettledTransfer;
 
     fn settled(count: usize, trace: Option<TraceContext>) -> (Vec<Transfer>, SettledBatch) {
