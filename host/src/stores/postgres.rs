@@ -83,14 +83,13 @@ impl From<sqlx::Error> for LedgerError {
 /// lookups and writes, many of them joins of a table on a request's arrays (`UNNEST`), and
 /// PostgreSQL caches a prepared statement's plan for the life of the connection. A plan made
 /// while a table was small hashes the whole table, and goes on scanning all of it for every
-/// batch once the table is large, until an ANALYZE replaces it, which without autovacuum (as
-/// on the development machine) is never: settlement's check for ids already applied took
-/// 3.2 ms a batch against 0.2 ms within one 20,000-transfer benchmark, and 12 ms once the
-/// table held 50,000 rows. With sequential scans, hash and merge joins priced out, the
-/// planner takes index lookups whatever the statistics say; it still scans where no index
-/// can serve. JIT compilation is off with them: the price put on a scan makes such a plan look
-/// costly enough to compile (100 ms to read eight migration rows), and no statement of an
-/// OLTP service gains from it.
+/// batch once the table is large, until an ANALYZE replaces it, which without autovacuum is
+/// never: settlement's check for ids already applied grows with the table instead of staying
+/// a few index lookups. With sequential scans, hash and merge joins priced out, the planner
+/// takes index lookups whatever the statistics say; it still scans where no index can serve.
+/// JIT compilation is off with them: the price put on a scan makes such a plan look costly
+/// enough to compile, which then costs more than the statement, and no statement of an OLTP
+/// service gains from it.
 fn keyed_plans_only(options: PgConnectOptions) -> PgConnectOptions {
     options.options([
         ("enable_seqscan", "off"),
@@ -154,9 +153,7 @@ impl Ledger {
     /// ping is kept only for a connection idle longer than [`PING_IF_IDLE_FOR`]: one used or
     /// pinged more recently reached a live server then; a server restarted within that time
     /// fails a statement on it, never gives a wrong answer, and reads ask again
-    /// ([`again_if_lost`]). Under load this
-    /// saves a round trip per statement (the benchmark's PostgreSQL context switches per
-    /// transfer: 12.3 with the ping, 10.2 without).
+    /// ([`again_if_lost`]). Under load this saves a round trip per statement.
     pub async fn connect(services: &Services) -> Result<Ledger, LedgerError> {
         let pool = PgPoolOptions::new()
             .max_connections(services.database_connections)
