@@ -230,7 +230,7 @@ pub fn parse_amount(text: &str, exponent: u32, max_minor: i64) -> Result<i64, Am
         return Err(AmountError::TooLarge);
     }
     for _ in 0..shift {
-        // The loop stops as soon as the maximum is passed, so it runs at most ~20 times.
+        // It stops as soon as the maximum is passed: at most once per digit of `i64::MAX`.
         minor *= 10;
         if minor > max_minor as u128 {
             return Err(AmountError::TooLarge);
@@ -294,82 +294,65 @@ impl Decimal {
         if text.is_empty() || text.len() > MAX_AMOUNT_TEXT_LEN {
             return Err(AmountError::NotDecimal);
         }
-        let bytes = text.as_bytes();
-        let mut position = 0;
-        let negative = match bytes[0] {
-            b'-' => {
-                position += 1;
-                true
-            }
-            _ => false,
+        let mut cursor = Cursor::new(text);
+        let negative = cursor.eat(b'-');
+        let integer_digits = cursor.digits();
+        let fraction_digits = if cursor.eat(b'.') {
+            cursor.some_digits()?
+        } else {
+            ""
         };
-        let integer_start = position;
-        while position < bytes.len() && bytes[position].is_ascii_digit() {
-            position += 1;
-        }
-        let integer_digits = &text[integer_start..position];
-        let mut fraction_digits = "";
-        if position < bytes.len() && bytes[position] == b'.' {
-            position += 1;
-            let fraction_start = position;
-            while position < bytes.len() && bytes[position].is_ascii_digit() {
-                position += 1;
-            }
-            fraction_digits = &text[fraction_start..position];
-            if fraction_digits.is_empty() {
-                return Err(AmountError::NotDecimal);
-            }
-        }
         if integer_digits.is_empty() {
             return Err(AmountError::NotDecimal);
         }
-        let mut exponent: i64 = 0;
-        if position < bytes.len() && (bytes[position] == b'e' || bytes[position] == b'E') {
-            position += 1;
-            let exponent_negative = match bytes.get(position) {
-                Some(b'-') => {
-                    position += 1;
-                    true
-                }
-                Some(b'+') => {
-                    position += 1;
-                    false
-                }
-                _ => false,
-            };
-            let exponent_start = position;
-            while position < bytes.len() && bytes[position].is_ascii_digit() {
-                position += 1;
-            }
-            let exponent_digits = &text[exponent_start..position];
-            if exponent_digits.is_empty() {
-                return Err(AmountError::NotDecimal);
-            }
-            // Leading zeros do not change it ("1e002" is 100); more than four digits after
-            // them is beyond the maximum, and would not fit the parse below.
-            let exponent_digits = match exponent_digits.trim_start_matches('0') {
-                "" => "0",
-                significant => significant,
-            };
-            if exponent_digits.len() > 4 {
-                return Err(AmountError::NotDecimal);
-            }
-            let magnitude: i64 = exponent_digits
-                .parse()
-                .map_err(|_| AmountError::NotDecimal)?;
-            if magnitude > Self::MAX_ABS_EXPONENT {
-                return Err(AmountError::NotDecimal);
-            }
-            exponent = if exponent_negative {
-                -magnitude
-            } else {
-                magnitude
-            };
-        }
-        if position != bytes.len() {
+        let exponent = if cursor.eat(b'e') || cursor.eat(b'E') {
+            Self::parse_exponent(&mut cursor)?
+        } else {
+            0
+        };
+        if !cursor.at_end() {
             return Err(AmountError::NotDecimal);
         }
+        Ok(Self::from_parts(
+            negative,
+            integer_digits,
+            fraction_digits,
+            exponent,
+        ))
+    }
 
+    /// Reads the exponent after its `e`: an optional sign, then digits whose value is at most
+    /// [`Decimal::MAX_ABS_EXPONENT`].
+    fn parse_exponent(cursor: &mut Cursor<'_>) -> Result<i64, AmountError> {
+        let negative = cursor.eat(b'-');
+        if !negative {
+            cursor.eat(b'+');
+        }
+        let digits = cursor.some_digits()?;
+        // Leading zeros do not change it ("1e002" is 100); more than four digits after
+        // them is beyond the maximum, and would not fit the parse below.
+        let digits = match digits.trim_start_matches('0') {
+            "" => "0",
+            significant => significant,
+        };
+        if digits.len() > 4 {
+            return Err(AmountError::NotDecimal);
+        }
+        let magnitude: i64 = digits.parse().map_err(|_| AmountError::NotDecimal)?;
+        if magnitude > Self::MAX_ABS_EXPONENT {
+            return Err(AmountError::NotDecimal);
+        }
+        Ok(if negative { -magnitude } else { magnitude })
+    }
+
+    /// The value of well-formed parts: the significant digits of `integer_digits` and
+    /// `fraction_digits` together, scaled by the point's place and `exponent`.
+    fn from_parts(
+        negative: bool,
+        integer_digits: &str,
+        fraction_digits: &str,
+        exponent: i64,
+    ) -> Decimal {
         let all_digits = integer_digits.bytes().chain(fraction_digits.bytes());
         let significant: Vec<u8> = all_digits.skip_while(|digit| *digit == b'0').collect();
         let trailing_zeros = significant.iter().rev().take_while(|d| **d == b'0').count();
@@ -383,15 +366,58 @@ impl Decimal {
         // value = kept × 10^(trailing_zeros − fraction_len + exponent)
         let fraction_len = fraction_digits.len() as i64;
         let fraction_digits_total = fraction_len - trailing_zeros as i64 - exponent;
-        Ok(Decimal {
+        Decimal {
             negative,
             significand,
             fraction_digits: fraction_digits_total,
-        })
+        }
     }
 
     fn is_zero(&self) -> bool {
         self.significand == Some(0)
+    }
+}
+
+/// Amount text read left to right, one ASCII byte at a time.
+struct Cursor<'a> {
+    text: &'a str,
+    position: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn new(text: &'a str) -> Cursor<'a> {
+        Cursor { text, position: 0 }
+    }
+
+    /// Steps over `byte` if it comes next; whether it did.
+    fn eat(&mut self, byte: u8) -> bool {
+        let next = self.text.as_bytes().get(self.position) == Some(&byte);
+        if next {
+            self.position += 1;
+        }
+        next
+    }
+
+    /// The ASCII digits from here on, possibly none.
+    fn digits(&mut self) -> &'a str {
+        let start = self.position;
+        let bytes = self.text.as_bytes();
+        while self.position < bytes.len() && bytes[self.position].is_ascii_digit() {
+            self.position += 1;
+        }
+        &self.text[start..self.position]
+    }
+
+    /// The ASCII digits from here on, of which there must be at least one.
+    fn some_digits(&mut self) -> Result<&'a str, AmountError> {
+        match self.digits() {
+            "" => Err(AmountError::NotDecimal),
+            digits => Ok(digits),
+        }
+    }
+
+    fn at_end(&self) -> bool {
+        self.position == self.text.len()
     }
 }
 

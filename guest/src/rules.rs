@@ -91,6 +91,32 @@ pub fn validate_with(
     request: &TransferRequest,
 ) -> Result<ValidTransfer, Vec<FieldError>> {
     let mut errors = Vec::new();
+    check_ids(request, &mut errors);
+    let money = check_money(limits, request, &mut errors);
+    if let Some(description) = &request.description {
+        check_description(limits, description, &mut errors);
+    }
+    match (errors.is_empty(), money) {
+        (true, Some((amount_minor, exponent))) => Ok(ValidTransfer {
+            sender_id: request.sender_id,
+            receiver_id: request.receiver_id,
+            amount_minor,
+            exponent,
+            currency: request.currency.clone(),
+            description: request.description.clone(),
+        }),
+        _ => {
+            assert!(
+                !errors.is_empty(),
+                "an invalid request names at least one broken rule"
+            );
+            Err(errors)
+        }
+    }
+}
+
+/// The sender and receiver: positive ids, and two different accounts.
+fn check_ids(request: &TransferRequest, errors: &mut Vec<FieldError>) {
     if request.sender_id <= 0 {
         errors.push(FieldError::new(
             "sender_id",
@@ -111,7 +137,15 @@ pub fn validate_with(
             "receiver_id must differ from sender_id".into(),
         ));
     }
+}
 
+/// The amount, then the currency; the amount in minor units and the currency's exponent when
+/// both hold. Without a known currency the amount's shape and sign are still judged.
+fn check_money(
+    limits: &Limits,
+    request: &TransferRequest,
+    errors: &mut Vec<FieldError>,
+) -> Option<(i64, u32)> {
     let exponent = money::currency_exponent(&request.currency);
     let amount = match exponent {
         Some(exponent) => {
@@ -137,45 +171,29 @@ pub fn validate_with(
             ),
         ));
     }
+    amount_minor.zip(exponent)
+}
 
-    if let Some(description) = &request.description {
-        let length = description.chars().count();
-        let max_chars = limits.max_description_chars;
-        if length > max_chars {
-            errors.push(FieldError::new(
-                "description",
-                "string_too_long",
-                format!("description must be at most {max_chars} characters, not {length}"),
-            ));
-        }
-        // The ledger cannot store NUL, and a line break or escape sequence in a description
-        // would let a caller forge lines in whatever prints it.
-        if !transferd_message::printable(description) {
-            errors.push(FieldError::new(
-                "description",
-                "string_pattern_mismatch",
-                "description must not contain control characters (U+0000 to U+001F, U+007F)"
-                    .to_string(),
-            ));
-        }
+/// The description: not too long, and nothing in it that could forge a line.
+fn check_description(limits: &Limits, description: &str, errors: &mut Vec<FieldError>) {
+    let length = description.chars().count();
+    let max_chars = limits.max_description_chars;
+    if length > max_chars {
+        errors.push(FieldError::new(
+            "description",
+            "string_too_long",
+            format!("description must be at most {max_chars} characters, not {length}"),
+        ));
     }
-
-    match (errors.is_empty(), amount_minor, exponent) {
-        (true, Some(amount_minor), Some(exponent)) => Ok(ValidTransfer {
-            sender_id: request.sender_id,
-            receiver_id: request.receiver_id,
-            amount_minor,
-            exponent,
-            currency: request.currency.clone(),
-            description: request.description.clone(),
-        }),
-        _ => {
-            assert!(
-                !errors.is_empty(),
-                "an invalid request names at least one broken rule"
-            );
-            Err(errors)
-        }
+    // The ledger cannot store NUL, and a line break or escape sequence in a description
+    // would let a caller forge lines in whatever prints it.
+    if !transferd_message::printable(description) {
+        errors.push(FieldError::new(
+            "description",
+            "string_pattern_mismatch",
+            "description must not contain control characters (U+0000 to U+001F, U+007F)"
+                .to_string(),
+        ));
     }
 }
 
@@ -259,7 +277,7 @@ mod tests {
     }
 
     #[test]
-    fn every_rule_names_its_field() {
+    fn every_amount_and_currency_rule_names_its_field() {
         assert_eq!(
             codes(&request("0", "USD")),
             vec![pair("amount", "greater_than")]
@@ -309,7 +327,10 @@ mod tests {
                 pair("currency", "unknown_currency")
             ]
         );
+    }
 
+    #[test]
+    fn every_id_and_description_rule_names_its_field() {
         let mut same = request("10", "USD");
         same.receiver_id = same.sender_id;
         assert_eq!(codes(&same), vec![pair("receiver_id", "same_account")]);

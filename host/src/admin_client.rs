@@ -50,61 +50,43 @@ pub enum GuestCommand {
 
 /// Sends the command's request and prints the answer; fails on any non-2xx status.
 pub async fn run(cli: GuestCli) -> anyhow::Result<()> {
-    let (method, path, body, note) = match &cli.command {
-        GuestCommand::Upload { file, note } => {
-            let bytes =
-                std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
-            ("PUT", "/admin/guest".to_string(), bytes, note.clone())
-        }
-        GuestCommand::Activate { version } => (
-            "POST",
-            format!("/admin/guest/{version}/activate"),
-            Vec::new(),
-            None,
-        ),
-        GuestCommand::Rollback => (
-            "POST",
-            "/admin/guest/rollback".to_string(),
-            Vec::new(),
-            None,
-        ),
-        GuestCommand::Canary { version, percent } => (
-            "POST",
-            format!("/admin/guest/{version}/canary"),
-            serde_json::to_vec(&serde_json::json!({"percent": percent}))?,
-            None,
-        ),
-        GuestCommand::Shadow { version } => (
-            "POST",
-            format!("/admin/guest/{version}/shadow"),
-            Vec::new(),
-            None,
-        ),
-        GuestCommand::EndCandidate => (
-            "DELETE",
-            "/admin/guest/candidate".to_string(),
-            Vec::new(),
-            None,
-        ),
-        GuestCommand::Status => ("GET", "/admin/guest".to_string(), Vec::new(), None),
-    };
-    let content_type = if matches!(cli.command, GuestCommand::Upload { .. }) {
-        "application/wasm"
-    } else {
-        "application/json"
-    };
-    send(
-        &cli.url,
-        &cli.admin_token,
-        Call {
-            method,
-            path,
-            body,
-            content_type,
-            note,
-        },
-    )
-    .await
+    let call = cli.command.call()?;
+    send(&cli.url, &cli.admin_token, call).await
+}
+
+impl GuestCommand {
+    /// The admin API request that carries out the command.
+    fn call(&self) -> anyhow::Result<Call> {
+        let (method, path) = match self {
+            GuestCommand::Upload { file, note } => {
+                let bytes =
+                    std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+                return Ok(Call {
+                    method: "PUT",
+                    path: "/admin/guest".to_string(),
+                    body: bytes,
+                    content_type: "application/wasm",
+                    note: note.clone(),
+                });
+            }
+            GuestCommand::Canary { version, percent } => {
+                let body = serde_json::to_vec(&serde_json::json!({"percent": percent}))?;
+                return Ok(Call::json(
+                    "POST",
+                    format!("/admin/guest/{version}/canary"),
+                    body,
+                ));
+            }
+            GuestCommand::Activate { version } => {
+                ("POST", format!("/admin/guest/{version}/activate"))
+            }
+            GuestCommand::Rollback => ("POST", "/admin/guest/rollback".to_string()),
+            GuestCommand::Shadow { version } => ("POST", format!("/admin/guest/{version}/shadow")),
+            GuestCommand::EndCandidate => ("DELETE", "/admin/guest/candidate".to_string()),
+            GuestCommand::Status => ("GET", "/admin/guest".to_string()),
+        };
+        Ok(Call::json(method, path, Vec::new()))
+    }
 }
 
 #[derive(Debug, Args)]
@@ -143,14 +125,12 @@ pub async fn run_quarantine(cli: QuarantineCli) -> anyhow::Result<()> {
             )
         }
     };
-    let call = Call {
-        method,
-        path,
-        body: Vec::new(),
-        content_type: "application/json",
-        note: None,
-    };
-    send(&cli.url, &cli.admin_token, call).await
+    send(
+        &cli.url,
+        &cli.admin_token,
+        Call::json(method, path, Vec::new()),
+    )
+    .await
 }
 
 /// One request to the admin API.
@@ -160,6 +140,19 @@ struct Call {
     body: Vec<u8>,
     content_type: &'static str,
     note: Option<String>,
+}
+
+impl Call {
+    /// A request with a JSON body (or none) and no note.
+    fn json(method: &'static str, path: String, body: Vec<u8>) -> Call {
+        Call {
+            method,
+            path,
+            body,
+            content_type: "application/json",
+            note: None,
+        }
+    }
 }
 
 async fn send(url: &str, admin_token: &str, call: Call) -> anyhow::Result<()> {

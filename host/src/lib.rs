@@ -12,6 +12,7 @@ pub mod http;
 pub mod metrics;
 pub mod metrics_relay;
 pub mod otel;
+pub mod server;
 pub mod settlement;
 pub mod shutdown;
 pub mod stores;

@@ -10,7 +10,7 @@ use tracing_subscriber::EnvFilter;
 
 use transferd::shutdown::{self, Signals};
 use transferd::stores::Stores;
-use transferd::{admin_client, auth, config, http, settlement, stores};
+use transferd::{admin_client, auth, config, server, settlement, stores};
 
 /// mimalloc instead of glibc's malloc: under load, glibc's malloc, free and their arena work
 /// (tasks and buffers freed on another thread than the one that allocated them, aligned task
@@ -85,7 +85,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Serve(settings) => {
             let signals = Signals::register()?;
             settings.validate()?;
-            http::serve(*settings, signals).await
+            server::serve(*settings, signals).await
         }
         Command::Worker(command) => {
             let signals = Signals::register()?;

@@ -1,12 +1,12 @@
 //! Removes the databases earlier test runs left behind.
 //!
 //! Every test makes a database of its own and keeps it when it ends, so that a failure can be
-//! looked at. A full run makes about a hundred, 10 to 40 MB each, and a machine that runs the
-//! suite again and again would fill its disk. Each database's name carries its creation time
-//! (`transferd_test_<id>_at<unix seconds>`: in the name, so no sweep can see a database before
-//! its time is known); the first namespace a test process makes drops every test database
-//! older than `STALE_AFTER` that nobody is connected to. A test database whose name has no
-//! time comes from a run before the times and is treated as stale.
+//! looked at, and a machine that runs the suite again and again would fill its disk with them.
+//! Each database's name carries its creation time (`transferd_test_<id>_at<unix seconds>`: in
+//! the name, so no sweep can see a database before its time is known); the first namespace a
+//! test process makes drops every test database older than `STALE_AFTER` that nobody is
+//! connected to. A test database whose name has no time comes from a run before the times and
+//! is treated as stale.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

@@ -6,9 +6,25 @@ use transferd_guest::money::{currency_exponent, format_minor};
 
 use crate::auth::Caller;
 use crate::http::App;
-use crate::http::api::{AccountBalances, Balance};
+use crate::http::api::{AccountBalances, Balance, ErrorBody};
 use crate::http::error::{ApiError, Invalid, Reply, json_response};
+use crate::http::routes::UserRoute;
 
+#[utoipa::path(
+    get, path = UserRoute::Balances.path(), operation_id = "balances", tag = "transfers",
+    summary = "A user's accounts: settled and available balances",
+    description = "Only for that user or an admin; anyone else hears 404.",
+    params(("user_id" = i64, Path, minimum = 1)),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, body = AccountBalances),
+        (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+        (status = 422, description = "Not a positive integer", body = ErrorBody),
+        (status = 429, body = ErrorBody),
+        (status = 503, body = ErrorBody),
+    ),
+)]
 pub async fn balances(app: &App, caller: &Caller, user_id: &str) -> Result<Reply, ApiError> {
     let user_id = match user_id.parse::<i64>() {
         Ok(id) if id > 0 => id,
@@ -24,12 +40,7 @@ pub async fn balances(app: &App, caller: &Caller, user_id: &str) -> Result<Reply
     if !caller.may_see_account(user_id) {
         return Err(none());
     }
-    let accounts = app
-        .stores
-        .ledger
-        .balances(user_id)
-        .await
-        .map_err(|error| ApiError::Unavailable(error.to_string()))?;
+    let accounts = app.stores.ledger.balances(user_id).await?;
     if accounts.is_empty() {
         return Err(none());
     }

@@ -6,19 +6,39 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
 use crate::auth::Admin;
-use crate::guest::registry::{self, CandidateMode, MAX_GUEST_BYTES, RegistryError};
+use crate::guest::registry::{self, CandidateMode, MAX_GUEST_BYTES};
 use crate::http::App;
 use crate::http::api::{
-    CandidateModeName, CandidateSet, GuestActivated, GuestStatus, GuestUploaded, ShadowReport,
+    CanaryShare, CandidateModeName, CandidateSet, ErrorBody, GuestActivated, GuestStatus,
+    GuestUploaded, ShadowReport,
 };
 use crate::http::body::{Fields, read_json_body};
 use crate::http::error::{ApiError, Invalid, Reply, json_response};
+use crate::http::routes::AdminRoute;
 
 /// Longest note kept with an upload (`x-guest-note` header), in characters.
 const MAX_NOTE_CHARS: usize = 500;
 
 /// `PUT /admin/guest` with the component's bytes: compile, check against the world, run the
 /// invariant vectors, store. Nothing is stored when any check fails.
+#[utoipa::path(
+    put, path = AdminRoute::GuestUpload.path(), operation_id = "guest_upload", tag = "admin",
+    summary = "Upload a guest component (checked, stored, not yet serving)",
+    description = "The body is the component's bytes (`application/wasm`, or any type), at most 32 MiB.",
+    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    params(("x-guest-note" = Option<String>, Header, max_length = 500)),
+    security(("bearer" = [])),
+    responses(
+        (status = 201, body = GuestUploaded),
+        (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody),
+        (status = 408, body = ErrorBody),
+        (status = 413, body = ErrorBody),
+        (status = 422, description = "Not a component of the world, or an invariant broke", body = ErrorBody),
+        (status = 503, body = ErrorBody),
+    ),
+)]
 pub async fn upload(
     app: &App,
     admin: &Admin,
@@ -51,13 +71,10 @@ pub async fn upload(
             "x-guest-note must be at most {MAX_NOTE_CHARS} characters"
         )));
     }
-    let (guest, invariants) = registry::check(&app.engine, &bytes)
-        .await
-        .map_err(registry_error)?;
+    let (guest, invariants) = registry::check(&app.engine, &bytes).await?;
     app.registry
         .store(guest.version(), &bytes, &admin.actor(), note)
-        .await
-        .map_err(registry_error)?;
+        .await?;
     tracing::info!(
         version = guest.version(),
         size_bytes = bytes.len(),
@@ -74,11 +91,21 @@ pub async fn upload(
 }
 
 /// `POST /admin/guest/{version}/activate`.
+#[utoipa::path(
+    post, path = AdminRoute::GuestActivate.path(), operation_id = "guest_activate", tag = "admin",
+    summary = "Serve a stored version on every replica",
+    params(("version" = String, Path)),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, body = GuestActivated),
+        (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody),
+        (status = 404, description = "No such version", body = ErrorBody),
+        (status = 503, body = ErrorBody),
+    ),
+)]
 pub async fn activate(app: &App, admin: &Admin, version: &str) -> Result<Reply, ApiError> {
-    app.registry
-        .activate(version, &admin.actor())
-        .await
-        .map_err(registry_error)?;
+    app.registry.activate(version, &admin.actor()).await?;
     Ok(json_response(
         StatusCode::OK,
         &GuestActivated {
@@ -88,12 +115,20 @@ pub async fn activate(app: &App, admin: &Admin, version: &str) -> Result<Reply, 
 }
 
 /// `POST /admin/guest/rollback`: back to the version active before the current one.
+#[utoipa::path(
+    post, path = AdminRoute::GuestRollback.path(), operation_id = "guest_rollback", tag = "admin",
+    summary = "Back to the version active before the current one",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, body = GuestActivated),
+        (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody),
+        (status = 409, description = "No earlier version", body = ErrorBody),
+        (status = 503, body = ErrorBody),
+    ),
+)]
 pub async fn rollback(app: &App, admin: &Admin) -> Result<Reply, ApiError> {
-    let version = app
-        .registry
-        .rollback(&admin.actor())
-        .await
-        .map_err(registry_error)?;
+    let version = app.registry.rollback(&admin.actor()).await?;
     Ok(json_response(
         StatusCode::OK,
         &GuestActivated { active: version },
@@ -102,16 +137,27 @@ pub async fn rollback(app: &App, admin: &Admin) -> Result<Reply, ApiError> {
 
 /// `GET /admin/guest`: the active version, what this replica serves, versions, history, and
 /// how often each version broke a host check on this replica.
+#[utoipa::path(
+    get, path = AdminRoute::GuestStatus.path(), operation_id = "guest_status", tag = "admin",
+    summary = "The guest logic's versions, the active one and the candidate",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, body = GuestStatus),
+        (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody),
+        (status = 503, body = ErrorBody),
+    ),
+)]
 pub async fn status(app: &App) -> Result<Reply, ApiError> {
-    let active = app.registry.active().await.map_err(registry_error)?;
-    let versions = app.registry.versions().await.map_err(registry_error)?;
-    let history = app.registry.history(100).await.map_err(registry_error)?;
+    let active = app.registry.active().await?;
+    let versions = app.registry.versions().await?;
+    let history = app.registry.history(100).await?;
     Ok(json_response(
         StatusCode::OK,
         &GuestStatus {
             active,
             serving: app.serving().active.version().to_string(),
-            candidate: to_json(&app.registry.candidate().await.map_err(registry_error)?)?,
+            candidate: to_json(&app.registry.candidate().await?)?,
             versions: to_json(&versions)?,
             history: to_json(&history)?,
             replica_guard_violations: to_json(&app.violations.snapshot())?,
@@ -121,6 +167,24 @@ pub async fn status(app: &App) -> Result<Reply, ApiError> {
 
 /// `POST /admin/guest/{version}/canary` `{"percent": 0..=100}`: that share of requests is
 /// served by `version` until the next activation or `DELETE /admin/guest/candidate`.
+#[utoipa::path(
+    post, path = AdminRoute::GuestCanary.path(), operation_id = "guest_canary", tag = "admin",
+    summary = "Let a stored version decide a share of the transfers",
+    params(("version" = String, Path)),
+    request_body = CanaryShare,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, body = CandidateSet),
+        (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+        (status = 408, body = ErrorBody),
+        (status = 413, body = ErrorBody),
+        (status = 415, body = ErrorBody),
+        (status = 422, body = ErrorBody),
+        (status = 503, body = ErrorBody),
+    ),
+)]
 pub async fn canary(
     app: &App,
     admin: &Admin,
@@ -145,8 +209,7 @@ pub async fn canary(
     let mode = CandidateMode::Canary { percent };
     app.registry
         .set_candidate(version, mode, &admin.actor())
-        .await
-        .map_err(registry_error)?;
+        .await?;
     Ok(json_response(
         StatusCode::OK,
         &CandidateSet {
@@ -159,11 +222,23 @@ pub async fn canary(
 
 /// `POST /admin/guest/{version}/shadow`: `version` runs beside the active one on every request,
 /// publishing nothing, until the next activation or `DELETE /admin/guest/candidate`.
+#[utoipa::path(
+    post, path = AdminRoute::GuestShadow.path(), operation_id = "guest_shadow", tag = "admin",
+    summary = "Run a stored version beside the active one, deciding nothing",
+    params(("version" = String, Path)),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, body = CandidateSet),
+        (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+        (status = 503, body = ErrorBody),
+    ),
+)]
 pub async fn shadow(app: &App, admin: &Admin, version: &str) -> Result<Reply, ApiError> {
     app.registry
         .set_candidate(version, CandidateMode::Shadow, &admin.actor())
-        .await
-        .map_err(registry_error)?;
+        .await?;
     Ok(json_response(
         StatusCode::OK,
         &CandidateSet {
@@ -175,6 +250,17 @@ pub async fn shadow(app: &App, admin: &Admin, version: &str) -> Result<Reply, Ap
 }
 
 /// `GET /admin/guest/{version}/shadow`: this replica's shadow runs of `version`.
+#[utoipa::path(
+    get, path = AdminRoute::GuestShadowStats.path(), operation_id = "guest_shadow_report", tag = "admin",
+    summary = "This replica's shadow runs of a version",
+    params(("version" = String, Path)),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, body = ShadowReport),
+        (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody),
+    ),
+)]
 pub fn shadow_stats(app: &App, version: &str) -> Result<Reply, ApiError> {
     let stats = app.shadow_book.stats(version);
     Ok(json_response(
@@ -187,11 +273,19 @@ pub fn shadow_stats(app: &App, version: &str) -> Result<Reply, ApiError> {
 }
 
 /// `DELETE /admin/guest/candidate`: stop the canary or shadow.
+#[utoipa::path(
+    delete, path = AdminRoute::GuestEndCandidate.path(), operation_id = "guest_end_candidate", tag = "admin",
+    summary = "Stop the canary or the shadow",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, body = CandidateSet),
+        (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody),
+        (status = 503, body = ErrorBody),
+    ),
+)]
 pub async fn end_candidate(app: &App, admin: &Admin) -> Result<Reply, ApiError> {
-    app.registry
-        .end_candidate(&admin.actor())
-        .await
-        .map_err(registry_error)?;
+    app.registry.end_candidate(&admin.actor()).await?;
     Ok(json_response(
         StatusCode::OK,
         &CandidateSet {
@@ -205,15 +299,4 @@ pub async fn end_candidate(app: &App, admin: &Admin) -> Result<Reply, ApiError> 
 /// A registry record as JSON for the admin views.
 fn to_json<T: serde::Serialize>(value: &T) -> Result<serde_json::Value, ApiError> {
     serde_json::to_value(value).map_err(|error| ApiError::Internal(error.to_string()))
-}
-
-fn registry_error(error: RegistryError) -> ApiError {
-    match error {
-        RegistryError::Load(_) | RegistryError::Invariant { .. } => {
-            ApiError::Unprocessable(error.to_string())
-        }
-        RegistryError::UnknownVersion(_) => ApiError::NotFoundMessage(error.to_string()),
-        RegistryError::NothingToRollBack => ApiError::Conflict(error.to_string()),
-        RegistryError::Database(_) => ApiError::Unavailable(error.to_string()),
-    }
 }

@@ -5,11 +5,11 @@ use chrono::SecondsFormat;
 use http::StatusCode;
 
 use crate::http::App;
-use crate::http::api::{QuarantineList, QuarantineRetried, QuarantinedMessage, Success};
+use crate::http::api::{ErrorBody, QuarantineList, QuarantineRetried, QuarantinedMessage, Success};
 use crate::http::error::{ApiError, Invalid, Reply, json_response};
-use crate::settlement::ledger::RetryError;
+use crate::http::routes::AdminRoute;
 use crate::settlement::quarantine::{self, Entry};
-use crate::settlement::{RedriveError, redrive};
+use crate::settlement::redrive;
 
 /// Most messages one listing shows.
 const LIST_LIMIT: i64 = 100;
@@ -18,14 +18,21 @@ const LIST_LIMIT: i64 = 100;
 const PAYLOAD_CHARS: usize = 4_096;
 
 /// `GET /admin/quarantine`.
+#[utoipa::path(
+    get, path = AdminRoute::QuarantineList.path(), operation_id = "quarantine_list", tag = "admin",
+    summary = "Transfer-log messages settlement could not apply, newest first",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, body = QuarantineList),
+        (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody),
+        (status = 503, body = ErrorBody),
+    ),
+)]
 pub async fn list(app: &App) -> Result<Reply, ApiError> {
     let pool = app.stores.ledger.pool();
-    let unavailable =
-        |error: crate::stores::postgres::LedgerError| ApiError::Unavailable(error.to_string());
-    let open = quarantine::open_count(pool).await.map_err(unavailable)?;
-    let entries = quarantine::list(pool, LIST_LIMIT)
-        .await
-        .map_err(unavailable)?;
+    let open = quarantine::open_count(pool).await?;
+    let entries = quarantine::list(pool, LIST_LIMIT).await?;
     let messages = entries.iter().map(shown).collect();
     Ok(json_response(
         StatusCode::OK,
@@ -52,22 +59,28 @@ fn shown(entry: &Entry) -> QuarantinedMessage {
 }
 
 /// `POST /admin/quarantine/{partition}/{offset}/retry`.
+#[utoipa::path(
+    post, path = AdminRoute::QuarantineRetry.path(), operation_id = "quarantine_retry", tag = "admin",
+    summary = "Re-drive a quarantined message once its cause is fixed",
+    description = "Applies the message at that position of the transfer topic to the ledger, exactly once.",
+    params(
+        ("partition" = i32, Path, minimum = 0),
+        ("offset" = i64, Path, minimum = 0),
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, body = QuarantineRetried),
+        (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody),
+        (status = 404, description = "No quarantined message there", body = ErrorBody),
+        (status = 409, description = "Re-driven already", body = ErrorBody),
+        (status = 422, description = "Settlement still cannot apply it", body = ErrorBody),
+        (status = 503, body = ErrorBody),
+    ),
+)]
 pub async fn retry(app: &App, partition: &str, offset: &str) -> Result<Reply, ApiError> {
     let (partition, offset) = position(partition, offset)?;
-    let (transfer, outcome) = redrive(&app.stores, partition, offset)
-        .await
-        .map_err(|error| match error {
-            RedriveError::NotFound { .. } => ApiError::NotFoundMessage(error.to_string()),
-            RedriveError::Refused {
-                error: RetryError::Ledger(_),
-                ..
-            } => ApiError::Unavailable(error.to_string()),
-            RedriveError::Refused {
-                error: RetryError::AlreadyRetried,
-                ..
-            } => ApiError::Conflict(error.to_string()),
-            RedriveError::Refused { .. } => ApiError::Unprocessable(error.to_string()),
-        })?;
+    let (transfer, outcome) = redrive(&app.stores, partition, offset).await?;
     Ok(json_response(
         StatusCode::OK,
         &QuarantineRetried {

@@ -374,3 +374,13 @@ pub struct Check {
     /// What was found: a version, or why it is not ready.
     pub detail: String,
 }
+
+/// The `Idempotency-Key` header of the two money-moving POSTs.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)] // Documents the header `idempotency::start` reads.
+pub struct IdempotencyKey {
+    /// Up to 255 visible ASCII characters, scoped to the caller; kept at least 24 hours.
+    #[param(rename = "Idempotency-Key", max_length = 255)]
+    idempotency_key: Option<String>,
+}

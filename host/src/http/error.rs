@@ -10,8 +10,17 @@ use hyper::Response;
 use serde::Serialize;
 use serde_json::{Value, json};
 
+use transferd_guest::logic::Rejection;
+use transferd_guest::rules::{FieldError, TransferRequest};
+
 use crate::auth::AuthError;
+use crate::guest::registry::RegistryError;
+use crate::guest::runtime::GuestFailure;
 use crate::http::api::{Detail, ErrorBody, ErrorCode, OutcomeUnknown, Problem, Unknown};
+use crate::settlement::RedriveError;
+use crate::settlement::ledger::RetryError;
+use crate::stores::idempotency::KeyError;
+use crate::stores::postgres::LedgerError;
 
 /// One validation problem, FastAPI-style; defined with the body reader in `transferd-wire`.
 pub use transferd_wire::Invalid;
@@ -43,8 +52,9 @@ pub enum ApiError {
     NotFound,
     #[error("{0}")]
     NotFoundMessage(String),
+    /// `allow` is the path's methods, for the `Allow` header.
     #[error("method not allowed")]
-    MethodNotAllowed { allow: &'static str },
+    MethodNotAllowed { allow: String },
     #[error("the request body did not arrive in time")]
     RequestTimeout,
     #[error("too many requests; retry in {retry_after_s} s")]
@@ -65,6 +75,104 @@ pub enum ApiError {
 impl From<transferd_wire::BodyError> for ApiError {
     fn from(error: transferd_wire::BodyError) -> ApiError {
         ApiError::Validation(error.problems)
+    }
+}
+
+/// The ledger's refusals of a deposit name the field at fault; anything else is the database
+/// not answering, which a retry may get past.
+impl From<LedgerError> for ApiError {
+    fn from(error: LedgerError) -> ApiError {
+        let (field, kind) = match error {
+            LedgerError::Overflow => ("amount", "less_than_equal"),
+            LedgerError::DepositIdReused => ("deposit_id", "deposit_id_reused"),
+            _ => return ApiError::Unavailable(error.to_string()),
+        };
+        ApiError::Validation(vec![Invalid::body_field(field, kind, error.to_string())])
+    }
+}
+
+impl From<RegistryError> for ApiError {
+    fn from(error: RegistryError) -> ApiError {
+        match error {
+            RegistryError::Load(_) | RegistryError::Invariant { .. } => {
+                ApiError::Unprocessable(error.to_string())
+            }
+            RegistryError::UnknownVersion(_) => ApiError::NotFoundMessage(error.to_string()),
+            RegistryError::NothingToRollBack => ApiError::Conflict(error.to_string()),
+            RegistryError::Database(_) => ApiError::Unavailable(error.to_string()),
+        }
+    }
+}
+
+impl From<RedriveError> for ApiError {
+    fn from(error: RedriveError) -> ApiError {
+        match error {
+            RedriveError::NotFound { .. } => ApiError::NotFoundMessage(error.to_string()),
+            RedriveError::Refused {
+                error: RetryError::Ledger(_),
+                ..
+            } => ApiError::Unavailable(error.to_string()),
+            RedriveError::Refused {
+                error: RetryError::AlreadyRetried,
+                ..
+            } => ApiError::Conflict(error.to_string()),
+            RedriveError::Refused { .. } => ApiError::Unprocessable(error.to_string()),
+        }
+    }
+}
+
+/// An `Idempotency-Key` that cannot be a key is a problem with the request's header.
+impl From<KeyError> for ApiError {
+    fn from(error: KeyError) -> ApiError {
+        ApiError::Validation(vec![Invalid::header(
+            "idempotency-key",
+            "idempotency_key",
+            error.to_string(),
+        )])
+    }
+}
+
+/// A guest call that decided nothing: a timeout or no room is worth retrying (503); a trap or
+/// a broken host check is the guest's fault (500).
+impl From<GuestFailure> for ApiError {
+    fn from(failure: GuestFailure) -> ApiError {
+        match failure {
+            GuestFailure::Timeout(_) | GuestFailure::Busy => {
+                ApiError::Unavailable(failure.to_string())
+            }
+            GuestFailure::Trap(_) | GuestFailure::Violation(_) => {
+                ApiError::Internal(failure.to_string())
+            }
+        }
+    }
+}
+
+/// A broken transfer rule as a problem with the body's field.
+pub fn field_problem(error: FieldError) -> Invalid {
+    Invalid::body_field(&error.field, &error.code, error.message)
+}
+
+impl ApiError {
+    /// The guest's refusal of `request`, in the original service's shapes.
+    pub fn rejected(rejection: Rejection, request: &TransferRequest) -> ApiError {
+        match rejection {
+            Rejection::Invalid(errors) => {
+                ApiError::Validation(errors.into_iter().map(field_problem).collect())
+            }
+            Rejection::InsufficientFunds => ApiError::InsufficientFunds,
+            Rejection::ReceiverNotFound => ApiError::Validation(vec![Invalid::body_field(
+                "receiver_id",
+                "receiver_not_found",
+                format!(
+                    "receiver {} has no {} account",
+                    request.receiver_id, request.currency
+                ),
+            )]),
+            Rejection::Forbidden(reason) => ApiError::Forbidden(reason),
+            Rejection::Unavailable(reason) => ApiError::Unavailable(format!(
+                "the transfer was not accepted, try again later: {reason}"
+            )),
+        }
     }
 }
 
@@ -190,10 +298,10 @@ impl ApiError {
 
     pub fn into_response(self) -> Reply {
         let mut response = json_response(self.status(), &self.body());
-        if let ApiError::MethodNotAllowed { allow } = &self {
-            response
-                .headers_mut()
-                .insert(header::ALLOW, HeaderValue::from_static(allow));
+        if let ApiError::MethodNotAllowed { allow } = &self
+            && let Ok(allow) = HeaderValue::from_str(allow)
+        {
+            response.headers_mut().insert(header::ALLOW, allow);
         }
         if let ApiError::TooManyRequests { retry_after_s } = &self {
             response
@@ -302,6 +410,56 @@ mod tests {
         });
         assert_eq!(error.status(), StatusCode::UNPROCESSABLE_ENTITY);
         assert!(matches!(error, ApiError::Validation(found) if found == problems));
+    }
+
+    #[test]
+    fn domain_errors_convert_to_their_statuses() {
+        let status = |error: ApiError| error.status();
+        assert_eq!(
+            ApiError::from(LedgerError::Overflow).body(),
+            json!({"detail": [{"loc": ["body", "amount"], "msg": "the balance would exceed the largest amount an account can hold", "type": "less_than_equal"}]})
+        );
+        assert_eq!(
+            ApiError::from(LedgerError::DepositIdReused).body()["detail"][0]["loc"],
+            json!(["body", "deposit_id"])
+        );
+        assert_eq!(
+            status(LedgerError::Unreadable("x".into()).into()),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(
+            status(RegistryError::NothingToRollBack.into()),
+            StatusCode::CONFLICT
+        );
+        assert_eq!(
+            status(RegistryError::UnknownVersion("v".into()).into()),
+            StatusCode::NOT_FOUND
+        );
+        let redrive = |error| RedriveError::Refused {
+            partition: 0,
+            offset: 1,
+            error,
+        };
+        assert_eq!(
+            status(redrive(RetryError::AlreadyRetried).into()),
+            StatusCode::CONFLICT
+        );
+        assert_eq!(
+            status(redrive(RetryError::StillRefused("no".into())).into()),
+            StatusCode::UNPROCESSABLE_ENTITY
+        );
+        assert_eq!(
+            status(GuestFailure::Busy.into()),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(
+            status(GuestFailure::Trap("boom".into()).into()),
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
+        assert_eq!(
+            ApiError::from(KeyError::Malformed).body()["detail"][0]["loc"],
+            json!(["header", "idempotency-key"])
+        );
     }
 
     #[test]

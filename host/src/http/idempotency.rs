@@ -21,7 +21,7 @@ use http_body_util::{BodyExt, Full};
 use uuid::Uuid;
 
 use crate::http::App;
-use crate::http::error::{ApiError, Invalid, Reply, json_response};
+use crate::http::error::{ApiError, Reply, json_response};
 use crate::stores::idempotency::{Answer, Claim, KeyLease, parse_key, request_hash};
 
 pub const KEY_HEADER: &str = "idempotency-key";
@@ -77,13 +77,7 @@ pub async fn start(
             held: None,
         });
     };
-    let key = parse_key(raw.as_bytes()).map_err(|error| {
-        ApiError::Validation(vec![Invalid::header(
-            "idempotency-key",
-            "idempotency_key",
-            error.to_string(),
-        )])
-    })?;
+    let key = parse_key(raw.as_bytes())?;
     // The body was read and checked as JSON already; a body that is not JSON never gets here.
     let value: serde_json::Value =
         serde_json::from_slice(body).map_err(|error| ApiError::BadRequest(error.to_string()))?;
@@ -93,54 +87,78 @@ pub async fn start(
     let claim = app
         .idempotency
         .claim(&scope, key, &hash, Uuid::now_v7(), app.idempotency_lease)
-        .await
-        .map_err(|error| ApiError::Unavailable(error.to_string()))?;
-    match claim {
-        Claim::Owned {
-            transaction_id,
-            retry,
-            generation,
-        } => {
-            if retry {
-                tracing::info!(%transaction_id, "retrying an unfinished request under its idempotency key");
-            }
-            let lease = KeyLease::new(
-                app.idempotency.clone(),
-                scope.clone(),
-                key.to_string(),
-                generation,
-                claimed_at,
-                app.idempotency_lease,
-                app.guest_timeout,
-            );
-            Ok(Start::Proceed {
+        .await?;
+    let claimed = Claimed {
+        scope,
+        key: key.to_string(),
+        request_hash: hash,
+        at: claimed_at,
+    };
+    claimed.start(app, claim)
+}
+
+/// A key this request claimed, before it knows what the claim found.
+struct Claimed {
+    scope: String,
+    key: String,
+    request_hash: Vec<u8>,
+    at: Instant,
+}
+
+impl Claimed {
+    /// What the handler does next, from what the claim found.
+    fn start(self, app: &App, claim: Claim) -> Result<Start, ApiError> {
+        match claim {
+            Claim::Owned {
                 transaction_id,
-                held: Some(HeldKey {
-                    scope,
-                    key: key.to_string(),
-                    request_hash: hash,
+                retry,
+                generation,
+            } => {
+                if retry {
+                    tracing::info!(%transaction_id, "retrying an unfinished request under its idempotency key");
+                }
+                let lease = KeyLease::new(
+                    app.idempotency.clone(),
+                    self.scope.clone(),
+                    self.key.clone(),
+                    generation,
+                    self.at,
+                    app.idempotency_lease,
+                    app.guest_timeout,
+                );
+                let held = HeldKey {
+                    scope: self.scope,
+                    key: self.key,
+                    request_hash: self.request_hash,
                     transaction_id,
                     retry,
                     lease,
-                }),
-            })
+                };
+                Ok(Start::Proceed {
+                    transaction_id,
+                    held: Some(held),
+                })
+            }
+            Claim::Replay { status, body, .. } => Ok(Start::Replay(replayed(status, &body))),
+            Claim::Mismatch => Err(ApiError::Unprocessable(
+                "this Idempotency-Key was already used with a different request".into(),
+            )),
+            Claim::InFlight => Err(ApiError::Conflict(
+                "a request with this Idempotency-Key is still being processed; retry later".into(),
+            )),
         }
-        Claim::Replay { status, body, .. } => {
-            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
-            let mut reply = json_response(status, &body);
-            reply
-                .headers_mut()
-                .insert(REPLAYED_HEADER, HeaderValue::from_static("true"));
-            metrics::counter!(crate::metrics::IDEMPOTENT_REPLAYS).increment(1);
-            Ok(Start::Replay(reply))
-        }
-        Claim::Mismatch => Err(ApiError::Unprocessable(
-            "this Idempotency-Key was already used with a different request".into(),
-        )),
-        Claim::InFlight => Err(ApiError::Conflict(
-            "a request with this Idempotency-Key is still being processed; retry later".into(),
-        )),
     }
+}
+
+/// The first request's answer, again.
+fn replayed(status: u16, body: &serde_json::Value) -> Reply {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+    let mut reply = json_response(status, body);
+    reply
+        .headers_mut()
+        .insert(REPLAYED_HEADER, HeaderValue::from_static("true"));
+    metrics::counter!(crate::metrics::IDEMPOTENT_REPLAYS).increment(1);
+    reply
 }
 
 /// Records `reply` against the held key and gives it back: a final answer is kept and

@@ -10,7 +10,18 @@ use crate::health::Probe;
 use crate::http::App;
 use crate::http::api::{Check, Readiness, ReadinessChecks};
 use crate::http::error::{Reply, json_response};
+use crate::http::routes::ServiceRoute;
 
+/// 200 when every dependency that gates readiness is ready, else 503; each check says what
+/// it found.
+#[utoipa::path(
+    get, path = ServiceRoute::Ready.path(), operation_id = "readiness", tag = "service", summary = "Readiness: PostgreSQL (migrated), Redis, the broker, a guest",
+    description = "Each dependency is asked at once, within 500 ms. `/healthz` is liveness only.",
+    responses(
+        (status = 200, description = "Ready", body = Readiness),
+        (status = 503, description = "Not ready: the failing checks say why", body = Readiness),
+    ),
+)]
 pub async fn readiness(app: &App) -> Reply {
     let dependencies = app.probes.dependencies().await;
     let checks = ReadinessChecks {

@@ -14,7 +14,9 @@ use http::{HeaderValue, StatusCode, header};
 use http_body_util::Full;
 
 use crate::auth::AuthError;
+use crate::http::api::ErrorBody;
 use crate::http::error::{ApiError, Reply};
+use crate::http::routes::AdminRoute;
 
 const PAGE: &str = include_str!("status.html");
 const SCRIPT: &str = include_str!("status.js");
@@ -27,10 +29,35 @@ const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; co
 /// The challenge that makes a browser ask for a user name and password.
 const BASIC_CHALLENGE: &str = "Basic realm=\"transferd admin\", charset=\"UTF-8\"";
 
+/// The page, the same for every admin.
+#[utoipa::path(
+    get, path = AdminRoute::StatusPage.path(), operation_id = "status_page", tag = "admin",
+    summary = "The on-call status page (HTML, refreshes itself)",
+    description = "Besides a bearer token, takes HTTP Basic credentials whose password is an admin token (any user name), so a browser can open it; a refusal then carries a `Basic` challenge too. Basic credentials open only this page, its script and `GET /admin/guest`.",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The page", content_type = "text/html"),
+        (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody),
+        (status = 503, body = ErrorBody),
+    ),
+)]
 pub fn page() -> Reply {
     respond(PAGE, "text/html; charset=utf-8")
 }
 
+/// The page's script, from this origin as its policy asks.
+#[utoipa::path(
+    get, path = AdminRoute::StatusScript.path(), operation_id = "status_script", tag = "admin",
+    summary = "The status page's script",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "JavaScript", content_type = "text/javascript"),
+        (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody),
+        (status = 503, body = ErrorBody),
+    ),
+)]
 pub fn script() -> Reply {
     respond(SCRIPT, "text/javascript; charset=utf-8")
 }

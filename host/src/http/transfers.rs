@@ -1,5 +1,5 @@
-//! `POST /transfers`: parse the body, mint the transaction id, let the guest decide as its own
-//! task, answer from what was published (`guest::verdict`) in the original service's shapes.
+//! `POST /transfers`: parse the body, mint the transaction id, run the guest as its own task,
+//! answer from what was published (`guest::verdict`) in the original service's shapes.
 //! `GET /transfers/{id}`: the ledger, else a pending record in Redis or PostgreSQL; only for
 //! its sender, its receiver or an admin (anyone else hears that there is no such transfer).
 //!
@@ -26,17 +26,48 @@ use crate::guest::runtime::{Guest, GuestFailure};
 use crate::guest::shadow;
 use crate::guest::verdict::{Answer, verdict};
 use crate::http::api::{
-    Reason, Success, TransferAccepted, TransferKind, TransferStatus, TransferView,
+    CreateTransfer, ErrorBody, IdempotencyKey, Reason, Success, TransferAccepted, TransferKind,
+    TransferStatus, TransferUnavailable, TransferView,
 };
 use crate::http::body::read_json_body;
 use crate::http::error::{ApiError, Invalid, Reply, json_response};
 use crate::http::idempotency::{self, HeldKey, Start};
+use crate::http::routes::UserRoute;
 use crate::http::{App, GUEST_VERSION_HEADER};
 use crate::settlement::quarantine;
 use crate::stores::idempotency::KeyLease;
 use crate::stores::postgres::TransferRecord;
 use transferd_message::TransferMessage;
+use uuid::Uuid;
 
+#[utoipa::path(
+    post, path = UserRoute::CreateTransfer.path(), operation_id = "create_transfer", tag = "transfers",
+    summary = "Send money to another user",
+    description = "Held on the sender's account and published to the transfer log before the \
+        answer: a 200 means the transfer will settle exactly once. With an `Idempotency-Key`, \
+        a repeat of the same request answers the first response again \
+        (`Idempotent-Replayed: true`).",
+    request_body = CreateTransfer,
+    params(IdempotencyKey),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Accepted", body = TransferAccepted,
+            headers(("idempotent-replayed" = String, description = "`true` on a replayed answer"))),
+        (status = 400, description = "Insufficient funds", body = ErrorBody),
+        (status = 401, description = "No valid bearer token", body = ErrorBody),
+        (status = 403, description = "`sender_id` is not the caller", body = ErrorBody),
+        (status = 408, description = "The body did not arrive in time", body = ErrorBody),
+        (status = 409, description = "The same key is still in flight", body = ErrorBody),
+        (status = 413, description = "The body is over 16 KiB", body = ErrorBody),
+        (status = 415, description = "Not `application/json`", body = ErrorBody),
+        (status = 422, description = "Invalid fields, or a key reused with another body", body = ErrorBody),
+        (status = 429, description = "Over the caller's rate", body = ErrorBody,
+            headers(("retry-after" = u64, description = "Seconds"))),
+        (status = 500, description = "The guest logic failed; nothing was published", body = ErrorBody),
+        (status = 503, description = "Not accepted (try again), or accepted in doubt \
+            (`status: unknown`: ask `GET /transfers/{transaction_id}`)", body = TransferUnavailable),
+    ),
+)]
 pub async fn create(
     app: &Arc<App>,
     caller: &Caller,
@@ -63,15 +94,14 @@ pub async fn create(
     }
     // Its own task: a client that disconnects, or anything else that drops this handler,
     // cannot stop a decision between its hold and its acknowledgement, nor leave its key
-    // unrecorded. Boxed first: the decision's future is about 15 KB, and spawning copies
-    // what it is given several times over (2 % of serve's CPU under load, in memmove).
+    // unrecorded. Boxed first: the guest call's future is large, and spawning copies what it
+    // is given several times over.
     let task_app = Arc::clone(app);
     let principal = caller.principal();
     let lease = held.as_ref().map(|held| held.lease().clone());
     app.decisions
         .spawn(crate::trace::carried(Box::pin(async move {
-            let decided = decide(&task_app, transaction_id, principal, request, lease).await;
-            let reply = decided.unwrap_or_else(ApiError::into_response);
+            let reply = run_guest(&task_app, transaction_id, principal, request, lease).await;
             Ok(idempotency::finish(&task_app, held, reply).await)
         })))
         .await
@@ -83,7 +113,7 @@ pub async fn create(
 /// lost (not recorded, or recorded in a commit the database lost). Deciding again could
 /// refuse a transfer that has already moved money, since the balance no longer holds it.
 /// `None` when the ledger does not have it: the retry decides again, with the same id.
-async fn accepted_before(app: &App, transaction_id: uuid::Uuid) -> Option<Reply> {
+async fn accepted_before(app: &App, transaction_id: Uuid) -> Option<Reply> {
     match app.stores.ledger.transfer(transaction_id).await {
         Ok(Some(_)) => Some(json_response(
             StatusCode::OK,
@@ -94,19 +124,19 @@ async fn accepted_before(app: &App, transaction_id: uuid::Uuid) -> Option<Reply>
         )),
         Ok(None) => None,
         // A 5xx leaves the key to the next retry.
-        Err(error) => Some(ApiError::Unavailable(error.to_string()).into_response()),
+        Err(error) => Some(ApiError::from(error).into_response()),
     }
 }
 
 /// Runs the guest on one transfer and answers for it; `lease` is the request's claim on its
 /// idempotency key, if it has one.
-async fn decide(
+async fn run_guest(
     app: &App,
-    transaction_id: uuid::Uuid,
+    transaction_id: Uuid,
     principal: Option<i64>,
     request: TransferRequest,
     lease: Option<KeyLease>,
-) -> Result<Reply, ApiError> {
+) -> Reply {
     let (guest, shadow) = app.serving().pick(&transaction_id);
     let context = RequestContext {
         transaction_id: transaction_id.to_string(),
@@ -118,7 +148,8 @@ async fn decide(
     let decided = guest
         .initiate_transfer(app.stores.clone(), &context, &request, lease)
         .await;
-    metrics::histogram!(crate::metrics::GUEST_DURATION, "version" => guest.version().to_owned())
+    let version = guest.version();
+    metrics::histogram!(crate::metrics::GUEST_DURATION, "version" => version.to_owned())
         .record(started.elapsed().as_secs_f64());
     if let (Some(candidate), Ok(decision)) = (shadow, &decided.decision) {
         shadow_run(
@@ -137,14 +168,11 @@ async fn decide(
             Some(broken),
         ),
     };
-    let version = guest.version();
-    let context_id = transaction_id;
-    let transaction_id = context.transaction_id.as_str();
     if let Some(violation) = &violation {
         app.violations.record(version);
         tracing::error!(
             version,
-            transaction_id,
+            transaction_id = context.transaction_id.as_str(),
             check = violation.check(),
             %violation,
             "the guest broke a host check"
@@ -152,20 +180,38 @@ async fn decide(
     }
     metrics::counter!(crate::metrics::GUEST_CALLS, "version" => version.to_owned(), "outcome" => outcome_name(&answer))
         .increment(1);
-    let mut response = match answer {
+    let failed_after = decided.decision.as_ref().err();
+    let mut response = answer_reply(answer, failed_after, transaction_id, &context, &request);
+    // Every decision names the version that made it, refusals included.
+    if let Ok(value) = HeaderValue::from_str(version) {
+        response.headers_mut().insert(GUEST_VERSION_HEADER, value);
+    }
+    response
+}
+
+/// The client's answer for the guest's verdict on transfer `id`; `failed` is how the guest
+/// call failed, if it did (after publishing, an accepted transfer stands all the same).
+fn answer_reply(
+    answer: Answer,
+    failed: Option<&GuestFailure>,
+    id: Uuid,
+    context: &RequestContext,
+    request: &TransferRequest,
+) -> Reply {
+    let version = context.guest_version.as_str();
+    let transaction_id = context.transaction_id.as_str();
+    match answer {
         Answer::Accepted => {
-            if let Err(failure) = &decided.decision {
+            if let Some(failure) = failed {
                 tracing::error!(%failure, version, transaction_id, "the guest failed after its transfer was published; it stands");
             }
-            json_response(
-                StatusCode::OK,
-                &TransferAccepted {
-                    status: Success::Success,
-                    transaction_id: context_id,
-                },
-            )
+            let accepted = TransferAccepted {
+                status: Success::Success,
+                transaction_id: id,
+            };
+            json_response(StatusCode::OK, &accepted)
         }
-        Answer::Rejected(rejection) => rejection_error(rejection, &request).into_response(),
+        Answer::Rejected(rejection) => ApiError::rejected(rejection, request).into_response(),
         Answer::InDoubt(reason) => ApiError::OutcomeUnknown {
             transaction_id: transaction_id.to_string(),
             reason,
@@ -175,22 +221,9 @@ async fn decide(
             if !matches!(failure, GuestFailure::Violation(_)) {
                 tracing::error!(%failure, version, transaction_id, "guest failed");
             }
-            match failure {
-                GuestFailure::Timeout(_) | GuestFailure::Busy => {
-                    ApiError::Unavailable(failure.to_string())
-                }
-                GuestFailure::Trap(_) | GuestFailure::Violation(_) => {
-                    ApiError::Internal(failure.to_string())
-                }
-            }
-            .into_response()
+            ApiError::from(failure).into_response()
         }
-    };
-    // Every decision names the version that made it, refusals included.
-    if let Ok(value) = HeaderValue::from_str(version) {
-        response.headers_mut().insert(GUEST_VERSION_HEADER, value);
     }
-    Ok(response)
 }
 
 /// The request's fields, read by `transferd_wire::TransferFields`: the same code the fuzz
@@ -223,30 +256,6 @@ fn outcome_name(answer: &Answer) -> &'static str {
     }
 }
 
-fn rejection_error(rejection: Rejection, request: &TransferRequest) -> ApiError {
-    match rejection {
-        Rejection::Invalid(errors) => ApiError::Validation(
-            errors
-                .into_iter()
-                .map(|error| Invalid::body_field(&error.field, &error.code, error.message))
-                .collect(),
-        ),
-        Rejection::InsufficientFunds => ApiError::InsufficientFunds,
-        Rejection::ReceiverNotFound => ApiError::Validation(vec![Invalid::body_field(
-            "receiver_id",
-            "receiver_not_found",
-            format!(
-                "receiver {} has no {} account",
-                request.receiver_id, request.currency
-            ),
-        )]),
-        Rejection::Forbidden(reason) => ApiError::Forbidden(reason),
-        Rejection::Unavailable(reason) => ApiError::Unavailable(format!(
-            "the transfer was not accepted, try again later: {reason}"
-        )),
-    }
-}
-
 fn now_ms() -> u64 {
     let since_epoch = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -259,8 +268,23 @@ fn now_ms() -> u64 {
 /// row in PostgreSQL, which older versions wrote for a transfer accepted without Redis). Never
 /// 404 for an accepted transfer: 503 when a place it could be in could not be asked. A caller
 /// who is neither party nor admin gets the same 404 as for an id nobody accepted.
+#[utoipa::path(
+    get, path = UserRoute::ShowTransfer.path(), operation_id = "show_transfer", tag = "transfers",
+    summary = "A transfer: pending until settled, then completed or rejected",
+    description = "Only for its sender, its receiver or an admin; anyone else hears 404.",
+    params(("transaction_id" = Uuid, Path)),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, body = TransferView),
+        (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+        (status = 422, description = "Not a UUID", body = ErrorBody),
+        (status = 429, body = ErrorBody),
+        (status = 503, description = "A place the transfer could be in did not answer", body = ErrorBody),
+    ),
+)]
 pub async fn show(app: &App, caller: &Caller, transaction_id: &str) -> Result<Reply, ApiError> {
-    let Ok(id) = uuid::Uuid::parse_str(transaction_id) else {
+    let Ok(id) = Uuid::parse_str(transaction_id) else {
         return Err(ApiError::Validation(vec![Invalid {
             location: vec!["path".into(), "transaction_id".into()],
             message: "transaction_id must be a UUID".into(),
@@ -276,7 +300,7 @@ pub async fn show(app: &App, caller: &Caller, transaction_id: &str) -> Result<Re
 }
 
 /// The transfer's body for `GET /transfers/{id}`, wherever it is; `None` when nobody knows it.
-async fn find(app: &App, id: uuid::Uuid) -> Result<Option<TransferView>, ApiError> {
+async fn find(app: &App, id: Uuid) -> Result<Option<TransferView>, ApiError> {
     let stores = &app.stores;
     let mut unreachable = Vec::new();
     match stores.ledger.transfer(id).await {
@@ -311,10 +335,8 @@ async fn find(app: &App, id: uuid::Uuid) -> Result<Option<TransferView>, ApiErro
     }
     // Settlement deletes the pending records when it commits: a transfer settled between the
     // first read and the last is in the ledger now.
-    match stores.ledger.transfer(id).await {
-        Ok(record) => record.as_ref().map(settled_view).transpose(),
-        Err(error) => Err(ApiError::Unavailable(error.to_string())),
-    }
+    let record = stores.ledger.transfer(id).await?;
+    record.as_ref().map(settled_view).transpose()
 }
 
 fn settled_view(record: &TransferRecord) -> Result<TransferView, ApiError> {
@@ -349,7 +371,7 @@ fn settled_view(record: &TransferRecord) -> Result<TransferView, ApiError> {
 
 /// A quarantined message as the API shows it: rejected, reason `unprocessable`, nothing moved.
 /// `None` when its parties, amount or currency could not be read: nobody can be shown it.
-fn quarantined_view(id: uuid::Uuid, entry: &quarantine::Entry) -> Option<TransferView> {
+fn quarantined_view(id: Uuid, entry: &quarantine::Entry) -> Option<TransferView> {
     let currency = entry.currency.clone()?;
     let amount_minor = entry.amount_minor?;
     let exponent = currency_exponent(&currency)?;

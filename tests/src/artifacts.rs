@@ -1,0 +1,59 @@
+//! Where the files under test are: the host binaries and guest components a build left in the
+//! target directory, each overridable by an environment variable so a script can point
+//! elsewhere.
+
+use std::path::PathBuf;
+
+/// A target directory's file: from an environment variable, else next to the test binary.
+fn artifact(variable: &str, relative: &str) -> PathBuf {
+    if let Ok(path) = std::env::var(variable) {
+        return PathBuf::from(path);
+    }
+    // target/release/deps/<test> → target/
+    let executable = std::env::current_exe().expect("the test binary has a path");
+    let target = executable
+        .ancestors()
+        .nth(3)
+        .expect("the test binary lives in target/<profile>/deps");
+    target.join(relative)
+}
+
+pub fn transferd_binary() -> PathBuf {
+    artifact("TRANSFERD_BIN", "release/transferd")
+}
+
+/// The host built with the cargo feature `crash-points` (scripts/test.sh builds it).
+pub fn crash_binary() -> PathBuf {
+    artifact("TRANSFERD_CRASH_BIN", "release/transferd-crash-points")
+}
+
+pub fn guest_file() -> PathBuf {
+    artifact(
+        "TRANSFERD_GUEST",
+        "wasm32-wasip2/release/transferd_guest.wasm",
+    )
+}
+
+/// The standard logic with a lower amount limit (100 in major units): a rule change.
+pub fn strict_guest_file() -> PathBuf {
+    artifact(
+        "TRANSFERD_TEST_STRICT_GUEST",
+        "strict-guest/wasm32-wasip2/release/transferd_test_guest_strict.wasm",
+    )
+}
+
+/// The standard logic publishing the wrong transfer in the way the request's description
+/// names (tests/guests/hostile).
+pub fn hostile_guest_file() -> PathBuf {
+    artifact(
+        "TRANSFERD_TEST_HOSTILE_GUEST",
+        "hostile-guest/wasm32-wasip2/release/transferd_test_guest_hostile.wasm",
+    )
+}
+
+pub fn panicking_guest_file() -> PathBuf {
+    artifact(
+        "TRANSFERD_TEST_PANICKING_GUEST",
+        "wasm32-wasip2/release/transferd_test_guest_panicking.wasm",
+    )
+}

@@ -1,0 +1,170 @@
+//! Reading a namespace's ledger: the invariants every test checks the same way, and waits for
+//! settlement to catch up.
+
+use std::time::{Duration, Instant};
+
+use crate::Namespace;
+
+/// The ledger's invariants, read in one place so every test checks them the same way.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LedgerCheck {
+    /// Sum of every balance, system account included, per currency: must be zero.
+    pub nonzero_currency_sums: Vec<(String, i64)>,
+    /// User accounts below zero: must be none.
+    pub negative_accounts: i64,
+    pub completed_transfers: i64,
+    pub rejected_transfers: i64,
+    /// Journal entries of kind-transfer rows.
+    pub transfer_entries: i64,
+    /// Transfers whose entries do not sum to zero, or completed ones without exactly two.
+    pub unbalanced_transfers: i64,
+    /// Accounts whose balance differs from the sum of their journal entries.
+    pub balances_off_journal: i64,
+}
+
+impl Namespace {
+    pub async fn check_ledger(&self) -> anyhow::Result<LedgerCheck> {
+        let pool = self.ledger().await?;
+        let nonzero_currency_sums: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT currency, SUM(balance_minor)::bigint FROM accounts GROUP BY currency HAVING SUM(balance_minor) <> 0",
+        )
+        .fetch_all(&pool)
+        .await?;
+        let negative_accounts: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM accounts WHERE user_id > 0 AND balance_minor < 0",
+        )
+        .fetch_one(&pool)
+        .await?;
+        let (completed_transfers, rejected_transfers): (i64, i64) = sqlx::query_as(
+            "SELECT COUNT(*) FILTER (WHERE status = 'completed'), COUNT(*) FILTER (WHERE status = 'rejected')
+             FROM transfers WHERE kind = 'transfer'",
+        )
+        .fetch_one(&pool)
+        .await?;
+        let transfer_entries: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM journal_entries j JOIN transfers t USING (transaction_id) WHERE t.kind = 'transfer'",
+        )
+        .fetch_one(&pool)
+        .await?;
+        let unbalanced_transfers: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM transfers t
+             LEFT JOIN (SELECT transaction_id, COUNT(*) AS n, SUM(amount_minor) AS total
+                        FROM journal_entries GROUP BY transaction_id) j USING (transaction_id)
+             WHERE (t.status = 'completed' AND (j.n IS DISTINCT FROM 2 OR j.total <> 0))
+                OR (t.status <> 'completed' AND j.n IS NOT NULL)",
+        )
+        .fetch_one(&pool)
+        .await?;
+        let balances_off_journal: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM accounts a
+             LEFT JOIN (SELECT user_id, currency, SUM(amount_minor) AS total FROM journal_entries
+                        GROUP BY user_id, currency) j USING (user_id, currency)
+             WHERE a.balance_minor <> COALESCE(j.total, 0)",
+        )
+        .fetch_one(&pool)
+        .await?;
+        pool.close().await;
+        Ok(LedgerCheck {
+            nonzero_currency_sums,
+            negative_accounts,
+            completed_transfers,
+            rejected_transfers,
+            transfer_entries,
+            unbalanced_transfers,
+            balances_off_journal,
+        })
+    }
+
+    /// Waits until the ledger holds `count` settled transfers (kind `transfer`).
+    pub async fn wait_settled(&self, count: i64, limit: Duration) -> anyhow::Result<i64> {
+        self.wait_count(
+            "SELECT COUNT(*) FROM transfers WHERE kind = 'transfer'",
+            |settled| settled >= count,
+            limit,
+        )
+        .await
+    }
+
+    /// Waits until settlement has run every settled batch's after-commit effects (Redis, the
+    /// event message) and forgotten them: until then it may run them again, and a test that
+    /// changes what they touch would race it. True when none are left within `limit`.
+    pub async fn wait_effects_done(&self, limit: Duration) -> anyhow::Result<bool> {
+        let left = self
+            .wait_count(
+                "SELECT COUNT(*) FROM settlement_effect_batches",
+                |left| left == 0,
+                limit,
+            )
+            .await?;
+        Ok(left == 0)
+    }
+
+    /// Polls the ledger's `count_sql` every 100 ms until `done` holds for it or `limit` has
+    /// passed; returns the last count.
+    async fn wait_count(
+        &self,
+        count_sql: &'static str,
+        done: impl Fn(i64) -> bool,
+        limit: Duration,
+    ) -> anyhow::Result<i64> {
+        let pool = self.ledger().await?;
+        let deadline = Instant::now() + limit;
+        loop {
+            let count: i64 = sqlx::query_scalar(count_sql).fetch_one(&pool).await?;
+            if done(count) || Instant::now() >= deadline {
+                pool.close().await;
+                return Ok(count);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The transaction ids the ledger has settled (kind `transfer`).
+    pub async fn settled_ids(&self) -> anyhow::Result<Vec<uuid::Uuid>> {
+        let pool = self.ledger().await?;
+        let ids =
+            sqlx::query_scalar("SELECT transaction_id FROM transfers WHERE kind = 'transfer'")
+                .fetch_all(&pool)
+                .await?;
+        pool.close().await;
+        Ok(ids)
+    }
+
+    /// Which of `ids` the ledger has settled (completed or rejected).
+    pub async fn settled_among(
+        &self,
+        ids: &[uuid::Uuid],
+    ) -> anyhow::Result<std::collections::HashSet<uuid::Uuid>> {
+        let pool = self.ledger().await?;
+        let settled: Vec<uuid::Uuid> = sqlx::query_scalar(
+            "SELECT t.transaction_id FROM UNNEST($1::uuid[]) AS i(transaction_id) JOIN transfers t USING (transaction_id)",
+        )
+        .bind(ids)
+        .fetch_all(&pool)
+        .await?;
+        pool.close().await;
+        Ok(settled.into_iter().collect())
+    }
+
+    /// Waits until every one of `ids` is settled or `limit` passed; returns the settled ones.
+    /// A ledger that cannot be reached yet (just restarted) is asked again.
+    pub async fn wait_ids_settled(
+        &self,
+        ids: &[uuid::Uuid],
+        limit: Duration,
+    ) -> anyhow::Result<std::collections::HashSet<uuid::Uuid>> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let settled = self.settled_among(ids).await;
+            if let Ok(settled) = &settled
+                && settled.len() == ids.len()
+            {
+                return Ok(settled.clone());
+            }
+            if Instant::now() >= deadline {
+                return settled;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
