@@ -3,12 +3,15 @@
 
 pub mod admin_client;
 pub mod auth;
+pub mod bindings;
 pub mod capabilities;
 pub mod config;
 pub mod crash;
 pub mod guest;
 pub mod health;
 pub mod http;
+#[cfg(test)]
+mod layers;
 pub mod metrics;
 pub mod metrics_relay;
 pub mod otel;

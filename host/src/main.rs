@@ -105,7 +105,11 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Reconcile(settings) => {
             settings.services.validate()?;
             settings.worker.validate_with(&settings.services)?;
-            let stores = Stores::connect(&settings.services).await?;
+            let stores = Stores::connect(
+                &settings.services,
+                settlement::topic_recreated::forget_positions,
+            )
+            .await?;
             let position = settlement::reconcile::position(&settings.services, &stores)?;
             let report = settlement::reconcile::pass(&stores, &position, &settings.worker).await?;
             println!("{}", serde_json::to_string(&report)?);
@@ -178,7 +182,13 @@ async fn worker(command: config::WorkerCommand, mut signals: Signals) -> anyhow:
     } else {
         futures::future::Either::Right(std::future::pending())
     };
-    let stores = Arc::new(Stores::connect(&settings.services).await?);
+    let stores = Arc::new(
+        Stores::connect(
+            &settings.services,
+            settlement::topic_recreated::forget_positions,
+        )
+        .await?,
+    );
     if !command.supervised {
         let _holds_trust =
             settlement::reconcile::spawn(&settings.services, &settings.worker, &stores);

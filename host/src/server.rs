@@ -41,7 +41,8 @@ pub async fn serve(settings: Serve, mut signals: Signals) -> anyhow::Result<()> 
     crate::metrics::install().context("installing the metrics recorder")?;
     // First: a key that cannot be used stops the start before anything connects.
     let gate = Gate::from_settings(&settings)?;
-    let stores = Arc::new(Stores::connect(services).await?);
+    let stores =
+        Arc::new(Stores::connect(services, settlement::topic_recreated::forget_positions).await?);
     let engine = Arc::new(GuestEngine::new(guest_limits(&settings)?)?);
     let (registry, serving) = start_guests(&settings, &engine, &stores).await?;
     let mut holds_trust = settlement::reconcile::spawn(services, &settings.worker, &stores);

@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use transferd::config::Services;
 use transferd::guest::runtime::{GuestEngine, GuestFailure, GuestLimits};
+use transferd::settlement::topic_recreated::forget_positions;
 use transferd::stores::Stores;
-use transferd::stores::kafka::TransferLog;
+use transferd::stores::kafka::{KeptPositions, TransferLog};
 use transferd::stores::postgres::Ledger;
 use transferd::stores::redis::BalanceCache;
 use transferd_guest::logic::{Rejection, RequestContext};
@@ -59,7 +60,11 @@ async fn slow_stores(database_timeout_ms: u64) -> anyhow::Result<Arc<Stores>> {
         drain_timeout_ms: 10_000,
     };
     let ledger = Ledger::connect(&services).await?;
-    let log = TransferLog::new(&services, ledger.pool().clone())?;
+    let positions = KeptPositions {
+        ledger: ledger.pool().clone(),
+        forget: forget_positions,
+    };
+    let log = TransferLog::new(&services, positions)?;
     Ok(Arc::new(Stores {
         ledger,
         cache: BalanceCache::new(&services)?,

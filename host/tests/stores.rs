@@ -8,7 +8,7 @@ use transferd::settlement::decide::Transfer;
 use transferd::settlement::ledger::{Advance, Offsets, SettleError, SettledBatch, Settlements};
 use transferd::settlement::quarantine::{self, Quarantined};
 use transferd::settlement::same_log::{Fingerprints, fingerprint};
-use transferd::stores::log_position::forget_positions;
+use transferd::settlement::topic_recreated::forget_positions;
 use transferd::stores::postgres::Ledger;
 use transferd::stores::redis::{
     BalanceCache, HoldOutcome, HoldRequest, SettledBalance, SettledHold, TrustClaim,

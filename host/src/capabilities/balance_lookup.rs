@@ -17,11 +17,11 @@ use std::sync::Arc;
 
 use uuid::Uuid;
 
+use crate::bindings::transferd::transfer::balance_lookup;
 use crate::capabilities::RequestState;
 use crate::capabilities::backend::Backend;
 use crate::capabilities::guard::{self, Expected, Violation};
 use crate::capabilities::hold_ahead::HoldAhead;
-use crate::guest::bindings::transferd::transfer::balance_lookup;
 
 impl balance_lookup::Host for RequestState {
     async fn available(

@@ -21,7 +21,7 @@ use wasmtime::StoreLimits;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use crate::guest::bindings::transferd::transfer::types;
+use crate::bindings::transferd::transfer::types;
 use crate::stores::Stores;
 use crate::stores::idempotency::KeyLease;
 

@@ -12,10 +12,10 @@ use std::sync::Arc;
 use transferd_guest::logic::Outgoing;
 use uuid::Uuid;
 
+use crate::bindings::transferd::transfer::publish::{self, PublishError};
 use crate::capabilities::backend::Backend;
 use crate::capabilities::hold_ahead::{self, Taken};
 use crate::capabilities::{Publication, PublicationCell, RequestState, guard};
-use crate::guest::bindings::transferd::transfer::publish::{self, PublishError};
 use crate::stores::idempotency::{self, KeyLease};
 use crate::stores::redis::HoldOutcome;
 use crate::trace::TraceContext;
@@ -111,21 +111,7 @@ pub async fn deliver<B: Backend>(
         publication.set(refused(reason.into()));
         return Err(PublishError::Unavailable(reason.into()));
     }
-    let kept = match taken {
-        Taken::No => keep(&*backend, transaction_id, &outgoing, amount_minor).await,
-        Taken::AsRecorded => Ok(()),
-        Taken::OtherRecord => {
-            // The hold stands either way; a record that could not be replaced still names
-            // this transfer (the standard rules' message for its request).
-            if let Err(error) = backend
-                .replace_pending(transaction_id, &outgoing.payload)
-                .await
-            {
-                tracing::warn!(%error, %transaction_id, "could not replace the pending record of a hold taken ahead");
-            }
-            Ok(())
-        }
-    };
+    let kept = hold_as_planned(&*backend, transaction_id, &outgoing, amount_minor, taken).await;
     if let Err(error) = kept {
         publication.set(refused(match &error {
             PublishError::InsufficientFunds => "insufficient funds".into(),
@@ -133,12 +119,31 @@ pub async fn deliver<B: Backend>(
         }));
         return Err(error);
     }
-
     crate::crash::point("after-hold");
-    let traced = trace
-        .as_ref()
-        .map(TraceContext::kafka_headers)
-        .unwrap_or_default();
+    send_held(
+        &*backend,
+        transaction_id,
+        &outgoing,
+        amount_minor,
+        &publication,
+        trace.as_ref(),
+        lease.as_ref(),
+    )
+    .await
+}
+
+/// Produces a message whose hold is taken and records in `publication` what happened: the hold
+/// stays while the message may be in the log, and is released once it certainly is not.
+async fn send_held<B: Backend>(
+    backend: &B,
+    transaction_id: Uuid,
+    outgoing: &Outgoing,
+    amount_minor: i64,
+    publication: &PublicationCell,
+    trace: Option<&TraceContext>,
+    lease: Option<&KeyLease>,
+) -> Result<(), PublishError> {
+    let traced = trace.map(TraceContext::kafka_headers).unwrap_or_default();
     let id_text = transaction_id.to_string();
     let mut headers = vec![("transaction_id", id_text.as_str())];
     headers.extend(traced.iter().map(|(name, value)| (*name, value.as_str())));
@@ -167,15 +172,43 @@ pub async fn deliver<B: Backend>(
             Err(PublishError::Unavailable(error.to_string()))
         }
         Err(error) => {
-            if idempotency::may_act(lease.as_ref()).await {
+            if idempotency::may_act(lease).await {
                 tracing::warn!(%error, %transaction_id, "publish refused; releasing the hold");
-                release(&*backend, transaction_id, &outgoing).await;
+                release(backend, transaction_id, outgoing).await;
             } else {
                 // The hold may be the retry's now; it keeps it (or the reconciler releases it).
                 tracing::warn!(%error, %transaction_id, "publish refused; the hold is left to the retry that holds the key");
             }
-            publication.set(refused(error.to_string()));
+            publication.set(Publication::Refused {
+                reason: error.to_string(),
+            });
             Err(PublishError::Unavailable(error.to_string()))
+        }
+    }
+}
+
+/// Has the hold in Redis as `taken` says: taken now, or taken ahead by the first lookup with
+/// this message's pending record or another one (replaced here).
+async fn hold_as_planned<B: Backend>(
+    backend: &B,
+    transaction_id: Uuid,
+    outgoing: &Outgoing,
+    amount_minor: i64,
+    taken: Taken,
+) -> Result<(), PublishError> {
+    match taken {
+        Taken::No => keep(backend, transaction_id, outgoing, amount_minor).await,
+        Taken::AsRecorded => Ok(()),
+        Taken::OtherRecord => {
+            // The hold stands either way; a record that could not be replaced still names
+            // this transfer (the standard rules' message for its request).
+            if let Err(error) = backend
+                .replace_pending(transaction_id, &outgoing.payload)
+                .await
+            {
+                tracing::warn!(%error, %transaction_id, "could not replace the pending record of a hold taken ahead");
+            }
+            Ok(())
         }
     }
 }

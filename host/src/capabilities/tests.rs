@@ -14,7 +14,7 @@ use super::balance_lookup::lookup;
 use super::hold_ahead::{HoldAhead, Taken};
 use super::publish::deliver;
 use super::{Publication, PublicationCell};
-use crate::guest::bindings::transferd::transfer::publish::PublishError;
+use crate::bindings::transferd::transfer::publish::PublishError;
 use crate::stores::kafka::{Acknowledged, LogError};
 use crate::stores::postgres::{Balance, LedgerError};
 use crate::stores::redis::{CacheError, HoldOutcome, HoldRequest};

@@ -13,8 +13,8 @@ use wasmtime::StoreLimits;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
+use crate::bindings::transferd::transfer::{publish, types};
 use crate::capabilities::balance_lookup;
-use crate::guest::bindings::transferd::transfer::{publish, types};
 
 /// Store data of a replayed call.
 pub struct ReplayState {
@@ -66,7 +66,7 @@ impl WasiView for ReplayState {
 
 impl types::Host for ReplayState {}
 
-impl crate::guest::bindings::transferd::transfer::balance_lookup::Host for ReplayState {
+impl crate::bindings::transferd::transfer::balance_lookup::Host for ReplayState {
     async fn available(
         &mut self,
         account_id: i64,

@@ -37,13 +37,13 @@ use wasmtime::{
 
 use transferd_guest::vectors::{self, Replay, Vector};
 
+use crate::bindings::transferd::transfer::types::{
+    RequestContext as WitContext, TransferRequest as WitRequest,
+};
+use crate::bindings::{self, TransferLogic, TransferLogicPre};
 use crate::capabilities::guard::{self, Expected, Violation};
 use crate::capabilities::hold_ahead::{self, HoldAhead};
 use crate::capabilities::{Publication, PublicationCell, RecordedAnswers, RequestState};
-use crate::guest::bindings::transferd::transfer::types::{
-    RequestContext as WitContext, TransferRequest as WitRequest,
-};
-use crate::guest::bindings::{self, TransferLogic, TransferLogicPre};
 use crate::guest::replay::ReplayState;
 use crate::stores::Stores;
 use crate::stores::idempotency::{self, KeyLease};

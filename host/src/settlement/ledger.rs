@@ -129,7 +129,7 @@ impl Settlements {
     }
 
     /// The topic's log generation: how many times the topic was created again while
-    /// settlement had positions in it (`stores::log_position::forget_positions`). A worker
+    /// settlement had positions in it (`topic_recreated::forget_positions`). A worker
     /// reads it before its positions and names it in every [`Advance`]; read in that order, a
     /// generation that moves in between can only refuse a batch, never let a stale one in.
     pub async fn generation(&self, topic: &str) -> Result<i64, LedgerError> {

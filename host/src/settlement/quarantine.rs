@@ -6,8 +6,8 @@
 //! `Settlements::refused`). Its row is written in the transaction that moves settlement's
 //! position past it; after the commit it is copied to the dead-letter topic, its hold (when its
 //! id, sender and currency could be read) is released, and `GET /transfers/{id}` answers it as
-//! rejected, reason `unprocessable` (`Reason::Unprocessable`). An operator re-drives one with `Settlements::retry` once
-//! its cause is fixed.
+//! rejected, reason `unprocessable` (`Reason::Unprocessable`). An operator re-drives one with
+//! `Settlements::retry` once its cause is fixed.
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;

@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
+use futures::future::BoxFuture;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
@@ -16,7 +17,6 @@ use rdkafka::types::{RDKafkaErrorCode, RDKafkaRespErr};
 use sqlx::PgPool;
 
 use crate::config::Services;
-use crate::stores::log_position;
 
 /// Topics a guest may publish to, by their logical (unprefixed) names.
 pub const GUEST_TOPICS: &[&str] = &[TRANSFER_TOPIC];
@@ -37,6 +37,21 @@ pub const HOST_TOPICS: &[&str] = &[TRANSFER_TOPIC, EVENTS_TOPIC, DEAD_LETTER_TOP
 /// Least time between two attempts at recreating missing topics: every request that meets a
 /// missing topic asks, one attempt answers them all.
 pub const TOPIC_REPAIR_INTERVAL: Duration = Duration::from_secs(1);
+
+/// What runs before a missing topic is created again, given the ledger and the topic's
+/// physical name: whoever keeps positions in the topic forgets them, since they count offsets
+/// in a log that is gone, and says in how many partitions it had some. The layer that owns the
+/// positions supplies it (`settlement::topic_recreated::forget_positions`), so this store runs
+/// no other layer's SQL and imports nothing above it; it only says when.
+pub type ForgetPositions =
+    for<'a> fn(&'a PgPool, &'a str) -> BoxFuture<'a, Result<u64, sqlx::Error>>;
+
+/// The positions kept in the topics (settlement's, in the ledger) and how they are forgotten.
+#[derive(Clone)]
+pub struct KeptPositions {
+    pub ledger: PgPool,
+    pub forget: ForgetPositions,
+}
 
 /// The settlement worker's consumer: reads partitions it assigns itself, commits nothing.
 pub fn settlement_consumer(
@@ -222,9 +237,9 @@ pub struct TransferLog {
     /// still says they do not exist); the generation says which one is replaced.
     producer: RwLock<(u64, FutureProducer)>,
     services: Services,
-    /// The ledger, whose settlement positions in a topic are forgotten before it is created
-    /// again (see [`TransferLog::ensure_topics`]).
-    ledger: PgPool,
+    /// The positions in a topic that are forgotten before it is created again (see
+    /// [`TransferLog::ensure_topics`]).
+    positions: KeptPositions,
     timeout: Duration,
     /// When topics were last recreated; one attempt at a time (see [`TransferLog::repair_topics`]).
     last_repair: tokio::sync::Mutex<Option<Instant>>,
@@ -255,12 +270,12 @@ impl Drop for InFlight {
 
 impl TransferLog {
     /// Creates the producer; it connects in the background and reconnects by itself.
-    pub fn new(services: &Services, ledger: PgPool) -> Result<TransferLog, LogError> {
+    pub fn new(services: &Services, positions: KeptPositions) -> Result<TransferLog, LogError> {
         let producer = new_producer(services)?;
         Ok(TransferLog {
             producer: RwLock::new((0, producer)),
             services: services.clone(),
-            ledger,
+            positions,
             timeout: services.kafka_timeout(),
             last_repair: tokio::sync::Mutex::new(None),
             repairs: AtomicU64::new(0),
@@ -422,7 +437,7 @@ impl TransferLog {
         }
         *last = Some(Instant::now());
         let (generation, _) = self.current_producer();
-        TransferLog::ensure_topics(&self.services, &self.ledger, HOST_TOPICS).await?;
+        TransferLog::ensure_topics(&self.services, &self.positions, HOST_TOPICS).await?;
         self.replace_producer(generation, "missing topics were created");
         self.repairs.fetch_add(1, Ordering::SeqCst);
         tracing::warn!(
@@ -484,12 +499,13 @@ impl TransferLog {
     /// A missing topic that settlement has positions in was deleted, or lived on a broker that
     /// lost its log: the topic created now numbers its messages from 0 again, and a worker
     /// that kept the old positions would skip every message below them. So settlement's
-    /// positions in it are forgotten first, before it exists again; a crash in between leaves
+    /// positions in it are forgotten first (`positions.forget`), before it exists again; a
+    /// crash in between leaves
     /// the topic missing, and the next attempt forgets again (nothing to lose: reading a log
     /// from its start is safe, the ledger skips what it has).
     pub async fn ensure_topics(
         services: &Services,
-        ledger: &PgPool,
+        positions: &KeptPositions,
         logical_topics: &[&str],
     ) -> Result<(), LogError> {
         let admin: Arc<AdminClient<DefaultClientContext>> = Arc::new(
@@ -507,7 +523,7 @@ impl TransferLog {
             return Ok(());
         }
         for name in &missing {
-            let forgotten = log_position::forget_positions(ledger, name)
+            let forgotten = (positions.forget)(&positions.ledger, name)
                 .await
                 .map_err(|error| {
                     LogError::NotSent(format!(

@@ -11,8 +11,6 @@ use std::time::Duration;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
-use sqlx::PgPool;
-
 use crate::config::Services;
 use crate::stores::kafka::LogError;
 
@@ -55,25 +53,6 @@ impl LogPosition {
     fn parts(&self) -> (Arc<BaseConsumer>, String, Duration) {
         (Arc::clone(&self.consumer), self.topic.clone(), self.timeout)
     }
-}
-
-/// Forgets settlement's positions in `topic` (physical name), and the fingerprints that go
-/// with them: they count offsets in a log that is gone. Called before the topic is created
-/// again, so the next worker settles the new log from offset 0. The topic's log generation
-/// moves on, so a worker still holding a batch of the old log has it refused and starts over
-/// from the ledger's positions (`settlement::ledger`). Returns how many partitions had
-/// positions.
-pub async fn forget_positions(ledger: &PgPool, topic: &str) -> Result<u64, sqlx::Error> {
-    let forgotten = sqlx::query(
-        "UPDATE settlement_positions
-         SET next_offset = 0, last_payload_sha256 = NULL, log_generation = log_generation + 1,
-             updated_at = now()
-         WHERE topic = $1",
-    )
-    .bind(topic)
-    .execute(ledger)
-    .await?;
-    Ok(forgotten.rows_affected())
 }
 
 /// True when settlement's position in every partition has reached `ends` (the log's end when a

@@ -15,7 +15,7 @@ use std::time::Duration;
 use anyhow::Context;
 
 use crate::config::Services;
-use kafka::{HOST_TOPICS, TransferLog};
+use kafka::{ForgetPositions, HOST_TOPICS, KeptPositions, TransferLog};
 use postgres::Ledger;
 use redis::BalanceCache;
 
@@ -29,13 +29,18 @@ pub struct Stores {
 
 impl Stores {
     /// Connects the stores and migrates the ledger. Redis and Kafka connect lazily and
-    /// reconnect by themselves; missing topics are created in the background.
-    pub async fn connect(services: &Services) -> anyhow::Result<Stores> {
+    /// reconnect by themselves; missing topics are created in the background, each after
+    /// `forget` made settlement forget its positions in it (see [`ForgetPositions`]).
+    pub async fn connect(services: &Services, forget: ForgetPositions) -> anyhow::Result<Stores> {
         let ledger = Ledger::connect(services).await?;
         migrate_with_retry(&ledger).await?;
         let cache = BalanceCache::new(services)?;
-        let log = TransferLog::new(services, ledger.pool().clone())?;
-        ensure_topics_in_background(services.clone(), ledger.pool().clone());
+        let positions = KeptPositions {
+            ledger: ledger.pool().clone(),
+            forget,
+        };
+        let log = TransferLog::new(services, positions.clone())?;
+        ensure_topics_in_background(services.clone(), positions);
         Ok(Stores { ledger, cache, log })
     }
 }
@@ -58,11 +63,11 @@ async fn migrate_with_retry(ledger: &Ledger) -> anyhow::Result<()> {
 
 /// Creates missing topics, retrying until the broker answers; requests that publish before
 /// then fail with 503, as they would with the broker down.
-fn ensure_topics_in_background(services: Services, ledger: sqlx::PgPool) {
+fn ensure_topics_in_background(services: Services, positions: KeptPositions) {
     tokio::spawn(async move {
         let mut delay = Duration::from_millis(200);
         loop {
-            match TransferLog::ensure_topics(&services, &ledger, HOST_TOPICS).await {
+            match TransferLog::ensure_topics(&services, &positions, HOST_TOPICS).await {
                 Ok(()) => {
                     tracing::info!(topics = ?HOST_TOPICS, prefix = services.topic_prefix, "topics ready");
                     return;

@@ -1,5 +1,9 @@
 //! Host-side bindings for the `transfer-logic` world, generated from `wit/`.
 //!
+//! A module of their own, below both their users: the runtime (`guest`) calls the guest's
+//! exports through them and the imports (`capabilities`, a layer below the runtime) implement
+//! them, which they could not do from inside `guest` without importing upward.
+//!
 //! Imports are async (they wait on Redis, PostgreSQL and Kafka) and trappable: a host error
 //! that is the guest's fault (publishing to a topic it may not use) traps the guest instead of
 //! being reported to it as an ordinary answer.
