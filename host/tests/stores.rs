@@ -215,14 +215,14 @@ async fn settling_the_same_batch_again_changes_nothing() -> anyhow::Result<()> {
     let statuses: Vec<(&str, bool)> = settled
         .transfers
         .iter()
-        .map(|t| (t.outcome.status(), t.newly_applied))
+        .map(|t| (t.outcome.status().as_str(), t.newly_applied))
         .collect();
     assert_eq!(
         statuses,
         vec![("completed", true), ("rejected", true), ("completed", true)]
     );
     assert_eq!(
-        settled.transfers[1].outcome.reason(),
+        settled.transfers[1].outcome.reason().map(|r| r.as_str()),
         Some("insufficient_funds")
     );
     let after_first = (
@@ -238,7 +238,7 @@ async fn settling_the_same_batch_again_changes_nothing() -> anyhow::Result<()> {
         "a redelivery applies nothing"
     );
     assert_eq!(
-        again.transfers[1].outcome.status(),
+        again.transfers[1].outcome.status().as_str(),
         "rejected",
         "a redelivery reports the first outcome"
     );
@@ -454,7 +454,7 @@ async fn a_settled_batch_s_effects_stay_recorded_until_done() -> anyhow::Result<
     let statuses: Vec<&str> = settled
         .transfers
         .iter()
-        .map(|t| t.outcome.status())
+        .map(|t| t.outcome.status().as_str())
         .collect();
     assert_eq!(statuses, vec!["completed", "rejected"]);
     assert_eq!(
@@ -1234,7 +1234,7 @@ async fn every_message_the_guard_admits_the_ledger_applies() -> anyhow::Result<(
         let exponent = currency_exponent(&case.currency).unwrap_or(2);
         let amount_text = format_minor(case.amount_minor, exponent);
         let expected = Expected {
-            transaction_id: GUARDED_ID.into(),
+            transaction_id: Uuid::parse_str(GUARDED_ID)?,
             sender_id: case.sender_id,
             receiver_id: case.receiver_id,
             currency: case.currency.clone(),

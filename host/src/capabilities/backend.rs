@@ -2,9 +2,12 @@
 //! first and the ledger when Redis is down or the balance is not cached; no transfer without
 //! a hold; release only what is certainly not in the log) is written once over it, so it is
 //! unit-tested against an in-memory backend without services (`tests` below), while
-//! [`Stores`] implements it with Redis, PostgreSQL and Kafka.
+//! [`Stores`] implements it with Redis, PostgreSQL and Kafka. A transaction id is a [`Uuid`]
+//! here; Redis keys and hash fields hold its text.
 
 use std::future::Future;
+
+use uuid::Uuid;
 
 use crate::stores::Stores;
 use crate::stores::kafka::{Acknowledged, LogError};
@@ -19,7 +22,7 @@ pub trait Backend: Send + Sync + 'static {
         &self,
         account_ids: &[i64],
         currency: &str,
-        transaction_id: &str,
+        transaction_id: Uuid,
     ) -> impl Future<Output = Result<Vec<Option<i64>>, CacheError>> + Send;
 
     /// Redis, one round trip: [`Backend::cached_available`], and the hold `ahead` in the same
@@ -29,7 +32,7 @@ pub trait Backend: Send + Sync + 'static {
         &self,
         account_ids: &[i64],
         currency: &str,
-        transaction_id: &str,
+        transaction_id: Uuid,
         ahead: HoldRequest<'_>,
     ) -> impl Future<Output = Result<(Vec<Option<i64>>, bool), CacheError>> + Send;
 
@@ -45,7 +48,7 @@ pub trait Backend: Send + Sync + 'static {
     /// the message as its pending record, when the holds are trusted.
     fn reserve_hold(
         &self,
-        transaction_id: &str,
+        transaction_id: Uuid,
         account_id: i64,
         currency: &str,
         amount_minor: i64,
@@ -55,14 +58,14 @@ pub trait Backend: Send + Sync + 'static {
     /// Redis: replaces the pending record of a transfer that holds already.
     fn replace_pending(
         &self,
-        transaction_id: &str,
+        transaction_id: Uuid,
         message: &[u8],
     ) -> impl Future<Output = Result<(), CacheError>> + Send;
 
     /// Redis: gives a hold (and its pending record) back.
     fn release_hold(
         &self,
-        transaction_id: &str,
+        transaction_id: Uuid,
         account_id: i64,
         currency: &str,
     ) -> impl Future<Output = Result<(), CacheError>> + Send;
@@ -89,10 +92,10 @@ impl Backend for Stores {
         &self,
         account_ids: &[i64],
         currency: &str,
-        transaction_id: &str,
+        transaction_id: Uuid,
     ) -> Result<Vec<Option<i64>>, CacheError> {
         self.cache
-            .available_many(account_ids, currency, transaction_id)
+            .available_many(account_ids, currency, &transaction_id.to_string())
             .await
     }
 
@@ -100,11 +103,11 @@ impl Backend for Stores {
         &self,
         account_ids: &[i64],
         currency: &str,
-        transaction_id: &str,
+        transaction_id: Uuid,
         ahead: HoldRequest<'_>,
     ) -> Result<(Vec<Option<i64>>, bool), CacheError> {
         self.cache
-            .available_holding(account_ids, currency, transaction_id, &ahead)
+            .available_holding(account_ids, currency, &transaction_id.to_string(), &ahead)
             .await
     }
 
@@ -126,33 +129,41 @@ impl Backend for Stores {
 
     async fn reserve_hold(
         &self,
-        transaction_id: &str,
+        transaction_id: Uuid,
         account_id: i64,
         currency: &str,
         amount_minor: i64,
         message: &[u8],
     ) -> Result<HoldOutcome, CacheError> {
         self.cache
-            .reserve_hold(transaction_id, account_id, currency, amount_minor, message)
+            .reserve_hold(
+                &transaction_id.to_string(),
+                account_id,
+                currency,
+                amount_minor,
+                message,
+            )
             .await
     }
 
     async fn replace_pending(
         &self,
-        transaction_id: &str,
+        transaction_id: Uuid,
         message: &[u8],
     ) -> Result<(), CacheError> {
-        self.cache.replace_pending(transaction_id, message).await
+        self.cache
+            .replace_pending(&transaction_id.to_string(), message)
+            .await
     }
 
     async fn release_hold(
         &self,
-        transaction_id: &str,
+        transaction_id: Uuid,
         account_id: i64,
         currency: &str,
     ) -> Result<(), CacheError> {
         self.cache
-            .release_hold(transaction_id, account_id, currency)
+            .release_hold(&transaction_id.to_string(), account_id, currency)
             .await
     }
 

@@ -15,6 +15,8 @@
 
 use std::sync::Arc;
 
+use uuid::Uuid;
+
 use crate::bindings::transferd::transfer::balance_lookup;
 use crate::capabilities::RequestState;
 use crate::capabilities::backend::Backend;
@@ -42,13 +44,13 @@ impl balance_lookup::Host for RequestState {
                     self.answers.lookups.is_empty(),
                 );
                 let stores = Arc::clone(&self.stores);
-                let transaction_id = self.expected.transaction_id.clone();
+                let transaction_id = self.expected.transaction_id;
                 // Perhaps held from here: a call dropped while Redis runs the script (a
                 // timeout) gives back what it may hold.
                 let ahead = self.ahead.take_plan();
                 let looked_up = lookup(
                     &*stores,
-                    &transaction_id,
+                    transaction_id,
                     account_id,
                     &currency,
                     also,
@@ -174,7 +176,7 @@ pub struct LookedUp {
 /// round trip, and only from Redis.
 pub async fn lookup<B: Backend>(
     backend: &B,
-    transaction_id: &str,
+    transaction_id: Uuid,
     account_id: i64,
     currency: &str,
     also: Option<i64>,
@@ -232,7 +234,7 @@ pub async fn lookup<B: Backend>(
 /// so that the account's holds count.
 async fn from_ledger<B: Backend>(
     backend: &B,
-    transaction_id: &str,
+    transaction_id: Uuid,
     account_id: i64,
     currency: &str,
 ) -> Result<Option<i64>, String> {
@@ -271,7 +273,7 @@ mod tests {
 
     fn expected(sender_id: i64, receiver_id: i64) -> Expected {
         Expected {
-            transaction_id: "tx".into(),
+            transaction_id: Uuid::nil(),
             sender_id,
             receiver_id,
             currency: "USD".into(),

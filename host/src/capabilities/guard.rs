@@ -15,6 +15,7 @@ use transferd_guest::logic::{Accepted, Outgoing, RequestContext};
 use transferd_guest::money::{currency_exponent, format_minor, parse_amount};
 use transferd_guest::rules::TransferRequest;
 use transferd_message::TransferMessage;
+use uuid::Uuid;
 
 use crate::stores::kafka::GUEST_TOPICS;
 
@@ -22,7 +23,7 @@ use crate::stores::kafka::GUEST_TOPICS;
 /// context's id.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Expected {
-    pub transaction_id: String,
+    pub transaction_id: Uuid,
     pub sender_id: i64,
     pub receiver_id: i64,
     pub currency: String,
@@ -46,9 +47,14 @@ pub struct Expected {
 pub const MAX_CREATED_AT_SKEW_MS: u64 = 1_000;
 
 impl Expected {
-    pub fn of(context: &RequestContext, request: &TransferRequest) -> Expected {
-        Expected {
-            transaction_id: context.transaction_id.clone(),
+    /// What a call given `context` and `request` may publish. The context's id is read here,
+    /// once: the host mints a UUID for every request, and a vector's context that names no
+    /// UUID is refused.
+    pub fn of(context: &RequestContext, request: &TransferRequest) -> Result<Expected, Violation> {
+        let transaction_id = Uuid::try_parse(&context.transaction_id)
+            .map_err(|_| Violation::ContextId(context.transaction_id.clone()))?;
+        Ok(Expected {
+            transaction_id,
             sender_id: request.sender_id,
             receiver_id: request.receiver_id,
             currency: request.currency.clone(),
@@ -57,7 +63,7 @@ impl Expected {
             description: request.description.clone(),
             guest_version: context.guest_version.clone(),
             received_at_ms: context.received_at_ms,
-        }
+        })
     }
 }
 
@@ -129,6 +135,10 @@ pub enum Violation {
         "asks for the balance of account {account_id} in {currency:?}, not a party of the request"
     )]
     Lookup { account_id: i64, currency: String },
+    /// Not the guest's doing: the call was given a context whose id is not a UUID (a
+    /// hand-written vector; the host mints UUIDs).
+    #[error("the request context's transaction_id {0:?} is not a UUID")]
+    ContextId(String),
 }
 
 impl Violation {
@@ -151,6 +161,7 @@ impl Violation {
             Violation::AcceptedUnpublished => "accepted_without_publish",
             Violation::Principal { .. } => "principal",
             Violation::Lookup { .. } => "balance_lookup",
+            Violation::ContextId(_) => "context_transaction_id",
         }
     }
 
@@ -213,7 +224,7 @@ pub fn check_publish(
     field_is(
         "transaction_id",
         message.transaction_id.to_string(),
-        expected.transaction_id.clone(),
+        expected.transaction_id.to_string(),
     )?;
     field_is("sender_id", message.sender_id, expected.sender_id)?;
     field_is("receiver_id", message.receiver_id, expected.receiver_id)?;
@@ -272,10 +283,12 @@ pub fn check_accepted(
     published_minor: Option<i64>,
     accepted: &Accepted,
 ) -> Result<(), Violation> {
-    if accepted.transaction_id != expected.transaction_id {
+    // The id exactly as the guest was given it: another spelling of it is refused too.
+    let expected_id = expected.transaction_id.to_string();
+    if accepted.transaction_id != expected_id {
         return Err(Violation::AcceptedId {
             found: accepted.transaction_id.clone(),
-            expected: expected.transaction_id.clone(),
+            expected: expected_id,
         });
     }
     let published_minor = published_minor.ok_or(Violation::AcceptedUnpublished)?;
@@ -374,7 +387,7 @@ mod tests {
     /// The request of every case: 10.50 USD from 1 to 2.
     fn expected() -> Expected {
         Expected {
-            transaction_id: ID.into(),
+            transaction_id: Uuid::parse_str(ID).expect("a UUID"),
             sender_id: 1,
             receiver_id: 2,
             currency: "USD".into(),
@@ -672,6 +685,28 @@ mod tests {
         assert_eq!(
             check_publish(&expected(), 0, &message).map_err(|v| v.check()),
             Err("json")
+        );
+    }
+
+    #[test]
+    fn a_context_that_names_no_uuid_is_refused() {
+        let request = TransferRequest {
+            sender_id: 1,
+            receiver_id: 2,
+            amount: "10.50".into(),
+            currency: "USD".into(),
+            description: None,
+        };
+        let context = |id: &str| RequestContext {
+            transaction_id: id.into(),
+            received_at_ms: RECEIVED_AT_MS,
+            principal: None,
+            guest_version: VERSION.into(),
+        };
+        assert_eq!(Expected::of(&context(ID), &request), Ok(expected()));
+        assert_eq!(
+            Expected::of(&context("tx"), &request).map_err(|broken| broken.check()),
+            Err("context_transaction_id")
         );
     }
 

@@ -18,6 +18,7 @@
 use transferd_guest::logic::RequestContext;
 use transferd_guest::message;
 use transferd_guest::rules::{self, TransferRequest};
+use uuid::Uuid;
 
 use crate::capabilities::Publication;
 use crate::capabilities::backend::Backend;
@@ -172,13 +173,13 @@ pub fn to_give_back(unused: Option<HoldAhead>, publication: &Publication) -> Opt
 
 /// Gives back a hold ahead that no publish took over. A failure leaves it to the reconciler:
 /// a hold only makes an account look poorer, never richer.
-pub async fn give_back<B: Backend>(backend: &B, transaction_id: &str, held: &HoldAhead) {
+pub async fn give_back<B: Backend>(backend: &B, transaction_id: Uuid, held: &HoldAhead) {
     counted("given_back");
     if let Err(error) = backend
         .release_hold(transaction_id, held.account_id, &held.currency)
         .await
     {
-        tracing::warn!(%error, transaction_id, "could not give back a hold taken ahead");
+        tracing::warn!(%error, %transaction_id, "could not give back a hold taken ahead");
     }
 }
 

@@ -10,6 +10,7 @@
 use std::sync::Arc;
 
 use transferd_guest::logic::Outgoing;
+use uuid::Uuid;
 
 use crate::bindings::transferd::transfer::publish::{self, PublishError};
 use crate::capabilities::backend::Backend;
@@ -39,7 +40,7 @@ impl publish::Host for RequestState {
         // Boxed first: the future is about 5 KB, and spawning copies what it is given.
         let delivery = tokio::spawn(Box::pin(deliver(
             Arc::clone(&self.stores),
-            self.expected.transaction_id.clone(),
+            self.expected.transaction_id,
             outgoing,
             amount_minor,
             taken,
@@ -94,7 +95,7 @@ impl RequestState {
 #[allow(clippy::too_many_arguments)] // one per thing the delivery task owns
 pub async fn deliver<B: Backend>(
     backend: Arc<B>,
-    transaction_id: String,
+    transaction_id: Uuid,
     outgoing: Outgoing,
     amount_minor: i64,
     taken: Taken,
@@ -106,11 +107,11 @@ pub async fn deliver<B: Backend>(
     if !idempotency::may_act(lease.as_ref()).await {
         // A retry holds the key (or it cannot be told): the retry publishes, not this.
         let reason = "the request's idempotency key is no longer its own; nothing was sent";
-        tracing::warn!(transaction_id, "{reason}");
+        tracing::warn!(%transaction_id, "{reason}");
         publication.set(refused(reason.into()));
         return Err(PublishError::Unavailable(reason.into()));
     }
-    let kept = hold_as_planned(&*backend, &transaction_id, &outgoing, amount_minor, taken).await;
+    let kept = hold_as_planned(&*backend, transaction_id, &outgoing, amount_minor, taken).await;
     if let Err(error) = kept {
         publication.set(refused(match &error {
             PublishError::InsufficientFunds => "insufficient funds".into(),
@@ -121,7 +122,7 @@ pub async fn deliver<B: Backend>(
     crate::crash::point("after-hold");
     send_held(
         &*backend,
-        &transaction_id,
+        transaction_id,
         &outgoing,
         amount_minor,
         &publication,
@@ -135,7 +136,7 @@ pub async fn deliver<B: Backend>(
 /// stays while the message may be in the log, and is released once it certainly is not.
 async fn send_held<B: Backend>(
     backend: &B,
-    transaction_id: &str,
+    transaction_id: Uuid,
     outgoing: &Outgoing,
     amount_minor: i64,
     publication: &PublicationCell,
@@ -143,7 +144,8 @@ async fn send_held<B: Backend>(
     lease: Option<&KeyLease>,
 ) -> Result<(), PublishError> {
     let traced = trace.map(TraceContext::kafka_headers).unwrap_or_default();
-    let mut headers = vec![("transaction_id", transaction_id)];
+    let id_text = transaction_id.to_string();
+    let mut headers = vec![("transaction_id", id_text.as_str())];
     headers.extend(traced.iter().map(|(name, value)| (*name, value.as_str())));
     let produced = backend
         .produce(&outgoing.topic, &outgoing.key, &outgoing.payload, &headers)
@@ -152,7 +154,7 @@ async fn send_held<B: Backend>(
         Ok(acknowledged) => {
             crate::crash::point("after-produce");
             tracing::debug!(
-                transaction_id,
+                %transaction_id,
                 partition = acknowledged.partition,
                 offset = acknowledged.offset,
                 "published"
@@ -162,7 +164,7 @@ async fn send_held<B: Backend>(
         }
         Err(error) if error.in_doubt() => {
             // The message may be in the log: the hold stays until the log or the ledger says.
-            tracing::warn!(%error, transaction_id, "publish in doubt; keeping the hold");
+            tracing::warn!(%error, %transaction_id, "publish in doubt; keeping the hold");
             metrics::counter!(crate::metrics::PUBLISHES_IN_DOUBT).increment(1);
             publication.set(Publication::InDoubt {
                 reason: error.to_string(),
@@ -171,11 +173,11 @@ async fn send_held<B: Backend>(
         }
         Err(error) => {
             if idempotency::may_act(lease).await {
-                tracing::warn!(%error, transaction_id, "publish refused; releasing the hold");
+                tracing::warn!(%error, %transaction_id, "publish refused; releasing the hold");
                 release(backend, transaction_id, outgoing).await;
             } else {
                 // The hold may be the retry's now; it keeps it (or the reconciler releases it).
-                tracing::warn!(%error, transaction_id, "publish refused; the hold is left to the retry that holds the key");
+                tracing::warn!(%error, %transaction_id, "publish refused; the hold is left to the retry that holds the key");
             }
             publication.set(Publication::Refused {
                 reason: error.to_string(),
@@ -189,7 +191,7 @@ async fn send_held<B: Backend>(
 /// this message's pending record or another one (replaced here).
 async fn hold_as_planned<B: Backend>(
     backend: &B,
-    transaction_id: &str,
+    transaction_id: Uuid,
     outgoing: &Outgoing,
     amount_minor: i64,
     taken: Taken,
@@ -204,7 +206,7 @@ async fn hold_as_planned<B: Backend>(
                 .replace_pending(transaction_id, &outgoing.payload)
                 .await
             {
-                tracing::warn!(%error, transaction_id, "could not replace the pending record of a hold taken ahead");
+                tracing::warn!(%error, %transaction_id, "could not replace the pending record of a hold taken ahead");
             }
             Ok(())
         }
@@ -215,7 +217,7 @@ async fn hold_as_planned<B: Backend>(
 /// transfer is not accepted.
 async fn keep<B: Backend>(
     backend: &B,
-    transaction_id: &str,
+    transaction_id: Uuid,
     outgoing: &Outgoing,
     amount_minor: i64,
 ) -> Result<(), PublishError> {
@@ -256,7 +258,7 @@ async fn keep<B: Backend>(
             Err(PublishError::Unavailable(HOLDS_UNTRUSTED.into()))
         }
         Err(error) => {
-            tracing::warn!(%error, transaction_id, "cannot reserve a hold; not accepted");
+            tracing::warn!(%error, %transaction_id, "cannot reserve a hold; not accepted");
             refused_hold("redis_unavailable");
             Err(PublishError::Unavailable(format!(
                 "cannot hold the amount ({error}); not accepted, retry"
@@ -275,7 +277,7 @@ fn refused_hold(reason: &'static str) {
 }
 
 /// Undoes [`keep`] for a message certainly not in the log.
-async fn release<B: Backend>(backend: &B, transaction_id: &str, outgoing: &Outgoing) {
+async fn release<B: Backend>(backend: &B, transaction_id: Uuid, outgoing: &Outgoing) {
     let released = match &outgoing.hold {
         Some(hold) => backend
             .release_hold(transaction_id, hold.account_id, &hold.currency)
@@ -286,6 +288,6 @@ async fn release<B: Backend>(backend: &B, transaction_id: &str, outgoing: &Outgo
     if let Err(error) = released {
         // The hold stays until the reconciler releases it; it only makes the account look
         // poorer, never richer.
-        tracing::error!(%error, transaction_id, "could not release the hold of a refused publish");
+        tracing::error!(%error, %transaction_id, "could not release the hold of a refused publish");
     }
 }

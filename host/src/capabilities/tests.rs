@@ -29,12 +29,18 @@ enum Broker {
 
 type Account = (i64, String);
 
+/// The transaction of the cases that need one fixed id.
+const TX: Uuid = Uuid::from_u128(0x01a2_0c00_0000_7000_8000_0000_0000_0001);
+
+/// Another transaction, holding on the same accounts.
+const OTHER: Uuid = Uuid::from_u128(0x01a2_0c00_0000_7000_8000_0000_0000_0002);
+
 #[derive(Default)]
 struct State {
     /// Redis: cached balance per account.
     cached: HashMap<Account, i64>,
     /// Redis: holds by transaction id.
-    holds: HashMap<String, (Account, i64)>,
+    holds: HashMap<Uuid, (Account, i64)>,
     /// PostgreSQL: settled balances.
     settled: HashMap<Account, i64>,
     produced: Vec<String>,
@@ -45,7 +51,7 @@ struct State {
     /// Round trips to Redis to reserve a hold.
     reserves: u32,
     /// Redis: pending records by transaction id.
-    records: HashMap<String, Vec<u8>>,
+    records: HashMap<Uuid, Vec<u8>>,
 }
 
 struct Fake {
@@ -105,7 +111,7 @@ impl Backend for Fake {
         &self,
         ids: &[i64],
         currency: &str,
-        transaction_id: &str,
+        transaction_id: Uuid,
     ) -> Result<Vec<Option<i64>>, CacheError> {
         self.redis()?;
         let mut state = self.state();
@@ -113,7 +119,7 @@ impl Backend for Fake {
         let own = |state: &State, key: &Account| {
             state
                 .holds
-                .get(transaction_id)
+                .get(&transaction_id)
                 .filter(|(on, _)| on == key)
                 .map_or(0, |(_, amount)| *amount)
         };
@@ -133,23 +139,21 @@ impl Backend for Fake {
         &self,
         ids: &[i64],
         currency: &str,
-        transaction_id: &str,
+        transaction_id: Uuid,
         ahead: HoldRequest<'_>,
     ) -> Result<(Vec<Option<i64>>, bool), CacheError> {
         let found = self.cached_available(ids, currency, transaction_id).await?;
         let mut state = self.state();
         let key = (ids[ahead.hold_on], currency.to_string());
-        let already = state.holds.contains_key(transaction_id);
+        let already = state.holds.contains_key(&transaction_id);
         let covered = found[ahead.hold_on].is_some_and(|available| available >= ahead.amount_minor);
         let trusted = !self.holds_untrusted.load(Ordering::SeqCst);
         let held = trusted && found.iter().all(Option::is_some) && !already && covered;
         if held {
             state
                 .holds
-                .insert(transaction_id.into(), (key, ahead.amount_minor));
-            state
-                .records
-                .insert(transaction_id.into(), ahead.record.to_vec());
+                .insert(transaction_id, (key, ahead.amount_minor));
+            state.records.insert(transaction_id, ahead.record.to_vec());
         }
         Ok((found, held))
     }
@@ -169,7 +173,7 @@ impl Backend for Fake {
 
     async fn reserve_hold(
         &self,
-        transaction_id: &str,
+        transaction_id: Uuid,
         id: i64,
         currency: &str,
         amount_minor: i64,
@@ -182,7 +186,7 @@ impl Backend for Fake {
             return Ok(HoldOutcome::Untrusted);
         }
         // As the reserve script: a transaction that holds already keeps its hold and record.
-        if state.holds.contains_key(transaction_id) {
+        if state.holds.contains_key(&transaction_id) {
             return Ok(HoldOutcome::Reserved);
         }
         let key = (id, currency.to_string());
@@ -192,32 +196,28 @@ impl Backend for Fake {
         if balance - Fake::held_on(&state, &key) < amount_minor {
             return Ok(HoldOutcome::Insufficient);
         }
-        state
-            .holds
-            .insert(transaction_id.into(), (key, amount_minor));
-        state
-            .records
-            .insert(transaction_id.into(), message.to_vec());
+        state.holds.insert(transaction_id, (key, amount_minor));
+        state.records.insert(transaction_id, message.to_vec());
         Ok(HoldOutcome::Reserved)
     }
 
     async fn replace_pending(
         &self,
-        transaction_id: &str,
+        transaction_id: Uuid,
         message: &[u8],
     ) -> Result<(), CacheError> {
         self.redis()?;
         self.state()
             .records
-            .insert(transaction_id.into(), message.to_vec());
+            .insert(transaction_id, message.to_vec());
         Ok(())
     }
 
-    async fn release_hold(&self, transaction_id: &str, _: i64, _: &str) -> Result<(), CacheError> {
+    async fn release_hold(&self, transaction_id: Uuid, _: i64, _: &str) -> Result<(), CacheError> {
         self.redis()?;
         let mut state = self.state();
-        state.holds.remove(transaction_id);
-        state.records.remove(transaction_id);
+        state.holds.remove(&transaction_id);
+        state.records.remove(&transaction_id);
         Ok(())
     }
 
@@ -291,7 +291,7 @@ async fn publish(
     let cell = PublicationCell::default();
     let answer = deliver(
         Arc::clone(fake),
-        id.to_string(),
+        id,
         outgoing(&id.to_string(), 1, amount_minor),
         amount_minor,
         Taken::No,
@@ -309,31 +309,31 @@ async fn a_lookup_prefers_the_cache_and_falls_back_to_the_ledger() {
     fake.state().settled.insert(account(1), 500);
     // Not cached: the ledger answers and the balance is cached on the way.
     assert_eq!(
-        lookup(&*fake, "tx", 1, "USD", None, None).await.answer,
+        lookup(&*fake, TX, 1, "USD", None, None).await.answer,
         Ok(Some(500))
     );
     assert_eq!(fake.state().cached.get(&account(1)), Some(&500));
     // Cached: holds are taken off.
-    fake.state().holds.insert("held".into(), (account(1), 200));
+    fake.state().holds.insert(OTHER, (account(1), 200));
     assert_eq!(
-        lookup(&*fake, "tx", 1, "USD", None, None).await.answer,
+        lookup(&*fake, TX, 1, "USD", None, None).await.answer,
         Ok(Some(300))
     );
     // The transaction that holds it (a retry) sees its own hold as available.
     assert_eq!(
-        lookup(&*fake, "held", 1, "USD", None, None).await.answer,
+        lookup(&*fake, OTHER, 1, "USD", None, None).await.answer,
         Ok(Some(500))
     );
     // Redis down: the settled balance, holds unknown.
     fake.redis_down.store(true, Ordering::SeqCst);
     assert_eq!(
-        lookup(&*fake, "tx", 1, "USD", None, None).await.answer,
+        lookup(&*fake, TX, 1, "USD", None, None).await.answer,
         Ok(Some(500))
     );
     // Neither: an error, never a made-up balance.
     fake.ledger_down.store(true, Ordering::SeqCst);
     assert!(
-        lookup(&*fake, "tx", 1, "USD", None, None)
+        lookup(&*fake, TX, 1, "USD", None, None)
             .await
             .answer
             .is_err()
@@ -345,21 +345,21 @@ async fn a_lookup_reads_the_partner_s_cached_balance_in_the_same_round_trip() {
     let fake = Fake::new();
     fake.state().cached.insert(account(1), 500);
     fake.state().cached.insert(account(2), 70);
-    fake.state().holds.insert("other".into(), (account(1), 200));
-    let found = lookup(&*fake, "tx", 2, "USD", Some(1), None).await;
+    fake.state().holds.insert(OTHER, (account(1), 200));
+    let found = lookup(&*fake, TX, 2, "USD", Some(1), None).await;
     assert_eq!(found.answer, Ok(Some(70)));
     assert_eq!(found.partner, Some(300), "the partner's holds count");
     assert_eq!(fake.state().cache_reads, 1, "one round trip for both");
     // A partner Redis does not have is left to its own lookup (which fills the cache).
     fake.state().cached.remove(&account(1));
     fake.state().settled.insert(account(1), 900);
-    let found = lookup(&*fake, "tx", 2, "USD", Some(1), None).await;
+    let found = lookup(&*fake, TX, 2, "USD", Some(1), None).await;
     assert_eq!(found.partner, None);
     assert_eq!(fake.state().cached.get(&account(1)), None);
     // Redis down: the ledger answers for the account asked for, nothing for the partner.
     fake.redis_down.store(true, Ordering::SeqCst);
     fake.state().settled.insert(account(2), 70);
-    let found = lookup(&*fake, "tx", 2, "USD", Some(1), None).await;
+    let found = lookup(&*fake, TX, 2, "USD", Some(1), None).await;
     assert_eq!(
         found,
         super::balance_lookup::LookedUp {
@@ -385,23 +385,23 @@ async fn the_first_lookup_holds_ahead_in_its_round_trip_and_the_publish_needs_no
     fake.state().cached.insert(account(1), 500);
     fake.state().cached.insert(account(2), 70);
     let ahead = plan(300, b"the message");
-    let found = lookup(&*fake, "tx", 2, "USD", Some(1), Some(&ahead)).await;
+    let found = lookup(&*fake, TX, 2, "USD", Some(1), Some(&ahead)).await;
     assert_eq!(found.answer, Ok(Some(70)));
     assert_eq!(found.partner, Some(500), "the balance before the hold");
     assert_eq!(found.held, Some(true));
     {
         let state = fake.state();
         assert_eq!(state.cache_reads, 1, "one round trip");
-        assert_eq!(state.holds.get("tx"), Some(&(account(1), 300)));
+        assert_eq!(state.holds.get(&TX), Some(&(account(1), 300)));
         assert_eq!(
-            state.records.get("tx").map(Vec::as_slice),
+            state.records.get(&TX).map(Vec::as_slice),
             Some(&b"the message"[..])
         );
     }
     let cell = PublicationCell::default();
     let answer = deliver(
         Arc::clone(&fake),
-        "tx".into(),
+        TX,
         outgoing("tx", 1, 300),
         300,
         Taken::AsRecorded,
@@ -414,7 +414,7 @@ async fn the_first_lookup_holds_ahead_in_its_round_trip_and_the_publish_needs_no
     assert_eq!(cell.get(), Publication::Acknowledged { amount_minor: 300 });
     let state = fake.state();
     assert_eq!(state.reserves, 0, "held already");
-    assert_eq!(state.holds.get("tx"), Some(&(account(1), 300)));
+    assert_eq!(state.holds.get(&TX), Some(&(account(1), 300)));
     assert_eq!(state.produced.len(), 1);
 }
 
@@ -423,21 +423,21 @@ async fn nothing_is_held_ahead_without_the_money_or_a_cached_party() {
     let fake = Fake::new();
     fake.state().cached.insert(account(1), 500);
     fake.state().cached.insert(account(2), 70);
-    fake.state().holds.insert("other".into(), (account(1), 300));
-    let found = lookup(&*fake, "tx", 2, "USD", Some(1), Some(&plan(300, b"m"))).await;
+    fake.state().holds.insert(OTHER, (account(1), 300));
+    let found = lookup(&*fake, TX, 2, "USD", Some(1), Some(&plan(300, b"m"))).await;
     assert_eq!((found.partner, found.held), (Some(200), Some(false)));
     // The receiver is not cached: its lookup goes to the ledger, nothing is held.
     fake.state().cached.remove(&account(2));
     fake.state().settled.insert(account(2), 70);
-    let found = lookup(&*fake, "tx", 2, "USD", Some(1), Some(&plan(100, b"m"))).await;
+    let found = lookup(&*fake, TX, 2, "USD", Some(1), Some(&plan(100, b"m"))).await;
     assert_eq!((found.answer, found.held), (Ok(Some(70)), Some(false)));
     // A lookup that does not read the account the hold is on carries nothing.
-    let found = lookup(&*fake, "tx", 2, "USD", None, Some(&plan(100, b"m"))).await;
+    let found = lookup(&*fake, TX, 2, "USD", None, Some(&plan(100, b"m"))).await;
     assert_eq!(found.held, Some(false));
-    assert!(!fake.state().holds.contains_key("tx"));
+    assert!(!fake.state().holds.contains_key(&TX));
     // Redis down: the ledger answers, and whether it holds is unknown.
     fake.redis_down.store(true, Ordering::SeqCst);
-    let found = lookup(&*fake, "tx", 2, "USD", Some(1), Some(&plan(100, b"m"))).await;
+    let found = lookup(&*fake, TX, 2, "USD", Some(1), Some(&plan(100, b"m"))).await;
     assert_eq!((found.answer, found.held), (Ok(Some(70)), None));
 }
 
@@ -446,11 +446,9 @@ async fn a_retry_s_lookup_leaves_the_hold_its_first_attempt_took() {
     let fake = Fake::new();
     fake.state().cached.insert(account(1), 500);
     fake.state().cached.insert(account(2), 70);
-    fake.state().holds.insert("tx".into(), (account(1), 300));
-    fake.state()
-        .records
-        .insert("tx".into(), b"first attempt".to_vec());
-    let found = lookup(&*fake, "tx", 2, "USD", Some(1), Some(&plan(300, b"retry"))).await;
+    fake.state().holds.insert(TX, (account(1), 300));
+    fake.state().records.insert(TX, b"first attempt".to_vec());
+    let found = lookup(&*fake, TX, 2, "USD", Some(1), Some(&plan(300, b"retry"))).await;
     assert_eq!(
         found.partner,
         Some(500),
@@ -462,9 +460,9 @@ async fn a_retry_s_lookup_leaves_the_hold_its_first_attempt_took() {
         "not taken now: not this call's to give back"
     );
     let state = fake.state();
-    assert_eq!(state.holds.get("tx"), Some(&(account(1), 300)));
+    assert_eq!(state.holds.get(&TX), Some(&(account(1), 300)));
     assert_eq!(
-        state.records.get("tx").map(Vec::as_slice),
+        state.records.get(&TX).map(Vec::as_slice),
         Some(&b"first attempt"[..])
     );
 }
@@ -474,21 +472,13 @@ async fn a_publish_of_another_message_replaces_the_record_of_the_hold_ahead() {
     let fake = Fake::new();
     fake.state().cached.insert(account(1), 500);
     fake.state().cached.insert(account(2), 70);
-    let found = lookup(
-        &*fake,
-        "tx",
-        2,
-        "USD",
-        Some(1),
-        Some(&plan(300, b"expected")),
-    )
-    .await;
+    let found = lookup(&*fake, TX, 2, "USD", Some(1), Some(&plan(300, b"expected"))).await;
     assert_eq!(found.held, Some(true));
     let mut message = outgoing("tx", 1, 300);
     message.payload = b"another".to_vec();
     let answer = deliver(
         Arc::clone(&fake),
-        "tx".into(),
+        TX,
         message,
         300,
         Taken::OtherRecord,
@@ -501,9 +491,9 @@ async fn a_publish_of_another_message_replaces_the_record_of_the_hold_ahead() {
     let state = fake.state();
     assert_eq!(state.reserves, 0, "held already");
     assert_eq!(state.holds.len(), 1, "the one hold, not a second");
-    assert_eq!(state.holds.get("tx"), Some(&(account(1), 300)));
+    assert_eq!(state.holds.get(&TX), Some(&(account(1), 300)));
     assert_eq!(
-        state.records.get("tx").map(Vec::as_slice),
+        state.records.get(&TX).map(Vec::as_slice),
         Some(&b"another"[..])
     );
 }
@@ -516,7 +506,7 @@ async fn an_acknowledged_publish_keeps_its_hold_for_settlement() {
     assert!(answer.is_ok(), "{answer:?}");
     assert_eq!(publication, Publication::Acknowledged { amount_minor: 300 });
     let state = fake.state();
-    assert_eq!(state.holds.get(&id.to_string()), Some(&(account(1), 300)));
+    assert_eq!(state.holds.get(&id), Some(&(account(1), 300)));
     assert_eq!(state.produced, vec![id.to_string()]);
 }
 
@@ -533,7 +523,7 @@ async fn a_publish_beyond_the_available_balance_holds_and_sends_nothing() {
     );
     assert!(matches!(publication, Publication::Refused { .. }));
     let state = fake.state();
-    assert!(!state.holds.contains_key(&id.to_string()));
+    assert!(!state.holds.contains_key(&id));
     assert_eq!(state.produced.len(), 1, "only the first was sent");
 }
 
@@ -560,10 +550,7 @@ async fn a_publish_in_doubt_keeps_its_hold() {
     assert!(matches!(answer, Err(PublishError::Unavailable(_))));
     assert!(matches!(publication, Publication::InDoubt { .. }));
     // The message may settle: its money stays set aside.
-    assert_eq!(
-        fake.state().holds.get(&id.to_string()),
-        Some(&(account(1), 300))
-    );
+    assert_eq!(fake.state().holds.get(&id), Some(&(account(1), 300)));
 }
 
 #[tokio::test]
@@ -587,7 +574,7 @@ async fn while_the_holds_are_untrusted_nothing_is_held_or_sent() {
     fake.state().cached.insert(account(2), 70);
     fake.holds_untrusted.store(true, Ordering::SeqCst);
     // The lookup still answers (reads go on), but takes nothing ahead.
-    let found = lookup(&*fake, "tx", 2, "USD", Some(1), Some(&plan(300, b"m"))).await;
+    let found = lookup(&*fake, TX, 2, "USD", Some(1), Some(&plan(300, b"m"))).await;
     assert_eq!((found.answer, found.held), (Ok(Some(70)), Some(false)));
     let (_, answer, publication) = publish(&fake, 300).await;
     assert!(
@@ -632,7 +619,7 @@ async fn a_published_transfer_carries_its_request_id_and_trace() {
     let trace = crate::trace::TraceContext::of_request(&headers);
     let answer = deliver(
         Arc::clone(&fake),
-        id.to_string(),
+        id,
         outgoing(&id.to_string(), 1, 100),
         100,
         Taken::No,

@@ -420,10 +420,21 @@ impl Guest {
         lease: Option<KeyLease>,
     ) -> Decided {
         let publication = PublicationCell::default();
+        let expected = match Expected::of(context, request) {
+            Ok(expected) => expected,
+            Err(violation) => {
+                return Decided {
+                    decision: Err(GuestFailure::Violation(violation)),
+                    publication: publication.get(),
+                    answers: RecordedAnswers::default(),
+                };
+            }
+        };
+        let transaction_id = expected.transaction_id;
         let start_by = lease.as_ref().map(|lease| self.engine.start_by(lease));
         let call = (
             Arc::clone(&stores),
-            Expected::of(context, request),
+            expected,
             publication.clone(),
             HoldAhead::plan(context, request),
             lease.clone(),
@@ -453,7 +464,7 @@ impl Guest {
                 if let Some(unused) = hold_ahead::to_give_back(unused, &publication.get()) {
                     // Not when a retry took the key over: the hold may be the retry's now.
                     if idempotency::may_act(lease.as_ref()).await {
-                        hold_ahead::give_back(&*stores, &context.transaction_id, &unused).await;
+                        hold_ahead::give_back(&*stores, transaction_id, &unused).await;
                     }
                 }
                 (self.decision(ran, violation), answers)
@@ -589,7 +600,7 @@ impl Guest {
         replay: Replay,
     ) -> Result<serde_json::Value, GuestFailure> {
         // Shadow runs take a slot too: they share the instance pool with live requests.
-        let expected = Expected::of(context, request);
+        let expected = Expected::of(context, request).map_err(GuestFailure::Violation)?;
         let call = (replay, expected.clone());
         let (ran, (violation, published_minor, calls)) = self
             .run(

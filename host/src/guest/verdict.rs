@@ -65,7 +65,7 @@ mod tests {
 
     fn expected() -> Expected {
         Expected {
-            transaction_id: ID.into(),
+            transaction_id: uuid::Uuid::parse_str(ID).expect("a UUID"),
             sender_id: 1,
             receiver_id: 2,
             currency: "USD".into(),

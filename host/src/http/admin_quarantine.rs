@@ -5,9 +5,7 @@ use chrono::SecondsFormat;
 use http::StatusCode;
 
 use crate::http::App;
-use crate::http::api::{
-    ErrorBody, QuarantineList, QuarantineRetried, QuarantinedMessage, Success, TransferStatus,
-};
+use crate::http::api::{ErrorBody, QuarantineList, QuarantineRetried, QuarantinedMessage, Success};
 use crate::http::error::{ApiError, Invalid, Reply, json_response};
 use crate::http::routes::AdminRoute;
 use crate::settlement::quarantine::{self, Entry};
@@ -83,15 +81,13 @@ fn shown(entry: &Entry) -> QuarantinedMessage {
 pub async fn retry(app: &App, partition: &str, offset: &str) -> Result<Reply, ApiError> {
     let (partition, offset) = position(partition, offset)?;
     let (transfer, outcome) = redrive(&app.stores, partition, offset).await?;
-    let outcome_status = TransferStatus::from_stored(outcome.status())
-        .ok_or_else(|| ApiError::Internal("an outcome without a status".into()))?;
     Ok(json_response(
         StatusCode::OK,
         &QuarantineRetried {
             status: Success::Success,
             transaction_id: transfer.transaction_id,
-            outcome: outcome_status,
-            reason: outcome.reason().map(str::to_string),
+            outcome: outcome.status(),
+            reason: outcome.reason(),
         },
     ))
 }

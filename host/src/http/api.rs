@@ -9,6 +9,8 @@ use serde::Serialize;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+pub use crate::stores::transfer_state::{Reason, TransferKind, TransferStatus};
+
 /// `"success"`: the one status of an accepted request.
 #[derive(Debug, Clone, Copy, Serialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
@@ -89,58 +91,13 @@ pub struct TransferAccepted {
     pub transaction_id: Uuid,
 }
 
-/// Where a transfer stands.
-#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum TransferStatus {
-    /// Accepted, in the log, not yet in the ledger.
-    Pending,
-    /// Settled: the money moved.
-    Completed,
-    /// Settled as refused: nothing moved (`reason` says why).
-    Rejected,
-}
-
-/// What moved the money.
-#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum TransferKind {
-    /// Between two users.
-    Transfer,
-    /// From the system account to a user, by an admin.
-    Deposit,
-}
-
-impl TransferKind {
-    /// The ledger's stored name; `None` for a name the ledger's constraint does not allow.
-    pub fn from_stored(kind: &str) -> Option<TransferKind> {
-        match kind {
-            "transfer" => Some(TransferKind::Transfer),
-            "deposit" => Some(TransferKind::Deposit),
-            _ => None,
-        }
-    }
-}
-
-impl TransferStatus {
-    /// The ledger's stored name; `None` for a name the ledger's constraint does not allow.
-    pub fn from_stored(status: &str) -> Option<TransferStatus> {
-        match status {
-            "pending" => Some(TransferStatus::Pending),
-            "completed" => Some(TransferStatus::Completed),
-            "rejected" => Some(TransferStatus::Rejected),
-            _ => None,
-        }
-    }
-}
-
 /// `GET /transfers/{transaction_id}`.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct TransferView {
     pub transaction_id: Uuid,
     pub kind: TransferKind,
     pub status: TransferStatus,
-    pub reason: Option<String>,
+    pub reason: Option<Reason>,
     pub sender_id: i64,
     pub receiver_id: i64,
     /// Decimal text with exactly the currency's decimals.
@@ -253,7 +210,7 @@ pub struct QuarantineRetried {
     pub transaction_id: Uuid,
     /// `completed` or `rejected`.
     pub outcome: TransferStatus,
-    pub reason: Option<String>,
+    pub reason: Option<Reason>,
 }
 
 /// How a candidate version runs beside the active one.

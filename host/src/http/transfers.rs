@@ -26,7 +26,7 @@ use crate::guest::runtime::{Guest, GuestFailure};
 use crate::guest::shadow;
 use crate::guest::verdict::{Answer, verdict};
 use crate::http::api::{
-    CreateTransfer, ErrorBody, IdempotencyKey, Success, TransferAccepted, TransferKind,
+    CreateTransfer, ErrorBody, IdempotencyKey, Reason, Success, TransferAccepted, TransferKind,
     TransferStatus, TransferUnavailable, TransferView,
 };
 use crate::http::body::read_json_body;
@@ -161,7 +161,13 @@ async fn run_guest(
             &decided.answers,
         );
     }
-    let (answer, violation) = verdict(&Expected::of(&context, &request), &decided);
+    let (answer, violation) = match Expected::of(&context, &request) {
+        Ok(expected) => verdict(&expected, &decided),
+        Err(broken) => (
+            Answer::Failed(GuestFailure::Violation(broken.clone())),
+            Some(broken),
+        ),
+    };
     if let Some(violation) = &violation {
         app.violations.record(version);
         tracing::error!(
@@ -343,9 +349,9 @@ fn settled_view(record: &TransferRecord) -> Result<TransferView, ApiError> {
     let exponent = currency_exponent(&record.currency).ok_or_else(|| unreadable("currency"))?;
     Ok(TransferView {
         transaction_id: record.transaction_id,
-        kind: TransferKind::from_stored(&record.kind).ok_or_else(|| unreadable("kind"))?,
-        status: TransferStatus::from_stored(&record.status).ok_or_else(|| unreadable("status"))?,
-        reason: record.reason.clone(),
+        kind: record.kind,
+        status: record.status,
+        reason: record.reason,
         sender_id: record.sender_id,
         receiver_id: record.receiver_id,
         amount: format_minor(record.amount_minor, exponent),
@@ -376,7 +382,7 @@ fn quarantined_view(id: Uuid, entry: &quarantine::Entry) -> Option<TransferView>
         transaction_id: id,
         kind: TransferKind::Transfer,
         status: TransferStatus::Rejected,
-        reason: Some(quarantine::UNPROCESSABLE.to_string()),
+        reason: Some(Reason::Unprocessable),
         sender_id: entry.sender_id?,
         receiver_id: entry.receiver_id?,
         amount: format_minor(amount_minor, exponent),

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use super::decide::Transfer;
 use super::ledger::SettledBatch;
 use super::read::Read;
+use crate::stores::transfer_state::Reason;
 use crate::trace::TraceContext;
 
 /// The settlement metrics of a committed batch: its size, what it newly applied, and how old
@@ -22,7 +23,7 @@ pub(super) fn count_settled(messages: &[Transfer], settled: &SettledBatch) {
             continue;
         }
         *newly_by_status
-            .entry(transfer.outcome.status())
+            .entry(transfer.outcome.status().as_str())
             .or_default() += 1;
         let trace = message.trace.as_ref();
         // A span of its own only when exported: it joins the accepting request's trace.
@@ -37,8 +38,8 @@ pub(super) fn count_settled(messages: &[Transfer], settled: &SettledBatch) {
         span.in_scope(|| {
             tracing::info!(
                 transaction_id = %message.transaction_id,
-                status = transfer.outcome.status(),
-                reason = transfer.outcome.reason(),
+                status = transfer.outcome.status().as_str(),
+                reason = transfer.outcome.reason().map(Reason::as_str),
                 request_id = trace.map(|t| t.request_id.as_str()),
                 trace_id = trace.map(TraceContext::trace_id_hex),
                 "settled"

@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 
 use transferd_message::TransferMessage;
 
+use crate::stores::transfer_state::{Reason, TransferStatus};
+
 /// An account: (user id, ISO 4217 currency).
 pub type AccountKey = (i64, String);
 
@@ -47,41 +49,7 @@ impl Transfer {
     }
 }
 
-/// Why the ledger refused a transfer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reason {
-    InsufficientFunds,
-    ReceiverNotFound,
-    /// The message breaks a rule no guest may break (ids, amount); a defect upstream.
-    InvalidMessage,
-    /// The receiver's balance would leave the range of a 64-bit integer.
-    BalanceOverflow,
-}
-
-impl Reason {
-    const ALL: [Reason; 4] = [
-        Reason::InsufficientFunds,
-        Reason::ReceiverNotFound,
-        Reason::InvalidMessage,
-        Reason::BalanceOverflow,
-    ];
-
-    pub fn parse(reason: &str) -> Option<Reason> {
-        Reason::ALL
-            .into_iter()
-            .find(|known| known.as_str() == reason)
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Reason::InsufficientFunds => "insufficient_funds",
-            Reason::ReceiverNotFound => "receiver_not_found",
-            Reason::InvalidMessage => "invalid_message",
-            Reason::BalanceOverflow => "balance_overflow",
-        }
-    }
-}
-
+/// How the ledger settles a transfer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     Completed,
@@ -91,25 +59,26 @@ pub enum Outcome {
 impl Outcome {
     /// An outcome as the ledger stores it (`transfers.status`, `transfers.reason`); `None`
     /// for a pair this version never writes.
-    pub fn from_stored(status: &str, reason: Option<&str>) -> Option<Outcome> {
+    pub fn from_stored(status: TransferStatus, reason: Option<Reason>) -> Option<Outcome> {
         match (status, reason) {
-            ("completed", None) => Some(Outcome::Completed),
-            ("rejected", Some(reason)) => Reason::parse(reason).map(Outcome::Rejected),
+            (TransferStatus::Completed, None) => Some(Outcome::Completed),
+            (TransferStatus::Rejected, Some(Reason::Unprocessable)) => None,
+            (TransferStatus::Rejected, Some(reason)) => Some(Outcome::Rejected(reason)),
             _ => None,
         }
     }
 
-    pub fn status(self) -> &'static str {
+    pub fn status(self) -> TransferStatus {
         match self {
-            Outcome::Completed => "completed",
-            Outcome::Rejected(_) => "rejected",
+            Outcome::Completed => TransferStatus::Completed,
+            Outcome::Rejected(_) => TransferStatus::Rejected,
         }
     }
 
-    pub fn reason(self) -> Option<&'static str> {
+    pub fn reason(self) -> Option<Reason> {
         match self {
             Outcome::Completed => None,
-            Outcome::Rejected(reason) => Some(reason.as_str()),
+            Outcome::Rejected(reason) => Some(reason),
         }
     }
 }
@@ -169,12 +138,16 @@ mod tests {
                 Some(outcome)
             );
         }
-        assert_eq!(
-            Outcome::from_stored("completed", Some("insufficient_funds")),
-            None
-        );
-        assert_eq!(Outcome::from_stored("rejected", None), None);
-        assert_eq!(Outcome::from_stored("pending", None), None);
+        let (completed, rejected) = (TransferStatus::Completed, TransferStatus::Rejected);
+        let never_written = [
+            (completed, Some(Reason::InsufficientFunds)),
+            (rejected, None),
+            (rejected, Some(Reason::Unprocessable)),
+            (TransferStatus::Pending, None),
+        ];
+        for (status, reason) in never_written {
+            assert_eq!(Outcome::from_stored(status, reason), None);
+        }
     }
 
     use super::*;

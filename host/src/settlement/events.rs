@@ -8,6 +8,7 @@ use super::decide::Transfer;
 use super::ledger::SettledBatch;
 use crate::stores::Stores;
 use crate::stores::kafka::EVENTS_TOPIC;
+use crate::stores::transfer_state::Reason;
 
 /// Most transfers one event message reports. A settled batch (up to 10,000 transfers,
 /// `TRANSFERD_SETTLEMENT_BATCH`) goes out in messages of at most this many; an entry is at
@@ -57,8 +58,8 @@ fn event_messages(messages: &[Transfer], settled: &SettledBatch) -> Vec<(String,
             );
             TransferEvent {
                 transaction_id: message.transaction_id,
-                status: outcome.outcome.status(),
-                reason: outcome.outcome.reason(),
+                status: outcome.outcome.status().as_str(),
+                reason: outcome.outcome.reason().map(Reason::as_str),
                 sender_id: message.sender_id,
                 receiver_id: message.receiver_id,
                 amount_minor: message.amount_minor,
@@ -102,7 +103,7 @@ pub(super) async fn emit_events(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::settlement::decide::{Outcome, Reason};
+    use crate::settlement::decide::Outcome;
     use crate::settlement::ledger::SettledTransfer;
     use crate::trace::{REQUEST_ID_KAFKA_HEADER, TRACEPARENT_HEADER, TraceContext};
 

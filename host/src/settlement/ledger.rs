@@ -19,6 +19,7 @@ use transferd_message::TransferMessage;
 use crate::settlement::decide::{AccountKey, Outcome, Transfer, decide};
 use crate::settlement::quarantine::{self, Entry, Quarantined};
 use crate::stores::postgres::{Balance, LedgerError, delete_pending_in};
+use crate::stores::transfer_state::{Reason, TransferKind, TransferStatus};
 
 pub use crate::stores::log_position::Offsets;
 
@@ -262,29 +263,53 @@ impl Settlements {
     /// The oldest settled batch whose effects may not have run, as messages and as a settled
     /// batch, ready for the same effects a fresh batch gets; no messages when none is left.
     pub async fn outstanding_effects(&self) -> Result<(Vec<Transfer>, SettledBatch), LedgerError> {
-        let Some(batch_id): Option<i64> = sqlx::query_scalar(
+        loop {
+            let Some(batch_id) = self.oldest_effects_batch().await? else {
+                return Ok((Vec::new(), SettledBatch::default()));
+            };
+            let (messages, transfers): (Vec<Transfer>, Vec<SettledTransfer>) = self
+                .effects_batch_transfers(batch_id)
+                .await?
+                .into_iter()
+                .map(RecordedTransfer::recovered)
+                .collect::<Result<Vec<_>, _>>()?
+                .into_iter()
+                .unzip();
+            if messages.is_empty() {
+                // Every recorded id was settled in the transaction that recorded it, and
+                // nothing deletes transfers; a batch that names none has nothing to run.
+                tracing::warn!(batch_id, "an effects batch names no transfer in the ledger");
+                self.effects_done(batch_id).await?;
+                continue;
+            }
+            let accounts = self.current_balances(&messages).await?;
+            let settled = SettledBatch {
+                transfers,
+                accounts,
+                effects: Some(batch_id),
+            };
+            return Ok((messages, settled));
+        }
+    }
+
+    /// The id of the oldest batch whose effects are recorded as still to run.
+    async fn oldest_effects_batch(&self) -> Result<Option<i64>, LedgerError> {
+        Ok(sqlx::query_scalar(
             "SELECT batch_id FROM settlement_effect_batches ORDER BY batch_id LIMIT 1",
         )
         .fetch_optional(&self.pool)
-        .await?
-        else {
-            return Ok((Vec::new(), SettledBatch::default()));
-        };
-        type Row = (
-            Uuid,
-            i64,
-            i64,
-            i64,
-            String,
-            Option<String>,
-            String,
-            Option<String>,
-            i64,
-        );
-        let rows: Vec<Row> = sqlx::query_as(
+        .await?)
+    }
+
+    /// The transfers an effects batch names, as the ledger recorded them, in batch order.
+    async fn effects_batch_transfers(
+        &self,
+        batch_id: i64,
+    ) -> Result<Vec<RecordedTransfer>, LedgerError> {
+        Ok(sqlx::query_as(
             "SELECT t.transaction_id, t.sender_id, t.receiver_id, t.amount_minor, t.currency,
                     t.description, t.status, t.reason,
-                    (extract(epoch FROM t.created_at) * 1000)::bigint
+                    (extract(epoch FROM t.created_at) * 1000)::bigint AS created_at_ms
              FROM settlement_effect_batches b
              CROSS JOIN LATERAL UNNEST(b.transaction_ids) WITH ORDINALITY AS i(transaction_id, position)
              JOIN transfers t ON t.transaction_id = i.transaction_id
@@ -293,45 +318,7 @@ impl Settlements {
         )
         .bind(batch_id)
         .fetch_all(&self.pool)
-        .await?;
-        let mut messages = Vec::with_capacity(rows.len());
-        let mut transfers = Vec::with_capacity(rows.len());
-        for (id, sender, receiver, amount, currency, description, status, reason, created_ms) in
-            rows
-        {
-            messages.push(Transfer {
-                transaction_id: id,
-                sender_id: sender,
-                receiver_id: receiver,
-                amount_minor: amount,
-                currency,
-                description,
-                created_at_ms: created_ms,
-                // Not kept in the ledger: a recovered transfer's event carries no trace.
-                trace: None,
-            });
-            transfers.push(SettledTransfer {
-                transaction_id: id,
-                outcome: stored_outcome(id, &status, reason.as_deref())?,
-                newly_applied: false,
-            });
-        }
-        if messages.is_empty() {
-            // Every recorded id was settled in the transaction that recorded it, and nothing
-            // deletes transfers; a batch that names none has nothing to run.
-            tracing::warn!(batch_id, "an effects batch names no transfer in the ledger");
-            self.effects_done(batch_id).await?;
-            return Box::pin(self.outstanding_effects()).await;
-        }
-        let accounts = self.current_balances(&messages).await?;
-        Ok((
-            messages,
-            SettledBatch {
-                transfers,
-                accounts,
-                effects: Some(batch_id),
-            },
-        ))
+        .await?)
     }
 
     /// The effects of this batch ran: forget it.
@@ -358,6 +345,44 @@ impl Settlements {
         .fetch_all(&self.pool)
         .await?;
         Ok(rows.into_iter().map(account_entry).collect())
+    }
+}
+
+/// A settled transfer as the ledger recorded it, read back to run its batch's effects.
+#[derive(sqlx::FromRow)]
+struct RecordedTransfer {
+    transaction_id: Uuid,
+    sender_id: i64,
+    receiver_id: i64,
+    amount_minor: i64,
+    currency: String,
+    description: Option<String>,
+    status: TransferStatus,
+    reason: Option<Reason>,
+    created_at_ms: i64,
+}
+
+impl RecordedTransfer {
+    /// The message and the outcome, as a fresh batch has them.
+    fn recovered(self) -> Result<(Transfer, SettledTransfer), LedgerError> {
+        let id = self.transaction_id;
+        let settled = SettledTransfer {
+            transaction_id: id,
+            outcome: stored_outcome(id, self.status, self.reason)?,
+            newly_applied: false,
+        };
+        let message = Transfer {
+            transaction_id: id,
+            sender_id: self.sender_id,
+            receiver_id: self.receiver_id,
+            amount_minor: self.amount_minor,
+            currency: self.currency,
+            description: self.description,
+            created_at_ms: self.created_at_ms,
+            // Not kept in the ledger: a recovered transfer's event carries no trace.
+            trace: None,
+        };
+        Ok((message, settled))
     }
 }
 
@@ -542,7 +567,7 @@ async fn already_settled(
     transaction: &mut Transaction<'_>,
     ids: &[Uuid],
 ) -> Result<HashMap<Uuid, Outcome>, LedgerError> {
-    let rows: Vec<(Uuid, String, Option<String>)> = sqlx::query_as(
+    let rows: Vec<(Uuid, TransferStatus, Option<Reason>)> = sqlx::query_as(
         // A join on UNNEST, not `= ANY($1)`: the generic plan of the latter scans the whole
         // table once it is large.
         "SELECT t.transaction_id, t.status, t.reason
@@ -552,14 +577,20 @@ async fn already_settled(
     .fetch_all(&mut **transaction)
     .await?;
     rows.into_iter()
-        .map(|(id, status, reason)| Ok((id, stored_outcome(id, &status, reason.as_deref())?)))
+        .map(|(id, status, reason)| Ok((id, stored_outcome(id, status, reason)?)))
         .collect()
 }
 
-fn stored_outcome(id: Uuid, status: &str, reason: Option<&str>) -> Result<Outcome, LedgerError> {
+fn stored_outcome(
+    id: Uuid,
+    status: TransferStatus,
+    reason: Option<Reason>,
+) -> Result<Outcome, LedgerError> {
     Outcome::from_stored(status, reason).ok_or_else(|| {
         LedgerError::Unreadable(format!(
-            "transfer {id}: status {status:?}, reason {reason:?}"
+            "transfer {id}: status {:?}, reason {:?}",
+            status.as_str(),
+            reason.map(Reason::as_str)
         ))
     })
 }
@@ -573,7 +604,7 @@ async fn write_transfers(
     sqlx::query(
         "INSERT INTO transfers (transaction_id, kind, sender_id, receiver_id, amount_minor, currency,
                                 description, status, reason, created_at)
-         SELECT id, 'transfer', sender, receiver, amount, currency, description, status, reason,
+         SELECT id, $10, sender, receiver, amount, currency, description, status, reason,
                 to_timestamp(created_ms / 1000.0)
          FROM UNNEST($1::uuid[], $2::bigint[], $3::bigint[], $4::bigint[], $5::text[], $6::text[],
                      $7::text[], $8::text[], $9::bigint[])
@@ -588,6 +619,7 @@ async fn write_transfers(
     .bind(outcomes.iter().map(|o| o.status()).collect::<Vec<_>>())
     .bind(outcomes.iter().map(|o| o.reason()).collect::<Vec<_>>())
     .bind(fresh.iter().map(|m| m.created_at_ms).collect::<Vec<_>>())
+    .bind(TransferKind::Transfer)
     .execute(&mut **transaction)
     .await?;
     Ok(())

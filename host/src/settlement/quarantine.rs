@@ -6,8 +6,8 @@
 //! `Settlements::refused`). Its row is written in the transaction that moves settlement's
 //! position past it; after the commit it is copied to the dead-letter topic, its hold (when its
 //! id, sender and currency could be read) is released, and `GET /transfers/{id}` answers it as
-//! rejected, reason `unprocessable`. An operator re-drives one with `Settlements::retry` once
-//! its cause is fixed.
+//! rejected, reason `unprocessable` (`Reason::Unprocessable`). An operator re-drives one with
+//! `Settlements::retry` once its cause is fixed.
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -15,9 +15,6 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::stores::postgres::LedgerError;
-
-/// The reason `GET /transfers/{id}` gives for a quarantined transfer.
-pub const UNPROCESSABLE: &str = "unprocessable";
 
 /// Longest error text kept with a quarantined message.
 const MAX_ERROR_CHARS: usize = 1_000;

@@ -7,6 +7,7 @@ pub mod kafka;
 pub mod log_position;
 pub mod postgres;
 pub mod redis;
+pub mod transfer_state;
 
 use std::sync::Arc;
 use std::time::Duration;

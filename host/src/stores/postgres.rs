@@ -11,6 +11,7 @@ use uuid::Uuid;
 
 use crate::config::Services;
 use crate::stores::batch::BatchError;
+use crate::stores::transfer_state::{Reason, TransferKind, TransferStatus};
 
 /// The system account's user id: it funds deposits and may go negative.
 pub const SYSTEM_USER_ID: i64 = 0;
@@ -69,6 +70,11 @@ impl From<sqlx::Error> for LedgerError {
         {
             return LedgerError::Overflow;
         }
+        // A value this version cannot read (a status it does not know) stays unreadable
+        // however often it is asked again.
+        if let sqlx::Error::ColumnDecode { .. } = &error {
+            return LedgerError::Unreadable(error.to_string());
+        }
         LedgerError::Unavailable(error)
     }
 }
@@ -77,14 +83,13 @@ impl From<sqlx::Error> for LedgerError {
 /// lookups and writes, many of them joins of a table on a request's arrays (`UNNEST`), and
 /// PostgreSQL caches a prepared statement's plan for the life of the connection. A plan made
 /// while a table was small hashes the whole table, and goes on scanning all of it for every
-/// batch once the table is large, until an ANALYZE replaces it, which without autovacuum (as
-/// on the development machine) is never: settlement's check for ids already applied took
-/// 3.2 ms a batch against 0.2 ms within one 20,000-transfer benchmark, and 12 ms once the
-/// table held 50,000 rows. With sequential scans, hash and merge joins priced out, the
-/// planner takes index lookups whatever the statistics say; it still scans where no index
-/// can serve. JIT compilation is off with them: the price put on a scan makes such a plan look
-/// costly enough to compile (100 ms to read eight migration rows), and no statement of an
-/// OLTP service gains from it.
+/// batch once the table is large, until an ANALYZE replaces it, which without autovacuum is
+/// never: settlement's check for ids already applied grows with the table instead of staying
+/// a few index lookups. With sequential scans, hash and merge joins priced out, the planner
+/// takes index lookups whatever the statistics say; it still scans where no index can serve.
+/// JIT compilation is off with them: the price put on a scan makes such a plan look costly
+/// enough to compile, which then costs more than the statement, and no statement of an OLTP
+/// service gains from it.
 fn keyed_plans_only(options: PgConnectOptions) -> PgConnectOptions {
     options.options([
         ("enable_seqscan", "off"),
@@ -148,9 +153,7 @@ impl Ledger {
     /// ping is kept only for a connection idle longer than [`PING_IF_IDLE_FOR`]: one used or
     /// pinged more recently reached a live server then; a server restarted within that time
     /// fails a statement on it, never gives a wrong answer, and reads ask again
-    /// ([`again_if_lost`]). Under load this
-    /// saves a round trip per statement (the benchmark's PostgreSQL context switches per
-    /// transfer: 12.3 with the ping, 10.2 without).
+    /// ([`again_if_lost`]). Under load this saves a round trip per statement.
     pub async fn connect(services: &Services) -> Result<Ledger, LedgerError> {
         let pool = PgPoolOptions::new()
             .max_connections(services.database_connections)
@@ -228,103 +231,59 @@ impl Ledger {
         assert!(amount_minor > 0, "a deposit adds money");
         assert!(user_id > SYSTEM_USER_ID, "only users receive deposits");
         let mut transaction = self.pool.begin().await?;
-        for account in [SYSTEM_USER_ID, user_id] {
-            sqlx::query(
-                "INSERT INTO accounts (user_id, currency) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-            )
-            .bind(account)
-            .bind(currency)
-            .execute(&mut *transaction)
-            .await?;
-        }
-        // Same lock order as settlement: by user id, so the system account first.
-        let locked: Vec<(i64, i64, i64)> = sqlx::query_as(
-            "SELECT user_id, balance_minor, version FROM accounts
-             WHERE currency = $1 AND user_id IN ($2, $3) ORDER BY user_id FOR UPDATE",
-        )
-        .bind(currency)
-        .bind(SYSTEM_USER_ID)
-        .bind(user_id)
-        .fetch_all(&mut *transaction)
-        .await?;
-        assert_eq!(locked.len(), 2, "both accounts exist after the inserts");
-
-        let earlier: Option<(i64, String, i64)> = sqlx::query_as(
-            "SELECT receiver_id, currency, amount_minor FROM transfers WHERE transaction_id = $1",
-        )
-        .bind(deposit_id)
-        .fetch_optional(&mut *transaction)
-        .await?;
-        if let Some(earlier) = earlier {
+        let (system_balance, user_balance) =
+            lock_deposit_accounts(&mut transaction, user_id, currency).await?;
+        if let Some(earlier) = earlier_deposit(&mut transaction, deposit_id).await? {
             transaction.rollback().await?;
             if earlier != (user_id, currency.to_string(), amount_minor) {
                 return Err(LedgerError::DepositIdReused);
             }
-            let balance = self
-                .balance(user_id, currency)
-                .await?
-                .ok_or(LedgerError::DepositIdReused)?;
-            return Ok(Deposit {
-                deposit_id,
-                balance,
-                replayed: true,
-            });
+            return self.replayed_deposit(deposit_id, user_id, currency).await;
         }
-
-        let (system_balance, user_balance) = (locked[0].1, locked[1].1);
         let new_user_balance = user_balance
             .checked_add(amount_minor)
             .ok_or(LedgerError::Overflow)?;
         let new_system_balance = system_balance
             .checked_sub(amount_minor)
             .ok_or(LedgerError::Overflow)?;
-        sqlx::query(
-            "INSERT INTO transfers (transaction_id, kind, sender_id, receiver_id, amount_minor, currency,
-                                    description, status, created_at)
-             VALUES ($1, 'deposit', $2, $3, $4, $5, 'deposit', 'completed', now())",
+        record_deposit(
+            &mut transaction,
+            deposit_id,
+            user_id,
+            currency,
+            amount_minor,
         )
-        .bind(deposit_id)
-        .bind(SYSTEM_USER_ID)
-        .bind(user_id)
-        .bind(amount_minor)
-        .bind(currency)
-        .execute(&mut *transaction)
         .await?;
-        sqlx::query(
-            "INSERT INTO journal_entries (transaction_id, user_id, currency, amount_minor)
-             VALUES ($1, $2, $4, $5), ($1, $3, $4, $6)",
+        let balance = write_deposit_balances(
+            &mut transaction,
+            user_id,
+            currency,
+            [new_system_balance, new_user_balance],
         )
-        .bind(deposit_id)
-        .bind(SYSTEM_USER_ID)
-        .bind(user_id)
-        .bind(currency)
-        .bind(-amount_minor)
-        .bind(amount_minor)
-        .execute(&mut *transaction)
-        .await?;
-        let updated: Vec<(i64, i64, i64)> = sqlx::query_as(
-            "UPDATE accounts a SET balance_minor = u.balance_minor, version = a.version + 1, updated_at = now()
-             FROM UNNEST($1::bigint[], $2::bigint[]) AS u(user_id, balance_minor)
-             WHERE a.user_id = u.user_id AND a.currency = $3
-             RETURNING a.user_id, a.balance_minor, a.version",
-        )
-        .bind(vec![SYSTEM_USER_ID, user_id])
-        .bind(vec![new_system_balance, new_user_balance])
-        .bind(currency)
-        .fetch_all(&mut *transaction)
         .await?;
         transaction.commit().await?;
-        let (_, balance_minor, version) = updated
-            .into_iter()
-            .find(|(account, _, _)| *account == user_id)
-            .ok_or(LedgerError::Overflow)?;
         Ok(Deposit {
             deposit_id,
-            balance: Balance {
-                balance_minor,
-                version,
-            },
+            balance: balance.ok_or(LedgerError::Overflow)?,
             replayed: false,
+        })
+    }
+
+    /// The answer to a deposit id used before for the same deposit: the account as it is now.
+    async fn replayed_deposit(
+        &self,
+        deposit_id: Uuid,
+        user_id: i64,
+        currency: &str,
+    ) -> Result<Deposit, LedgerError> {
+        let balance = self
+            .balance(user_id, currency)
+            .await?
+            .ok_or(LedgerError::DepositIdReused)?;
+        Ok(Deposit {
+            deposit_id,
+            balance,
+            replayed: true,
         })
     }
 
@@ -426,6 +385,116 @@ impl Ledger {
     }
 }
 
+type Transaction = sqlx::Transaction<'static, sqlx::Postgres>;
+
+/// Creates the system's and the user's accounts in `currency` if need be and locks both, in
+/// settlement's lock order (by user id, so the system account first); returns their balances.
+async fn lock_deposit_accounts(
+    transaction: &mut Transaction,
+    user_id: i64,
+    currency: &str,
+) -> Result<(i64, i64), LedgerError> {
+    for account in [SYSTEM_USER_ID, user_id] {
+        sqlx::query(
+            "INSERT INTO accounts (user_id, currency) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        )
+        .bind(account)
+        .bind(currency)
+        .execute(&mut **transaction)
+        .await?;
+    }
+    let locked: Vec<(i64, i64, i64)> = sqlx::query_as(
+        "SELECT user_id, balance_minor, version FROM accounts
+         WHERE currency = $1 AND user_id IN ($2, $3) ORDER BY user_id FOR UPDATE",
+    )
+    .bind(currency)
+    .bind(SYSTEM_USER_ID)
+    .bind(user_id)
+    .fetch_all(&mut **transaction)
+    .await?;
+    assert_eq!(locked.len(), 2, "both accounts exist after the inserts");
+    Ok((locked[0].1, locked[1].1))
+}
+
+/// The (receiver, currency, amount) of the transfer recorded under `deposit_id`, if any.
+async fn earlier_deposit(
+    transaction: &mut Transaction,
+    deposit_id: Uuid,
+) -> Result<Option<(i64, String, i64)>, LedgerError> {
+    Ok(sqlx::query_as(
+        "SELECT receiver_id, currency, amount_minor FROM transfers WHERE transaction_id = $1",
+    )
+    .bind(deposit_id)
+    .fetch_optional(&mut **transaction)
+    .await?)
+}
+
+/// Writes the deposit as a completed transfer from the system account and its two journal
+/// entries.
+async fn record_deposit(
+    transaction: &mut Transaction,
+    deposit_id: Uuid,
+    user_id: i64,
+    currency: &str,
+    amount_minor: i64,
+) -> Result<(), LedgerError> {
+    sqlx::query(
+        "INSERT INTO transfers (transaction_id, kind, sender_id, receiver_id, amount_minor, currency,
+                                description, status, created_at)
+         VALUES ($1, $6, $2, $3, $4, $5, 'deposit', $7, now())",
+    )
+    .bind(deposit_id)
+    .bind(SYSTEM_USER_ID)
+    .bind(user_id)
+    .bind(amount_minor)
+    .bind(currency)
+    .bind(TransferKind::Deposit)
+    .bind(TransferStatus::Completed)
+    .execute(&mut **transaction)
+    .await?;
+    sqlx::query(
+        "INSERT INTO journal_entries (transaction_id, user_id, currency, amount_minor)
+         VALUES ($1, $2, $4, $5), ($1, $3, $4, $6)",
+    )
+    .bind(deposit_id)
+    .bind(SYSTEM_USER_ID)
+    .bind(user_id)
+    .bind(currency)
+    .bind(-amount_minor)
+    .bind(amount_minor)
+    .execute(&mut **transaction)
+    .await?;
+    Ok(())
+}
+
+/// Writes the new balances of the system account and the user (in that order); returns the
+/// user's committed state.
+async fn write_deposit_balances(
+    transaction: &mut Transaction,
+    user_id: i64,
+    currency: &str,
+    new_balances: [i64; 2],
+) -> Result<Option<Balance>, LedgerError> {
+    let updated: Vec<(i64, i64, i64)> = sqlx::query_as(
+        "UPDATE accounts a SET balance_minor = u.balance_minor, version = a.version + 1, updated_at = now()
+         FROM UNNEST($1::bigint[], $2::bigint[]) AS u(user_id, balance_minor)
+         WHERE a.user_id = u.user_id AND a.currency = $3
+         RETURNING a.user_id, a.balance_minor, a.version",
+    )
+    .bind(vec![SYSTEM_USER_ID, user_id])
+    .bind(new_balances.to_vec())
+    .bind(currency)
+    .fetch_all(&mut **transaction)
+    .await?;
+    Ok(updated
+        .into_iter()
+        .find(|(account, _, _)| *account == user_id)
+        .map(|(_, balance_minor, version)| Balance {
+            balance_minor,
+            version,
+        }))
+}
+
 /// The result of a deposit.
 #[derive(Debug, Clone, Copy)]
 pub struct Deposit {
@@ -469,14 +538,14 @@ pub struct PendingTransfer {
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct TransferRecord {
     pub transaction_id: Uuid,
-    pub kind: String,
+    pub kind: TransferKind,
     pub sender_id: i64,
     pub receiver_id: i64,
     pub amount_minor: i64,
     pub currency: String,
     pub description: Option<String>,
-    pub status: String,
-    pub reason: Option<String>,
+    pub status: TransferStatus,
+    pub reason: Option<Reason>,
     pub created_at: DateTime<Utc>,
     pub settled_at: DateTime<Utc>,
 }
