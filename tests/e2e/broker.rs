@@ -109,7 +109,7 @@ async fn a_crashed_sqlite_broker_keeps_messages_and_topics() -> anyhow::Result<(
     // both crashes and its own schema creation at every start.
     assert_eq!(broker.header_indexes()?, vec!["transferd_header_record"]);
     // And it came back with as many tokio workers as the scripts give it (one by default:
-    // README, Performance), not one per core.
+    // scripts/env.sh), not one per core.
     let (started_with, configured) = broker.tokio_workers()?;
     assert_eq!(
         started_with,

@@ -221,6 +221,26 @@ pub fn check_publish(
     // Settlement's parser, in its exact form: what passes here is what settlement applies.
     let message = TransferMessage::parse_exact(&outgoing.payload)
         .map_err(|error| Violation::NotJson(error.to_string()))?;
+    message_is_requested(expected, &message)?;
+    let amount_minor = message.amount_minor;
+    if amount_minor <= 0 {
+        return Err(Violation::Amount(amount_minor.to_string()));
+    }
+    hold_covers(expected, outgoing, amount_minor)?;
+    let amount = message.amount.as_ref().map(|amount| amount.as_str());
+    amount_is_requested(expected, amount_minor, amount)?;
+    if outgoing.key != expected.sender_id.to_string() {
+        return Err(Violation::Key {
+            found: outgoing.key.clone(),
+            expected: expected.sender_id,
+        });
+    }
+    Ok(amount_minor)
+}
+
+/// The message names the request's transfer: its id, parties, currency, description, the
+/// guest that made it, and a creation time the host saw.
+fn message_is_requested(expected: &Expected, message: &TransferMessage) -> Result<(), Violation> {
     field_is(
         "transaction_id",
         message.transaction_id.to_string(),
@@ -246,10 +266,16 @@ pub fn check_publish(
             ),
         });
     }
-    let amount_minor = message.amount_minor;
-    if amount_minor <= 0 {
-        return Err(Violation::Amount(amount_minor.to_string()));
-    }
+    Ok(())
+}
+
+/// The hold taken for the publish is the sender's, in the transfer's currency, for exactly
+/// the message's amount.
+fn hold_covers(
+    expected: &Expected,
+    outgoing: &Outgoing,
+    amount_minor: i64,
+) -> Result<(), Violation> {
     let hold = outgoing.hold.as_ref().ok_or(Violation::NoHold)?;
     if hold.account_id != expected.sender_id || hold.currency != expected.currency {
         return Err(Violation::HoldAccount {
@@ -265,15 +291,7 @@ pub fn check_publish(
             amount_minor,
         });
     }
-    let amount = message.amount.as_ref().map(|amount| amount.as_str());
-    amount_is_requested(expected, amount_minor, amount)?;
-    if outgoing.key != expected.sender_id.to_string() {
-        return Err(Violation::Key {
-            found: outgoing.key.clone(),
-            expected: expected.sender_id,
-        });
-    }
-    Ok(amount_minor)
+    Ok(())
 }
 
 /// Checks an `accepted` answer against what the call published (`published_minor`: the

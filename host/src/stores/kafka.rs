@@ -77,7 +77,7 @@ pub fn settlement_consumer(
         .set("fetch.wait.max.ms", fetch_wait_ms.to_string())
         // Small fetches: Tansu serves every storage request of a broker one at a time, and a
         // fetch of librdkafka's default 1 MiB per partition from a backlog (after an outage)
-        // holds the producers' requests up past their timeout. 64 KiB is ~200 transfers.
+        // holds the producers' requests up past their timeout. 64 KiB holds a few hundred transfers.
         .set("max.partition.fetch.bytes", "65536")
         .set("fetch.max.bytes", "262144")
         .set("message.max.bytes", "262144")
