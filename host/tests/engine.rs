@@ -72,6 +72,8 @@ async fn slow_stores(database_timeout_ms: u64) -> anyhow::Result<Arc<Stores>> {
     }))
 }
 
+/// A call for transaction `id`, which is a UUID as every id the host mints (the host refuses
+/// any other before the guest runs).
 fn call(id: &str) -> (RequestContext, TransferRequest) {
     (
         RequestContext {
@@ -107,7 +109,7 @@ async fn two_guests_on_one_engine_share_its_instance_pool() -> anyhow::Result<()
     let first = {
         let (active, stores) = (Arc::clone(&active), Arc::clone(&stores));
         tokio::spawn(async move {
-            let (context, request) = call("first");
+            let (context, request) = call("019ae000-0000-7000-8000-000000000001");
             active
                 .initiate_transfer(stores, &context, &request, None)
                 .await
@@ -115,7 +117,7 @@ async fn two_guests_on_one_engine_share_its_instance_pool() -> anyhow::Result<()
     };
     // The first call now holds the only instance while its lookup waits for the database.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let (context, request) = call("second");
+    let (context, request) = call("019ae000-0000-7000-8000-000000000002");
     let second = candidate
         .initiate_transfer(stores, &context, &request, None)
         .await;
