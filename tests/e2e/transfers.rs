@@ -447,3 +447,114 @@ async fn a_repeated_key_is_refused_and_an_escaped_key_is_read() -> anyhow::Resul
     assert_eq!(namespace.ledger_balance(1, "USD").await?, Some(9_900));
     Ok(())
 }
+
+/// Posts `body` with `"phase": "pending"` added under `key` and checks the answer is pydantic's
+/// refusal of that one unknown field, exactly.
+async fn refused_as_pending(
+    host: &Host,
+    path: &str,
+    mut body: Value,
+    key: &str,
+) -> anyhow::Result<()> {
+    body["phase"] = json!("pending");
+    let refused = host.post_with_key(path, &body, key).await?;
+    assert_eq!(refused.status, 422, "{path}: {}", refused.body);
+    assert_eq!(
+        refused.body,
+        json!({"detail": [{"loc": ["body", "phase"], "msg": "Extra inputs are not permitted", "type": "extra_forbidden"}]}),
+        "{path}"
+    );
+    Ok(())
+}
+
+/// Found against the service: `"phase": "pending"` was ignored and the money moved at once. A
+/// field the service does not know is a 422 naming it: nothing is held, published or settled,
+/// and the `Idempotency-Key` stays free for the corrected request.
+#[tokio::test]
+async fn an_unknown_field_is_refused_naming_it_and_nothing_moves() -> anyhow::Result<()> {
+    let (namespace, host) = funded_host().await?;
+    refused_as_pending(&host, "/transfers", transfer(json!("5.00")), "two-phase").await?;
+    assert_eq!(namespace.holds().await?, vec![], "nothing held");
+
+    // Several unknown keys with a missing field: every problem, the unknown keys last in the
+    // order the body gives them (as text: `json!` would sort the keys).
+    let several = host
+        .post_json(
+            "/transfers",
+            r#"{"phase": "pending", "sender_id": 1, "receiver_id": 2, "amount": "1", "expires_in_s": 60}"#,
+        )
+        .await?;
+    assert_eq!(several.status, 422, "{}", several.body);
+    assert_eq!(
+        several.problems(),
+        [
+            ("currency", "missing"),
+            ("phase", "extra_forbidden"),
+            ("expires_in_s", "extra_forbidden"),
+        ]
+        .map(|(field, kind)| (field.to_string(), kind.to_string()))
+    );
+
+    let (marker_id, messages) = messages_after_a_marker(&namespace, &host).await?;
+    assert_eq!(
+        messages.len(),
+        1,
+        "only the marker was published: {messages:?}"
+    );
+    assert_eq!(messages[0]["transaction_id"], marker_id);
+    assert_eq!(namespace.wait_settled(1, READ_LIMIT).await?, 1);
+    assert_eq!(namespace.ledger_balance(1, "USD").await?, Some(10_000 - 1));
+    assert_eq!(namespace.ledger_balance(2, "USD").await?, Some(100 + 1));
+
+    let corrected = host
+        .post_with_key("/transfers", &transfer(json!("5.00")), "two-phase")
+        .await?;
+    assert_eq!(corrected.status, 200, "{}", corrected.body);
+    assert!(corrected.headers.get("idempotent-replayed").is_none());
+    assert_eq!(namespace.wait_settled(2, READ_LIMIT).await?, 2);
+    assert_eq!(
+        namespace.ledger_balance(1, "USD").await?,
+        Some(10_000 - 1 - 500)
+    );
+    Ok(())
+}
+
+/// As for transfers: a deposit with a field the service does not know deposits nothing, and
+/// its `Idempotency-Key` is not spent on the refusal.
+#[tokio::test]
+async fn a_deposit_with_an_unknown_field_is_refused_and_deposits_nothing() -> anyhow::Result<()> {
+    let namespace = Namespace::new().await?;
+    let host = Host::start(&namespace).await?;
+    let deposit = json!({"user_id": 5, "currency": "USD", "amount": "12.00"});
+    refused_as_pending(&host, "/admin/deposits", deposit.clone(), "fund-5").await?;
+    let several = host
+        .post_with_key(
+            "/admin/deposits",
+            &json!({"memo": "x", "user_id": 5, "amount": "1.00", "note": 1}),
+            "fund-5-again",
+        )
+        .await?;
+    assert_eq!(
+        several.problems(),
+        [
+            ("currency", "missing"),
+            ("memo", "extra_forbidden"),
+            ("note", "extra_forbidden"),
+        ]
+        .map(|(field, kind)| (field.to_string(), kind.to_string()))
+    );
+    assert_eq!(
+        namespace.ledger_balance(5, "USD").await?,
+        None,
+        "nothing deposited"
+    );
+
+    let corrected = host
+        .post_with_key("/admin/deposits", &deposit, "fund-5")
+        .await?;
+    assert_eq!(corrected.status, 200, "{}", corrected.body);
+    assert_eq!(corrected.body["replayed"], false);
+    assert!(corrected.headers.get("idempotent-replayed").is_none());
+    assert_eq!(namespace.ledger_balance(5, "USD").await?, Some(1_200));
+    Ok(())
+}

@@ -5,9 +5,12 @@
 //! "10.10", never the nearest binary float. Keys are read as JSON strings (escapes decoded:
 //! `"sender_\u0069d"` is `sender_id`), and a key given twice is refused (422): a proxy or
 //! firewall in front may read the first value where a last-wins reader reads the last.
+//! A key that no read asks for is refused too (422 `extra_forbidden`, as pydantic's
+//! `extra="forbid"`): a client asking for something the service does not understand must not
+//! see its request carried out without it.
 
-use std::collections::BTreeMap;
 use std::collections::btree_map::Entry;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
@@ -18,13 +21,18 @@ use crate::problem::{BodyError, Invalid};
 /// A JSON object's fields, as raw JSON text, plus the problems found reading them.
 pub struct Fields<'a> {
     raw: BTreeMap<String, &'a RawValue>,
+    /// The keys in the order the body gives them: unknown ones are reported in that order.
+    order: Vec<String>,
+    /// The names reads asked for, given or not: the fields the body may have.
+    declared: BTreeSet<String>,
     pub problems: Vec<Invalid>,
 }
 
-/// A JSON object's top-level members with keys decoded, and the keys given more than once (in
-/// the order their second occurrence appeared).
+/// A JSON object's top-level members with keys decoded, the keys in the order they first
+/// appeared, and the keys given more than once (in the order their second occurrence appeared).
 struct RawObject<'a> {
     members: BTreeMap<String, &'a RawValue>,
+    order: Vec<String>,
     duplicates: Vec<String>,
 }
 
@@ -46,6 +54,7 @@ impl<'de> Visitor<'de> for ObjectVisitor {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawObject<'de>, A::Error> {
         let mut object = RawObject {
             members: BTreeMap::new(),
+            order: Vec::new(),
             duplicates: Vec::new(),
         };
         // `String`, not `&str`: a key with an escape cannot be borrowed from the text.
@@ -53,6 +62,7 @@ impl<'de> Visitor<'de> for ObjectVisitor {
             let value: &'de RawValue = map.next_value()?;
             match object.members.entry(key) {
                 Entry::Vacant(vacant) => {
+                    object.order.push(vacant.key().clone());
                     vacant.insert(value);
                 }
                 Entry::Occupied(occupied) => {
@@ -89,6 +99,8 @@ impl<'a> Fields<'a> {
             Ok(object) if !object.duplicates.is_empty() => Err(duplicated(object.duplicates)),
             Ok(object) => Ok(Fields {
                 raw: object.members,
+                order: object.order,
+                declared: BTreeSet::new(),
                 problems: Vec::new(),
             }),
             Err(error) => {
@@ -109,8 +121,14 @@ impl<'a> Fields<'a> {
         }
     }
 
+    /// The field's raw value, if given; either way `name` is a field the body may have.
+    fn given(&mut self, name: &str) -> Option<&'a RawValue> {
+        self.declared.insert(name.to_string());
+        self.raw.get(name).copied()
+    }
+
     fn required(&mut self, name: &str) -> Option<&'a RawValue> {
-        let raw = self.raw.get(name).copied();
+        let raw = self.given(name);
         if raw.is_none() {
             self.problems
                 .push(Invalid::body_field(name, "missing", "Field required"));
@@ -163,7 +181,7 @@ impl<'a> Fields<'a> {
 
     /// An optional string: absent and `null` are both `None`.
     pub fn optional_string(&mut self, name: &str) -> Option<String> {
-        let raw = self.raw.get(name)?.get();
+        let raw = self.given(name)?.get();
         if raw == "null" {
             return None;
         }
@@ -184,14 +202,29 @@ impl<'a> Fields<'a> {
         }
     }
 
-    /// Fails with every problem found, or passes when there were none.
+    /// Every problem found, then one `extra_forbidden` per key no read asked for, in the
+    /// body's order: pydantic reports the declared fields' problems first, then the extra keys.
+    /// Call it once every field has been read.
+    pub fn into_problems(self) -> Vec<Invalid> {
+        let mut problems = self.problems;
+        let unknown = self
+            .order
+            .into_iter()
+            .filter(|key| !self.declared.contains(key));
+        problems.extend(unknown.map(|key| {
+            Invalid::body_field(&key, "extra_forbidden", "Extra inputs are not permitted")
+        }));
+        problems
+    }
+
+    /// Fails with every problem found, unknown keys included (see [`Fields::into_problems`]),
+    /// or passes when there were none. Call it once every field has been read.
     pub fn finish(self) -> Result<(), BodyError> {
-        if self.problems.is_empty() {
+        let problems = self.into_problems();
+        if problems.is_empty() {
             Ok(())
         } else {
-            Err(BodyError {
-                problems: self.problems,
-            })
+            Err(BodyError { problems })
         }
     }
 }
@@ -282,6 +315,72 @@ mod tests {
         // Only the top level is read as fields; a nested object is one field's value.
         let mut fields = Fields::parse(br#"{"note": {"a": 1, "a": 2}}"#).expect("object");
         assert_eq!(fields.string("note"), None);
+    }
+
+    /// The problems `finish` reports after reading `id` and `note`, as (field, type).
+    fn finished(body: &str) -> Vec<(String, String)> {
+        let mut fields = Fields::parse(body.as_bytes()).expect("an object");
+        let _ = (fields.integer("id"), fields.optional_string("note"));
+        match fields.finish() {
+            Ok(()) => vec![],
+            Err(BodyError { problems }) => problems
+                .into_iter()
+                .map(|p| (p.location[1].clone(), p.kind))
+                .collect(),
+        }
+    }
+
+    fn found(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(field, kind)| (field.to_string(), kind.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn a_key_no_read_asks_for_is_refused_naming_it_wherever_it_stands() {
+        for body in [
+            r#"{"phase": "pending", "id": 1}"#,
+            r#"{"id": 1, "phase": "pending"}"#,
+            r#"{"id": 1, "phase": null, "note": "x"}"#,
+            r#"{"ph\u0061se": 1, "id": 1}"#,
+        ] {
+            assert_eq!(
+                finished(body),
+                found(&[("phase", "extra_forbidden")]),
+                "{body}"
+            );
+        }
+        let mut fields = Fields::parse(br#"{"id": 1, "phase": "pending"}"#).expect("object");
+        assert_eq!(fields.integer("id"), Some(1));
+        assert_eq!(
+            fields.into_problems(),
+            vec![Invalid::body_field(
+                "phase",
+                "extra_forbidden",
+                "Extra inputs are not permitted"
+            )]
+        );
+        // An optional field asked for but not given is declared all the same.
+        assert_eq!(finished(r#"{"id": 1}"#), vec![]);
+    }
+
+    /// As pydantic: one error per extra key, in the body's order, after every declared
+    /// field's problem whatever the keys' positions.
+    #[test]
+    fn every_unknown_key_is_reported_after_the_declared_fields_problems() {
+        assert_eq!(
+            finished(r#"{"zeta": 1, "note": 5, "alpha": 2, "beta": {}}"#),
+            found(&[
+                ("id", "missing"),
+                ("note", "string_type"),
+                ("zeta", "extra_forbidden"),
+                ("alpha", "extra_forbidden"),
+                ("beta", "extra_forbidden"),
+            ])
+        );
+        // A key given twice is refused before any field is read, unknown or not.
+        assert!(Fields::parse(br#"{"phase": 1, "phase": 2}"#).is_err());
     }
 
     #[test]
@@ -414,6 +513,51 @@ mod tests {
                         prop_assert_eq!(&problems[0].location, &vec!["body".to_string(), key.clone()]);
                     }
                     _ => prop_assert!(false, "accepted {}", body),
+                }
+            }
+
+            #[test]
+            fn exactly_the_unknown_keys_are_refused_in_order_after_the_fields_problems(
+                declared in proptest::collection::btree_map("[a-m]{1,4}", value(), 0..5),
+                unknown in proptest::collection::vec(("[n-z]{1,4}", value()), 0..5),
+                positions in proptest::collection::vec(any::<proptest::sample::Index>(), 5),
+                asked in proptest::collection::btree_set("[a-m]{1,4}", 0..5),
+            ) {
+                // Unknown keys (a different alphabet than declared ones) inserted anywhere.
+                let mut unknown_keys: Vec<String> = Vec::new();
+                let mut entries: Vec<(String, String)> = declared
+                    .iter()
+                    .map(|(key, value)| (key.clone(), value.clone()))
+                    .collect();
+                for ((key, value), position) in unknown.iter().zip(&positions) {
+                    if unknown_keys.contains(key) {
+                        continue;
+                    }
+                    unknown_keys.push(key.clone());
+                    entries.insert(position.index(entries.len() + 1), (key.clone(), value.clone()));
+                }
+                let body = format!("{{{}}}", entries
+                    .iter()
+                    .map(|(key, value)| format!("{}: {value}", spelled(key, &[])))
+                    .collect::<Vec<_>>()
+                    .join(", "));
+                let mut fields = Fields::parse(body.as_bytes()).expect("no key repeats");
+                for name in declared.keys().chain(&asked) {
+                    let _ = fields.optional_string(name);
+                }
+                let read_problems = fields.problems.clone();
+                let problems = fields.into_problems();
+                prop_assert_eq!(&problems[..read_problems.len()], &read_problems[..], "{}", body);
+                let extra: Vec<&Invalid> = problems[read_problems.len()..].iter().collect();
+                let in_body_order: Vec<&str> = entries
+                    .iter()
+                    .map(|(key, _)| key.as_str())
+                    .filter(|key| unknown_keys.iter().any(|unknown| unknown == key))
+                    .collect();
+                prop_assert_eq!(extra.len(), in_body_order.len(), "{}", body);
+                for (problem, key) in extra.iter().zip(in_body_order) {
+                    prop_assert_eq!(&problem.kind, "extra_forbidden");
+                    prop_assert_eq!(&problem.location, &vec!["body".to_string(), key.to_string()]);
                 }
             }
 

@@ -25,9 +25,10 @@ impl TransferFields {
         let amount = fields.decimal_text("amount");
         let currency = fields.string("currency");
         let description = fields.optional_string("description");
+        let problems = fields.into_problems();
         match (sender_id, receiver_id, amount, currency) {
             (Some(sender_id), Some(receiver_id), Some(amount), Some(currency))
-                if fields.problems.is_empty() =>
+                if problems.is_empty() =>
             {
                 Ok(TransferFields {
                     sender_id,
@@ -38,9 +39,7 @@ impl TransferFields {
                 })
             }
             // Every read that gives nothing records why, so the problems are not empty here.
-            _ => Err(BodyError {
-                problems: fields.problems,
-            }),
+            _ => Err(BodyError { problems }),
         }
     }
 }
@@ -97,6 +96,28 @@ mod tests {
                 r#"{"sender_id": 1, "receiver_id": 2, "amount": "1", "currency": "USD", "description": false}"#
             ),
             [("body.description".to_string(), "string_type".to_string())]
+        );
+    }
+
+    /// Found against the service: `"phase": "pending"` was ignored and the money moved at once.
+    #[test]
+    fn an_unknown_field_is_refused_after_every_other_problem() {
+        assert_eq!(
+            kinds(
+                r#"{"sender_id": 1, "receiver_id": 2, "amount": "1", "currency": "USD", "phase": "pending"}"#
+            ),
+            [("body.phase".to_string(), "extra_forbidden".to_string())]
+        );
+        assert_eq!(
+            kinds(r#"{"phase": "pending", "receiver_id": 1.5, "metadata": {}, "amount": "1"}"#),
+            [
+                ("body.sender_id", "missing"),
+                ("body.receiver_id", "int_parsing"),
+                ("body.currency", "missing"),
+                ("body.phase", "extra_forbidden"),
+                ("body.metadata", "extra_forbidden"),
+            ]
+            .map(|(location, kind)| (location.to_string(), kind.to_string()))
         );
     }
 }

@@ -7,6 +7,15 @@ use proptest::prelude::*;
 use serde_json::{Map, Value};
 use transferd_wire::{Fields, TransferFields};
 
+/// The transfer body's fields.
+const FIELDS: [&str; 5] = [
+    "sender_id",
+    "receiver_id",
+    "amount",
+    "currency",
+    "description",
+];
+
 /// The transfer body's keys and a few others.
 const KEYS: [&str; 8] = [
     "sender_id",
@@ -20,7 +29,7 @@ const KEYS: [&str; 8] = [
 ];
 
 /// What reading `object` should give, field by field, from its parsed values: the value or
-/// the problem's kind.
+/// the problem's kind, a key that is no field last.
 fn model(object: &Map<String, Value>) -> Result<TransferFields, Vec<(String, String)>> {
     let mut problems = Vec::new();
     let mut problem = |name: &str, kind: &str| problems.push((name.to_string(), kind.to_string()));
@@ -45,6 +54,12 @@ fn model(object: &Map<String, Value>) -> Result<TransferFields, Vec<(String, Str
     match object.get("description") {
         None | Some(Value::Null | Value::String(_)) => {}
         Some(_) => problem("description", "string_type"),
+    }
+    // Then every key that is no field, in the body's order (the map's, which wrote the body).
+    for key in object.keys() {
+        if !FIELDS.contains(&key.as_str()) {
+            problem(key, "extra_forbidden");
+        }
     }
     if !problems.is_empty() {
         return Err(problems);

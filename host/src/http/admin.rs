@@ -43,8 +43,9 @@ pub async fn deposit(
     body: Incoming,
 ) -> Result<Reply, ApiError> {
     let bytes = read_json_body(headers, body, app.body_timeout).await?;
-    // A body that is not one JSON object gets its 422 before a key is claimed for it.
-    Fields::parse(&bytes)?;
+    // An invalid body (not one JSON object, a field wrong or unknown) gets its 422 before a
+    // key is claimed for it, so the key stays free for the corrected request.
+    let asked = read_deposit(&bytes)?;
     // A key's transaction id is the deposit id when the body names none.
     let (key_id, held) =
         match idempotency::start(app, headers, admin.actor(), "POST /admin/deposits", &bytes)
@@ -56,20 +57,23 @@ pub async fn deposit(
             } => (transaction_id, held),
             Start::Replay(reply) => return Ok(reply),
         };
-    let reply = make_deposit(app, &bytes, key_id)
+    let reply = make_deposit(app, asked, key_id)
         .await
         .unwrap_or_else(ApiError::into_response);
     Ok(idempotency::finish(app, held, reply).await)
 }
 
 /// The deposit itself; `default_id` is its id when the body gives no `deposit_id`.
-async fn make_deposit(app: &App, bytes: &[u8], default_id: Uuid) -> Result<Reply, ApiError> {
-    let asked = read_deposit(bytes, default_id)?;
+async fn make_deposit(
+    app: &App,
+    asked: DepositRequest,
+    default_id: Uuid,
+) -> Result<Reply, ApiError> {
     let deposit = app
         .stores
         .ledger
         .deposit(
-            asked.deposit_id,
+            asked.deposit_id.unwrap_or(default_id),
             asked.user_id,
             &asked.currency,
             asked.amount_minor,
@@ -103,7 +107,8 @@ async fn make_deposit(app: &App, bytes: &[u8], default_id: Uuid) -> Result<Reply
 /// A deposit's body, every field checked.
 #[derive(Debug, PartialEq, Eq)]
 struct DepositRequest {
-    deposit_id: Uuid,
+    /// The body's `deposit_id`; without one, the deposit takes its key's transaction id.
+    deposit_id: Option<Uuid>,
     user_id: i64,
     currency: String,
     /// The number of decimals of `currency`.
@@ -111,29 +116,27 @@ struct DepositRequest {
     amount_minor: i64,
 }
 
-/// Reads and checks a deposit's body, reporting every problem at once; `default_id` is its id
-/// when the body names none. The amount follows the transfer rules (`transferd_guest::rules`).
-fn read_deposit(bytes: &[u8], default_id: Uuid) -> Result<DepositRequest, ApiError> {
+/// Reads and checks a deposit's body, reporting every problem at once (a key that is no field
+/// after the rest). The amount follows the transfer rules (`transferd_guest::rules`).
+fn read_deposit(bytes: &[u8]) -> Result<DepositRequest, ApiError> {
     let mut fields = Fields::parse(bytes)?;
     let user_id = fields.integer("user_id");
     let currency = fields.string("currency");
     let amount = fields.decimal_text("amount");
     let deposit_id = fields.optional_string("deposit_id");
-    let mut problems = std::mem::take(&mut fields.problems);
-    let deposit_id = noted(
-        &mut problems,
-        deposit_id_or(deposit_id.as_deref(), default_id),
-    );
-    let user_id = user_id.and_then(|id| noted(&mut problems, positive_user_id(id)));
+    let problems = &mut fields.problems;
+    let deposit_id = noted(problems, named_deposit_id(deposit_id.as_deref()));
+    let user_id = user_id.and_then(|id| noted(problems, positive_user_id(id)));
     let exponent = currency
         .as_deref()
-        .and_then(|code| noted(&mut problems, known_currency(code)));
+        .and_then(|code| noted(problems, known_currency(code)));
     let amount_minor = match (amount, currency.as_deref(), exponent) {
         (Some(text), Some(code), Some(exponent)) => {
-            noted(&mut problems, amount_rule(&text, code, exponent))
+            noted(problems, amount_rule(&text, code, exponent))
         }
         _ => None,
     };
+    let problems = fields.into_problems();
     if !problems.is_empty() {
         return Err(ApiError::Validation(problems));
     }
@@ -158,12 +161,13 @@ fn noted<T>(problems: &mut Vec<Invalid>, checked: Result<T, Invalid>) -> Option<
     checked.map_err(|problem| problems.push(problem)).ok()
 }
 
-/// The body's `deposit_id`, else `default_id`.
-fn deposit_id_or(deposit_id: Option<&str>, default_id: Uuid) -> Result<Uuid, Invalid> {
+/// The body's `deposit_id`, if it names one.
+fn named_deposit_id(deposit_id: Option<&str>) -> Result<Option<Uuid>, Invalid> {
     let Some(text) = deposit_id else {
-        return Ok(default_id);
+        return Ok(None);
     };
     Uuid::parse_str(text)
+        .map(Some)
         .map_err(|_| Invalid::body_field("deposit_id", "uuid_parsing", "deposit_id must be a UUID"))
 }
 
@@ -200,11 +204,9 @@ fn amount_rule(text: &str, currency: &str, exponent: u32) -> Result<i64, Invalid
 mod tests {
     use super::*;
 
-    const DEFAULT_ID: Uuid = Uuid::from_u128(7);
-
     /// The problems a body is refused with, as (field, type, message).
     fn refusal(body: &str) -> Vec<(String, String, String)> {
-        match read_deposit(body.as_bytes(), DEFAULT_ID) {
+        match read_deposit(body.as_bytes()) {
             Err(ApiError::Validation(problems)) => problems
                 .into_iter()
                 .map(|problem| (problem.location.join("."), problem.kind, problem.message))
@@ -219,12 +221,12 @@ mod tests {
 
     #[test]
     fn a_valid_deposit_reads_exactly() {
-        let read = |body: &str| read_deposit(body.as_bytes(), DEFAULT_ID).expect("valid");
+        let read = |body: &str| read_deposit(body.as_bytes()).expect("valid");
         let deposit = read(r#"{"user_id": 3, "currency": "USD", "amount": "10.50"}"#);
         assert_eq!(
             deposit,
             DepositRequest {
-                deposit_id: DEFAULT_ID,
+                deposit_id: None,
                 user_id: 3,
                 currency: "USD".into(),
                 exponent: 2,
@@ -241,14 +243,14 @@ mod tests {
                 named.amount_minor,
                 named.exponent
             ),
-            (Uuid::from_u128(9), 4, 1005, 3)
+            (Some(Uuid::from_u128(9)), 4, 1005, 3)
         );
         let null_id = read(
             r#"{"user_id": 1, "currency": "JPY", "amount": "1000000000", "deposit_id": null}"#,
         );
         assert_eq!(
             (null_id.deposit_id, null_id.amount_minor),
-            (DEFAULT_ID, 1_000_000_000)
+            (None, 1_000_000_000)
         );
     }
 
@@ -289,6 +291,31 @@ mod tests {
                     "string_type",
                     "Input should be a valid string"
                 ),
+            ]
+        );
+    }
+
+    #[test]
+    fn an_unknown_field_is_refused_after_every_other_problem() {
+        assert_eq!(
+            refusal(r#"{"user_id": 1, "currency": "USD", "amount": "1.00", "phase": "pending"}"#),
+            vec![problem(
+                "phase",
+                "extra_forbidden",
+                "Extra inputs are not permitted"
+            )]
+        );
+        assert_eq!(
+            refusal(r#"{"memo": "x", "user_id": 0, "currency": "USD", "note": 1}"#),
+            vec![
+                problem("amount", "missing", "Field required"),
+                problem(
+                    "user_id",
+                    "greater_than",
+                    "user_id must be a positive integer"
+                ),
+                problem("memo", "extra_forbidden", "Extra inputs are not permitted"),
+                problem("note", "extra_forbidden", "Extra inputs are not permitted"),
             ]
         );
     }
@@ -354,10 +381,7 @@ mod tests {
     fn a_body_that_is_not_an_object_is_refused_whole() {
         for body in ["[]", "not json", "{\"user_id\": 1, \"user_id\": 2}"] {
             assert!(
-                matches!(
-                    read_deposit(body.as_bytes(), DEFAULT_ID),
-                    Err(ApiError::Validation(_))
-                ),
+                matches!(read_deposit(body.as_bytes()), Err(ApiError::Validation(_))),
                 "{body}"
             );
         }

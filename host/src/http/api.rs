@@ -22,6 +22,7 @@ pub enum Success {
 #[derive(ToSchema)]
 #[schema(example = json!({"sender_id": 1, "receiver_id": 2, "amount": "10.50", "currency": "USD", "description": "rent"}))]
 #[allow(dead_code)] // Documents the reading in `transfers::parse_request`.
+#[serde(deny_unknown_fields)] // `additionalProperties: false`: the reader refuses other keys.
 pub struct CreateTransfer {
     /// The paying user: the caller's own id (a token's `sub`).
     #[schema(minimum = 1)]
@@ -43,7 +44,8 @@ pub struct CreateTransfer {
 /// `POST /admin/deposits`' body.
 #[derive(ToSchema)]
 #[schema(example = json!({"user_id": 1, "currency": "USD", "amount": "100.00"}))]
-#[allow(dead_code)] // Documents the reading in `admin::make_deposit`.
+#[allow(dead_code)] // Documents the reading in `admin::read_deposit`.
+#[serde(deny_unknown_fields)] // `additionalProperties: false`: the reader refuses other keys.
 pub struct CreateDeposit {
     #[schema(minimum = 1)]
     user_id: i64,
@@ -59,6 +61,7 @@ pub struct CreateDeposit {
 /// `POST /admin/guest/{version}/canary`'s body.
 #[derive(ToSchema)]
 #[allow(dead_code)] // Documents the reading in `admin_guest::canary`.
+#[serde(deny_unknown_fields)] // `additionalProperties: false`: the reader refuses other keys.
 pub struct CanaryShare {
     /// The share of transfers the candidate decides, in percent.
     #[schema(minimum = 0, maximum = 100)]

@@ -235,6 +235,53 @@ mod tests {
         }
     }
 
+    /// The reader refuses a key no field has (`extra_forbidden`), so every JSON body a change
+    /// takes says so; read from the route table, so a new write route is checked too.
+    #[test]
+    fn every_write_routes_json_body_forbids_other_properties() {
+        let document = document();
+        let mut checked = Vec::new();
+        for endpoint in Endpoint::ALL {
+            let route = endpoint.route();
+            if route.verb == Verb::Get {
+                continue;
+            }
+            let operation = &document["paths"][route.path][openapi_method(route.verb)];
+            let Some(content) = operation["requestBody"]["content"].as_object() else {
+                continue;
+            };
+            for (media_type, body) in content {
+                if media_type != "application/json" {
+                    continue;
+                }
+                let mut schema = &body["schema"];
+                if let Some(reference) = schema["$ref"].as_str() {
+                    let name = reference.trim_start_matches("#/components/schemas/");
+                    schema = &document["components"]["schemas"][name];
+                }
+                assert_eq!(schema["type"], "object", "{} {}", route.path, media_type);
+                assert_eq!(
+                    schema["additionalProperties"],
+                    serde_json::Value::Bool(false),
+                    "{:?} {}: {schema}",
+                    route.verb,
+                    route.path
+                );
+                checked.push(route.path);
+            }
+        }
+        for path in [
+            "/transfers",
+            "/admin/deposits",
+            "/admin/guest/{version}/canary",
+        ] {
+            assert!(
+                checked.contains(&path),
+                "{path} has no JSON body: {checked:?}"
+            );
+        }
+    }
+
     #[test]
     fn the_transfer_schema_requires_what_the_handler_finds_missing() {
         let document = document();
