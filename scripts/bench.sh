@@ -10,6 +10,8 @@
 #   ./scripts/bench.sh http        POST /transfers under wrk at 1, 16, 64 and 256 connections,
 #                                  POST → settled, GET; CPU and work per transfer per process
 #   ./scripts/bench.sh settlement  settlement into PostgreSQL (fsync on), batches of 1, 100, 1000
+#   ./scripts/bench.sh history     history queries (lists, entries, balances at a moment) at p50
+#                                  and p99 over a seeded ledger of 10 million transfers
 #   ./scripts/bench.sh broker      the durable broker's cost: memory against SQLite storage
 #   ./scripts/bench.sh swap        hot swaps on two replicas under load
 #   ./scripts/bench.sh ab A B      two builds side by side in one sitting: each side a git
@@ -31,7 +33,7 @@ cd "$TRANSFERD_ROOT"
 command="${1:-all}"
 [ $# -gt 0 ] && shift
 case "$command" in
-  all | guest | http | settlement | broker | swap)
+  all | guest | http | settlement | history | broker | swap)
     if [ $# -gt 0 ]; then
       log "usage: $0 $command (no further arguments)"
       exit 2
@@ -40,7 +42,7 @@ case "$command" in
     ;;
   ab) bench_ab "$@" ;;
   *)
-    log "usage: $0 [all | guest | http | settlement | broker | swap | ab <a> <b>]"
+    log "usage: $0 [all | guest | http | settlement | history | broker | swap | ab <a> <b>]"
     exit 2
     ;;
 esac

@@ -4,9 +4,10 @@
 //! synchronous_commit on by default). Prints the figures; run with
 //! `./scripts/bench.sh settlement` (or `cargo bench -p transferd --bench settlement`).
 
+mod local;
+
 use std::time::Instant;
 
-use transferd::config::Services;
 use transferd::settlement::decide::Transfer;
 use transferd::settlement::ledger::{Advance, Offsets, Settlements};
 use transferd::stores::postgres::Ledger;
@@ -14,23 +15,6 @@ use uuid::Uuid;
 
 const USERS: i64 = 1_000;
 const OPENING_MINOR: i64 = 100_000_000;
-
-fn services(database: &str) -> Services {
-    Services {
-        database_url: format!("postgres://postgres@127.0.0.1:5432/{database}"),
-        redis_url: "redis://127.0.0.1:6379".into(),
-        redis_prefix: String::new(),
-        kafka_brokers: "127.0.0.1:9092".into(),
-        topic_prefix: String::new(),
-        topic_partitions: 1,
-        kafka_timeout_ms: 5_000,
-        kafka_linger_ms: 1,
-        database_timeout_ms: 10_000,
-        database_connections: 4,
-        redis_timeout_ms: 1_000,
-        drain_timeout_ms: 10_000,
-    }
-}
 
 /// A small deterministic generator (xorshift64*), so every run settles the same transfers.
 struct Random(u64);
@@ -77,7 +61,7 @@ async fn main() -> anyhow::Result<()> {
         .execute(&admin)
         .await?;
     }
-    let ledger = Ledger::connect(&services(&database)).await?;
+    let ledger = Ledger::connect(&local::services(&database, 4)).await?;
     ledger.migrate().await?;
     let fsync: String = sqlx::query_scalar("SHOW fsync").fetch_one(&admin).await?;
     let synchronous_commit: String = sqlx::query_scalar("SHOW synchronous_commit")
@@ -133,7 +117,7 @@ async fn main() -> anyhow::Result<()> {
         "SELECT (SELECT COALESCE(SUM(balance_minor), 0)::bigint FROM accounts),
                 (SELECT COUNT(*) FROM accounts WHERE user_id > 0 AND balance_minor < 0)",
     )
-    .fetch_one(&sqlx::PgPool::connect(&services(&database).database_url).await?)
+    .fetch_one(&sqlx::PgPool::connect(&local::services(&database, 4).database_url).await?)
     .await?;
     assert_eq!(
         check,

@@ -133,8 +133,8 @@ async fn the_journal_refers_only_to_what_the_ledger_keeps() -> anyhow::Result<()
     assert_eq!(entries().await?, 4, "two deposits, two entries each");
     let insert = |transaction_id: Uuid, user_id: i64, currency: &'static str| {
         sqlx::query(
-            "INSERT INTO journal_entries (transaction_id, user_id, currency, amount_minor)
-             VALUES ($1, 1, 'USD', 1), ($2, $3, $4, -1)",
+            "INSERT INTO journal_entries (transaction_id, user_id, currency, amount_minor, balance_after_minor)
+             VALUES ($1, 1, 'USD', 1, 0), ($2, $3, $4, -1, 0)",
         )
         .bind(deposit)
         .bind(transaction_id)
@@ -494,7 +494,7 @@ async fn effects_a_previous_version_left_are_run_after_the_upgrade() -> anyhow::
     before.migrations = migrations.into();
     before.run(ledger.pool()).await?;
 
-    ledger.deposit(Uuid::now_v7(), 1, "USD", 100).await?;
+    deposit_as_version_8_did(ledger.pool(), 1, 100).await?;
     let (first, second) = (message(1, 2, 10), message(1, 2, 20));
     for (transfer, at) in [
         (&second, "2026-12-01T10:00:01Z"),
@@ -535,6 +535,40 @@ async fn effects_a_previous_version_left_are_run_after_the_upgrade() -> anyhow::
         .effects_done(settled.effects.expect("a recorded batch"))
         .await?;
     assert!(settlements.outstanding_effects().await?.0.is_empty());
+
+    // Migration 0013 gave the older entries their running balances.
+    let after: Vec<(i64, i64)> = sqlx::query_as(
+        "SELECT user_id, balance_after_minor FROM journal_entries ORDER BY entry_id",
+    )
+    .fetch_all(ledger.pool())
+    .await?;
+    assert_eq!(after, vec![(0, -100), (1, 100)]);
+    Ok(())
+}
+
+/// A deposit as versions before migration 0013 wrote it: entries without running balances.
+async fn deposit_as_version_8_did(
+    pool: &sqlx::PgPool,
+    user_id: i64,
+    amount_minor: i64,
+) -> anyhow::Result<()> {
+    let id = Uuid::now_v7();
+    for statement in [
+        "INSERT INTO accounts (user_id, currency, balance_minor, version)
+         VALUES (0, 'USD', -$3, 1), ($2, 'USD', $3, 1)",
+        "INSERT INTO transfers (transaction_id, kind, sender_id, receiver_id, amount_minor, currency,
+                                description, status, created_at)
+         VALUES ($1, 'deposit', 0, $2, $3, 'USD', 'deposit', 'completed', now())",
+        "INSERT INTO journal_entries (transaction_id, user_id, currency, amount_minor)
+         VALUES ($1, 0, 'USD', -$3), ($1, $2, 'USD', $3)",
+    ] {
+        sqlx::query(statement)
+            .bind(id)
+            .bind(user_id)
+            .bind(amount_minor)
+            .execute(pool)
+            .await?;
+    }
     Ok(())
 }
 

@@ -56,6 +56,13 @@ bench_settlement() {
   cargo bench --quiet -p transferd --bench settlement
 }
 
+# History queries (lists, entries, balances at a moment) over a ledger of
+# TRANSFERD_BENCH_HISTORY_TRANSFERS transfers (10,000,000), seeded once and kept for later runs.
+bench_history() {
+  start_services
+  cargo bench --quiet -p transferd --bench history
+}
+
 # The broker's part: POST /transfers latency with the broker on memory vs SQLite storage
 # (through an API-only transferd), then the broker's own ceiling: rdkafka alone with
 # transferd's producer settings against each engine, with and without the trace header.
@@ -126,6 +133,10 @@ report() {
   cat "$outputs/settlement.txt"
   echo '```'
   echo
+  echo "### History queries (\`./scripts/bench.sh history\`)"
+  echo
+  cat "$outputs/history.txt"
+  echo
   echo "### The durable broker's cost (\`./scripts/bench.sh broker\`)"
   echo
   echo '```'
@@ -149,7 +160,7 @@ bench_all() {
   outputs="$(mktemp -d)"
   # shellcheck disable=SC2064 # the directory is known now
   trap "rm -rf '$outputs'" EXIT
-  for name in guest http settlement broker swap; do
+  for name in guest http settlement history broker swap; do
     log "running the $name benchmark"
     "bench_$name" >"$outputs/$name.txt"
   done

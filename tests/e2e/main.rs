@@ -13,6 +13,7 @@ mod dependencies;
 mod edge;
 mod guard;
 mod guest_reuse;
+mod history;
 mod holds_trust;
 mod hot_swap;
 mod idempotency;

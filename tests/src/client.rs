@@ -38,6 +38,17 @@ impl Host {
         Ok(reply.body)
     }
 
+    /// `GET path` with `token` as the bearer, whatever the answer.
+    pub async fn get_as(&self, path: &str, token: &str) -> anyhow::Result<Reply> {
+        let response = self
+            .client
+            .get(format!("{}{path}", self.base_url))
+            .bearer_auth(token)
+            .send()
+            .await?;
+        Reply::read(response).await
+    }
+
     /// `POST path` with an `Idempotency-Key`: a transfer as its sender, a deposit as the
     /// static admin.
     pub async fn post_with_key(

@@ -18,7 +18,8 @@ pub struct LedgerCheck {
     pub transfer_entries: i64,
     /// Transfers whose entries do not sum to zero, or completed ones without exactly two.
     pub unbalanced_transfers: i64,
-    /// Accounts whose balance differs from the sum of their journal entries.
+    /// Accounts whose balance differs from the sum of their journal entries, or whose entries'
+    /// running balances (`balance_after_minor`) are not that sum entry by entry, ending at it.
     pub balances_off_journal: i64,
 }
 
@@ -57,9 +58,18 @@ impl Namespace {
         .await?;
         let balances_off_journal: i64 = sqlx::query_scalar(
             "SELECT COUNT(*) FROM accounts a
-             LEFT JOIN (SELECT user_id, currency, SUM(amount_minor) AS total FROM journal_entries
-                        GROUP BY user_id, currency) j USING (user_id, currency)
-             WHERE a.balance_minor <> COALESCE(j.total, 0)",
+             LEFT JOIN (
+                 SELECT user_id, currency, SUM(amount_minor) AS total,
+                        COUNT(*) FILTER (WHERE balance_after_minor <> running) AS off_running,
+                        (array_agg(balance_after_minor ORDER BY entry_id DESC))[1] AS last_after
+                 FROM (SELECT user_id, currency, entry_id, amount_minor, balance_after_minor,
+                              SUM(amount_minor) OVER (PARTITION BY user_id, currency ORDER BY entry_id) AS running
+                       FROM journal_entries) AS e
+                 GROUP BY user_id, currency
+             ) j USING (user_id, currency)
+             WHERE a.balance_minor <> COALESCE(j.total, 0)
+                OR a.balance_minor <> COALESCE(j.last_after, 0)
+                OR COALESCE(j.off_running, 0) > 0",
         )
         .fetch_one(&pool)
         .await?;

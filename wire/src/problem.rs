@@ -28,6 +28,22 @@ impl Invalid {
         }
     }
 
+    pub fn query(name: &str, kind: &str, message: impl Into<String>) -> Invalid {
+        Invalid {
+            location: vec!["query".into(), name.into()],
+            message: message.into(),
+            kind: kind.into(),
+        }
+    }
+
+    pub fn path(name: &str, kind: &str, message: impl Into<String>) -> Invalid {
+        Invalid {
+            location: vec!["path".into(), name.into()],
+            message: message.into(),
+            kind: kind.into(),
+        }
+    }
+
     /// A problem with the body as a whole (not JSON, not an object).
     pub fn body(kind: &str, message: impl Into<String>) -> Invalid {
         Invalid {

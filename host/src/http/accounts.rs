@@ -1,48 +1,78 @@
-//! `GET /accounts/{user_id}/balances`: every account of a user, settled and available; only
-//! for that user or an admin (anyone else hears that there are none).
+//! `GET /accounts/{user_id}/balances`: every account of a user, settled and available, or as
+//! they were at a moment (`?at=`); only for that user or an admin (anyone else hears that
+//! there are none).
 
+use chrono::{DateTime, SecondsFormat, Utc};
 use http::StatusCode;
 use transferd_guest::money::{currency_exponent, format_minor};
 
 use crate::auth::Caller;
 use crate::http::App;
-use crate::http::api::{AccountBalances, Balance, ErrorBody};
+use crate::http::api::{
+    AccountBalances, Balance, BalanceThen, BalancesAnswer, BalancesAt, BalancesQuery, ErrorBody,
+};
 use crate::http::error::{ApiError, Invalid, Reply, json_response};
+use crate::http::query::Params;
 use crate::http::routes::UserRoute;
+
+/// The query parameters the route reads (documented by [`BalancesQuery`]).
+pub const BALANCES_PARAMS: [&str; 1] = ["at"];
 
 #[utoipa::path(
     get, path = UserRoute::Balances.path(), operation_id = "balances", tag = "transfers",
-    summary = "A user's accounts: settled and available balances",
-    description = "Only for that user or an admin; anyone else hears 404.",
-    params(("user_id" = i64, Path, minimum = 1)),
+    summary = "A user's accounts: settled and available balances, now or at a moment",
+    description = "Only for that user or an admin; anyone else hears 404. With `at`, the \
+        balances the journal shows at that moment, for the accounts that existed then.",
+    params(("user_id" = i64, Path, minimum = 1), BalancesQuery),
     security(("bearer" = [])),
     responses(
-        (status = 200, body = AccountBalances),
+        (status = 200, body = BalancesAnswer),
         (status = 401, body = ErrorBody),
         (status = 404, body = ErrorBody),
-        (status = 422, description = "Not a positive integer", body = ErrorBody),
+        (status = 422, description = "Not a positive integer, or a bad parameter", body = ErrorBody),
         (status = 429, body = ErrorBody),
         (status = 503, body = ErrorBody),
     ),
 )]
-pub async fn balances(app: &App, caller: &Caller, user_id: &str) -> Result<Reply, ApiError> {
-    let user_id = match user_id.parse::<i64>() {
-        Ok(id) if id > 0 => id,
-        _ => {
-            return Err(ApiError::Validation(vec![Invalid {
-                location: vec!["path".into(), "user_id".into()],
-                message: "user_id must be a positive integer".into(),
-                kind: "greater_than".into(),
-            }]));
-        }
-    };
-    let none = || ApiError::NotFoundMessage(format!("user {user_id} has no accounts"));
+pub async fn balances(
+    app: &App,
+    caller: &Caller,
+    user_id: &str,
+    query: Option<&str>,
+) -> Result<Reply, ApiError> {
+    let user_id = path_user_id(user_id)?;
+    let mut params = Params::read(query, &BALANCES_PARAMS);
+    let at = params.moment("at");
+    params.finish()?;
     if !caller.may_see_account(user_id) {
-        return Err(none());
+        return Err(no_accounts(user_id));
     }
+    match at {
+        Some(at) => balances_at(app, user_id, at).await,
+        None => balances_now(app, user_id).await,
+    }
+}
+
+/// The `{user_id}` of a path: a positive integer.
+pub fn path_user_id(raw: &str) -> Result<i64, ApiError> {
+    match raw.parse::<i64>() {
+        Ok(id) if id > 0 => Ok(id),
+        _ => Err(ApiError::Validation(vec![Invalid::path(
+            "user_id",
+            "greater_than",
+            "user_id must be a positive integer",
+        )])),
+    }
+}
+
+fn no_accounts(user_id: i64) -> ApiError {
+    ApiError::NotFoundMessage(format!("user {user_id} has no accounts"))
+}
+
+async fn balances_now(app: &App, user_id: i64) -> Result<Reply, ApiError> {
     let accounts = app.stores.ledger.balances(user_id).await?;
     if accounts.is_empty() {
-        return Err(none());
+        return Err(no_accounts(user_id));
     }
     let mut balances = Vec::with_capacity(accounts.len());
     for (currency, balance) in accounts {
@@ -69,4 +99,42 @@ pub async fn balances(app: &App, caller: &Caller, user_id: &str) -> Result<Reply
         StatusCode::OK,
         &AccountBalances { user_id, balances },
     ))
+}
+
+async fn balances_at(app: &App, user_id: i64, at: DateTime<Utc>) -> Result<Reply, ApiError> {
+    let Some(then) = app.stores.ledger.balances_at(user_id, at).await? else {
+        return Err(no_accounts(user_id));
+    };
+    let balances = then
+        .into_iter()
+        .map(|account| {
+            let exponent = currency_exponent(&account.currency).unwrap_or(0);
+            BalanceThen {
+                balance: format_minor(account.balance_minor, exponent),
+                balance_minor: account.balance_minor,
+                currency: account.currency,
+            }
+        })
+        .collect();
+    let body = BalancesAt {
+        user_id,
+        at: at.to_rfc3339_opts(SecondsFormat::AutoSi, true),
+        balances,
+    };
+    Ok(json_response(StatusCode::OK, &body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use utoipa::IntoParams;
+
+    #[test]
+    fn the_document_names_the_parameters_the_handler_reads() {
+        let names: Vec<String> = BalancesQuery::into_params(|| None)
+            .into_iter()
+            .map(|param| param.name)
+            .collect();
+        assert_eq!(names, BALANCES_PARAMS);
+    }
 }

@@ -6,7 +6,7 @@
 //! types here describe that reading, and a test checks the two name the same fields.
 
 use serde::Serialize;
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 pub use crate::stores::transfer_state::{Reason, TransferKind, TransferStatus};
@@ -119,6 +119,7 @@ pub struct TransferView {
 
 /// `GET /accounts/{user_id}/balances`.
 #[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)] // `additionalProperties: false`: told apart from `BalancesAt`.
 pub struct AccountBalances {
     pub user_id: i64,
     pub balances: Vec<Balance>,
@@ -137,6 +138,113 @@ pub struct Balance {
     pub available_minor: i64,
     /// Grows with every settled change of the account.
     pub version: i64,
+}
+
+/// `GET /accounts/{user_id}/balances?at=…`: the user's accounts as they were at a moment,
+/// from the journal (no holds then: money only).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BalancesAt {
+    pub user_id: i64,
+    /// The moment asked about, RFC 3339 in UTC.
+    #[schema(format = DateTime)]
+    pub at: String,
+    /// The accounts that existed then, by currency.
+    pub balances: Vec<BalanceThen>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BalanceThen {
+    #[schema(example = "USD")]
+    pub currency: String,
+    #[schema(example = "100.00")]
+    pub balance: String,
+    pub balance_minor: i64,
+}
+
+/// What `GET /accounts/{user_id}/balances` answers: now, or at the moment `at` names.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)] // Documents the two answers; each is sent as itself.
+pub enum BalancesAnswer {
+    Now(AccountBalances),
+    Then(BalancesAt),
+}
+
+/// `GET /accounts/{user_id}/balances`' query.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)] // Documents the reading in `accounts::balances`.
+pub struct BalancesQuery {
+    /// Balances as of this moment (RFC 3339), from the journal; without it, now.
+    #[param(format = DateTime)]
+    at: Option<String>,
+}
+
+/// `GET /transfers`' query.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)] // Documents the reading in `history::list_transfers`.
+pub struct TransferListQuery {
+    /// The user whose transfers (sent or received) to list; the caller's own by default.
+    #[param(minimum = 0)]
+    account: Option<i64>,
+    status: Option<TransferStatus>,
+    #[param(pattern = "^[A-Z]{3}$")]
+    currency: Option<String>,
+    /// The `next_cursor` of the page before.
+    after: Option<String>,
+    /// Rows per page.
+    #[param(minimum = 1, maximum = 200)]
+    limit: Option<i64>,
+}
+
+/// `GET /accounts/{user_id}/entries`' query.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)] // Documents the reading in `history::entries`.
+pub struct EntryListQuery {
+    #[param(pattern = "^[A-Z]{3}$")]
+    currency: Option<String>,
+    /// The `next_cursor` of the page before.
+    after: Option<String>,
+    /// Rows per page.
+    #[param(minimum = 1, maximum = 200)]
+    limit: Option<i64>,
+}
+
+/// `GET /transfers`: a page of a user's settled transfers (sent and received), newest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TransferPage {
+    pub transfers: Vec<TransferView>,
+    /// Pass as `after` for the next page; `null` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// `GET /accounts/{user_id}/entries`: a page of a user's journal entries, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EntryPage {
+    pub entries: Vec<EntryView>,
+    /// Pass as `after` for the next page; `null` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// One journal entry: money into (positive) or out of (negative) one account.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EntryView {
+    pub entry_id: i64,
+    pub transaction_id: Uuid,
+    #[schema(example = "USD")]
+    pub currency: String,
+    #[schema(example = "-10.50")]
+    pub amount: String,
+    pub amount_minor: i64,
+    /// The account's balance just after this entry.
+    #[schema(example = "89.50")]
+    pub balance_after: String,
+    pub balance_after_minor: i64,
+    /// When the ledger wrote it, RFC 3339, microseconds, UTC.
+    #[schema(format = DateTime)]
+    pub created_at: String,
 }
 
 /// `POST /admin/deposits` answered 200.

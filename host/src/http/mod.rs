@@ -14,8 +14,10 @@ mod admin_quarantine;
 mod api;
 mod body;
 mod error;
+mod history;
 mod idempotency;
 mod openapi;
+mod query;
 mod rate_limit;
 mod ready;
 mod routes;
@@ -150,6 +152,8 @@ async fn within_limit(
 /// A request, once routed: what its handler may read.
 struct RoutedRequest<'r> {
     params: PathParams<'r, 'r>,
+    /// The query string, if the request had one.
+    query: Option<&'r str>,
     method: &'r Method,
     headers: &'r http::HeaderMap,
     body: Incoming,
@@ -213,14 +217,18 @@ async fn user_route(
 ) -> Result<Reply, ApiError> {
     let RoutedRequest {
         params,
+        query,
         headers,
         body,
         ..
     } = request;
+    let user_id = params.get("user_id");
     match route {
         UserRoute::CreateTransfer => transfers::create(app, caller, headers, body).await,
+        UserRoute::ListTransfers => history::list_transfers(app, caller, query).await,
         UserRoute::ShowTransfer => transfers::show(app, caller, params.get("transaction_id")).await,
-        UserRoute::Balances => accounts::balances(app, caller, params.get("user_id")).await,
+        UserRoute::Balances => accounts::balances(app, caller, user_id, query).await,
+        UserRoute::Entries => history::entries(app, caller, user_id, query).await,
     }
 }
 
@@ -292,6 +300,7 @@ async fn routed(app: &Arc<App>, request: Request<Incoming>) -> Reply {
         Ok((endpoint, params)) => {
             let request = RoutedRequest {
                 params,
+                query: parts.uri.query(),
                 method: &parts.method,
                 headers: &parts.headers,
                 body,

@@ -18,7 +18,7 @@ use crate::http::api::*;
 use crate::http::error::Reply;
 use crate::http::routes::ServiceRoute;
 use crate::http::{
-    accounts, admin, admin_guest, admin_quarantine, ready, service, status, transfers,
+    accounts, admin, admin_guest, admin_quarantine, history, ready, service, status, transfers,
 };
 
 #[derive(OpenApi)]
@@ -32,8 +32,10 @@ use crate::http::{
     ),
     paths(
         transfers::create,
+        history::list_transfers,
         transfers::show,
         accounts::balances,
+        history::entries,
         service::health,
         ready::readiness,
         service::metrics,

@@ -30,8 +30,10 @@ pub enum ServiceRoute {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UserRoute {
     CreateTransfer,
+    ListTransfers,
     ShowTransfer,
     Balances,
+    Entries,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,14 +100,16 @@ const fn route(verb: Verb, path: &'static str, metric: &'static str) -> Route {
 
 impl Endpoint {
     /// Every endpoint, the order resolution tries them in (no two paths overlap).
-    pub const ALL: [Endpoint; 20] = [
+    pub const ALL: [Endpoint; 22] = [
         Endpoint::Service(ServiceRoute::Health),
         Endpoint::Service(ServiceRoute::Ready),
         Endpoint::Service(ServiceRoute::Metrics),
         Endpoint::Service(ServiceRoute::OpenApi),
         Endpoint::User(UserRoute::CreateTransfer),
+        Endpoint::User(UserRoute::ListTransfers),
         Endpoint::User(UserRoute::ShowTransfer),
         Endpoint::User(UserRoute::Balances),
+        Endpoint::User(UserRoute::Entries),
         Endpoint::Admin(AdminRoute::Deposit),
         Endpoint::Admin(AdminRoute::GuestStatus),
         Endpoint::Admin(AdminRoute::GuestUpload),
@@ -133,10 +137,12 @@ impl Endpoint {
             Endpoint::Service(S::Metrics) => route(Get, "/metrics", "metrics"),
             Endpoint::Service(S::OpenApi) => route(Get, "/openapi.json", "openapi"),
             Endpoint::User(U::CreateTransfer) => route(Post, "/transfers", "create_transfer"),
+            Endpoint::User(U::ListTransfers) => route(Get, "/transfers", "list_transfers"),
             Endpoint::User(U::ShowTransfer) => {
                 route(Get, "/transfers/{transaction_id}", "show_transfer")
             }
             Endpoint::User(U::Balances) => route(Get, "/accounts/{user_id}/balances", "balances"),
+            Endpoint::User(U::Entries) => route(Get, "/accounts/{user_id}/entries", "entries"),
             Endpoint::Admin(A::Deposit) => route(Post, "/admin/deposits", "deposit"),
             Endpoint::Admin(A::GuestStatus) => route(Get, "/admin/guest", "admin_guest"),
             Endpoint::Admin(A::GuestUpload) => route(Put, "/admin/guest", "admin_guest"),
@@ -303,7 +309,7 @@ mod tests {
             Err(ApiError::MethodNotAllowed { allow }) => allow,
             _ => panic!("{method} {path} is not a 405"),
         };
-        assert_eq!(not_allowed(Method::GET, "/transfers"), "POST");
+        assert_eq!(not_allowed(Method::PUT, "/transfers"), "GET, HEAD, POST");
         assert_eq!(not_allowed(Method::POST, "/healthz"), "GET, HEAD");
         assert_eq!(
             not_allowed(Method::DELETE, "/admin/guest"),

@@ -339,7 +339,7 @@ async fn find(app: &App, id: Uuid) -> Result<Option<TransferView>, ApiError> {
     record.as_ref().map(settled_view).transpose()
 }
 
-fn settled_view(record: &TransferRecord) -> Result<TransferView, ApiError> {
+pub(super) fn settled_view(record: &TransferRecord) -> Result<TransferView, ApiError> {
     let unreadable = |what: &str| {
         ApiError::Internal(format!(
             "transfer {} has an unknown {what} in the ledger",

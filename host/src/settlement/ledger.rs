@@ -423,10 +423,13 @@ async fn write_batch(
     let mut accounts: BTreeMap<AccountKey, Balance> =
         locked.into_iter().map(account_entry).collect();
 
+    let opening = balances.clone();
     let outcomes = decide(&mut balances, &fresh);
     if !fresh.is_empty() {
         write_transfers(transaction, &fresh, &outcomes).await?;
-        write_journal(transaction, &fresh, &outcomes).await?;
+        let lines = journal_lines(&opening, &completed(&fresh, &outcomes))?;
+        assert_closes_at(&lines, &balances);
+        write_journal(transaction, &lines).await?;
         let updated = write_balances(transaction, &fresh, &outcomes, &balances).await?;
         accounts.extend(updated);
     }
@@ -625,39 +628,76 @@ async fn write_transfers(
     Ok(())
 }
 
-/// Two entries per completed transfer: the sender's negative, the receiver's positive.
-async fn write_journal(
-    transaction: &mut Transaction<'_>,
-    fresh: &[&Transfer],
-    outcomes: &[Outcome],
-) -> Result<(), LedgerError> {
-    let completed = completed(fresh, outcomes);
-    if completed.is_empty() {
-        return Ok(());
-    }
-    let mut ids = Vec::with_capacity(completed.len() * 2);
-    let mut users = Vec::with_capacity(completed.len() * 2);
-    let mut currencies = Vec::with_capacity(completed.len() * 2);
-    let mut amounts = Vec::with_capacity(completed.len() * 2);
+/// One journal entry to write: an account's movement and its balance just after it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct JournalLine {
+    transaction_id: Uuid,
+    account: AccountKey,
+    amount_minor: i64,
+    balance_after_minor: i64,
+}
+
+/// Two entries per completed transfer, in message order: the sender's negative, the
+/// receiver's positive, each with the account's running balance from `opening` (the locked
+/// balances before the batch).
+fn journal_lines(
+    opening: &BTreeMap<AccountKey, i64>,
+    completed: &[&Transfer],
+) -> Result<Vec<JournalLine>, LedgerError> {
+    let mut running = opening.clone();
+    let mut lines = Vec::with_capacity(completed.len() * 2);
     for message in completed {
-        for (user, amount) in [
-            (message.sender_id, -message.amount_minor),
-            (message.receiver_id, message.amount_minor),
+        for (account, amount_minor) in [
+            (message.sender(), -message.amount_minor),
+            (message.receiver(), message.amount_minor),
         ] {
-            ids.push(message.transaction_id);
-            users.push(user);
-            currencies.push(message.currency.clone());
-            amounts.push(amount);
+            let balance = running.entry(account.clone()).or_insert(0);
+            *balance = balance
+                .checked_add(amount_minor)
+                .ok_or(LedgerError::Overflow)?;
+            lines.push(JournalLine {
+                transaction_id: message.transaction_id,
+                account,
+                amount_minor,
+                balance_after_minor: *balance,
+            });
         }
     }
+    Ok(lines)
+}
+
+/// Each account's last entry ends at the balance the batch decided: the journal and the
+/// balances it writes tell one story.
+fn assert_closes_at(lines: &[JournalLine], decided: &BTreeMap<AccountKey, i64>) {
+    let mut last: BTreeMap<&AccountKey, i64> = BTreeMap::new();
+    for line in lines {
+        last.insert(&line.account, line.balance_after_minor);
+    }
+    for (account, balance) in last {
+        assert_eq!(
+            Some(&balance),
+            decided.get(account),
+            "the journal's running balance of {account:?} ends at the decided balance"
+        );
+    }
+}
+
+async fn write_journal(
+    transaction: &mut Transaction<'_>,
+    lines: &[JournalLine],
+) -> Result<(), LedgerError> {
+    if lines.is_empty() {
+        return Ok(());
+    }
     sqlx::query(
-        "INSERT INTO journal_entries (transaction_id, user_id, currency, amount_minor)
-         SELECT * FROM UNNEST($1::uuid[], $2::bigint[], $3::text[], $4::bigint[])",
+        "INSERT INTO journal_entries (transaction_id, user_id, currency, amount_minor, balance_after_minor)
+         SELECT * FROM UNNEST($1::uuid[], $2::bigint[], $3::text[], $4::bigint[], $5::bigint[])",
     )
-    .bind(&ids)
-    .bind(&users)
-    .bind(&currencies)
-    .bind(&amounts)
+    .bind(lines.iter().map(|l| l.transaction_id).collect::<Vec<_>>())
+    .bind(lines.iter().map(|l| l.account.0).collect::<Vec<_>>())
+    .bind(lines.iter().map(|l| l.account.1.clone()).collect::<Vec<_>>())
+    .bind(lines.iter().map(|l| l.amount_minor).collect::<Vec<_>>())
+    .bind(lines.iter().map(|l| l.balance_after_minor).collect::<Vec<_>>())
     .execute(&mut **transaction)
     .await?;
     Ok(())
@@ -738,4 +778,54 @@ fn completed<'m>(fresh: &[&'m Transfer], outcomes: &[Outcome]) -> Vec<&'m Transf
         .filter(|(_, outcome)| **outcome == Outcome::Completed)
         .map(|(message, _)| *message)
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn transfer(sender_id: i64, receiver_id: i64, amount_minor: i64) -> Transfer {
+        Transfer {
+            transaction_id: Uuid::now_v7(),
+            sender_id,
+            receiver_id,
+            amount_minor,
+            currency: "USD".into(),
+            description: None,
+            created_at_ms: 0,
+            trace: None,
+        }
+    }
+
+    proptest! {
+        /// Whatever the batch, each entry's balance is the one before it plus its amount, and
+        /// every account's last entry is the balance `decide` left.
+        #[test]
+        fn running_balances_follow_the_decided_balances(
+            opening in proptest::collection::vec(0i64..1_000, 4),
+            moves in proptest::collection::vec((1i64..=4, 1i64..=4, 1i64..600), 0..40),
+        ) {
+            let mut balances: BTreeMap<AccountKey, i64> = opening
+                .iter()
+                .enumerate()
+                .map(|(i, b)| ((i as i64 + 1, "USD".to_string()), *b))
+                .collect();
+            let start = balances.clone();
+            let messages: Vec<Transfer> =
+                moves.iter().map(|(s, r, a)| transfer(*s, *r, *a)).collect();
+            let refs: Vec<&Transfer> = messages.iter().collect();
+            let outcomes = decide(&mut balances, &refs);
+            let lines = journal_lines(&start, &completed(&refs, &outcomes)).expect("no overflow");
+            assert_closes_at(&lines, &balances);
+            let mut seen = start.clone();
+            for line in &lines {
+                let before = seen[&line.account];
+                prop_assert_eq!(line.balance_after_minor, before + line.amount_minor);
+                prop_assert!(line.balance_after_minor >= 0);
+                seen.insert(line.account.clone(), line.balance_after_minor);
+            }
+            prop_assert_eq!(seen, balances);
+        }
+    }
 }

@@ -2,6 +2,7 @@
 //! terms (accounts, holds, messages) and hide the client libraries from the rest of the host.
 
 pub mod batch;
+pub mod history;
 pub mod idempotency;
 pub mod kafka;
 pub mod log_position;

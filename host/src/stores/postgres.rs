@@ -118,7 +118,7 @@ fn connection_lost(error: &sqlx::Error) -> bool {
 /// per connection the pool may hold and once more for a new one. A connection the server
 /// dropped less than [`PING_IF_IDLE_FOR`] ago is not pinged before use; after an outage the
 /// pool may hold several such connections, and each would otherwise fail one request.
-async fn again_if_lost<T, F, Fut>(pool: &PgPool, statement: F) -> Result<T, sqlx::Error>
+pub(crate) async fn again_if_lost<T, F, Fut>(pool: &PgPool, statement: F) -> Result<T, sqlx::Error>
 where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = Result<T, sqlx::Error>>,
@@ -246,21 +246,16 @@ impl Ledger {
         let new_system_balance = system_balance
             .checked_sub(amount_minor)
             .ok_or(LedgerError::Overflow)?;
-        record_deposit(
-            &mut transaction,
+        let new_balances = [new_system_balance, new_user_balance];
+        let deposit = NewDeposit {
             deposit_id,
             user_id,
             currency,
             amount_minor,
-        )
-        .await?;
-        let balance = write_deposit_balances(
-            &mut transaction,
-            user_id,
-            currency,
-            [new_system_balance, new_user_balance],
-        )
-        .await?;
+        };
+        record_deposit(&mut transaction, &deposit, new_balances).await?;
+        let balance =
+            write_deposit_balances(&mut transaction, user_id, currency, new_balances).await?;
         transaction.commit().await?;
         Ok(Deposit {
             deposit_id,
@@ -429,39 +424,48 @@ async fn earlier_deposit(
     .await?)
 }
 
-/// Writes the deposit as a completed transfer from the system account and its two journal
-/// entries.
-async fn record_deposit(
-    transaction: &mut Transaction,
+/// A deposit about to be written.
+struct NewDeposit<'a> {
     deposit_id: Uuid,
     user_id: i64,
-    currency: &str,
+    currency: &'a str,
     amount_minor: i64,
+}
+
+/// Writes the deposit as a completed transfer from the system account and its two journal
+/// entries, each with its account's balance after it (`balances_after`: the system account's,
+/// then the user's).
+async fn record_deposit(
+    transaction: &mut Transaction,
+    deposit: &NewDeposit<'_>,
+    balances_after: [i64; 2],
 ) -> Result<(), LedgerError> {
     sqlx::query(
         "INSERT INTO transfers (transaction_id, kind, sender_id, receiver_id, amount_minor, currency,
                                 description, status, created_at)
          VALUES ($1, $6, $2, $3, $4, $5, 'deposit', $7, now())",
     )
-    .bind(deposit_id)
+    .bind(deposit.deposit_id)
     .bind(SYSTEM_USER_ID)
-    .bind(user_id)
-    .bind(amount_minor)
-    .bind(currency)
+    .bind(deposit.user_id)
+    .bind(deposit.amount_minor)
+    .bind(deposit.currency)
     .bind(TransferKind::Deposit)
     .bind(TransferStatus::Completed)
     .execute(&mut **transaction)
     .await?;
     sqlx::query(
-        "INSERT INTO journal_entries (transaction_id, user_id, currency, amount_minor)
-         VALUES ($1, $2, $4, $5), ($1, $3, $4, $6)",
+        "INSERT INTO journal_entries (transaction_id, user_id, currency, amount_minor, balance_after_minor)
+         VALUES ($1, $2, $4, $5, $6), ($1, $3, $4, $7, $8)",
     )
-    .bind(deposit_id)
+    .bind(deposit.deposit_id)
     .bind(SYSTEM_USER_ID)
-    .bind(user_id)
-    .bind(currency)
-    .bind(-amount_minor)
-    .bind(amount_minor)
+    .bind(deposit.user_id)
+    .bind(deposit.currency)
+    .bind(-deposit.amount_minor)
+    .bind(balances_after[0])
+    .bind(deposit.amount_minor)
+    .bind(balances_after[1])
     .execute(&mut **transaction)
     .await?;
     Ok(())
