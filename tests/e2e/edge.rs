@@ -107,7 +107,7 @@ async fn a_wrong_method_hears_what_is_allowed_and_head_works_where_get_does() ->
         .send()
         .await?;
     assert_eq!(reply.status().as_u16(), 405);
-    assert_eq!(reply.headers()["allow"], "POST");
+    assert_eq!(reply.headers()["allow"], "GET, HEAD, POST");
     let reply = host
         .client
         .post(format!("{}/healthz", host.base_url))

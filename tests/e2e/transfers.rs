@@ -374,7 +374,7 @@ async fn malformed_requests_get_clear_http_errors() -> anyhow::Result<()> {
         .send()
         .await?;
     assert_eq!(not_found.status(), 404);
-    let wrong_method = host.client.get(&url).send().await?;
+    let wrong_method = host.client.put(&url).send().await?;
     assert_eq!(wrong_method.status(), 405);
     Ok(())
 }

@@ -16,10 +16,12 @@ use utoipa::{Modify, OpenApi};
 
 use crate::http::api::*;
 use crate::http::error::Reply;
+// The messages on `transfer_events`: not an HTTP answer, documented here for their consumers.
 use crate::http::routes::ServiceRoute;
 use crate::http::{
     accounts, admin, admin_guest, admin_quarantine, history, ready, service, status, transfers,
 };
+use crate::settlement::events::{TransferEvent, TransferEvents};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -54,7 +56,7 @@ use crate::http::{
         admin_quarantine::list,
         admin_quarantine::retry,
     ),
-    components(schemas(ErrorBody, OutcomeUnknown, Problem, ErrorCode)),
+    components(schemas(ErrorBody, OutcomeUnknown, Problem, ErrorCode, TransferEvents, TransferEvent)),
     modifiers(&BearerScheme),
     tags(
         (name = "transfers", description = "A user's own money"),

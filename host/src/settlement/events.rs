@@ -1,41 +1,56 @@
 //! A settled batch's outcomes as event messages on the events topic: their shape, their
 //! bound, and sending them. Its own file because the shape is a contract with the consumers.
 
-use std::collections::BTreeMap;
+use serde::Serialize;
+use utoipa::ToSchema;
+use uuid::Uuid;
 
 use super::SettlementError;
 use super::decide::Transfer;
 use super::ledger::SettledBatch;
 use crate::stores::Stores;
 use crate::stores::kafka::EVENTS_TOPIC;
-use crate::stores::transfer_state::Reason;
+use crate::stores::transfer_state::{Reason, TransferStatus};
+use crate::trace::TraceContext;
+
+/// Bumped when a field of an event changes meaning or disappears; adding one does not bump it.
+pub const EVENTS_SCHEMA_VERSION: u32 = 1;
 
 /// Most transfers one event message reports. A settled batch (up to 10,000 transfers,
 /// `TRANSFERD_SETTLEMENT_BATCH`) goes out in messages of at most this many; an entry is at
 /// most about 500 bytes, so a message stays far under the broker's default 1 MB limit.
 pub const MAX_TRANSFERS_PER_EVENT: usize = 256;
 
-/// One settled transfer's outcome, as an entry of an event message.
-#[derive(Debug, serde::Serialize)]
-struct TransferEvent<'a> {
-    transaction_id: uuid::Uuid,
-    status: &'static str,
-    reason: Option<&'static str>,
-    sender_id: i64,
-    receiver_id: i64,
-    amount_minor: i64,
-    currency: &'a str,
-    /// The accepting request's trace context (`traceparent`, and `request_id` when the caller
-    /// chose its own), as the transfer's message carried it; absent for effects re-run from
-    /// the ledger after a crash (the ledger keeps no trace).
-    #[serde(flatten)]
-    trace: BTreeMap<&'static str, String>,
+/// One transfer's change of state: it settled, completed or rejected.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct TransferEvent {
+    pub transaction_id: Uuid,
+    /// The state the transfer is in now.
+    pub status: TransferStatus,
+    /// Why it was rejected; `null` unless rejected.
+    pub reason: Option<Reason>,
+    pub sender_id: i64,
+    pub receiver_id: i64,
+    pub amount_minor: i64,
+    #[schema(example = "USD")]
+    pub currency: String,
+    /// The accepting request's W3C trace context, when the transfer's message carried one
+    /// (absent for effects re-run from the ledger after a crash: the ledger keeps no trace).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
+    /// The caller's own `X-Request-Id`, when it sent one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
 }
 
-/// One event message: `{"transfers":[…]}`.
-#[derive(Debug, serde::Serialize)]
-struct SettledEvent<'a> {
-    transfers: &'a [TransferEvent<'a>],
+/// One message on `transfer_events`: the state changes of up to
+/// [`MAX_TRANSFERS_PER_EVENT`] transfers, in the order they happened. A message may be sent
+/// twice after a crash: consumers deduplicate by `transaction_id` and `status`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TransferEvents<'a> {
+    /// [`EVENTS_SCHEMA_VERSION`].
+    pub schema_version: u32,
+    pub transfers: &'a [TransferEvent],
 }
 
 /// A settled batch's outcomes as event messages, `(key, payload)` in message order: at most
@@ -48,7 +63,7 @@ fn event_messages(messages: &[Transfer], settled: &SettledBatch) -> Vec<(String,
         settled.transfers.len(),
         "one outcome per message"
     );
-    let entries: Vec<TransferEvent<'_>> = messages
+    let entries: Vec<TransferEvent> = messages
         .iter()
         .zip(&settled.transfers)
         .map(|(message, outcome)| {
@@ -56,19 +71,19 @@ fn event_messages(messages: &[Transfer], settled: &SettledBatch) -> Vec<(String,
                 message.transaction_id, outcome.transaction_id,
                 "outcomes follow message order"
             );
+            let trace = message.trace.as_ref();
             TransferEvent {
                 transaction_id: message.transaction_id,
-                status: outcome.outcome.status().as_str(),
-                reason: outcome.outcome.reason().map(Reason::as_str),
+                status: outcome.outcome.status(),
+                reason: outcome.outcome.reason(),
                 sender_id: message.sender_id,
                 receiver_id: message.receiver_id,
                 amount_minor: message.amount_minor,
-                currency: &message.currency,
-                trace: message
-                    .trace
-                    .as_ref()
-                    .map(|trace| trace.kafka_headers().into_iter().collect())
-                    .unwrap_or_default(),
+                currency: message.currency.clone(),
+                traceparent: trace.map(TraceContext::traceparent),
+                request_id: trace
+                    .filter(|trace| !trace.request_id_minted)
+                    .map(|trace| trace.request_id.clone()),
             }
         })
         .collect();
@@ -76,8 +91,12 @@ fn event_messages(messages: &[Transfer], settled: &SettledBatch) -> Vec<(String,
         .chunks(MAX_TRANSFERS_PER_EVENT)
         .map(|chunk| {
             let key = chunk[0].transaction_id.to_string();
-            let payload = serde_json::to_vec(&SettledEvent { transfers: chunk })
-                .expect("an event of strings and integers serialises");
+            let event = TransferEvents {
+                schema_version: EVENTS_SCHEMA_VERSION,
+                transfers: chunk,
+            };
+            let payload =
+                serde_json::to_vec(&event).expect("an event of strings and integers serialises");
             (key, payload)
         })
         .collect()
@@ -103,9 +122,11 @@ pub(super) async fn emit_events(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
+
     use crate::settlement::decide::Outcome;
     use crate::settlement::ledger::SettledTransfer;
-    use crate::trace::{REQUEST_ID_KAFKA_HEADER, TRACEPARENT_HEADER, TraceContext};
+    use crate::trace::{REQUEST_ID_KAFKA_HEADER, TRACEPARENT_HEADER};
 
     fn settled(count: usize, trace: Option<TraceContext>) -> (Vec<Transfer>, SettledBatch) {
         let messages: Vec<Transfer> = (0..count)
@@ -155,6 +176,8 @@ mod tests {
         let events = event_messages(&messages, &batch);
         assert_eq!(events.len(), 1);
         let (key, payload) = &events[0];
+        let event: serde_json::Value = serde_json::from_slice(payload).expect("event JSON");
+        assert_eq!(event["schema_version"], EVENTS_SCHEMA_VERSION);
         assert_eq!(key, &messages[0].transaction_id.to_string());
         let entries = entries(payload);
         assert_eq!(entries.len(), 3);
@@ -224,6 +247,35 @@ mod tests {
             events[0].1.len() < 1_000_000 / 4,
             "a full event message is {} bytes",
             events[0].1.len()
+        );
+    }
+
+    #[test]
+    fn the_documented_schema_names_every_field_an_event_carries() {
+        use std::collections::BTreeSet;
+        use utoipa::PartialSchema;
+        let properties = |schema: serde_json::Value| -> BTreeSet<String> {
+            schema["properties"]
+                .as_object()
+                .map(|fields| fields.keys().cloned().collect())
+                .unwrap_or_default()
+        };
+        let json = |value| serde_json::to_value(value).expect("a schema serialises");
+        let mut headers = http::HeaderMap::new();
+        headers.insert("x-request-id", http::HeaderValue::from_static("order-7"));
+        let (messages, batch) = settled(1, Some(TraceContext::of_request(&headers)));
+        let events = event_messages(&messages, &batch);
+        let event: serde_json::Value = serde_json::from_slice(&events[0].1).expect("event JSON");
+        let carried = |value: &serde_json::Value| -> BTreeSet<String> {
+            value
+                .as_object()
+                .map(|fields| fields.keys().cloned().collect())
+                .unwrap_or_default()
+        };
+        assert_eq!(properties(json(TransferEvents::schema())), carried(&event));
+        assert_eq!(
+            properties(json(TransferEvent::schema())),
+            carried(&event["transfers"][0])
         );
     }
 }

@@ -20,7 +20,7 @@ mod counts;
 mod dead_letter;
 pub mod decide;
 mod effects;
-mod events;
+pub mod events;
 pub mod ledger;
 pub mod ownership;
 pub mod process;
