@@ -16,6 +16,7 @@ mod guest_reuse;
 mod holds_trust;
 mod hot_swap;
 mod idempotency;
+mod journal_chain;
 mod metrics;
 mod outcomes;
 mod quarantine;

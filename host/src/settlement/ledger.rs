@@ -18,6 +18,7 @@ use transferd_message::TransferMessage;
 
 use crate::settlement::decide::{AccountKey, Outcome, Transfer, decide};
 use crate::settlement::quarantine::{self, Entry, Quarantined};
+use crate::stores::journal_chain::{self, NewEntry};
 use crate::stores::postgres::{Balance, LedgerError, delete_pending_in};
 use crate::stores::transfer_state::{Reason, TransferKind, TransferStatus};
 
@@ -625,41 +626,29 @@ async fn write_transfers(
     Ok(())
 }
 
-/// Two entries per completed transfer: the sender's negative, the receiver's positive.
+/// Two entries per completed transfer, the sender's negative, the receiver's positive, as one
+/// journal batch (none when no transfer completed).
 async fn write_journal(
     transaction: &mut Transaction<'_>,
     fresh: &[&Transfer],
     outcomes: &[Outcome],
 ) -> Result<(), LedgerError> {
-    let completed = completed(fresh, outcomes);
-    if completed.is_empty() {
-        return Ok(());
-    }
-    let mut ids = Vec::with_capacity(completed.len() * 2);
-    let mut users = Vec::with_capacity(completed.len() * 2);
-    let mut currencies = Vec::with_capacity(completed.len() * 2);
-    let mut amounts = Vec::with_capacity(completed.len() * 2);
-    for message in completed {
-        for (user, amount) in [
-            (message.sender_id, -message.amount_minor),
-            (message.receiver_id, message.amount_minor),
-        ] {
-            ids.push(message.transaction_id);
-            users.push(user);
-            currencies.push(message.currency.clone());
-            amounts.push(amount);
-        }
-    }
-    sqlx::query(
-        "INSERT INTO journal_entries (transaction_id, user_id, currency, amount_minor)
-         SELECT * FROM UNNEST($1::uuid[], $2::bigint[], $3::text[], $4::bigint[])",
-    )
-    .bind(&ids)
-    .bind(&users)
-    .bind(&currencies)
-    .bind(&amounts)
-    .execute(&mut **transaction)
-    .await?;
+    let entries: Vec<NewEntry> = completed(fresh, outcomes)
+        .into_iter()
+        .flat_map(|message| {
+            [
+                (message.sender_id, -message.amount_minor),
+                (message.receiver_id, message.amount_minor),
+            ]
+            .map(|(user_id, amount_minor)| NewEntry {
+                transaction_id: message.transaction_id,
+                user_id,
+                currency: message.currency.clone(),
+                amount_minor,
+            })
+        })
+        .collect();
+    journal_chain::append(transaction, &entries).await?;
     Ok(())
 }
 

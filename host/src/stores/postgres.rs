@@ -11,6 +11,7 @@ use uuid::Uuid;
 
 use crate::config::Services;
 use crate::stores::batch::BatchError;
+use crate::stores::journal_chain::{self, NewEntry};
 use crate::stores::transfer_state::{Reason, TransferKind, TransferStatus};
 
 /// The system account's user id: it funds deposits and may go negative.
@@ -430,7 +431,7 @@ async fn earlier_deposit(
 }
 
 /// Writes the deposit as a completed transfer from the system account and its two journal
-/// entries.
+/// entries, as one journal batch.
 async fn record_deposit(
     transaction: &mut Transaction,
     deposit_id: Uuid,
@@ -452,18 +453,15 @@ async fn record_deposit(
     .bind(TransferStatus::Completed)
     .execute(&mut **transaction)
     .await?;
-    sqlx::query(
-        "INSERT INTO journal_entries (transaction_id, user_id, currency, amount_minor)
-         VALUES ($1, $2, $4, $5), ($1, $3, $4, $6)",
-    )
-    .bind(deposit_id)
-    .bind(SYSTEM_USER_ID)
-    .bind(user_id)
-    .bind(currency)
-    .bind(-amount_minor)
-    .bind(amount_minor)
-    .execute(&mut **transaction)
-    .await?;
+    let entries = [(SYSTEM_USER_ID, -amount_minor), (user_id, amount_minor)].map(
+        |(user_id, amount_minor)| NewEntry {
+            transaction_id: deposit_id,
+            user_id,
+            currency: currency.to_string(),
+            amount_minor,
+        },
+    );
+    journal_chain::append(transaction, &entries).await?;
     Ok(())
 }
 
