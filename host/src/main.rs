@@ -39,6 +39,8 @@ enum Command {
     Reconcile(config::WorkerOnly),
     /// Apply the database migrations and exit.
     Migrate(config::Services),
+    /// Check the ledger's journal.
+    Ledger(LedgerCli),
     /// Manage guest versions through a replica's admin API.
     Guest(admin_client::GuestCli),
     /// Look at and re-drive the transfer-log messages settlement could not apply.
@@ -46,6 +48,22 @@ enum Command {
     /// Print a bearer token for the configured key (development, tests, examples).
     Token(config::Token),
 }
+
+#[derive(clap::Args)]
+struct LedgerCli {
+    #[command(subcommand)]
+    command: LedgerCommand,
+}
+
+#[derive(Subcommand)]
+enum LedgerCommand {
+    /// Walk the journal's hash chain and recompute every balance from its entries; print a
+    /// summary and exit 0 when all holds, or print the first break and exit 2.
+    Verify(config::Services),
+}
+
+/// The exit status of a check that found the ledger broken (1: it could not check).
+const LEDGER_BROKEN: i32 = 2;
 
 fn main() -> ExitCode {
     init_logging();
@@ -62,6 +80,11 @@ fn main() -> ExitCode {
     let outcome = runtime.block_on(run(cli.command));
     let code = match &outcome {
         Ok(()) => 0,
+        Err(error) if is_break(error) => {
+            // The break's own words: its source is already part of them.
+            println!("{error}");
+            LEDGER_BROKEN
+        }
         Err(error) => {
             tracing::error!(
                 error = format!("{error:#}"),
@@ -122,7 +145,33 @@ async fn run(command: Command) -> anyhow::Result<()> {
             tracing::info!("migrations applied");
             Ok(())
         }
+        Command::Ledger(LedgerCli {
+            command: LedgerCommand::Verify(services),
+        }) => ledger_verify(services).await,
     }
+}
+
+/// `transferd ledger verify`: a read-only check; it applies no migration, so it refuses a
+/// database that lacks some (the chain may not be there yet).
+async fn ledger_verify(services: config::Services) -> anyhow::Result<()> {
+    services.validate()?;
+    let ledger = stores::postgres::Ledger::connect(&services).await?;
+    let unapplied = ledger.unapplied_migrations().await?;
+    anyhow::ensure!(
+        unapplied == 0,
+        "the ledger lacks {unapplied} of this version's migrations; run `transferd migrate` first"
+    );
+    let intact = stores::journal_verify::verify(ledger.pool()).await?;
+    println!("{intact}");
+    Ok(())
+}
+
+/// Whether the command ended by finding the ledger broken rather than failing to check it.
+fn is_break(error: &anyhow::Error) -> bool {
+    matches!(
+        error.downcast_ref::<stores::journal_verify::VerifyError>(),
+        Some(stores::journal_verify::VerifyError::Broken(_))
+    )
 }
 
 /// Log lines to stdout, as `config::LOG_FILTER` and `config::LOG_FORMAT` say. Read before the

@@ -9,6 +9,7 @@ use transferd::settlement::ledger::{Advance, Offsets, SettleError, SettledBatch,
 use transferd::settlement::quarantine::{self, Quarantined};
 use transferd::settlement::same_log::{Fingerprints, fingerprint};
 use transferd::settlement::topic_recreated::forget_positions;
+use transferd::stores::journal_verify::{JournalBreak, VerifyError, verify};
 use transferd::stores::postgres::Ledger;
 use transferd::stores::redis::{
     BalanceCache, HoldOutcome, HoldRequest, SettledBalance, SettledHold, TrustClaim,
@@ -51,6 +52,22 @@ async fn empty_ledger() -> anyhow::Result<Ledger> {
         .await?;
     admin.close().await;
     Ok(Ledger::connect(&services(&database, "")).await?)
+}
+
+/// A ledger on a database of its own, with the migrations before `version` applied: what an
+/// earlier version left, for a test of an upgrade.
+async fn migrated_before(version: i64) -> anyhow::Result<Ledger> {
+    let ledger = empty_ledger().await?;
+    let mut before = sqlx::migrate!("../migrations");
+    let migrations: Vec<_> = before
+        .migrations
+        .iter()
+        .filter(|migration| migration.version < version)
+        .cloned()
+        .collect();
+    before.migrations = migrations.into();
+    before.run(ledger.pool()).await?;
+    Ok(ledger)
 }
 
 async fn fresh_ledger() -> anyhow::Result<Ledger> {
@@ -115,8 +132,8 @@ fn sqlstate(result: Result<sqlx::postgres::PgQueryResult, sqlx::Error>) -> Optio
 
 /// The journal refers only to what the ledger keeps (checked per statement, migration 0010,
 /// where foreign keys checked per row): an INSERT naming a transfer or an account the ledger
-/// does not have is refused whole, and no transfer, account or entry is deleted, truncated
-/// or re-keyed. Settling still writes its entries.
+/// does not have is refused whole, and no transfer, account, entry or journal batch is
+/// deleted, truncated or re-keyed (migration 0014). Settling still writes its entries.
 #[tokio::test]
 async fn the_journal_refers_only_to_what_the_ledger_keeps() -> anyhow::Result<()> {
     let ledger = fresh_ledger().await?;
@@ -133,8 +150,9 @@ async fn the_journal_refers_only_to_what_the_ledger_keeps() -> anyhow::Result<()
     assert_eq!(entries().await?, 4, "two deposits, two entries each");
     let insert = |transaction_id: Uuid, user_id: i64, currency: &'static str| {
         sqlx::query(
-            "INSERT INTO journal_entries (transaction_id, user_id, currency, amount_minor, balance_after_minor)
-             VALUES ($1, 1, 'USD', 1, 0), ($2, $3, $4, -1, 0)",
+            "INSERT INTO journal_entries (transaction_id, user_id, currency, amount_minor,
+                                          balance_after_minor, journal_batch)
+             VALUES ($1, 1, 'USD', 1, 0, 1), ($2, $3, $4, -1, 0, 1)",
         )
         .bind(deposit)
         .bind(transaction_id)
@@ -172,6 +190,11 @@ async fn the_journal_refers_only_to_what_the_ledger_keeps() -> anyhow::Result<()
         "UPDATE journal_entries SET amount_minor = 1000 WHERE user_id = 1",
         "DELETE FROM journal_entries",
         "TRUNCATE journal_entries",
+        "UPDATE journal_batches SET entry_count = 3",
+        "DELETE FROM journal_batches WHERE batch_id = 2",
+        "TRUNCATE journal_batches",
+        "DELETE FROM journal_chain_head",
+        "TRUNCATE journal_chain_head",
     ] {
         assert_eq!(
             sqlstate(sqlx::query(statement).execute(pool).await),
@@ -479,20 +502,74 @@ async fn a_settled_batch_s_effects_stay_recorded_until_done() -> anyhow::Result<
     Ok(())
 }
 
+/// Migration 0014 seals the entries written before it into the chain's first batches, hashing
+/// in SQL; `ledger verify` recomputes every hash in Rust and finds them intact, so both encode
+/// an entry alike (a currency of several bytes a character, a time before 1970, a negative
+/// amount). A batch written after them chains on, and an entry changed is found.
+#[tokio::test]
+async fn the_first_batches_hashed_in_sql_verify_in_rust() -> anyhow::Result<()> {
+    let ledger = migrated_before(14).await?;
+    // The account check allows three capital letters; the encoding counts bytes, not letters.
+    sqlx::raw_sql(
+        "ALTER TABLE accounts DROP CONSTRAINT currency_is_iso_4217_shaped;
+         INSERT INTO accounts (user_id, currency, balance_minor)
+         VALUES (0, 'USD', -10001), (1, 'USD', 10001), (0, 'ÅØ€', -7), (2, 'ÅØ€', 7);
+         INSERT INTO transfers (transaction_id, kind, sender_id, receiver_id, amount_minor,
+                                currency, status, created_at)
+         SELECT gen_random_uuid(), 'deposit', 0, 1, 1, 'USD', 'completed', now()
+         FROM generate_series(1, 10001)
+         UNION ALL SELECT gen_random_uuid(), 'deposit', 0, 2, 7, 'ÅØ€', 'completed', now();
+         INSERT INTO journal_entries (transaction_id, user_id, currency, amount_minor,
+                                      balance_after_minor, created_at)
+         SELECT transaction_id, user_id, currency, amount,
+                SUM(amount) OVER (PARTITION BY user_id, currency ORDER BY n, side), at
+         FROM (SELECT t.transaction_id, side.user_id, t.currency, n, side.side,
+                      side.sign * t.amount_minor AS amount,
+                      timestamptz '1969-12-31 23:59:50.5+00' + n * interval '1.000001 second' AS at
+               FROM (SELECT *, row_number() OVER (ORDER BY currency, transaction_id) AS n
+                     FROM transfers) t,
+                    LATERAL (VALUES (1, 0, -1), (2, t.receiver_id, 1)) AS side(side, user_id, sign)
+              ) AS moved
+         ORDER BY n, side;",
+    )
+    .execute(ledger.pool())
+    .await?;
+    ledger.migrate().await?;
+
+    let intact = verify(ledger.pool()).await?;
+    assert_eq!(
+        (intact.batches, intact.entries, intact.accounts),
+        (3, 20_004, 4)
+    );
+    ledger.deposit(Uuid::now_v7(), 2, "ÅØ€", 1).await?;
+    let intact = verify(ledger.pool()).await?;
+    assert_eq!((intact.batches, intact.entries), (4, 20_006));
+
+    let mut connection = ledger.pool().acquire().await?;
+    sqlx::raw_sql(
+        "SET session_replication_role = replica;
+         UPDATE journal_entries SET created_at = created_at + interval '1 microsecond'
+         WHERE entry_id = 2;
+         RESET session_replication_role;",
+    )
+    .execute(&mut *connection)
+    .await?;
+    drop(connection);
+    match verify(ledger.pool()).await {
+        Err(VerifyError::Broken(JournalBreak::Hash {
+            batch: 1,
+            changed: None,
+            ..
+        })) => Ok(()),
+        other => anyhow::bail!("an entry's time changed in batch 1, and verify says {other:?}"),
+    }
+}
+
 /// A worker of the previous version recorded effects one row per transfer; the migration
 /// turns what it left into batches, so the next worker still runs them.
 #[tokio::test]
 async fn effects_a_previous_version_left_are_run_after_the_upgrade() -> anyhow::Result<()> {
-    let ledger = empty_ledger().await?;
-    let mut before = sqlx::migrate!("../migrations");
-    let migrations: Vec<_> = before
-        .migrations
-        .iter()
-        .filter(|migration| migration.version < 9)
-        .cloned()
-        .collect();
-    before.migrations = migrations.into();
-    before.run(ledger.pool()).await?;
+    let ledger = migrated_before(9).await?;
 
     deposit_as_version_8_did(ledger.pool(), 1, 100).await?;
     let (first, second) = (message(1, 2, 10), message(1, 2, 20));

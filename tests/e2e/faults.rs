@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use transferd_e2e::load::{Answer, Fault, Load, LoadSettings, Outcome, verify};
 use transferd_e2e::services::{Service, Services};
-use transferd_e2e::{Broker, BrokerStorage, Host, HostOptions, Namespace, log_tail, produce_raw};
+use transferd_e2e::{
+    Broker, BrokerStorage, Host, HostOptions, Namespace, log_tail, produce_raw, run_command,
+};
 
 const USERS: i64 = 40;
 /// The account that spends more than it has while Redis is down, and how.
@@ -146,6 +148,9 @@ async fn run() -> anyhow::Result<()> {
     verdict
         .violations
         .extend(check_spends(&subject.host, &spends).await?);
+    verdict
+        .violations
+        .extend(journal_break(&subject.namespace, &subject.options).await?);
     let quarantined = quarantined(&subject.namespace).await?;
     if quarantined != poisoned {
         verdict.violations.push(format!(
@@ -195,6 +200,22 @@ async fn poison(namespace: &Namespace, brokers: &str) -> anyhow::Result<Vec<(i32
     }
     written.sort();
     Ok(written)
+}
+
+/// What `transferd ledger verify` finds wrong with the journal's hash chain and balances, if
+/// anything: every batch written through the faults must chain and add up.
+async fn journal_break(
+    namespace: &Namespace,
+    options: &HostOptions,
+) -> anyhow::Result<Option<String>> {
+    let output = run_command(namespace, options, &["ledger", "verify"], SETTLE_LIMIT).await?;
+    Ok((!output.status.success()).then(|| {
+        format!(
+            "ledger verify exited {}: {}",
+            output.status,
+            String::from_utf8_lossy(&output.stdout).trim()
+        )
+    }))
 }
 
 /// Where the quarantine's messages were in the log, each as often as it is recorded.

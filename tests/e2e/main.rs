@@ -17,6 +17,7 @@ mod history;
 mod holds_trust;
 mod hot_swap;
 mod idempotency;
+mod journal_chain;
 mod metrics;
 mod outcomes;
 mod quarantine;

@@ -54,12 +54,12 @@ impl HostOptions {
 fn transferd_command(
     namespace: &Namespace,
     options: &HostOptions,
-    subcommand: &str,
+    subcommand: &[&str],
     name: &str,
 ) -> anyhow::Result<(Command, PathBuf)> {
     let mut command = Command::new(&options.binary);
     command
-        .arg(subcommand)
+        .args(subcommand)
         .env("TRANSFERD_DATABASE_URL", &options.database_url)
         .env("TRANSFERD_REDIS_URL", &options.redis_url)
         .env("TRANSFERD_REDIS_PREFIX", namespace.redis_prefix())
@@ -91,7 +91,11 @@ fn transferd_command(
         .append(true)
         .open(&log_path)?;
     command.stdout(log_file.try_clone()?).stderr(log_file);
-    eprintln!("transferd {subcommand} log: {}", log_path.display());
+    eprintln!(
+        "transferd {} log: {}",
+        subcommand.join(" "),
+        log_path.display()
+    );
     Ok((command, log_path))
 }
 
@@ -103,20 +107,38 @@ pub async fn run_to_end(
     subcommand: &str,
     limit: Duration,
 ) -> anyhow::Result<String> {
-    let (mut command, _log_path) = transferd_command(namespace, options, subcommand, subcommand)?;
-    command.stdout(Stdio::piped());
-    let child = tokio::process::Command::from(command)
-        .kill_on_drop(true)
-        .spawn()?;
-    let output = tokio::time::timeout(limit, child.wait_with_output())
-        .await
-        .with_context(|| format!("transferd {subcommand} did not finish within {limit:?}"))??;
+    let output = run_command(namespace, options, &[subcommand], limit).await?;
     anyhow::ensure!(
         output.status.success(),
         "transferd {subcommand} failed: {}",
         output.status
     );
     Ok(String::from_utf8(output.stdout)?)
+}
+
+/// Runs `transferd <args>` to its end (bounded by `limit`), whatever its exit status, with
+/// its stdout captured (its log lines go there too); stderr goes to the log file.
+pub async fn run_command(
+    namespace: &Namespace,
+    options: &HostOptions,
+    args: &[&str],
+    limit: Duration,
+) -> anyhow::Result<std::process::Output> {
+    let name = args.join("-");
+    let (mut command, _log_path) = transferd_command(namespace, options, args, &name)?;
+    command.stdout(Stdio::piped());
+    let child = tokio::process::Command::from(command)
+        .kill_on_drop(true)
+        .spawn()?;
+    let output = tokio::time::timeout(limit, child.wait_with_output())
+        .await
+        .with_context(|| {
+            format!(
+                "transferd {} did not finish within {limit:?}",
+                args.join(" ")
+            )
+        })??;
+    Ok(output)
 }
 
 /// A running `transferd worker`, killed (SIGKILL) when dropped or told to.
@@ -131,7 +153,7 @@ impl WorkerProcess {
         options: &HostOptions,
         name: &str,
     ) -> anyhow::Result<WorkerProcess> {
-        let (mut command, log_path) = transferd_command(namespace, options, "worker", name)?;
+        let (mut command, log_path) = transferd_command(namespace, options, &["worker"], name)?;
         let child = command.spawn()?;
         Ok(WorkerProcess { child, log_path })
     }
@@ -195,7 +217,7 @@ impl Host {
         port: u16,
     ) -> anyhow::Result<Host> {
         let (mut command, log_path) =
-            transferd_command(namespace, &options, "serve", &format!("api-{port}"))?;
+            transferd_command(namespace, &options, &["serve"], &format!("api-{port}"))?;
         command.env("TRANSFERD_LISTEN", format!("127.0.0.1:{port}"));
         let child = command
             .spawn()

@@ -35,7 +35,7 @@ pub use broker::{
 };
 pub use client::Reply;
 pub use consumers::{Consumed, consume, consume_events_covering, consume_transfer_events};
-pub use host::{Host, HostOptions, WorkerProcess, run_to_end};
+pub use host::{Host, HostOptions, WorkerProcess, run_command, run_to_end};
 pub use ledger::LedgerCheck;
 pub use namespace::Namespace;
 pub use process::{child_pids, killed_by_sigkill, log_tail, process_figures};

@@ -18,6 +18,7 @@ use transferd_message::TransferMessage;
 
 use crate::settlement::decide::{AccountKey, Outcome, Transfer, decide};
 use crate::settlement::quarantine::{self, Entry, Quarantined};
+use crate::stores::journal_chain::{self, NewEntry};
 use crate::stores::postgres::{Balance, LedgerError, delete_pending_in};
 use crate::stores::transfer_state::{Reason, TransferKind, TransferStatus};
 
@@ -628,22 +629,13 @@ async fn write_transfers(
     Ok(())
 }
 
-/// One journal entry to write: an account's movement and its balance just after it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct JournalLine {
-    transaction_id: Uuid,
-    account: AccountKey,
-    amount_minor: i64,
-    balance_after_minor: i64,
-}
-
 /// Two entries per completed transfer, in message order: the sender's negative, the
 /// receiver's positive, each with the account's running balance from `opening` (the locked
 /// balances before the batch).
 fn journal_lines(
     opening: &BTreeMap<AccountKey, i64>,
     completed: &[&Transfer],
-) -> Result<Vec<JournalLine>, LedgerError> {
+) -> Result<Vec<NewEntry>, LedgerError> {
     let mut running = opening.clone();
     let mut lines = Vec::with_capacity(completed.len() * 2);
     for message in completed {
@@ -655,9 +647,11 @@ fn journal_lines(
             *balance = balance
                 .checked_add(amount_minor)
                 .ok_or(LedgerError::Overflow)?;
-            lines.push(JournalLine {
+            let (user_id, currency) = account;
+            lines.push(NewEntry {
                 transaction_id: message.transaction_id,
-                account,
+                user_id,
+                currency,
                 amount_minor,
                 balance_after_minor: *balance,
             });
@@ -668,38 +662,29 @@ fn journal_lines(
 
 /// Each account's last entry ends at the balance the batch decided: the journal and the
 /// balances it writes tell one story.
-fn assert_closes_at(lines: &[JournalLine], decided: &BTreeMap<AccountKey, i64>) {
-    let mut last: BTreeMap<&AccountKey, i64> = BTreeMap::new();
+fn assert_closes_at(lines: &[NewEntry], decided: &BTreeMap<AccountKey, i64>) {
+    let mut last: BTreeMap<AccountKey, i64> = BTreeMap::new();
     for line in lines {
-        last.insert(&line.account, line.balance_after_minor);
+        last.insert(
+            (line.user_id, line.currency.clone()),
+            line.balance_after_minor,
+        );
     }
     for (account, balance) in last {
         assert_eq!(
             Some(&balance),
-            decided.get(account),
+            decided.get(&account),
             "the journal's running balance of {account:?} ends at the decided balance"
         );
     }
 }
 
+/// The batch's entries as one journal batch (none when no transfer completed).
 async fn write_journal(
     transaction: &mut Transaction<'_>,
-    lines: &[JournalLine],
+    lines: &[NewEntry],
 ) -> Result<(), LedgerError> {
-    if lines.is_empty() {
-        return Ok(());
-    }
-    sqlx::query(
-        "INSERT INTO journal_entries (transaction_id, user_id, currency, amount_minor, balance_after_minor)
-         SELECT * FROM UNNEST($1::uuid[], $2::bigint[], $3::text[], $4::bigint[], $5::bigint[])",
-    )
-    .bind(lines.iter().map(|l| l.transaction_id).collect::<Vec<_>>())
-    .bind(lines.iter().map(|l| l.account.0).collect::<Vec<_>>())
-    .bind(lines.iter().map(|l| l.account.1.clone()).collect::<Vec<_>>())
-    .bind(lines.iter().map(|l| l.amount_minor).collect::<Vec<_>>())
-    .bind(lines.iter().map(|l| l.balance_after_minor).collect::<Vec<_>>())
-    .execute(&mut **transaction)
-    .await?;
+    journal_chain::append(transaction, lines).await?;
     Ok(())
 }
 
@@ -820,10 +805,11 @@ mod tests {
             assert_closes_at(&lines, &balances);
             let mut seen = start.clone();
             for line in &lines {
-                let before = seen[&line.account];
+                let account = (line.user_id, line.currency.clone());
+                let before = seen[&account];
                 prop_assert_eq!(line.balance_after_minor, before + line.amount_minor);
                 prop_assert!(line.balance_after_minor >= 0);
-                seen.insert(line.account.clone(), line.balance_after_minor);
+                seen.insert(account, line.balance_after_minor);
             }
             prop_assert_eq!(seen, balances);
         }

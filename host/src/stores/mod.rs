@@ -4,6 +4,8 @@
 pub mod batch;
 pub mod history;
 pub mod idempotency;
+pub mod journal_chain;
+pub mod journal_verify;
 pub mod kafka;
 pub mod log_position;
 pub mod postgres;

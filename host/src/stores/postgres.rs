@@ -11,6 +11,7 @@ use uuid::Uuid;
 
 use crate::config::Services;
 use crate::stores::batch::BatchError;
+use crate::stores::journal_chain::{self, NewEntry};
 use crate::stores::transfer_state::{Reason, TransferKind, TransferStatus};
 
 /// The system account's user id: it funds deposits and may go negative.
@@ -454,20 +455,18 @@ async fn record_deposit(
     .bind(TransferStatus::Completed)
     .execute(&mut **transaction)
     .await?;
-    sqlx::query(
-        "INSERT INTO journal_entries (transaction_id, user_id, currency, amount_minor, balance_after_minor)
-         VALUES ($1, $2, $4, $5, $6), ($1, $3, $4, $7, $8)",
-    )
-    .bind(deposit.deposit_id)
-    .bind(SYSTEM_USER_ID)
-    .bind(deposit.user_id)
-    .bind(deposit.currency)
-    .bind(-deposit.amount_minor)
-    .bind(balances_after[0])
-    .bind(deposit.amount_minor)
-    .bind(balances_after[1])
-    .execute(&mut **transaction)
-    .await?;
+    let entries = [
+        (SYSTEM_USER_ID, -deposit.amount_minor, balances_after[0]),
+        (deposit.user_id, deposit.amount_minor, balances_after[1]),
+    ]
+    .map(|(user_id, amount_minor, balance_after_minor)| NewEntry {
+        transaction_id: deposit.deposit_id,
+        user_id,
+        currency: deposit.currency.to_string(),
+        amount_minor,
+        balance_after_minor,
+    });
+    journal_chain::append(transaction, &entries).await?;
     Ok(())
 }
 
