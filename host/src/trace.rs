@@ -97,10 +97,16 @@ impl TraceContext {
     /// `request_id` when the caller named the request itself.
     pub fn kafka_headers(&self) -> Vec<(&'static str, String)> {
         let mut headers = vec![(TRACEPARENT_HEADER, self.traceparent())];
-        if !self.request_id_minted {
-            headers.push((REQUEST_ID_KAFKA_HEADER, self.request_id.clone()));
+        if let Some(request_id) = self.callers_request_id() {
+            headers.push((REQUEST_ID_KAFKA_HEADER, request_id.to_string()));
         }
         headers
+    }
+
+    /// The request id the caller chose, `None` when the host minted it: only a caller's own
+    /// id travels with the transfer.
+    pub fn callers_request_id(&self) -> Option<&str> {
+        (!self.request_id_minted).then_some(self.request_id.as_str())
     }
 
     /// `00-{trace id}-{span id}-{flags}`, this request's span as the parent of what follows.

@@ -102,11 +102,11 @@ fn position(partition: &str, offset: &str) -> Result<(i32, i64), ApiError> {
         ("offset", offset.is_some()),
     ] {
         if !valid {
-            problems.push(Invalid {
-                location: vec!["path".into(), name.into()],
-                message: format!("{name} must be a non-negative integer"),
-                kind: "int_parsing".into(),
-            });
+            problems.push(Invalid::path(
+                name,
+                "int_parsing",
+                format!("{name} must be a non-negative integer"),
+            ));
         }
     }
     match (partition, offset) {

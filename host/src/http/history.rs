@@ -83,13 +83,12 @@ pub async fn list_transfers(
         limit: limit.unwrap_or(DEFAULT_LIMIT),
     };
     let page = app.stores.ledger.transfers_of(&query).await?;
-    let next_cursor = match (page.more, page.rows.last()) {
-        (true, Some(last)) => Some(transfer_cursor(TransferPosition {
+    let next_cursor = page.last_if_more().map(|last| {
+        transfer_cursor(TransferPosition {
             created_at: last.created_at,
             transaction_id: last.transaction_id,
-        })),
-        _ => None,
-    };
+        })
+    });
     let transfers = page
         .rows
         .iter()
@@ -143,10 +142,7 @@ pub async fn entries(
         limit: limit.unwrap_or(DEFAULT_LIMIT),
     };
     let page = app.stores.ledger.entries_of(&query).await?;
-    let next_cursor = match (page.more, page.rows.last()) {
-        (true, Some(last)) => Some(entry_cursor(last.entry_id)),
-        _ => None,
-    };
+    let next_cursor = page.last_if_more().map(|last| entry_cursor(last.entry_id));
     let entries = page.rows.iter().map(entry_view).collect::<Result<_, _>>()?;
     let body = EntryPage {
         entries,

@@ -285,11 +285,11 @@ fn now_ms() -> u64 {
 )]
 pub async fn show(app: &App, caller: &Caller, transaction_id: &str) -> Result<Reply, ApiError> {
     let Ok(id) = Uuid::parse_str(transaction_id) else {
-        return Err(ApiError::Validation(vec![Invalid {
-            location: vec!["path".into(), "transaction_id".into()],
-            message: "transaction_id must be a UUID".into(),
-            kind: "uuid_parsing".into(),
-        }]));
+        return Err(ApiError::Validation(vec![Invalid::path(
+            "transaction_id",
+            "uuid_parsing",
+            "transaction_id must be a UUID",
+        )]));
     };
     let not_found = || ApiError::NotFoundMessage(format!("no transfer {id}"));
     let shown = find(app, id).await?.ok_or_else(not_found)?;

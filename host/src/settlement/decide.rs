@@ -122,7 +122,7 @@ fn apply_one(balances: &mut BTreeMap<AccountKey, i64>, transfer: &Transfer) -> O
 }
 
 #[cfg(test)]
-mod tests {
+pub(in crate::settlement) mod tests {
     #[test]
     fn outcomes_read_back_as_the_ledger_stores_them() {
         let all = [
@@ -153,7 +153,12 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn message(sender_id: i64, receiver_id: i64, amount_minor: i64) -> Transfer {
+    /// A transfer in USD, as the settlement tests make them.
+    pub(in crate::settlement) fn message(
+        sender_id: i64,
+        receiver_id: i64,
+        amount_minor: i64,
+    ) -> Transfer {
         Transfer {
             transaction_id: uuid::Uuid::now_v7(),
             sender_id,

@@ -82,8 +82,8 @@ fn event_messages(messages: &[Transfer], settled: &SettledBatch) -> Vec<(String,
                 currency: message.currency.clone(),
                 traceparent: trace.map(TraceContext::traceparent),
                 request_id: trace
-                    .filter(|trace| !trace.request_id_minted)
-                    .map(|trace| trace.request_id.clone()),
+                    .and_then(TraceContext::callers_request_id)
+                    .map(str::to_string),
             }
         })
         .collect();

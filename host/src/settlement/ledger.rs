@@ -428,10 +428,11 @@ async fn write_batch(
     let outcomes = decide(&mut balances, &fresh);
     if !fresh.is_empty() {
         write_transfers(transaction, &fresh, &outcomes).await?;
-        let lines = journal_lines(&opening, &completed(&fresh, &outcomes))?;
+        let done = completed(&fresh, &outcomes);
+        let lines = journal_lines(opening, &done)?;
         assert_closes_at(&lines, &balances);
         write_journal(transaction, &lines).await?;
-        let updated = write_balances(transaction, &fresh, &outcomes, &balances).await?;
+        let updated = write_balances(transaction, &done, &balances).await?;
         accounts.extend(updated);
     }
     // Settled (now or before): no longer pending, and its effects are to run, in the same
@@ -630,13 +631,12 @@ async fn write_transfers(
 }
 
 /// Two entries per completed transfer, in message order: the sender's negative, the
-/// receiver's positive, each with the account's running balance from `opening` (the locked
-/// balances before the batch).
+/// receiver's positive, each with the account's running balance from `running` (the locked
+/// balances before the batch, moved on entry by entry).
 fn journal_lines(
-    opening: &BTreeMap<AccountKey, i64>,
+    mut running: BTreeMap<AccountKey, i64>,
     completed: &[&Transfer],
 ) -> Result<Vec<NewEntry>, LedgerError> {
-    let mut running = opening.clone();
     let mut lines = Vec::with_capacity(completed.len() * 2);
     for message in completed {
         for (account, amount_minor) in [
@@ -692,12 +692,11 @@ async fn write_journal(
 /// committed state.
 async fn write_balances(
     transaction: &mut Transaction<'_>,
-    fresh: &[&Transfer],
-    outcomes: &[Outcome],
+    completed: &[&Transfer],
     balances: &BTreeMap<AccountKey, i64>,
 ) -> Result<Vec<(AccountKey, Balance)>, LedgerError> {
-    let changed: BTreeSet<AccountKey> = completed(fresh, outcomes)
-        .into_iter()
+    let changed: BTreeSet<AccountKey> = completed
+        .iter()
         .flat_map(|message| [message.sender(), message.receiver()])
         .collect();
     if changed.is_empty() {
@@ -768,20 +767,8 @@ fn completed<'m>(fresh: &[&'m Transfer], outcomes: &[Outcome]) -> Vec<&'m Transf
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::settlement::decide::tests::message as transfer;
     use proptest::prelude::*;
-
-    fn transfer(sender_id: i64, receiver_id: i64, amount_minor: i64) -> Transfer {
-        Transfer {
-            transaction_id: Uuid::now_v7(),
-            sender_id,
-            receiver_id,
-            amount_minor,
-            currency: "USD".into(),
-            description: None,
-            created_at_ms: 0,
-            trace: None,
-        }
-    }
 
     proptest! {
         /// Whatever the batch, each entry's balance is the one before it plus its amount, and
@@ -801,7 +788,7 @@ mod tests {
                 moves.iter().map(|(s, r, a)| transfer(*s, *r, *a)).collect();
             let refs: Vec<&Transfer> = messages.iter().collect();
             let outcomes = decide(&mut balances, &refs);
-            let lines = journal_lines(&start, &completed(&refs, &outcomes)).expect("no overflow");
+            let lines = journal_lines(start.clone(), &completed(&refs, &outcomes)).expect("no overflow");
             assert_closes_at(&lines, &balances);
             let mut seen = start.clone();
             for line in &lines {

@@ -88,6 +88,11 @@ impl<T> Page<T> {
         rows.truncate(limit);
         Page { rows, more }
     }
+
+    /// The page's last row when rows follow it: where the next page starts.
+    pub fn last_if_more(&self) -> Option<&T> {
+        self.rows.last().filter(|_| self.more)
+    }
 }
 
 /// One account's balance as of a moment.
