@@ -9,7 +9,7 @@
 
 wit_bindgen::generate!({
     world: "transfer-logic",
-    path: "../wit",
+    path: "../wit/0.1.0",
     pub_export_macro: true,
     export_macro_name: "export_transfer_logic",
     default_bindings_module: "transferd_guest::component",

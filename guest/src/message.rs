@@ -38,6 +38,9 @@ pub fn transfer_message(
         created_at_ms,
         guest_version: Some(guest_version.to_string()),
         schema_version: Some(SCHEMA_VERSION),
+        metadata: None,
+        phase: None,
+        expires_at_ms: None,
     };
     Ok(message.to_bytes())
 }

@@ -13,7 +13,7 @@
 
 wasmtime::component::bindgen!({
     world: "transfer-logic",
-    path: "../wit",
+    path: "../wit/0.1.0",
     imports: { default: async | trappable },
     exports: { default: async },
 });

@@ -42,6 +42,22 @@ pub const FIELDS: [&str; 11] = [
     "schema_version",
 ];
 
+/// Fields a message carries only when they say something, written after [`FIELDS`] in this
+/// order: `metadata` when the transfer has any, `phase` and `expires_at_ms` for a pending
+/// transfer. A plain transfer's message is exactly the original contract.
+pub const OPTIONAL_FIELDS: [&str; 3] = ["metadata", "phase", "expires_at_ms"];
+
+/// Bounds on a transfer's metadata: what the ledger stores and every reader can take. A guest's
+/// rules may be stricter, never looser (the guard checks these).
+pub const METADATA_MAX_ENTRIES: usize = 16;
+pub const METADATA_KEY_MAX_BYTES: usize = 64;
+pub const METADATA_VALUE_MAX_BYTES: usize = 512;
+/// Keys and values together, in UTF-8 bytes.
+pub const METADATA_MAX_BYTES: usize = 4096;
+
+/// The longest a pending transfer may wait to be posted or voided before it expires.
+pub const PENDING_MAX_EXPIRY_MS: i64 = 7 * 24 * 60 * 60 * 1000;
+
 /// The last instant a message may carry: 9999-12-31T23:59:59.999Z, the end of what RFC 3339's
 /// four-digit years can write (the ledger's timestamps reach further).
 pub const MAX_CREATED_AT_MS: i64 = 253_402_300_799_999;
@@ -72,6 +88,33 @@ pub struct TransferMessage {
     pub guest_version: Option<String>,
     #[serde(default)]
     pub schema_version: Option<u32>,
+    /// The client's key-value pairs, written in key order; absent when there are none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<BTreeMap<String, String>>,
+    /// `pending` for a transfer that reserves the money until it is posted, voided or expires;
+    /// absent for a transfer that settles at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+    /// When a pending transfer expires, in milliseconds since the Unix epoch; only with `phase`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at_ms: Option<i64>,
+}
+
+/// What settling a transfer does with its money.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Moves the money at once (what a message without `phase` means).
+    Immediate,
+    /// Reserves the money on the ledger until it is posted, voided or expires.
+    Pending,
+}
+
+impl TransferMessage {
+    /// Whether settling this message reserves the money instead of moving it.
+    pub fn is_pending(&self) -> bool {
+        self.phase == Some(Phase::Pending)
+    }
 }
 
 /// Why a payload is not a message settlement can apply (or, for `parse_exact`, not one this
@@ -121,7 +164,12 @@ impl TransferMessage {
         let object: BTreeMap<&str, &RawValue> = serde_json::from_slice(payload)
             .map_err(|error| MessageError::Shape(error.to_string()))?;
         let found: BTreeSet<&str> = object.keys().copied().collect();
-        let expected: BTreeSet<&str> = FIELDS.into_iter().collect();
+        let expected: BTreeSet<&str> = FIELDS
+            .into_iter()
+            .chain(message.metadata.is_some().then_some("metadata"))
+            .chain(message.phase.is_some().then_some("phase"))
+            .chain(message.expires_at_ms.is_some().then_some("expires_at_ms"))
+            .collect();
         if let Some(unknown) = found.difference(&expected).next() {
             return Err(MessageError::Shape(format!("unknown field {unknown:?}")));
         }
@@ -134,6 +182,15 @@ impl TransferMessage {
                 "transaction_id",
                 "is not a lower-case hyphenated UUID",
             ));
+        }
+        if let Some(metadata) = &message.metadata {
+            let canonical = serde_json::to_string(metadata).expect("strings always serialise");
+            if object["metadata"].get() != canonical {
+                return Err(field(
+                    "metadata",
+                    "is not written once per key, in key order",
+                ));
+            }
         }
         message.check_exact()?;
         Ok(message)
@@ -157,6 +214,10 @@ impl TransferMessage {
                 "contains NUL, which the ledger cannot store",
             ));
         }
+        if let Some(metadata) = &self.metadata {
+            check_metadata(metadata)?;
+        }
+        self.check_phase()?;
         if let Some(description) = &self.description
             && !storable(description)
         {
@@ -197,8 +258,94 @@ impl TransferMessage {
         {
             return Err(field("description", "contains a control character"));
         }
+        match &self.metadata {
+            Some(metadata) if metadata.is_empty() => {
+                return Err(field("metadata", "is empty; the writer leaves it out"));
+            }
+            Some(metadata) if !metadata.values().all(|value| printable(value)) => {
+                return Err(field("metadata", "has a value with a control character"));
+            }
+            _ => {}
+        }
+        if self.phase == Some(Phase::Immediate) {
+            return Err(field("phase", "is immediate; the writer leaves it out"));
+        }
         Ok(())
     }
+
+    /// A pending transfer expires after it was created and within [`PENDING_MAX_EXPIRY_MS`];
+    /// any other transfer has no expiry.
+    fn check_phase(&self) -> Result<(), MessageError> {
+        match (self.is_pending(), self.expires_at_ms) {
+            (false, None) => Ok(()),
+            (false, Some(_)) => Err(field(
+                "expires_at_ms",
+                "is given for a transfer that is not pending",
+            )),
+            (true, None) => Err(field("expires_at_ms", "is missing for a pending transfer")),
+            (true, Some(expires_at_ms)) => {
+                let latest = self.created_at_ms.saturating_add(PENDING_MAX_EXPIRY_MS);
+                if expires_at_ms <= self.created_at_ms || expires_at_ms > latest {
+                    return Err(field(
+                        "expires_at_ms",
+                        &format!(
+                            "is {expires_at_ms}, not after created_at_ms and within {PENDING_MAX_EXPIRY_MS} ms of it"
+                        ),
+                    ));
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The bounds every reader relies on: entry count, key spelling and length, value length,
+/// total size, and text the ledger can store.
+pub fn check_metadata(metadata: &BTreeMap<String, String>) -> Result<(), MessageError> {
+    if metadata.len() > METADATA_MAX_ENTRIES {
+        return Err(field(
+            "metadata",
+            &format!(
+                "has {} entries, over {METADATA_MAX_ENTRIES}",
+                metadata.len()
+            ),
+        ));
+    }
+    let mut total_bytes = 0;
+    for (key, value) in metadata {
+        if !metadata_key(key) {
+            return Err(field(
+                "metadata",
+                &format!(
+                    "has the key {key:?}: keys are 1 to {METADATA_KEY_MAX_BYTES} of A-Z a-z 0-9 _ . -"
+                ),
+            ));
+        }
+        if value.len() > METADATA_VALUE_MAX_BYTES || !storable(value) {
+            return Err(field(
+                "metadata",
+                &format!(
+                    "has a value under {key:?} over {METADATA_VALUE_MAX_BYTES} bytes or with NUL"
+                ),
+            ));
+        }
+        total_bytes += key.len() + value.len();
+    }
+    if total_bytes > METADATA_MAX_BYTES {
+        return Err(field(
+            "metadata",
+            &format!("is {total_bytes} bytes of keys and values, over {METADATA_MAX_BYTES}"),
+        ));
+    }
+    Ok(())
+}
+
+/// A metadata key: 1 to [`METADATA_KEY_MAX_BYTES`] ASCII letters, digits, `_`, `.` or `-`.
+pub fn metadata_key(key: &str) -> bool {
+    (1..=METADATA_KEY_MAX_BYTES).contains(&key.len())
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
 }
 
 fn field(field: &'static str, problem: &str) -> MessageError {

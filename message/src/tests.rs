@@ -16,6 +16,9 @@ fn standard() -> TransferMessage {
         created_at_ms: 1_795_960_800_123,
         guest_version: Some("sha256:00".into()),
         schema_version: Some(SCHEMA_VERSION),
+        metadata: None,
+        phase: None,
+        expires_at_ms: None,
     }
 }
 
@@ -257,4 +260,119 @@ proptest! {
             prop_assert!(refused_by_field, "{:?}", read);
         }
     }
+}
+
+fn pending_with_metadata() -> TransferMessage {
+    TransferMessage {
+        metadata: Some(BTreeMap::from([
+            ("order_id".to_string(), "A-1".to_string()),
+            ("channel".to_string(), "web".to_string()),
+        ])),
+        phase: Some(Phase::Pending),
+        expires_at_ms: Some(standard().created_at_ms + 3_600_000),
+        ..standard()
+    }
+}
+
+#[test]
+fn optional_fields_follow_the_original_ones_and_read_back_exactly() {
+    let message = pending_with_metadata();
+    let text = String::from_utf8(message.to_bytes()).expect("utf-8");
+    assert!(
+        text.ends_with(r#""schema_version":1,"metadata":{"channel":"web","order_id":"A-1"},"phase":"pending","expires_at_ms":1795964400123}"#),
+        "{text}"
+    );
+    assert_eq!(TransferMessage::parse_exact(text.as_bytes()), Ok(message));
+}
+
+#[test]
+fn the_guard_refuses_metadata_not_written_once_per_key_in_order() {
+    let base = String::from_utf8(standard().to_bytes()).expect("utf-8");
+    let open = base.trim_end_matches('}');
+    for metadata in [
+        r#"{"b":"1","a":"2"}"#,
+        r#"{"a":"1","a":"2"}"#,
+        r#"{}"#,
+        r#"{"a":"line\nbreak"}"#,
+    ] {
+        let bytes = format!(r#"{open},"metadata":{metadata}}}"#);
+        assert_eq!(
+            problem(TransferMessage::parse_exact(bytes.as_bytes())),
+            Some("metadata"),
+            "{metadata}"
+        );
+    }
+}
+
+#[test]
+fn metadata_out_of_bounds_is_refused_by_both_readings() {
+    let many: BTreeMap<String, String> = (0..=METADATA_MAX_ENTRIES)
+        .map(|i| (format!("k{i}"), "v".to_string()))
+        .collect();
+    let big: BTreeMap<String, String> = (0..9)
+        .map(|i| (format!("k{i}"), "v".repeat(METADATA_VALUE_MAX_BYTES)))
+        .collect();
+    for metadata in [
+        many,
+        big,
+        BTreeMap::from([("".to_string(), "v".to_string())]),
+        BTreeMap::from([("a b".to_string(), "v".to_string())]),
+        BTreeMap::from([("k".repeat(METADATA_KEY_MAX_BYTES + 1), "v".to_string())]),
+        BTreeMap::from([("k".to_string(), "v".repeat(METADATA_VALUE_MAX_BYTES + 1))]),
+        BTreeMap::from([("k".to_string(), "a\0b".to_string())]),
+    ] {
+        let bytes = TransferMessage {
+            metadata: Some(metadata),
+            ..standard()
+        }
+        .to_bytes();
+        assert_eq!(problem(TransferMessage::parse(&bytes)), Some("metadata"));
+        assert_eq!(
+            problem(TransferMessage::parse_exact(&bytes)),
+            Some("metadata")
+        );
+    }
+}
+
+#[test]
+fn a_pending_transfer_expires_after_it_was_made_and_within_the_bound() {
+    let created = standard().created_at_ms;
+    let cases = [
+        (Some(Phase::Pending), None, Some("expires_at_ms")),
+        (Some(Phase::Pending), Some(created), Some("expires_at_ms")),
+        (Some(Phase::Pending), Some(created + 1), None),
+        (
+            Some(Phase::Pending),
+            Some(created + PENDING_MAX_EXPIRY_MS),
+            None,
+        ),
+        (
+            Some(Phase::Pending),
+            Some(created + PENDING_MAX_EXPIRY_MS + 1),
+            Some("expires_at_ms"),
+        ),
+        (None, Some(created + 1), Some("expires_at_ms")),
+    ];
+    for (phase, expires_at_ms, refused) in cases {
+        let bytes = TransferMessage {
+            phase,
+            expires_at_ms,
+            ..standard()
+        }
+        .to_bytes();
+        assert_eq!(
+            problem(TransferMessage::parse(&bytes)),
+            refused,
+            "{expires_at_ms:?}"
+        );
+    }
+    let immediate = TransferMessage {
+        phase: Some(Phase::Immediate),
+        ..standard()
+    };
+    assert!(TransferMessage::parse(&immediate.to_bytes()).is_ok());
+    assert_eq!(
+        problem(TransferMessage::parse_exact(&immediate.to_bytes())),
+        Some("phase")
+    );
 }

@@ -4,7 +4,7 @@
 
 wit_bindgen::generate!({
     world: "transfer-logic",
-    path: "../../../wit",
+    path: "../../../wit/0.1.0",
 });
 
 use exports::transferd::transfer::handler::Guest;
