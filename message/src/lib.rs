@@ -406,3 +406,97 @@ impl<'de> Deserialize<'de> for AmountText {
 
 #[cfg(test)]
 mod tests;
+
+/// What an action does to a pending transfer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    /// Moves the posted amount and releases the rest.
+    Post,
+    /// Releases the whole amount.
+    Void,
+    /// Releases the whole amount: the transfer was neither posted nor voided in time.
+    Expire,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Post => "post",
+            Action::Void => "void",
+            Action::Expire => "expire",
+        }
+    }
+}
+
+/// A transfer-log message that resolves a pending transfer, written by the host (never by a
+/// guest) on the transfer topic under the sender's key, so it follows the pending transfer's
+/// own message. It names the transfer's parties and currency so settlement can lock their
+/// accounts before it reads anything; settlement checks them against the ledger, and applies
+/// only the one action the API recorded for the transfer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActionMessage {
+    pub action: Action,
+    /// The action's own id: one per accepted action, so a message read twice applies once.
+    pub action_id: Uuid,
+    /// The pending transfer it resolves. Not named `transaction_id`: a reader that predates
+    /// actions requires that field of a transfer, so it refuses an action instead of applying
+    /// it as a transfer of `amount_minor`.
+    pub pending_id: Uuid,
+    pub sender_id: i64,
+    pub receiver_id: i64,
+    pub currency: String,
+    /// `post`: the amount posted; `void` and `expire`: the amount released.
+    pub amount_minor: i64,
+    /// When the host accepted the action, in milliseconds since the Unix epoch.
+    pub created_at_ms: i64,
+    pub schema_version: u32,
+}
+
+impl ActionMessage {
+    /// Its JSON bytes.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a message of strings and integers always serialises")
+    }
+}
+
+/// A message on the transfer topic, as settlement reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogMessage {
+    Transfer(TransferMessage),
+    Action(ActionMessage),
+}
+
+impl LogMessage {
+    /// A message with an `action` field is an action, anything else a transfer
+    /// ([`TransferMessage::parse`]). A reader that predates actions refuses one (it has no
+    /// `transaction_id`), so it is set aside rather than misapplied.
+    pub fn parse(payload: &[u8]) -> Result<LogMessage, MessageError> {
+        #[derive(Deserialize)]
+        struct Probe<'a> {
+            #[serde(borrow, default)]
+            action: Option<&'a RawValue>,
+        }
+        let probe: Probe = serde_json::from_slice(payload)
+            .map_err(|error| MessageError::Shape(error.to_string()))?;
+        if probe.action.is_none() {
+            return TransferMessage::parse(payload).map(LogMessage::Transfer);
+        }
+        let action: ActionMessage = serde_json::from_slice(payload)
+            .map_err(|error| MessageError::Shape(error.to_string()))?;
+        if action.amount_minor <= 0 {
+            return Err(field("amount_minor", "is not positive"));
+        }
+        if !storable(&action.currency) {
+            return Err(field(
+                "currency",
+                "contains NUL, which the ledger cannot store",
+            ));
+        }
+        if !(0..=MAX_CREATED_AT_MS).contains(&action.created_at_ms) {
+            return Err(field("created_at_ms", "is out of range"));
+        }
+        Ok(LogMessage::Action(action))
+    }
+}

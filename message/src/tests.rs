@@ -376,3 +376,47 @@ fn a_pending_transfer_expires_after_it_was_made_and_within_the_bound() {
         Some("phase")
     );
 }
+
+#[test]
+fn the_log_tells_actions_from_transfers() {
+    let action = ActionMessage {
+        action: Action::Post,
+        action_id: Uuid::from_u128(42),
+        pending_id: Uuid::parse_str(ID).expect("uuid"),
+        sender_id: 7,
+        receiver_id: 9,
+        currency: "USD".into(),
+        amount_minor: 500,
+        created_at_ms: 5,
+        schema_version: SCHEMA_VERSION,
+    };
+    assert_eq!(
+        LogMessage::parse(&action.to_bytes()),
+        Ok(LogMessage::Action(action.clone()))
+    );
+    assert_eq!(
+        LogMessage::parse(&standard().to_bytes()),
+        Ok(LogMessage::Transfer(standard()))
+    );
+    // An older reader, which knows only transfers, refuses an action.
+    assert!(TransferMessage::parse(&action.to_bytes()).is_err());
+    let zero = ActionMessage {
+        amount_minor: 0,
+        ..action.clone()
+    };
+    assert_eq!(problem_of_log(&zero.to_bytes()), Some("amount_minor"));
+    let mut extra: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&action.to_bytes()).expect("object");
+    extra.insert("note".into(), serde_json::json!("x"));
+    let extra = serde_json::to_vec(&extra).expect("json");
+    assert_eq!(problem_of_log(&extra), Some("shape"));
+    assert_eq!(problem_of_log(b"[1]"), Some("shape"));
+}
+
+fn problem_of_log(payload: &[u8]) -> Option<&'static str> {
+    match LogMessage::parse(payload) {
+        Ok(_) => None,
+        Err(MessageError::Shape(_)) => Some("shape"),
+        Err(MessageError::Field { field, .. }) => Some(field),
+    }
+}

@@ -144,6 +144,10 @@ async fn ensure_invariants(
         check.balances_off_journal == 0,
         "balances differ from their journal: {check:?}"
     );
+    ensure!(
+        check.pending_off == 0,
+        "pending amounts differ from the pending transfers: {check:?}"
+    );
     let all_settled: HashSet<String> = all.iter().map(Uuid::to_string).collect();
     let holds = namespace.holds().await?;
     let on_settled: Vec<_> = holds

@@ -28,4 +28,5 @@ mod soak;
 mod status_page;
 mod trace_context;
 mod transfers;
+mod two_phase;
 mod worker_process;

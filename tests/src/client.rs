@@ -49,6 +49,19 @@ impl Host {
         Reply::read(response).await
     }
 
+    /// `POST path` with a JSON `body` and `token` as the bearer, whatever the answer.
+    pub async fn post_as(&self, path: &str, body: &Value, token: &str) -> anyhow::Result<Reply> {
+        let response = self
+            .client
+            .post(format!("{}{path}", self.base_url))
+            .header("content-type", "application/json")
+            .bearer_auth(token)
+            .body(body.to_string())
+            .send()
+            .await?;
+        Reply::read(response).await
+    }
+
     /// `POST path` with an `Idempotency-Key`: a transfer as its sender, a deposit as the
     /// static admin.
     pub async fn post_with_key(

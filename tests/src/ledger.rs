@@ -21,6 +21,9 @@ pub struct LedgerCheck {
     /// Accounts whose balance differs from the sum of their journal entries, or whose entries'
     /// running balances (`balance_after_minor`) are not that sum entry by entry, ending at it.
     pub balances_off_journal: i64,
+    /// Accounts whose pending debits or credits differ from the amounts of the pending
+    /// (two-phase) transfers they send or receive, or users who reserve more than they have.
+    pub pending_off: i64,
 }
 
 impl Namespace {
@@ -51,8 +54,8 @@ impl Namespace {
             "SELECT COUNT(*) FROM transfers t
              LEFT JOIN (SELECT transaction_id, COUNT(*) AS n, SUM(amount_minor) AS total
                         FROM journal_entries GROUP BY transaction_id) j USING (transaction_id)
-             WHERE (t.status = 'completed' AND (j.n IS DISTINCT FROM 2 OR j.total <> 0))
-                OR (t.status <> 'completed' AND j.n IS NOT NULL)",
+             WHERE (t.status IN ('completed', 'posted') AND (j.n IS DISTINCT FROM 2 OR j.total <> 0))
+                OR (t.status NOT IN ('completed', 'posted') AND j.n IS NOT NULL)",
         )
         .fetch_one(&pool)
         .await?;
@@ -73,8 +76,21 @@ impl Namespace {
         )
         .fetch_one(&pool)
         .await?;
+        let pending_off: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM accounts a
+             LEFT JOIN (SELECT sender_id AS user_id, currency, SUM(amount_minor) AS total
+                        FROM transfers WHERE status = 'pending' GROUP BY 1, 2) d USING (user_id, currency)
+             LEFT JOIN (SELECT receiver_id AS user_id, currency, SUM(amount_minor) AS total
+                        FROM transfers WHERE status = 'pending' GROUP BY 1, 2) c USING (user_id, currency)
+             WHERE a.pending_debits_minor <> COALESCE(d.total, 0)
+                OR a.pending_credits_minor <> COALESCE(c.total, 0)
+                OR (a.user_id > 0 AND a.balance_minor < a.pending_debits_minor)",
+        )
+        .fetch_one(&pool)
+        .await?;
         pool.close().await;
         Ok(LedgerCheck {
+            pending_off,
             nonzero_currency_sums,
             negative_accounts,
             completed_transfers,

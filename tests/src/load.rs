@@ -571,6 +571,12 @@ async fn check_ledger(verdict: &mut Verdict, namespace: &Namespace) -> anyhow::R
             check.balances_off_journal
         ));
     }
+    if check.pending_off != 0 {
+        verdict.violations.push(format!(
+            "{} accounts' pending amounts differ from their pending transfers",
+            check.pending_off
+        ));
+    }
     let off = namespace.cache_off_ledger().await?;
     if !off.is_empty() {
         verdict.violations.push(format!(

@@ -53,7 +53,7 @@ impl Namespace {
         use redis::AsyncCommands;
         let pool = self.ledger().await?;
         let accounts: Vec<(i64, String, i64)> = sqlx::query_as(
-            "SELECT user_id, currency, balance_minor FROM accounts WHERE user_id > 0 ORDER BY 1, 2",
+            "SELECT user_id, currency, balance_minor - pending_debits_minor FROM accounts WHERE user_id > 0 ORDER BY 1, 2",
         )
         .fetch_all(&pool)
         .await?;

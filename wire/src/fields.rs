@@ -173,6 +173,15 @@ impl<'a> Fields<'a> {
         None
     }
 
+    /// An optional decimal as exact text: absent and `null` are both `None`.
+    pub fn optional_decimal_text(&mut self, name: &str) -> Option<String> {
+        let raw = self.given(name)?.get();
+        if raw == "null" {
+            return None;
+        }
+        self.decimal_text(name)
+    }
+
     /// A required string.
     pub fn string(&mut self, name: &str) -> Option<String> {
         let raw = self.required(name)?.get();

@@ -48,6 +48,11 @@ impl Caller {
         }
     }
 
+    /// Whether the caller may act for `user_id` (post or void its pending transfers).
+    pub fn may_act_as(&self, user_id: i64) -> bool {
+        self.may_see_account(user_id)
+    }
+
     /// Whether the caller may read a transfer between these parties.
     pub fn may_see_transfer(&self, sender_id: Option<i64>, receiver_id: Option<i64>) -> bool {
         match self {

@@ -75,7 +75,8 @@ async fn balances_now(app: &App, user_id: i64) -> Result<Reply, ApiError> {
         return Err(no_accounts(user_id));
     }
     let mut balances = Vec::with_capacity(accounts.len());
-    for (currency, balance) in accounts {
+    for account in accounts {
+        let currency = account.currency;
         let exponent = currency_exponent(&currency).unwrap_or(0);
         // Without Redis the holds are unknown; available is then the settled balance.
         let held = match app.stores.cache.held(user_id, &currency).await {
@@ -85,14 +86,18 @@ async fn balances_now(app: &App, user_id: i64) -> Result<Reply, ApiError> {
                 0
             }
         };
-        let available_minor = balance.balance_minor - held;
+        let available_minor = account.balance_minor - account.pending_debits_minor - held;
         balances.push(Balance {
             currency,
-            balance: format_minor(balance.balance_minor, exponent),
-            balance_minor: balance.balance_minor,
+            balance: format_minor(account.balance_minor, exponent),
+            balance_minor: account.balance_minor,
             available: format_minor(available_minor, exponent),
             available_minor,
-            version: balance.version,
+            pending_debits: format_minor(account.pending_debits_minor, exponent),
+            pending_debits_minor: account.pending_debits_minor,
+            pending_credits: format_minor(account.pending_credits_minor, exponent),
+            pending_credits_minor: account.pending_credits_minor,
+            version: account.version,
         });
     }
     Ok(json_response(

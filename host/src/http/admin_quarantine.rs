@@ -10,6 +10,7 @@ use crate::http::error::{ApiError, Invalid, Reply, json_response};
 use crate::http::routes::AdminRoute;
 use crate::settlement::quarantine::{self, Entry};
 use crate::settlement::redrive;
+use crate::stores::transfer_state::TransferStatus;
 
 /// Most messages one listing shows.
 const LIST_LIMIT: i64 = 100;
@@ -86,7 +87,8 @@ pub async fn retry(app: &App, partition: &str, offset: &str) -> Result<Reply, Ap
         &QuarantineRetried {
             status: Success::Success,
             transaction_id: transfer.transaction_id,
-            outcome: outcome.status(),
+            // A re-driven action that no longer applies changed nothing: rejected.
+            outcome: outcome.status().unwrap_or(TransferStatus::Rejected),
             reason: outcome.reason(),
         },
     ))

@@ -5,6 +5,8 @@
 //! read field by field (`body::Fields`, exact decimals, every problem reported at once); their
 //! types here describe that reading, and a test checks the two name the same fields.
 
+use std::collections::BTreeMap;
+
 use serde::Serialize;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
@@ -39,6 +41,33 @@ pub struct CreateTransfer {
     currency: String,
     #[schema(max_length = 255)]
     description: Option<String>,
+}
+
+/// `POST /transfers/{transaction_id}/post`'s body.
+#[derive(ToSchema)]
+#[schema(example = json!({"amount": "5.00"}))]
+#[allow(dead_code)] // Documents the reading in `two_phase::read_body`.
+#[serde(deny_unknown_fields)] // `additionalProperties: false`: the reader refuses other keys.
+pub struct PostTransfer {
+    /// What to move, at most the transfer's amount; the whole amount when absent.
+    #[schema(schema_with = decimal_schema)]
+    amount: Option<String>,
+}
+
+/// `POST /transfers/{transaction_id}/void`'s body: an empty object.
+#[derive(ToSchema)]
+#[allow(dead_code)] // Documents the reading in `two_phase::read_body`.
+#[serde(deny_unknown_fields)] // `additionalProperties: false`: the reader refuses any key.
+pub struct VoidTransfer {}
+
+/// A post or void answered 200: it is in the transfer log and settles exactly once.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ActionAccepted {
+    pub status: Success,
+    /// The pending transfer acted on.
+    pub transaction_id: Uuid,
+    /// The action's own id (the `Idempotency-Key`'s id when one was sent).
+    pub action_id: Uuid,
 }
 
 /// `POST /admin/deposits`' body.
@@ -115,6 +144,29 @@ pub struct TransferView {
     pub created_at: String,
     #[schema(format = DateTime)]
     pub settled_at: Option<String>,
+    /// The client's key-value pairs, if it sent any.
+    pub metadata: Option<BTreeMap<String, String>>,
+    /// `pending` for a two-phase transfer (reserved until posted, voided or expired),
+    /// `immediate` for any other.
+    pub phase: Phase,
+    /// When a two-phase transfer expires unless posted or voided first; `null` for any other.
+    #[schema(format = DateTime)]
+    pub expires_at: Option<String>,
+    /// What a posted transfer moved (at most `amount`; the rest was released).
+    #[schema(example = "5.00")]
+    pub posted_amount: Option<String>,
+    pub posted_amount_minor: Option<i64>,
+    /// When a two-phase transfer was posted, voided or expired.
+    #[schema(format = DateTime)]
+    pub resolved_at: Option<String>,
+}
+
+/// How a transfer settles: at once, or in two phases.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    Immediate,
+    Pending,
 }
 
 /// `GET /accounts/{user_id}/balances`.
@@ -136,6 +188,15 @@ pub struct Balance {
     #[schema(example = "89.50")]
     pub available: String,
     pub available_minor: i64,
+    /// What this account's pending (two-phase) transfers reserve until they are posted,
+    /// voided or expire; already taken out of `available`.
+    #[schema(example = "10.00")]
+    pub pending_debits: String,
+    pub pending_debits_minor: i64,
+    /// What pending transfers to this account will bring if posted; not in `balance` yet.
+    #[schema(example = "0.00")]
+    pub pending_credits: String,
+    pub pending_credits_minor: i64,
     /// Grows with every settled change of the account.
     pub version: i64,
 }
@@ -191,6 +252,9 @@ pub struct TransferListQuery {
     status: Option<TransferStatus>,
     #[param(pattern = "^[A-Z]{3}$")]
     currency: Option<String>,
+    /// `metadata[key]=value`: only transfers whose metadata holds every pair given.
+    #[param(style = DeepObject, explode, value_type = Option<Object>)]
+    metadata: Option<BTreeMap<String, String>>,
     /// The `next_cursor` of the page before.
     after: Option<String>,
     /// Rows per page.

@@ -30,7 +30,14 @@ use crate::stores::history::{
 const DEFAULT_LIMIT: i64 = 50;
 
 /// The query parameters `GET /transfers` reads (documented by [`TransferListQuery`]).
-pub const TRANSFER_LIST_PARAMS: [&str; 5] = ["account", "status", "currency", "after", "limit"];
+pub const TRANSFER_LIST_PARAMS: [&str; 6] = [
+    "account",
+    "status",
+    "currency",
+    "metadata[]",
+    "after",
+    "limit",
+];
 /// The query parameters `GET /accounts/{user_id}/entries` reads ([`EntryListQuery`]).
 pub const ENTRY_LIST_PARAMS: [&str; 3] = ["currency", "after", "limit"];
 
@@ -38,8 +45,11 @@ pub const ENTRY_LIST_PARAMS: [&str; 3] = ["currency", "after", "limit"];
     get, path = UserRoute::ListTransfers.path(), operation_id = "list_transfers", tag = "transfers",
     summary = "A user's settled transfers, sent and received, newest first",
     description = "Only for that user or an admin; anyone else hears 404. A transfer is \
-        listed once the ledger has settled it (completed or rejected); one still pending is \
-        found by its id. Pages continue with `after` = the previous page's `next_cursor`.",
+        listed once the ledger has settled it (completed, rejected, or a two-phase transfer \
+        reserved, posted, voided or expired); one on its way to the ledger is found by its \
+        id. `metadata[key]=value` (repeatable with other keys) keeps transfers whose \
+        metadata holds every pair. Pages continue with `after` = the previous page's \
+        `next_cursor`.",
     params(TransferListQuery),
     security(("bearer" = [])),
     responses(
@@ -60,6 +70,7 @@ pub async fn list_transfers(
     let account = params.integer("account", 0..=i64::MAX);
     let status = params.status("status");
     let currency = params.currency("currency");
+    let metadata = params.object("metadata", transferd_message::METADATA_MAX_ENTRIES);
     let after = params.with("after", read_transfer_cursor);
     let limit = params.integer("limit", 1..=PAGE_LIMIT_MAX);
     params.finish()?;
@@ -79,6 +90,7 @@ pub async fn list_transfers(
         user_id,
         status,
         currency,
+        metadata,
         after,
         limit: limit.unwrap_or(DEFAULT_LIMIT),
     };
@@ -243,7 +255,12 @@ mod tests {
 
     #[test]
     fn the_document_names_the_parameters_the_handlers_read() {
-        assert_eq!(names::<TransferListQuery>(), TRANSFER_LIST_PARAMS);
+        // A family `base[]` is documented as the object parameter `base` (deepObject).
+        let read: Vec<&str> = TRANSFER_LIST_PARAMS
+            .iter()
+            .map(|name| name.trim_end_matches("[]"))
+            .collect();
+        assert_eq!(names::<TransferListQuery>(), read);
         assert_eq!(names::<EntryListQuery>(), ENTRY_LIST_PARAMS);
     }
 

@@ -24,6 +24,7 @@ mod routes;
 mod service;
 mod status;
 mod transfers;
+mod two_phase;
 
 use std::sync::Arc;
 
@@ -227,6 +228,14 @@ async fn user_route(
         UserRoute::CreateTransfer => transfers::create(app, caller, headers, body).await,
         UserRoute::ListTransfers => history::list_transfers(app, caller, query).await,
         UserRoute::ShowTransfer => transfers::show(app, caller, params.get("transaction_id")).await,
+        UserRoute::PostTransfer => {
+            let id = params.get("transaction_id");
+            two_phase::post(app, caller, headers, body, id).await
+        }
+        UserRoute::VoidTransfer => {
+            let id = params.get("transaction_id");
+            two_phase::void(app, caller, headers, body, id).await
+        }
         UserRoute::Balances => accounts::balances(app, caller, user_id, query).await,
         UserRoute::Entries => history::entries(app, caller, user_id, query).await,
     }

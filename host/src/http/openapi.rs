@@ -20,6 +20,7 @@ use crate::http::error::Reply;
 use crate::http::routes::ServiceRoute;
 use crate::http::{
     accounts, admin, admin_guest, admin_quarantine, history, ready, service, status, transfers,
+    two_phase,
 };
 use crate::settlement::events::{TransferEvent, TransferEvents};
 
@@ -36,6 +37,8 @@ use crate::settlement::events::{TransferEvent, TransferEvents};
         transfers::create,
         history::list_transfers,
         transfers::show,
+        two_phase::post,
+        two_phase::void,
         accounts::balances,
         history::entries,
         service::health,

@@ -20,8 +20,15 @@ pub struct Params {
     problems: Vec<Invalid>,
 }
 
+/// `base[key]` of a bracketed parameter family (`metadata[order_id]`): its base and key.
+fn bracketed(name: &str) -> Option<(&str, &str)> {
+    let (base, rest) = name.split_once('[')?;
+    Some((base, rest.strip_suffix(']')?))
+}
+
 impl Params {
-    /// Splits `query` into its parameters; any not among `known` is a problem already.
+    /// Splits `query` into its parameters; any not among `known` is a problem already. A
+    /// known name written `base[]` admits the family `base[key]` (an object, deepObject style).
     pub fn read(query: Option<&str>, known: &[&str]) -> Params {
         let mut params = Params {
             values: BTreeMap::new(),
@@ -37,7 +44,12 @@ impl Params {
             return params;
         }
         for (name, value) in form_urlencoded::parse(query.as_bytes()) {
-            if !known.contains(&name.as_ref()) {
+            let family = bracketed(&name).map(|(base, _)| format!("{base}[]"));
+            let admitted = match &family {
+                Some(family) => known.contains(&family.as_str()),
+                None => known.contains(&name.as_ref()),
+            };
+            if !admitted {
                 params.problem(&name, "extra_forbidden", "Extra inputs are not permitted");
             } else if params.values.contains_key(name.as_ref()) {
                 params.problem(&name, "repeated", format!("{name} is given more than once"));
@@ -112,6 +124,31 @@ impl Params {
         }
     }
 
+    /// The `base[key]` parameters as an object: each key a metadata key
+    /// (`transferd_message::metadata_key`), at most `max_entries` of them.
+    pub fn object(&mut self, base: &str, max_entries: usize) -> BTreeMap<String, String> {
+        let entries: BTreeMap<String, String> = self
+            .values
+            .iter()
+            .filter_map(|(name, value)| match bracketed(name) {
+                Some((b, key)) if b == base => Some((key.to_string(), value.clone())),
+                _ => None,
+            })
+            .collect();
+        for key in entries.keys() {
+            if !transferd_message::metadata_key(key) {
+                let name = format!("{base}[{key}]");
+                let message = "keys are 1 to 64 of A-Z a-z 0-9 _ . -";
+                self.problem(&name, "string_pattern_mismatch", message);
+            }
+        }
+        if entries.len() > max_entries {
+            let message = format!("at most {max_entries} {base} pairs");
+            self.problem(base, "too_long", message);
+        }
+        entries
+    }
+
     /// Reads `name` with `read`, which says what is wrong with a value it refuses.
     pub fn with<T>(
         &mut self,
@@ -163,6 +200,28 @@ mod tests {
             problems(params),
             vec![at("stauts", "extra_forbidden"), at("limit", "repeated")]
         );
+    }
+
+    #[test]
+    fn a_bracketed_family_reads_as_an_object_and_its_keys_are_checked() {
+        let mut params = Params::read(
+            Some(
+                "metadata%5Border_id%5D=A-1&metadata[channel]=web&metadata[bad%20key]=x&other[a]=1",
+            ),
+            &["metadata[]"],
+        );
+        let object = params.object("metadata", 16);
+        assert_eq!(object.get("order_id").map(String::as_str), Some("A-1"));
+        assert_eq!(object.get("channel").map(String::as_str), Some("web"));
+        assert_eq!(
+            problems(params),
+            vec![
+                at("other[a]", "extra_forbidden"),
+                at("metadata[bad key]", "string_pattern_mismatch")
+            ]
+        );
+        let plain = Params::read(Some("metadata=x"), &["metadata[]"]);
+        assert_eq!(problems(plain), vec![at("metadata", "extra_forbidden")]);
     }
 
     #[test]

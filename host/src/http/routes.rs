@@ -32,6 +32,8 @@ pub enum UserRoute {
     CreateTransfer,
     ListTransfers,
     ShowTransfer,
+    PostTransfer,
+    VoidTransfer,
     Balances,
     Entries,
 }
@@ -100,7 +102,7 @@ const fn route(verb: Verb, path: &'static str, metric: &'static str) -> Route {
 
 impl Endpoint {
     /// Every endpoint, the order resolution tries them in (no two paths overlap).
-    pub const ALL: [Endpoint; 22] = [
+    pub const ALL: [Endpoint; 24] = [
         Endpoint::Service(ServiceRoute::Health),
         Endpoint::Service(ServiceRoute::Ready),
         Endpoint::Service(ServiceRoute::Metrics),
@@ -108,6 +110,8 @@ impl Endpoint {
         Endpoint::User(UserRoute::CreateTransfer),
         Endpoint::User(UserRoute::ListTransfers),
         Endpoint::User(UserRoute::ShowTransfer),
+        Endpoint::User(UserRoute::PostTransfer),
+        Endpoint::User(UserRoute::VoidTransfer),
         Endpoint::User(UserRoute::Balances),
         Endpoint::User(UserRoute::Entries),
         Endpoint::Admin(AdminRoute::Deposit),
@@ -140,6 +144,12 @@ impl Endpoint {
             Endpoint::User(U::ListTransfers) => route(Get, "/transfers", "list_transfers"),
             Endpoint::User(U::ShowTransfer) => {
                 route(Get, "/transfers/{transaction_id}", "show_transfer")
+            }
+            Endpoint::User(U::PostTransfer) => {
+                route(Post, "/transfers/{transaction_id}/post", "post_transfer")
+            }
+            Endpoint::User(U::VoidTransfer) => {
+                route(Post, "/transfers/{transaction_id}/void", "void_transfer")
             }
             Endpoint::User(U::Balances) => route(Get, "/accounts/{user_id}/balances", "balances"),
             Endpoint::User(U::Entries) => route(Get, "/accounts/{user_id}/entries", "entries"),

@@ -26,8 +26,8 @@ use crate::guest::runtime::{Guest, GuestFailure};
 use crate::guest::shadow;
 use crate::guest::verdict::{Answer, verdict};
 use crate::http::api::{
-    CreateTransfer, ErrorBody, IdempotencyKey, Reason, Success, TransferAccepted, TransferKind,
-    TransferStatus, TransferUnavailable, TransferView,
+    CreateTransfer, ErrorBody, IdempotencyKey, Phase, Reason, Success, TransferAccepted,
+    TransferKind, TransferStatus, TransferUnavailable, TransferView,
 };
 use crate::http::body::read_json_body;
 use crate::http::error::{ApiError, Invalid, Reply, json_response};
@@ -366,7 +366,24 @@ pub(super) fn settled_view(record: &TransferRecord) -> Result<TransferView, ApiE
                 .settled_at
                 .to_rfc3339_opts(SecondsFormat::Millis, true),
         ),
+        metadata: record.metadata.as_ref().map(|json| json.0.clone()),
+        phase: if record.expires_at.is_some() {
+            Phase::Pending
+        } else {
+            Phase::Immediate
+        },
+        expires_at: record.expires_at.map(millis),
+        posted_amount: record
+            .posted_amount_minor
+            .map(|posted| format_minor(posted, exponent)),
+        posted_amount_minor: record.posted_amount_minor,
+        resolved_at: record.resolved_at.map(millis),
     })
+}
+
+/// A moment as the API writes it: RFC 3339, milliseconds, UTC.
+fn millis(at: chrono::DateTime<chrono::Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
 /// A quarantined message as the API shows it: rejected, reason `unprocessable`, nothing moved.
@@ -391,6 +408,12 @@ fn quarantined_view(id: Uuid, entry: &quarantine::Entry) -> Option<TransferView>
         description: None,
         created_at: at.clone(),
         settled_at: Some(at),
+        metadata: None,
+        phase: Phase::Immediate,
+        expires_at: None,
+        posted_amount: None,
+        posted_amount_minor: None,
+        resolved_at: None,
     })
 }
 
@@ -408,6 +431,11 @@ fn pending_view(message: &[u8]) -> Result<TransferView, ApiError> {
             message.transaction_id
         ))
     })?;
+    let phase = if message.is_pending() {
+        Phase::Pending
+    } else {
+        Phase::Immediate
+    };
     Ok(TransferView {
         transaction_id: message.transaction_id,
         kind: TransferKind::Transfer,
@@ -421,6 +449,15 @@ fn pending_view(message: &[u8]) -> Result<TransferView, ApiError> {
         description: message.description,
         created_at: created_at.to_rfc3339_opts(SecondsFormat::Millis, true),
         settled_at: None,
+        phase,
+        expires_at: message
+            .expires_at_ms
+            .and_then(chrono::DateTime::from_timestamp_millis)
+            .map(millis),
+        metadata: message.metadata,
+        posted_amount: None,
+        posted_amount_minor: None,
+        resolved_at: None,
     })
 }
 

@@ -22,9 +22,7 @@ pub(super) fn count_settled(messages: &[Transfer], settled: &SettledBatch) {
         if !transfer.newly_applied {
             continue;
         }
-        *newly_by_status
-            .entry(transfer.outcome.status().as_str())
-            .or_default() += 1;
+        *newly_by_status.entry(transfer.outcome.name()).or_default() += 1;
         let trace = message.trace.as_ref();
         // A span of its own only when exported: it joins the accepting request's trace.
         let span = match trace {
@@ -38,7 +36,7 @@ pub(super) fn count_settled(messages: &[Transfer], settled: &SettledBatch) {
         span.in_scope(|| {
             tracing::info!(
                 transaction_id = %message.transaction_id,
-                status = transfer.outcome.status().as_str(),
+                status = transfer.outcome.name(),
                 reason = transfer.outcome.reason().map(Reason::as_str),
                 request_id = trace.map(|t| t.request_id.as_str()),
                 trace_id = trace.map(TraceContext::trace_id_hex),

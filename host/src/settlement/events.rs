@@ -6,7 +6,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::SettlementError;
-use super::decide::Transfer;
+use super::decide::{Step, Transfer};
 use super::ledger::SettledBatch;
 use crate::stores::Stores;
 use crate::stores::kafka::EVENTS_TOPIC;
@@ -17,11 +17,15 @@ use crate::trace::TraceContext;
 pub const EVENTS_SCHEMA_VERSION: u32 = 1;
 
 /// Most transfers one event message reports. A settled batch (up to 10,000 transfers,
-/// `TRANSFERD_SETTLEMENT_BATCH`) goes out in messages of at most this many; an entry is at
-/// most about 500 bytes, so a message stays far under the broker's default 1 MB limit.
+/// `TRANSFERD_SETTLEMENT_BATCH`) goes out in messages of at most this many.
 pub const MAX_TRANSFERS_PER_EVENT: usize = 256;
 
-/// One transfer's change of state: it settled, completed or rejected.
+/// Most bytes of entries one event message carries, so it stays under the broker's default
+/// 1 MB message limit even when every transfer carries the largest metadata.
+pub const MAX_EVENT_ENTRY_BYTES: usize = 512 * 1024;
+
+/// One transfer's change of state: completed or rejected; for a two-phase transfer, pending
+/// (reserved), then posted, voided or expired.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct TransferEvent {
     pub transaction_id: Uuid,
@@ -31,9 +35,17 @@ pub struct TransferEvent {
     pub reason: Option<Reason>,
     pub sender_id: i64,
     pub receiver_id: i64,
+    /// What the change moved or reserved: the amount; for `posted`, the amount posted; for
+    /// `voided` and `expired`, the amount released.
     pub amount_minor: i64,
     #[schema(example = "USD")]
     pub currency: String,
+    /// The post, void or expiry that made this change (absent for other changes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub action_id: Option<Uuid>,
+    /// The client's metadata, on the transfer's first event.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<std::collections::BTreeMap<String, String>>,
     /// The accepting request's W3C trace context, when the transfer's message carried one
     /// (absent for effects re-run from the ledger after a crash: the ledger keeps no trace).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -63,32 +75,41 @@ fn event_messages(messages: &[Transfer], settled: &SettledBatch) -> Vec<(String,
         settled.transfers.len(),
         "one outcome per message"
     );
+    // A refused action changed no transfer: no event.
     let entries: Vec<TransferEvent> = messages
         .iter()
         .zip(&settled.transfers)
-        .map(|(message, outcome)| {
+        .filter_map(|(message, outcome)| {
             assert_eq!(
-                message.transaction_id, outcome.transaction_id,
+                message.step_id(),
+                outcome.step_id,
                 "outcomes follow message order"
             );
+            let status = outcome.outcome.status()?;
             let trace = message.trace.as_ref();
-            TransferEvent {
+            let action_id = match message.step {
+                Step::Resolve { action_id, .. } => Some(action_id),
+                _ => None,
+            };
+            Some(TransferEvent {
                 transaction_id: message.transaction_id,
-                status: outcome.outcome.status(),
+                status,
                 reason: outcome.outcome.reason(),
                 sender_id: message.sender_id,
                 receiver_id: message.receiver_id,
                 amount_minor: message.amount_minor,
                 currency: message.currency.clone(),
+                action_id,
+                metadata: message.metadata.clone(),
                 traceparent: trace.map(TraceContext::traceparent),
                 request_id: trace
                     .and_then(TraceContext::callers_request_id)
                     .map(str::to_string),
-            }
+            })
         })
         .collect();
-    entries
-        .chunks(MAX_TRANSFERS_PER_EVENT)
+    bounded_chunks(&entries)
+        .into_iter()
         .map(|chunk| {
             let key = chunk[0].transaction_id.to_string();
             let event = TransferEvents {
@@ -100,6 +121,26 @@ fn event_messages(messages: &[Transfer], settled: &SettledBatch) -> Vec<(String,
             (key, payload)
         })
         .collect()
+}
+
+/// `entries` in order, cut into runs of at most [`MAX_TRANSFERS_PER_EVENT`] entries and
+/// [`MAX_EVENT_ENTRY_BYTES`] bytes (a single larger entry still goes, alone).
+fn bounded_chunks(entries: &[TransferEvent]) -> Vec<&[TransferEvent]> {
+    let mut chunks = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (index, entry) in entries.iter().enumerate() {
+        let size = serde_json::to_vec(entry).map_or(0, |json| json.len());
+        let full = index - start == MAX_TRANSFERS_PER_EVENT || bytes + size > MAX_EVENT_ENTRY_BYTES;
+        if full && index > start {
+            chunks.push(&entries[start..index]);
+            (start, bytes) = (index, 0);
+        }
+        bytes += size;
+    }
+    if start < entries.len() {
+        chunks.push(&entries[start..]);
+    }
+    chunks
 }
 
 /// The batch's event messages (re-emitted on redelivery), all awaited before its effects are
@@ -138,6 +179,8 @@ mod tests {
                 currency: "USD".into(),
                 description: None,
                 created_at_ms: 0,
+                metadata: None,
+                step: Step::Immediate,
                 trace: trace.clone(),
             })
             .collect();
@@ -146,6 +189,7 @@ mod tests {
             .enumerate()
             .map(|(index, message)| SettledTransfer {
                 transaction_id: message.transaction_id,
+                step_id: message.transaction_id,
                 outcome: if index % 2 == 0 {
                     Outcome::Completed
                 } else {
@@ -225,6 +269,30 @@ mod tests {
         for (index, (key, _)) in events.iter().enumerate() {
             assert_eq!(key, &sent[index * MAX_TRANSFERS_PER_EVENT]);
         }
+    }
+
+    #[test]
+    fn events_with_large_metadata_stay_under_the_message_limit() {
+        let (mut messages, batch) = settled(MAX_TRANSFERS_PER_EVENT, None);
+        let largest: std::collections::BTreeMap<String, String> = (0..8)
+            .map(|i| {
+                (
+                    format!("k{i}"),
+                    "\u{1}".repeat(transferd_message::METADATA_VALUE_MAX_BYTES),
+                )
+            })
+            .collect();
+        for message in &mut messages {
+            message.metadata = Some(largest.clone());
+        }
+        let events = event_messages(&messages, &batch);
+        assert!(events.len() > 1);
+        assert!(events.iter().all(|(_, payload)| payload.len() < 1_000_000));
+        let count: usize = events
+            .iter()
+            .map(|(_, payload)| entries(payload).len())
+            .sum();
+        assert_eq!(count, messages.len(), "every transfer once");
     }
 
     #[test]

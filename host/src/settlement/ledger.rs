@@ -14,9 +14,11 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use transferd_message::TransferMessage;
+use transferd_message::{Action, LogMessage};
 
-use crate::settlement::decide::{AccountKey, Outcome, Transfer, decide};
+use crate::settlement::decide::{
+    AccountKey, Outcome, PendingTransfer, Position, Step, Transfer, decide,
+};
 use crate::settlement::quarantine::{self, Entry, Quarantined};
 use crate::stores::journal_chain::{self, NewEntry};
 use crate::stores::postgres::{Balance, LedgerError, delete_pending_in};
@@ -77,7 +79,10 @@ impl From<sqlx::Error> for SettleError {
 /// What settlement did with one message.
 #[derive(Debug, Clone)]
 pub struct SettledTransfer {
+    /// The transfer: for an action, the pending transfer it resolves.
     pub transaction_id: Uuid,
+    /// The message's own step: the transfer's id, or the action's (`Transfer::step_id`).
+    pub step_id: Uuid,
     pub outcome: Outcome,
     /// Applied by this batch (false: applied before, a duplicate message or a recovery).
     pub newly_applied: bool,
@@ -101,7 +106,8 @@ pub struct Settlements {
     pool: PgPool,
 }
 
-type LockedAccount = (i64, String, i64, i64);
+/// An account as locked: user id, currency, balance, pending debits, pending credits, version.
+type LockedAccount = (i64, String, i64, i64, i64, i64);
 
 impl Settlements {
     pub fn new(pool: PgPool) -> Settlements {
@@ -243,9 +249,11 @@ impl Settlements {
         if entry.retried_at.is_some() {
             return Err(RetryError::AlreadyRetried);
         }
-        let message = TransferMessage::parse(&entry.payload)
-            .map_err(|error| RetryError::StillUnreadable(error.to_string()))?;
-        let transfer = Transfer::of(message, None);
+        let transfer = match LogMessage::parse(&entry.payload) {
+            Ok(LogMessage::Transfer(message)) => Transfer::of(message, None),
+            Ok(LogMessage::Action(message)) => Transfer::of_action(message, None),
+            Err(error) => return Err(RetryError::StillUnreadable(error.to_string())),
+        };
         let mut transaction = self.pool.begin().await.map_err(LedgerError::from)?;
         let settled = match write_batch(&mut transaction, std::slice::from_ref(&transfer)).await {
             Ok(settled) => settled,
@@ -310,7 +318,9 @@ impl Settlements {
         Ok(sqlx::query_as(
             "SELECT t.transaction_id, t.sender_id, t.receiver_id, t.amount_minor, t.currency,
                     t.description, t.status, t.reason,
-                    (extract(epoch FROM t.created_at) * 1000)::bigint AS created_at_ms
+                    (extract(epoch FROM t.created_at) * 1000)::bigint AS created_at_ms,
+                    (extract(epoch FROM t.expires_at) * 1000)::bigint AS expires_at_ms,
+                    t.resolved_by, t.posted_amount_minor, t.metadata
              FROM settlement_effect_batches b
              CROSS JOIN LATERAL UNNEST(b.transaction_ids) WITH ORDINALITY AS i(transaction_id, position)
              JOIN transfers t ON t.transaction_id = i.transaction_id
@@ -338,7 +348,8 @@ impl Settlements {
     ) -> Result<BTreeMap<AccountKey, Balance>, LedgerError> {
         let (users, currencies) = account_keys(messages);
         let rows: Vec<LockedAccount> = sqlx::query_as(
-            "SELECT a.user_id, a.currency, a.balance_minor, a.version
+            "SELECT a.user_id, a.currency, a.balance_minor, a.pending_debits_minor,
+                    a.pending_credits_minor, a.version
              FROM accounts a JOIN UNNEST($1::bigint[], $2::text[]) AS k(user_id, currency) USING (user_id, currency)",
         )
         .bind(&users)
@@ -361,25 +372,48 @@ struct RecordedTransfer {
     status: TransferStatus,
     reason: Option<Reason>,
     created_at_ms: i64,
+    expires_at_ms: Option<i64>,
+    resolved_by: Option<Uuid>,
+    posted_amount_minor: Option<i64>,
+    metadata: Option<sqlx::types::Json<BTreeMap<String, String>>>,
 }
 
 impl RecordedTransfer {
-    /// The message and the outcome, as a fresh batch has them.
+    /// The message and the outcome, as a fresh batch has them: a resolved two-phase
+    /// transfer as the action that resolved it (its latest change of state).
     fn recovered(self) -> Result<(Transfer, SettledTransfer), LedgerError> {
         let id = self.transaction_id;
+        let outcome = stored_outcome(id, self.status, self.reason)?;
+        let action = match outcome {
+            Outcome::Posted => Some(Action::Post),
+            Outcome::Voided => Some(Action::Void),
+            Outcome::Expired => Some(Action::Expire),
+            _ => None,
+        };
+        let step = match (action, self.resolved_by, self.expires_at_ms) {
+            (Some(action), Some(action_id), _) => Step::Resolve { action_id, action },
+            (None, _, Some(expires_at_ms)) => Step::Pending { expires_at_ms },
+            _ => Step::Immediate,
+        };
         let settled = SettledTransfer {
             transaction_id: id,
-            outcome: stored_outcome(id, self.status, self.reason)?,
+            step_id: match step {
+                Step::Resolve { action_id, .. } => action_id,
+                _ => id,
+            },
+            outcome,
             newly_applied: false,
         };
         let message = Transfer {
             transaction_id: id,
             sender_id: self.sender_id,
             receiver_id: self.receiver_id,
-            amount_minor: self.amount_minor,
+            amount_minor: self.posted_amount_minor.unwrap_or(self.amount_minor),
             currency: self.currency,
             description: self.description,
             created_at_ms: self.created_at_ms,
+            metadata: self.metadata.map(|json| json.0),
+            step,
             // Not kept in the ledger: a recovered transfer's event carries no trace.
             trace: None,
         };
@@ -401,56 +435,63 @@ fn refusal(error: &LedgerError) -> String {
     }
 }
 
-/// Writes a batch's transfers in `transaction`: skips ids already applied, locks the touched
-/// accounts, decides, writes transfers, journal entries and balances, deletes pending rows and
-/// records the effects to run. What it returns holds once the transaction commits.
+/// Writes a batch's messages in `transaction`: skips steps already applied, locks the touched
+/// accounts and the pending transfers the actions resolve, decides, writes transfers, their
+/// resolutions, journal entries and accounts, deletes pending rows and records the effects to
+/// run. What it returns holds once the transaction commits.
 async fn write_batch(
     transaction: &mut Transaction<'_>,
     messages: &[Transfer],
 ) -> Result<SettledBatch, LedgerError> {
     let locked = lock_accounts(transaction, messages).await?;
     let ids: Vec<Uuid> = messages.iter().map(|m| m.transaction_id).collect();
-    let mut settled = already_settled(transaction, &ids).await?;
-    let firsts = first_of_each_transfer(messages);
-    let distinct: Vec<Uuid> = firsts.iter().map(|m| m.transaction_id).collect();
+    let mut pending = lock_pending(transaction, messages).await?;
+    let mut settled = already_settled(transaction, messages, &pending).await?;
+    let firsts = first_of_each_step(messages);
     let fresh: Vec<&Transfer> = firsts
-        .into_iter()
-        .filter(|m| !settled.contains_key(&m.transaction_id))
-        .collect();
-    let mut balances: BTreeMap<AccountKey, i64> = locked
         .iter()
-        .map(|(user, currency, balance, _)| ((*user, currency.clone()), *balance))
+        .copied()
+        .filter(|m| !settled.contains_key(&m.step_id()))
         .collect();
+    let mut positions: BTreeMap<AccountKey, Position> =
+        locked.iter().map(account_position).collect();
     let mut accounts: BTreeMap<AccountKey, Balance> =
         locked.into_iter().map(account_entry).collect();
 
-    let opening = balances.clone();
-    let outcomes = decide(&mut balances, &fresh);
+    let opening = positions.clone();
+    let outcomes = decide(&mut positions, &mut pending, &fresh);
     if !fresh.is_empty() {
         write_transfers(transaction, &fresh, &outcomes).await?;
-        let done = completed(&fresh, &outcomes);
-        let lines = journal_lines(opening, &done)?;
-        assert_closes_at(&lines, &balances);
+        write_resolutions(transaction, &fresh, &outcomes).await?;
+        let moved = moving(&fresh, &outcomes);
+        let lines = journal_lines(opening, &moved)?;
+        assert_closes_at(&lines, &positions);
         write_journal(transaction, &lines).await?;
-        let updated = write_balances(transaction, &done, &balances).await?;
+        let updated = write_balances(transaction, &fresh, &outcomes, &positions).await?;
         accounts.extend(updated);
     }
     // Settled (now or before): no longer pending, and its effects are to run, in the same
-    // commit as the position.
+    // commit as the position. A refused action changes no transfer: nothing to run for it.
     delete_pending_in(&mut **transaction, &ids).await?;
-    let effects = record_effects(transaction, &distinct).await?;
-
     for (message, outcome) in fresh.iter().zip(&outcomes) {
-        settled.insert(message.transaction_id, *outcome);
+        settled.insert(message.step_id(), *outcome);
     }
-    let newly_applied: HashSet<Uuid> = fresh.iter().map(|m| m.transaction_id).collect();
+    let changed: Vec<Uuid> = distinct(
+        firsts
+            .iter()
+            .filter(|m| settled[&m.step_id()] != Outcome::Refused)
+            .map(|m| m.transaction_id),
+    );
+    let effects = record_effects(transaction, &changed).await?;
+    let newly_applied: HashSet<Uuid> = fresh.iter().map(|m| m.step_id()).collect();
     let transfers = messages
         .iter()
         .map(|message| SettledTransfer {
             transaction_id: message.transaction_id,
-            // Every id was either already settled or decided just now.
-            outcome: settled[&message.transaction_id],
-            newly_applied: newly_applied.contains(&message.transaction_id),
+            step_id: message.step_id(),
+            // Every step was either already settled or decided just now.
+            outcome: settled[&message.step_id()],
+            newly_applied: newly_applied.contains(&message.step_id()),
         })
         .collect();
     Ok(SettledBatch {
@@ -460,9 +501,29 @@ async fn write_batch(
     })
 }
 
-fn account_entry((user, currency, balance_minor, version): LockedAccount) -> (AccountKey, Balance) {
+/// `ids` without repeats, in first-seen order.
+fn distinct(ids: impl Iterator<Item = Uuid>) -> Vec<Uuid> {
+    let mut seen = HashSet::new();
+    ids.filter(|id| seen.insert(*id)).collect()
+}
+
+fn account_position(
+    (user, currency, balance_minor, pending_debits_minor, pending_credits_minor, _): &LockedAccount,
+) -> (AccountKey, Position) {
+    let position = Position {
+        balance_minor: *balance_minor,
+        pending_debits_minor: *pending_debits_minor,
+        pending_credits_minor: *pending_credits_minor,
+    };
+    ((*user, currency.clone()), position)
+}
+
+/// An account as the cache keeps it: its spendable balance and version.
+fn account_entry(
+    (user, currency, balance_minor, pending_debits_minor, _, version): LockedAccount,
+) -> (AccountKey, Balance) {
     let balance = Balance {
-        balance_minor,
+        balance_minor: balance_minor - pending_debits_minor,
         version,
     };
     ((user, currency), balance)
@@ -554,7 +615,8 @@ async fn lock_accounts(
 ) -> Result<Vec<LockedAccount>, LedgerError> {
     let (users, currencies) = account_keys(messages);
     Ok(sqlx::query_as(
-        "SELECT a.user_id, a.currency, a.balance_minor, a.version
+        "SELECT a.user_id, a.currency, a.balance_minor, a.pending_debits_minor,
+                a.pending_credits_minor, a.version
          FROM accounts a JOIN UNNEST($1::bigint[], $2::text[]) AS k(user_id, currency) USING (user_id, currency)
          ORDER BY a.user_id, a.currency
          FOR UPDATE OF a",
@@ -565,25 +627,45 @@ async fn lock_accounts(
     .await?)
 }
 
-/// The recorded outcome of every id the ledger already has. Read after the account locks: a
-/// worker that waited for another one's batch sees what it committed and skips it instead of
-/// failing on the primary key.
+/// The recorded outcome of every step the ledger already has, by step id: transfers by
+/// their id, actions by whether the transfer they resolve records them as its resolution.
+/// Read after the account locks: a worker that waited for another one's batch sees what it
+/// committed and skips it instead of failing on the primary key.
 async fn already_settled(
     transaction: &mut Transaction<'_>,
-    ids: &[Uuid],
+    messages: &[Transfer],
+    pending: &HashMap<Uuid, PendingTransfer>,
 ) -> Result<HashMap<Uuid, Outcome>, LedgerError> {
+    let ids: Vec<Uuid> = messages
+        .iter()
+        .filter(|m| !matches!(m.step, Step::Resolve { .. }))
+        .map(|m| m.transaction_id)
+        .collect();
     let rows: Vec<(Uuid, TransferStatus, Option<Reason>)> = sqlx::query_as(
         // A join on UNNEST, not `= ANY($1)`: the generic plan of the latter scans the whole
         // table once it is large.
         "SELECT t.transaction_id, t.status, t.reason
          FROM UNNEST($1::uuid[]) AS i(transaction_id) JOIN transfers t USING (transaction_id)",
     )
-    .bind(ids)
+    .bind(&ids)
     .fetch_all(&mut **transaction)
     .await?;
-    rows.into_iter()
+    let mut settled = rows
+        .into_iter()
         .map(|(id, status, reason)| Ok((id, stored_outcome(id, status, reason)?)))
-        .collect()
+        .collect::<Result<HashMap<_, _>, LedgerError>>()?;
+    for message in messages {
+        let Step::Resolve { action_id, .. } = message.step else {
+            continue;
+        };
+        if let Some(held) = pending.get(&message.transaction_id)
+            && held.resolved_by == Some(action_id)
+        {
+            let outcome = stored_outcome(message.transaction_id, held.status, None)?;
+            settled.insert(action_id, outcome);
+        }
+    }
+    Ok(settled)
 }
 
 fn stored_outcome(
@@ -600,45 +682,210 @@ fn stored_outcome(
     })
 }
 
+/// Locks the two-phase transfers the batch's actions resolve, with the action the API
+/// accepted for each, in transaction id order.
+async fn lock_pending(
+    transaction: &mut Transaction<'_>,
+    messages: &[Transfer],
+) -> Result<HashMap<Uuid, PendingTransfer>, LedgerError> {
+    let mut ids: Vec<Uuid> = messages
+        .iter()
+        .filter(|m| matches!(m.step, Step::Resolve { .. }))
+        .map(|m| m.transaction_id)
+        .collect();
+    if ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    ids.sort();
+    ids.dedup();
+    type Row = (
+        Uuid,
+        i64,
+        i64,
+        String,
+        i64,
+        TransferStatus,
+        Option<Uuid>,
+        Option<Uuid>,
+        Option<String>,
+        Option<i64>,
+    );
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT t.transaction_id, t.sender_id, t.receiver_id, t.currency, t.amount_minor, t.status,
+                t.resolved_by, a.action_id, a.action, a.amount_minor
+         FROM UNNEST($1::uuid[]) AS i(transaction_id)
+         JOIN transfers t USING (transaction_id)
+         LEFT JOIN transfer_actions a USING (transaction_id)
+         WHERE t.expires_at IS NOT NULL
+         ORDER BY t.transaction_id
+         FOR UPDATE OF t",
+    )
+    .bind(&ids)
+    .fetch_all(&mut **transaction)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(
+            |(
+                id,
+                sender_id,
+                receiver_id,
+                currency,
+                amount_minor,
+                status,
+                resolved_by,
+                action_id,
+                action,
+                action_amount,
+            )| {
+                let accepted = match (
+                    action_id,
+                    action.as_deref().and_then(action_named),
+                    action_amount,
+                ) {
+                    (Some(action_id), Some(action), Some(amount)) => {
+                        Some((action_id, action, amount))
+                    }
+                    _ => None,
+                };
+                let held = PendingTransfer {
+                    sender_id,
+                    receiver_id,
+                    currency,
+                    amount_minor,
+                    status,
+                    accepted,
+                    resolved_by,
+                };
+                (id, held)
+            },
+        )
+        .collect())
+}
+
+fn action_named(name: &str) -> Option<Action> {
+    [Action::Post, Action::Void, Action::Expire]
+        .into_iter()
+        .find(|action| action.as_str() == name)
+}
+
+/// Inserts the batch's new transfers: immediate and two-phase ones, with their outcome.
 async fn write_transfers(
     transaction: &mut Transaction<'_>,
     fresh: &[&Transfer],
     outcomes: &[Outcome],
 ) -> Result<(), LedgerError> {
     assert_eq!(fresh.len(), outcomes.len(), "one outcome per fresh message");
+    let (new, outcomes): (Vec<&Transfer>, Vec<Outcome>) = fresh
+        .iter()
+        .zip(outcomes)
+        .filter(|(m, _)| !matches!(m.step, Step::Resolve { .. }))
+        .map(|(m, o)| (*m, *o))
+        .unzip();
+    if new.is_empty() {
+        return Ok(());
+    }
+    let expires_at_ms: Vec<Option<i64>> = new
+        .iter()
+        .map(|m| match m.step {
+            Step::Pending { expires_at_ms } => Some(expires_at_ms),
+            _ => None,
+        })
+        .collect();
+    let metadata: Vec<Option<sqlx::types::Json<&BTreeMap<String, String>>>> = new
+        .iter()
+        .map(|m| m.metadata.as_ref().map(sqlx::types::Json))
+        .collect();
     sqlx::query(
         "INSERT INTO transfers (transaction_id, kind, sender_id, receiver_id, amount_minor, currency,
-                                description, status, reason, created_at)
+                                description, status, reason, created_at, expires_at, metadata)
          SELECT id, $10, sender, receiver, amount, currency, description, status, reason,
-                to_timestamp(created_ms / 1000.0)
+                to_timestamp(created_ms / 1000.0), to_timestamp(expires_ms / 1000.0), metadata
          FROM UNNEST($1::uuid[], $2::bigint[], $3::bigint[], $4::bigint[], $5::text[], $6::text[],
-                     $7::text[], $8::text[], $9::bigint[])
-              AS t(id, sender, receiver, amount, currency, description, status, reason, created_ms)",
+                     $7::text[], $8::text[], $9::bigint[], $11::bigint[], $12::jsonb[])
+              AS t(id, sender, receiver, amount, currency, description, status, reason, created_ms,
+                   expires_ms, metadata)",
     )
-    .bind(fresh.iter().map(|m| m.transaction_id).collect::<Vec<_>>())
-    .bind(fresh.iter().map(|m| m.sender_id).collect::<Vec<_>>())
-    .bind(fresh.iter().map(|m| m.receiver_id).collect::<Vec<_>>())
-    .bind(fresh.iter().map(|m| m.amount_minor).collect::<Vec<_>>())
-    .bind(fresh.iter().map(|m| m.currency.clone()).collect::<Vec<_>>())
-    .bind(fresh.iter().map(|m| m.description.clone()).collect::<Vec<_>>())
+    .bind(new.iter().map(|m| m.transaction_id).collect::<Vec<_>>())
+    .bind(new.iter().map(|m| m.sender_id).collect::<Vec<_>>())
+    .bind(new.iter().map(|m| m.receiver_id).collect::<Vec<_>>())
+    .bind(new.iter().map(|m| m.amount_minor).collect::<Vec<_>>())
+    .bind(new.iter().map(|m| m.currency.clone()).collect::<Vec<_>>())
+    .bind(new.iter().map(|m| m.description.clone()).collect::<Vec<_>>())
     .bind(outcomes.iter().map(|o| o.status()).collect::<Vec<_>>())
     .bind(outcomes.iter().map(|o| o.reason()).collect::<Vec<_>>())
-    .bind(fresh.iter().map(|m| m.created_at_ms).collect::<Vec<_>>())
+    .bind(new.iter().map(|m| m.created_at_ms).collect::<Vec<_>>())
     .bind(TransferKind::Transfer)
+    .bind(&expires_at_ms)
+    .bind(&metadata)
     .execute(&mut **transaction)
     .await?;
     Ok(())
 }
 
-/// Two entries per completed transfer, in message order: the sender's negative, the
-/// receiver's positive, each with the account's running balance from `running` (the locked
-/// balances before the batch, moved on entry by entry).
+/// Marks the two-phase transfers the batch's applied actions resolved.
+async fn write_resolutions(
+    transaction: &mut Transaction<'_>,
+    fresh: &[&Transfer],
+    outcomes: &[Outcome],
+) -> Result<(), LedgerError> {
+    let mut ids = Vec::new();
+    let mut statuses = Vec::new();
+    let mut actions = Vec::new();
+    let mut posted = Vec::new();
+    for (message, outcome) in fresh.iter().zip(outcomes) {
+        let (Step::Resolve { action_id, .. }, Some(status)) = (message.step, outcome.status())
+        else {
+            continue;
+        };
+        ids.push(message.transaction_id);
+        statuses.push(status);
+        actions.push(action_id);
+        posted.push((*outcome == Outcome::Posted).then_some(message.amount_minor));
+    }
+    if ids.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "UPDATE transfers t
+         SET status = u.status, resolved_by = u.action_id, resolved_at = clock_timestamp(),
+             posted_amount_minor = u.posted
+         FROM UNNEST($1::uuid[], $2::text[], $3::uuid[], $4::bigint[]) AS u(id, status, action_id, posted)
+         WHERE t.transaction_id = u.id AND t.status = 'pending'",
+    )
+    .bind(&ids)
+    .bind(&statuses)
+    .bind(&actions)
+    .bind(&posted)
+    .execute(&mut **transaction)
+    .await?;
+    Ok(())
+}
+
+/// The steps that moved money, with the amount each moved.
+fn moving<'m>(fresh: &[&'m Transfer], outcomes: &[Outcome]) -> Vec<&'m Transfer> {
+    fresh
+        .iter()
+        .zip(outcomes)
+        .filter(|(_, outcome)| outcome.moves_money())
+        .map(|(message, _)| *message)
+        .collect()
+}
+
+/// Two entries per transfer that moved money (completed, or posted: under the pending
+/// transfer's id, for the posted amount), in message order: the sender's negative, the
+/// receiver's positive, each with the account's running balance from `opening` (the locked
+/// accounts before the batch, moved on entry by entry).
 fn journal_lines(
-    mut running: BTreeMap<AccountKey, i64>,
-    completed: &[&Transfer],
+    opening: BTreeMap<AccountKey, Position>,
+    moved: &[&Transfer],
 ) -> Result<Vec<NewEntry>, LedgerError> {
-    let mut lines = Vec::with_capacity(completed.len() * 2);
-    for message in completed {
+    let mut running: BTreeMap<AccountKey, i64> = opening
+        .into_iter()
+        .map(|(account, position)| (account, position.balance_minor))
+        .collect();
+    let mut lines = Vec::with_capacity(moved.len() * 2);
+    for message in moved {
         for (account, amount_minor) in [
             (message.sender(), -message.amount_minor),
             (message.receiver(), message.amount_minor),
@@ -662,7 +909,7 @@ fn journal_lines(
 
 /// Each account's last entry ends at the balance the batch decided: the journal and the
 /// balances it writes tell one story.
-fn assert_closes_at(lines: &[NewEntry], decided: &BTreeMap<AccountKey, i64>) {
+fn assert_closes_at(lines: &[NewEntry], decided: &BTreeMap<AccountKey, Position>) {
     let mut last: BTreeMap<AccountKey, i64> = BTreeMap::new();
     for line in lines {
         last.insert(
@@ -672,8 +919,8 @@ fn assert_closes_at(lines: &[NewEntry], decided: &BTreeMap<AccountKey, i64>) {
     }
     for (account, balance) in last {
         assert_eq!(
-            Some(&balance),
-            decided.get(&account),
+            Some(balance),
+            decided.get(&account).map(|position| position.balance_minor),
             "the journal's running balance of {account:?} ends at the decided balance"
         );
     }
@@ -688,16 +935,19 @@ async fn write_journal(
     Ok(())
 }
 
-/// Writes the new balance of every account a completed transfer changed; returns their
-/// committed state.
+/// Writes the new position of every account a step changed (moved, reserved or released);
+/// returns their committed state as the cache keeps it.
 async fn write_balances(
     transaction: &mut Transaction<'_>,
-    completed: &[&Transfer],
-    balances: &BTreeMap<AccountKey, i64>,
+    fresh: &[&Transfer],
+    outcomes: &[Outcome],
+    positions: &BTreeMap<AccountKey, Position>,
 ) -> Result<Vec<(AccountKey, Balance)>, LedgerError> {
-    let changed: BTreeSet<AccountKey> = completed
+    let changed: BTreeSet<AccountKey> = fresh
         .iter()
-        .flat_map(|message| [message.sender(), message.receiver()])
+        .zip(outcomes)
+        .filter(|(_, outcome)| !matches!(outcome, Outcome::Rejected(_) | Outcome::Refused))
+        .flat_map(|(message, _)| [message.sender(), message.receiver()])
         .collect();
     if changed.is_empty() {
         return Ok(Vec::new());
@@ -707,16 +957,30 @@ async fn write_balances(
         .iter()
         .map(|(_, currency)| currency.clone())
         .collect();
-    let new_balances: Vec<i64> = changed.iter().map(|key| balances[key]).collect();
+    let position = |key: &AccountKey| positions[key];
+    let balances: Vec<i64> = changed.iter().map(|k| position(k).balance_minor).collect();
+    let debits: Vec<i64> = changed
+        .iter()
+        .map(|k| position(k).pending_debits_minor)
+        .collect();
+    let credits: Vec<i64> = changed
+        .iter()
+        .map(|k| position(k).pending_credits_minor)
+        .collect();
     let updated: Vec<LockedAccount> = sqlx::query_as(
-        "UPDATE accounts a SET balance_minor = u.balance_minor, version = a.version + 1, updated_at = now()
-         FROM UNNEST($1::bigint[], $2::text[], $3::bigint[]) AS u(user_id, currency, balance_minor)
+        "UPDATE accounts a SET balance_minor = u.balance_minor, pending_debits_minor = u.debits,
+                pending_credits_minor = u.credits, version = a.version + 1, updated_at = now()
+         FROM UNNEST($1::bigint[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[])
+              AS u(user_id, currency, balance_minor, debits, credits)
          WHERE a.user_id = u.user_id AND a.currency = u.currency
-         RETURNING a.user_id, a.currency, a.balance_minor, a.version",
+         RETURNING a.user_id, a.currency, a.balance_minor, a.pending_debits_minor,
+                   a.pending_credits_minor, a.version",
     )
     .bind(&users)
     .bind(&currencies)
-    .bind(&new_balances)
+    .bind(&balances)
+    .bind(&debits)
+    .bind(&credits)
     .fetch_all(&mut **transaction)
     .await?;
     assert_eq!(
@@ -727,13 +991,13 @@ async fn write_balances(
     Ok(updated.into_iter().map(account_entry).collect())
 }
 
-/// Each transfer's first message, in message order (a message read twice in one batch is one
-/// transfer).
-fn first_of_each_transfer(messages: &[Transfer]) -> Vec<&Transfer> {
+/// Each step's first message, in message order (a message read twice in one batch is one
+/// step).
+fn first_of_each_step(messages: &[Transfer]) -> Vec<&Transfer> {
     let mut seen = HashSet::with_capacity(messages.len());
     messages
         .iter()
-        .filter(|m| seen.insert(m.transaction_id))
+        .filter(|m| seen.insert(m.step_id()))
         .collect()
 }
 
@@ -755,15 +1019,6 @@ async fn record_effects(
     Ok(Some(batch_id))
 }
 
-fn completed<'m>(fresh: &[&'m Transfer], outcomes: &[Outcome]) -> Vec<&'m Transfer> {
-    fresh
-        .iter()
-        .zip(outcomes)
-        .filter(|(_, outcome)| **outcome == Outcome::Completed)
-        .map(|(message, _)| *message)
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -778,19 +1033,20 @@ mod tests {
             opening in proptest::collection::vec(0i64..1_000, 4),
             moves in proptest::collection::vec((1i64..=4, 1i64..=4, 1i64..600), 0..40),
         ) {
-            let mut balances: BTreeMap<AccountKey, i64> = opening
+            let mut balances: BTreeMap<AccountKey, Position> = opening
                 .iter()
                 .enumerate()
-                .map(|(i, b)| ((i as i64 + 1, "USD".to_string()), *b))
+                .map(|(i, b)| ((i as i64 + 1, "USD".to_string()), Position { balance_minor: *b, ..Position::default() }))
                 .collect();
             let start = balances.clone();
             let messages: Vec<Transfer> =
                 moves.iter().map(|(s, r, a)| transfer(*s, *r, *a)).collect();
             let refs: Vec<&Transfer> = messages.iter().collect();
-            let outcomes = decide(&mut balances, &refs);
-            let lines = journal_lines(start.clone(), &completed(&refs, &outcomes)).expect("no overflow");
+            let outcomes = decide(&mut balances, &mut HashMap::new(), &refs);
+            let lines = journal_lines(start.clone(), &moving(&refs, &outcomes)).expect("no overflow");
             assert_closes_at(&lines, &balances);
-            let mut seen = start.clone();
+            let mut seen: BTreeMap<AccountKey, i64> =
+                start.iter().map(|(k, p)| (k.clone(), p.balance_minor)).collect();
             for line in &lines {
                 let account = (line.user_id, line.currency.clone());
                 let before = seen[&account];
@@ -798,7 +1054,9 @@ mod tests {
                 prop_assert!(line.balance_after_minor >= 0);
                 seen.insert(account, line.balance_after_minor);
             }
-            prop_assert_eq!(seen, balances);
+            let decided: BTreeMap<AccountKey, i64> =
+                balances.iter().map(|(k, p)| (k.clone(), p.balance_minor)).collect();
+            prop_assert_eq!(seen, decided);
         }
     }
 }

@@ -14,6 +14,7 @@
 //! its metrics (`counts`), re-driving one quarantined message (`redrive`), and the back-off
 //! they share (`retry`).
 
+pub mod actions;
 mod apply;
 mod assignment;
 mod counts;

@@ -3,7 +3,7 @@
 //! own file because what is applied and what is quarantined must be decided in one place.
 
 use rdkafka::message::{Headers, Message, OwnedMessage};
-use transferd_message::TransferMessage;
+use transferd_message::LogMessage;
 
 use super::decide::Transfer;
 use super::quarantine::Quarantined;
@@ -35,9 +35,16 @@ impl<'a> Read<'a> {
         };
         for (index, message) in log.iter().enumerate() {
             let payload = message.payload().unwrap_or_default();
-            match TransferMessage::parse(payload) {
-                Ok(parsed) => {
-                    read.transfers.push(Transfer::of(parsed, trace_of(message)));
+            let parsed = match LogMessage::parse(payload) {
+                Ok(LogMessage::Transfer(parsed)) => Ok(Transfer::of(parsed, trace_of(message))),
+                Ok(LogMessage::Action(parsed)) => {
+                    Ok(Transfer::of_action(parsed, trace_of(message)))
+                }
+                Err(error) => Err(error),
+            };
+            match parsed {
+                Ok(transfer) => {
+                    read.transfers.push(transfer);
                     read.sources.push(index);
                 }
                 Err(error) => read.set_aside(index, &error.to_string()),

@@ -138,6 +138,7 @@ pub async fn run(
             passed = pass(&stores, &position, settings) => passed,
             () = &mut shutdown => return Ok(()),
         };
+        expire(&stores).await;
         match passed {
             Ok(report) if report.released_settled + report.released_absent > 0 => {
                 tracing::warn!(
@@ -151,6 +152,18 @@ pub async fn run(
                 tracing::warn!(%error, "reconciler pass failed; trying again next interval")
             }
         }
+    }
+}
+
+/// Expires overdue two-phase transfers and re-publishes stuck actions, by this host's clock.
+async fn expire(stores: &Stores) {
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    match super::actions::expiry_pass(stores, now_ms).await {
+        Ok(report) if report != super::actions::ExpiryReport::default() => {
+            tracing::info!(?report, "expiry pass")
+        }
+        Ok(_) => {}
+        Err(error) => tracing::warn!(%error, "expiry pass failed; trying again next interval"),
     }
 }
 

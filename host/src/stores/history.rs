@@ -6,6 +6,7 @@
 //! meanwhile never shift a page or repeat on the next.
 
 use chrono::{DateTime, NaiveDate, Utc};
+use std::collections::BTreeMap;
 use uuid::Uuid;
 
 use crate::stores::postgres::{Ledger, LedgerError, TransferRecord, again_if_lost};
@@ -43,6 +44,8 @@ pub struct TransferQuery {
     pub user_id: i64,
     pub status: Option<TransferStatus>,
     pub currency: Option<String>,
+    /// Only transfers whose metadata holds every one of these pairs.
+    pub metadata: BTreeMap<String, String>,
     /// Continue after this row; `None` for the first page.
     pub after: Option<TransferPosition>,
     /// At most [`PAGE_LIMIT_MAX`].
@@ -114,6 +117,7 @@ impl Ledger {
             "a bounded page"
         );
         let after = query.after.unwrap_or_else(TransferPosition::start);
+        let metadata = (!query.metadata.is_empty()).then_some(sqlx::types::Json(&query.metadata));
         let pool = self.pool();
         let rows = again_if_lost(pool, || {
             sqlx::query_as(TRANSFERS_OF)
@@ -123,6 +127,7 @@ impl Ledger {
                 .bind(query.status)
                 .bind(query.currency.as_deref())
                 .bind(query.limit + 1)
+                .bind(metadata.as_ref())
                 .fetch_all(pool)
         })
         .await?;
@@ -185,20 +190,24 @@ impl Ledger {
     }
 }
 
-/// `$1` user, `$2`/`$3` the position to continue after, `$4` status, `$5` currency (each NULL
-/// for any), `$6` how many rows. A transfer a user sent to themselves is listed once.
+/// `$1` user, `$2`/`$3` the position to continue after, `$4` status, `$5` currency, `$7`
+/// metadata pairs every row must hold (each NULL for any), `$6` how many rows. A transfer a
+/// user sent to themselves is listed once.
 const TRANSFERS_OF: &str = "
     SELECT transaction_id, kind, sender_id, receiver_id, amount_minor, currency, description,
-           status, reason, created_at, settled_at
+           status, reason, created_at, settled_at, metadata, expires_at, posted_amount_minor,
+           resolved_at
     FROM (
         (SELECT * FROM transfers
          WHERE sender_id = $1 AND (created_at, transaction_id) < ($2, $3)
            AND ($4::text IS NULL OR status = $4) AND ($5::text IS NULL OR currency = $5)
+           AND ($7::jsonb IS NULL OR metadata @> $7)
          ORDER BY created_at DESC, transaction_id DESC LIMIT $6)
         UNION ALL
         (SELECT * FROM transfers
          WHERE receiver_id = $1 AND sender_id <> $1 AND (created_at, transaction_id) < ($2, $3)
            AND ($4::text IS NULL OR status = $4) AND ($5::text IS NULL OR currency = $5)
+           AND ($7::jsonb IS NULL OR metadata @> $7)
          ORDER BY created_at DESC, transaction_id DESC LIMIT $6)
     ) AS mine
     ORDER BY created_at DESC, transaction_id DESC

@@ -226,11 +226,13 @@ struct EntryRow {
 
 impl EntryRow {
     /// How this entry departs from its transfer, if it does: a completed transfer of A from
-    /// S to R in C has exactly S's −A and R's +A in C.
+    /// S to R in C (or a two-phase one posted for A) has exactly S's −A and R's +A in C.
     fn off_transfer(&self) -> Option<OffTransfer> {
         let entry = &self.entry;
-        let completed = self.transfer_status.as_deref() == Some(TransferStatus::Completed.as_str())
-            && self.transfer_currency.as_deref() == Some(entry.currency.as_str());
+        let moved = [TransferStatus::Completed, TransferStatus::Posted]
+            .map(TransferStatus::as_str)
+            .contains(&self.transfer_status.as_deref().unwrap_or_default());
+        let completed = moved && self.transfer_currency.as_deref() == Some(entry.currency.as_str());
         let moves = |party: Option<i64>, amount: Option<i64>| match (party, amount) {
             (Some(party), Some(amount)) if completed && party == entry.user_id => Some(amount),
             _ => None,
@@ -297,7 +299,8 @@ impl Walk {
         let mut rows = sqlx::query_as::<_, EntryRow>(
             "SELECT e.entry_id, e.transaction_id, e.user_id, e.currency, e.amount_minor,
                     e.balance_after_minor, e.created_at, e.journal_batch, t.sender_id, t.receiver_id,
-                    t.amount_minor AS transfer_minor, t.currency AS transfer_currency,
+                    COALESCE(t.posted_amount_minor, t.amount_minor) AS transfer_minor,
+                    t.currency AS transfer_currency,
                     t.status AS transfer_status
              FROM journal_entries e LEFT JOIN transfers t USING (transaction_id)
              WHERE e.journal_batch >= $1 AND e.journal_batch <= $2

@@ -1,6 +1,7 @@
 //! The adapters to the service's dependencies, one module each. They speak in the domain's
 //! terms (accounts, holds, messages) and hide the client libraries from the rest of the host.
 
+pub mod actions;
 pub mod batch;
 pub mod history;
 pub mod idempotency;

@@ -17,7 +17,8 @@ use crate::stores::transfer_state::{Reason, TransferKind, TransferStatus};
 /// The system account's user id: it funds deposits and may go negative.
 pub const SYSTEM_USER_ID: i64 = 0;
 
-/// A settled balance and the version it was read at.
+/// An account's spendable balance (its settled balance minus what its pending transfers
+/// reserve), as the cache keeps it and lookups answer, and the version it was read at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Balance {
     pub balance_minor: i64,
@@ -206,7 +207,8 @@ impl Ledger {
     ) -> Result<Option<Balance>, LedgerError> {
         let row: Option<(i64, i64)> = again_if_lost(&self.pool, || {
             sqlx::query_as(
-                "SELECT balance_minor, version FROM accounts WHERE user_id = $1 AND currency = $2",
+                "SELECT balance_minor - pending_debits_minor, version FROM accounts
+                 WHERE user_id = $1 AND currency = $2",
             )
             .bind(user_id)
             .bind(currency)
@@ -291,7 +293,8 @@ impl Ledger {
         Ok(again_if_lost(&self.pool, || {
             sqlx::query_as(
                 "SELECT transaction_id, kind, sender_id, receiver_id, amount_minor, currency, description,
-                        status, reason, created_at, settled_at
+                        status, reason, created_at, settled_at, metadata, expires_at,
+                        posted_amount_minor, resolved_at
                  FROM transfers WHERE transaction_id = $1",
             )
             .bind(transaction_id)
@@ -356,29 +359,30 @@ impl Ledger {
         .await?)
     }
 
-    /// Every account of a user: (currency, balance), by currency.
-    pub async fn balances(&self, user_id: i64) -> Result<Vec<(String, Balance)>, LedgerError> {
-        let rows: Vec<(String, i64, i64)> = again_if_lost(&self.pool, || {
+    /// Every account of a user, by currency.
+    pub async fn balances(&self, user_id: i64) -> Result<Vec<AccountRow>, LedgerError> {
+        Ok(again_if_lost(&self.pool, || {
             sqlx::query_as(
-                "SELECT currency, balance_minor, version FROM accounts WHERE user_id = $1 ORDER BY currency",
+                "SELECT currency, balance_minor, pending_debits_minor, pending_credits_minor, version
+                 FROM accounts WHERE user_id = $1 ORDER BY currency",
             )
             .bind(user_id)
             .fetch_all(&self.pool)
         })
-        .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(currency, balance_minor, version)| {
-                (
-                    currency,
-                    Balance {
-                        balance_minor,
-                        version,
-                    },
-                )
-            })
-            .collect())
+        .await?)
     }
+}
+
+/// An account as `GET /accounts/{id}/balances` shows it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct AccountRow {
+    pub currency: String,
+    pub balance_minor: i64,
+    /// What the account's pending transfers reserve as sender.
+    pub pending_debits_minor: i64,
+    /// What pending transfers to the account promise it.
+    pub pending_credits_minor: i64,
+    pub version: i64,
 }
 
 type Transaction = sqlx::Transaction<'static, sqlx::Postgres>;
@@ -551,6 +555,13 @@ pub struct TransferRecord {
     pub reason: Option<Reason>,
     pub created_at: DateTime<Utc>,
     pub settled_at: DateTime<Utc>,
+    pub metadata: Option<sqlx::types::Json<std::collections::BTreeMap<String, String>>>,
+    /// A two-phase transfer's expiry.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// A posted transfer's posted amount.
+    pub posted_amount_minor: Option<i64>,
+    /// When a two-phase transfer was posted, voided or expired.
+    pub resolved_at: Option<DateTime<Utc>>,
 }
 
 #[cfg(test)]

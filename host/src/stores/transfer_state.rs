@@ -20,12 +20,19 @@ pub enum TransferKind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum TransferStatus {
-    /// Accepted, in the log, not yet in the ledger.
+    /// Not moved yet: accepted and on its way to the ledger, or, for a two-phase transfer,
+    /// reserved in the ledger until it is posted, voided or expires.
     Pending,
     /// Settled: the money moved.
     Completed,
     /// Settled as refused: nothing moved (`reason` says why).
     Rejected,
+    /// A two-phase transfer whose posted amount moved (the rest, if any, was released).
+    Posted,
+    /// A two-phase transfer released by its sender or an admin: nothing moved.
+    Voided,
+    /// A two-phase transfer released because it was neither posted nor voided in time.
+    Expired,
 }
 
 /// Why a transfer was rejected.
@@ -55,10 +62,13 @@ impl TransferKind {
 }
 
 impl TransferStatus {
-    pub const ALL: [TransferStatus; 3] = [
+    pub const ALL: [TransferStatus; 6] = [
         TransferStatus::Pending,
         TransferStatus::Completed,
         TransferStatus::Rejected,
+        TransferStatus::Posted,
+        TransferStatus::Voided,
+        TransferStatus::Expired,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -66,6 +76,9 @@ impl TransferStatus {
             TransferStatus::Pending => "pending",
             TransferStatus::Completed => "completed",
             TransferStatus::Rejected => "rejected",
+            TransferStatus::Posted => "posted",
+            TransferStatus::Voided => "voided",
+            TransferStatus::Expired => "expired",
         }
     }
 }
