@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use transferd::config::Services;
-use transferd::settlement::decide::Transfer;
+use transferd::settlement::decide::{Step, Transfer};
 use transferd::settlement::ledger::{Advance, Offsets, SettleError, SettledBatch, Settlements};
 use transferd::settlement::quarantine::{self, Quarantined};
 use transferd::settlement::same_log::{Fingerprints, fingerprint};
@@ -85,6 +85,8 @@ fn message(sender_id: i64, receiver_id: i64, amount_minor: i64) -> Transfer {
         currency: "USD".into(),
         description: None,
         created_at_ms: 1_795_960_800_000,
+        metadata: None,
+        step: Step::Immediate,
         trace: None,
     }
 }
@@ -238,7 +240,7 @@ async fn settling_the_same_batch_again_changes_nothing() -> anyhow::Result<()> {
     let statuses: Vec<(&str, bool)> = settled
         .transfers
         .iter()
-        .map(|t| (t.outcome.status().as_str(), t.newly_applied))
+        .map(|t| (t.outcome.name(), t.newly_applied))
         .collect();
     assert_eq!(
         statuses,
@@ -261,7 +263,7 @@ async fn settling_the_same_batch_again_changes_nothing() -> anyhow::Result<()> {
         "a redelivery applies nothing"
     );
     assert_eq!(
-        again.transfers[1].outcome.status().as_str(),
+        again.transfers[1].outcome.name(),
         "rejected",
         "a redelivery reports the first outcome"
     );
@@ -477,7 +479,7 @@ async fn a_settled_batch_s_effects_stay_recorded_until_done() -> anyhow::Result<
     let statuses: Vec<&str> = settled
         .transfers
         .iter()
-        .map(|t| t.outcome.status().as_str())
+        .map(|t| t.outcome.name())
         .collect();
     assert_eq!(statuses, vec!["completed", "rejected"]);
     assert_eq!(
@@ -1476,5 +1478,75 @@ async fn holds_are_taken_only_while_trusted_and_keep_the_time_they_were_taken() 
         redis.hgetall(format!("{prefix}hold_times:1:USD")).await?;
     assert!(times.is_empty(), "the times go with their holds: {times:?}");
     assert!(cache.held_transfers(100).await?.is_empty());
+    Ok(())
+}
+
+/// Expiry without waiting: a clock past a pending transfer's expiry finds it due, records
+/// the expiry as its one action (a post is then refused, and an expiry before its time was),
+/// and settling the expiry's message releases the reservation, once.
+#[tokio::test]
+async fn a_pending_transfer_expires_by_the_clock_it_is_given() -> anyhow::Result<()> {
+    use transferd::stores::actions::{NewAction, Refusal};
+    use transferd_message::{Action, LogMessage};
+    let ledger = fresh_ledger().await?;
+    let settlements = Settlements::new(ledger.pool().clone());
+    ledger.deposit(Uuid::now_v7(), 1, "USD", 10_000).await?;
+    ledger.deposit(Uuid::now_v7(), 2, "USD", 100).await?;
+    let created_at_ms = chrono::Utc::now().timestamp_millis();
+    let expires_at_ms = created_at_ms + 60_000;
+    let pending = Transfer {
+        created_at_ms,
+        step: Step::Pending { expires_at_ms },
+        ..message(1, 2, 3_000)
+    };
+    settlements
+        .apply(std::slice::from_ref(&pending), &[], &Advance::none())
+        .await?;
+    let id = pending.transaction_id;
+    let expire_at = |now_ms| NewAction {
+        transaction_id: id,
+        action_id: Uuid::now_v7(),
+        action: Action::Expire,
+        amount_minor: None,
+        now_ms,
+    };
+    assert!(ledger.due_for_expiry(created_at_ms, 10).await?.is_empty());
+    assert_eq!(
+        ledger.accept_action(&expire_at(created_at_ms)).await?,
+        Err(Refusal::NotDueYet)
+    );
+    let later = expires_at_ms + 1;
+    assert_eq!(ledger.due_for_expiry(later, 10).await?, vec![id]);
+    let expiry = ledger
+        .accept_action(&expire_at(later))
+        .await?
+        .expect("recorded");
+    let post = NewAction {
+        action: Action::Post,
+        now_ms: created_at_ms,
+        ..expire_at(created_at_ms)
+    };
+    assert_eq!(
+        ledger.accept_action(&post).await?,
+        Err(Refusal::Taken(Action::Expire))
+    );
+    let LogMessage::Action(read) = LogMessage::parse(&expiry.to_bytes())? else {
+        anyhow::bail!("not an action")
+    };
+    let step = Transfer::of_action(read, None);
+    for _ in 0..2 {
+        settlements
+            .apply(std::slice::from_ref(&step), &[], &Advance::none())
+            .await?;
+    }
+    let record = ledger.transfer(id).await?.expect("in the ledger");
+    assert_eq!(record.status.as_str(), "expired");
+    let accounts = ledger.balances(1).await?;
+    assert_eq!(
+        (accounts[0].balance_minor, accounts[0].pending_debits_minor),
+        (10_000, 0),
+        "released, not moved"
+    );
+    assert!(ledger.due_for_expiry(later, 10).await?.is_empty());
     Ok(())
 }

@@ -331,7 +331,15 @@ mod tests {
         let json = |value| serde_json::to_value(value).expect("a schema serialises");
         let mut headers = http::HeaderMap::new();
         headers.insert("x-request-id", http::HeaderValue::from_static("order-7"));
-        let (messages, batch) = settled(1, Some(TraceContext::of_request(&headers)));
+        let (mut messages, mut batch) = settled(1, Some(TraceContext::of_request(&headers)));
+        // Every optional field present: a post of a transfer that carried metadata.
+        let action_id = uuid::Uuid::now_v7();
+        messages[0].step = Step::Resolve {
+            action_id,
+            action: transferd_message::Action::Post,
+        };
+        messages[0].metadata = Some(BTreeMap::from([("order_id".into(), "A-1".into())]));
+        batch.transfers[0].step_id = action_id;
         let events = event_messages(&messages, &batch);
         let event: serde_json::Value = serde_json::from_slice(&events[0].1).expect("event JSON");
         let carried = |value: &serde_json::Value| -> BTreeSet<String> {
