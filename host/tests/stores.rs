@@ -476,11 +476,7 @@ async fn a_settled_batch_s_effects_stay_recorded_until_done() -> anyhow::Result<
     let (messages, settled) = settlements.outstanding_effects().await?;
     assert_eq!(messages, vec![paid.clone(), refused.clone()]);
     assert_eq!(settled.effects, first.effects);
-    let statuses: Vec<&str> = settled
-        .transfers
-        .iter()
-        .map(|t| t.outcome.name())
-        .collect();
+    let statuses: Vec<&str> = settled.transfers.iter().map(|t| t.outcome.name()).collect();
     assert_eq!(statuses, vec!["completed", "rejected"]);
     assert_eq!(
         settled.accounts[&(1, "USD".to_string())].balance_minor,

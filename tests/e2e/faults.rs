@@ -13,7 +13,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use transferd_e2e::load::{Answer, Fault, Load, LoadSettings, Outcome, verify};
+use transferd_e2e::load::{Answer, Fault, Kind, Load, LoadSettings, Outcome, verify};
 use transferd_e2e::services::{Service, Services};
 use transferd_e2e::{
     Broker, BrokerStorage, Host, HostOptions, Namespace, log_tail, produce_raw, run_command,
@@ -86,6 +86,11 @@ async fn run() -> anyhow::Result<()> {
     let mut broker = Broker::start_with(BrokerStorage::Sqlite).await?;
     let mut options = HostOptions::new(&namespace);
     options.kafka_brokers = broker.brokers();
+    // Expiry runs with the reconciler: often enough that the load's short-lived pending
+    // transfers expire within the run.
+    options
+        .extra_env
+        .push(("TRANSFERD_RECONCILE_INTERVAL_MS".into(), "1000".into()));
     let host = Host::start_with(&namespace, options.clone()).await?;
     for user in 1..=USERS {
         host.deposit(user, "USD", "1000.00").await?;
@@ -106,6 +111,7 @@ async fn run() -> anyhow::Result<()> {
         max_minor: MAX_MINOR,
         requests: None,
         seed: 8,
+        two_phase: true,
     })?;
     let started = Instant::now();
     let mut faults = Vec::new();
@@ -293,6 +299,7 @@ async fn redis_outage_with_spends(
                     .as_str()
                     .and_then(|id| id.parse().ok()),
                 in_doubt: reply.body["status"] == "unknown",
+                kind: Kind::Transfer,
             });
         }
         tokio::time::sleep(OUTAGE.saturating_sub(started.elapsed())).await;

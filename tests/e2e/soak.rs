@@ -57,6 +57,7 @@ async fn run(requests: u64, kills: u64) -> anyhow::Result<()> {
         max_minor: MAX_MINOR,
         requests: Some(requests),
         seed: 50,
+        two_phase: false,
     })?;
     let started = Instant::now();
 

@@ -36,6 +36,24 @@ pub struct LoadSettings {
     /// Stop after this many requests in all (the soak); none: until stopped.
     pub requests: Option<u64>,
     pub seed: u64,
+    /// Mix in two-phase transfers: every fourth transfer pending, each then posted (in part)
+    /// or voided by its sender's client, or left to expire within seconds.
+    pub two_phase: bool,
+}
+
+/// What a request asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Transfer,
+    /// A two-phase transfer, to be posted or voided (`expires` false) or left to expire.
+    Pending {
+        expires: bool,
+    },
+    /// A post or void of the pending transfer `of`.
+    Act {
+        of: Uuid,
+        post: bool,
+    },
 }
 
 /// What a client got back.
@@ -58,6 +76,7 @@ pub struct Outcome {
     pub transaction_id: Option<Uuid>,
     /// A 503 saying the publish is in doubt: it may settle, at most once.
     pub in_doubt: bool,
+    pub kind: Kind,
 }
 
 /// Running clients; every outcome is kept in arrival order.
@@ -156,13 +175,25 @@ async fn run_client(context: ClientContext, client: u64) -> anyhow::Result<()> {
     let settings = &context.settings;
     let mut random = Random::new(settings.seed * 1_000 + client + 1);
     let url = format!("{}/transfers", settings.base_url);
+    let mut next_act: Option<(Kind, Value)> = None;
     while !context.stop.load(Ordering::SeqCst) {
         let number = context.issued.fetch_add(1, Ordering::SeqCst);
         if settings.requests.is_some_and(|requests| number >= requests) {
             break;
         }
-        let body = random_transfer(&mut random, settings.users, settings.max_minor);
-        let outcome = post(&context.http, &url, &body).await;
+        let (kind, body) = match next_act.take() {
+            Some(act) => act,
+            None => {
+                let body = random_transfer(&mut random, settings.users, settings.max_minor);
+                two_phase_or_not(&mut random, settings.two_phase && number % 4 == 3, body)
+            }
+        };
+        let target = match kind {
+            Kind::Act { of, post } => format!("{url}/{of}/{}", if post { "post" } else { "void" }),
+            _ => url.clone(),
+        };
+        let outcome = post(&context.http, &target, &body, kind).await;
+        next_act = follow_up(&outcome, &body);
         let refused = outcome.answer == Answer::Refused;
         context
             .outcomes
@@ -186,10 +217,48 @@ fn random_transfer(random: &mut Random, users: i64, max_minor: i64) -> Value {
     json!({"sender_id": sender, "receiver_id": receiver, "amount": amount, "currency": "USD"})
 }
 
-async fn post(http: &reqwest::Client, url: &str, body: &Value) -> Outcome {
+/// `body` as a pending transfer when `pending`: one in three of them left to expire in a
+/// second, the others to be acted on.
+fn two_phase_or_not(random: &mut Random, pending: bool, mut body: Value) -> (Kind, Value) {
+    if !pending {
+        return (Kind::Transfer, body);
+    }
+    let expires = random.between(1, 3) == 1;
+    body["phase"] = json!("pending");
+    body["expires_in_s"] = json!(if expires { 1 } else { 3_600 });
+    (Kind::Pending { expires }, body)
+}
+
+/// After a pending transfer meant to be acted on is accepted, its sender's next request: a
+/// post of 0.01 (the rest released) or a void, alternately by its id.
+fn follow_up(outcome: &Outcome, body: &Value) -> Option<(Kind, Value)> {
+    let (Kind::Pending { expires: false }, Answer::Status(200), Some(of)) =
+        (outcome.kind, &outcome.answer, outcome.transaction_id)
+    else {
+        return None;
+    };
+    let post = of.as_u128() % 2 == 0;
+    let sender = body["sender_id"].clone();
+    let action = match post {
+        true => json!({"amount": "0.01", "sender_id_for_token": sender}),
+        false => json!({"sender_id_for_token": sender}),
+    };
+    Some((Kind::Act { of, post }, action))
+}
+
+async fn post(http: &reqwest::Client, url: &str, body: &Value, kind: Kind) -> Outcome {
     let sent = Instant::now();
-    let token = crate::auth::token_for_body(&body.to_string());
-    let (answer, reply) = match http.post(url).bearer_auth(token).json(body).send().await {
+    let token = match kind {
+        Kind::Act { .. } => {
+            crate::auth::user_token(body["sender_id_for_token"].as_i64().unwrap_or(0))
+        }
+        _ => crate::auth::token_for_body(&body.to_string()),
+    };
+    let mut body = body.clone();
+    if let Some(object) = body.as_object_mut() {
+        object.remove("sender_id_for_token");
+    }
+    let (answer, reply) = match http.post(url).bearer_auth(token).json(&body).send().await {
         Err(error) if error.is_connect() => (Answer::Refused, Value::Null),
         Err(error) => (Answer::Lost(error.to_string()), Value::Null),
         Ok(response) => {
@@ -204,16 +273,19 @@ async fn post(http: &reqwest::Client, url: &str, body: &Value) -> Outcome {
         }
     };
     let in_doubt = answer == Answer::Status(503) && reply["status"] == "unknown";
+    // An action names the transfer it acts on, which its own outcome does not count as.
     let transaction_id = reply["transaction_id"]
         .as_str()
         .and_then(|id| Uuid::parse_str(id).ok())
-        .filter(|_| answer == Answer::Status(200) || in_doubt);
+        .filter(|_| answer == Answer::Status(200) || in_doubt)
+        .filter(|_| !matches!(kind, Kind::Act { .. }));
     Outcome {
         sent,
         answered: Instant::now(),
         answer,
         transaction_id,
         in_doubt,
+        kind,
     }
 }
 
@@ -297,6 +369,9 @@ pub struct Verdict {
     pub rejected: i64,
     /// Holds of transfers that never settled: released later by the reconciler.
     pub stranded_holds: usize,
+    /// Two-phase transfers accepted, and their ends: (posted, voided, expired).
+    pub pending_accepted: usize,
+    pub pending_ends: (usize, usize, usize),
     pub faults: Vec<String>,
     pub violations: Vec<String>,
 }
@@ -330,6 +405,12 @@ impl fmt::Display for Verdict {
             "holds of unsettled transfers left for the reconciler: {}",
             self.stranded_holds
         )?;
+        let (posted, voided, expired) = self.pending_ends;
+        writeln!(
+            f,
+            "two-phase: {} accepted; posted {posted}, voided {voided}, expired {expired}",
+            self.pending_accepted
+        )?;
         for fault in &self.faults {
             writeln!(f, "fault: {fault}")?;
         }
@@ -360,6 +441,7 @@ pub async fn verify(
     check_answers_against_faults(&mut verdict, outcomes, faults);
     describe_faults(&mut verdict, faults);
     check_settlement(&mut verdict, namespace, outcomes, faults, settle_limit).await?;
+    check_two_phase(&mut verdict, namespace, outcomes, settle_limit).await?;
     check_ledger(&mut verdict, namespace).await?;
     check_holds(&mut verdict, namespace).await?;
     check_reads(&mut verdict, outcomes, base_url).await?;
@@ -507,6 +589,76 @@ async fn check_settlement(
         verdict.violations.push(format!(
             "{} settled transfers were never answered 200 or in doubt, but only {} requests were lost in flight",
             verdict.unattributed_settled, verdict.lost
+        ));
+    }
+    Ok(())
+}
+
+/// Every post or void answered 200 ends its transfer posted or voided, every pending transfer
+/// left alone ends expired, and none stays pending (within `settle_limit`).
+async fn check_two_phase(
+    verdict: &mut Verdict,
+    namespace: &Namespace,
+    outcomes: &[Outcome],
+    settle_limit: Duration,
+) -> anyhow::Result<()> {
+    let mut wanted: BTreeMap<Uuid, &'static str> = BTreeMap::new();
+    for outcome in outcomes {
+        match (outcome.kind, &outcome.answer, outcome.transaction_id) {
+            (Kind::Pending { expires: true }, Answer::Status(200), Some(id)) => {
+                wanted.insert(id, "expired");
+            }
+            (Kind::Act { of, post }, Answer::Status(200), _) => {
+                wanted.insert(of, if post { "posted" } else { "voided" });
+            }
+            _ => {}
+        }
+    }
+    verdict.pending_accepted = outcomes
+        .iter()
+        .filter(|o| matches!(o.kind, Kind::Pending { .. }) && o.answer == Answer::Status(200))
+        .count();
+    let ids: Vec<Uuid> = wanted.keys().copied().collect();
+    let deadline = Instant::now() + settle_limit;
+    let pool = namespace.ledger().await?;
+    let statuses = loop {
+        let rows: Vec<(Uuid, String)> = sqlx::query_as(
+            "SELECT transaction_id, status FROM transfers WHERE transaction_id = ANY($1)",
+        )
+        .bind(&ids)
+        .fetch_all(&pool)
+        .await?;
+        let statuses: BTreeMap<Uuid, String> = rows.into_iter().collect();
+        let done = wanted
+            .iter()
+            .all(|(id, want)| statuses.get(id).is_some_and(|s| s == want));
+        if done || Instant::now() >= deadline {
+            break statuses;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let ends: Vec<(i64, String)> = sqlx::query_as(
+        "SELECT COUNT(*), status FROM transfers WHERE expires_at IS NOT NULL GROUP BY status",
+    )
+    .fetch_all(&pool)
+    .await?;
+    pool.close().await;
+    let count = |status: &str| {
+        ends.iter()
+            .find(|(_, s)| s == status)
+            .map_or(0, |(n, _)| *n as usize)
+    };
+    verdict.pending_ends = (count("posted"), count("voided"), count("expired"));
+    let off: Vec<String> = wanted
+        .iter()
+        .filter(|(id, want)| statuses.get(id).is_none_or(|s| s != *want))
+        .map(|(id, want)| format!("{id}: wanted {want}, is {:?}", statuses.get(id)))
+        .collect();
+    if !off.is_empty() {
+        verdict.violations.push(format!(
+            "{} two-phase transfers did not end as answered (within {settle_limit:?}), e.g. {}",
+            off.len(),
+            off[0]
         ));
     }
     Ok(())

@@ -154,6 +154,7 @@ async fn record_and_publish(app: &App, new: &NewAction) -> Result<(), ApiError> 
         Ok(message) => message,
         Err(refusal) => return Err(conflict(new, refusal)),
     };
+    crate::crash::point("after-action-recorded");
     let trace = crate::trace::current();
     match actions::publish(&app.stores, &message, trace.as_ref()).await {
         Ok(()) => Ok(()),
@@ -238,7 +239,8 @@ fn amount_of(text: &str, currency: &str) -> Result<i64, ApiError> {
 }
 
 /// The transfer with its accepted action, waiting briefly for one accepted moments ago to
-/// reach the ledger; 404 when it never does.
+/// reach the ledger: 404 when nobody knows it, 503 (retry) when it is accepted and settlement
+/// has not reached it in time.
 async fn settled_target(app: &App, id: Uuid) -> Result<Target, ApiError> {
     let started = std::time::Instant::now();
     loop {
@@ -246,8 +248,13 @@ async fn settled_target(app: &App, id: Uuid) -> Result<Target, ApiError> {
             return Ok(target);
         }
         let on_its_way = matches!(app.stores.cache.pending(&id.to_string()).await, Ok(Some(_)));
-        if !on_its_way || started.elapsed() >= SETTLING_WAIT {
+        if !on_its_way {
             return Err(ApiError::NotFoundMessage(format!("no transfer {id}")));
+        }
+        if started.elapsed() >= SETTLING_WAIT {
+            return Err(ApiError::Unavailable(format!(
+                "transfer {id} is accepted and not settled yet; try again shortly"
+            )));
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }

@@ -16,10 +16,6 @@ use crate::trace::TraceContext;
 /// Most transfers one expiry pass expires, and most actions it re-publishes.
 const PASS_LIMIT: i64 = 1_000;
 
-/// How long an accepted action is left to its own request's publish before a pass
-/// re-publishes it.
-pub const REPUBLISH_AFTER: Duration = Duration::from_secs(10);
-
 /// Produces an action's message under its sender's key, the key of the transfer it resolves,
 /// so it follows that transfer's own message in the log.
 pub async fn publish(
@@ -47,9 +43,14 @@ pub struct ExpiryReport {
 }
 
 /// Expires every pending transfer due at `now_ms` (records an expiry and publishes it) and
-/// re-publishes actions accepted before `now_ms - REPUBLISH_AFTER` whose transfer is still
-/// pending. `now_ms` is the caller's clock, so a test can pass a later one.
-pub async fn expiry_pass(stores: &Stores, now_ms: i64) -> Result<ExpiryReport, PassError> {
+/// re-publishes actions accepted more than `republish_after` before `now_ms` whose transfer
+/// is still pending (their own request's publish had that long). `now_ms` is the caller's
+/// clock, so a test can pass a later one.
+pub async fn expiry_pass(
+    stores: &Stores,
+    now_ms: i64,
+    republish_after: Duration,
+) -> Result<ExpiryReport, PassError> {
     let mut report = ExpiryReport::default();
     for transaction_id in stores.ledger.due_for_expiry(now_ms, PASS_LIMIT).await? {
         let new = NewAction {
@@ -65,7 +66,8 @@ pub async fn expiry_pass(stores: &Stores, now_ms: i64) -> Result<ExpiryReport, P
             report.expired += 1;
         }
     }
-    let before_ms = now_ms - REPUBLISH_AFTER.as_millis() as i64;
+    let before_ms =
+        now_ms.saturating_sub(i64::try_from(republish_after.as_millis()).unwrap_or(i64::MAX));
     for message in stores
         .ledger
         .unapplied_actions(before_ms, PASS_LIMIT)

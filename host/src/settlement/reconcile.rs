@@ -138,7 +138,7 @@ pub async fn run(
             passed = pass(&stores, &position, settings) => passed,
             () = &mut shutdown => return Ok(()),
         };
-        expire(&stores).await;
+        expire(&stores, settings).await;
         match passed {
             Ok(report) if report.released_settled + report.released_absent > 0 => {
                 tracing::warn!(
@@ -155,10 +155,12 @@ pub async fn run(
     }
 }
 
-/// Expires overdue two-phase transfers and re-publishes stuck actions, by this host's clock.
-async fn expire(stores: &Stores) {
+/// Expires overdue two-phase transfers and re-publishes actions older than a hold the
+/// reconciler would judge stale, by this host's clock.
+async fn expire(stores: &Stores, settings: &Worker) {
     let now_ms = chrono::Utc::now().timestamp_millis();
-    match super::actions::expiry_pass(stores, now_ms).await {
+    let republish_after = Duration::from_millis(settings.reconcile_min_age_ms);
+    match super::actions::expiry_pass(stores, now_ms, republish_after).await {
         Ok(report) if report != super::actions::ExpiryReport::default() => {
             tracing::info!(?report, "expiry pass")
         }
