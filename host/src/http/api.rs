@@ -63,15 +63,16 @@ pub enum TransferPhase {
 }
 
 fn metadata_schema() -> utoipa::openapi::schema::Schema {
-    use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
+    use utoipa::openapi::schema::{ObjectBuilder, Schema, SchemaType, Type};
     let value = ObjectBuilder::new()
         .schema_type(Type::String)
         .max_length(Some(512));
     let key = ObjectBuilder::new()
         .schema_type(Type::String)
         .pattern(Some("^[A-Za-z0-9_.-]{1,64}$"));
+    // `null` is read as no metadata, as leaving it out is.
     let object = ObjectBuilder::new()
-        .schema_type(Type::Object)
+        .schema_type(SchemaType::from_iter([Type::Object, Type::Null]))
         .property_names(Some(key))
         .additional_properties(Some(value))
         .max_properties(Some(16))
