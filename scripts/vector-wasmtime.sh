@@ -53,9 +53,13 @@ def option(value, encode):
 c, r = v["context"], v["request"]
 ctx = (f"{{transaction-id: {string(c['transaction_id'])}, received-at-ms: {c['received_at_ms']}, "
        f"principal: {option(c['principal'], str)}, guest-version: {string(c['guest_version'])}}}")
+# json.load keeps an object's order: the metadata's entries go as written.
+metadata = ", ".join(f"({string(k)}, {string(val)})" for k, val in (r.get("metadata") or {}).items())
 req = (f"{{sender-id: {r['sender_id']}, receiver-id: {r['receiver_id']}, amount: {string(r['amount'])}, "
-       f"currency: {string(r['currency'])}, description: {option(r['description'], string)}}}")
-print(f"transferd:transfer/handler.initiate-transfer@0.1.0({ctx}, {req})")
+       f"currency: {string(r['currency'])}, description: {option(r.get('description'), string)}, "
+       f"phase: {option(r.get('phase'), string)}, expires-in-s: {option(r.get('expires_in_s'), str)}, "
+       f"metadata: [{metadata}]}}")
+print(f"transferd:transfer/handler.initiate-transfer@0.2.0({ctx}, {req})")
 PY
 )"
 

@@ -72,6 +72,6 @@ fuzz_target!(|case: Case| {
         receiver_id: 2,
         amount: text.to_string(),
         currency: currency.to_string(),
-        description: None,
+        ..TransferRequest::default()
     });
 });

@@ -30,6 +30,9 @@ fuzz_target!(|body: &[u8]| {
         amount: fields.amount,
         currency: fields.currency,
         description: fields.description,
+        phase: fields.phase,
+        expires_in_s: fields.expires_in_s,
+        metadata: fields.metadata,
     };
     let validated = check_request(&request);
 

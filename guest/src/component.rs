@@ -9,47 +9,22 @@
 
 wit_bindgen::generate!({
     world: "transfer-logic",
-    path: "../wit/0.1.0",
+    path: "../wit",
     pub_export_macro: true,
     export_macro_name: "export_transfer_logic",
     default_bindings_module: "transferd_guest::component",
 });
 
 use crate::logic::{self, Imports};
-use crate::rules::{FieldError, Limits, STANDARD, TransferRequest};
+use crate::rules::{Limits, STANDARD, TransferRequest};
 pub use exports::transferd::transfer::handler::Guest;
 pub use transferd::transfer::types;
 use transferd::transfer::{balance_lookup, publish};
 
+crate::wit_glue!(types, balance_lookup, publish);
+
 /// This crate's guest: the standard limits.
 pub struct Standard;
-
-/// The imports as the host provides them through the canonical ABI. Public so a test guest
-/// can wrap them (tests/guests/hostile changes what it publishes).
-pub struct HostImports;
-
-impl Imports for HostImports {
-    fn available(&mut self, account_id: i64, currency: &str) -> Result<Option<i64>, String> {
-        balance_lookup::available(account_id, currency)
-    }
-
-    fn send(&mut self, message: logic::Outgoing) -> Result<(), logic::PublishError> {
-        let outgoing = publish::Outgoing {
-            topic: message.topic,
-            key: message.key,
-            payload: message.payload,
-            hold: message.hold.map(|hold| publish::Hold {
-                account_id: hold.account_id,
-                currency: hold.currency,
-                amount_minor: hold.amount_minor,
-            }),
-        };
-        publish::send(&outgoing).map_err(|error| match error {
-            publish::PublishError::InsufficientFunds => logic::PublishError::InsufficientFunds,
-            publish::PublishError::Unavailable(reason) => logic::PublishError::Unavailable(reason),
-        })
-    }
-}
 
 impl Guest for Standard {
     fn initiate_transfer(
@@ -76,42 +51,22 @@ pub fn handle_with(
     ctx: types::RequestContext,
     request: types::TransferRequest,
 ) -> Result<types::Accepted, types::Rejection> {
-    let context = logic::RequestContext {
-        transaction_id: ctx.transaction_id,
-        received_at_ms: ctx.received_at_ms,
-        principal: ctx.principal,
-        guest_version: ctx.guest_version,
-    };
     let request = TransferRequest {
         sender_id: request.sender_id,
         receiver_id: request.receiver_id,
         amount: request.amount,
         currency: request.currency,
         description: request.description,
+        phase: request.phase,
+        expires_in_s: request.expires_in_s,
+        metadata: request.metadata,
     };
-    match logic::initiate_transfer_with(limits, imports, &context, &request) {
-        Ok(accepted) => Ok(types::Accepted {
-            transaction_id: accepted.transaction_id,
-            amount_minor: accepted.amount_minor,
-        }),
-        Err(rejection) => Err(match rejection {
-            logic::Rejection::Invalid(errors) => {
-                types::Rejection::Invalid(errors.into_iter().map(field_error).collect())
-            }
-            logic::Rejection::InsufficientFunds => types::Rejection::InsufficientFunds,
-            logic::Rejection::ReceiverNotFound => types::Rejection::ReceiverNotFound,
-            logic::Rejection::Forbidden(reason) => types::Rejection::Forbidden(reason),
-            logic::Rejection::Unavailable(reason) => types::Rejection::Unavailable(reason),
-        }),
-    }
-}
-
-fn field_error(error: FieldError) -> types::FieldError {
-    types::FieldError {
-        field: error.field,
-        message: error.message,
-        code: error.code,
-    }
+    wit_answer(logic::initiate_transfer_with(
+        limits,
+        imports,
+        &logic_context(ctx),
+        &request,
+    ))
 }
 
 #[cfg(feature = "export")]

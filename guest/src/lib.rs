@@ -8,6 +8,7 @@
 //! Nothing here does I/O. Every fact the logic needs arrives as an argument or through
 //! [`logic::Imports`], so a decision depends only on its inputs.
 
+mod glue;
 pub mod logic;
 pub mod message;
 pub mod money;
@@ -15,5 +16,5 @@ pub mod rules;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod vectors;
 
-#[cfg(target_arch = "wasm32")]
+#[cfg(all(target_arch = "wasm32", feature = "component"))]
 pub mod component;

@@ -180,7 +180,7 @@ mod tests {
             receiver_id: 2,
             amount: amount.into(),
             currency: "USD".into(),
-            description: None,
+            ..TransferRequest::default()
         }
     }
 
@@ -214,6 +214,31 @@ mod tests {
                 currency: "USD".into(),
                 amount_minor: 1050
             })
+        );
+    }
+
+    #[test]
+    fn a_pending_transfer_holds_what_an_immediate_one_does() {
+        let pending = TransferRequest {
+            phase: Some("pending".into()),
+            metadata: vec![("order_id".into(), "A-1".into())],
+            ..request("10.50")
+        };
+        let mut immediate_imports = funded(2_000);
+        let mut pending_imports = funded(2_000);
+        initiate_transfer(&mut immediate_imports, &context(), &request("10.50")).expect("accepted");
+        initiate_transfer(&mut pending_imports, &context(), &pending).expect("accepted");
+        assert_eq!(pending_imports.sent[0].hold, immediate_imports.sent[0].hold);
+        let message =
+            crate::message::TransferMessage::parse_exact(&pending_imports.sent[0].payload)
+                .expect("a message");
+        assert!(message.is_pending());
+        assert_eq!(message.expires_at_ms, Some(1_000 + 86_400_000));
+        // Pending or not, a sender short of the amount cannot reserve it.
+        let mut short = funded(1049);
+        assert_eq!(
+            initiate_transfer(&mut short, &context(), &pending),
+            Err(Rejection::InsufficientFunds)
         );
     }
 

@@ -1,7 +1,7 @@
 //! The guest's side of the transfer-log message: an accepted transfer written as the contract
 //! type (`transferd_message`) that the host's guard and settlement read with their parser.
 
-use transferd_message::{AmountText, time};
+use transferd_message::{AmountText, Phase, time};
 pub use transferd_message::{SCHEMA_VERSION, TRANSFER_TOPIC, TransferMessage};
 
 use crate::money;
@@ -24,6 +24,15 @@ pub fn transfer_message(
         .ok()
         .filter(|ms| *ms <= transferd_message::MAX_CREATED_AT_MS)
         .ok_or_else(|| format!("the context's time {received_at_ms} is out of range"))?;
+    let expires_at_ms = match transfer.pending_for_s {
+        None => None,
+        Some(seconds) => Some(
+            seconds
+                .checked_mul(1000)
+                .and_then(|ms| created_at_ms.checked_add(ms))
+                .ok_or_else(|| format!("a pending transfer of {seconds} s has no expiry"))?,
+        ),
+    };
     let amount_text = money::format_minor(transfer.amount_minor, transfer.exponent);
     let message = TransferMessage {
         transaction_id,
@@ -38,9 +47,10 @@ pub fn transfer_message(
         created_at_ms,
         guest_version: Some(guest_version.to_string()),
         schema_version: Some(SCHEMA_VERSION),
-        metadata: None,
-        phase: None,
-        expires_at_ms: None,
+        metadata: transfer.metadata.clone(),
+        // The writer leaves `immediate` out: a message without a phase settles at once.
+        phase: transfer.pending_for_s.map(|_| Phase::Pending),
+        expires_at_ms,
     };
     Ok(message.to_bytes())
 }
@@ -59,6 +69,8 @@ mod tests {
             exponent: 2,
             currency: "USD".into(),
             description: description.map(str::to_string),
+            metadata: None,
+            pending_for_s: None,
         }
     }
 
@@ -85,6 +97,41 @@ mod tests {
                 .expect("json");
         assert_eq!(value["description"], serde_json::Value::Null);
         assert_eq!(value["amount"], serde_json::json!(5));
+    }
+
+    #[test]
+    fn a_plain_transfer_s_message_has_only_the_original_fields() {
+        let bytes = transfer_message(ID, 0, "v", &transfer(None)).expect("a message");
+        let value: serde_json::Value = serde_json::from_slice(&bytes).expect("json");
+        let keys: std::collections::BTreeSet<&str> = value
+            .as_object()
+            .expect("an object")
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(keys, transferd_message::FIELDS.into_iter().collect());
+    }
+
+    #[test]
+    fn metadata_and_a_pending_phase_are_carried() {
+        let pending = ValidTransfer {
+            metadata: Some([("order_id".to_string(), "A-1".to_string())].into()),
+            pending_for_s: Some(3600),
+            ..transfer(None)
+        };
+        let received_at_ms = 1_795_960_800_123;
+        let bytes = transfer_message(ID, received_at_ms, "v", &pending).expect("a message");
+        let read = TransferMessage::parse_exact(&bytes).expect("the guard's reading");
+        assert!(read.is_pending());
+        assert_eq!(read.expires_at_ms, Some(1_795_960_800_123 + 3_600_000));
+        assert_eq!(read.metadata, pending.metadata);
+        let text = String::from_utf8(bytes).expect("UTF-8");
+        assert!(
+            text.ends_with(
+                r#""metadata":{"order_id":"A-1"},"phase":"pending","expires_at_ms":1795964400123}"#
+            ),
+            "{text}"
+        );
     }
 
     #[test]

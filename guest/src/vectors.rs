@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
+use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 use serde_json::{Value, json};
 
 use crate::logic::{Accepted, Imports, Outgoing, PublishError, Rejection, RequestContext};
@@ -76,6 +77,13 @@ impl Vector {
                 amount: text_field(request, "amount")?,
                 currency: text_field(request, "currency")?,
                 description: request["description"].as_str().map(str::to_string),
+                phase: request["phase"].as_str().map(str::to_string),
+                expires_in_s: request["expires_in_s"].as_i64(),
+                metadata: serde_json::from_str::<Document>(text)
+                    .map_err(|error| invalid(&format!("metadata: {error}")))?
+                    .request
+                    .metadata
+                    .map_or_else(Vec::new, |pairs| pairs.0),
             },
             imports: document["imports"].clone(),
             expected: document.get("expected").cloned(),
@@ -114,6 +122,42 @@ impl Vector {
     /// Imports that answer as the vector recorded.
     pub fn replay(&self) -> Replay {
         Replay::new(&self.imports)
+    }
+}
+
+/// The part of a vector's file that a `serde_json::Value` cannot keep: the order of the
+/// request's metadata entries.
+#[derive(serde::Deserialize)]
+struct Document {
+    request: MetadataOnly,
+}
+
+#[derive(serde::Deserialize)]
+struct MetadataOnly {
+    #[serde(default)]
+    metadata: Option<Pairs>,
+}
+
+/// A JSON object of strings as its entries, in the order written.
+struct Pairs(Vec<(String, String)>);
+
+impl<'de> Deserialize<'de> for Pairs {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct PairsVisitor;
+        impl<'de> Visitor<'de> for PairsVisitor {
+            type Value = Pairs;
+            fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+                formatter.write_str("an object of strings")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Pairs, A::Error> {
+                let mut pairs = Vec::new();
+                while let Some(entry) = map.next_entry::<String, String>()? {
+                    pairs.push(entry);
+                }
+                Ok(Pairs(pairs))
+            }
+        }
+        deserializer.deserialize_map(PairsVisitor)
     }
 }
 
@@ -302,6 +346,21 @@ fn write_canonical(value: &Value, out: &mut String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_request_s_metadata_keeps_the_order_written() {
+        let text = r#"{"name": "m", "context": {"transaction_id": "t", "received_at_ms": 1,
+            "guest_version": "v"}, "request": {"sender_id": 1, "receiver_id": 2, "amount": "1",
+            "currency": "USD", "phase": "pending", "expires_in_s": 60,
+            "metadata": {"z": "1", "a": "2"}}, "imports": {}}"#;
+        let vector = Vector::parse("m.json", text).expect("a vector");
+        assert_eq!(
+            vector.request.metadata,
+            vec![("z".into(), "1".into()), ("a".into(), "2".into())]
+        );
+        assert_eq!(vector.request.phase.as_deref(), Some("pending"));
+        assert_eq!(vector.request.expires_in_s, Some(60));
+    }
 
     #[test]
     fn canonical_sorts_keys_at_every_depth() {

@@ -26,7 +26,7 @@ fn validated_amount(amount: &str, currency: &str) -> Result<Option<i64>, Refusal
         receiver_id: 2,
         amount: amount.to_string(),
         currency: currency.to_string(),
-        description: None,
+        ..TransferRequest::default()
     };
     match rules::validate(&request) {
         Ok(valid) => Ok(Some(valid.amount_minor)),

@@ -8,33 +8,224 @@
 //! that is the guest's fault (publishing to a topic it may not use) traps the guest instead of
 //! being reported to it as an ordinary answer.
 //!
+//! The host serves two packages: `transferd:transfer@0.2.0` (this module's top level, what the
+//! imports implement) and the released 0.1.0 ([`legacy`]), whose imports delegate to the
+//! 0.2.0 ones: their types are the same but for the request. One linker carries both sets of
+//! imports; [`LogicPre::new`] picks the package a component exports.
+//!
 //! Every conversion between the WIT types and the guest crate's plain types (which the guard,
 //! the vectors and the HTTP answers read) is here, once.
 
 wasmtime::component::bindgen!({
     world: "transfer-logic",
-    path: "../wit/0.1.0",
+    path: "../wit",
     imports: { default: async | trappable },
     exports: { default: async },
 });
 
-use transferd::transfer::{publish, types};
+/// The released `transferd:transfer@0.1.0` package, for guests built against it.
+pub mod legacy {
+    wasmtime::component::bindgen!({
+        world: "transfer-logic",
+        path: "../wit/0.1.0",
+        imports: { default: async | trappable },
+        exports: { default: async },
+        // The delegating impls below cover `&mut T` as well.
+        skip_mut_forwarding_impls: true,
+    });
+}
+
+use legacy::transferd::transfer as legacy_wit;
+use transferd::transfer::{balance_lookup, publish, types};
 use transferd_guest::logic::{Accepted, Rejection, RequestContext};
 use transferd_guest::rules::{FieldError, TransferRequest};
+use wasmtime::AsContextMut;
+use wasmtime::component::InstancePre;
 
-/// The WIT forms of a context and a request.
-pub fn wit_arguments(
-    context: &RequestContext,
-    request: &TransferRequest,
-) -> (types::RequestContext, types::TransferRequest) {
-    (
-        types::RequestContext {
+/// The WIT package a guest implements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Package {
+    /// `transferd:transfer@0.2.0`: every request field.
+    Current,
+    /// `transferd:transfer@0.1.0`: the original five fields.
+    Legacy,
+}
+
+impl Package {
+    /// The package's version, as `GET /admin/guest` shows it.
+    pub fn version(self) -> &'static str {
+        match self {
+            Package::Current => "0.2.0",
+            Package::Legacy => "0.1.0",
+        }
+    }
+
+    /// The refusal of a request this package cannot carry, made by the host before the guest
+    /// runs: one field error per field the package does not have.
+    pub fn refusal(self, request: &TransferRequest) -> Option<Rejection> {
+        if self == Package::Current || !request.has_extensions() {
+            return None;
+        }
+        let given = [
+            ("phase", request.phase.is_some()),
+            ("expires_in_s", request.expires_in_s.is_some()),
+            ("metadata", !request.metadata.is_empty()),
+        ];
+        let errors = given
+            .into_iter()
+            .filter(|(_, given)| *given)
+            .map(|(field, _)| FieldError {
+                field: field.to_string(),
+                message: format!(
+                    "the active transfer rules (transferd:transfer@{}) do not take {field}",
+                    self.version()
+                ),
+                code: "not_supported".to_string(),
+            })
+            .collect();
+        Some(Rejection::Invalid(errors))
+    }
+}
+
+/// The version of the `transferd:transfer` handler a component exports ("0.2.0"; the newest
+/// when it exports several), read from its bytes without compiling them; `None` when it
+/// exports none or the bytes are no component.
+pub fn wit_package(bytes: &[u8]) -> Option<String> {
+    use wasmparser::{Parser, Payload};
+    // Nested modules and components are parsed in line, each from its own `Version` to its
+    // `End`: the component's own exports are those at depth 1.
+    let mut depth = 0u32;
+    let mut newest: Option<&str> = None;
+    for payload in Parser::new(0).parse_all(bytes) {
+        match payload.ok()? {
+            Payload::Version { .. } => depth += 1,
+            Payload::End(_) => depth = depth.saturating_sub(1),
+            Payload::ComponentExportSection(exports) if depth == 1 => {
+                for export in exports {
+                    let name = export.ok()?.name.name;
+                    if let Some(version) = name.strip_prefix("transferd:transfer/handler@") {
+                        newest = newest.max(Some(version));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    newest.map(str::to_string)
+}
+
+/// A compiled guest ready to instantiate, of whichever package it exports.
+pub enum LogicPre<T: 'static> {
+    Current(TransferLogicPre<T>),
+    Legacy(legacy::TransferLogicPre<T>),
+}
+
+/// An instance of a guest.
+pub enum Logic {
+    Current(TransferLogic),
+    Legacy(legacy::TransferLogic),
+}
+
+impl<T: Send + 'static> LogicPre<T> {
+    /// The guest for the package its component exports: 0.2.0 when it exports that handler,
+    /// else 0.1.0; the error says what is missing when it exports neither.
+    pub fn new(instance_pre: InstancePre<T>) -> wasmtime::Result<LogicPre<T>> {
+        match TransferLogicPre::new(instance_pre.clone()) {
+            Ok(pre) => Ok(LogicPre::Current(pre)),
+            Err(current) => {
+                match legacy::TransferLogicPre::new(instance_pre) {
+                    Ok(pre) => Ok(LogicPre::Legacy(pre)),
+                    Err(_) => Err(current
+                        .context("exports neither transferd:transfer/handler@0.2.0 nor @0.1.0")),
+                }
+            }
+        }
+    }
+
+    pub fn package(&self) -> Package {
+        match self {
+            LogicPre::Current(_) => Package::Current,
+            LogicPre::Legacy(_) => Package::Legacy,
+        }
+    }
+
+    pub async fn instantiate_async(
+        &self,
+        store: impl AsContextMut<Data = T>,
+    ) -> wasmtime::Result<Logic> {
+        Ok(match self {
+            LogicPre::Current(pre) => Logic::Current(pre.instantiate_async(store).await?),
+            LogicPre::Legacy(pre) => Logic::Legacy(pre.instantiate_async(store).await?),
+        })
+    }
+}
+
+impl Logic {
+    /// Calls `initiate-transfer`. A legacy guest is given the original five fields: the host
+    /// refuses a request with more before it runs (see [`Package::refusal`]).
+    pub async fn initiate_transfer<T: Send + 'static>(
+        &self,
+        store: impl AsContextMut<Data = T>,
+        context: &RequestContext,
+        request: &TransferRequest,
+    ) -> wasmtime::Result<Result<Accepted, Rejection>> {
+        let wit_context = types::RequestContext {
             transaction_id: context.transaction_id.clone(),
             received_at_ms: context.received_at_ms,
             principal: context.principal,
             guest_version: context.guest_version.clone(),
+        };
+        match self {
+            Logic::Current(logic) => {
+                let decision = logic
+                    .transferd_transfer_handler()
+                    .call_initiate_transfer(store, &wit_context, &wit_request(request))
+                    .await?;
+                Ok(decision.map(Accepted::from).map_err(Rejection::from))
+            }
+            Logic::Legacy(logic) => {
+                let (context, request) = legacy_arguments(wit_context, request);
+                let decision = logic
+                    .transferd_transfer_handler()
+                    .call_initiate_transfer(store, &context, &request)
+                    .await?;
+                Ok(decision
+                    .map(|accepted| Accepted::from(types::Accepted::from(accepted)))
+                    .map_err(|rejection| Rejection::from(types::Rejection::from(rejection))))
+            }
+        }
+    }
+}
+
+fn wit_request(request: &TransferRequest) -> types::TransferRequest {
+    types::TransferRequest {
+        sender_id: request.sender_id,
+        receiver_id: request.receiver_id,
+        amount: request.amount.clone(),
+        currency: request.currency.clone(),
+        description: request.description.clone(),
+        phase: request.phase.clone(),
+        expires_in_s: request.expires_in_s,
+        metadata: request.metadata.clone(),
+    }
+}
+
+/// The 0.1.0 forms of a context and a request: the request's original five fields.
+fn legacy_arguments(
+    context: types::RequestContext,
+    request: &TransferRequest,
+) -> (
+    legacy_wit::types::RequestContext,
+    legacy_wit::types::TransferRequest,
+) {
+    (
+        legacy_wit::types::RequestContext {
+            transaction_id: context.transaction_id,
+            received_at_ms: context.received_at_ms,
+            principal: context.principal,
+            guest_version: context.guest_version,
         },
-        types::TransferRequest {
+        legacy_wit::types::TransferRequest {
             sender_id: request.sender_id,
             receiver_id: request.receiver_id,
             amount: request.amount.clone(),
@@ -87,5 +278,87 @@ impl From<publish::Outgoing> for transferd_guest::logic::Outgoing {
                 amount_minor: hold.amount_minor,
             }),
         }
+    }
+}
+
+// The 0.1.0 types that are the same in 0.2.0, converted field by field.
+
+impl From<legacy_wit::types::Accepted> for types::Accepted {
+    fn from(accepted: legacy_wit::types::Accepted) -> Self {
+        types::Accepted {
+            transaction_id: accepted.transaction_id,
+            amount_minor: accepted.amount_minor,
+        }
+    }
+}
+
+impl From<legacy_wit::types::Rejection> for types::Rejection {
+    fn from(rejection: legacy_wit::types::Rejection) -> Self {
+        use legacy_wit::types::Rejection as Legacy;
+        match rejection {
+            Legacy::Invalid(errors) => types::Rejection::Invalid(
+                errors
+                    .into_iter()
+                    .map(|error| types::FieldError {
+                        field: error.field,
+                        message: error.message,
+                        code: error.code,
+                    })
+                    .collect(),
+            ),
+            Legacy::InsufficientFunds => types::Rejection::InsufficientFunds,
+            Legacy::ReceiverNotFound => types::Rejection::ReceiverNotFound,
+            Legacy::Forbidden(reason) => types::Rejection::Forbidden(reason),
+            Legacy::Unavailable(reason) => types::Rejection::Unavailable(reason),
+        }
+    }
+}
+
+impl From<legacy_wit::publish::Outgoing> for publish::Outgoing {
+    fn from(message: legacy_wit::publish::Outgoing) -> Self {
+        publish::Outgoing {
+            topic: message.topic,
+            key: message.key,
+            payload: message.payload,
+            hold: message.hold.map(|hold| publish::Hold {
+                account_id: hold.account_id,
+                currency: hold.currency,
+                amount_minor: hold.amount_minor,
+            }),
+        }
+    }
+}
+
+impl From<publish::PublishError> for legacy_wit::publish::PublishError {
+    fn from(error: publish::PublishError) -> Self {
+        match error {
+            publish::PublishError::InsufficientFunds => Self::InsufficientFunds,
+            publish::PublishError::Unavailable(reason) => Self::Unavailable(reason),
+        }
+    }
+}
+
+// A 0.1.0 guest's imports are the 0.2.0 ones: whatever store data implements those
+// implements these.
+
+impl<T: types::Host> legacy_wit::types::Host for T {}
+
+impl<T: balance_lookup::Host + Send> legacy_wit::balance_lookup::Host for T {
+    async fn available(
+        &mut self,
+        account_id: i64,
+        currency: String,
+    ) -> wasmtime::Result<Result<Option<i64>, String>> {
+        balance_lookup::Host::available(self, account_id, currency).await
+    }
+}
+
+impl<T: publish::Host + Send> legacy_wit::publish::Host for T {
+    async fn send(
+        &mut self,
+        message: legacy_wit::publish::Outgoing,
+    ) -> wasmtime::Result<Result<(), legacy_wit::publish::PublishError>> {
+        let answer = publish::Host::send(self, message.into()).await?;
+        Ok(answer.map_err(Into::into))
     }
 }

@@ -95,9 +95,10 @@ fn body() -> impl Strategy<Value = String> {
         any::<bool>(),
         currency,
         description,
+        extensions(),
     )
         .prop_map(
-            |(sender, receiver, amount, as_number, currency, description)| {
+            |(sender, receiver, amount, as_number, currency, description, extensions)| {
                 // Text that is a JSON number sometimes goes as one, digits as written.
                 let is_number = serde_json::from_str::<Value>(&amount).is_ok_and(|v| v.is_number());
                 let amount = if as_number && is_number {
@@ -109,10 +110,33 @@ fn body() -> impl Strategy<Value = String> {
                     .map(|text| format!(", \"description\": {}", Value::String(text)))
                     .unwrap_or_default();
                 format!(
-                    "{{\"sender_id\": {sender}, \"receiver_id\": {receiver}, \"amount\": {amount}, \"currency\": \"{currency}\"{description}}}"
+                    "{{\"sender_id\": {sender}, \"receiver_id\": {receiver}, \"amount\": {amount}, \"currency\": \"{currency}\"{description}{extensions}}}"
                 )
             },
         )
+}
+
+/// The fields 0.2.0 added, as members to append to a body: usually none, else an immediate
+/// phase (the edge refuses a pending one for now), an expiry and metadata within or beyond
+/// their bounds.
+fn extensions() -> impl Strategy<Value = String> {
+    let phase = prop_oneof![
+        4 => Just(String::new()),
+        1 => prop::sample::select(vec!["immediate", "Pending", ""])
+            .prop_map(|phase| format!(", \"phase\": \"{phase}\"")),
+    ];
+    let expiry = prop_oneof![
+        6 => Just(String::new()),
+        1 => (-2i64..700_000).prop_map(|seconds| format!(", \"expires_in_s\": {seconds}")),
+    ];
+    let metadata = prop_oneof![
+        4 => Just(String::new()),
+        2 => prop::collection::btree_map("[a-z_.-]{0,5}", "\\PC{0,8}", 0..4)
+            .prop_map(|entries| format!(", \"metadata\": {}", serde_json::json!(entries))),
+        1 => prop::collection::btree_map("[a-z]{1,3}", "[a-z]{400,520}", 8..18)
+            .prop_map(|entries| format!(", \"metadata\": {}", serde_json::json!(entries))),
+    ];
+    (phase, expiry, metadata).prop_map(|(phase, expiry, metadata)| phase + &expiry + &metadata)
 }
 
 fn call() -> impl Strategy<Value = Call> {
@@ -177,6 +201,9 @@ async fn same_outcome(guest: &Guest, call: &Call) -> Result<Option<String>, Test
         amount: fields.amount,
         currency: fields.currency,
         description: fields.description,
+        phase: fields.phase,
+        expires_in_s: fields.expires_in_s,
+        metadata: fields.metadata,
     };
     let context = RequestContext {
         transaction_id: "01a20c00-0000-7000-8000-00000000f022".into(),

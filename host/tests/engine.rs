@@ -87,7 +87,7 @@ fn call(id: &str) -> (RequestContext, TransferRequest) {
             receiver_id: 2,
             amount: "1.00".into(),
             currency: "USD".into(),
-            description: None,
+            ..TransferRequest::default()
         },
     )
 }

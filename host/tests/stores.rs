@@ -1352,6 +1352,9 @@ async fn every_message_the_guard_admits_the_ledger_applies() -> anyhow::Result<(
             description: case.description.clone(),
             guest_version: "sha256:v".into(),
             received_at_ms: RECEIVED_AT_MS,
+            metadata: None,
+            pending: false,
+            expires_in_s: None,
         };
         let outgoing = Outgoing {
             topic: "transfer_topic".into(),

@@ -16,14 +16,30 @@ fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
-fn guest_file() -> PathBuf {
-    if let Ok(path) = std::env::var("TRANSFERD_GUEST") {
+/// A built component: the file `variable` names, else `relative` in the target directory.
+fn built(variable: &str, relative: &str) -> PathBuf {
+    if let Ok(path) = std::env::var(variable) {
         return PathBuf::from(path);
     }
     let target = std::env::var("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|_| workspace_root().join("target"));
-    target.join("wasm32-wasip2/release/transferd_guest.wasm")
+    target.join(relative)
+}
+
+fn guest_file() -> PathBuf {
+    built(
+        "TRANSFERD_GUEST",
+        "wasm32-wasip2/release/transferd_guest.wasm",
+    )
+}
+
+/// The standard logic built against the released 0.1.0 package (tests/guests/v0_1).
+fn v0_1_guest_file() -> PathBuf {
+    built(
+        "TRANSFERD_TEST_V0_1_GUEST",
+        "v0-1-guest/wasm32-wasip2/release/transferd_test_guest_v0_1.wasm",
+    )
 }
 
 fn load_guest() -> anyhow::Result<Guest> {
@@ -33,14 +49,17 @@ fn load_guest() -> anyhow::Result<Guest> {
 /// The guest on an engine running `concurrency` calls at once, each instance serving up to
 /// `reuse_count` calls.
 fn load_guest_with(concurrency: u32, reuse_count: u32) -> anyhow::Result<Guest> {
-    let engine = Arc::new(GuestEngine::new(GuestLimits {
+    Ok(engine(concurrency, reuse_count)?.load_file(&guest_file())?)
+}
+
+fn engine(concurrency: u32, reuse_count: u32) -> anyhow::Result<Arc<GuestEngine>> {
+    Ok(Arc::new(GuestEngine::new(GuestLimits {
         timeout: Duration::from_secs(10),
         memory_bytes: 64 << 20,
         concurrency,
         reuse_count,
         compiled_cache: None,
-    })?);
-    Ok(engine.load_file(&guest_file())?)
+    })?))
 }
 
 fn vectors() -> anyhow::Result<Vec<Vector>> {
@@ -85,6 +104,44 @@ async fn every_vector_passes_under_wasmtime() -> anyhow::Result<()> {
         vectors.len(),
         failures.join("\n")
     );
+    Ok(())
+}
+
+/// A 0.1.0 guest decides every vector of the original five fields exactly as the current
+/// guest does, and is never given one with more: the host refuses it first, naming each
+/// field, having called nothing. It passes the invariant cases, as the upload check demands.
+#[tokio::test]
+async fn a_0_1_guest_decides_what_it_can_carry_and_is_spared_the_rest() -> anyhow::Result<()> {
+    let legacy = engine(2, 1)?.load_file(&v0_1_guest_file())?;
+    assert_eq!(legacy.package().version(), "0.1.0");
+    assert_eq!(load_guest()?.package().version(), "0.2.0");
+    let mut carried = 0;
+    for vector in &vectors()? {
+        let actual = legacy.run_vector(vector).await?;
+        if vector.invariant {
+            check_invariant(vector, &actual).map_err(anyhow::Error::msg)?;
+        }
+        if !vector.request.has_extensions() {
+            carried += 1;
+            assert_eq!(
+                Some(canonical(&actual)),
+                vector.expected.as_ref().map(canonical),
+                "{}",
+                vector.name
+            );
+            continue;
+        }
+        assert_eq!(actual["calls"], serde_json::json!([]), "{}", vector.name);
+        let errors = actual["result"]["err"]["invalid"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        assert!(!errors.is_empty(), "{}: {actual}", vector.name);
+        for error in errors {
+            assert_eq!(error["code"], "not_supported", "{}", vector.name);
+        }
+    }
+    assert!(carried >= 40, "{carried} vectors of the original fields");
     Ok(())
 }
 

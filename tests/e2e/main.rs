@@ -22,6 +22,7 @@ mod metrics;
 mod outcomes;
 mod quarantine;
 mod reconcile;
+mod request_fields;
 mod settlement;
 mod shutdown;
 mod soak;

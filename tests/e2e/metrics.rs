@@ -120,13 +120,7 @@ async fn traps_and_swaps_are_counted() -> anyhow::Result<()> {
         .as_str()
         .unwrap_or_default()
         .to_string();
-    let activated = host
-        .client
-        .post(format!("{}/admin/guest/{version}/activate", host.base_url))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await?;
-    assert_eq!(activated.status(), 200);
+    host.activate_guest(&version).await?;
     let deadline = Instant::now() + Duration::from_secs(15);
     while host.metric("transferd_guest_swaps_total", &[]).await? < 1.0 {
         assert!(Instant::now() < deadline, "no swap counted within 15 s");

@@ -448,20 +448,21 @@ async fn a_repeated_key_is_refused_and_an_escaped_key_is_read() -> anyhow::Resul
     Ok(())
 }
 
-/// Posts `body` with `"phase": "pending"` added under `key` and checks the answer is pydantic's
-/// refusal of that one unknown field, exactly.
-async fn refused_as_pending(
+/// Posts `body` with `field` (a field `path` does not have) added under `key` and checks the
+/// answer is pydantic's refusal of that one unknown field, exactly.
+async fn refused_as_unknown(
     host: &Host,
     path: &str,
     mut body: Value,
+    field: &str,
     key: &str,
 ) -> anyhow::Result<()> {
-    body["phase"] = json!("pending");
+    body[field] = json!("pending");
     let refused = host.post_with_key(path, &body, key).await?;
     assert_eq!(refused.status, 422, "{path}: {}", refused.body);
     assert_eq!(
         refused.body,
-        json!({"detail": [{"loc": ["body", "phase"], "msg": "Extra inputs are not permitted", "type": "extra_forbidden"}]}),
+        json!({"detail": [{"loc": ["body", field], "msg": "Extra inputs are not permitted", "type": "extra_forbidden"}]}),
         "{path}"
     );
     Ok(())
@@ -473,7 +474,8 @@ async fn refused_as_pending(
 #[tokio::test]
 async fn an_unknown_field_is_refused_naming_it_and_nothing_moves() -> anyhow::Result<()> {
     let (namespace, host) = funded_host().await?;
-    refused_as_pending(&host, "/transfers", transfer(json!("5.00")), "two-phase").await?;
+    let body = transfer(json!("5.00"));
+    refused_as_unknown(&host, "/transfers", body, "two_phase", "two-phase").await?;
     assert_eq!(namespace.holds().await?, vec![], "nothing held");
 
     // Several unknown keys with a missing field: every problem, the unknown keys last in the
@@ -481,7 +483,7 @@ async fn an_unknown_field_is_refused_naming_it_and_nothing_moves() -> anyhow::Re
     let several = host
         .post_json(
             "/transfers",
-            r#"{"phase": "pending", "sender_id": 1, "receiver_id": 2, "amount": "1", "expires_in_s": 60}"#,
+            r#"{"state": "pending", "sender_id": 1, "receiver_id": 2, "amount": "1", "hold_for_s": 60}"#,
         )
         .await?;
     assert_eq!(several.status, 422, "{}", several.body);
@@ -489,8 +491,8 @@ async fn an_unknown_field_is_refused_naming_it_and_nothing_moves() -> anyhow::Re
         several.problems(),
         [
             ("currency", "missing"),
-            ("phase", "extra_forbidden"),
-            ("expires_in_s", "extra_forbidden"),
+            ("state", "extra_forbidden"),
+            ("hold_for_s", "extra_forbidden"),
         ]
         .map(|(field, kind)| (field.to_string(), kind.to_string()))
     );
@@ -526,7 +528,7 @@ async fn a_deposit_with_an_unknown_field_is_refused_and_deposits_nothing() -> an
     let namespace = Namespace::new().await?;
     let host = Host::start(&namespace).await?;
     let deposit = json!({"user_id": 5, "currency": "USD", "amount": "12.00"});
-    refused_as_pending(&host, "/admin/deposits", deposit.clone(), "fund-5").await?;
+    refused_as_unknown(&host, "/admin/deposits", deposit.clone(), "phase", "fund-5").await?;
     let several = host
         .post_with_key(
             "/admin/deposits",

@@ -143,6 +143,11 @@ async function run(instantiate, getCoreModule, vector) {
         amount: request.amount,
         currency: request.currency,
         description: request.description ?? undefined,
+        phase: request.phase ?? undefined,
+        expiresInS: request.expires_in_s == null ? undefined : BigInt(request.expires_in_s),
+        // The object's entries in the order written (the vectors use no integer-like keys,
+        // which JavaScript would move to the front).
+        metadata: Object.entries(request.metadata ?? {}),
       },
     );
     result = { ok: { transaction_id: accepted.transactionId, amount_minor: number(accepted.amountMinor) } };

@@ -51,6 +51,15 @@ pub fn hostile_guest_file() -> PathBuf {
     )
 }
 
+/// The standard logic exported through the released `transferd:transfer@0.1.0` world
+/// (tests/guests/v0_1): a guest built before 0.2.0.
+pub fn v0_1_guest_file() -> PathBuf {
+    artifact(
+        "TRANSFERD_TEST_V0_1_GUEST",
+        "v0-1-guest/wasm32-wasip2/release/transferd_test_guest_v0_1.wasm",
+    )
+}
+
 pub fn panicking_guest_file() -> PathBuf {
     artifact(
         "TRANSFERD_TEST_PANICKING_GUEST",

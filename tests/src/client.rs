@@ -139,6 +139,22 @@ impl Host {
         Ok(version)
     }
 
+    /// Activates a stored guest version as the static admin. Fails unless accepted (200).
+    pub async fn activate_guest(&self, version: &str) -> anyhow::Result<()> {
+        let activated = self
+            .client
+            .post(format!("{}/admin/guest/{version}/activate", self.base_url))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await?;
+        anyhow::ensure!(
+            activated.status() == 200,
+            "activate: {}",
+            activated.status()
+        );
+        Ok(())
+    }
+
     /// Funds an account through the admin API; fails the test if it is refused.
     pub async fn deposit(
         &self,

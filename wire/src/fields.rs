@@ -139,6 +139,19 @@ impl<'a> Fields<'a> {
     /// A required integer: a JSON integer, or a string holding one (as pydantic accepts).
     pub fn integer(&mut self, name: &str) -> Option<i64> {
         let raw = self.required(name)?.get();
+        self.integer_from(name, raw)
+    }
+
+    /// An optional integer: absent and `null` are both `None`.
+    pub fn optional_integer(&mut self, name: &str) -> Option<i64> {
+        let raw = self.given(name)?.get();
+        if raw == "null" {
+            return None;
+        }
+        self.integer_from(name, raw)
+    }
+
+    fn integer_from(&mut self, name: &str, raw: &str) -> Option<i64> {
         // `String`, not `&str`: a string with an escape ("\u0031") cannot be borrowed.
         let parsed = serde_json::from_str::<i64>(raw).ok().or_else(|| {
             serde_json::from_str::<String>(raw)
@@ -195,6 +208,45 @@ impl<'a> Fields<'a> {
             return None;
         }
         self.string_from(name, raw)
+    }
+
+    /// An optional object of strings, as its entries in the order the body gives them: absent
+    /// and `null` are both empty. A key given twice inside it is refused as at the top level;
+    /// a value that is not a string is a problem named by its key (`body.metadata.<key>`).
+    pub fn optional_string_map(&mut self, name: &str) -> Vec<(String, String)> {
+        let Some(raw) = self.given(name).map(RawValue::get) else {
+            return Vec::new();
+        };
+        if raw == "null" {
+            return Vec::new();
+        }
+        let Ok(object) = serde_json::from_str::<RawObject>(raw) else {
+            self.problems.push(Invalid::body_field(
+                name,
+                "dict_type",
+                "Input should be a valid dictionary",
+            ));
+            return Vec::new();
+        };
+        for key in &object.duplicates {
+            let message = format!("the key {key:?} appears more than once");
+            self.problems
+                .push(Invalid::body_member(name, key, "duplicate_key", message));
+        }
+        let mut entries = Vec::new();
+        for key in object.order {
+            let value = object.members.get(&key).map(|value| value.get());
+            match value.and_then(|value| serde_json::from_str::<String>(value).ok()) {
+                Some(text) => entries.push((key, text)),
+                None => self.problems.push(Invalid::body_member(
+                    name,
+                    &key,
+                    "string_type",
+                    "Input should be a valid string",
+                )),
+            }
+        }
+        entries
     }
 
     fn string_from(&mut self, name: &str, raw: &str) -> Option<String> {
@@ -324,6 +376,51 @@ mod tests {
         // Only the top level is read as fields; a nested object is one field's value.
         let mut fields = Fields::parse(br#"{"note": {"a": 1, "a": 2}}"#).expect("object");
         assert_eq!(fields.string("note"), None);
+    }
+
+    #[test]
+    fn an_object_of_strings_keeps_its_order_and_names_each_bad_member() {
+        let mut fields = Fields::parse(br#"{"m": {"z": "1", "a": "\u0032", "k": ""}, "n": null}"#)
+            .expect("object");
+        assert_eq!(
+            fields.optional_string_map("m"),
+            vec![
+                ("z".to_string(), "1".to_string()),
+                ("a".to_string(), "2".to_string()),
+                ("k".to_string(), String::new())
+            ]
+        );
+        assert_eq!(fields.optional_string_map("n"), vec![]);
+        assert_eq!(fields.optional_string_map("absent"), vec![]);
+        assert!(fields.problems.is_empty());
+        let located = |body: &str| {
+            let mut fields = Fields::parse(body.as_bytes()).expect("an object");
+            let _ = fields.optional_string_map("m");
+            fields
+                .problems
+                .into_iter()
+                .map(|p| (p.location.join("."), p.kind))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            located(r#"{"m": {"a": 1, "b": "x", "c": null, "d": {"e": "f"}}}"#),
+            [
+                ("body.m.a", "string_type"),
+                ("body.m.c", "string_type"),
+                ("body.m.d", "string_type")
+            ]
+            .map(|(location, kind)| (location.to_string(), kind.to_string()))
+        );
+        assert_eq!(
+            located(r#"{"m": {"a": "1", "a": "2"}}"#),
+            [("body.m.a".to_string(), "duplicate_key".to_string())]
+        );
+        for not_an_object in [r#"{"m": []}"#, r#"{"m": "a=1"}"#, r#"{"m": 5}"#] {
+            assert_eq!(
+                located(not_an_object),
+                [("body.m".to_string(), "dict_type".to_string())]
+            );
+        }
     }
 
     /// The problems `finish` reports after reading `id` and `note`, as (field, type).

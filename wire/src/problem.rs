@@ -20,6 +20,15 @@ impl Invalid {
         }
     }
 
+    /// A problem with one member of an object field: `["body", "metadata", "order_id"]`.
+    pub fn body_member(field: &str, key: &str, kind: &str, message: impl Into<String>) -> Invalid {
+        Invalid {
+            location: vec!["body".into(), field.into(), key.into()],
+            message: message.into(),
+            kind: kind.into(),
+        }
+    }
+
     pub fn header(name: &str, kind: &str, message: impl Into<String>) -> Invalid {
         Invalid {
             location: vec!["header".into(), name.into()],

@@ -14,6 +14,11 @@ pub struct TransferFields {
     pub amount: String,
     pub currency: String,
     pub description: Option<String>,
+    /// The phase's text as sent ("immediate", "pending"; the guest judges it).
+    pub phase: Option<String>,
+    pub expires_in_s: Option<i64>,
+    /// The metadata's entries in the order sent, each key once; empty when none was sent.
+    pub metadata: Vec<(String, String)>,
 }
 
 impl TransferFields {
@@ -25,6 +30,9 @@ impl TransferFields {
         let amount = fields.decimal_text("amount");
         let currency = fields.string("currency");
         let description = fields.optional_string("description");
+        let phase = fields.optional_string("phase");
+        let expires_in_s = fields.optional_integer("expires_in_s");
+        let metadata = fields.optional_string_map("metadata");
         let problems = fields.into_problems();
         match (sender_id, receiver_id, amount, currency) {
             (Some(sender_id), Some(receiver_id), Some(amount), Some(currency))
@@ -36,6 +44,9 @@ impl TransferFields {
                     amount,
                     currency,
                     description,
+                    phase,
+                    expires_in_s,
+                    metadata,
                 })
             }
             // Every read that gives nothing records why, so the problems are not empty here.
@@ -73,7 +84,37 @@ mod tests {
                 amount: "10.10".into(),
                 currency: "USD".into(),
                 description: None,
+                phase: None,
+                expires_in_s: None,
+                metadata: vec![],
             }
+        );
+    }
+
+    #[test]
+    fn phase_expiry_and_metadata_are_read_as_sent() {
+        let fields = TransferFields::read(
+            br#"{"sender_id": 1, "receiver_id": 2, "amount": "1", "currency": "USD",
+                "phase": "Pending", "expires_in_s": "-3", "metadata": {"z": "1", "a": ""}}"#,
+        )
+        .expect("a complete body");
+        assert_eq!(fields.phase.as_deref(), Some("Pending"));
+        assert_eq!(fields.expires_in_s, Some(-3));
+        assert_eq!(
+            fields.metadata,
+            vec![("z".into(), "1".into()), ("a".into(), String::new())]
+        );
+        assert_eq!(
+            kinds(
+                r#"{"sender_id": 1, "receiver_id": 2, "amount": "1", "currency": "USD",
+                    "phase": 1, "expires_in_s": 1.5, "metadata": {"order": 7}}"#
+            ),
+            [
+                ("body.phase", "string_type"),
+                ("body.expires_in_s", "int_parsing"),
+                ("body.metadata.order", "string_type"),
+            ]
+            .map(|(location, kind)| (location.to_string(), kind.to_string()))
         );
     }
 
@@ -104,18 +145,18 @@ mod tests {
     fn an_unknown_field_is_refused_after_every_other_problem() {
         assert_eq!(
             kinds(
-                r#"{"sender_id": 1, "receiver_id": 2, "amount": "1", "currency": "USD", "phase": "pending"}"#
+                r#"{"sender_id": 1, "receiver_id": 2, "amount": "1", "currency": "USD", "two_phase": true}"#
             ),
-            [("body.phase".to_string(), "extra_forbidden".to_string())]
+            [("body.two_phase".to_string(), "extra_forbidden".to_string())]
         );
         assert_eq!(
-            kinds(r#"{"phase": "pending", "receiver_id": 1.5, "metadata": {}, "amount": "1"}"#),
+            kinds(r#"{"tags": [], "receiver_id": 1.5, "meta": {}, "amount": "1"}"#),
             [
                 ("body.sender_id", "missing"),
                 ("body.receiver_id", "int_parsing"),
                 ("body.currency", "missing"),
-                ("body.phase", "extra_forbidden"),
-                ("body.metadata", "extra_forbidden"),
+                ("body.tags", "extra_forbidden"),
+                ("body.meta", "extra_forbidden"),
             ]
             .map(|(location, kind)| (location.to_string(), kind.to_string()))
         );

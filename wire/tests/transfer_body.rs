@@ -8,21 +8,27 @@ use serde_json::{Map, Value};
 use transferd_wire::{Fields, TransferFields};
 
 /// The transfer body's fields.
-const FIELDS: [&str; 5] = [
+const FIELDS: [&str; 8] = [
     "sender_id",
     "receiver_id",
     "amount",
     "currency",
     "description",
+    "phase",
+    "expires_in_s",
+    "metadata",
 ];
 
 /// The transfer body's keys and a few others.
-const KEYS: [&str; 8] = [
+const KEYS: [&str; 11] = [
     "sender_id",
     "receiver_id",
     "amount",
     "currency",
     "description",
+    "phase",
+    "expires_in_s",
+    "metadata",
     "extra",
     "amount ",
     "Amount",
@@ -33,14 +39,18 @@ const KEYS: [&str; 8] = [
 fn model(object: &Map<String, Value>) -> Result<TransferFields, Vec<(String, String)>> {
     let mut problems = Vec::new();
     let mut problem = |name: &str, kind: &str| problems.push((name.to_string(), kind.to_string()));
-    let mut integer = |name: &str| match object.get(name) {
-        None => (problem)(name, "missing"),
-        Some(Value::Number(number)) if number.as_i64().is_some() => {}
-        Some(Value::String(text)) if text.parse::<i64>().is_ok() => {}
-        Some(_) => (problem)(name, "int_parsing"),
+    let is_integer = |value: &Value| match value {
+        Value::Number(number) => number.as_i64().is_some(),
+        Value::String(text) => text.parse::<i64>().is_ok(),
+        _ => false,
     };
-    integer("sender_id");
-    integer("receiver_id");
+    for name in ["sender_id", "receiver_id"] {
+        match object.get(name) {
+            None => problem(name, "missing"),
+            Some(value) if is_integer(value) => {}
+            Some(_) => problem(name, "int_parsing"),
+        }
+    }
     match object.get("amount") {
         None => problem("amount", "missing"),
         Some(Value::Number(_) | Value::String(_)) => {}
@@ -55,6 +65,28 @@ fn model(object: &Map<String, Value>) -> Result<TransferFields, Vec<(String, Str
         None | Some(Value::Null | Value::String(_)) => {}
         Some(_) => problem("description", "string_type"),
     }
+    match object.get("phase") {
+        None | Some(Value::Null | Value::String(_)) => {}
+        Some(_) => problem("phase", "string_type"),
+    }
+    match object.get("expires_in_s") {
+        None | Some(Value::Null) => {}
+        Some(value) if is_integer(value) => {}
+        Some(_) => problem("expires_in_s", "int_parsing"),
+    }
+    let mut metadata = Vec::new();
+    match object.get("metadata") {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(members)) => {
+            for (key, value) in members {
+                match value {
+                    Value::String(text) => metadata.push((key.clone(), text.clone())),
+                    _ => problem(&format!("metadata.{key}"), "string_type"),
+                }
+            }
+        }
+        Some(_) => problem("metadata", "dict_type"),
+    }
     // Then every key that is no field, in the body's order (the map's, which wrote the body).
     for key in object.keys() {
         if !FIELDS.contains(&key.as_str()) {
@@ -64,13 +96,12 @@ fn model(object: &Map<String, Value>) -> Result<TransferFields, Vec<(String, Str
     if !problems.is_empty() {
         return Err(problems);
     }
-    let integer = |name: &str| match &object[name] {
-        Value::Number(number) => number.as_i64().unwrap_or_default(),
-        other => other
-            .as_str()
-            .and_then(|text| text.parse().ok())
-            .unwrap_or_default(),
+    let optional_integer = |name: &str| match object.get(name)? {
+        Value::Number(number) => number.as_i64(),
+        other => other.as_str().and_then(|text| text.parse().ok()),
     };
+    let integer = |name: &str| optional_integer(name).unwrap_or_default();
+    let optional_text = |name: &str| object.get(name).and_then(Value::as_str).map(str::to_string);
     let text = |name: &str| match &object[name] {
         Value::String(text) => text.clone(),
         // A number's text is what was written, which is how serde_json wrote it.
@@ -81,10 +112,10 @@ fn model(object: &Map<String, Value>) -> Result<TransferFields, Vec<(String, Str
         receiver_id: integer("receiver_id"),
         amount: text("amount"),
         currency: text("currency"),
-        description: object
-            .get("description")
-            .and_then(Value::as_str)
-            .map(str::to_string),
+        description: optional_text("description"),
+        phase: optional_text("phase"),
+        expires_in_s: optional_integer("expires_in_s"),
+        metadata,
     })
 }
 

@@ -282,6 +282,9 @@ mod tests {
             description: None,
             guest_version: "sha256:test".into(),
             received_at_ms: 0,
+            metadata: None,
+            pending: false,
+            expires_in_s: None,
         }
     }
 

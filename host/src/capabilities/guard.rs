@@ -8,13 +8,13 @@
 //! any hold is reserved, the upload check runs them on every invariant vector, and the
 //! transfer handler runs [`check_accepted`] on the guest's answer.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, PoisonError};
 
 use transferd_guest::logic::{Accepted, Outgoing, RequestContext};
 use transferd_guest::money::{currency_exponent, format_minor, parse_amount};
 use transferd_guest::rules::TransferRequest;
-use transferd_message::TransferMessage;
+use transferd_message::{Phase, TransferMessage};
 use uuid::Uuid;
 
 use crate::stores::kafka::GUEST_TOPICS;
@@ -40,6 +40,14 @@ pub struct Expected {
     pub guest_version: String,
     /// When the host received the request (the context's time).
     pub received_at_ms: u64,
+    /// The request's metadata by key, which the message must carry unchanged; `None` when
+    /// the request has none.
+    pub metadata: Option<BTreeMap<String, String>>,
+    /// Whether the request asks for a pending transfer: only then may the message be one.
+    pub pending: bool,
+    /// The request's `expires_in_s`: a pending message expires exactly that long after its
+    /// creation (without it, within the contract's bound, which the parser checks).
+    pub expires_in_s: Option<i64>,
 }
 
 /// How far a message's `created_at_ms` may be from the host's receive time: a guest is given
@@ -63,6 +71,10 @@ impl Expected {
             description: request.description.clone(),
             guest_version: context.guest_version.clone(),
             received_at_ms: context.received_at_ms,
+            metadata: (!request.metadata.is_empty())
+                .then(|| request.metadata.iter().cloned().collect()),
+            pending: request.phase.as_deref() == Some("pending"),
+            expires_in_s: request.expires_in_s,
         })
     }
 }
@@ -255,6 +267,8 @@ fn message_is_requested(expected: &Expected, message: &TransferMessage) -> Resul
         message.guest_version.as_deref(),
         Some(expected.guest_version.as_str()),
     )?;
+    field_is("metadata", &message.metadata, &expected.metadata)?;
+    phase_is_requested(expected, message)?;
     let created_at_ms = u64::try_from(message.created_at_ms).unwrap_or(0);
     if created_at_ms.abs_diff(expected.received_at_ms) > MAX_CREATED_AT_SKEW_MS {
         return Err(Violation::Field {
@@ -265,6 +279,23 @@ fn message_is_requested(expected: &Expected, message: &TransferMessage) -> Resul
                 expected.received_at_ms
             ),
         });
+    }
+    Ok(())
+}
+
+/// The message is pending exactly when the request asked for it, and then expires when the
+/// request said (the parser already bounds an expiry the request left to the guest).
+fn phase_is_requested(expected: &Expected, message: &TransferMessage) -> Result<(), Violation> {
+    field_is(
+        "phase",
+        message.phase,
+        expected.pending.then_some(Phase::Pending),
+    )?;
+    if let (true, Some(seconds)) = (expected.pending, expected.expires_in_s) {
+        let requested = seconds
+            .checked_mul(1000)
+            .and_then(|ms| message.created_at_ms.checked_add(ms));
+        field_is("expires_at_ms", message.expires_at_ms, requested)?;
     }
     Ok(())
 }
@@ -414,6 +445,9 @@ mod tests {
             description: None,
             guest_version: VERSION.into(),
             received_at_ms: RECEIVED_AT_MS,
+            metadata: None,
+            pending: false,
+            expires_in_s: None,
         }
     }
 
@@ -637,6 +671,105 @@ mod tests {
     }
 
     #[test]
+    fn the_metadata_must_be_the_requests() {
+        let tagged = Expected {
+            metadata: Some([("order".to_string(), "A-1".to_string())].into()),
+            ..expected()
+        };
+        let check_as = |request: &Expected, changes: Value| {
+            check_publish(request, 0, &outgoing(changes, hold(1, 1050))).map_err(|v| v.check())
+        };
+        assert_eq!(
+            check_as(&tagged, json!({"metadata": {"order": "A-1"}})),
+            Ok(1050)
+        );
+        assert_eq!(check_as(&tagged, json!({})), Err("metadata"));
+        assert_eq!(
+            check_as(&tagged, json!({"metadata": {"order": "A-2"}})),
+            Err("metadata")
+        );
+        assert_eq!(
+            check_as(&tagged, json!({"metadata": {"order": "A-1", "extra": "x"}})),
+            Err("metadata")
+        );
+        assert_eq!(
+            check(json!({"metadata": {"order": "A-1"}}), hold(1, 1050)),
+            Err("metadata")
+        );
+        // No metadata is written as none, never as an empty object.
+        assert_eq!(check(json!({"metadata": {}}), hold(1, 1050)), Err("json"));
+        let Expected { metadata, .. } = Expected::of(
+            &RequestContext {
+                transaction_id: ID.into(),
+                received_at_ms: RECEIVED_AT_MS,
+                principal: None,
+                guest_version: VERSION.into(),
+            },
+            &TransferRequest::default(),
+        )
+        .expect("a context");
+        assert_eq!(metadata, None);
+    }
+
+    #[test]
+    fn a_message_is_pending_exactly_when_the_request_asked() {
+        let day_later = RECEIVED_AT_MS + 86_400_000;
+        let pending_changes =
+            |expires_at_ms: u64| json!({"phase": "pending", "expires_at_ms": expires_at_ms});
+        let pending = Expected {
+            pending: true,
+            ..expected()
+        };
+        let check_as = |request: &Expected, changes: Value| {
+            check_publish(request, 0, &outgoing(changes, hold(1, 1050))).map_err(|v| v.check())
+        };
+        assert_eq!(check_as(&pending, pending_changes(day_later)), Ok(1050));
+        assert_eq!(check_as(&pending, json!({})), Err("phase"));
+        assert_eq!(
+            check(pending_changes(day_later), hold(1, 1050)),
+            Err("phase")
+        );
+        // Without expires_in_s, any expiry after creation and within seven days.
+        let week = u64::try_from(transferd_message::PENDING_MAX_EXPIRY_MS).expect("positive");
+        assert_eq!(
+            check_as(&pending, pending_changes(RECEIVED_AT_MS + 1)),
+            Ok(1050)
+        );
+        assert_eq!(
+            check_as(&pending, pending_changes(RECEIVED_AT_MS + week)),
+            Ok(1050)
+        );
+        for out_of_range in [RECEIVED_AT_MS, RECEIVED_AT_MS + week + 1] {
+            assert_eq!(
+                check_as(&pending, pending_changes(out_of_range)),
+                Err("json")
+            );
+        }
+        // With it, exactly that long after creation.
+        let for_an_hour = Expected {
+            expires_in_s: Some(3600),
+            ..pending
+        };
+        assert_eq!(
+            check_as(&for_an_hour, pending_changes(RECEIVED_AT_MS + 3_600_000)),
+            Ok(1050)
+        );
+        assert_eq!(
+            check_as(&for_an_hour, pending_changes(day_later)),
+            Err("expires_at_ms")
+        );
+        // An immediate message names no phase and no expiry.
+        assert_eq!(
+            check(json!({"phase": "immediate"}), hold(1, 1050)),
+            Err("json")
+        );
+        assert_eq!(
+            check(json!({"expires_at_ms": day_later}), hold(1, 1050)),
+            Err("json")
+        );
+    }
+
+    #[test]
     fn amount_minor_must_be_a_positive_integer() {
         for amount in [json!(0), json!(-5)] {
             assert_eq!(
@@ -713,7 +846,7 @@ mod tests {
             receiver_id: 2,
             amount: "10.50".into(),
             currency: "USD".into(),
-            description: None,
+            ..TransferRequest::default()
         };
         let context = |id: &str| RequestContext {
             transaction_id: id.into(),

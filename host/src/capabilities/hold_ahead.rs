@@ -225,6 +225,7 @@ mod tests {
             amount: amount.into(),
             currency: currency.into(),
             description: description.map(str::to_string),
+            ..TransferRequest::default()
         }
     }
 
@@ -250,6 +251,28 @@ mod tests {
                 (hold.account_id, hold.currency, hold.amount_minor)
             );
         }
+    }
+
+    /// A pending transfer with metadata holds as any other, and its record is the message the
+    /// guest publishes, new fields included: the publish takes the hold over as it is.
+    #[test]
+    fn the_plan_records_metadata_and_a_pending_phase_as_published() {
+        let request = TransferRequest {
+            phase: Some("pending".into()),
+            expires_in_s: Some(600),
+            metadata: vec![("order_id".into(), "A-1".into())],
+            ..request("10.50", "USD", None)
+        };
+        let context = context(Some(7));
+        let mut imports = Ample::default();
+        assert!(initiate_transfer(&mut imports, &context, &request).is_ok());
+        let plan = HoldAhead::plan(&context, &request).expect("a plan");
+        assert_eq!(plan.record, imports.published[0].payload);
+        let message =
+            transferd_message::TransferMessage::parse_exact(&plan.record).expect("a message");
+        assert!(message.is_pending());
+        assert_eq!(message.metadata.map(|m| m.len()), Some(1));
+        assert_eq!(plan.amount_minor, 1050);
     }
 
     #[test]

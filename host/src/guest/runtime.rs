@@ -37,10 +37,7 @@ use wasmtime::{
 
 use transferd_guest::vectors::{self, Replay, Vector};
 
-use crate::bindings::transferd::transfer::types::{
-    RequestContext as WitContext, TransferRequest as WitRequest,
-};
-use crate::bindings::{self, TransferLogic, TransferLogicPre};
+use crate::bindings::{self, Logic, LogicPre, Package};
 use crate::capabilities::guard::{self, Expected, Violation};
 use crate::capabilities::hold_ahead::{self, HoldAhead};
 use crate::capabilities::{Publication, PublicationCell, RecordedAnswers, RequestState};
@@ -119,7 +116,7 @@ enum Ran {
 /// An instance kept for its next call, holding a place of the idle budget.
 struct Kept<T: 'static> {
     store: Store<T>,
-    instance: TransferLogic,
+    instance: Logic,
     calls: u32,
     _idle: OwnedSemaphorePermit,
 }
@@ -169,6 +166,17 @@ pub struct Decided {
     pub answers: RecordedAnswers,
 }
 
+impl Decided {
+    /// What a request came to without calling the guest: nothing published or answered.
+    fn without_a_call(decision: Result<Result<Accepted, Rejection>, GuestFailure>) -> Decided {
+        Decided {
+            decision,
+            publication: Publication::None,
+            answers: RecordedAnswers::default(),
+        }
+    }
+}
+
 /// Why a guest call produced no decision.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum GuestFailure {
@@ -200,7 +208,7 @@ pub enum LoadError {
     CoreModule,
     #[error("not a valid component: {0:#}")]
     Compile(wasmtime::Error),
-    #[error("the component does not fit the transfer-logic world: {0:#}")]
+    #[error("the component does not fit the transfer-logic world (0.2.0 or 0.1.0): {0:#}")]
     WrongWorld(wasmtime::Error),
 }
 
@@ -291,12 +299,10 @@ impl GuestEngine {
         // A Rust guest imports wasi:io and wasi:cli through std even though the world does not
         // ask for them; they are satisfied with an empty context (no files, network or env).
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(LoadError::Invalid)?;
-        TransferLogic::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
-            .map_err(LoadError::Invalid)?;
+        add_transfer_imports(&mut linker)?;
         let mut replay_linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut replay_linker).map_err(LoadError::Invalid)?;
-        TransferLogic::add_to_linker::<_, HasSelf<_>>(&mut replay_linker, |state| state)
-            .map_err(LoadError::Invalid)?;
+        add_transfer_imports(&mut replay_linker)?;
         Ok(GuestEngine {
             engine,
             linker,
@@ -345,8 +351,8 @@ impl GuestEngine {
             .linker
             .instantiate_pre(&component)
             .map_err(LoadError::WrongWorld)?;
-        let pre = TransferLogicPre::new(instance_pre).map_err(LoadError::WrongWorld)?;
-        let replay_pre = TransferLogicPre::new(
+        let pre = LogicPre::new(instance_pre).map_err(LoadError::WrongWorld)?;
+        let replay_pre = LogicPre::new(
             self.replay_linker
                 .instantiate_pre(&component)
                 .map_err(LoadError::WrongWorld)?,
@@ -375,8 +381,8 @@ impl GuestEngine {
 /// One compiled guest version, ready to serve.
 pub struct Guest {
     engine: Arc<GuestEngine>,
-    pre: TransferLogicPre<RequestState>,
-    replay_pre: TransferLogicPre<ReplayState>,
+    pre: LogicPre<RequestState>,
+    replay_pre: LogicPre<ReplayState>,
     version: String,
     kept: KeptInstances<RequestState>,
     kept_replays: KeptInstances<ReplayState>,
@@ -403,6 +409,11 @@ impl Guest {
         &self.version
     }
 
+    /// The WIT package the guest implements.
+    pub fn package(&self) -> Package {
+        self.pre.package()
+    }
+
     /// Instances this guest has created; with reuse, fewer than the calls it served.
     pub fn instances_created(&self) -> u64 {
         self.instances_created.load(Ordering::Relaxed)
@@ -419,17 +430,17 @@ impl Guest {
         request: &TransferRequest,
         lease: Option<KeyLease>,
     ) -> Decided {
-        let publication = PublicationCell::default();
+        // A request the guest's package cannot carry is refused before it runs.
+        if let Some(refusal) = self.package().refusal(request) {
+            return Decided::without_a_call(Ok(Err(refusal)));
+        }
         let expected = match Expected::of(context, request) {
             Ok(expected) => expected,
             Err(violation) => {
-                return Decided {
-                    decision: Err(GuestFailure::Violation(violation)),
-                    publication: publication.get(),
-                    answers: RecordedAnswers::default(),
-                };
+                return Decided::without_a_call(Err(GuestFailure::Violation(violation)));
             }
         };
+        let publication = PublicationCell::default();
         let transaction_id = expected.transaction_id;
         let start_by = lease.as_ref().map(|lease| self.engine.start_by(lease));
         let call = (
@@ -445,7 +456,7 @@ impl Guest {
                 &self.kept,
                 call,
                 start_by,
-                bindings::wit_arguments(context, request),
+                (context, request),
                 |state| {
                     let unused = state.ahead.take_unused();
                     (
@@ -500,11 +511,11 @@ impl Guest {
     /// dropped.
     async fn run<T: CallState, R>(
         &self,
-        pre: &TransferLogicPre<T>,
+        pre: &LogicPre<T>,
         kept: &KeptInstances<T>,
         call: T::Call,
         start_by: Option<Instant>,
-        (wit_context, wit_request): (WitContext, WitRequest),
+        (context, request): (&RequestContext, &TransferRequest),
         inspect: impl FnOnce(&mut T) -> R,
     ) -> Result<(Ran, R), GuestFailure> {
         let slot = self.engine.slot(start_by).await?;
@@ -531,8 +542,7 @@ impl Guest {
                 }
             };
             let decision = instance
-                .transferd_transfer_handler()
-                .call_initiate_transfer(&mut store, &wit_context, &wit_request)
+                .initiate_transfer(&mut store, context, request)
                 .await?;
             Ok::<_, wasmtime::Error>((instance, decision))
         };
@@ -541,7 +551,7 @@ impl Guest {
         let ran = match outcome {
             Ok(Ok((instance, decision))) => {
                 self.keep_or_drop(kept, store, instance, calls + 1, slot);
-                Ran::Decided(decision.map(Accepted::from).map_err(Rejection::from))
+                Ran::Decided(decision)
             }
             Ok(Err(trap)) => {
                 drop_later(store, slot);
@@ -561,7 +571,7 @@ impl Guest {
         &self,
         kept: &KeptInstances<T>,
         store: Store<T>,
-        instance: TransferLogic,
+        instance: Logic,
         calls: u32,
         slot: OwnedSemaphorePermit,
     ) {
@@ -599,6 +609,9 @@ impl Guest {
         request: &TransferRequest,
         replay: Replay,
     ) -> Result<serde_json::Value, GuestFailure> {
+        if let Some(refusal) = self.package().refusal(request) {
+            return Ok(vectors::outcome(&Err(refusal), &[]));
+        }
         // Shadow runs take a slot too: they share the instance pool with live requests.
         let expected = Expected::of(context, request).map_err(GuestFailure::Violation)?;
         let call = (replay, expected.clone());
@@ -608,7 +621,7 @@ impl Guest {
                 &self.kept_replays,
                 call,
                 None,
-                bindings::wit_arguments(context, request),
+                (context, request),
                 |state| {
                     let calls = std::mem::take(&mut state.replay.calls);
                     (state.violation.take(), state.published_minor, calls)
@@ -623,6 +636,21 @@ impl Guest {
         }
         Ok(vectors::outcome(&decision, &calls))
     }
+}
+
+/// Both packages' imports: a guest of either instantiates from the same linker.
+fn add_transfer_imports<T>(linker: &mut Linker<T>) -> Result<(), LoadError>
+where
+    T: bindings::transferd::transfer::balance_lookup::Host
+        + bindings::transferd::transfer::publish::Host
+        + bindings::transferd::transfer::types::Host
+        + Send
+        + 'static,
+{
+    bindings::TransferLogic::add_to_linker::<_, HasSelf<_>>(linker, |state| state)
+        .map_err(LoadError::Invalid)?;
+    bindings::legacy::TransferLogic::add_to_linker::<_, HasSelf<_>>(linker, |state| state)
+        .map_err(LoadError::Invalid)
 }
 
 fn hex_sha256(bytes: &[u8]) -> String {

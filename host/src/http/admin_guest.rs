@@ -157,6 +157,7 @@ pub async fn status(app: &App) -> Result<Reply, ApiError> {
         &GuestStatus {
             active,
             serving: app.serving().active.version().to_string(),
+            serving_wit_package: app.serving().active.package().version().to_string(),
             candidate: to_json(&app.registry.candidate().await?)?,
             versions: to_json(&versions)?,
             history: to_json(&history)?,

@@ -41,6 +41,45 @@ pub struct CreateTransfer {
     currency: String,
     #[schema(max_length = 255)]
     description: Option<String>,
+    /// `pending` reserves the money until the transfer is posted, voided or expires;
+    /// `immediate` (the default) moves it at once.
+    phase: Option<TransferPhase>,
+    /// How long a pending transfer waits before it expires, in seconds (default 86400, one
+    /// day); only with `"phase": "pending"`.
+    #[schema(minimum = 1, maximum = 604_800)]
+    expires_in_s: Option<i64>,
+    /// The client's own key-value pairs, stored and returned with the transfer: at most 16,
+    /// keys of 1 to 64 of `A-Z a-z 0-9 _ . -`, values of at most 512 bytes without control
+    /// characters, 4096 bytes in all.
+    #[schema(schema_with = metadata_schema)]
+    metadata: Option<std::collections::BTreeMap<String, String>>,
+}
+
+/// What settling a transfer does with its money.
+#[derive(ToSchema)]
+#[allow(dead_code)] // Documents the reading in `transfers::parse_request`.
+#[serde(rename_all = "snake_case")]
+pub enum TransferPhase {
+    Immediate,
+    Pending,
+}
+
+fn metadata_schema() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{ObjectBuilder, Schema, SchemaType, Type};
+    let value = ObjectBuilder::new()
+        .schema_type(Type::String)
+        .max_length(Some(512));
+    let key = ObjectBuilder::new()
+        .schema_type(Type::String)
+        .pattern(Some("^[A-Za-z0-9_.-]{1,64}$"));
+    // `null` is read as no metadata, as leaving it out is.
+    let object = ObjectBuilder::new()
+        .schema_type(SchemaType::from_iter([Type::Object, Type::Null]))
+        .property_names(Some(key))
+        .additional_properties(Some(value))
+        .max_properties(Some(16))
+        .build();
+    Schema::Object(object)
 }
 
 /// `POST /transfers/{transaction_id}/post`'s body.
@@ -415,6 +454,9 @@ pub struct GuestStatus {
     pub active: Option<String>,
     /// The version this replica serves now.
     pub serving: String,
+    /// The `transferd:transfer` package it implements ("0.2.0", "0.1.0"); each of `versions`
+    /// names its own as `wit_package`.
+    pub serving_wit_package: String,
     /// The canary or shadow candidate, if any.
     #[schema(value_type = Option<Object>)]
     pub candidate: serde_json::Value,

@@ -149,7 +149,11 @@ impl From<GuestFailure> for ApiError {
 
 /// A broken transfer rule as a problem with the body's field.
 pub fn field_problem(error: FieldError) -> Invalid {
-    Invalid::body_field(&error.field, &error.code, error.message)
+    // `metadata.<key>` names one member of a field; a key may hold dots of its own.
+    match error.field.split_once('.') {
+        Some((field, key)) => Invalid::body_member(field, key, &error.code, error.message),
+        None => Invalid::body_field(&error.field, &error.code, error.message),
+    }
 }
 
 impl ApiError {

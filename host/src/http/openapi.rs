@@ -289,6 +289,39 @@ mod tests {
         }
     }
 
+    /// The fields 0.2.0 added, as the reader takes them: a metadata object of strings (its
+    /// bounds stated), a phase of two values and a bounded expiry, none of them required.
+    #[test]
+    fn the_transfer_schema_states_phase_expiry_and_metadata() {
+        let document = document();
+        let schemas = &document["components"]["schemas"];
+        let properties = &schemas["CreateTransfer"]["properties"];
+        let metadata = &properties["metadata"];
+        assert_eq!(
+            metadata["type"],
+            serde_json::json!(["object", "null"]),
+            "{metadata}"
+        );
+        assert_eq!(metadata["additionalProperties"]["type"], "string");
+        assert_eq!(metadata["additionalProperties"]["maxLength"], 512);
+        assert_eq!(metadata["maxProperties"], 16);
+        assert_eq!(
+            metadata["propertyNames"]["pattern"],
+            "^[A-Za-z0-9_.-]{1,64}$"
+        );
+        assert_eq!(properties["expires_in_s"]["minimum"], 1);
+        assert_eq!(properties["expires_in_s"]["maximum"], 604_800);
+        let phase = serde_json::to_string(&properties["phase"]).expect("json");
+        assert!(
+            phase.contains("#/components/schemas/TransferPhase"),
+            "{phase}"
+        );
+        assert_eq!(
+            schemas["TransferPhase"]["enum"],
+            serde_json::json!(["immediate", "pending"])
+        );
+    }
+
     #[test]
     fn the_transfer_schema_requires_what_the_handler_finds_missing() {
         let document = document();

@@ -11,8 +11,8 @@ wit_bindgen::generate!({
         package transferd:vector-provider;
 
         world provider {
-            export transferd:transfer/balance-lookup@0.1.0;
-            export transferd:transfer/publish@0.1.0;
+            export transferd:transfer/balance-lookup@0.2.0;
+            export transferd:transfer/publish@0.2.0;
         }
     ",
     world: "transferd:vector-provider/provider",
@@ -49,10 +49,14 @@ impl balance_lookup::Guest for Provider {
             return Err(error.to_owned());
         }
         // A listed (account, currency) answers its `available` (null: none); others answer none.
-        let listed = imports["balances"].as_array().into_iter().flatten().find(|entry| {
-            entry["account_id"].as_i64() == Some(account_id)
-                && entry["currency"].as_str() == Some(currency.as_str())
-        });
+        let listed = imports["balances"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|entry| {
+                entry["account_id"].as_i64() == Some(account_id)
+                    && entry["currency"].as_str() == Some(currency.as_str())
+            });
         Ok(listed.and_then(|entry| entry["available"].as_i64()))
     }
 }
@@ -77,7 +81,9 @@ impl publish::Guest for Provider {
                 let reason = answer["unavailable"].as_str().unwrap_or_default();
                 Err(publish::PublishError::Unavailable(reason.to_owned()))
             }
-            other => panic!("imports.publish is not \"ok\", \"insufficient-funds\" or {{\"unavailable\": reason}}: {other}"),
+            other => panic!(
+                "imports.publish is not \"ok\", \"insufficient-funds\" or {{\"unavailable\": reason}}: {other}"
+            ),
         }
     }
 }

@@ -2,6 +2,9 @@
 //! `guest_activations` is the append-only history whose latest rows say what is active and
 //! what is the candidate.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
@@ -111,6 +114,9 @@ pub struct VersionInfo {
     pub uploaded_by: String,
     pub uploaded_at: DateTime<Utc>,
     pub note: Option<String>,
+    /// The `transferd:transfer` package version it implements ("0.2.0", "0.1.0").
+    #[sqlx(skip)]
+    pub wit_package: Option<String>,
 }
 
 /// How a candidate version takes part in serving.
@@ -146,11 +152,16 @@ pub struct Activation {
 #[derive(Clone)]
 pub struct Registry {
     pub(super) pool: PgPool,
+    /// Each version's WIT package, read from its bytes once: a version names its bytes.
+    packages: Arc<Mutex<HashMap<String, Option<String>>>>,
 }
 
 impl Registry {
     pub fn new(pool: PgPool) -> Registry {
-        Registry { pool }
+        Registry {
+            pool,
+            packages: Arc::default(),
+        }
     }
 
     /// Stores a checked version; storing the same bytes again changes nothing.
@@ -324,11 +335,32 @@ impl Registry {
     }
 
     pub async fn versions(&self) -> Result<Vec<VersionInfo>, RegistryError> {
-        Ok(sqlx::query_as(
+        let mut versions: Vec<VersionInfo> = sqlx::query_as(
             "SELECT version, size_bytes, uploaded_by, uploaded_at, note FROM guest_versions ORDER BY uploaded_at DESC",
         )
         .fetch_all(&self.pool)
-        .await?)
+        .await?;
+        for info in &mut versions {
+            info.wit_package = self.wit_package(&info.version).await?;
+        }
+        Ok(versions)
+    }
+
+    /// The WIT package `version` implements, read from its bytes the first time it is asked.
+    async fn wit_package(&self, version: &str) -> Result<Option<String>, RegistryError> {
+        let known = |packages: &Mutex<HashMap<String, Option<String>>>| {
+            let packages = packages.lock().unwrap_or_else(PoisonError::into_inner);
+            packages.get(version).cloned()
+        };
+        if let Some(package) = known(&self.packages) {
+            return Ok(package);
+        }
+        let package = crate::bindings::wit_package(&self.bytes(version).await?);
+        self.packages
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(version.to_string(), package.clone());
+        Ok(package)
     }
 }
 

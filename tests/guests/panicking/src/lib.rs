@@ -4,7 +4,7 @@
 
 wit_bindgen::generate!({
     world: "transfer-logic",
-    path: "../../../wit/0.1.0",
+    path: "../../../wit",
 });
 
 use exports::transferd::transfer::handler::Guest;
