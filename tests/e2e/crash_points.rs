@@ -51,13 +51,19 @@ fn transfer(sender_id: i64, receiver_id: i64, amount: &str) -> Value {
     json!({"sender_id": sender_id, "receiver_id": receiver_id, "amount": amount, "currency": "USD"})
 }
 
-/// The n-th transfer of a test: senders in turn, amounts all different.
+/// The n-th transfer of a test: senders in turn, amounts all different; every third one
+/// pending (two-phase), so each crash window also holds reservations.
 fn nth_transfer(n: i64) -> (i64, i64, Value) {
     let sender = n % USERS + 1;
     let receiver = sender % USERS + 1;
     let minor = 101 + n;
     let amount = format!("{}.{:02}", minor / 100, minor % 100);
-    (sender, minor, transfer(sender, receiver, &amount))
+    let mut body = transfer(sender, receiver, &amount);
+    if n % 3 == 2 {
+        body["phase"] = json!("pending");
+        body["expires_in_s"] = json!(3_600);
+    }
+    (sender, minor, body)
 }
 
 async fn fund(host: &Host) -> anyhow::Result<()> {
@@ -450,6 +456,57 @@ async fn a_crash_after_the_events_before_the_offset_commit_changes_nothing_twice
             reports.values().all(|count| *count <= 2),
             "a transfer was reported more than twice: {reports:?}"
         );
+        Ok(())
+    })
+    .await
+}
+
+/// A crash after a post is recorded and before it is published: the client heard nothing,
+/// the transfer stays pending, and a later pass publishes the recorded post, which settles
+/// once: the posted amount moves and the rest is released.
+#[tokio::test]
+async fn a_crash_after_a_post_is_recorded_posts_it_once() -> anyhow::Result<()> {
+    bounded(async {
+        let namespace = Namespace::new().await?;
+        let release = with_quick_reconciler(HostOptions::new(&namespace));
+        let point = "after-action-recorded";
+        let mut crashing = Host::start_with(&namespace, armed(&release, point, 0)).await?;
+        fund(&crashing).await?;
+        let (_, _, body) = nth_transfer(2);
+        let reply = crashing.transfer(body).await?;
+        ensure!(reply.status == 200, "{} {}", reply.status, reply.body);
+        let id = transaction_id(&reply.body)?;
+        namespace.wait_ids_settled(&[id], SETTLE_LIMIT).await?;
+        let token = transferd_e2e::auth::user_token(3);
+        let post = crashing
+            .post_as(
+                &format!("/transfers/{id}/post"),
+                &json!({"amount": "0.50"}),
+                &token,
+            )
+            .await;
+        ensure!(post.is_err(), "the post was answered: {post:?}");
+        let status = crashing.wait_exit(Duration::from_secs(10)).await;
+        ensure_crashed_at(status, &crashing.log_path, point)?;
+        let host = Host::start_on(&namespace, release, crashing.port).await?;
+        let deadline = std::time::Instant::now() + RECONCILER_LIMIT;
+        let shown = loop {
+            let shown = host.get_as(&format!("/transfers/{id}"), &token).await?;
+            if shown.body["status"] == "posted" || std::time::Instant::now() >= deadline {
+                break shown;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        ensure!(
+            shown.body["status"] == "posted" && shown.body["posted_amount"] == "0.50",
+            "the recorded post settled: {}",
+            shown.body
+        );
+        ensure_invariants(&namespace, &[id], 0).await?;
+        let again = host
+            .post_as(&format!("/transfers/{id}/void"), &json!({}), &token)
+            .await?;
+        ensure!(again.status == 409, "{} {}", again.status, again.body);
         Ok(())
     })
     .await

@@ -173,26 +173,12 @@ async fn invalid_metadata_is_422_naming_the_problem_and_holds_nothing() -> anyho
     Ok(())
 }
 
-/// Until settlement applies a pending transfer as one, the edge refuses it: settlement would
-/// move the money at once. The guest's own rules on the fields still answer first when the
-/// body is otherwise wrong.
+/// The guest's rules on the phase and the expiry: every problem named, nothing held; an
+/// explicit immediate phase is an ordinary transfer (tests/e2e/two_phase.rs has pending ones).
 #[tokio::test]
-async fn a_pending_transfer_is_refused_until_settlement_takes_it() -> anyhow::Result<()> {
+async fn the_phase_and_expiry_are_judged_by_the_guest() -> anyhow::Result<()> {
     let namespace = Namespace::new().await?;
     let host = funded_host(&namespace).await?;
-    for extra in [
-        json!({"phase": "pending"}),
-        json!({"phase": "pending", "expires_in_s": 3600}),
-    ] {
-        let refused = host.transfer(transfer(extra.clone())).await?;
-        assert_eq!(refused.status, 422, "{extra}: {}", refused.body);
-        assert_eq!(
-            refused.body,
-            json!({"detail": [{"loc": ["body", "phase"], "msg": "pending transfers are not available yet", "type": "not_supported"}]}),
-            "{extra}"
-        );
-    }
-    // The guest's rules on the phase and the expiry.
     let cases = [
         (json!({"phase": "posted"}), pairs(&[("phase", "enum")])),
         (

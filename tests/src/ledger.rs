@@ -12,6 +12,7 @@ pub struct LedgerCheck {
     pub nonzero_currency_sums: Vec<(String, i64)>,
     /// User accounts below zero: must be none.
     pub negative_accounts: i64,
+    /// Transfers that moved money: completed, or two-phase ones posted.
     pub completed_transfers: i64,
     pub rejected_transfers: i64,
     /// Journal entries of kind-transfer rows.
@@ -40,7 +41,8 @@ impl Namespace {
         .fetch_one(&pool)
         .await?;
         let (completed_transfers, rejected_transfers): (i64, i64) = sqlx::query_as(
-            "SELECT COUNT(*) FILTER (WHERE status = 'completed'), COUNT(*) FILTER (WHERE status = 'rejected')
+            "SELECT COUNT(*) FILTER (WHERE status IN ('completed', 'posted')),
+                    COUNT(*) FILTER (WHERE status = 'rejected')
              FROM transfers WHERE kind = 'transfer'",
         )
         .fetch_one(&pool)

@@ -226,22 +226,10 @@ fn answer_reply(
     }
 }
 
-/// Whether settlement applies a pending transfer as one (reserving, then posting or voiding).
-/// Until it does, the edge refuses `"phase": "pending"`: settlement would move the money at
-/// once. The one switch for pending transfers.
-pub const PENDING_TRANSFERS_SETTLE: bool = false;
-
 /// The request's fields, read by `transferd_wire::TransferFields`: the same code the fuzz
 /// targets and property tests drive.
 pub(super) fn parse_request(bytes: &[u8]) -> Result<TransferRequest, ApiError> {
     let fields = TransferFields::read(bytes)?;
-    if !PENDING_TRANSFERS_SETTLE && fields.phase.as_deref() == Some("pending") {
-        return Err(ApiError::Validation(vec![Invalid::body_field(
-            "phase",
-            "not_supported",
-            "pending transfers are not available yet",
-        )]));
-    }
     Ok(TransferRequest {
         sender_id: fields.sender_id,
         receiver_id: fields.receiver_id,
