@@ -87,6 +87,7 @@ fn message(sender_id: i64, receiver_id: i64, amount_minor: i64) -> Transfer {
         created_at_ms: 1_795_960_800_000,
         metadata: None,
         step: Step::Immediate,
+        atomic_batch: None,
         trace: None,
     }
 }

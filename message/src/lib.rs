@@ -461,15 +461,110 @@ impl ActionMessage {
     }
 }
 
+/// Most transfers one batch carries (`POST /transfers/batch`).
+pub const BATCH_MAX_TRANSFERS: usize = 1_000;
+
+/// Many transfers in one log record, written by the host for `POST /transfers/batch`: each
+/// transfer's message exactly as the guest wrote it for a single transfer, in request order.
+/// A reader that predates batches refuses it (it has no `transaction_id`), so it is set aside
+/// rather than misapplied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchMessage {
+    pub batch_id: Uuid,
+    /// All or none: settlement applies every transfer of the batch, or rejects them all.
+    pub atomic: bool,
+    pub transfers: Vec<TransferMessage>,
+}
+
+/// The batch as written: the transfers' own bytes, not re-serialised.
+#[derive(Serialize)]
+struct BatchWritten<'a> {
+    batch_id: Uuid,
+    atomic: bool,
+    transfers: Vec<&'a RawValue>,
+    schema_version: u32,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchRead<'a> {
+    batch_id: Uuid,
+    atomic: bool,
+    #[serde(borrow)]
+    transfers: Vec<&'a RawValue>,
+    #[allow(dead_code)] // Read so that it is known, not refused.
+    schema_version: u32,
+}
+
+impl BatchMessage {
+    /// A batch of transfer payloads (each the guest's message, already read by the guard), in
+    /// order. `Err` when a payload is not JSON.
+    pub fn write(
+        batch_id: Uuid,
+        atomic: bool,
+        payloads: &[&[u8]],
+    ) -> Result<Vec<u8>, MessageError> {
+        let transfers = payloads
+            .iter()
+            .map(|payload| {
+                let text = std::str::from_utf8(payload)
+                    .map_err(|error| MessageError::Shape(error.to_string()))?;
+                serde_json::from_str::<&RawValue>(text)
+                    .map_err(|error| MessageError::Shape(error.to_string()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let written = BatchWritten {
+            batch_id,
+            atomic,
+            transfers,
+            schema_version: SCHEMA_VERSION,
+        };
+        Ok(serde_json::to_vec(&written).expect("raw JSON and plain fields serialise"))
+    }
+
+    /// Settlement's reading: the batch's shape, then each transfer as
+    /// [`TransferMessage::parse`] reads a single one; at most [`BATCH_MAX_TRANSFERS`], no id
+    /// twice.
+    pub fn parse(payload: &[u8]) -> Result<BatchMessage, MessageError> {
+        let read: BatchRead = serde_json::from_slice(payload)
+            .map_err(|error| MessageError::Shape(error.to_string()))?;
+        if read.transfers.is_empty() || read.transfers.len() > BATCH_MAX_TRANSFERS {
+            return Err(field(
+                "transfers",
+                &format!(
+                    "has {} transfers, not 1 to {BATCH_MAX_TRANSFERS}",
+                    read.transfers.len()
+                ),
+            ));
+        }
+        let transfers = read
+            .transfers
+            .iter()
+            .map(|raw| TransferMessage::parse(raw.get().as_bytes()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let ids: BTreeSet<Uuid> = transfers.iter().map(|t| t.transaction_id).collect();
+        if ids.len() != transfers.len() {
+            return Err(field("transfers", "names one transaction id twice"));
+        }
+        Ok(BatchMessage {
+            batch_id: read.batch_id,
+            atomic: read.atomic,
+            transfers,
+        })
+    }
+}
+
 /// A message on the transfer topic, as settlement reads it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LogMessage {
     Transfer(TransferMessage),
     Action(ActionMessage),
+    Batch(BatchMessage),
 }
 
 impl LogMessage {
-    /// A message with an `action` field is an action, anything else a transfer
+    /// A message with a `batch_id` is a batch, one with an `action` field an action, anything
+    /// else a transfer
     /// ([`TransferMessage::parse`]). A reader that predates actions refuses one (it has no
     /// `transaction_id`), so it is set aside rather than misapplied.
     pub fn parse(payload: &[u8]) -> Result<LogMessage, MessageError> {
@@ -477,9 +572,14 @@ impl LogMessage {
         struct Probe<'a> {
             #[serde(borrow, default)]
             action: Option<&'a RawValue>,
+            #[serde(borrow, default)]
+            batch_id: Option<&'a RawValue>,
         }
         let probe: Probe = serde_json::from_slice(payload)
             .map_err(|error| MessageError::Shape(error.to_string()))?;
+        if probe.batch_id.is_some() {
+            return BatchMessage::parse(payload).map(LogMessage::Batch);
+        }
         if probe.action.is_none() {
             return TransferMessage::parse(payload).map(LogMessage::Transfer);
         }

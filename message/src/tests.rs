@@ -420,3 +420,39 @@ fn problem_of_log(payload: &[u8]) -> Option<&'static str> {
         Err(MessageError::Field { field, .. }) => Some(field),
     }
 }
+
+#[test]
+fn a_batch_carries_each_transfer_as_written_and_old_readers_refuse_it() {
+    let first = standard();
+    let second = TransferMessage {
+        transaction_id: Uuid::from_u128(7),
+        ..pending_with_metadata()
+    };
+    let payloads = [first.to_bytes(), second.to_bytes()];
+    let refs: Vec<&[u8]> = payloads.iter().map(Vec::as_slice).collect();
+    let bytes = BatchMessage::write(Uuid::from_u128(9), true, &refs).expect("json");
+    let text = String::from_utf8(bytes.clone()).expect("utf-8");
+    for payload in &payloads {
+        assert!(
+            text.contains(std::str::from_utf8(payload).expect("utf-8")),
+            "kept byte for byte"
+        );
+    }
+    let Ok(LogMessage::Batch(batch)) = LogMessage::parse(&bytes) else {
+        panic!("not read as a batch: {text}")
+    };
+    assert_eq!((batch.batch_id, batch.atomic), (Uuid::from_u128(9), true));
+    assert_eq!(batch.transfers, vec![first.clone(), second]);
+    assert!(
+        TransferMessage::parse(&bytes).is_err(),
+        "an older reader refuses a batch"
+    );
+    let twice = BatchMessage::write(Uuid::from_u128(9), false, &[&payloads[0], &payloads[0]])
+        .expect("json");
+    assert_eq!(problem_of_log(&twice), Some("transfers"));
+    let empty = br#"{"batch_id":"01a20c00-0000-7000-8000-000000000009","atomic":false,"transfers":[],"schema_version":1}"#;
+    assert_eq!(problem_of_log(empty), Some("transfers"));
+    let broken =
+        BatchMessage::write(Uuid::from_u128(9), false, &[br#"{"sender_id":1}"#]).expect("json");
+    assert_eq!(problem_of_log(&broken), Some("shape"));
+}

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use transferd_message::{Action, ActionMessage, Phase, TransferMessage};
+use transferd_message::{Action, ActionMessage, BatchMessage, Phase, TransferMessage};
 use uuid::Uuid;
 
 use crate::stores::transfer_state::{Reason, TransferStatus};
@@ -54,6 +54,8 @@ pub struct Transfer {
     pub created_at_ms: i64,
     pub metadata: Option<BTreeMap<String, String>>,
     pub step: Step,
+    /// The atomic batch it belongs to, if any: its transfers apply all or none.
+    pub atomic_batch: Option<Uuid>,
     /// The accepting request's id and trace, from the message's headers (not its payload).
     pub trace: Option<crate::trace::TraceContext>,
 }
@@ -75,8 +77,25 @@ impl Transfer {
             created_at_ms: message.created_at_ms,
             metadata: message.metadata,
             step,
+            atomic_batch: None,
             trace,
         }
+    }
+
+    /// The transfers of a batch message, in order; an atomic batch's bound together.
+    pub fn of_batch(
+        message: BatchMessage,
+        trace: Option<crate::trace::TraceContext>,
+    ) -> Vec<Transfer> {
+        let atomic_batch = message.atomic.then_some(message.batch_id);
+        message
+            .transfers
+            .into_iter()
+            .map(|transfer| Transfer {
+                atomic_batch,
+                ..Transfer::of(transfer, trace.clone())
+            })
+            .collect()
     }
 
     pub fn of_action(
@@ -96,6 +115,7 @@ impl Transfer {
                 action_id: message.action_id,
                 action: message.action,
             },
+            atomic_batch: None,
             trace,
         }
     }
@@ -201,6 +221,61 @@ pub struct PendingTransfer {
 /// below zero; the sum of all balances, and of pending debits against pending credits, never
 /// changes except by what a post moves between them.
 pub fn decide(
+    accounts: &mut BTreeMap<AccountKey, Position>,
+    pending: &mut HashMap<Uuid, PendingTransfer>,
+    steps: &[&Transfer],
+) -> Vec<Outcome> {
+    let mut outcomes = Vec::with_capacity(steps.len());
+    let mut start = 0;
+    while start < steps.len() {
+        let group = steps[start].atomic_batch;
+        let end = match group {
+            None => start + 1,
+            Some(batch) => {
+                start
+                    + steps[start..]
+                        .iter()
+                        .take_while(|step| step.atomic_batch == Some(batch))
+                        .count()
+            }
+        };
+        let run = &steps[start..end];
+        match group {
+            None => outcomes.extend(decide_each(accounts, pending, run)),
+            Some(_) => outcomes.extend(decide_all_or_none(accounts, pending, run)),
+        }
+        start = end;
+    }
+    outcomes
+}
+
+/// An atomic batch's transfers: applied together when every one applies; otherwise none is,
+/// the ones that failed keep their reason and the others are `batch_failed`.
+fn decide_all_or_none(
+    accounts: &mut BTreeMap<AccountKey, Position>,
+    pending: &mut HashMap<Uuid, PendingTransfer>,
+    steps: &[&Transfer],
+) -> Vec<Outcome> {
+    let (accounts_before, pending_before) = (accounts.clone(), pending.clone());
+    let outcomes = decide_each(accounts, pending, steps);
+    if outcomes
+        .iter()
+        .all(|outcome| matches!(outcome, Outcome::Completed | Outcome::Pending))
+    {
+        return outcomes;
+    }
+    *accounts = accounts_before;
+    *pending = pending_before;
+    outcomes
+        .into_iter()
+        .map(|outcome| match outcome {
+            Outcome::Rejected(reason) => Outcome::Rejected(reason),
+            _ => Outcome::Rejected(Reason::BatchFailed),
+        })
+        .collect()
+}
+
+fn decide_each(
     accounts: &mut BTreeMap<AccountKey, Position>,
     pending: &mut HashMap<Uuid, PendingTransfer>,
     steps: &[&Transfer],
@@ -415,6 +490,7 @@ pub(in crate::settlement) mod tests {
             created_at_ms: 0,
             metadata: None,
             step: Step::Immediate,
+            atomic_batch: None,
             trace: None,
         }
     }
@@ -682,5 +758,69 @@ mod two_phase {
             prop_assert_eq!(accounts.values().map(|p| p.pending_credits_minor).sum::<i64>(), open);
             prop_assert!(accounts.values().all(|p| p.spendable_minor() >= 0));
         }
+    }
+}
+
+#[cfg(test)]
+mod atomic_batches {
+    use super::tests::message;
+    use super::*;
+
+    fn in_batch(batch: u128, transfer: Transfer) -> Transfer {
+        Transfer {
+            atomic_batch: Some(Uuid::from_u128(batch)),
+            ..transfer
+        }
+    }
+
+    fn book() -> BTreeMap<AccountKey, Position> {
+        [(1, 100), (2, 0), (3, 0)]
+            .into_iter()
+            .map(|(user, balance_minor)| {
+                let position = Position {
+                    balance_minor,
+                    ..Position::default()
+                };
+                ((user, "USD".to_string()), position)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_atomic_batch_applies_all_or_none_and_names_the_transfer_that_failed() {
+        let mut accounts = book();
+        let mut pending = HashMap::new();
+        let (a, b, c) = (
+            in_batch(1, message(1, 2, 60)),
+            in_batch(1, message(1, 3, 60)),
+            in_batch(1, message(2, 3, 10)),
+        );
+        let alone = message(1, 3, 30);
+        let outcomes = decide(&mut accounts, &mut pending, &[&a, &b, &c, &alone]);
+        assert_eq!(
+            outcomes,
+            [
+                Outcome::Rejected(Reason::BatchFailed),
+                Outcome::Rejected(Reason::InsufficientFunds),
+                Outcome::Rejected(Reason::BatchFailed),
+                Outcome::Completed,
+            ]
+        );
+        assert_eq!(
+            accounts[&(1, "USD".into())].balance_minor,
+            70,
+            "only the lone transfer moved"
+        );
+        assert_eq!(accounts[&(2, "USD".into())].balance_minor, 0);
+        let (d, e) = (
+            in_batch(2, message(1, 2, 40)),
+            in_batch(2, message(2, 3, 40)),
+        );
+        assert_eq!(
+            decide(&mut accounts, &mut pending, &[&d, &e]),
+            [Outcome::Completed, Outcome::Completed],
+            "a chain: the second spends what the first brought"
+        );
+        assert_eq!(accounts[&(3, "USD".into())].balance_minor, 70);
     }
 }

@@ -181,6 +181,7 @@ mod tests {
                 created_at_ms: 0,
                 metadata: None,
                 step: Step::Immediate,
+                atomic_batch: None,
                 trace: trace.clone(),
             })
             .collect();

@@ -245,17 +245,18 @@ impl Settlements {
     /// position (settlement is past it). The row is marked re-driven in the same transaction,
     /// so of two concurrent retries one applies; a transfer the ledger has already (its id
     /// settled by another message) is not applied again.
-    pub async fn retry(&self, entry: &Entry) -> Result<(Transfer, SettledBatch), RetryError> {
+    pub async fn retry(&self, entry: &Entry) -> Result<(Vec<Transfer>, SettledBatch), RetryError> {
         if entry.retried_at.is_some() {
             return Err(RetryError::AlreadyRetried);
         }
-        let transfer = match LogMessage::parse(&entry.payload) {
-            Ok(LogMessage::Transfer(message)) => Transfer::of(message, None),
-            Ok(LogMessage::Action(message)) => Transfer::of_action(message, None),
+        let transfers = match LogMessage::parse(&entry.payload) {
+            Ok(LogMessage::Transfer(message)) => vec![Transfer::of(message, None)],
+            Ok(LogMessage::Action(message)) => vec![Transfer::of_action(message, None)],
+            Ok(LogMessage::Batch(message)) => Transfer::of_batch(message, None),
             Err(error) => return Err(RetryError::StillUnreadable(error.to_string())),
         };
         let mut transaction = self.pool.begin().await.map_err(LedgerError::from)?;
-        let settled = match write_batch(&mut transaction, std::slice::from_ref(&transfer)).await {
+        let settled = match write_batch(&mut transaction, &transfers).await {
             Ok(settled) => settled,
             Err(error) if error.refuses_data() => {
                 return Err(RetryError::StillRefused(refusal(&error)));
@@ -266,7 +267,7 @@ impl Settlements {
             return Err(RetryError::AlreadyRetried);
         }
         transaction.commit().await.map_err(LedgerError::from)?;
-        Ok((transfer, settled))
+        Ok((transfers, settled))
     }
 
     /// The oldest settled batch whose effects may not have run, as messages and as a settled
@@ -414,6 +415,7 @@ impl RecordedTransfer {
             created_at_ms: self.created_at_ms,
             metadata: self.metadata.map(|json| json.0),
             step,
+            atomic_batch: None,
             // Not kept in the ledger: a recovered transfer's event carries no trace.
             trace: None,
         };

@@ -35,17 +35,18 @@ impl<'a> Read<'a> {
         };
         for (index, message) in log.iter().enumerate() {
             let payload = message.payload().unwrap_or_default();
+            let trace = trace_of(message);
             let parsed = match LogMessage::parse(payload) {
-                Ok(LogMessage::Transfer(parsed)) => Ok(Transfer::of(parsed, trace_of(message))),
-                Ok(LogMessage::Action(parsed)) => {
-                    Ok(Transfer::of_action(parsed, trace_of(message)))
-                }
+                Ok(LogMessage::Transfer(parsed)) => Ok(vec![Transfer::of(parsed, trace)]),
+                Ok(LogMessage::Action(parsed)) => Ok(vec![Transfer::of_action(parsed, trace)]),
+                Ok(LogMessage::Batch(parsed)) => Ok(Transfer::of_batch(parsed, trace)),
                 Err(error) => Err(error),
             };
             match parsed {
-                Ok(transfer) => {
-                    read.transfers.push(transfer);
-                    read.sources.push(index);
+                Ok(transfers) => {
+                    read.sources
+                        .extend(std::iter::repeat_n(index, transfers.len()));
+                    read.transfers.extend(transfers);
                 }
                 Err(error) => read.set_aside(index, &error.to_string()),
             }
@@ -70,13 +71,17 @@ impl<'a> Read<'a> {
     }
 
     /// Moves the transfers at `refused` (indices into `transfers`, ascending, with the
-    /// ledger's words) to the quarantine.
+    /// ledger's words) to the quarantine: the log message each came from, once (a batch's
+    /// message is set aside once however many of its transfers the ledger refuses).
     pub(super) fn quarantine(&mut self, refused: Vec<(usize, String)>) {
+        let mut set_aside = std::collections::HashSet::new();
         for (index, error) in refused.into_iter().rev() {
             self.transfers.remove(index);
             let source = self.sources.remove(index);
-            self.set_aside(source, &format!("the ledger refuses it: {error}"));
-            self.refused += 1;
+            if set_aside.insert(source) {
+                self.set_aside(source, &format!("the ledger refuses it: {error}"));
+                self.refused += 1;
+            }
         }
     }
 

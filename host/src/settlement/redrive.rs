@@ -28,6 +28,7 @@ pub enum RedriveError {
 /// cause is fixed: applies it (exactly once: its row is marked in the same transaction, and
 /// the ledger skips an id it has) and runs its effects once. Effects that fail stay recorded,
 /// for the next worker to take the settlement lock; the reconciler releases the hold meanwhile.
+/// Answers with the message's first transfer (a batch's first) and its outcome.
 pub async fn redrive(
     stores: &Stores,
     partition: i32,
@@ -44,12 +45,15 @@ pub async fn redrive(
         .await
         .map_err(|error| refused(error.into()))?
         .ok_or(RedriveError::NotFound { partition, offset })?;
-    let (transfer, settled) = settlements.retry(&entry).await.map_err(refused)?;
-    tracing::info!(transaction_id = %transfer.transaction_id, partition, offset, "re-drove a quarantined message");
-    let transfers = std::slice::from_ref(&transfer);
+    let (transfers, settled) = settlements.retry(&entry).await.map_err(refused)?;
+    let Some(transfer) = transfers.first().cloned() else {
+        let error = ledger::RetryError::StillUnreadable("it carries no transfer".into());
+        return Err(refused(error));
+    };
+    tracing::info!(transaction_id = %transfer.transaction_id, transfers = transfers.len(), partition, offset, "re-drove a quarantined message");
     let effects = async {
-        update_cache(stores, transfers, &settled, &[]).await?;
-        emit_events(stores, transfers, &settled).await?;
+        update_cache(stores, &transfers, &settled, &[]).await?;
+        emit_events(stores, &transfers, &settled).await?;
         if let Some(batch_id) = settled.effects {
             settlements.effects_done(batch_id).await?;
         }

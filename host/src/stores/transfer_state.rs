@@ -48,6 +48,8 @@ pub enum Reason {
     /// Settlement could not apply the message and set it aside (`settlement::quarantine`);
     /// answered for a quarantined transfer, never written to the ledger.
     Unprocessable,
+    /// Another transfer of its atomic batch was rejected, so none of them applied.
+    BatchFailed,
 }
 
 impl TransferKind {
@@ -84,12 +86,13 @@ impl TransferStatus {
 }
 
 impl Reason {
-    pub const ALL: [Reason; 5] = [
+    pub const ALL: [Reason; 6] = [
         Reason::InsufficientFunds,
         Reason::ReceiverNotFound,
         Reason::InvalidMessage,
         Reason::BalanceOverflow,
         Reason::Unprocessable,
+        Reason::BatchFailed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -99,6 +102,7 @@ impl Reason {
             Reason::InvalidMessage => "invalid_message",
             Reason::BalanceOverflow => "balance_overflow",
             Reason::Unprocessable => "unprocessable",
+            Reason::BatchFailed => "batch_failed",
         }
     }
 }
