@@ -316,3 +316,59 @@ async fn a_0_1_guest_serves_plain_transfers_and_is_spared_fields_it_lacks() -> a
     assert!(last.json.get("metadata").is_none());
     Ok(())
 }
+
+/// A 0.1.0 guest as the shadow of the active 0.2.0 one: on a plain transfer it decides the
+/// same; on one with metadata the host refuses it the request, which counts as a difference,
+/// and the candidate publishes nothing either way.
+#[tokio::test]
+async fn a_0_1_shadow_differs_exactly_where_it_cannot_carry_the_request() -> anyhow::Result<()> {
+    let namespace = Namespace::new().await?;
+    let host = funded_host(&namespace).await?;
+    let version = host.upload_guest(&v0_1_guest_file()).await?;
+    let shadow_url = format!("{}/admin/guest/{version}/shadow", host.base_url);
+    let admin = transferd_e2e::auth::admin_token();
+    let started = host
+        .client
+        .post(&shadow_url)
+        .bearer_auth(&admin)
+        .send()
+        .await?;
+    assert_eq!(started.status(), 200);
+    let deadline = std::time::Instant::now() + READ_LIMIT;
+    while host.get_json("/admin/guest").await?["candidate"]["mode"] != "shadow" {
+        assert!(std::time::Instant::now() < deadline, "no shadow recorded");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The follower swaps the candidate in moments after the registry records it.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for extra in [json!({}), json!({"metadata": {"order_id": "A-1"}})] {
+        let reply = host.transfer(transfer(extra)).await?;
+        assert_eq!(
+            reply.status, 200,
+            "the active version decides: {}",
+            reply.body
+        );
+    }
+    let stats = host.shadow_report(&version, 2).await?;
+    assert_eq!(stats["replica_stats"]["runs"], 2, "{stats}");
+    assert_eq!(stats["replica_stats"]["differences"], 1, "{stats}");
+    let difference = &stats["replica_stats"]["recent_differences"][0];
+    assert_eq!(
+        difference["candidate"]["err"]["invalid"][0]["code"], "not_supported",
+        "{difference}"
+    );
+    let messages = consume(
+        KAFKA_BROKERS,
+        &namespace.transfer_topic(),
+        3,
+        Duration::from_secs(3),
+    )
+    .await?;
+    assert_eq!(messages.len(), 2, "the active version's two transfers only");
+    assert!(
+        messages
+            .iter()
+            .all(|m| m.json["guest_version"] != version.as_str())
+    );
+    Ok(())
+}
