@@ -77,6 +77,13 @@ async fn metadata_is_carried_in_the_transfer_message() -> anyhow::Result<()> {
         message.payload
     );
     assert!(message.json.get("phase").is_none() && message.json.get("expires_at_ms").is_none());
+    // The hold taken ahead recorded this very message: the publish took it over as it was.
+    for (outcome, count) in [("outcome=\"used\"", 1.0), ("outcome=\"replaced\"", 0.0)] {
+        let counted = host
+            .metric("transferd_holds_ahead_total", &[outcome])
+            .await?;
+        assert_eq!(counted, count, "{outcome}");
+    }
     assert_eq!(namespace.wait_settled(1, READ_LIMIT).await?, 1);
     assert_eq!(namespace.ledger_balance(1, "USD").await?, Some(9_900));
 
