@@ -134,6 +134,29 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        /// Whatever metadata the rules let through and whatever expiry they allow, the message
+        /// is one the guard's exact reading admits, carrying both unchanged.
+        #[test]
+        fn metadata_and_expiry_within_the_rules_make_an_exact_message(
+            metadata in proptest::collection::btree_map("[A-Za-z0-9_.-]{1,64}", "[^\\x00-\\x1f\\x7f]{0,40}", 0..=16),
+            pending_for_s in proptest::option::of(1i64..=crate::rules::MAX_EXPIRES_IN_S),
+            received_at_ms in 0u64..=253_402_300_799_999,
+        ) {
+            let valid = ValidTransfer {
+                metadata: (!metadata.is_empty()).then_some(metadata),
+                pending_for_s,
+                ..transfer(None)
+            };
+            let bytes = transfer_message(ID, received_at_ms, "v", &valid).expect("a message");
+            let read = TransferMessage::parse_exact(&bytes).expect("the guard's reading");
+            proptest::prop_assert_eq!(&read.metadata, &valid.metadata);
+            proptest::prop_assert_eq!(read.is_pending(), pending_for_s.is_some());
+            let expected_expiry = pending_for_s.map(|s| read.created_at_ms + s * 1000);
+            proptest::prop_assert_eq!(read.expires_at_ms, expected_expiry);
+        }
+    }
+
     #[test]
     fn a_context_no_message_can_carry_is_an_error() {
         assert!(transfer_message("t", 0, "v", &transfer(None)).is_err());

@@ -362,3 +362,53 @@ impl<T: publish::Host + Send> legacy_wit::publish::Host for T {
         Ok(answer.map_err(Into::into))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_legacy_guest_is_refused_each_field_it_cannot_carry_and_only_those() {
+        let plain = TransferRequest {
+            sender_id: 1,
+            receiver_id: 2,
+            amount: "1".into(),
+            currency: "USD".into(),
+            ..TransferRequest::default()
+        };
+        assert_eq!(Package::Legacy.refusal(&plain), None);
+        let extended = TransferRequest {
+            phase: Some("immediate".into()),
+            metadata: vec![("k".into(), "v".into())],
+            ..plain.clone()
+        };
+        assert_eq!(Package::Current.refusal(&extended), None);
+        let Some(Rejection::Invalid(errors)) = Package::Legacy.refusal(&extended) else {
+            panic!("refused as invalid");
+        };
+        let fields: Vec<(&str, &str)> = errors
+            .iter()
+            .map(|error| (error.field.as_str(), error.code.as_str()))
+            .collect();
+        assert_eq!(
+            fields,
+            [("phase", "not_supported"), ("metadata", "not_supported")]
+        );
+        // Empty metadata is no metadata: nothing to refuse.
+        let empty = TransferRequest {
+            metadata: vec![],
+            expires_in_s: Some(60),
+            ..plain
+        };
+        assert!(matches!(
+            Package::Legacy.refusal(&empty),
+            Some(Rejection::Invalid(errors)) if errors.len() == 1 && errors[0].field == "expires_in_s"
+        ));
+    }
+
+    #[test]
+    fn bytes_that_are_no_component_name_no_package() {
+        assert_eq!(wit_package(b"not wasm"), None);
+        assert_eq!(wit_package(b"\0asm\x01\0\0\0"), None);
+    }
+}

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use transferd::bindings::wit_package;
 use transferd::guest::runtime::{Guest, GuestEngine, GuestLimits};
 use transferd_guest::vectors::{Vector, canonical, check_invariant};
 
@@ -115,6 +116,10 @@ async fn a_0_1_guest_decides_what_it_can_carry_and_is_spared_the_rest() -> anyho
     let legacy = engine(2, 1)?.load_file(&v0_1_guest_file())?;
     assert_eq!(legacy.package().version(), "0.1.0");
     assert_eq!(load_guest()?.package().version(), "0.2.0");
+    // What the registry reads from the bytes alone says the same.
+    let package_of = |file: PathBuf| std::fs::read(file).map(|bytes| wit_package(&bytes));
+    assert_eq!(package_of(v0_1_guest_file())?.as_deref(), Some("0.1.0"));
+    assert_eq!(package_of(guest_file())?.as_deref(), Some("0.2.0"));
     let mut carried = 0;
     for vector in &vectors()? {
         let actual = legacy.run_vector(vector).await?;

@@ -442,22 +442,7 @@ async fn a_shadow_counts_a_known_difference_and_publishes_nothing() -> anyhow::R
             reply.body
         );
     }
-    let url = format!("{}/admin/guest/{strict}/shadow", host.base_url);
-    let mut stats = Value::Null;
-    for _ in 0..200 {
-        stats = host
-            .client
-            .get(&url)
-            .bearer_auth(ADMIN_TOKEN)
-            .send()
-            .await?
-            .json()
-            .await?;
-        if stats["replica_stats"]["runs"] == 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let stats = host.shadow_report(&strict, 2).await?;
     assert_eq!(stats["replica_stats"]["runs"], 2, "{stats}");
     assert_eq!(stats["replica_stats"]["differences"], 1, "{stats}");
     let difference = &stats["replica_stats"]["recent_differences"][0];

@@ -77,6 +77,13 @@ async fn metadata_is_carried_in_the_transfer_message() -> anyhow::Result<()> {
         message.payload
     );
     assert!(message.json.get("phase").is_none() && message.json.get("expires_at_ms").is_none());
+    // The hold taken ahead recorded this very message: the publish took it over as it was.
+    for (outcome, count) in [("outcome=\"used\"", 1.0), ("outcome=\"replaced\"", 0.0)] {
+        let counted = host
+            .metric("transferd_holds_ahead_total", &[outcome])
+            .await?;
+        assert_eq!(counted, count, "{outcome}");
+    }
     assert_eq!(namespace.wait_settled(1, READ_LIMIT).await?, 1);
     assert_eq!(namespace.ledger_balance(1, "USD").await?, Some(9_900));
 
@@ -300,5 +307,61 @@ async fn a_0_1_guest_serves_plain_transfers_and_is_spared_fields_it_lacks() -> a
     assert_eq!(last.json["transaction_id"], plain.body["transaction_id"]);
     assert_eq!(last.json["guest_version"], version.as_str());
     assert!(last.json.get("metadata").is_none());
+    Ok(())
+}
+
+/// A 0.1.0 guest as the shadow of the active 0.2.0 one: on a plain transfer it decides the
+/// same; on one with metadata the host refuses it the request, which counts as a difference,
+/// and the candidate publishes nothing either way.
+#[tokio::test]
+async fn a_0_1_shadow_differs_exactly_where_it_cannot_carry_the_request() -> anyhow::Result<()> {
+    let namespace = Namespace::new().await?;
+    let host = funded_host(&namespace).await?;
+    let version = host.upload_guest(&v0_1_guest_file()).await?;
+    let shadow_url = format!("{}/admin/guest/{version}/shadow", host.base_url);
+    let admin = transferd_e2e::auth::admin_token();
+    let started = host
+        .client
+        .post(&shadow_url)
+        .bearer_auth(&admin)
+        .send()
+        .await?;
+    assert_eq!(started.status(), 200);
+    let deadline = std::time::Instant::now() + READ_LIMIT;
+    while host.get_json("/admin/guest").await?["candidate"]["mode"] != "shadow" {
+        assert!(std::time::Instant::now() < deadline, "no shadow recorded");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The follower swaps the candidate in moments after the registry records it.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for extra in [json!({}), json!({"metadata": {"order_id": "A-1"}})] {
+        let reply = host.transfer(transfer(extra)).await?;
+        assert_eq!(
+            reply.status, 200,
+            "the active version decides: {}",
+            reply.body
+        );
+    }
+    let stats = host.shadow_report(&version, 2).await?;
+    assert_eq!(stats["replica_stats"]["runs"], 2, "{stats}");
+    assert_eq!(stats["replica_stats"]["differences"], 1, "{stats}");
+    let difference = &stats["replica_stats"]["recent_differences"][0];
+    assert_eq!(
+        difference["candidate"]["err"]["invalid"][0]["code"], "not_supported",
+        "{difference}"
+    );
+    let messages = consume(
+        KAFKA_BROKERS,
+        &namespace.transfer_topic(),
+        3,
+        Duration::from_secs(3),
+    )
+    .await?;
+    assert_eq!(messages.len(), 2, "the active version's two transfers only");
+    assert!(
+        messages
+            .iter()
+            .all(|m| m.json["guest_version"] != version.as_str())
+    );
     Ok(())
 }

@@ -139,6 +139,22 @@ impl Host {
         Ok(version)
     }
 
+    /// This replica's shadow report on `version` once it counts `runs` runs, or as it stands
+    /// after about four seconds.
+    pub async fn shadow_report(&self, version: &str, runs: u64) -> anyhow::Result<Value> {
+        let mut report = Value::Null;
+        for _ in 0..200 {
+            report = self
+                .get_json(&format!("/admin/guest/{version}/shadow"))
+                .await?;
+            if report["replica_stats"]["runs"] == runs {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        Ok(report)
+    }
+
     /// Activates a stored guest version as the static admin. Fails unless accepted (200).
     pub async fn activate_guest(&self, version: &str) -> anyhow::Result<()> {
         let activated = self

@@ -342,6 +342,26 @@ fn bearer_challenge(error: &AuthError) -> String {
 mod tests {
     use super::*;
 
+    /// A guest names one metadata entry `metadata.<key>`; the answer locates it as pydantic
+    /// locates a dictionary's member, the key whole even when it holds dots.
+    #[test]
+    fn a_guest_s_dotted_field_is_located_as_a_member() {
+        let problem = |field: &str| {
+            field_problem(FieldError {
+                field: field.into(),
+                message: "m".into(),
+                code: "c".into(),
+            })
+            .location
+        };
+        assert_eq!(problem("amount"), ["body", "amount"]);
+        assert_eq!(
+            problem("metadata.order_id"),
+            ["body", "metadata", "order_id"]
+        );
+        assert_eq!(problem("metadata.a.b"), ["body", "metadata", "a.b"]);
+    }
+
     #[test]
     fn insufficient_funds_keeps_the_original_words() {
         let error = ApiError::InsufficientFunds;
