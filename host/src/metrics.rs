@@ -48,6 +48,10 @@ pub const KAFKA_PRODUCE_ERRORS: &str = "transferd_kafka_produce_errors_total";
 /// Transfer publishes whose outcome is unknown (answered 503 `"status":"unknown"`; the hold
 /// stays until the log or the ledger says).
 pub const PUBLISHES_IN_DOUBT: &str = "transferd_publishes_in_doubt_total";
+/// `POST /transfers/batch` requests answered 200, by `atomic` (`true`, `false`).
+pub const BATCHES: &str = "transferd_batches_total";
+/// The transfers of those batches, by `outcome` (`accepted`, `rejected`).
+pub const BATCH_TRANSFERS: &str = "transferd_batch_transfers_total";
 /// Holds in Redis (accepted transfers not settled yet), as of the last count.
 pub const HOLDS_OUTSTANDING: &str = "transferd_holds_outstanding";
 /// Minor units held, by `currency`, as of the last count.

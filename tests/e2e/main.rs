@@ -7,6 +7,7 @@
 //! `cargo test` runs alone (`e2e/faults.rs`).
 
 mod auth;
+mod batches;
 mod broker;
 mod crash_points;
 mod dependencies;

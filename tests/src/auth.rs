@@ -64,14 +64,18 @@ pub fn admin_token() -> String {
 /// The token to post `body` with: its sender's (as a JSON integer or a string holding one),
 /// else an admin's, so a body without a readable sender still reaches the validation.
 pub fn token_for_body(body: &str) -> String {
-    let sender =
-        serde_json::from_str::<Value>(body)
-            .ok()
-            .and_then(|body| match &body["sender_id"] {
-                Value::Number(number) => number.as_i64(),
-                Value::String(text) => text.parse().ok(),
-                _ => None,
-            });
+    let sender = serde_json::from_str::<Value>(body)
+        .ok()
+        // A batch's: its first transfer's sender.
+        .map(|body| match body["transfers"][0].is_object() {
+            true => body["transfers"][0].clone(),
+            false => body,
+        })
+        .and_then(|body| match &body["sender_id"] {
+            Value::Number(number) => number.as_i64(),
+            Value::String(text) => text.parse().ok(),
+            _ => None,
+        });
     match sender {
         Some(sender) if sender > 0 => user_token(sender),
         // Not a user id a token can name: the guest refuses the body before it asks who sends.

@@ -195,6 +195,37 @@ impl<'a> Fields<'a> {
         self.decimal_text(name)
     }
 
+    /// A required array, as its items' raw JSON text; a problem when it is not one.
+    pub fn raw_array(&mut self, name: &str) -> Option<Vec<&'a RawValue>> {
+        let raw = self.required(name)?.get();
+        let items = serde_json::from_str::<Vec<&'a RawValue>>(raw).ok();
+        if items.is_none() {
+            self.problems.push(Invalid::body_field(
+                name,
+                "list_type",
+                "Input should be a valid list",
+            ));
+        }
+        items
+    }
+
+    /// An optional boolean: absent and `null` are both `None`.
+    pub fn optional_bool(&mut self, name: &str) -> Option<bool> {
+        let raw = self.given(name)?.get();
+        if raw == "null" {
+            return None;
+        }
+        let parsed = serde_json::from_str::<bool>(raw).ok();
+        if parsed.is_none() {
+            self.problems.push(Invalid::body_field(
+                name,
+                "bool_type",
+                "Input should be a valid boolean",
+            ));
+        }
+        parsed
+    }
+
     /// A required string.
     pub fn string(&mut self, name: &str) -> Option<String> {
         let raw = self.required(name)?.get();

@@ -4,10 +4,12 @@
 //! tests can drive exactly what the service runs without building hyper, tokio or wasmtime.
 //! The host's `http::body` adds the async part: content type, size limit and timeout.
 
+mod batch;
 mod fields;
 mod problem;
 mod transfer;
 
+pub use batch::BatchFields;
 pub use fields::Fields;
 pub use problem::{BodyError, Invalid};
 pub use transfer::TransferFields;

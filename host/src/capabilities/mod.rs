@@ -9,9 +9,11 @@
 
 pub mod backend;
 pub mod balance_lookup;
+pub mod batch;
 pub mod guard;
 pub mod hold_ahead;
 mod publish;
+pub use publish::HOLDS_UNTRUSTED;
 #[cfg(test)]
 mod tests;
 
@@ -80,6 +82,9 @@ pub struct RequestState {
     /// The request's claim on its idempotency key, if it has one: the publish and its release
     /// act only while the claim stands.
     pub lease: Option<KeyLease>,
+    /// In a batch: what the lookups answer from and where the publish stages (`batch`);
+    /// the runtime carries it from one item's call to the next.
+    pub batch: Option<batch::BatchBook>,
     wasi: WasiCtx,
     table: ResourceTable,
     pub limits: StoreLimits,
@@ -103,6 +108,7 @@ impl RequestState {
             prefetched: balance_lookup::Prefetched::default(),
             ahead: hold_ahead::Ahead::planned(ahead),
             lease: None,
+            batch: None,
             // Nothing: no arguments, environment, files, sockets or inherited stdio.
             wasi: WasiCtx::builder().build(),
             table: ResourceTable::new(),

@@ -33,6 +33,12 @@ impl publish::Host for RequestState {
             &mut self.violation,
             &outgoing,
         )?;
+        if let Some(book) = &mut self.batch {
+            // A batch's item: staged, held and produced with the batch after its last item.
+            let answer = book.stage(&self.expected, outgoing, amount_minor);
+            self.answers.publish = Some(publish_answer(&answer));
+            return Ok(answer);
+        }
         let taken = self.take_hold_ahead(&outgoing, amount_minor);
         self.publication.set(Publication::InFlight);
         // Its own task: a guest timeout that drops this call cannot stop a publish between
@@ -51,12 +57,17 @@ impl publish::Host for RequestState {
         let answer = delivery
             .await
             .map_err(|error| wasmtime::Error::msg(format!("the publish task failed: {error}")))?;
-        self.answers.publish = Some(match &answer {
-            Ok(()) => serde_json::json!("ok"),
-            Err(PublishError::InsufficientFunds) => serde_json::json!("insufficient-funds"),
-            Err(PublishError::Unavailable(reason)) => serde_json::json!({"unavailable": reason}),
-        });
+        self.answers.publish = Some(publish_answer(&answer));
         Ok(answer)
+    }
+}
+
+/// A publish's answer in the vectors' import format.
+fn publish_answer(answer: &Result<(), PublishError>) -> serde_json::Value {
+    match answer {
+        Ok(()) => serde_json::json!("ok"),
+        Err(PublishError::InsufficientFunds) => serde_json::json!("insufficient-funds"),
+        Err(PublishError::Unavailable(reason)) => serde_json::json!({"unavailable": reason}),
     }
 }
 

@@ -38,6 +38,7 @@ use wasmtime::{
 use transferd_guest::vectors::{self, Replay, Vector};
 
 use crate::bindings::{self, Logic, LogicPre, Package};
+use crate::capabilities::batch::{self, BatchBook, Staged};
 use crate::capabilities::guard::{self, Expected, Violation};
 use crate::capabilities::hold_ahead::{self, HoldAhead};
 use crate::capabilities::{Publication, PublicationCell, RecordedAnswers, RequestState};
@@ -534,12 +535,7 @@ impl Guest {
         let attempt = async {
             let instance = match instance {
                 Some(instance) => instance,
-                None => {
-                    self.instances_created.fetch_add(1, Ordering::Relaxed);
-                    metrics::counter!(crate::metrics::GUEST_INSTANCES, "version" => self.version.clone())
-                        .increment(1);
-                    pre.instantiate_async(&mut store).await?
-                }
+                None => self.instantiate(pre, &mut store).await?,
             };
             let decision = instance
                 .initiate_transfer(&mut store, context, request)
@@ -563,6 +559,18 @@ impl Guest {
             }
         };
         Ok((ran, inspected))
+    }
+
+    /// A new instance in `store`, counted.
+    async fn instantiate<T: Send + 'static>(
+        &self,
+        pre: &LogicPre<T>,
+        store: &mut Store<T>,
+    ) -> wasmtime::Result<Logic> {
+        self.instances_created.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!(crate::metrics::GUEST_INSTANCES, "version" => self.version.clone())
+            .increment(1);
+        pre.instantiate_async(store).await
     }
 
     /// Keeps an instance that finished normally for its next call, while it has calls left
@@ -591,6 +599,179 @@ impl Guest {
             None => drop_later(store, slot),
         }
     }
+}
+
+/// One batch item's decision, and what it staged when the guest accepted it as staged.
+#[derive(Debug)]
+pub struct ItemDecided {
+    pub decision: Result<Result<Accepted, Rejection>, GuestFailure>,
+    pub staged: Option<Staged>,
+    /// What the item may publish; `None` when it was refused before a call.
+    pub expected: Option<Expected>,
+}
+
+/// A batch's one instance while it runs its items: created on first use and again after an
+/// item trapped (a trapped instance is never called again).
+struct BatchInstance {
+    store: Option<(Store<RequestState>, Logic, u32)>,
+}
+
+impl Guest {
+    /// Runs `initiate-transfer` for every item of a batch on one instance (one slot), each
+    /// item in batch mode (`capabilities::batch`): nothing is held or published here. An item
+    /// that traps or breaks a host check is failed and the rest go on on a fresh instance; an
+    /// item that runs out of time fails with every item after it, so a batch's time stays
+    /// bounded by one guest timeout past its work. `items`: each item's context and request.
+    pub async fn initiate_batch(
+        &self,
+        stores: Arc<Stores>,
+        items: &[(RequestContext, TransferRequest)],
+        atomic: bool,
+        lease: Option<KeyLease>,
+    ) -> Vec<ItemDecided> {
+        let expected: Vec<Result<Expected, Violation>> = items
+            .iter()
+            .map(|(context, request)| Expected::of(context, request))
+            .collect();
+        let readable: Vec<Expected> = expected.iter().filter_map(|e| e.clone().ok()).collect();
+        let mut book = Some(BatchBook::new(
+            atomic,
+            batch::snapshot(&stores, &readable).await,
+        ));
+        let start_by = lease.as_ref().map(|lease| self.engine.start_by(lease));
+        let slot = match self.engine.slot(start_by).await {
+            Ok(slot) => slot,
+            Err(failure) => return failed_items(items.len(), &failure),
+        };
+        let mut instance = BatchInstance { store: None };
+        let mut decided = Vec::with_capacity(items.len());
+        for ((context, request), expected) in items.iter().zip(expected) {
+            if decided
+                .last()
+                .is_some_and(|last: &ItemDecided| timed_out(&last.decision))
+            {
+                let failure = GuestFailure::Timeout(self.engine.limits.timeout.as_millis());
+                decided.push(failed_item(&failure));
+                continue;
+            }
+            let item = match (self.package().refusal(request), expected) {
+                (Some(refusal), _) => failed_item_with(Ok(Err(refusal))),
+                (None, Err(violation)) => failed_item(&GuestFailure::Violation(violation)),
+                (None, Ok(expected)) => {
+                    let call = (&stores, expected, context, request);
+                    self.batch_item(&mut instance, &mut book, call).await
+                }
+            };
+            decided.push(item);
+        }
+        match instance.store {
+            Some((store, logic, calls)) => self.keep_or_drop(&self.kept, store, logic, calls, slot),
+            None => drop(slot),
+        }
+        decided
+    }
+
+    /// One item's call on the batch's instance, with the batch's book in its store.
+    async fn batch_item(
+        &self,
+        instance: &mut BatchInstance,
+        book: &mut Option<BatchBook>,
+        (stores, expected, context, request): (
+            &Arc<Stores>,
+            Expected,
+            &RequestContext,
+            &TransferRequest,
+        ),
+    ) -> ItemDecided {
+        let call = (
+            Arc::clone(stores),
+            expected.clone(),
+            PublicationCell::default(),
+            None,
+            None,
+        );
+        let (mut store, logic, calls) = match instance.store.take() {
+            Some((mut store, logic, calls)) => {
+                CallState::begin(store.data_mut(), call);
+                (store, Some(logic), calls)
+            }
+            None => (
+                self.new_store(|limits| <RequestState as CallState>::for_call(call, limits)),
+                None,
+                0,
+            ),
+        };
+        store.data_mut().batch = book.take();
+        store.set_epoch_deadline(1);
+        let attempt = async {
+            let logic = match logic {
+                Some(logic) => logic,
+                None => self.instantiate(&self.pre, &mut store).await?,
+            };
+            let decision = logic
+                .initiate_transfer(&mut store, context, request)
+                .await?;
+            Ok::<_, wasmtime::Error>((logic, decision))
+        };
+        let outcome = tokio::time::timeout(self.engine.limits.timeout, attempt).await;
+        let violation = store.data_mut().violation.take();
+        *book = store.data_mut().batch.take();
+        let ran = match outcome {
+            Ok(Ok((logic, decision))) => {
+                instance.store = Some((store, logic, calls + 1));
+                Ran::Decided(decision)
+            }
+            Ok(Err(trap)) => {
+                drop_store_later(store);
+                Ran::Trapped(trap)
+            }
+            Err(_elapsed) => {
+                drop_store_later(store);
+                Ran::TimedOut
+            }
+        };
+        let decision = self.decision(ran, violation);
+        let Some(book) = book.as_mut() else {
+            return failed_item(&GuestFailure::Trap("the batch's book was lost".into()));
+        };
+        let staged_minor = book.current.as_ref().map(|staged| staged.amount_minor);
+        // Staged and accepted as staged, or nothing: later items see what will be held.
+        let accepted = matches!(&decision, Ok(Ok(accepted))
+            if guard::check_accepted(&expected, staged_minor, accepted).is_ok());
+        if !accepted {
+            book.unstage(&expected);
+        }
+        ItemDecided {
+            decision,
+            staged: book.current.take(),
+            expected: Some(expected),
+        }
+    }
+}
+
+fn timed_out(decision: &Result<Result<Accepted, Rejection>, GuestFailure>) -> bool {
+    matches!(decision, Err(GuestFailure::Timeout(_)))
+}
+
+fn failed_item(failure: &GuestFailure) -> ItemDecided {
+    failed_item_with(Err(failure.clone()))
+}
+
+fn failed_item_with(decision: Result<Result<Accepted, Rejection>, GuestFailure>) -> ItemDecided {
+    ItemDecided {
+        decision,
+        staged: None,
+        expected: None,
+    }
+}
+
+fn failed_items(count: usize, failure: &GuestFailure) -> Vec<ItemDecided> {
+    (0..count).map(|_| failed_item(failure)).collect()
+}
+
+/// Drops a trapped store off the request path; the batch keeps its slot.
+fn drop_store_later<T: Send + 'static>(store: Store<T>) {
+    tokio::spawn(async move { drop(store) });
 }
 
 impl Guest {

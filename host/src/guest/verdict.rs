@@ -10,7 +10,7 @@ use transferd_guest::logic::Rejection;
 
 use crate::capabilities::Publication;
 use crate::capabilities::guard::{self, Expected, Violation};
-use crate::guest::runtime::{Decided, GuestFailure};
+use crate::guest::runtime::{Decided, GuestFailure, ItemDecided};
 
 /// What the client is told.
 #[derive(Debug, Clone, PartialEq)]
@@ -23,6 +23,9 @@ pub enum Answer {
     InDoubt(String),
     /// No decision and nothing published: a trap, a broken host check, a timeout.
     Failed(GuestFailure),
+    /// A transfer of an atomic batch the guest accepted, refused because another of the
+    /// batch was.
+    BatchFailed,
 }
 
 /// The answer, and the host check the guest broke if it broke one (to log and count, also
@@ -53,6 +56,26 @@ pub fn verdict(expected: &Expected, decided: &Decided) -> (Answer, Option<Violat
         },
     };
     (answer, violation)
+}
+
+/// A batch item's answer: accepted only when the guest staged its message and accepted it
+/// (naming the staged amount); otherwise its guest's refusal or failure. Nothing of a batch
+/// is in the log before the host produces it, so here the guest's answer decides.
+pub fn item_verdict(item: &ItemDecided) -> Answer {
+    let staged_minor = item.staged.as_ref().map(|staged| staged.amount_minor);
+    match (&item.decision, &item.expected) {
+        (Err(failure), _) => Answer::Failed(failure.clone()),
+        (Ok(Err(rejection)), _) => Answer::Rejected(rejection.clone()),
+        (Ok(Ok(accepted)), Some(expected)) => {
+            match guard::check_accepted(expected, staged_minor, accepted) {
+                Ok(()) => Answer::Accepted,
+                Err(violation) => Answer::Failed(GuestFailure::Violation(violation)),
+            }
+        }
+        (Ok(Ok(_)), None) => {
+            Answer::Failed(GuestFailure::Violation(Violation::AcceptedUnpublished))
+        }
+    }
 }
 
 #[cfg(test)]

@@ -55,6 +55,66 @@ pub struct CreateTransfer {
     metadata: Option<std::collections::BTreeMap<String, String>>,
 }
 
+/// `POST /transfers/batch`' body.
+#[derive(ToSchema)]
+#[allow(dead_code)] // Documents the reading in `batches::create`.
+#[serde(deny_unknown_fields)] // `additionalProperties: false`: the reader refuses other keys.
+pub struct CreateBatch {
+    /// 1 to 1000 transfers, each exactly a `POST /transfers` body; decided, held, published
+    /// and settled in this order.
+    #[schema(min_items = 1, max_items = 1000)]
+    transfers: Vec<CreateTransfer>,
+    /// All or none (default `false`): one refused transfer refuses them all (`batch_failed`),
+    /// and settlement applies every one or none. In an atomic batch a transfer may spend what
+    /// an earlier one of the batch credits.
+    atomic: Option<bool>,
+}
+
+/// `POST /transfers/batch` answered: one result per transfer, in the request's order.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BatchAnswer {
+    pub batch_id: Uuid,
+    pub atomic: bool,
+    pub results: Vec<BatchResult>,
+}
+
+/// One transfer of a batch: accepted (it will settle exactly once), or rejected with what a
+/// `POST /transfers` of it alone would have answered.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BatchResult {
+    pub index: usize,
+    pub transaction_id: Uuid,
+    pub status: BatchItemStatus,
+    /// A rejected transfer's HTTP status, had it been sent alone.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status_code: Option<u16>,
+    /// A rejected transfer's `detail`, as `POST /transfers` writes it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub detail: Option<serde_json::Value>,
+    /// A rejected transfer's `code` (absent on validation problems, as in FastAPI).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub code: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum BatchItemStatus {
+    Accepted,
+    Rejected,
+}
+
+/// `POST /transfers/batch` answered 503 when its record may or may not be in the log: retry
+/// with the same `Idempotency-Key`, or ask `GET /transfers/{id}` of its transfers.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BatchOutcomeUnknown {
+    pub detail: String,
+    pub status: Unknown,
+    pub batch_id: Uuid,
+    pub transaction_ids: Vec<Uuid>,
+}
+
 /// What settling a transfer does with its money.
 #[derive(ToSchema)]
 #[allow(dead_code)] // Documents the reading in `transfers::parse_request`.
@@ -526,6 +586,8 @@ pub enum ErrorCode {
     TooManyRequests,
     Unavailable,
     Internal,
+    /// An atomic batch's transfer refused because another of the batch was.
+    BatchFailed,
 }
 
 /// `POST /transfers` answered 503 when the transfer may or may not be in the log: ask

@@ -20,6 +20,16 @@ pub async fn read_json_body(
     body: Incoming,
     timeout: std::time::Duration,
 ) -> Result<Bytes, ApiError> {
+    read_json_body_within(headers, body, timeout, MAX_BODY_BYTES).await
+}
+
+/// [`read_json_body`] with another size limit (a batch's).
+pub async fn read_json_body_within(
+    headers: &HeaderMap,
+    body: Incoming,
+    timeout: std::time::Duration,
+    max_body_bytes: usize,
+) -> Result<Bytes, ApiError> {
     let is_json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|value| value.to_str().ok())
@@ -32,12 +42,12 @@ pub async fn read_json_body(
         .get(header::CONTENT_LENGTH)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.parse::<u64>().ok());
-    if declared_length.is_some_and(|length| length > MAX_BODY_BYTES as u64) {
+    if declared_length.is_some_and(|length| length > max_body_bytes as u64) {
         return Err(ApiError::PayloadTooLarge {
-            limit_bytes: MAX_BODY_BYTES,
+            limit_bytes: max_body_bytes,
         });
     }
-    let reading = tokio::time::timeout(timeout, Limited::new(body, MAX_BODY_BYTES).collect());
+    let reading = tokio::time::timeout(timeout, Limited::new(body, max_body_bytes).collect());
     let Ok(read) = reading.await else {
         return Err(ApiError::RequestTimeout);
     };
@@ -45,7 +55,7 @@ pub async fn read_json_body(
         Ok(collected) => Ok(collected.to_bytes()),
         Err(error) if error.is::<http_body_util::LengthLimitError>() => {
             Err(ApiError::PayloadTooLarge {
-                limit_bytes: MAX_BODY_BYTES,
+                limit_bytes: max_body_bytes,
             })
         }
         Err(error) => Err(ApiError::BadRequest(format!(

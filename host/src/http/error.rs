@@ -16,7 +16,9 @@ use transferd_guest::rules::{FieldError, TransferRequest};
 use crate::auth::AuthError;
 use crate::guest::registry::RegistryError;
 use crate::guest::runtime::GuestFailure;
-use crate::http::api::{Detail, ErrorBody, ErrorCode, OutcomeUnknown, Problem, Unknown};
+use crate::http::api::{
+    BatchOutcomeUnknown, Detail, ErrorBody, ErrorCode, OutcomeUnknown, Problem, Unknown,
+};
 use crate::settlement::RedriveError;
 use crate::settlement::ledger::RetryError;
 use crate::stores::idempotency::KeyError;
@@ -69,6 +71,16 @@ pub enum ApiError {
     },
     #[error("internal error: {0}")]
     Internal(String),
+    /// An atomic batch's transfer that was not refused itself: another of the batch was.
+    #[error("{0}")]
+    BatchFailed(String),
+    /// A batch's record may or may not be in the log.
+    #[error("the outcome of batch {batch_id} is unknown: {reason}")]
+    BatchOutcomeUnknown {
+        batch_id: uuid::Uuid,
+        transaction_ids: Vec<uuid::Uuid>,
+        reason: String,
+    },
 }
 
 /// A body that could not be read as its fields is a 422 listing every problem.
@@ -210,17 +222,21 @@ impl ApiError {
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::Unavailable(_) | ApiError::OutcomeUnknown { .. } => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ApiError::Unavailable(_)
+            | ApiError::OutcomeUnknown { .. }
+            | ApiError::BatchOutcomeUnknown { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::BatchFailed(_) => StatusCode::CONFLICT,
         }
     }
 
     /// The machine-readable code beside `detail`; `None` for validation errors (FastAPI's shape).
     fn code(&self) -> Option<ErrorCode> {
         Some(match self {
-            ApiError::Validation(_) | ApiError::OutcomeUnknown { .. } => return None,
+            ApiError::Validation(_)
+            | ApiError::OutcomeUnknown { .. }
+            | ApiError::BatchOutcomeUnknown { .. } => return None,
+            ApiError::BatchFailed(_) => ErrorCode::BatchFailed,
             ApiError::InsufficientFunds => ErrorCode::InsufficientFunds,
             ApiError::UnsupportedMediaType => ErrorCode::UnsupportedMediaType,
             ApiError::PayloadTooLarge { .. } => ErrorCode::PayloadTooLarge,
@@ -267,7 +283,14 @@ impl ApiError {
             | ApiError::Conflict(message)
             | ApiError::NotFoundMessage(message)
             | ApiError::Unavailable(message)
+            | ApiError::BatchFailed(message)
             | ApiError::Internal(message) => message.clone(),
+            ApiError::BatchOutcomeUnknown {
+                batch_id, reason, ..
+            } => format!(
+                "the batch's outcome is unknown: {reason}; retry with the same Idempotency-Key, \
+                 or ask GET /transfers/{{id}} of its transfers (batch {batch_id})"
+            ),
             ApiError::OutcomeUnknown {
                 transaction_id,
                 reason,
@@ -292,12 +315,30 @@ impl ApiError {
                     transaction_id: transaction_id.clone(),
                 })
             }
+            ApiError::BatchOutcomeUnknown {
+                batch_id,
+                transaction_ids,
+                ..
+            } => serde_json::to_value(BatchOutcomeUnknown {
+                detail: match self.detail() {
+                    Detail::Message(text) => text,
+                    Detail::Problems(_) => String::new(),
+                },
+                status: Unknown::Unknown,
+                batch_id: *batch_id,
+                transaction_ids: transaction_ids.clone(),
+            }),
             _ => serde_json::to_value(ErrorBody {
                 detail: self.detail(),
                 code: self.code(),
             }),
         };
         body.unwrap_or_else(|_| json!({"detail": "the error could not be written"}))
+    }
+
+    /// A batch item's refusal: the status and body a `POST /transfers` of it would answer.
+    pub fn as_item(&self) -> (StatusCode, Value) {
+        (self.status(), self.body())
     }
 
     pub fn into_response(self) -> Reply {

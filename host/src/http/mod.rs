@@ -12,6 +12,7 @@ mod admin;
 mod admin_guest;
 mod admin_quarantine;
 mod api;
+mod batches;
 mod body;
 mod error;
 mod history;
@@ -136,7 +137,10 @@ async fn within_limit(
     endpoint: Endpoint,
     request: RoutedRequest<'_>,
 ) -> Result<Reply, ApiError> {
-    if endpoint == Endpoint::User(UserRoute::CreateTransfer) {
+    if matches!(
+        endpoint,
+        Endpoint::User(UserRoute::CreateTransfer | UserRoute::CreateBatch)
+    ) {
         return handle(app, endpoint, request).await;
     }
     let limit = app.request_timeout;
@@ -226,6 +230,7 @@ async fn user_route(
     let user_id = params.get("user_id");
     match route {
         UserRoute::CreateTransfer => transfers::create(app, caller, headers, body).await,
+        UserRoute::CreateBatch => batches::create(app, caller, headers, body).await,
         UserRoute::ListTransfers => history::list_transfers(app, caller, query).await,
         UserRoute::ShowTransfer => transfers::show(app, caller, params.get("transaction_id")).await,
         UserRoute::PostTransfer => {

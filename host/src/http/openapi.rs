@@ -19,8 +19,8 @@ use crate::http::error::Reply;
 // The messages on `transfer_events`: not an HTTP answer, documented here for their consumers.
 use crate::http::routes::ServiceRoute;
 use crate::http::{
-    accounts, admin, admin_guest, admin_quarantine, history, ready, service, status, transfers,
-    two_phase,
+    accounts, admin, admin_guest, admin_quarantine, batches, history, ready, service, status,
+    transfers, two_phase,
 };
 use crate::settlement::events::{TransferEvent, TransferEvents};
 
@@ -35,6 +35,7 @@ use crate::settlement::events::{TransferEvent, TransferEvents};
     ),
     paths(
         transfers::create,
+        batches::create,
         history::list_transfers,
         transfers::show,
         two_phase::post,

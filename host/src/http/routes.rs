@@ -30,6 +30,7 @@ pub enum ServiceRoute {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UserRoute {
     CreateTransfer,
+    CreateBatch,
     ListTransfers,
     ShowTransfer,
     PostTransfer,
@@ -101,13 +102,17 @@ const fn route(verb: Verb, path: &'static str, metric: &'static str) -> Route {
 }
 
 impl Endpoint {
-    /// Every endpoint, the order resolution tries them in (no two paths overlap).
-    pub const ALL: [Endpoint; 24] = [
+    /// Every endpoint, the order resolution tries them in. Two paths overlap only where a
+    /// literal segment stands for a `{name}` one and their methods differ (`POST
+    /// /transfers/batch`, `GET /transfers/{transaction_id}`), so a request matches at most one
+    /// route whatever the order (a test checks it).
+    pub const ALL: [Endpoint; 25] = [
         Endpoint::Service(ServiceRoute::Health),
         Endpoint::Service(ServiceRoute::Ready),
         Endpoint::Service(ServiceRoute::Metrics),
         Endpoint::Service(ServiceRoute::OpenApi),
         Endpoint::User(UserRoute::CreateTransfer),
+        Endpoint::User(UserRoute::CreateBatch),
         Endpoint::User(UserRoute::ListTransfers),
         Endpoint::User(UserRoute::ShowTransfer),
         Endpoint::User(UserRoute::PostTransfer),
@@ -141,6 +146,7 @@ impl Endpoint {
             Endpoint::Service(S::Metrics) => route(Get, "/metrics", "metrics"),
             Endpoint::Service(S::OpenApi) => route(Get, "/openapi.json", "openapi"),
             Endpoint::User(U::CreateTransfer) => route(Post, "/transfers", "create_transfer"),
+            Endpoint::User(U::CreateBatch) => route(Post, "/transfers/batch", "create_batch"),
             Endpoint::User(U::ListTransfers) => route(Get, "/transfers", "list_transfers"),
             Endpoint::User(U::ShowTransfer) => {
                 route(Get, "/transfers/{transaction_id}", "show_transfer")
@@ -301,6 +307,39 @@ mod tests {
 
     fn split(path: &str) -> Vec<&str> {
         path.trim_matches('/').split('/').collect()
+    }
+
+    /// Whether some path is a path of both templates.
+    fn overlap(a: &'static str, b: &'static str) -> bool {
+        template_segments(a).count() == template_segments(b).count()
+            && template_segments(a)
+                .zip(template_segments(b))
+                .all(|(x, y)| parameter(x).is_some() || parameter(y).is_some() || x == y)
+    }
+
+    #[test]
+    fn overlapping_paths_answer_different_methods() {
+        for (i, a) in Endpoint::ALL.iter().enumerate() {
+            for b in &Endpoint::ALL[i + 1..] {
+                let (a, b) = (a.route(), b.route());
+                if overlap(a.path, b.path) {
+                    assert_ne!(a.verb, b.verb, "{} and {} overlap", a.path, b.path);
+                }
+            }
+        }
+        let resolved = |method: Method, path: &str| resolve(&method, &split(path)).map(|r| r.0);
+        assert_eq!(
+            resolved(Method::POST, "/transfers/batch").ok(),
+            Some(Endpoint::User(UserRoute::CreateBatch))
+        );
+        let segments = split("/transfers/batch");
+        let (shown, params) = resolve(&Method::GET, &segments).expect("routed");
+        assert_eq!(shown, Endpoint::User(UserRoute::ShowTransfer));
+        assert_eq!(params.get("transaction_id"), "batch");
+        assert_eq!(
+            resolved(Method::POST, "/transfers/batch/post").ok(),
+            Some(Endpoint::User(UserRoute::PostTransfer))
+        );
     }
 
     #[test]

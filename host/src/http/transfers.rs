@@ -217,6 +217,9 @@ fn answer_reply(
             reason,
         }
         .into_response(),
+        Answer::BatchFailed => {
+            ApiError::Internal("a single transfer is not in a batch".into()).into_response()
+        }
         Answer::Failed(failure) => {
             if !matches!(failure, GuestFailure::Violation(_)) {
                 tracing::error!(%failure, version, transaction_id, "guest failed");
@@ -229,8 +232,12 @@ fn answer_reply(
 /// The request's fields, read by `transferd_wire::TransferFields`: the same code the fuzz
 /// targets and property tests drive.
 pub(super) fn parse_request(bytes: &[u8]) -> Result<TransferRequest, ApiError> {
-    let fields = TransferFields::read(bytes)?;
-    Ok(TransferRequest {
+    Ok(request_of(TransferFields::read(bytes)?))
+}
+
+/// The guest's request for a body's fields (a batch's items are read the same way).
+pub(super) fn request_of(fields: TransferFields) -> TransferRequest {
+    TransferRequest {
         sender_id: fields.sender_id,
         receiver_id: fields.receiver_id,
         amount: fields.amount,
@@ -239,7 +246,7 @@ pub(super) fn parse_request(bytes: &[u8]) -> Result<TransferRequest, ApiError> {
         phase: fields.phase,
         expires_in_s: fields.expires_in_s,
         metadata: fields.metadata,
-    })
+    }
 }
 
 /// The decision's kind, for the metrics.
@@ -252,6 +259,7 @@ fn outcome_name(answer: &Answer) -> &'static str {
         Answer::Rejected(Rejection::Forbidden(_)) => "forbidden",
         Answer::Rejected(Rejection::Unavailable(_)) => "unavailable",
         Answer::InDoubt(_) => "in_doubt",
+        Answer::BatchFailed => "batch_failed",
         Answer::Failed(GuestFailure::Timeout(_)) => "timeout",
         Answer::Failed(GuestFailure::Busy) => "busy",
         Answer::Failed(GuestFailure::Trap(_)) => "trap",
@@ -259,7 +267,7 @@ fn outcome_name(answer: &Answer) -> &'static str {
     }
 }
 
-fn now_ms() -> u64 {
+pub(super) fn now_ms() -> u64 {
     let since_epoch = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();

@@ -152,6 +152,94 @@ redis.call('SET', KEYS[3], ARGV[3], 'EX', ARGV[4])
 return 1
 ";
 
+/// A batch's one read of every party's available balance. Per account, KEYS (balance, holds);
+/// ARGV per account: how many of the batch's own transaction ids follow, then those ids
+/// (their holds, a retry's, do not count). Per account two numbers, as AVAILABLE answers.
+const SNAPSHOT: &str = r"
+local reply = {}
+local a = 1
+for i = 1, #KEYS / 2 do
+  local own = tonumber(ARGV[a])
+  local balance = redis.call('GET', KEYS[2 * i - 1])
+  if balance then
+    local available = tonumber(balance) - tonumber(redis.call('HGET', KEYS[2 * i], 'total') or '0')
+    for j = 1, own do
+      available = available + tonumber(redis.call('HGET', KEYS[2 * i], ARGV[a + j]) or '0')
+    end
+    reply[2 * i - 1] = 1
+    reply[2 * i] = available
+  else
+    reply[2 * i - 1] = 0
+    reply[2 * i] = 0
+  end
+  a = a + own + 1
+end
+return reply
+";
+
+/// A batch's holds, in one step, in order. KEYS[1] `holds_trusted`, then per item: the
+/// sender's balance, holds and hold times, the item's pending key. ARGV[1] `1` for an atomic
+/// batch, ARGV[2] the pending records' time to live, then per item: transaction id, amount,
+/// pending record, and (atomic) the receiver's balance key, whose credit later items may
+/// spend. Each item fits when the sender's balance minus its holds and what earlier items
+/// of the batch hold covers it (an item that holds already, a retry's, fits as it is).
+/// Per item 1 held, 0 insufficient, -1 balance not cached; `{-2}` holds not trusted.
+/// Atomic: nothing is written unless every item fits.
+const RESERVE_BATCH: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 0 then return {-2} end
+local atomic = ARGV[1] == '1'
+local items = (#KEYS - 1) / 4
+local extra = {}
+local reply = {}
+local write = {}
+local all = true
+for i = 1, items do
+  local k = 1 + 4 * (i - 1)
+  local a = 2 + 4 * (i - 1)
+  local id, amount = ARGV[a + 1], tonumber(ARGV[a + 2])
+  local fits = false
+  if redis.call('HEXISTS', KEYS[k + 2], id) == 1 then
+    fits = true
+  else
+    local balance = redis.call('GET', KEYS[k + 1])
+    if not balance then
+      reply[i] = -1
+    else
+      local held = tonumber(redis.call('HGET', KEYS[k + 2], 'total') or '0') + (extra[KEYS[k + 1]] or 0)
+      if tonumber(balance) - held >= amount then
+        fits = true
+        write[i] = true
+        extra[KEYS[k + 1]] = (extra[KEYS[k + 1]] or 0) + amount
+      else
+        reply[i] = 0
+      end
+    end
+  end
+  if fits then
+    reply[i] = 1
+    if atomic and ARGV[a + 4] ~= '' then
+      extra[ARGV[a + 4]] = (extra[ARGV[a + 4]] or 0) - amount
+    end
+  else
+    all = false
+  end
+end
+if atomic and not all then return reply end
+local now = redis.call('TIME')
+local at = now[1] .. string.format('%03d', math.floor(now[2] / 1000))
+for i = 1, items do
+  if write[i] then
+    local k = 1 + 4 * (i - 1)
+    local a = 2 + 4 * (i - 1)
+    redis.call('HSET', KEYS[k + 2], ARGV[a + 1], ARGV[a + 2])
+    redis.call('HINCRBY', KEYS[k + 2], 'total', ARGV[a + 2])
+    redis.call('HSET', KEYS[k + 3], ARGV[a + 1], at)
+    redis.call('SET', KEYS[k + 4], ARGV[a + 3], 'EX', ARGV[2])
+  end
+end
+return reply
+";
+
 /// KEYS: holds, pending, hold times. ARGV: transaction id.
 const RELEASE: &str = r"
 redis.call('DEL', KEYS[2])
@@ -232,6 +320,8 @@ pub struct BalanceCache {
     timeout: Duration,
     available: Script,
     reserve: Script,
+    snapshot: Script,
+    reserve_batch: Script,
     release: Script,
     store_balance: Script,
     settle: Script,
@@ -288,6 +378,19 @@ pub struct HoldRequest<'a> {
     pub record: &'a [u8],
 }
 
+/// One item's hold in [`BalanceCache::reserve_batch`].
+#[derive(Debug, Clone, Copy)]
+pub struct BatchHold<'a> {
+    pub transaction_id: &'a str,
+    pub user_id: i64,
+    pub currency: &'a str,
+    pub amount_minor: i64,
+    /// The pending record written with it.
+    pub record: &'a [u8],
+    /// In an atomic batch, the receiver: later items of the batch may spend what it credits.
+    pub credits: Option<i64>,
+}
+
 /// The availability script's answer for `accounts` accounts: per account, its available
 /// balance, `None` when not cached.
 fn availabilities(reply: &[i64], accounts: usize) -> Result<Vec<Option<i64>>, CacheError> {
@@ -324,6 +427,8 @@ impl BalanceCache {
             timeout: services.redis_timeout(),
             available: Script::new(AVAILABLE),
             reserve: Script::new(RESERVE),
+            snapshot: Script::new(SNAPSHOT),
+            reserve_batch: Script::new(RESERVE_BATCH),
             release: Script::new(RELEASE),
             store_balance: Script::new(STORE_BALANCE),
             settle: Script::new(SETTLE),
@@ -451,6 +556,74 @@ impl BalanceCache {
             -1 => HoldOutcome::Missing,
             _ => HoldOutcome::Untrusted,
         })
+    }
+
+    /// A batch's read of every account it names, in one round trip: per account (id,
+    /// currency, the batch's own transaction ids held on it, whose holds do not count), its
+    /// available balance, `None` when not cached.
+    pub async fn available_snapshot(
+        &self,
+        accounts: &[(i64, &str, Vec<String>)],
+    ) -> Result<Vec<Option<i64>>, CacheError> {
+        let mut keys = Vec::with_capacity(2 * accounts.len());
+        let mut args = Vec::new();
+        for (user_id, currency, own) in accounts {
+            keys.push(self.balance_key(*user_id, currency));
+            keys.push(self.holds_key(*user_id, currency));
+            args.push(own.len().to_string().into_bytes());
+            args.extend(own.iter().map(|id| id.as_bytes().to_vec()));
+        }
+        let reply: Vec<i64> = self.run(&self.snapshot, &keys, &args).await?;
+        availabilities(&reply, accounts.len())
+    }
+
+    /// Reserves every hold of a batch and writes each item's pending record in one step, in
+    /// order (`RESERVE_BATCH`); with `atomic`, all or none. One outcome per item.
+    pub async fn reserve_batch(
+        &self,
+        holds: &[BatchHold<'_>],
+        atomic: bool,
+    ) -> Result<Vec<HoldOutcome>, CacheError> {
+        let mut keys = vec![self.trusted_key()];
+        let mut args = vec![
+            if atomic { b"1".to_vec() } else { b"0".to_vec() },
+            PENDING_TTL_SECONDS.to_string().into_bytes(),
+        ];
+        for hold in holds {
+            assert!(hold.amount_minor > 0, "a hold sets money aside");
+            keys.push(self.balance_key(hold.user_id, hold.currency));
+            keys.push(self.holds_key(hold.user_id, hold.currency));
+            keys.push(self.hold_times_key(hold.user_id, hold.currency));
+            keys.push(self.pending_key(hold.transaction_id));
+            args.push(hold.transaction_id.as_bytes().to_vec());
+            args.push(hold.amount_minor.to_string().into_bytes());
+            args.push(hold.record.to_vec());
+            args.push(
+                hold.credits
+                    .map(|receiver| self.balance_key(receiver, hold.currency))
+                    .unwrap_or_default()
+                    .into_bytes(),
+            );
+        }
+        let reply: Vec<i64> = self.run(&self.reserve_batch, &keys, &args).await?;
+        if reply.first() == Some(&-2) {
+            return Ok(vec![HoldOutcome::Untrusted; holds.len()]);
+        }
+        if reply.len() != holds.len() {
+            return Err(CacheError::Unavailable(format!(
+                "the batch hold script answered {} outcomes for {} holds",
+                reply.len(),
+                holds.len()
+            )));
+        }
+        Ok(reply
+            .into_iter()
+            .map(|outcome| match outcome {
+                1 => HoldOutcome::Reserved,
+                0 => HoldOutcome::Insufficient,
+                _ => HoldOutcome::Missing,
+            })
+            .collect())
     }
 
     /// Replaces the pending record of a transfer that holds already (its hold taken ahead of

@@ -1,0 +1,210 @@
+//! The imports in batch mode (`POST /transfers/batch`): every item of a batch is decided by
+//! the guest as a single transfer, under the same guard, but its imports touch no store.
+//! `balance-lookup` answers from one read of every party of the batch taken before the first
+//! item ([`snapshot`]) minus what earlier items staged; `publish.send`, once the guard admits
+//! the message, stages it and its hold and answers `ok`, or `insufficient-funds` when the
+//! staged running balance cannot cover it. After the last item, one Redis script holds every
+//! staged item ([`reserve`]) and the host produces the batch as one record.
+//!
+//! An atomic batch settles all or none, in order, so there a later item may spend what an
+//! earlier one credits; a batch that is not atomic counts only debits (an earlier item that
+//! settlement refuses must not have paid for a later one).
+
+use std::collections::HashMap;
+
+use transferd_guest::logic::Outgoing;
+
+use crate::bindings::transferd::transfer::publish::PublishError;
+use crate::capabilities::balance_lookup;
+use crate::capabilities::guard::Expected;
+use crate::stores::Stores;
+use crate::stores::redis::{BatchHold, CacheError, HoldOutcome};
+
+/// An account in one currency.
+type Account = (i64, String);
+
+/// What the batch's items see and staged so far; carried from one item's call to the next.
+#[derive(Debug, Default)]
+pub struct BatchBook {
+    atomic: bool,
+    /// Each party's available balance when the batch began (`None`: no such account), or why
+    /// it could not be read.
+    snapshot: HashMap<Account, Result<Option<i64>, String>>,
+    /// What the staged items change: minus what they hold, plus (atomic) what they credit.
+    staged: HashMap<Account, i64>,
+    /// The current item's staged message, taken by the host after its call.
+    pub current: Option<Staged>,
+}
+
+/// One item's admitted message and the amount its hold covers.
+#[derive(Debug, Clone)]
+pub struct Staged {
+    pub outgoing: Outgoing,
+    pub amount_minor: i64,
+}
+
+impl BatchBook {
+    /// A book over `snapshot` (see [`snapshot`]).
+    pub fn new(atomic: bool, snapshot: HashMap<Account, Result<Option<i64>, String>>) -> Self {
+        BatchBook {
+            atomic,
+            snapshot,
+            staged: HashMap::new(),
+            current: None,
+        }
+    }
+
+    /// The lookup's answer: the snapshot's, with what earlier items staged.
+    pub fn available(&self, account_id: i64, currency: &str) -> Result<Option<i64>, String> {
+        let key = (account_id, currency.to_string());
+        let base = self
+            .snapshot
+            .get(&key)
+            .cloned()
+            .unwrap_or_else(|| Err("not read for this batch".into()))?;
+        let change = self.staged.get(&key).copied().unwrap_or(0);
+        Ok(base.map(|available| available.saturating_add(change)))
+    }
+
+    /// Stages an admitted message whose hold is `amount_minor` on the expected sender: `ok`
+    /// when the running balance covers it, else insufficient funds (nothing staged).
+    pub fn stage(
+        &mut self,
+        expected: &Expected,
+        outgoing: Outgoing,
+        amount_minor: i64,
+    ) -> Result<(), PublishError> {
+        let currency = expected.currency.as_str();
+        match self.available(expected.sender_id, currency) {
+            Ok(Some(available)) if available >= amount_minor => {}
+            Ok(_) => return Err(PublishError::InsufficientFunds),
+            Err(reason) => return Err(PublishError::Unavailable(reason)),
+        }
+        let sender = (expected.sender_id, currency.to_string());
+        *self.staged.entry(sender).or_default() -= amount_minor;
+        if self.atomic {
+            let receiver = (expected.receiver_id, currency.to_string());
+            *self.staged.entry(receiver).or_default() += amount_minor;
+        }
+        self.current = Some(Staged {
+            outgoing,
+            amount_minor,
+        });
+        Ok(())
+    }
+}
+
+impl BatchBook {
+    /// Takes back what the current item staged: its guest did not accept it after all.
+    pub fn unstage(&mut self, expected: &Expected) {
+        let Some(staged) = self.current.take() else {
+            return;
+        };
+        let currency = expected.currency.as_str();
+        *self
+            .staged
+            .entry((expected.sender_id, currency.to_string()))
+            .or_default() += staged.amount_minor;
+        if self.atomic {
+            *self
+                .staged
+                .entry((expected.receiver_id, currency.to_string()))
+                .or_default() -= staged.amount_minor;
+        }
+    }
+}
+
+/// One read of every party of the batch: a Redis script for them all, then the ledger (cached
+/// on the way) for each account Redis does not have, as a single lookup does. `items`: each
+/// item's transaction id and expected transfer; an item's own id is left out of its sender's
+/// holds, so a retry under the same key sees what the first attempt saw.
+pub async fn snapshot(
+    stores: &Stores,
+    items: &[Expected],
+) -> HashMap<Account, Result<Option<i64>, String>> {
+    let mut own: HashMap<Account, Vec<String>> = HashMap::new();
+    for item in items {
+        let currency = item.currency.clone();
+        own.entry((item.sender_id, currency.clone()))
+            .or_default()
+            .push(item.transaction_id.to_string());
+        own.entry((item.receiver_id, currency)).or_default();
+    }
+    let accounts: Vec<(Account, Vec<String>)> = own.into_iter().collect();
+    let asked: Vec<(i64, &str, Vec<String>)> = accounts
+        .iter()
+        .map(|((id, currency), ids)| (*id, currency.as_str(), ids.clone()))
+        .collect();
+    let cached = stores.cache.available_snapshot(&asked).await;
+    let mut found = HashMap::with_capacity(accounts.len());
+    for (position, ((account_id, currency), ids)) in accounts.into_iter().enumerate() {
+        let from_cache = match &cached {
+            Ok(answers) => answers.get(position).copied().flatten(),
+            Err(_) => None,
+        };
+        let answer = match from_cache {
+            Some(available) => Ok(Some(available)),
+            None => {
+                // An id of the batch (any: the ledger's answer does not depend on it).
+                let id = ids
+                    .first()
+                    .and_then(|id| uuid::Uuid::parse_str(id).ok())
+                    .unwrap_or_else(uuid::Uuid::nil);
+                balance_lookup::lookup(stores, id, account_id, &currency, None, None)
+                    .await
+                    .answer
+            }
+        };
+        found.insert((account_id, currency), answer);
+    }
+    found
+}
+
+/// Holds every staged item in one step (`BalanceCache::reserve_batch`), loading from the
+/// ledger a sender's balance Redis lost since the snapshot and trying once more. One outcome
+/// per item. `items`: each staged item's transaction id, message and receiver.
+pub async fn reserve(
+    stores: &Stores,
+    items: &[(String, &Staged, i64)],
+    atomic: bool,
+) -> Result<Vec<HoldOutcome>, CacheError> {
+    let holds: Vec<BatchHold<'_>> = items
+        .iter()
+        .filter_map(|(id, staged, receiver)| {
+            let hold = staged.outgoing.hold.as_ref()?;
+            Some(BatchHold {
+                transaction_id: id.as_str(),
+                user_id: hold.account_id,
+                currency: hold.currency.as_str(),
+                amount_minor: staged.amount_minor,
+                record: &staged.outgoing.payload,
+                credits: atomic.then_some(*receiver),
+            })
+        })
+        .collect();
+    let mut outcomes = stores.cache.reserve_batch(&holds, atomic).await?;
+    let missing: Vec<&BatchHold<'_>> = holds
+        .iter()
+        .zip(&outcomes)
+        .filter(|(_, outcome)| **outcome == HoldOutcome::Missing)
+        .map(|(hold, _)| hold)
+        .collect();
+    if missing.is_empty() {
+        return Ok(outcomes);
+    }
+    for hold in missing {
+        if let Ok(Some(balance)) = stores.ledger.balance(hold.user_id, hold.currency).await {
+            stores
+                .cache
+                .store_balance(
+                    hold.user_id,
+                    hold.currency,
+                    balance.balance_minor,
+                    balance.version,
+                )
+                .await?;
+        }
+    }
+    outcomes = stores.cache.reserve_batch(&holds, atomic).await?;
+    Ok(outcomes)
+}
