@@ -539,3 +539,93 @@ async fn the_release_binary_has_no_crash_points() -> anyhow::Result<()> {
     })
     .await
 }
+
+/// A batch of three transfers from user 1, in the order the crash tests send it.
+fn three_transfers() -> Value {
+    json!({"transfers": [transfer(1, 2, "1.01"), transfer(1, 3, "2.02"), transfer(1, 4, "3.03")]})
+}
+
+/// A crash on a batch's path: the crash-points host dies at `point` on the first batch it
+/// sends (keyed `key`); the release binary takes over the same namespace.
+async fn crash_on_a_batch(namespace: &Namespace, point: &str, key: &str) -> anyhow::Result<Host> {
+    let release = with_quick_reconciler(HostOptions::new(namespace));
+    let mut crashing = Host::start_with(namespace, armed(&release, point, 0)).await?;
+    fund(&crashing).await?;
+    let sent = crashing
+        .post_with_key("/transfers/batch", &three_transfers(), key)
+        .await;
+    ensure!(
+        sent.is_err(),
+        "the batch was answered: {:?}",
+        sent.map(|r| r.body)
+    );
+    let status = crashing.wait_exit(Duration::from_secs(10)).await;
+    ensure_crashed_at(status, &crashing.log_path, point)?;
+    Host::start_on(namespace, release, crashing.port).await
+}
+
+#[tokio::test]
+async fn a_crash_after_a_batchs_holds_publishes_nothing_and_its_holds_are_released()
+-> anyhow::Result<()> {
+    bounded(async {
+        let namespace = Namespace::new().await?;
+        let _host = crash_on_a_batch(&namespace, "after-batch-hold", "batch-crash-1").await?;
+        ensure_invariants(&namespace, &[], 0).await?;
+        let holds = namespace.holds().await?;
+        ensure!(holds.len() <= 3, "only the batch's holds remain: {holds:?}");
+        let deadline = tokio::time::Instant::now() + RECONCILER_LIMIT;
+        while !namespace.holds().await?.is_empty() {
+            ensure!(
+                tokio::time::Instant::now() < deadline,
+                "the reconciler did not release the batch's holds within {RECONCILER_LIMIT:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        ensure!(
+            namespace.settled_ids().await?.is_empty(),
+            "a batch never produced settled"
+        );
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_batch_acknowledged_before_a_crash_settles_once_and_its_retry_says_so()
+-> anyhow::Result<()> {
+    bounded(async {
+        let namespace = Namespace::new().await?;
+        let host = crash_on_a_batch(&namespace, "after-produce", "batch-crash-2").await?;
+        // The key's claim lapses with its lease; the retry then finds the batch in the ledger.
+        let deadline = tokio::time::Instant::now() + SETTLE_LIMIT;
+        let retried = loop {
+            let reply = host
+                .post_with_key("/transfers/batch", &three_transfers(), "batch-crash-2")
+                .await?;
+            if reply.status == 200 && reply.body["results"][2]["status"] == "accepted" {
+                break reply;
+            }
+            ensure!(
+                tokio::time::Instant::now() < deadline,
+                "the retry never answered the batch accepted: {} {}",
+                reply.status,
+                reply.body
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        };
+        let ids = retried.body["results"]
+            .as_array()
+            .context("results")?
+            .iter()
+            .map(transaction_id)
+            .collect::<anyhow::Result<Vec<Uuid>>>()?;
+        ensure_invariants(&namespace, &ids, 0).await?;
+        ensure!(
+            namespace.settled_ids().await?.len() == 3,
+            "each transfer of the batch settles once"
+        );
+        ensure!(namespace.holds().await?.is_empty(), "no hold is left");
+        Ok(())
+    })
+    .await
+}

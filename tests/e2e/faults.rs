@@ -112,6 +112,7 @@ async fn run() -> anyhow::Result<()> {
         requests: None,
         seed: 8,
         two_phase: true,
+        batches: true,
     })?;
     let started = Instant::now();
     let mut faults = Vec::new();
@@ -300,6 +301,7 @@ async fn redis_outage_with_spends(
                     .and_then(|id| id.parse().ok()),
                 in_doubt: reply.body["status"] == "unknown",
                 kind: Kind::Transfer,
+                items: Vec::new(),
             });
         }
         tokio::time::sleep(OUTAGE.saturating_sub(started.elapsed())).await;

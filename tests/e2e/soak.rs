@@ -58,6 +58,7 @@ async fn run(requests: u64, kills: u64) -> anyhow::Result<()> {
         requests: Some(requests),
         seed: 50,
         two_phase: false,
+        batches: false,
     })?;
     let started = Instant::now();
 

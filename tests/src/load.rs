@@ -39,7 +39,13 @@ pub struct LoadSettings {
     /// Mix in two-phase transfers: every fourth transfer pending, each then posted (in part)
     /// or voided by its sender's client, or left to expire within seconds.
     pub two_phase: bool,
+    /// Mix in batches: every fifth request a `POST /transfers/batch` of [`BATCH_SIZE`]
+    /// transfers from one sender; each transfer it accepts must settle exactly once.
+    pub batches: bool,
 }
+
+/// Transfers in each batch the load sends.
+pub const BATCH_SIZE: usize = 5;
 
 /// What a request asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,6 +60,8 @@ pub enum Kind {
         of: Uuid,
         post: bool,
     },
+    /// A batch of [`BATCH_SIZE`] transfers.
+    Batch,
 }
 
 /// What a client got back.
@@ -77,6 +85,17 @@ pub struct Outcome {
     /// A 503 saying the publish is in doubt: it may settle, at most once.
     pub in_doubt: bool,
     pub kind: Kind,
+    /// A batch's transfers accepted (from a 200), or all it may have published (in doubt).
+    pub items: Vec<Uuid>,
+}
+
+impl Outcome {
+    /// Every transfer this request was answered accepted (or in doubt) for.
+    pub fn ids(&self) -> impl Iterator<Item = Uuid> + '_ {
+        self.transaction_id
+            .into_iter()
+            .chain(self.items.iter().copied())
+    }
 }
 
 /// Running clients; every outcome is kept in arrival order.
@@ -183,6 +202,9 @@ async fn run_client(context: ClientContext, client: u64) -> anyhow::Result<()> {
         }
         let (kind, body) = match next_act.take() {
             Some(act) => act,
+            None if settings.batches && number % 5 == 4 => {
+                (Kind::Batch, random_batch(&mut random, settings))
+            }
             None => {
                 let body = random_transfer(&mut random, settings.users, settings.max_minor);
                 two_phase_or_not(&mut random, settings.two_phase && number % 4 == 3, body)
@@ -190,6 +212,7 @@ async fn run_client(context: ClientContext, client: u64) -> anyhow::Result<()> {
         };
         let target = match kind {
             Kind::Act { of, post } => format!("{url}/{of}/{}", if post { "post" } else { "void" }),
+            Kind::Batch => format!("{url}/batch"),
             _ => url.clone(),
         };
         let outcome = post(&context.http, &target, &body, kind).await;
@@ -215,6 +238,23 @@ fn random_transfer(random: &mut Random, users: i64, max_minor: i64) -> Value {
     let minor = random.between(1, max_minor);
     let amount = format!("{}.{:02}", minor / 100, minor % 100);
     json!({"sender_id": sender, "receiver_id": receiver, "amount": amount, "currency": "USD"})
+}
+
+/// A batch of [`BATCH_SIZE`] random transfers from one random sender.
+fn random_batch(random: &mut Random, settings: &LoadSettings) -> Value {
+    let first = random_transfer(random, settings.users, settings.max_minor);
+    let sender = first["sender_id"].as_i64().unwrap_or(1);
+    let transfers: Vec<Value> = std::iter::once(first)
+        .chain((1..BATCH_SIZE).map(|_| {
+            let mut next = random_transfer(random, settings.users, settings.max_minor);
+            next["sender_id"] = json!(sender);
+            if next["receiver_id"] == sender {
+                next["receiver_id"] = json!(sender % settings.users + 1);
+            }
+            next
+        }))
+        .collect();
+    json!({"transfers": transfers})
 }
 
 /// `body` as a pending transfer when `pending`: one in three of them left to expire in a
@@ -282,11 +322,32 @@ async fn post(http: &reqwest::Client, url: &str, body: &Value, kind: Kind) -> Ou
     Outcome {
         sent,
         answered: Instant::now(),
+        items: batch_items(&answer, &reply, in_doubt),
         answer,
         transaction_id,
         in_doubt,
         kind,
     }
+}
+
+/// A batch's transfers answered accepted (200), or every one it may have published (503 in
+/// doubt); none for any other answer.
+fn batch_items(answer: &Answer, reply: &Value, in_doubt: bool) -> Vec<Uuid> {
+    let read = |id: &Value| id.as_str().and_then(|id| Uuid::parse_str(id).ok());
+    if in_doubt {
+        let ids = reply["transaction_ids"].as_array();
+        return ids
+            .map(|ids| ids.iter().filter_map(read).collect())
+            .unwrap_or_default();
+    }
+    let (Answer::Status(200), Some(results)) = (answer, reply["results"].as_array()) else {
+        return Vec::new();
+    };
+    results
+        .iter()
+        .filter(|result| result["status"] == "accepted")
+        .filter_map(|result| read(&result["transaction_id"]))
+        .collect()
 }
 
 /// The run in `step`-long slices by send time, one line each: answers, 200s per second, and
@@ -567,10 +628,7 @@ async fn check_settlement(
     let missing: Vec<&Outcome> = outcomes
         .iter()
         .filter(|outcome| {
-            outcome.answer == Answer::Status(200)
-                && outcome
-                    .transaction_id
-                    .is_some_and(|id| !settled.contains(&id))
+            outcome.answer == Answer::Status(200) && outcome.ids().any(|id| !settled.contains(&id))
         })
         .collect();
     if !missing.is_empty() {
@@ -585,10 +643,19 @@ async fn check_settlement(
     let all_settled: HashSet<Uuid> = namespace.settled_ids().await?.into_iter().collect();
     let known: HashSet<Uuid> = accepted.iter().chain(&in_doubt).copied().collect();
     verdict.unattributed_settled = all_settled.difference(&known).count();
-    if verdict.unattributed_settled > verdict.lost {
+    // A lost batch may have published each of its transfers.
+    let lost_transfers: usize = outcomes
+        .iter()
+        .filter(|outcome| matches!(outcome.answer, Answer::Lost(_)))
+        .map(|outcome| match outcome.kind {
+            Kind::Batch => BATCH_SIZE,
+            _ => 1,
+        })
+        .sum();
+    if verdict.unattributed_settled > lost_transfers {
         verdict.violations.push(format!(
-            "{} settled transfers were never answered 200 or in doubt, but only {} requests were lost in flight",
-            verdict.unattributed_settled, verdict.lost
+            "{} settled transfers were never answered 200 or in doubt, but only {lost_transfers} transfers were lost in flight",
+            verdict.unattributed_settled
         ));
     }
     Ok(())
@@ -668,7 +735,7 @@ fn ids(outcomes: &[Outcome], keep: impl Fn(&Outcome) -> bool) -> Vec<Uuid> {
     outcomes
         .iter()
         .filter(|outcome| keep(outcome))
-        .filter_map(|outcome| outcome.transaction_id)
+        .flat_map(Outcome::ids)
         .collect()
 }
 
