@@ -3,12 +3,14 @@
 # measure each other). Each starts what it needs once: the local services, the guest, and a
 # copy of the release host for serve (scripts/lib/bench.sh).
 #
-#   ./scripts/bench.sh [all]       every benchmark below but ab in turn, then the report, written
+#   ./scripts/bench.sh [all]       every benchmark below but batch and ab in turn, then the report, written
 #                                  into docs/performance.md between its report markers
 #   ./scripts/bench.sh guest       one guest decision: wasmtime with a fresh instance, reused,
 #                                  and native
 #   ./scripts/bench.sh http        POST /transfers under wrk at 1, 16, 64 and 256 connections,
 #                                  POST → settled, GET; CPU and work per transfer per process
+#   ./scripts/bench.sh batch       POST /transfers/batch, batches of 1,000: accepted transfers/s,
+#                                  CPU µs per transfer per process, batch → all settled p50/p99
 #   ./scripts/bench.sh settlement  settlement into PostgreSQL (fsync on), batches of 1, 100, 1000
 #   ./scripts/bench.sh history     history queries (lists, entries, balances at a moment) at p50
 #                                  and p99 over a seeded ledger of 10 million transfers
@@ -33,7 +35,7 @@ cd "$TRANSFERD_ROOT"
 command="${1:-all}"
 [ $# -gt 0 ] && shift
 case "$command" in
-  all | guest | http | settlement | history | broker | swap)
+  all | guest | http | batch | settlement | history | broker | swap)
     if [ $# -gt 0 ]; then
       log "usage: $0 $command (no further arguments)"
       exit 2
@@ -42,7 +44,7 @@ case "$command" in
     ;;
   ab) bench_ab "$@" ;;
   *)
-    log "usage: $0 [all | guest | http | settlement | history | broker | swap | ab <a> <b>]"
+    log "usage: $0 [all | guest | http | batch | settlement | history | broker | swap | ab <a> <b>]"
     exit 2
     ;;
 esac
