@@ -730,22 +730,30 @@ impl Guest {
                 Ran::TimedOut
             }
         };
-        let decision = self.decision(ran, violation);
-        let Some(book) = book.as_mut() else {
-            return failed_item(&GuestFailure::Trap("the batch's book was lost".into()));
-        };
-        let staged_minor = book.current.as_ref().map(|staged| staged.amount_minor);
-        // Staged and accepted as staged, or nothing: later items see what will be held.
-        let accepted = matches!(&decision, Ok(Ok(accepted))
-            if guard::check_accepted(&expected, staged_minor, accepted).is_ok());
-        if !accepted {
-            book.unstage(&expected);
-        }
-        ItemDecided {
-            decision,
-            staged: book.current.take(),
-            expected: Some(expected),
-        }
+        item_decided(book.as_mut(), expected, self.decision(ran, violation))
+    }
+}
+
+/// An item's decision with what it staged: kept when the guest accepted it as staged, taken
+/// back otherwise, so later items see only what will be held.
+fn item_decided(
+    book: Option<&mut BatchBook>,
+    expected: Expected,
+    decision: Result<Result<Accepted, Rejection>, GuestFailure>,
+) -> ItemDecided {
+    let Some(book) = book else {
+        return failed_item(&GuestFailure::Trap("the batch's book was lost".into()));
+    };
+    let staged_minor = book.current.as_ref().map(|staged| staged.amount_minor);
+    let accepted = matches!(&decision, Ok(Ok(accepted))
+        if guard::check_accepted(&expected, staged_minor, accepted).is_ok());
+    if !accepted {
+        book.unstage(&expected);
+    }
+    ItemDecided {
+        decision,
+        staged: book.current.take(),
+        expected: Some(expected),
     }
 }
 
