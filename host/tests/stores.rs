@@ -12,7 +12,7 @@ use transferd::settlement::topic_recreated::forget_positions;
 use transferd::stores::journal_verify::{JournalBreak, VerifyError, verify};
 use transferd::stores::postgres::Ledger;
 use transferd::stores::redis::{
-    BalanceCache, HoldOutcome, HoldRequest, SettledBalance, SettledHold, TrustClaim,
+    BalanceCache, BatchHold, HoldOutcome, HoldRequest, SettledBalance, SettledHold, TrustClaim,
 };
 use uuid::Uuid;
 
@@ -1042,6 +1042,70 @@ async fn several_accounts_are_read_in_one_call_each_with_its_own_holds() -> anyh
         "a transaction's own hold does not count against it"
     );
     assert_eq!(cache.available_many(&[1], "EUR", "").await?, vec![None]);
+    Ok(())
+}
+
+/// A batch's holds in one step (`BalanceCache::reserve_batch`): in order, each against what
+/// earlier items hold; a retry's item fits as held; atomic writes all or nothing and counts
+/// earlier credits; nothing without `holds_trusted`. Its snapshot leaves the batch's own holds out.
+#[tokio::test]
+async fn a_batch_holds_in_order_in_one_step_and_atomic_all_or_none() -> anyhow::Result<()> {
+    let prefix = format!("storetest{}:", Uuid::now_v7().simple());
+    let cache = trusted_cache(&prefix).await?;
+    assert!(cache.store_balance(1, "USD", 500, 1).await?);
+    assert!(cache.store_balance(2, "USD", 0, 1).await?);
+    let hold = |id: &'static str, user_id, amount_minor, credits| BatchHold {
+        transaction_id: id,
+        user_id,
+        currency: "USD",
+        amount_minor,
+        record: b"{}",
+        credits,
+    };
+    use HoldOutcome::{Insufficient, Reserved};
+    // 300 fits, then 300 more does not (200 left), then 200 does.
+    let items = [
+        hold("a", 1, 300, None),
+        hold("b", 1, 300, None),
+        hold("c", 1, 200, None),
+    ];
+    assert_eq!(
+        cache.reserve_batch(&items, false).await?,
+        vec![Reserved, Insufficient, Reserved]
+    );
+    assert_eq!(cache.available(1, "USD").await?, Some(0));
+    assert!(cache.pending("a").await?.is_some() && cache.pending("b").await?.is_none());
+    // Again (a retry): the held items fit as they are, nothing is held twice.
+    assert_eq!(
+        cache.reserve_batch(&items, false).await?,
+        vec![Reserved, Insufficient, Reserved]
+    );
+    assert_eq!(cache.held(1, "USD").await?, 500);
+    let own = vec!["a".to_string(), "c".to_string()];
+    assert_eq!(
+        cache
+            .available_snapshot(&[(1, "USD", own), (2, "USD", vec![])])
+            .await?,
+        vec![Some(500), Some(0)]
+    );
+    // Atomic: 2 spends what 1 credits it; one item that does not fit holds nothing.
+    assert!(cache.store_balance(1, "USD", 600, 2).await?);
+    let chain = [hold("d", 1, 100, Some(2)), hold("e", 2, 100, Some(1))];
+    let broken = [chain[0], chain[1], hold("f", 1, 1_000, Some(2))];
+    assert_eq!(
+        cache.reserve_batch(&broken, true).await?,
+        vec![Reserved, Reserved, Insufficient]
+    );
+    assert_eq!(
+        cache.held(2, "USD").await?,
+        0,
+        "an atomic batch that does not fit holds nothing"
+    );
+    assert_eq!(
+        cache.reserve_batch(&chain, true).await?,
+        vec![Reserved, Reserved]
+    );
+    assert_eq!(cache.held(2, "USD").await?, 100);
     Ok(())
 }
 

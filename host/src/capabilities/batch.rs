@@ -208,3 +208,87 @@ pub async fn reserve(
     outcomes = stores.cache.reserve_batch(&holds, atomic).await?;
     Ok(outcomes)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use transferd_guest::logic::Hold;
+
+    fn expected(sender_id: i64, receiver_id: i64) -> Expected {
+        Expected {
+            transaction_id: uuid::Uuid::nil(),
+            sender_id,
+            receiver_id,
+            currency: "USD".into(),
+            amount_minor: Some(100),
+            principal: None,
+            description: None,
+            guest_version: "sha256:test".into(),
+            received_at_ms: 0,
+            metadata: None,
+            pending: false,
+            expires_in_s: None,
+        }
+    }
+
+    fn outgoing(account_id: i64, amount_minor: i64) -> Outgoing {
+        Outgoing {
+            topic: "transfers".into(),
+            key: account_id.to_string(),
+            payload: b"{}".to_vec(),
+            hold: Some(Hold {
+                account_id,
+                currency: "USD".into(),
+                amount_minor,
+            }),
+        }
+    }
+
+    fn book(atomic: bool) -> BatchBook {
+        let usd = |id: i64| (id, "USD".to_string());
+        BatchBook::new(
+            atomic,
+            HashMap::from([
+                (usd(1), Ok(Some(150))),
+                (usd(2), Ok(Some(0))),
+                (usd(3), Ok(None)),
+            ]),
+        )
+    }
+
+    #[test]
+    fn later_items_see_what_earlier_ones_staged_and_nothing_more() {
+        let mut book = book(false);
+        let first = expected(1, 2);
+        assert!(book.stage(&first, outgoing(1, 100), 100).is_ok());
+        assert!(book.current.take().is_some());
+        assert_eq!(book.available(1, "USD"), Ok(Some(50)));
+        // Not atomic: the receiver's credit does not count before it settles.
+        assert_eq!(book.available(2, "USD"), Ok(Some(0)));
+        assert!(matches!(
+            book.stage(&first, outgoing(1, 60), 60),
+            Err(PublishError::InsufficientFunds)
+        ));
+        assert!(book.current.is_none(), "a refused stage stages nothing");
+        assert_eq!(book.available(3, "USD"), Ok(None));
+        assert!(
+            book.available(4, "USD").is_err(),
+            "an account the batch did not read"
+        );
+    }
+
+    #[test]
+    fn in_an_atomic_batch_a_credit_counts_and_an_unaccepted_stage_is_taken_back() {
+        let mut book = book(true);
+        let first = expected(1, 2);
+        assert!(book.stage(&first, outgoing(1, 100), 100).is_ok());
+        book.current = None;
+        assert_eq!(book.available(2, "USD"), Ok(Some(100)));
+        let second = expected(2, 1);
+        assert!(book.stage(&second, outgoing(2, 80), 80).is_ok());
+        // Its guest did not accept it: taken back, both ways.
+        book.unstage(&second);
+        assert_eq!(book.available(2, "USD"), Ok(Some(100)));
+        assert_eq!(book.available(1, "USD"), Ok(Some(50)));
+    }
+}
