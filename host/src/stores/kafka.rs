@@ -77,10 +77,13 @@ pub fn settlement_consumer(
         .set("fetch.wait.max.ms", fetch_wait_ms.to_string())
         // Small fetches: Tansu serves every storage request of a broker one at a time, and a
         // fetch of librdkafka's default 1 MiB per partition from a backlog (after an outage)
-        // holds the producers' requests up past their timeout. 64 KiB holds a few hundred transfers.
-        .set("max.partition.fetch.bytes", "65536")
-        .set("fetch.max.bytes", "262144")
-        .set("message.max.bytes", "262144")
+        // holds the producers' requests up past their timeout. Yet one fetch must hold the
+        // largest record, a batch of 1,000 transfers (`POST /transfers/batch`): Tansu's SQLite
+        // storage serves nothing of a record larger than the fetch, which would stop
+        // settlement at it.
+        .set("max.partition.fetch.bytes", "2097152")
+        .set("fetch.max.bytes", "4194304")
+        .set("message.max.bytes", "4194304")
         .set("reconnect.backoff.max.ms", "1000")
         // A topic deleted and created again (a broker restarted without its log) is seen
         // within seconds instead of librdkafka's default five minutes.
