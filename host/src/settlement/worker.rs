@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use transferd_message::BATCH_MAX_TRANSFERS;
 
 use rdkafka::consumer::StreamConsumer;
 use rdkafka::message::OwnedMessage;
@@ -169,10 +170,17 @@ async fn next_batch(
         Err(_idle) => return None,
     }
     let deadline = Instant::now() + linger;
-    while batch.len() < max {
+    // One settlement transaction records at most MAX_EFFECT_TRANSFERS transfers' effects: stop
+    // while the next message, a batch record of up to BATCH_MAX_TRANSFERS, still fits.
+    let mut transfers: usize = batch.iter().map(transfers_at_most).sum();
+    while batch.len() < max && transfers + BATCH_MAX_TRANSFERS <= MAX_EFFECT_TRANSFERS {
         let remaining = deadline.saturating_duration_since(Instant::now());
         match tokio::time::timeout(remaining, consumer.recv()).await {
-            Ok(Ok(message)) => batch.push(message.detach()),
+            Ok(Ok(message)) => {
+                let message = message.detach();
+                transfers += transfers_at_most(&message);
+                batch.push(message);
+            }
             Ok(Err(error)) => {
                 consumer_error(&error, log).await;
                 break;
@@ -181,6 +189,19 @@ async fn next_batch(
         }
     }
     Some(batch)
+}
+
+/// Transfers in one settlement transaction at most (`settlement_effect_batches`' check).
+const MAX_EFFECT_TRANSFERS: usize = 10_000;
+
+/// How many transfers a message may carry: a batch record (it starts with its `batch_id`)
+/// up to [`BATCH_MAX_TRANSFERS`], anything else one.
+fn transfers_at_most(message: &OwnedMessage) -> usize {
+    use rdkafka::Message;
+    match message.payload() {
+        Some(payload) if payload.starts_with(b"{\"batch_id\"") => BATCH_MAX_TRANSFERS,
+        _ => 1,
+    }
 }
 
 async fn consumer_error(error: &rdkafka::error::KafkaError, log: &TransferLog) {
