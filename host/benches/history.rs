@@ -72,6 +72,7 @@ async fn run_queries(ledger: &Ledger, samples: &Samples) -> anyhow::Result<()> {
             user_id,
             status,
             currency: None,
+            metadata: Default::default(),
             after,
             limit: 50,
         }

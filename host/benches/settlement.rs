@@ -8,7 +8,7 @@ mod local;
 
 use std::time::Instant;
 
-use transferd::settlement::decide::Transfer;
+use transferd::settlement::decide::{Step, Transfer};
 use transferd::settlement::ledger::{Advance, Offsets, Settlements};
 use transferd::stores::postgres::Ledger;
 use uuid::Uuid;
@@ -41,6 +41,8 @@ fn transfers(count: usize, random: &mut Random) -> Vec<Transfer> {
                 currency: "USD".into(),
                 description: Some("benchmark".into()),
                 created_at_ms: 1_795_960_800_000,
+                metadata: None,
+                step: Step::Immediate,
                 trace: None,
             }
         })

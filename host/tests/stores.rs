@@ -1614,3 +1614,33 @@ async fn a_pending_transfer_expires_by_the_clock_it_is_given() -> anyhow::Result
     assert!(ledger.due_for_expiry(later, 10).await?.is_empty());
     Ok(())
 }
+
+/// A reservation changed behind the ledger's back (as a superuser could) is named by
+/// `ledger verify`: pending amounts are checked against the pending transfers.
+#[tokio::test]
+async fn verify_names_a_reservation_that_does_not_match_its_transfers() -> anyhow::Result<()> {
+    let ledger = fresh_ledger().await?;
+    let settlements = Settlements::new(ledger.pool().clone());
+    ledger.deposit(Uuid::now_v7(), 1, "USD", 10_000).await?;
+    ledger.deposit(Uuid::now_v7(), 2, "USD", 100).await?;
+    let pending = Transfer {
+        step: Step::Pending {
+            expires_at_ms: 1_795_960_900_000,
+        },
+        ..message(1, 2, 3_000)
+    };
+    settlements.apply(&[pending], &[], &Advance::none()).await?;
+    verify(ledger.pool()).await?;
+    sqlx::query("UPDATE accounts SET pending_debits_minor = 0 WHERE user_id = 1")
+        .execute(ledger.pool())
+        .await?;
+    match verify(ledger.pool()).await {
+        Err(VerifyError::Broken(JournalBreak::Pending {
+            user_id: 1,
+            recorded_debits: 0,
+            found_debits: 3_000,
+            ..
+        })) => Ok(()),
+        other => anyhow::bail!("verify did not name the reservation: {other:?}"),
+    }
+}

@@ -97,8 +97,11 @@ async fn a_pending_transfer_reserves_then_posts_in_part_once() -> anyhow::Result
     // Reserved, not moved: the sender's available balance counts it, neither balance moves.
     assert_eq!(usd(&host, 1).await?, (10_000, 7_000, 3_000, 0));
     assert_eq!(usd(&host, 2).await?, (100, 100, 0, 3_000));
+    // A deposit meanwhile adds to the balance; the reservation still counts against it.
+    host.deposit(1, "USD", "5.00").await?;
+    assert_eq!(usd(&host, 1).await?, (10_500, 7_500, 3_000, 0));
     let over = host
-        .transfer(json!({"sender_id": 1, "receiver_id": 2, "amount": "70.01", "currency": "USD"}))
+        .transfer(json!({"sender_id": 1, "receiver_id": 2, "amount": "75.01", "currency": "USD"}))
         .await?;
     assert_eq!(
         over.status, 400,
@@ -154,7 +157,7 @@ async fn a_pending_transfer_reserves_then_posts_in_part_once() -> anyhow::Result
     let posted = wait_status(&host, &id, "posted").await?;
     assert_eq!(posted["posted_amount"], "20.00");
     assert_eq!(posted["amount"], "30.00");
-    assert_eq!(usd(&host, 1).await?, (8_000, 8_000, 0, 0));
+    assert_eq!(usd(&host, 1).await?, (8_500, 8_500, 0, 0));
     assert_eq!(usd(&host, 2).await?, (2_100, 2_100, 0, 0));
     let listed = host
         .get_as("/transfers?metadata[order_id]=A-1", &user_token(1))

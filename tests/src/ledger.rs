@@ -27,6 +27,23 @@ pub struct LedgerCheck {
     pub pending_off: i64,
 }
 
+/// Accounts whose pending amounts differ from their pending transfers, or that reserve more
+/// than they have.
+async fn pending_off(pool: &sqlx::PgPool) -> anyhow::Result<i64> {
+    Ok(sqlx::query_scalar(
+        "SELECT COUNT(*) FROM accounts a
+         LEFT JOIN (SELECT sender_id AS user_id, currency, SUM(amount_minor) AS total
+                    FROM transfers WHERE status = 'pending' GROUP BY 1, 2) d USING (user_id, currency)
+         LEFT JOIN (SELECT receiver_id AS user_id, currency, SUM(amount_minor) AS total
+                    FROM transfers WHERE status = 'pending' GROUP BY 1, 2) c USING (user_id, currency)
+         WHERE a.pending_debits_minor <> COALESCE(d.total, 0)
+            OR a.pending_credits_minor <> COALESCE(c.total, 0)
+            OR (a.user_id > 0 AND a.balance_minor < a.pending_debits_minor)",
+    )
+    .fetch_one(pool)
+    .await?)
+}
+
 impl Namespace {
     pub async fn check_ledger(&self) -> anyhow::Result<LedgerCheck> {
         let pool = self.ledger().await?;
@@ -78,18 +95,7 @@ impl Namespace {
         )
         .fetch_one(&pool)
         .await?;
-        let pending_off: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM accounts a
-             LEFT JOIN (SELECT sender_id AS user_id, currency, SUM(amount_minor) AS total
-                        FROM transfers WHERE status = 'pending' GROUP BY 1, 2) d USING (user_id, currency)
-             LEFT JOIN (SELECT receiver_id AS user_id, currency, SUM(amount_minor) AS total
-                        FROM transfers WHERE status = 'pending' GROUP BY 1, 2) c USING (user_id, currency)
-             WHERE a.pending_debits_minor <> COALESCE(d.total, 0)
-                OR a.pending_credits_minor <> COALESCE(c.total, 0)
-                OR (a.user_id > 0 AND a.balance_minor < a.pending_debits_minor)",
-        )
-        .fetch_one(&pool)
-        .await?;
+        let pending_off = pending_off(&pool).await?;
         pool.close().await;
         Ok(LedgerCheck {
             pending_off,

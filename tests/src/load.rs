@@ -423,6 +423,8 @@ pub struct Verdict {
     pub refused: usize,
     pub lost: usize,
     pub accepted_settled: usize,
+    /// Transfers (not posts or voids) answered 200.
+    pub accepted_transfers: usize,
     pub in_doubt_settled: usize,
     /// Settled transfers nobody was told about (requests lost in flight).
     pub unattributed_settled: usize,
@@ -452,9 +454,9 @@ impl fmt::Display for Verdict {
         )?;
         writeln!(
             f,
-            "settled: {} of {} accepted, {} of {} in doubt, {} unattributed; ledger {} completed, {} rejected",
+            "settled: {} of {} accepted transfers, {} of {} in doubt, {} unattributed; ledger {} completed, {} rejected",
             self.accepted_settled,
-            self.accepted,
+            self.accepted_transfers,
             self.in_doubt_settled,
             self.in_doubt,
             self.unattributed_settled,
@@ -625,6 +627,7 @@ async fn check_settlement(
     }
     let settled = namespace.wait_ids_settled(&accepted, settle_limit).await?;
     verdict.accepted_settled = settled.len();
+    verdict.accepted_transfers = accepted.len();
     let missing: Vec<&Outcome> = outcomes
         .iter()
         .filter(|outcome| {

@@ -79,12 +79,12 @@ async fn make_deposit(
             asked.amount_minor,
         )
         .await?;
-    let balance = deposit.balance;
+    let cached = deposit.cached;
     let (user_id, currency) = (asked.user_id, asked.currency);
     if let Err(error) = app
         .stores
         .cache
-        .store_balance(user_id, &currency, balance.balance_minor, balance.version)
+        .store_balance(user_id, &currency, cached.balance_minor, cached.version)
         .await
     {
         tracing::warn!(%error, user_id, currency, "deposit not reflected in the balance cache");
@@ -97,9 +97,9 @@ async fn make_deposit(
             replayed: deposit.replayed,
             user_id,
             currency,
-            balance: money::format_minor(balance.balance_minor, asked.exponent),
-            balance_minor: balance.balance_minor,
-            version: balance.version,
+            balance: money::format_minor(deposit.balance_minor, asked.exponent),
+            balance_minor: deposit.balance_minor,
+            version: cached.version,
         },
     ))
 }

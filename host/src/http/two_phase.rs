@@ -239,17 +239,29 @@ fn amount_of(text: &str, currency: &str) -> Result<i64, ApiError> {
 }
 
 /// The transfer with its accepted action, waiting briefly for one accepted moments ago to
-/// reach the ledger: 404 when nobody knows it, 503 (retry) when it is accepted and settlement
-/// has not reached it in time.
+/// reach the ledger: 404 only when neither the ledger nor Redis's pending records know it
+/// (the ledger asked again after Redis, since settlement deletes the record as it commits),
+/// 503 (retry) when it is on its way and settlement has not reached it in time, or when Redis
+/// cannot say.
 async fn settled_target(app: &App, id: Uuid) -> Result<Target, ApiError> {
     let started = std::time::Instant::now();
     loop {
         if let Some(target) = app.stores.ledger.action_target(id).await? {
             return Ok(target);
         }
-        let on_its_way = matches!(app.stores.cache.pending(&id.to_string()).await, Ok(Some(_)));
+        let on_its_way = match app.stores.cache.pending(&id.to_string()).await {
+            Ok(record) => record.is_some(),
+            Err(error) => {
+                return Err(ApiError::Unavailable(format!(
+                    "cannot tell whether transfer {id} is on its way to the ledger: {error}"
+                )));
+            }
+        };
         if !on_its_way {
-            return Err(ApiError::NotFoundMessage(format!("no transfer {id}")));
+            return match app.stores.ledger.action_target(id).await? {
+                Some(target) => Ok(target),
+                None => Err(ApiError::NotFoundMessage(format!("no transfer {id}"))),
+            };
         }
         if started.elapsed() >= SETTLING_WAIT {
             return Err(ApiError::Unavailable(format!(

@@ -700,21 +700,9 @@ async fn lock_pending(
     }
     ids.sort();
     ids.dedup();
-    type Row = (
-        Uuid,
-        i64,
-        i64,
-        String,
-        i64,
-        TransferStatus,
-        Option<Uuid>,
-        Option<Uuid>,
-        Option<String>,
-        Option<i64>,
-    );
-    let rows: Vec<Row> = sqlx::query_as(
+    let rows: Vec<PendingRow> = sqlx::query_as(
         "SELECT t.transaction_id, t.sender_id, t.receiver_id, t.currency, t.amount_minor, t.status,
-                t.resolved_by, a.action_id, a.action, a.amount_minor
+                t.resolved_by, a.action_id, a.action, a.amount_minor AS action_amount_minor
          FROM UNNEST($1::uuid[]) AS i(transaction_id)
          JOIN transfers t USING (transaction_id)
          LEFT JOIN transfer_actions a USING (transaction_id)
@@ -725,44 +713,42 @@ async fn lock_pending(
     .bind(&ids)
     .fetch_all(&mut **transaction)
     .await?;
-    Ok(rows
-        .into_iter()
-        .map(
-            |(
-                id,
-                sender_id,
-                receiver_id,
-                currency,
-                amount_minor,
-                status,
-                resolved_by,
-                action_id,
-                action,
-                action_amount,
-            )| {
-                let accepted = match (
-                    action_id,
-                    action.as_deref().and_then(action_named),
-                    action_amount,
-                ) {
-                    (Some(action_id), Some(action), Some(amount)) => {
-                        Some((action_id, action, amount))
-                    }
-                    _ => None,
-                };
-                let held = PendingTransfer {
-                    sender_id,
-                    receiver_id,
-                    currency,
-                    amount_minor,
-                    status,
-                    accepted,
-                    resolved_by,
-                };
-                (id, held)
-            },
-        )
-        .collect())
+    Ok(rows.into_iter().map(PendingRow::held).collect())
+}
+
+/// A two-phase transfer as `lock_pending` reads it, with its accepted action.
+#[derive(sqlx::FromRow)]
+struct PendingRow {
+    transaction_id: Uuid,
+    sender_id: i64,
+    receiver_id: i64,
+    currency: String,
+    amount_minor: i64,
+    status: TransferStatus,
+    resolved_by: Option<Uuid>,
+    action_id: Option<Uuid>,
+    action: Option<String>,
+    action_amount_minor: Option<i64>,
+}
+
+impl PendingRow {
+    fn held(self) -> (Uuid, PendingTransfer) {
+        let action = self.action.as_deref().and_then(action_named);
+        let accepted = match (self.action_id, action, self.action_amount_minor) {
+            (Some(action_id), Some(action), Some(amount)) => Some((action_id, action, amount)),
+            _ => None,
+        };
+        let held = PendingTransfer {
+            sender_id: self.sender_id,
+            receiver_id: self.receiver_id,
+            currency: self.currency,
+            amount_minor: self.amount_minor,
+            status: self.status,
+            accepted,
+            resolved_by: self.resolved_by,
+        };
+        (self.transaction_id, held)
+    }
 }
 
 fn action_named(name: &str) -> Option<Action> {

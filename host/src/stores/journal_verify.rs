@@ -147,6 +147,17 @@ pub enum JournalBreak {
     },
     #[error("the balances in {currency} sum to {sum}, not zero")]
     BalancesUnbalanced { currency: String, sum: i128 },
+    #[error(
+        "account {user_id} {currency}: it records pending debits {recorded_debits} and credits {recorded_credits}, its pending transfers make {found_debits} and {found_credits}"
+    )]
+    Pending {
+        user_id: i64,
+        currency: String,
+        recorded_debits: i64,
+        recorded_credits: i64,
+        found_debits: i64,
+        found_credits: i64,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -450,41 +461,28 @@ fn without_batch(row: &EntryRow) -> JournalBreak {
     }
 }
 
-/// Every account's balance against the sum of its entries, a page of accounts at a time, and
-/// each currency's balances against zero. Returns how many accounts there are.
+/// Every account's balance against the sum of its entries and its pending debits and credits
+/// against its pending transfers, a page of accounts at a time, and each currency's balances
+/// against zero. Returns how many accounts there are.
 async fn check_accounts(connection: &mut PgConnection) -> Result<u64, VerifyError> {
     let mut after = (i64::MIN, String::new());
     let mut sums: BTreeMap<String, i128> = BTreeMap::new();
     let mut accounts = 0;
     loop {
-        let rows: Vec<(i64, String, i64, i64)> = sqlx::query_as(
-            "SELECT a.user_id, a.currency, a.balance_minor,
-                    (SELECT coalesce(sum(e.amount_minor), 0) FROM journal_entries e
-                     WHERE e.user_id = a.user_id AND e.currency = a.currency)::bigint
-             FROM accounts a WHERE (a.user_id, a.currency) > ($1, $2)
-             ORDER BY a.user_id, a.currency LIMIT $3",
-        )
-        .bind(after.0)
-        .bind(&after.1)
-        .bind(PAGE)
-        .fetch_all(&mut *connection)
-        .await?;
-        for (user_id, currency, recorded, found) in &rows {
-            if recorded != found {
-                return Err(JournalBreak::Balance {
-                    user_id: *user_id,
-                    currency: currency.clone(),
-                    recorded: *recorded,
-                    found: *found,
-                }
-                .into());
-            }
-            *sums.entry(currency.clone()).or_default() += i128::from(*recorded);
+        let rows: Vec<AccountRow> = sqlx::query_as(ACCOUNTS_PAGE)
+            .bind(after.0)
+            .bind(&after.1)
+            .bind(PAGE)
+            .fetch_all(&mut *connection)
+            .await?;
+        for row in &rows {
+            row.check()?;
+            *sums.entry(row.currency.clone()).or_default() += i128::from(row.balance_minor);
         }
         accounts += rows.len() as u64;
         let full = rows.len() == PAGE as usize;
         match rows.into_iter().last() {
-            Some((user_id, currency, _, _)) if full => after = (user_id, currency),
+            Some(row) if full => after = (row.user_id, row.currency),
             _ => break,
         }
     }
@@ -492,4 +490,57 @@ async fn check_accounts(connection: &mut PgConnection) -> Result<u64, VerifyErro
         return Err(JournalBreak::BalancesUnbalanced { currency, sum }.into());
     }
     Ok(accounts)
+}
+
+/// A page of accounts after `($1, $2)`, each with what its entries and its pending transfers
+/// make.
+const ACCOUNTS_PAGE: &str = "
+    SELECT a.user_id, a.currency, a.balance_minor, a.pending_debits_minor, a.pending_credits_minor,
+           (SELECT coalesce(sum(e.amount_minor), 0) FROM journal_entries e
+            WHERE e.user_id = a.user_id AND e.currency = a.currency)::bigint AS entries_minor,
+           (SELECT coalesce(sum(t.amount_minor), 0) FROM transfers t
+            WHERE t.sender_id = a.user_id AND t.currency = a.currency AND t.status = 'pending'
+              AND t.expires_at IS NOT NULL)::bigint AS found_debits,
+           (SELECT coalesce(sum(t.amount_minor), 0) FROM transfers t
+            WHERE t.receiver_id = a.user_id AND t.currency = a.currency AND t.status = 'pending'
+              AND t.expires_at IS NOT NULL)::bigint AS found_credits
+    FROM accounts a WHERE (a.user_id, a.currency) > ($1, $2)
+    ORDER BY a.user_id, a.currency LIMIT $3";
+
+#[derive(sqlx::FromRow)]
+struct AccountRow {
+    user_id: i64,
+    currency: String,
+    balance_minor: i64,
+    pending_debits_minor: i64,
+    pending_credits_minor: i64,
+    entries_minor: i64,
+    found_debits: i64,
+    found_credits: i64,
+}
+
+impl AccountRow {
+    fn check(&self) -> Result<(), JournalBreak> {
+        if self.balance_minor != self.entries_minor {
+            return Err(JournalBreak::Balance {
+                user_id: self.user_id,
+                currency: self.currency.clone(),
+                recorded: self.balance_minor,
+                found: self.entries_minor,
+            });
+        }
+        if (self.pending_debits_minor, self.pending_credits_minor)
+            != (self.found_debits, self.found_credits)
+        {
+            return Err(JournalBreak::Pending {
+                user_id: self.user_id,
+                currency: self.currency.clone(),
+                recorded_debits: self.pending_debits_minor,
+                recorded_credits: self.pending_credits_minor,
+                found_debits: self.found_debits,
+                found_credits: self.found_credits,
+            });
+        }
+        Ok(())
+    }
 }

@@ -257,12 +257,14 @@ impl Ledger {
             amount_minor,
         };
         record_deposit(&mut transaction, &deposit, new_balances).await?;
-        let balance =
+        let account =
             write_deposit_balances(&mut transaction, user_id, currency, new_balances).await?;
         transaction.commit().await?;
+        let (balance_minor, cached) = account.ok_or(LedgerError::Overflow)?;
         Ok(Deposit {
             deposit_id,
-            balance: balance.ok_or(LedgerError::Overflow)?,
+            balance_minor,
+            cached,
             replayed: false,
         })
     }
@@ -274,13 +276,19 @@ impl Ledger {
         user_id: i64,
         currency: &str,
     ) -> Result<Deposit, LedgerError> {
-        let balance = self
-            .balance(user_id, currency)
+        let account = self
+            .balances(user_id)
             .await?
+            .into_iter()
+            .find(|account| account.currency == currency)
             .ok_or(LedgerError::DepositIdReused)?;
         Ok(Deposit {
             deposit_id,
-            balance,
+            balance_minor: account.balance_minor,
+            cached: Balance {
+                balance_minor: account.balance_minor - account.pending_debits_minor,
+                version: account.version,
+            },
             replayed: true,
         })
     }
@@ -476,17 +484,19 @@ async fn record_deposit(
 
 /// Writes the new balances of the system account and the user (in that order); returns the
 /// user's committed state.
+/// Writes both balances; returns the user's settled balance and its state as the cache keeps
+/// it (spendable: what its pending transfers reserve taken off).
 async fn write_deposit_balances(
     transaction: &mut Transaction,
     user_id: i64,
     currency: &str,
     new_balances: [i64; 2],
-) -> Result<Option<Balance>, LedgerError> {
-    let updated: Vec<(i64, i64, i64)> = sqlx::query_as(
+) -> Result<Option<(i64, Balance)>, LedgerError> {
+    let updated: Vec<(i64, i64, i64, i64)> = sqlx::query_as(
         "UPDATE accounts a SET balance_minor = u.balance_minor, version = a.version + 1, updated_at = now()
          FROM UNNEST($1::bigint[], $2::bigint[]) AS u(user_id, balance_minor)
          WHERE a.user_id = u.user_id AND a.currency = $3
-         RETURNING a.user_id, a.balance_minor, a.version",
+         RETURNING a.user_id, a.balance_minor, a.pending_debits_minor, a.version",
     )
     .bind(vec![SYSTEM_USER_ID, user_id])
     .bind(new_balances.to_vec())
@@ -495,10 +505,13 @@ async fn write_deposit_balances(
     .await?;
     Ok(updated
         .into_iter()
-        .find(|(account, _, _)| *account == user_id)
-        .map(|(_, balance_minor, version)| Balance {
-            balance_minor,
-            version,
+        .find(|(account, ..)| *account == user_id)
+        .map(|(_, balance_minor, pending_debits_minor, version)| {
+            let cached = Balance {
+                balance_minor: balance_minor - pending_debits_minor,
+                version,
+            };
+            (balance_minor, cached)
         }))
 }
 
@@ -506,7 +519,10 @@ async fn write_deposit_balances(
 #[derive(Debug, Clone, Copy)]
 pub struct Deposit {
     pub deposit_id: Uuid,
-    pub balance: Balance,
+    /// The user's settled balance after it.
+    pub balance_minor: i64,
+    /// The account as the cache keeps it.
+    pub cached: Balance,
     /// The deposit id had been used before; nothing changed.
     pub replayed: bool,
 }
