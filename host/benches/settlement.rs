@@ -43,6 +43,7 @@ fn transfers(count: usize, random: &mut Random) -> Vec<Transfer> {
                 created_at_ms: 1_795_960_800_000,
                 metadata: None,
                 step: Step::Immediate,
+                atomic_batch: None,
                 trace: None,
             }
         })
