@@ -63,11 +63,53 @@ pub struct CreateBatch {
     /// 1 to 1000 transfers, each exactly a `POST /transfers` body; decided, held, published
     /// and settled in this order.
     #[schema(min_items = 1, max_items = 1000)]
-    transfers: Vec<CreateTransfer>,
+    transfers: Vec<BatchTransfer>,
     /// All or none (default `false`): one refused transfer refuses them all (`batch_failed`),
     /// and settlement applies every one or none. In an atomic batch a transfer may spend what
     /// an earlier one of the batch credits.
     atomic: Option<bool>,
+}
+
+/// One transfer of a batch: the fields of a `POST /transfers` body with their JSON types. A
+/// wrong type or an unknown field refuses the whole batch (422); the rules on values are the
+/// guest's, and a value that breaks one refuses only its transfer, in the 200 answer's
+/// results.
+#[derive(ToSchema)]
+#[allow(dead_code)] // Documents the reading in `batches::create`.
+#[serde(deny_unknown_fields)] // `additionalProperties: false`: the reader refuses other keys.
+pub struct BatchTransfer {
+    sender_id: i64,
+    receiver_id: i64,
+    /// Decimal text, or a JSON number whose digits are read.
+    #[schema(schema_with = any_decimal_schema)]
+    amount: String,
+    currency: String,
+    description: Option<String>,
+    phase: Option<String>,
+    expires_in_s: Option<i64>,
+    #[schema(schema_with = any_metadata_schema)]
+    metadata: Option<std::collections::BTreeMap<String, String>>,
+}
+
+/// A JSON string or number, with no rule on its value.
+fn any_decimal_schema() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Schema, Type};
+    let one_of = OneOfBuilder::new()
+        .item(ObjectBuilder::new().schema_type(Type::String))
+        .item(ObjectBuilder::new().schema_type(Type::Number))
+        .build();
+    Schema::OneOf(one_of)
+}
+
+/// An object of strings, or `null`, with no rule on its keys or sizes.
+fn any_metadata_schema() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{ObjectBuilder, Schema, SchemaType, Type};
+    let value = ObjectBuilder::new().schema_type(Type::String);
+    let object = ObjectBuilder::new()
+        .schema_type(SchemaType::from_iter([Type::Object, Type::Null]))
+        .additional_properties(Some(value))
+        .build();
+    Schema::Object(object)
 }
 
 /// `POST /transfers/batch` answered: one result per transfer, in the request's order.
@@ -88,9 +130,10 @@ pub struct BatchResult {
     /// A rejected transfer's HTTP status, had it been sent alone.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub status_code: Option<u16>,
-    /// A rejected transfer's `detail`, as `POST /transfers` writes it.
+    /// A rejected transfer's `detail`, as `POST /transfers` writes it: a sentence, or the
+    /// list of problems of a 422.
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<Detail>)]
     pub detail: Option<serde_json::Value>,
     /// A rejected transfer's `code` (absent on validation problems, as in FastAPI).
     #[serde(skip_serializing_if = "Option::is_none")]

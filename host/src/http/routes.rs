@@ -103,9 +103,8 @@ const fn route(verb: Verb, path: &'static str, metric: &'static str) -> Route {
 
 impl Endpoint {
     /// Every endpoint, the order resolution tries them in. Two paths overlap only where a
-    /// literal segment stands for a `{name}` one and their methods differ (`POST
-    /// /transfers/batch`, `GET /transfers/{transaction_id}`), so a request matches at most one
-    /// route whatever the order (a test checks it).
+    /// literal segment stands for a `{name}` one (`/transfers/batch`,
+    /// `/transfers/{transaction_id}`); the literal one wins (a test checks it).
     pub const ALL: [Endpoint; 25] = [
         Endpoint::Service(ServiceRoute::Health),
         Endpoint::Service(ServiceRoute::Ready),
@@ -261,6 +260,13 @@ fn parameter(pattern: &str) -> Option<&str> {
     pattern.strip_prefix('{')?.strip_suffix('}')
 }
 
+/// How many of `template`'s segments are literal, not `{name}`.
+fn literal_segments(template: &'static str) -> usize {
+    template_segments(template)
+        .filter(|pattern| parameter(pattern).is_none())
+        .count()
+}
+
 /// Whether `segments` is a path of `template`.
 fn matches(template: &'static str, segments: &[&str]) -> bool {
     template_segments(template).count() == segments.len()
@@ -276,10 +282,18 @@ pub fn resolve<'s, 'a>(
     method: &Method,
     segments: &'s [&'a str],
 ) -> Result<(Endpoint, PathParams<'s, 'a>), ApiError> {
+    // A literal segment is more specific than a `{name}`: `/transfers/batch` is that route's
+    // path only, so its 405 lists only its methods.
+    let specificity = |endpoint: &Endpoint| literal_segments(endpoint.route().path);
+    let most = Endpoint::ALL
+        .iter()
+        .filter(|endpoint| matches(endpoint.route().path, segments))
+        .map(specificity)
+        .max();
     let mut allowed = Vec::new();
     for endpoint in Endpoint::ALL {
         let route = endpoint.route();
-        if !matches(route.path, segments) {
+        if !matches(route.path, segments) || Some(specificity(&endpoint)) != most {
             continue;
         }
         if route.verb.accepts(method) {
@@ -332,10 +346,17 @@ mod tests {
             resolved(Method::POST, "/transfers/batch").ok(),
             Some(Endpoint::User(UserRoute::CreateBatch))
         );
-        let segments = split("/transfers/batch");
+        assert!(
+            matches!(
+                resolve(&Method::GET, &split("/transfers/batch")),
+                Err(ApiError::MethodNotAllowed { allow }) if allow == "POST"
+            ),
+            "the literal path is the batch route's only"
+        );
+        let segments = split("/transfers/0190");
         let (shown, params) = resolve(&Method::GET, &segments).expect("routed");
         assert_eq!(shown, Endpoint::User(UserRoute::ShowTransfer));
-        assert_eq!(params.get("transaction_id"), "batch");
+        assert_eq!(params.get("transaction_id"), "0190");
         assert_eq!(
             resolved(Method::POST, "/transfers/batch/post").ok(),
             Some(Endpoint::User(UserRoute::PostTransfer))
