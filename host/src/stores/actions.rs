@@ -202,8 +202,10 @@ impl Ledger {
         .await?)
     }
 
-    /// Up to `limit` recorded actions whose transfer is still pending and which were accepted
-    /// before `before_ms`: their message may never have reached the log.
+    /// Up to `limit` recorded actions whose transfer is still pending: expiries whatever their
+    /// age (only the expiry pass publishes them, so nothing else will), posts and voids accepted
+    /// before `before_ms` (their request had that long to publish them). Their message may
+    /// never have reached the log.
     pub async fn unapplied_actions(
         &self,
         before_ms: i64,
@@ -214,7 +216,7 @@ impl Ledger {
                     t.expires_at, a.action_id, a.action, a.amount_minor AS action_amount_minor,
                     a.created_at_ms AS action_created_at_ms
              FROM transfer_actions a JOIN transfers t USING (transaction_id)
-             WHERE t.status = 'pending' AND a.created_at_ms < $1
+             WHERE t.status = 'pending' AND (a.action = 'expire' OR a.created_at_ms < $1)
              ORDER BY a.created_at_ms LIMIT $2",
         )
         .bind(before_ms)
