@@ -420,6 +420,15 @@ pub enum Action {
 }
 
 impl Action {
+    pub const ALL: [Action; 3] = [Action::Post, Action::Void, Action::Expire];
+
+    /// The action `as_str` names.
+    pub fn named(name: &str) -> Option<Action> {
+        Action::ALL
+            .into_iter()
+            .find(|action| action.as_str() == name)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Action::Post => "post",

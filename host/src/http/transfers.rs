@@ -295,19 +295,24 @@ pub(super) fn now_ms() -> u64 {
     ),
 )]
 pub async fn show(app: &App, caller: &Caller, transaction_id: &str) -> Result<Reply, ApiError> {
-    let Ok(id) = Uuid::parse_str(transaction_id) else {
-        return Err(ApiError::Validation(vec![Invalid::path(
-            "transaction_id",
-            "uuid_parsing",
-            "transaction_id must be a UUID",
-        )]));
-    };
+    let id = path_transaction_id(transaction_id)?;
     let not_found = || ApiError::NotFoundMessage(format!("no transfer {id}"));
     let shown = find(app, id).await?.ok_or_else(not_found)?;
     if !caller.may_see_transfer(Some(shown.sender_id), Some(shown.receiver_id)) {
         return Err(not_found());
     }
     Ok(json_response(StatusCode::OK, &shown))
+}
+
+/// The `{transaction_id}` of a path: a UUID.
+pub(super) fn path_transaction_id(raw: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(raw).map_err(|_| {
+        ApiError::Validation(vec![Invalid::path(
+            "transaction_id",
+            "uuid_parsing",
+            "transaction_id must be a UUID",
+        )])
+    })
 }
 
 /// The transfer's body for `GET /transfers/{id}`, wherever it is; `None` when nobody knows it.

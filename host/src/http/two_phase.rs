@@ -23,6 +23,7 @@ use crate::http::body::read_json_body;
 use crate::http::error::{ApiError, Invalid, Reply, json_response};
 use crate::http::idempotency::{self, Start};
 use crate::http::routes::UserRoute;
+use crate::http::transfers::path_transaction_id;
 use crate::settlement::actions;
 use crate::stores::actions::{NewAction, Refusal, Target};
 
@@ -194,16 +195,6 @@ fn conflict(new: &NewAction, refusal: Refusal) -> ApiError {
             format!("amount must be at most the transfer's amount ({reserved_minor} minor units)"),
         )]),
     }
-}
-
-fn path_transaction_id(raw: &str) -> Result<Uuid, ApiError> {
-    Uuid::parse_str(raw).map_err(|_| {
-        ApiError::Validation(vec![Invalid::path(
-            "transaction_id",
-            "uuid_parsing",
-            "transaction_id must be a UUID",
-        )])
-    })
 }
 
 /// The body: `{"amount": …}` optional for a post, `{}` for a void; unknown fields refused.

@@ -733,7 +733,7 @@ struct PendingRow {
 
 impl PendingRow {
     fn held(self) -> (Uuid, PendingTransfer) {
-        let action = self.action.as_deref().and_then(action_named);
+        let action = self.action.as_deref().and_then(Action::named);
         let accepted = match (self.action_id, action, self.action_amount_minor) {
             (Some(action_id), Some(action), Some(amount)) => Some((action_id, action, amount)),
             _ => None,
@@ -749,12 +749,6 @@ impl PendingRow {
         };
         (self.transaction_id, held)
     }
-}
-
-fn action_named(name: &str) -> Option<Action> {
-    [Action::Post, Action::Void, Action::Expire]
-        .into_iter()
-        .find(|action| action.as_str() == name)
 }
 
 /// Inserts the batch's new transfers: immediate and two-phase ones, with their outcome.

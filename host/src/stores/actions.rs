@@ -62,9 +62,7 @@ pub struct Target {
 impl Target {
     /// The recorded action as its log message.
     fn message(&self) -> Option<ActionMessage> {
-        let action = [Action::Post, Action::Void, Action::Expire]
-            .into_iter()
-            .find(|action| Some(action.as_str()) == self.action.as_deref())?;
+        let action = Action::named(self.action.as_deref()?)?;
         Some(ActionMessage {
             action,
             action_id: self.action_id?,
