@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Checks the deployment files (compose.yaml, Dockerfile) without building or starting anything;
+# Checks the deployment files (compose.yaml, Dockerfile, deploy/kubernetes) without building or starting anything;
 # scripts/test.sh runs it. Each check runs when its tool is here and is skipped with a message
 # when it is not; a check that runs and fails fails this script.
 #
@@ -9,6 +9,7 @@
 #   `service_healthy` dependency has a health check, the API replicas run no settlement worker
 #   and share one JWT secret and admin token, no host port is published twice.
 # - hadolint on the Dockerfile.
+# - the Kubernetes manifests (deploy/kubernetes), rendered and validated: scripts/check-manifests.sh.
 set -euo pipefail
 source "$(dirname "$0")/env.sh"
 cd "$TRANSFERD_ROOT"
@@ -84,3 +85,5 @@ else
   hadolint Dockerfile
   log "Dockerfile: hadolint passed"
 fi
+
+"$TRANSFERD_ROOT/scripts/check-manifests.sh"

@@ -69,7 +69,7 @@ cargo fmt --all --check
 log "checking that the binary, its crash-points copy and the tests share their dependencies' builds"
 "$TRANSFERD_ROOT/scripts/check-features.sh"
 
-log "checking the deployment files (compose.yaml, Dockerfile; each check skipped when its tool is missing)"
+log "checking the deployment files (compose.yaml, Dockerfile, Kubernetes manifests; each check skipped when its tool is missing)"
 "$TRANSFERD_ROOT/scripts/check-deploy.sh"
 
 log "building the guests (wasm32-wasip2)"
