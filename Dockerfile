@@ -13,7 +13,8 @@ FROM rust:1.95-bookworm AS build
 
 # The rust image (on Debian's buildpack-deps) already holds what the bundled librdkafka needs:
 # rdkafka-sys builds it with its own ./configure and make (the cmake-build feature is off), so a
-# C compiler, make, pkg-config and zlib1g-dev. Only the guest's target is missing.
+# C compiler, make, pkg-config, zlib1g-dev and libssl-dev for its TLS and SASL. Only the guest's
+# target is missing.
 RUN rustup target add wasm32-wasip2
 
 WORKDIR /src
@@ -44,21 +45,21 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 # --- runtime ---------------------------------------------------------------------------------
 FROM debian:bookworm-slim
 
-# ca-certificates: the trust store a TLS client needs (this build talks plain TCP to PostgreSQL,
-# Redis and Kafka: sqlx, redis and librdkafka are built without TLS, so it is there for what
-# comes next). curl: compose.yaml's health checks ask the API replicas for /healthz with it.
-# Not pinned to versions (DL3008): bookworm's updates replace them and a pinned version would
-# stop installing.
+# ca-certificates: the trust store that verifies PostgreSQL's, Redis's, Kafka's and the OTLP
+# collector's certificates when their own CA file is not given. libssl3: librdkafka's TLS and
+# SASL (rdkafka's `ssl` feature links the system OpenSSL; sqlx, redis and reqwest use rustls).
+# curl: compose.yaml's health checks. Not pinned to versions (DL3008): bookworm's updates
+# replace them and a pinned version would stop installing.
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends ca-certificates curl \
+    && apt-get install -y --no-install-recommends ca-certificates curl libssl3 \
     && rm -rf /var/lib/apt/lists/*
 
 # A non-root user with a home: compiled guests are cached in $HOME/.cache/transferd/compiled
 # (TRANSFERD_GUEST_CACHE_DIR's default), so a restarted container does not compile again.
 RUN useradd --create-home --uid 10001 --user-group --shell /usr/sbin/nologin transferd
 
-# The binary links only libc, libm, libgcc_s and libz dynamically, all in bookworm-slim.
+# The binary links libc, libm, libgcc_s, libz and libssl dynamically, all installed above.
 COPY --from=build /out/transferd /usr/local/bin/transferd
 COPY --from=build /out/transferd_guest.wasm /usr/local/share/transferd/transferd_guest.wasm
 
@@ -71,10 +72,13 @@ ENV TRANSFERD_LISTEN=0.0.0.0:8080
 # Numeric, so an orchestrator can tell the user is not root without reading /etc/passwd.
 USER 10001:10001
 WORKDIR /home/transferd
-EXPOSE 8080
+# The API and probes; the internal admin address (TRANSFERD_ADMIN_LISTEN); a worker's probes and
+# metrics (TRANSFERD_WORKER_LISTEN).
+EXPOSE 8080 9090 9091
 
-# No HEALTHCHECK here: the same image runs `transferd worker`, which serves no HTTP, and a
-# replica's address can be changed with TRANSFERD_LISTEN. compose.yaml checks each API replica.
+# No HEALTHCHECK here: the same image runs `transferd serve` and `transferd worker`, which
+# answer on different addresses (TRANSFERD_LISTEN, TRANSFERD_WORKER_LISTEN); compose.yaml and
+# the Kubernetes manifests probe each.
 # transferd is PID 1 and handles SIGTERM itself: it drains within TRANSFERD_DRAIN_TIMEOUT_MS.
 ENTRYPOINT ["transferd"]
 CMD ["serve"]

@@ -5,7 +5,7 @@
 #
 # - `docker compose config`: compose.yaml against the Compose specification. A docker client is
 #   enough (it reads the file and needs no engine), but it must have the compose subcommand.
-# - python3 with PyYAML: what the specification cannot say: the six services are there, every
+# - python3 with PyYAML: what the specification cannot say: the seven services are there, every
 #   `service_healthy` dependency has a health check, the API replicas run no settlement worker
 #   and share one JWT secret and admin token, no host port is published twice.
 # - hadolint on the Dockerfile.
@@ -20,7 +20,8 @@ elif ! docker compose version >/dev/null 2>&1; then
   log "compose.yaml: docker compose config skipped (this docker has no compose subcommand: the Compose plugin is missing)"
 else
   docker compose -f compose.yaml config --quiet
-  log "compose.yaml: docker compose config passed"
+  docker compose -f compose.yaml -f compose.sasl-ssl.yaml config --quiet
+  log "compose.yaml, compose.sasl-ssl.yaml: docker compose config passed"
 fi
 
 if ! python3 -c 'import yaml' >/dev/null 2>&1; then
@@ -36,7 +37,7 @@ with open(path) as file:
     services = yaml.safe_load(file)["services"]  # safe_load resolves the `<<` merge keys
 problems = []
 
-expected = {"postgres", "redis", "kafka", "transferd-1", "transferd-2", "worker"}
+expected = {"postgres", "redis", "kafka", "transferd-1", "transferd-2", "worker", "worker-standby"}
 for name in sorted(expected - services.keys()):
     problems.append(f"no service {name}")
 
@@ -69,14 +70,44 @@ for setting in ("TRANSFERD_JWT_SECRET", "TRANSFERD_ADMIN_TOKEN"):
     values = {(replica.get("environment") or {}).get(setting) for replica in replicas}
     if len(values) != 1 or None in values:
         problems.append(f"the API replicas do not share one {setting}")
-if "worker" in services and services["worker"].get("command") != ["worker"]:
-    problems.append("the worker service does not run `transferd worker`")
+for name in ("worker", "worker-standby"):
+    if name in services and services[name].get("command") != ["worker"]:
+        problems.append(f"the {name} service does not run `transferd worker`")
+    if name in services and not services[name].get("healthcheck"):
+        problems.append(f"the {name} service has no health check")
 
 for problem in problems:
     print(f"{path}: {problem}", file=sys.stderr)
 sys.exit(1 if problems else 0)
 EOF
   log "compose.yaml: structure check passed"
+  python3 - compose.yaml compose.sasl-ssl.yaml <<'EOF'
+import sys
+
+import yaml
+
+base = yaml.safe_load(open(sys.argv[1]))["services"]
+override = yaml.safe_load(open(sys.argv[2]))["services"]
+problems = []
+for name in sorted(set(base) - set(override)):
+    if name.startswith(("transferd", "worker")):
+        problems.append(f"{name} does not get the SASL_SSL client settings")
+for name, service in override.items():
+    if name not in base and name != "kafka-certs":
+        problems.append(f"{name} is not a service of compose.yaml")
+    environment = service.get("environment") or {}
+    if name.startswith(("transferd", "worker")):
+        if environment.get("TRANSFERD_KAFKA_CLIENT_SECURITY_PROTOCOL") != "SASL_SSL":
+            problems.append(f"{name} does not connect with SASL_SSL")
+        if not environment.get("TRANSFERD_KAFKA_CLIENT_SSL_CA_LOCATION"):
+            problems.append(f"{name} does not verify the broker's certificate against a CA")
+if "SASL_SSL" not in str(override.get("kafka", {}).get("environment", {}).get("KAFKA_LISTENERS")):
+    problems.append("the broker does not listen with SASL_SSL")
+for problem in problems:
+    print(f"{sys.argv[2]}: {problem}", file=sys.stderr)
+sys.exit(1 if problems else 0)
+EOF
+  log "compose.sasl-ssl.yaml: structure check passed"
 fi
 
 if ! command -v hadolint >/dev/null; then
