@@ -523,7 +523,7 @@ pub const MIN_JWT_SECRET_BYTES: usize = 32;
 
 /// `TRANSFERD_GUEST_FUEL_BUDGET`'s default: well above what the standard guest's invariant
 /// cases use, so a rule change has room and a runaway loop does not.
-pub const DEFAULT_GUEST_FUEL_BUDGET: u64 = 100_000_000;
+pub const DEFAULT_GUEST_FUEL_BUDGET: u64 = 1_000_000;
 
 /// How callers are authenticated: bearer JWTs signed with a shared secret (HS256) or checked
 /// with a public key (RS256 or EdDSA, told by the key), or nothing at all.
