@@ -82,11 +82,14 @@ step "building the strict test guest" \
   env --chdir=tests/guests/strict CARGO_TARGET_DIR="$CARGO_TARGET_DIR/strict-guest" cargo build --release --target wasm32-wasip2 --quiet
 step "building the hostile test guest" \
   env --chdir=tests/guests/hostile CARGO_TARGET_DIR="$CARGO_TARGET_DIR/hostile-guest" cargo build --release --target wasm32-wasip2 --quiet
+step "building the clock test guest" \
+  env --chdir=tests/guests/clock CARGO_TARGET_DIR="$CARGO_TARGET_DIR/clock-guest" cargo build --release --target wasm32-wasip2 --quiet
 step "building the 0.1.0 test guest" \
   env --chdir=tests/guests/v0_1 CARGO_TARGET_DIR="$CARGO_TARGET_DIR/v0-1-guest" cargo build --release --target wasm32-wasip2 --quiet
 export TRANSFERD_TEST_PANICKING_GUEST="$CARGO_TARGET_DIR/wasm32-wasip2/release/transferd_test_guest_panicking.wasm"
 export TRANSFERD_TEST_STRICT_GUEST="$CARGO_TARGET_DIR/strict-guest/wasm32-wasip2/release/transferd_test_guest_strict.wasm"
 export TRANSFERD_TEST_HOSTILE_GUEST="$CARGO_TARGET_DIR/hostile-guest/wasm32-wasip2/release/transferd_test_guest_hostile.wasm"
+export TRANSFERD_TEST_CLOCK_GUEST="$CARGO_TARGET_DIR/clock-guest/wasm32-wasip2/release/transferd_test_guest_clock.wasm"
 export TRANSFERD_TEST_V0_1_GUEST="$CARGO_TARGET_DIR/v0-1-guest/wasm32-wasip2/release/transferd_test_guest_v0_1.wasm"
 
 # From here on the workspace's crates are compiled by clippy's driver with warnings denied

@@ -149,6 +149,7 @@ async fn time_wasm(
     let engine = Arc::new(GuestEngine::new(GuestLimits {
         timeout: Duration::from_secs(5),
         memory_bytes: 64 * 1024 * 1024,
+        fuel_budget: transferd::config::DEFAULT_GUEST_FUEL_BUDGET,
         concurrency: 16,
         reuse_count,
         compiled_cache: None,

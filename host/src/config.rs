@@ -382,6 +382,17 @@ pub struct Serve {
     )]
     pub guest_memory_mib: u64,
 
+    /// Fuel one guest call may use (about one unit per wasm instruction): a call that uses
+    /// it all fails (500, nothing published), and an upload whose invariant cases need more
+    /// is refused.
+    #[arg(
+        long,
+        env = "TRANSFERD_GUEST_FUEL_BUDGET",
+        default_value_t = DEFAULT_GUEST_FUEL_BUDGET,
+        value_parser = clap::value_parser!(u64).range(1_000..=1_000_000_000_000)
+    )]
+    pub guest_fuel_budget: u64,
+
     /// Directory for compiled guests, reused across restarts and activations; empty means
     /// `$HOME/.cache/transferd/compiled`, `off` compiles every time.
     #[arg(long, env = "TRANSFERD_GUEST_CACHE_DIR", default_value = "")]
@@ -509,6 +520,10 @@ pub enum AuthMode {
 
 /// Shortest HS256 secret accepted, in bytes: the hash's own size (RFC 7518, section 3.2).
 pub const MIN_JWT_SECRET_BYTES: usize = 32;
+
+/// `TRANSFERD_GUEST_FUEL_BUDGET`'s default: well above what the standard guest's invariant
+/// cases use, so a rule change has room and a runaway loop does not.
+pub const DEFAULT_GUEST_FUEL_BUDGET: u64 = 1_000_000;
 
 /// How callers are authenticated: bearer JWTs signed with a shared secret (HS256) or checked
 /// with a public key (RS256 or EdDSA, told by the key), or nothing at all.

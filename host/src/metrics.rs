@@ -14,7 +14,7 @@ pub const HTTP_REQUESTS: &str = "transferd_http_requests_total";
 pub const HTTP_DURATION: &str = "transferd_http_request_duration_seconds";
 /// Transfer decisions, by guest `version` and `outcome`: accepted, each rejection (invalid,
 /// insufficient_funds, receiver_not_found, forbidden, unavailable), in_doubt, trap, timeout,
-/// violation (the guest broke a host check).
+/// violation (the guest broke a host check), out_of_fuel (it spent its fuel budget).
 pub const GUEST_CALLS: &str = "transferd_guest_calls_total";
 /// Time of one decision (the guest's call with its imports), by `version`.
 pub const GUEST_DURATION: &str = "transferd_guest_call_duration_seconds";

@@ -83,6 +83,7 @@ fn guest_limits(settings: &Serve) -> anyhow::Result<GuestLimits> {
     Ok(GuestLimits {
         timeout: settings.guest_timeout(),
         memory_bytes: usize::try_from(settings.guest_memory_mib * 1024 * 1024)?,
+        fuel_budget: settings.guest_fuel_budget,
         concurrency: settings.guest_concurrency,
         reuse_count: settings.guest_reuse_count,
         compiled_cache: settings.compiled_cache(),

@@ -235,6 +235,7 @@ fn the_wasm_guest_decides_generated_bodies_as_the_native_logic_does() -> anyhow:
     let engine = Arc::new(GuestEngine::new(GuestLimits {
         timeout: Duration::from_secs(10),
         memory_bytes: 64 << 20,
+        fuel_budget: transferd::config::DEFAULT_GUEST_FUEL_BUDGET,
         concurrency: 1,
         reuse_count: 1,
         compiled_cache: None,

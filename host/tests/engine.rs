@@ -97,6 +97,7 @@ async fn two_guests_on_one_engine_share_its_instance_pool() -> anyhow::Result<()
     let engine = Arc::new(GuestEngine::new(GuestLimits {
         timeout: Duration::from_secs(10),
         memory_bytes: 64 << 20,
+        fuel_budget: transferd::config::DEFAULT_GUEST_FUEL_BUDGET,
         concurrency: 1,
         reuse_count: 1,
         compiled_cache: None,

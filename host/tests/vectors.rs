@@ -57,6 +57,7 @@ fn engine(concurrency: u32, reuse_count: u32) -> anyhow::Result<Arc<GuestEngine>
     Ok(Arc::new(GuestEngine::new(GuestLimits {
         timeout: Duration::from_secs(10),
         memory_bytes: 64 << 20,
+        fuel_budget: transferd::config::DEFAULT_GUEST_FUEL_BUDGET,
         concurrency,
         reuse_count,
         compiled_cache: None,

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use transferd_e2e::{
-    ADMIN_TOKEN, Host, KAFKA_BROKERS, Namespace, consume, guest_file, panicking_guest_file,
-    strict_guest_file,
+    ADMIN_TOKEN, Host, HostOptions, KAFKA_BROKERS, Namespace, clock_guest_file, consume,
+    guest_file, panicking_guest_file, strict_guest_file,
 };
 
 async fn upload(host: &Host, bytes: Vec<u8>) -> anyhow::Result<(u16, Value)> {
@@ -760,6 +760,89 @@ async fn the_first_rollback_on_a_fresh_install_returns_to_the_guest_file() -> an
         registry["history"].as_array().map(Vec::len),
         Some(3),
         "start-up, activation, rollback: {registry}"
+    );
+    Ok(())
+}
+
+/// The clock test guest refuses whenever its wall clock is not the request's: it passes the
+/// upload check and serves live transfers only because every call sees the request's time.
+/// The registry publishes what its invariant cases used beside the budget, and a call that
+/// spends its budget answers 500 having published nothing.
+#[tokio::test]
+async fn a_guest_that_reads_the_clock_decides_live_as_its_upload_check_did() -> anyhow::Result<()> {
+    let namespace = Namespace::new().await?;
+    let host = Host::start(&namespace).await?;
+    host.deposit(1, "USD", "100").await?;
+    host.deposit(2, "USD", "1").await?;
+    let (status, uploaded) = upload(&host, std::fs::read(clock_guest_file())?).await?;
+    assert_eq!(status, 201, "{uploaded}");
+    let (fuel, budget) = (&uploaded["max_vector_fuel"], &uploaded["fuel_budget"]);
+    assert!(
+        fuel.as_u64() > Some(0) && fuel.as_u64() <= budget.as_u64(),
+        "{uploaded}"
+    );
+    let version = uploaded["version"].as_str().expect("a version").to_string();
+    let (status, _) = admin_post(&host, &format!("/admin/guest/{version}/activate")).await?;
+    assert_eq!(status, 200);
+    until_serving(&[&host], &version, Duration::from_secs(15)).await?;
+
+    let live = json!({"sender_id": 1, "receiver_id": 2, "amount": "2.50", "currency": "USD"});
+    let reply = host.transfer(live).await?;
+    assert_eq!(reply.status, 200, "accepted live: {}", reply.body);
+    let id: uuid::Uuid = reply.body["transaction_id"]
+        .as_str()
+        .unwrap_or_default()
+        .parse()?;
+    let burn = json!({"sender_id": 1, "receiver_id": 2, "amount": "3.00", "currency": "USD",
+        "description": "clock:burn"});
+    let reply = host.transfer(burn).await?;
+    assert_eq!(reply.status, 500, "{}", reply.body);
+    assert!(reply.body.to_string().contains("fuel"), "{}", reply.body);
+
+    let registry = registry_status(&host).await?;
+    let listed = registry["versions"]
+        .as_array()
+        .and_then(|versions| versions.iter().find(|v| v["version"] == version.as_str()))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(listed["max_vector_fuel"], *fuel, "{listed}");
+    assert_eq!(listed["fuel_budget"], *budget, "{listed}");
+    assert_eq!(listed["memory_limit_bytes"], 64 * 1024 * 1024, "{listed}");
+
+    let settled = namespace
+        .wait_ids_settled(&[id], Duration::from_secs(30))
+        .await?;
+    assert!(settled.contains(&id), "the live transfer settles");
+    let messages = consume(
+        KAFKA_BROKERS,
+        &namespace.transfer_topic(),
+        100,
+        Duration::from_secs(5),
+    )
+    .await?;
+    let amounts: Vec<i64> = messages
+        .iter()
+        .filter_map(|m| m.json["amount_minor"].as_i64())
+        .filter(|amount| *amount != 1)
+        .collect();
+    assert_eq!(amounts, vec![250], "the burning call published nothing");
+    Ok(())
+}
+
+/// An upload whose invariant cases need more fuel than the replica's budget is refused, naming
+/// the case, what it used and the budget.
+#[tokio::test]
+async fn an_upload_over_the_fuel_budget_is_refused_with_the_figures() -> anyhow::Result<()> {
+    let namespace = Namespace::new().await?;
+    let mut options = HostOptions::new(&namespace);
+    options.extra_env = vec![("TRANSFERD_GUEST_FUEL_BUDGET".into(), "1000".into())];
+    let host = Host::start_with(&namespace, options).await?;
+    let (status, body) = upload(&host, std::fs::read(guest_file())?).await?;
+    assert_eq!(status, 422, "{body}");
+    let detail = body["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains("too much fuel") && detail.contains("budget of 1000"),
+        "{detail}"
     );
     Ok(())
 }

@@ -298,6 +298,8 @@ async fn a_request_that_waits_past_its_lease_leaves_the_transaction_to_the_retry
         ("TRANSFERD_GUEST_CONCURRENCY".into(), "1".into()),
         ("TRANSFERD_GUEST_TIMEOUT_MS".into(), "1000".into()),
         ("TRANSFERD_DATABASE_TIMEOUT_MS".into(), "300".into()),
+        // The most fuel there is: a spinning call is ended by its deadline, not its budget.
+        ("TRANSFERD_GUEST_FUEL_BUDGET".into(), "1000000000000".into()),
     ];
     let lease = Duration::from_millis(6_300);
     let host = std::sync::Arc::new(funded(&namespace, options).await?);

@@ -51,6 +51,15 @@ pub fn hostile_guest_file() -> PathBuf {
     )
 }
 
+/// The standard logic refusing whenever its wall clock is not the request's
+/// (tests/guests/clock): proves the host's deterministic WASI.
+pub fn clock_guest_file() -> PathBuf {
+    artifact(
+        "TRANSFERD_TEST_CLOCK_GUEST",
+        "clock-guest/wasm32-wasip2/release/transferd_test_guest_clock.wasm",
+    )
+}
+
 /// The standard logic exported through the released `transferd:transfer@0.1.0` world
 /// (tests/guests/v0_1): a guest built before 0.2.0.
 pub fn v0_1_guest_file() -> PathBuf {

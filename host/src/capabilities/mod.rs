@@ -109,7 +109,8 @@ impl RequestState {
             ahead: hold_ahead::Ahead::planned(ahead),
             lease: None,
             batch: None,
-            // Nothing: no arguments, environment, files, sockets or inherited stdio.
+            // Nothing: no arguments, environment, files, sockets or inherited stdio; the
+            // runtime gives each call its deterministic clocks and random.
             wasi: WasiCtx::builder().build(),
             table: ResourceTable::new(),
             limits,
@@ -120,8 +121,9 @@ impl RequestState {
 impl RequestState {
     /// Readies a kept instance's data for its next call: what the call may act on is the new
     /// request's, and what a call did (its publishes, its violation, the answers) starts empty.
-    /// The WASI context and its resource table stay: they belong to the instance, whose
-    /// handles into them live on in its memory.
+    /// The resource table stays: it belongs to the instance, whose handles into it live on
+    /// in its memory. The WASI context (clocks, random) is the runtime's to set for each call
+    /// (`guest::determinism`).
     pub fn begin(
         &mut self,
         stores: Arc<Stores>,

@@ -4,6 +4,7 @@
 //! bindings generated from `wit/` are `crate::bindings`, below both this and the imports
 //! (`capabilities`) that implement them.
 
+pub mod determinism;
 pub mod registry;
 pub mod replay;
 pub mod runtime;

@@ -32,8 +32,9 @@ use transferd_guest::rules::TransferRequest;
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{
     Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimits,
-    StoreLimitsBuilder,
+    StoreLimitsBuilder, Trap,
 };
+use wasmtime_wasi::WasiView;
 
 use transferd_guest::vectors::{self, Replay, Vector};
 
@@ -42,6 +43,7 @@ use crate::capabilities::batch::{self, BatchBook, Staged};
 use crate::capabilities::guard::{self, Expected, Violation};
 use crate::capabilities::hold_ahead::{self, HoldAhead};
 use crate::capabilities::{Publication, PublicationCell, RecordedAnswers, RequestState};
+use crate::guest::determinism;
 use crate::guest::replay::ReplayState;
 use crate::stores::Stores;
 use crate::stores::idempotency::{self, KeyLease};
@@ -68,7 +70,8 @@ impl LimitedState for ReplayState {
 }
 
 /// Store data that a call starts from: built for a fresh instance, or reset on a kept one.
-pub trait CallState: LimitedState + Sized {
+/// Its WASI context is replaced for every call (`determinism`).
+pub trait CallState: LimitedState + WasiView + Sized {
     /// What one call brings (its request, and what its imports answer with).
     type Call;
     fn for_call(call: Self::Call, limits: StoreLimits) -> Self;
@@ -113,6 +116,10 @@ enum Ran {
     Trapped(wasmtime::Error),
     TimedOut,
 }
+
+/// How one call's attempt ended: out of time, trapped, or decided on its instance.
+type Attempt =
+    Result<wasmtime::Result<(Logic, Result<Accepted, Rejection>)>, tokio::time::error::Elapsed>;
 
 /// An instance kept for its next call, holding a place of the idle budget.
 struct Kept<T: 'static> {
@@ -192,6 +199,9 @@ pub enum GuestFailure {
     /// It broke one of the host's checks (`capabilities::guard`).
     #[error("the transfer logic failed: {}", .0.describe())]
     Violation(Violation),
+    /// It used its whole fuel budget (this many units) without deciding.
+    #[error("the transfer logic ran out of fuel: it used its whole budget of {0} fuel units")]
+    OutOfFuel(u64),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -218,6 +228,9 @@ pub enum LoadError {
 pub struct GuestLimits {
     pub timeout: Duration,
     pub memory_bytes: usize,
+    /// Fuel (about one unit per wasm instruction) one call of `initiate-transfer` may use;
+    /// instantiating an instance has a budget of the same size of its own.
+    pub fuel_budget: u64,
     pub concurrency: u32,
     /// Calls one instance may serve before it is dropped; 1: a fresh instance every call.
     pub reuse_count: u32,
@@ -274,6 +287,8 @@ impl GuestEngine {
         config
             .wasm_component_model(true)
             .epoch_interruption(true)
+            // Beside the deadline: a budget of work, the same on every run of a call.
+            .consume_fuel(true)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
         if let Some(directory) = &limits.compiled_cache {
             let mut cache_config = wasmtime::CacheConfig::new();
@@ -312,6 +327,11 @@ impl GuestEngine {
             replay_linker,
             limits,
         })
+    }
+
+    /// The limits every call runs under.
+    pub fn limits(&self) -> &GuestLimits {
+        &self.limits
     }
 
     /// A place in the instance pool; every call holds one while it runs. With `start_by`, a
@@ -458,6 +478,7 @@ impl Guest {
                 call,
                 start_by,
                 (context, request),
+                self.engine.limits.fuel_budget,
                 |state| {
                     let unused = state.ahead.take_unused();
                     (
@@ -470,7 +491,7 @@ impl Guest {
             .await;
         let (decision, answers) = match ran {
             Err(failure) => (Err(failure), RecordedAnswers::default()),
-            Ok((ran, (answers, violation, unused))) => {
+            Ok((ran, _fuel_used, (answers, violation, unused))) => {
                 // Before the answer: a refused transfer's money is available again when the
                 // client hears of it.
                 if let Some(unused) = hold_ahead::to_give_back(unused, &publication.get()) {
@@ -479,7 +500,8 @@ impl Guest {
                         hold_ahead::give_back(&*stores, transaction_id, &unused).await;
                     }
                 }
-                (self.decision(ran, violation), answers)
+                let budget = self.engine.limits.fuel_budget;
+                (self.decision(ran, violation, budget), answers)
             }
         };
         Decided {
@@ -495,21 +517,27 @@ impl Guest {
         &self,
         ran: Ran,
         violation: Option<Violation>,
+        fuel_budget: u64,
     ) -> Result<Result<Accepted, Rejection>, GuestFailure> {
         match (ran, violation) {
             (Ran::TimedOut, _) => Err(GuestFailure::Timeout(
                 self.engine.limits.timeout.as_millis(),
             )),
             (Ran::Trapped(_), Some(violation)) => Err(GuestFailure::Violation(violation)),
+            (Ran::Trapped(trap), None) if trap.downcast_ref::<Trap>() == Some(&Trap::OutOfFuel) => {
+                Err(GuestFailure::OutOfFuel(fuel_budget))
+            }
             (Ran::Trapped(trap), None) => Err(GuestFailure::Trap(format!("{trap:#}"))),
             (Ran::Decided(decision), _) => Ok(decision),
         }
     }
 
     /// One call of `initiate-transfer` on a kept instance (its data reset for `call`) or a
-    /// fresh one, within the time limit, once it has a slot (by `start_by`, when given).
-    /// `inspect` reads what the call left in the store's data before the instance is kept or
-    /// dropped.
+    /// fresh one, within the time limit and `fuel_budget`, once it has a slot (by `start_by`,
+    /// when given). `inspect` reads what the call left in the store's data before the
+    /// instance is kept or dropped. Returns how it ended, the fuel it used and what `inspect`
+    /// read.
+    #[allow(clippy::too_many_arguments)] // one per thing a call is given
     async fn run<T: CallState, R>(
         &self,
         pre: &LogicPre<T>,
@@ -517,8 +545,9 @@ impl Guest {
         call: T::Call,
         start_by: Option<Instant>,
         (context, request): (&RequestContext, &TransferRequest),
+        fuel_budget: u64,
         inspect: impl FnOnce(&mut T) -> R,
-    ) -> Result<(Ran, R), GuestFailure> {
+    ) -> Result<(Ran, u64, R), GuestFailure> {
         let slot = self.engine.slot(start_by).await?;
         let (mut store, instance, calls) = match kept.take() {
             Some(mut reused) => {
@@ -527,22 +556,9 @@ impl Guest {
             }
             None => (self.new_store(|limits| T::for_call(call, limits)), None, 0),
         };
-        // The next tick from now: a call yields only once a tick has passed while it runs.
-        // Without it a fresh store's deadline (0) has passed, and a kept one's may have: the
-        // call would go back to the scheduler at its first instruction, behind every task
-        // that is ready, and wake an idle worker thread to steal it.
-        store.set_epoch_deadline(1);
-        let attempt = async {
-            let instance = match instance {
-                Some(instance) => instance,
-                None => self.instantiate(pre, &mut store).await?,
-            };
-            let decision = instance
-                .initiate_transfer(&mut store, context, request)
-                .await?;
-            Ok::<_, wasmtime::Error>((instance, decision))
-        };
-        let outcome = tokio::time::timeout(self.engine.limits.timeout, attempt).await;
+        let (outcome, fuel_used) = self
+            .call_in(pre, &mut store, instance, (context, request), fuel_budget)
+            .await;
         let inspected = inspect(store.data_mut());
         let ran = match outcome {
             Ok(Ok((instance, decision))) => {
@@ -558,7 +574,46 @@ impl Guest {
                 Ran::TimedOut
             }
         };
-        Ok((ran, inspected))
+        Ok((ran, fuel_used, inspected))
+    }
+
+    /// One call of `initiate-transfer` in `store` (on a new instance when there is none),
+    /// with the request's deterministic WASI (`determinism`), within `fuel_budget` and the
+    /// time limit. Returns how it ended and the fuel the call itself used.
+    async fn call_in<T: CallState>(
+        &self,
+        pre: &LogicPre<T>,
+        store: &mut Store<T>,
+        instance: Option<Logic>,
+        (context, request): (&RequestContext, &TransferRequest),
+        fuel_budget: u64,
+    ) -> (Attempt, u64) {
+        *store.data_mut().ctx().ctx =
+            determinism::wasi_ctx(&context.transaction_id, context.received_at_ms);
+        // The next tick from now: a call yields only once a tick has passed while it runs.
+        // Without it a fresh store's deadline (0) has passed, and a kept one's may have: the
+        // call would go back to the scheduler at its first instruction, behind every task
+        // that is ready, and wake an idle worker thread to steal it.
+        store.set_epoch_deadline(1);
+        let attempt = async {
+            store.set_fuel(fuel_budget)?;
+            let instance = match instance {
+                Some(instance) => instance,
+                None => {
+                    let instance = self.instantiate(pre, &mut *store).await?;
+                    // The call's budget is its own, whether or not it needed an instance.
+                    store.set_fuel(fuel_budget)?;
+                    instance
+                }
+            };
+            let decision = instance
+                .initiate_transfer(&mut *store, context, request)
+                .await?;
+            Ok::<_, wasmtime::Error>((instance, decision))
+        };
+        let outcome = tokio::time::timeout(self.engine.limits.timeout, attempt).await;
+        let fuel_used = fuel_budget.saturating_sub(store.get_fuel().unwrap_or(0));
+        (outcome, fuel_used)
     }
 
     /// A new instance in `store`, counted.
@@ -702,18 +757,10 @@ impl Guest {
             ),
         };
         store.data_mut().batch = book.take();
-        store.set_epoch_deadline(1);
-        let attempt = async {
-            let logic = match logic {
-                Some(logic) => logic,
-                None => self.instantiate(&self.pre, &mut store).await?,
-            };
-            let decision = logic
-                .initiate_transfer(&mut store, context, request)
-                .await?;
-            Ok::<_, wasmtime::Error>((logic, decision))
-        };
-        let outcome = tokio::time::timeout(self.engine.limits.timeout, attempt).await;
+        let budget = self.engine.limits.fuel_budget;
+        let (outcome, _fuel_used) = self
+            .call_in(&self.pre, &mut store, logic, (context, request), budget)
+            .await;
         let violation = store.data_mut().violation.take();
         *book = store.data_mut().batch.take();
         let ran = match outcome {
@@ -730,7 +777,11 @@ impl Guest {
                 Ran::TimedOut
             }
         };
-        item_decided(book.as_mut(), expected, self.decision(ran, violation))
+        item_decided(
+            book.as_mut(),
+            expected,
+            self.decision(ran, violation, budget),
+        )
     }
 }
 
@@ -782,6 +833,15 @@ fn drop_store_later<T: Send + 'static>(store: Store<T>) {
     tokio::spawn(async move { drop(store) });
 }
 
+/// What a replayed call came to, and the fuel its call of `initiate-transfer` used.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Measured {
+    /// The outcome in the vectors' format (`{"calls": [...], "result": ...}`).
+    pub outcome: serde_json::Value,
+    /// Fuel used by the call (0 when the runtime refused the request before calling).
+    pub fuel_used: u64,
+}
+
 impl Guest {
     /// Runs one conformance vector with its recorded import answers; returns the outcome in
     /// the vectors' format (`{"calls": [...], "result": ...}`).
@@ -798,32 +858,72 @@ impl Guest {
         request: &TransferRequest,
         replay: Replay,
     ) -> Result<serde_json::Value, GuestFailure> {
+        let measured = self.run_replayed_measured(context, request, replay).await?;
+        Ok(measured.outcome)
+    }
+
+    /// [`Guest::run_replayed`] within the configured fuel budget, with the fuel it used.
+    pub async fn run_replayed_measured(
+        &self,
+        context: &RequestContext,
+        request: &TransferRequest,
+        replay: Replay,
+    ) -> Result<Measured, GuestFailure> {
+        let budget = self.engine.limits.fuel_budget;
+        self.replay_within(context, request, replay, budget).await
+    }
+
+    /// Runs one conformance vector within `fuel_budget` (which may differ from the
+    /// configured one: the upload check measures past it to say by how much a guest is over).
+    pub async fn measure_vector(
+        &self,
+        vector: &Vector,
+        fuel_budget: u64,
+    ) -> Result<Measured, GuestFailure> {
+        let (context, request) = (&vector.context, &vector.request);
+        self.replay_within(context, request, vector.replay(), fuel_budget)
+            .await
+    }
+
+    async fn replay_within(
+        &self,
+        context: &RequestContext,
+        request: &TransferRequest,
+        replay: Replay,
+        fuel_budget: u64,
+    ) -> Result<Measured, GuestFailure> {
         if let Some(refusal) = self.package().refusal(request) {
-            return Ok(vectors::outcome(&Err(refusal), &[]));
+            let outcome = vectors::outcome(&Err(refusal), &[]);
+            return Ok(Measured {
+                outcome,
+                fuel_used: 0,
+            });
         }
         // Shadow runs take a slot too: they share the instance pool with live requests.
         let expected = Expected::of(context, request).map_err(GuestFailure::Violation)?;
         let call = (replay, expected.clone());
-        let (ran, (violation, published_minor, calls)) = self
+        let (ran, fuel_used, (violation, published_minor, calls)) = self
             .run(
                 &self.replay_pre,
                 &self.kept_replays,
                 call,
                 None,
                 (context, request),
+                fuel_budget,
                 |state| {
                     let calls = std::mem::take(&mut state.replay.calls);
                     (state.violation.take(), state.published_minor, calls)
                 },
             )
             .await?;
-        let decision = self.decision(ran, violation)?;
+        let decision = self.decision(ran, violation, fuel_budget)?;
         // The same check as the live path: `accepted` names this transfer and what it published.
         if let Ok(accepted) = &decision {
             guard::check_accepted(&expected, published_minor, accepted)
                 .map_err(GuestFailure::Violation)?;
         }
-        Ok(vectors::outcome(&decision, &calls))
+        let outcome = vectors::outcome(&decision, &calls);
+        Ok(Measured { outcome, fuel_used })
     }
 }
 

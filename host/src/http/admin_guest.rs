@@ -20,7 +20,7 @@ use crate::http::routes::AdminRoute;
 const MAX_NOTE_CHARS: usize = 500;
 
 /// `PUT /admin/guest` with the component's bytes: compile, check against the world, run the
-/// invariant vectors, store. Nothing is stored when any check fails.
+/// invariant vectors within the fuel budget (measuring each), store. Nothing is stored when any check fails.
 #[utoipa::path(
     put, path = AdminRoute::GuestUpload.path(), operation_id = "guest_upload", tag = "admin",
     summary = "Upload a guest component (checked, stored, not yet serving)",
@@ -35,7 +35,7 @@ const MAX_NOTE_CHARS: usize = 500;
         (status = 403, body = ErrorBody),
         (status = 408, body = ErrorBody),
         (status = 413, body = ErrorBody),
-        (status = 422, description = "Not a component of the world, or an invariant broke", body = ErrorBody),
+        (status = 422, description = "Not a component of the world, an invariant broke, or an invariant case needs more fuel than the budget", body = ErrorBody),
         (status = 503, body = ErrorBody),
     ),
 )]
@@ -71,21 +71,26 @@ pub async fn upload(
             "x-guest-note must be at most {MAX_NOTE_CHARS} characters"
         )));
     }
-    let (guest, invariants) = registry::check(&app.engine, &bytes).await?;
+    let checked = registry::check(&app.engine, &bytes).await?;
+    let version = checked.guest.version();
+    let actor = admin.actor();
     app.registry
-        .store(guest.version(), &bytes, &admin.actor(), note)
+        .store(version, &bytes, (&actor, note), checked.max_vector_fuel)
         .await?;
     tracing::info!(
-        version = guest.version(),
+        version,
         size_bytes = bytes.len(),
+        max_vector_fuel = checked.max_vector_fuel,
         "guest version uploaded"
     );
     Ok(json_response(
         StatusCode::CREATED,
         &GuestUploaded {
-            version: guest.version().to_string(),
+            version: version.to_string(),
             size_bytes: bytes.len() as u64,
-            invariant_cases_passed: invariants as u64,
+            invariant_cases_passed: checked.invariant_cases as u64,
+            max_vector_fuel: checked.max_vector_fuel,
+            fuel_budget: app.engine.limits().fuel_budget,
         },
     ))
 }
@@ -150,7 +155,12 @@ pub async fn rollback(app: &App, admin: &Admin) -> Result<Reply, ApiError> {
 )]
 pub async fn status(app: &App) -> Result<Reply, ApiError> {
     let active = app.registry.active().await?;
-    let versions = app.registry.versions().await?;
+    let mut versions = app.registry.versions().await?;
+    let limits = app.engine.limits();
+    for info in &mut versions {
+        info.fuel_budget = limits.fuel_budget;
+        info.memory_limit_bytes = limits.memory_bytes as u64;
+    }
     let history = app.registry.history(100).await?;
     Ok(json_response(
         StatusCode::OK,

@@ -480,6 +480,10 @@ pub struct GuestUploaded {
     pub version: String,
     pub size_bytes: u64,
     pub invariant_cases_passed: u64,
+    /// The most fuel one invariant case used.
+    pub max_vector_fuel: u64,
+    /// The fuel one call may use on this replica (`max_vector_fuel` is within it).
+    pub fuel_budget: u64,
 }
 
 /// The version serving after an activation or a rollback.

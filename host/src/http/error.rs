@@ -106,9 +106,9 @@ impl From<LedgerError> for ApiError {
 impl From<RegistryError> for ApiError {
     fn from(error: RegistryError) -> ApiError {
         match error {
-            RegistryError::Load(_) | RegistryError::Invariant { .. } => {
-                ApiError::Unprocessable(error.to_string())
-            }
+            RegistryError::Load(_)
+            | RegistryError::Invariant { .. }
+            | RegistryError::FuelBudget { .. } => ApiError::Unprocessable(error.to_string()),
             RegistryError::UnknownVersion(_) => ApiError::NotFoundMessage(error.to_string()),
             RegistryError::NothingToRollBack => ApiError::Conflict(error.to_string()),
             RegistryError::Database(_) => ApiError::Unavailable(error.to_string()),
@@ -144,15 +144,15 @@ impl From<KeyError> for ApiError {
     }
 }
 
-/// A guest call that decided nothing: a timeout or no room is worth retrying (503); a trap or
-/// a broken host check is the guest's fault (500).
+/// A guest call that decided nothing: a timeout or no room is worth retrying (503); a trap, a
+/// broken host check or a spent fuel budget is the guest's fault (500).
 impl From<GuestFailure> for ApiError {
     fn from(failure: GuestFailure) -> ApiError {
         match failure {
             GuestFailure::Timeout(_) | GuestFailure::Busy => {
                 ApiError::Unavailable(failure.to_string())
             }
-            GuestFailure::Trap(_) | GuestFailure::Violation(_) => {
+            GuestFailure::Trap(_) | GuestFailure::Violation(_) | GuestFailure::OutOfFuel(_) => {
                 ApiError::Internal(failure.to_string())
             }
         }

@@ -264,6 +264,7 @@ fn outcome_name(answer: &Answer) -> &'static str {
         Answer::Failed(GuestFailure::Busy) => "busy",
         Answer::Failed(GuestFailure::Trap(_)) => "trap",
         Answer::Failed(GuestFailure::Violation(_)) => "violation",
+        Answer::Failed(GuestFailure::OutOfFuel(_)) => "out_of_fuel",
     }
 }
 

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use crate::guest::runtime::LoadError;
 
-pub use checks::{MAX_GUEST_BYTES, check, invariant_vectors};
+pub use checks::{Checked, MAX_GUEST_BYTES, check, invariant_vectors};
 pub use follower::{follow, reconcile};
 pub use serving::{Serving, ServingGuest};
 pub use storage::{Activation, Candidate, CandidateMode, Registry, RegistryAction, VersionInfo};
@@ -36,6 +36,18 @@ pub enum RegistryError {
     Load(#[from] LoadError),
     #[error("the guest fails invariant case {case}: {reason}")]
     Invariant { case: String, reason: String },
+    /// An invariant case needs more fuel than the configured budget; `ran_out`: it used all
+    /// `fuel_used` the upload check gave it without deciding.
+    #[error(
+        "the guest needs too much fuel: invariant case {case} used {}{fuel_used} fuel units, over the budget of {budget}",
+        .ran_out.then_some("more than ").unwrap_or_default()
+    )]
+    FuelBudget {
+        case: String,
+        fuel_used: u64,
+        ran_out: bool,
+        budget: u64,
+    },
     #[error("no guest version {0}")]
     UnknownVersion(String),
     #[error("there is no earlier active version to roll back to")]

@@ -58,23 +58,27 @@ impl TryFrom<String> for RegistryAction {
     }
 }
 
-/// Stores a version's bytes; storing the same bytes again changes nothing.
+/// Stores a version's bytes; storing the same bytes again changes nothing but the fuel its
+/// invariant cases were last measured to use (`max_vector_fuel`, when measured).
 async fn insert_version<'e>(
     executor: impl sqlx::PgExecutor<'e>,
     version: &str,
     bytes: &[u8],
-    uploaded_by: &str,
-    note: Option<&str>,
+    (uploaded_by, note): (&str, Option<&str>),
+    max_vector_fuel: Option<u64>,
 ) -> Result<(), RegistryError> {
     sqlx::query(
-        "INSERT INTO guest_versions (version, bytes, size_bytes, uploaded_by, note)
-         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (version) DO NOTHING",
+        "INSERT INTO guest_versions (version, bytes, size_bytes, uploaded_by, note, max_vector_fuel)
+         VALUES ($1, $2, $3, $4, $5, $6)
+         ON CONFLICT (version) DO UPDATE SET max_vector_fuel = EXCLUDED.max_vector_fuel
+         WHERE EXCLUDED.max_vector_fuel IS NOT NULL",
     )
     .bind(version)
     .bind(bytes)
     .bind(bytes.len() as i64)
     .bind(uploaded_by)
     .bind(note)
+    .bind(max_vector_fuel.map(|fuel| i64::try_from(fuel).unwrap_or(i64::MAX)))
     .execute(executor)
     .await?;
     Ok(())
@@ -114,6 +118,14 @@ pub struct VersionInfo {
     pub uploaded_by: String,
     pub uploaded_at: DateTime<Utc>,
     pub note: Option<String>,
+    /// The most fuel one invariant case used at upload; `null` for a version adopted from a
+    /// replica's guest file.
+    pub max_vector_fuel: Option<i64>,
+    /// The fuel budget and the memory cap each call of it runs under on this replica.
+    #[sqlx(skip)]
+    pub fuel_budget: u64,
+    #[sqlx(skip)]
+    pub memory_limit_bytes: u64,
     /// The `transferd:transfer` package version it implements ("0.2.0", "0.1.0").
     #[sqlx(skip)]
     pub wit_package: Option<String>,
@@ -164,15 +176,16 @@ impl Registry {
         }
     }
 
-    /// Stores a checked version; storing the same bytes again changes nothing.
+    /// Stores a checked version with the most fuel one of its invariant cases used.
     pub async fn store(
         &self,
         version: &str,
         bytes: &[u8],
-        uploaded_by: &str,
-        note: Option<&str>,
+        (uploaded_by, note): (&str, Option<&str>),
+        max_vector_fuel: u64,
     ) -> Result<(), RegistryError> {
-        insert_version(&self.pool, version, bytes, uploaded_by, note).await
+        let uploaded = (uploaded_by, note);
+        insert_version(&self.pool, version, bytes, uploaded, Some(max_vector_fuel)).await
     }
 
     /// Records the guest a replica started with (from its file), so an operator can always
@@ -194,7 +207,8 @@ impl Registry {
             .bind(ADOPT_LOCK)
             .execute(&mut *transaction)
             .await?;
-        insert_version(&mut *transaction, version, bytes, STARTUP, Some(&note)).await?;
+        let uploaded = (STARTUP, Some(note.as_str()));
+        insert_version(&mut *transaction, version, bytes, uploaded, None).await?;
         let active: Option<String> = sqlx::query_scalar(
             "SELECT version FROM guest_activations WHERE action IN ('activate', 'rollback') LIMIT 1",
         )
@@ -336,7 +350,8 @@ impl Registry {
 
     pub async fn versions(&self) -> Result<Vec<VersionInfo>, RegistryError> {
         let mut versions: Vec<VersionInfo> = sqlx::query_as(
-            "SELECT version, size_bytes, uploaded_by, uploaded_at, note FROM guest_versions ORDER BY uploaded_at DESC",
+            "SELECT version, size_bytes, uploaded_by, uploaded_at, note, max_vector_fuel
+             FROM guest_versions ORDER BY uploaded_at DESC",
         )
         .fetch_all(&self.pool)
         .await?;

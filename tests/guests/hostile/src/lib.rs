@@ -18,8 +18,8 @@
 //! - `hostile:third-party`: also asks for the balance of an account outside the request
 //!   ([`THIRD_ACCOUNT`]) and writes what it learns into the message's `description`, where
 //!   both parties can read it;
-//! - `hostile:spin`: loops until the host's deadline ends the call, holding its guest slot
-//!   for the whole guest timeout (a slow call, to fill the slots);
+//! - `hostile:spin`: loops until the host's deadline (or its fuel budget) ends the call,
+//!   holding its guest slot for the whole guest timeout (a slow call, to fill the slots);
 //! - `hostile:standard`: the standard logic, unchanged (a transfer beside the slow calls);
 //! - `hostile:verbatim:TEXT`: decides the request as if its description were
 //!   `hostile:verbatim` (so the rules pass), then publishes TEXT as the description: a guest
