@@ -59,9 +59,9 @@ try {
     await page.waitForFunction(
       () => {
         const figure = document.querySelector("#chart-requests");
-        const points = Number(figure.querySelector("svg")?.dataset.points || 0);
-        const now = Number(figure.querySelector(".now").textContent.replace(/,/g, ""));
-        return points >= 1 && now > 0 && figure.querySelector("polyline") !== null;
+        const drawing = figure.querySelector("svg");
+        const points = Number(drawing?.dataset.points || 0);
+        return points >= 1 && Number(drawing.dataset.max) > 0 && figure.querySelector("polyline") !== null;
       },
       null, { timeout: WAIT_MS });
   } else if (mode === "held") {
@@ -80,6 +80,7 @@ try {
   const charts = await page.locator("figure.chart").evaluateAll((figures) => Object.fromEntries(
     figures.map((figure) => [figure.id, {
       points: Number(figure.querySelector("svg")?.dataset.points || 0),
+      max: Number(figure.querySelector("svg")?.dataset.max || 0),
       now: figure.querySelector(".now").textContent.trim(),
     }])));
   console.log(JSON.stringify({

@@ -134,7 +134,8 @@ function svg(tag, attributes) {
 // Draws `points` over the last 15 minutes, scaled to their largest value, in place of the
 // figure's previous drawing.
 function drawChart(figure, points, digits, nowMs) {
-  const top = Math.max(...points.map((p) => p.value), 0) || 1;
+  const highest = Math.max(...points.map((p) => p.value), 0);
+  const top = highest || 1;
   const x = (atMs) => (((atMs - (nowMs - WINDOW_MS)) / WINDOW_MS) * CHART_W).toFixed(1);
   const y = (value) => (CHART_H - (value / top) * (CHART_H - 4)).toFixed(1);
   const drawing = svg("svg", {
@@ -142,6 +143,7 @@ function drawChart(figure, points, digits, nowMs) {
     preserveAspectRatio: "none",
     role: "img",
     "data-points": String(points.length),
+    "data-max": String(highest),
   });
   const caption = figure.querySelector("figcaption").firstChild.textContent.trim();
   drawing.setAttribute("aria-label", `${caption} over the last 15 minutes, ${points.length} points`);
