@@ -71,6 +71,11 @@ function showVersion(id, version) {
   cell.replaceChildren(code, copy);
 }
 
+// Every 64-hex-digit version id in `text` cut to its first 12 digits.
+function shortIds(text) {
+  return (text || "").replace(/\b([0-9a-f]{12})[0-9a-f]{52}\b/g, "$1…");
+}
+
 async function copyText(text, button) {
   try {
     await navigator.clipboard.writeText(text);
@@ -83,13 +88,16 @@ async function copyText(text, button) {
   }
 }
 
-// One series from the samples: [{ atMs, value }], a counter's rate per second between
-// neighbouring samples, or a gauge's value.
+// One series from the samples: [{ fromMs, atMs, value }], a counter's rate per second over the
+// interval between neighbouring samples, or a gauge's value at the interval's end.
 function series(samples, pick) {
   const points = [];
   for (let i = 1; i < samples.length; i++) {
-    const value = pick(samples[i - 1], samples[i], (samples[i].at_ms - samples[i - 1].at_ms) / 1000);
-    if (value !== null && Number.isFinite(value)) points.push({ atMs: samples[i].at_ms, value });
+    const [before, after] = [samples[i - 1], samples[i]];
+    const value = pick(before, after, (after.at_ms - before.at_ms) / 1000);
+    if (value !== null && Number.isFinite(value)) {
+      points.push({ fromMs: before.at_ms, atMs: after.at_ms, value });
+    }
   }
   return points;
 }
@@ -131,12 +139,21 @@ function svg(tag, attributes) {
   return element;
 }
 
-// Draws `points` over the last 15 minutes, scaled to their largest value, in place of the
-// figure's previous drawing.
+// The span a chart shows: the last 15 minutes, or less when the process is younger.
+function span(points, nowMs) {
+  const startMs = Math.max(nowMs - WINDOW_MS, points.length ? points[0].fromMs : nowMs - WINDOW_MS);
+  const seconds = Math.max(1, Math.round((nowMs - startMs) / 1000));
+  return { startMs, label: seconds >= 120 ? `−${Math.round(seconds / 60)} min` : `−${seconds} s` };
+}
+
+// Draws `points` as steps (each value held over its interval) across `span`, scaled to their
+// largest value, in place of the figure's previous drawing.
 function drawChart(figure, points, digits, nowMs) {
   const highest = Math.max(...points.map((p) => p.value), 0);
   const top = highest || 1;
-  const x = (atMs) => (((atMs - (nowMs - WINDOW_MS)) / WINDOW_MS) * CHART_W).toFixed(1);
+  const { startMs, label } = span(points, nowMs);
+  const width = Math.max(1, nowMs - startMs);
+  const x = (atMs) => (((Math.max(atMs, startMs) - startMs) / width) * CHART_W).toFixed(1);
   const y = (value) => (CHART_H - (value / top) * (CHART_H - 4)).toFixed(1);
   const drawing = svg("svg", {
     viewBox: `0 0 ${CHART_W} ${CHART_H}`,
@@ -146,19 +163,19 @@ function drawChart(figure, points, digits, nowMs) {
     "data-max": String(highest),
   });
   const caption = figure.querySelector("figcaption").firstChild.textContent.trim();
-  drawing.setAttribute("aria-label", `${caption} over the last 15 minutes, ${points.length} points`);
+  drawing.setAttribute("aria-label", `${caption} over the last ${label.slice(1)}, ${points.length} points`);
   drawing.append(svg("line", { class: "axis", x1: 0, y1: CHART_H, x2: CHART_W, y2: CHART_H }));
-  const line = points.map((p) => `${x(p.atMs)},${y(p.value)}`).join(" ");
+  const line = points.flatMap((p) => [`${x(p.fromMs)},${y(p.value)}`, `${x(p.atMs)},${y(p.value)}`]).join(" ");
   if (points.length > 0) {
-    const first = x(points[0].atMs);
+    const first = x(points[0].fromMs);
     const last = x(points[points.length - 1].atMs);
     drawing.append(svg("polygon", { class: "area", points: `${first},${CHART_H} ${line} ${last},${CHART_H}` }));
-    drawing.append(svg("polyline", { class: "line", points: points.length > 1 ? line : `${line} ${line}` }));
+    drawing.append(svg("polyline", { class: "line", points: line }));
   }
   const scale = document.createElement("div");
   scale.className = "scale";
   const oldest = document.createElement("span");
-  oldest.textContent = "−15 min";
+  oldest.textContent = label;
   const peak = document.createElement("span");
   peak.textContent = `max ${number(top, digits)}`;
   scale.append(oldest, peak);
@@ -221,7 +238,8 @@ function fillRows(id, rows, empty) {
     for (const cell of cells) {
       const element = row.insertCell();
       element.textContent = typeof cell === "object" ? cell.text : cell;
-      if (typeof cell === "object") element.className = cell.className;
+      if (typeof cell === "object" && cell.className) element.className = cell.className;
+      if (typeof cell === "object" && cell.title) element.title = cell.title;
     }
   }
   if (rows.length === 0) body.insertRow().insertCell().textContent = empty;
@@ -252,7 +270,7 @@ function showDependencies(readiness) {
   fillRows("dependency-rows", Object.entries(readiness.checks || {}).map(([name, check]) => [
     name,
     { text: check.ready ? "up" : "down", className: check.ready ? "up" : "down" },
-    check.detail,
+    { text: shortIds(check.detail), title: check.detail },
   ]), "—");
 }
 
