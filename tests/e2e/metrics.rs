@@ -126,6 +126,12 @@ async fn traps_and_swaps_are_counted() -> anyhow::Result<()> {
         assert!(Instant::now() < deadline, "no swap counted within 15 s");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    let serving = format!("guest_version=\"{version}\"");
+    assert_eq!(
+        host.metric("transferd_build_info", &[&serving]).await?,
+        1.0,
+        "the build info names the guest served after the swap"
+    );
     assert_eq!(host.transfer(transfer("1.00")).await?.status, 200);
     let accepted_by_new = [r#"outcome="accepted""#, version.as_str()];
     assert_eq!(

@@ -157,6 +157,7 @@ async fn the_page_shows_the_service_and_refreshes_itself_in_chromium() -> anyhow
         "the shadow candidate is shown: {seen}"
     );
     assert_eq!(seen["worker"], "active", "serve's worker settles: {seen}");
+    assert_eq!(seen["quarantined"], "0", "the quarantine's count: {seen}");
     let requests = &seen["charts"]["chart-requests"];
     assert!(
         requests["points"].as_u64().unwrap_or(0) >= 1

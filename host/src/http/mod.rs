@@ -277,7 +277,7 @@ async fn admin_route(
         AdminRoute::Deposit => admin::deposit(app, admin, headers, body).await,
         AdminRoute::StatusPage => Ok(status::page()),
         AdminRoute::StatusScript => Ok(status::script()),
-        AdminRoute::StatusHistory => Ok(status_history::reply(&app.history)),
+        AdminRoute::StatusHistory => Ok(status_history::reply(app).await),
         AdminRoute::QuarantineList => admin_quarantine::list(app).await,
         AdminRoute::QuarantineRetry => {
             admin_quarantine::retry(app, params.get("partition"), params.get("offset")).await

@@ -221,7 +221,6 @@ mod tests {
             "/admin/status",
             "/admin/status.js",
             "/admin/status/history",
-            "/admin/quarantine",
             "/admin/guest",
             "/admin/guest/{version}/shadow",
         ];

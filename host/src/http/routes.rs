@@ -263,7 +263,6 @@ impl AdminRoute {
             AdminRoute::StatusPage
             | AdminRoute::StatusScript
             | AdminRoute::StatusHistory
-            | AdminRoute::QuarantineList
             | AdminRoute::GuestStatus
             | AdminRoute::GuestShadowStats => AdminAccess::StatusPage,
             _ => AdminAccess::Read,

@@ -1,6 +1,6 @@
 // The status page's one script: every 2 s it reads /admin/status/history (the last 15 minutes
-// of samples the process keeps, money held, the worker's role), /admin/guest, /readyz,
-// /metrics and /admin/quarantine (the browser resends the page's credentials with each
+// of samples the process keeps, money held, the worker's role, the quarantine), /admin/guest,
+// /readyz and /metrics (the browser resends the page's credentials with each
 // same-origin request), and writes what it read into the page: charts drawn as inline SVG,
 // tables. A figure the service does not report shows as "—".
 "use strict";
@@ -255,8 +255,8 @@ function showDifferences(report) {
 }
 
 function showQuarantine(quarantine) {
-  show("quarantined", number(quarantine.open));
-  fillRows("quarantine-rows", (quarantine.messages || []).slice(0, 5).map((message) => [
+  show("quarantined", quarantine ? number(quarantine.open) : null);
+  fillRows("quarantine-rows", ((quarantine && quarantine.latest) || []).map((message) => [
     `${message.partition}/${message.offset}`,
     message.quarantined_at,
     message.error,
@@ -284,19 +284,18 @@ function showTotals(samples) {
 
 async function refresh() {
   try {
-    const [history, guest, readiness, metricsText, quarantine] = await Promise.all([
+    const [history, guest, readiness, metricsText] = await Promise.all([
       json("/admin/status/history"),
       json("/admin/guest"),
       json("/readyz"),
       fetch("/metrics", { cache: "no-store" }).then((r) => r.text()),
-      json("/admin/quarantine"),
     ]);
     const samples = parseMetrics(metricsText);
     showHistory(history);
     showGuest(guest, samples);
     showDependencies(readiness);
     showTotals(samples);
-    showQuarantine(quarantine);
+    showQuarantine(history.quarantine);
     const candidate = guest.candidate;
     showDifferences(candidate && candidate.mode === "shadow"
       ? await json(`/admin/guest/${encodeURIComponent(candidate.version)}/shadow`)

@@ -1,7 +1,8 @@
 //! `GET /admin/status/history`: what the status page charts. This process samples its own
 //! metrics every [`SAMPLE_INTERVAL`] into a bounded ring covering the last 15 minutes, so a
 //! page opened now draws them at once; each answer adds a sample taken as it is asked, and the
-//! figures the page shows as they are now (money held, the worker's role).
+//! figures the page shows as they are now (money held, the worker's role, the quarantine's
+//! count and latest entries without their payloads).
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -12,16 +13,21 @@ use serde::Serialize;
 use transferd_guest::money;
 use utoipa::ToSchema;
 
+use crate::http::App;
 use crate::http::api::ErrorBody;
 use crate::http::error::{Reply, json_response};
 use crate::http::routes::AdminRoute;
 use crate::metrics;
+use crate::settlement::quarantine;
 
 /// How often the ring takes a sample.
 pub const SAMPLE_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Samples kept: 15 minutes of them.
 const SAMPLES_KEPT: usize = 90;
+
+/// Latest quarantined messages shown.
+const QUARANTINE_SHOWN: i64 = 5;
 
 /// The route the request-rate chart counts.
 const TRANSFER_ROUTE: &str = "route=\"create_transfer\"";
@@ -65,6 +71,27 @@ pub struct StatusHistory {
     pub held: Vec<Held>,
     /// `active` (this process's worker settles), `standby`, or absent (no worker here).
     pub worker: Option<String>,
+    /// Absent when the ledger could not be asked.
+    pub quarantine: Option<QuarantineSummary>,
+}
+
+/// The quarantine at a glance; `GET /admin/quarantine` (bearer only) has the payloads.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct QuarantineSummary {
+    /// Messages waiting for an operator.
+    pub open: i64,
+    /// The newest messages set aside, newest first.
+    pub latest: Vec<QuarantinedAt>,
+}
+
+/// Where a quarantined message is, when and why it was set aside.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct QuarantinedAt {
+    pub partition: i32,
+    pub offset: i64,
+    /// RFC 3339.
+    pub quarantined_at: String,
+    pub error: String,
 }
 
 /// The ring of samples.
@@ -110,9 +137,9 @@ pub fn spawn_sampler(history: Arc<History>) {
         (status = 503, body = ErrorBody),
     ),
 )]
-pub fn reply(history: &History) -> Reply {
+pub async fn reply(app: &App) -> Reply {
     let now = Metrics::read();
-    let mut samples = history.all();
+    let mut samples = app.history.all();
     samples.push(sample(&now));
     let worker = match now.sum(metrics::WORKER_ACTIVE, None) {
         Some(active) if active > 0.0 => Some("active".to_string()),
@@ -126,8 +153,25 @@ pub fn reply(history: &History) -> Reply {
             samples,
             held: held(&now),
             worker,
+            quarantine: quarantine_summary(app).await,
         },
     )
+}
+
+async fn quarantine_summary(app: &App) -> Option<QuarantineSummary> {
+    let pool = app.stores.ledger.pool();
+    let open = quarantine::open_count(pool).await.ok()?;
+    let entries = quarantine::list(pool, QUARANTINE_SHOWN).await.ok()?;
+    let latest = entries
+        .into_iter()
+        .map(|entry| QuarantinedAt {
+            partition: entry.partition,
+            offset: entry.log_offset,
+            quarantined_at: entry.quarantined_at.to_rfc3339(),
+            error: entry.error,
+        })
+        .collect();
+    Some(QuarantineSummary { open, latest })
 }
 
 fn sample(metrics: &Metrics) -> Sample {
