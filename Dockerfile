@@ -18,6 +18,9 @@ FROM rust:1.95-bookworm AS build
 RUN rustup target add wasm32-wasip2
 
 WORKDIR /src
+# The commit `transferd_build_info` names: .git is not in the context, so it is passed in
+# (`--build-arg TRANSFERD_BUILD_COMMIT=$(git rev-parse --short=12 HEAD)`); unset, `unknown`.
+ARG TRANSFERD_BUILD_COMMIT=""
 # The whole workspace (.dockerignore keeps build output and .git out): cargo reads every member's
 # manifest, and host/build.rs embeds tests/vectors.
 COPY . .

@@ -13,7 +13,8 @@ use hyper_util::rt::TokioExecutor;
 
 #[derive(Debug, Args)]
 pub struct GuestCli {
-    /// Base URL of a transferd replica.
+    /// Base URL of a transferd replica: its admin address when it sets
+    /// `TRANSFERD_ADMIN_LISTEN`, else its API address.
     #[arg(long, env = "TRANSFERD_URL", default_value = "http://127.0.0.1:8080")]
     pub url: String,
 
@@ -91,7 +92,8 @@ impl GuestCommand {
 
 #[derive(Debug, Args)]
 pub struct QuarantineCli {
-    /// Base URL of a transferd replica.
+    /// Base URL of a transferd replica: its admin address when it sets
+    /// `TRANSFERD_ADMIN_LISTEN`, else its API address.
     #[arg(long, env = "TRANSFERD_URL", default_value = "http://127.0.0.1:8080")]
     pub url: String,
 

@@ -167,6 +167,11 @@ pub struct WorkerCommand {
     /// the end of that socket stops the worker. Not for use by hand.
     #[arg(long, hide = true)]
     pub supervised: bool,
+
+    /// Address the worker serves `/healthz`, `/readyz` and `/metrics` on; unset, it listens
+    /// nowhere. A worker `serve` started ignores it: serve's own port shows its metrics.
+    #[arg(long, env = "TRANSFERD_WORKER_LISTEN")]
+    pub worker_listen: Option<SocketAddr>,
 }
 
 /// Settings of the settlement worker.
@@ -287,6 +292,12 @@ pub struct Serve {
     /// Address the HTTP API listens on.
     #[arg(long, env = "TRANSFERD_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
+
+    /// A second, internal address for `/admin/*` (the status page included) and `/metrics`;
+    /// the API's address then answers them 404 and serves the API and the probes only. Unset,
+    /// everything is served on the API's address.
+    #[arg(long, env = "TRANSFERD_ADMIN_LISTEN")]
+    pub admin_listen: Option<SocketAddr>,
 
     /// Longest wait for a request's headers, in milliseconds: a client that stalls in them is
     /// disconnected.
@@ -472,6 +483,12 @@ impl Serve {
                 setting!(Serve, admin_token)
             );
         }
+        anyhow::ensure!(
+            self.admin_listen != Some(self.listen),
+            "{} must differ from {}",
+            setting!(Serve, admin_listen),
+            setting!(Serve, listen)
+        );
         self.auth.validate()
     }
 }

@@ -18,7 +18,7 @@ use tokio::task::JoinHandle;
 
 use crate::metrics::{
     DEPENDENCY_UP, HOLDS_OUTSTANDING, HOLDS_OUTSTANDING_MINOR, PROBE_RUNS, QUARANTINE_OPEN,
-    SETTLEMENT_LAG_MESSAGES,
+    READY_DEGRADED, SETTLEMENT_LAG_MESSAGES,
 };
 use crate::settlement::quarantine;
 use crate::settlement::reconcile::Position;
@@ -60,6 +60,20 @@ pub struct Dependencies {
 }
 
 impl Dependencies {
+    /// Whether the API can still answer safely from here: PostgreSQL (with this binary's
+    /// migrations) is the ledger, without which nothing is read, deposited or settled. Redis
+    /// and the broker do not gate: without them reads come from PostgreSQL and transfers are
+    /// refused with 503 (no hold, or nothing published), which every replica sharing them
+    /// would do too, so one cache's outage does not take every replica out of the balancer.
+    pub fn serviceable(&self) -> bool {
+        self.postgres.ready
+    }
+
+    /// Whether a dependency the API serves around (see [`Dependencies::serviceable`]) is down.
+    pub fn degraded(&self) -> bool {
+        !self.redis.ready || !self.broker.ready
+    }
+
     /// Every dependency unknown, for `reason` (a probe run that ended without answers).
     fn unknown(reason: &str) -> Dependencies {
         let probe = || Probe {
@@ -179,12 +193,14 @@ async fn probe_dependencies(stores: &Stores) -> Dependencies {
             0.0
         });
     }
-    Dependencies {
+    let dependencies = Dependencies {
         postgres,
         redis,
         broker,
         quarantine,
-    }
+    };
+    metrics::gauge!(READY_DEGRADED).set(if dependencies.degraded() { 1.0 } else { 0.0 });
+    dependencies
 }
 
 /// Runs one probe within [`PROBE_TIMEOUT`].

@@ -223,7 +223,12 @@ fn epoch_now_s() -> anyhow::Result<u64> {
 /// `transferd worker`: the settlement worker until a stop signal, then at most the drain time.
 /// Started by `serve` (`--supervised`), it also stops when serve closes its standard input
 /// (serve stopping, or gone), sends its metrics to serve, and leaves the hold reconciler to it.
+/// Started by hand with `TRANSFERD_WORKER_LISTEN`, it serves its probes and metrics there.
 async fn worker(command: config::WorkerCommand, mut signals: Signals) -> anyhow::Result<()> {
+    let listener = match command.worker_listen.filter(|_| !command.supervised) {
+        Some(address) => Some(worker_listener(address).await?),
+        None => None,
+    };
     let settings = command.settings;
     let parent_gone = if command.supervised {
         futures::future::Either::Left(settlement::process::attach_to_parent()?)
@@ -240,6 +245,10 @@ async fn worker(command: config::WorkerCommand, mut signals: Signals) -> anyhow:
     if !command.supervised {
         let _holds_trust =
             settlement::reconcile::spawn(&settings.services, &settings.worker, &stores);
+    }
+    if let Some(listener) = listener {
+        let probes = Arc::new(transferd::health::Probes::new(Arc::clone(&stores)));
+        tokio::spawn(transferd::http::worker::serve(listener, probes));
     }
     let (stop_handle, stop) = shutdown::stop_channel();
     let mut worker = Some(settlement::spawn(
@@ -267,6 +276,19 @@ async fn worker(command: config::WorkerCommand, mut signals: Signals) -> anyhow:
         settlement::log_end(outcome);
     }
     Ok(())
+}
+
+/// The worker's own listener, with its metrics recorder installed: bound before the stores
+/// connect, so a taken address stops the start at once.
+async fn worker_listener(address: std::net::SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    use anyhow::Context;
+    transferd::metrics::install().context("installing the metrics recorder")?;
+    transferd::metrics::build_info("none", None);
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .with_context(|| format!("binding {address}"))?;
+    tracing::info!(address = %listener.local_addr()?, "the worker serves /healthz, /readyz and /metrics");
+    Ok(listener)
 }
 
 /// Panics anywhere (a spawned task included) go to the log as errors, then to the default

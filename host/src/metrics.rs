@@ -1,5 +1,6 @@
 //! Prometheus metrics: every name in one place, the recorder installed once per process, and
-//! the text rendered at `GET /metrics` on the API's own server (no second listener).
+//! the text rendered at `GET /metrics` (serve's API or admin address, a worker's own listener),
+//! with the process's own figures read from `/proc` at each rendering.
 //!
 //! Labels are bounded: route names, status codes, outcome kinds and guest versions (a handful
 //! at a time), never ids.
@@ -89,6 +90,25 @@ pub const SETTLEMENT_LAG_SECONDS: &str = "transferd_settlement_lag_seconds";
 pub const WORKER_RESTARTS: &str = "transferd_worker_restarts_total";
 /// 1 when a `dependency` (postgres, redis, broker) answered its last probe, else 0.
 pub const DEPENDENCY_UP: &str = "transferd_dependency_up";
+/// 1 while the last probe run found a dependency down that this replica serves around
+/// (Redis, the broker: transfers refused with 503, reads from PostgreSQL) and so stays ready,
+/// else 0; which one, `transferd_dependency_up` says.
+pub const READY_DEGRADED: &str = "transferd_ready_degraded";
+/// 1 while this process's settlement worker holds the settlement lock (it settles), 0 while it
+/// stands by for it; absent in a process that runs no worker.
+pub const WORKER_ACTIVE: &str = "transferd_worker_active";
+/// Always 1, labelled with the binary's `version`, the `commit` it was built from (`unknown`
+/// outside a git checkout) and the `guest_version` served (`none` in a worker); a swapped-out
+/// guest's series drops to 0.
+pub const BUILD_INFO: &str = "transferd_build_info";
+/// CPU time the process has used (user and system), in seconds.
+pub const PROCESS_CPU: &str = "process_cpu_seconds_total";
+/// The process's resident memory, in bytes.
+pub const PROCESS_RSS: &str = "process_resident_memory_bytes";
+/// File descriptors the process has open.
+pub const PROCESS_OPEN_FDS: &str = "process_open_fds";
+/// When the process started, in seconds since the epoch.
+pub const PROCESS_START_TIME: &str = "process_start_time_seconds";
 /// Runs of the dependency probes (each asks PostgreSQL, Redis and the broker once). One run
 /// answers every `/readyz` request and the gauges for `health::PROBE_REUSE`.
 pub const PROBE_RUNS: &str = "transferd_dependency_probe_runs_total";
@@ -117,10 +137,93 @@ pub fn install() -> Result<(), BuildError> {
     Ok(())
 }
 
-/// Every metric in Prometheus's text format; empty before [`install`].
+/// Every metric in Prometheus's text format, the process's figures refreshed first; empty
+/// before [`install`].
 pub fn render() -> String {
-    HANDLE
-        .get()
-        .map(PrometheusHandle::render)
-        .unwrap_or_default()
+    let Some(handle) = HANDLE.get() else {
+        return String::new();
+    };
+    process::record();
+    handle.render()
+}
+
+/// The commit this binary was built from, as `build.rs` found it.
+pub const BUILD_COMMIT: &str = env!("TRANSFERD_BUILD_COMMIT");
+
+/// Sets [`BUILD_INFO`] for `guest_version`, and drops `replaced`'s series to 0.
+pub fn build_info(guest_version: &str, replaced: Option<&str>) {
+    let series = |guest: &str| {
+        metrics::gauge!(
+            BUILD_INFO,
+            "version" => env!("CARGO_PKG_VERSION"),
+            "commit" => BUILD_COMMIT,
+            "guest_version" => guest.to_owned()
+        )
+    };
+    if let Some(replaced) = replaced.filter(|replaced| *replaced != guest_version) {
+        series(replaced).set(0.0);
+    }
+    series(guest_version).set(1.0);
+}
+
+/// The process's CPU time, memory, descriptors and start, from Linux's `/proc/self`; a figure
+/// that cannot be read (another OS) is left unset.
+mod process {
+    use super::{PROCESS_CPU, PROCESS_OPEN_FDS, PROCESS_RSS, PROCESS_START_TIME};
+
+    /// Clock ticks per second of `/proc`'s times: `USER_HZ`, 100 on every Linux architecture
+    /// Rust targets.
+    const TICKS_PER_S: f64 = 100.0;
+    /// The page size `statm` counts in, for the architectures transferd ships on.
+    const PAGE_BYTES: f64 = 4096.0;
+
+    pub fn record() {
+        let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+        if let Some((cpu_ticks, start_ticks)) = cpu_and_start_ticks(&stat) {
+            // A gauge: the facade's counters count whole units, and this is seconds.
+            metrics::gauge!(PROCESS_CPU).set(cpu_ticks / TICKS_PER_S);
+            if let Some(boot_s) = boot_time_s() {
+                metrics::gauge!(PROCESS_START_TIME).set(boot_s + start_ticks / TICKS_PER_S);
+            }
+        }
+        if let Some(pages) = std::fs::read_to_string("/proc/self/statm")
+            .ok()
+            .and_then(|statm| statm.split_whitespace().nth(1)?.parse::<f64>().ok())
+        {
+            metrics::gauge!(PROCESS_RSS).set(pages * PAGE_BYTES);
+        }
+        if let Ok(entries) = std::fs::read_dir("/proc/self/fd") {
+            metrics::gauge!(PROCESS_OPEN_FDS).set(entries.count() as f64);
+        }
+    }
+
+    /// (user + system CPU ticks, start ticks after boot) from `/proc/self/stat`, whose fields
+    /// after the command name (in parentheses, perhaps with spaces) start at field 3.
+    pub(super) fn cpu_and_start_ticks(stat: &str) -> Option<(f64, f64)> {
+        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        let field = |number: usize| fields.get(number - 3)?.parse::<f64>().ok();
+        Some((field(14)? + field(15)?, field(22)?))
+    }
+
+    fn boot_time_s() -> Option<f64> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        stat.lines()
+            .find_map(|line| line.strip_prefix("btime "))?
+            .trim()
+            .parse()
+            .ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn cpu_and_start_are_read_past_a_command_name_with_spaces() {
+        let stat = "42 (a b) S 1 42 42 0 -1 4194304 100 0 0 0 250 50 0 0 20 0 8 0 12345 1000 10";
+        assert_eq!(
+            super::process::cpu_and_start_ticks(stat),
+            Some((300.0, 12345.0))
+        );
+        assert_eq!(super::process::cpu_and_start_ticks("garbage"), None);
+    }
 }

@@ -20,7 +20,7 @@ use crate::config::Serve;
 use crate::guest::registry::{self, Registry, ServingGuest};
 use crate::guest::runtime::{Guest, GuestEngine, GuestLimits};
 use crate::guest::watch;
-use crate::http::{self, App, Parts};
+use crate::http::{self, App, Parts, Port};
 use crate::settlement;
 use crate::settlement::reconcile::HoldsTrust;
 use crate::shutdown::{self, Signals, StopSignal};
@@ -65,15 +65,13 @@ pub async fn serve(settings: Serve, mut signals: Signals) -> anyhow::Result<()> 
         probes,
     };
     let app = Arc::new(App::new(parts, &settings));
+    http::status_history::spawn_sampler(Arc::clone(&app.history));
     wait_for_holds_trust(&mut holds_trust).await;
-    let listener = TcpListener::bind(settings.listen)
-        .await
-        .with_context(|| format!("binding {}", settings.listen))?;
-    tracing::info!(address = %listener.local_addr()?, "serving");
+    let listeners = Listeners::bind(&settings).await?;
 
     let graceful = GracefulShutdown::new();
-    let signal = accept_until_stopped(&listener, &app, &settings, &graceful, &mut signals).await;
-    drop(listener);
+    let signal = accept_until_stopped(&listeners, &app, &settings, &graceful, &mut signals).await;
+    drop(listeners);
     stop_handle.stop();
     drain(&app, graceful, worker, services.drain_timeout(), signal).await;
     Ok(())
@@ -158,9 +156,46 @@ async fn wait_for_holds_trust(holds_trust: &mut HoldsTrust) {
     }
 }
 
-/// Serves every connection accepted until a stop signal, which it returns.
+/// The API's address, and the admin address when one is set.
+struct Listeners {
+    api: TcpListener,
+    admin: Option<TcpListener>,
+}
+
+impl Listeners {
+    async fn bind(settings: &Serve) -> anyhow::Result<Listeners> {
+        let bind = |address: std::net::SocketAddr| async move {
+            let listener = TcpListener::bind(address)
+                .await
+                .with_context(|| format!("binding {address}"))?;
+            anyhow::Ok(listener)
+        };
+        let api = bind(settings.listen).await?;
+        let admin = match settings.admin_listen {
+            Some(address) => Some(bind(address).await?),
+            None => None,
+        };
+        tracing::info!(address = %api.local_addr()?, "serving");
+        if let Some(admin) = &admin {
+            tracing::info!(address = %admin.local_addr()?, "serving /admin and /metrics");
+        }
+        Ok(Listeners { api, admin })
+    }
+
+    /// What the API's address serves: everything, unless an admin address takes its part.
+    fn api_port(&self) -> Port {
+        if self.admin.is_some() {
+            Port::Public
+        } else {
+            Port::All
+        }
+    }
+}
+
+/// Serves every connection accepted until a stop signal, which it returns. Both addresses
+/// share the connection limit.
 async fn accept_until_stopped(
-    listener: &TcpListener,
+    listeners: &Listeners,
     app: &Arc<App>,
     settings: &Serve,
     graceful: &GracefulShutdown,
@@ -170,23 +205,32 @@ async fn accept_until_stopped(
     let edge = Edge {
         header_timeout: settings.header_timeout(),
     };
+    let api_port = listeners.api_port();
     loop {
         tokio::select! {
             // At the connection limit nothing is accepted: new clients wait in the backlog.
-            accepted = accept(listener, &connections) => {
+            accepted = accept(Some(&listeners.api), &connections) => {
                 let Some((stream, permit)) = accepted else { continue };
-                edge.serve(stream, permit, app, graceful);
+                edge.serve(stream, permit, app, graceful, api_port);
+            }
+            accepted = accept(listeners.admin.as_ref(), &connections) => {
+                let Some((stream, permit)) = accepted else { continue };
+                edge.serve(stream, permit, app, graceful, Port::Admin);
             }
             signal = signals.recv() => return signal,
         }
     }
 }
 
-/// The next connection once there is room for it; `None` when accepting failed.
+/// The next connection once there is room for it; `None` when accepting failed. Without a
+/// listener, never.
 async fn accept(
-    listener: &TcpListener,
+    listener: Option<&TcpListener>,
     connections: &Arc<Semaphore>,
 ) -> Option<(TcpStream, OwnedSemaphorePermit)> {
+    let Some(listener) = listener else {
+        return std::future::pending().await;
+    };
     let permit = Arc::clone(connections).acquire_owned().await.ok()?;
     match listener.accept().await {
         Ok((stream, _peer)) => Some((stream, permit)),
@@ -223,12 +267,13 @@ impl Edge {
         permit: OwnedSemaphorePermit,
         app: &Arc<App>,
         graceful: &GracefulShutdown,
+        port: Port,
     ) {
         let _ = stream.set_nodelay(true);
         let app = Arc::clone(app);
         let service = service_fn(move |request| {
             let app = Arc::clone(&app);
-            async move { Ok::<_, Infallible>(http::respond(&app, request).await) }
+            async move { Ok::<_, Infallible>(http::respond(&app, port, request).await) }
         });
         let connection = self
             .builder()

@@ -8,7 +8,9 @@
 //   page's 401 prompt), waits until the page shows the active version, every dependency up and
 //   a transfer count, and prints the figures it read as one JSON line.
 // mode "moved <count>": waits until the page's transfer count exceeds <count> without being
-//   reloaded (the page refreshes itself), then takes the screenshot, if asked, and prints.
+//   reloaded (the page refreshes itself) and its request-rate chart draws a rate above zero,
+//   then takes the screenshot, if asked, and prints.
+// mode "held <text>": waits until the money held reads <text> (e.g. "12.50 USD"), and prints.
 // Everything is bounded: 30 s per wait.
 import { chromium } from "playwright-core";
 
@@ -41,8 +43,9 @@ try {
 
   const text = async (id) => (await page.locator(`#${id}`).textContent()).trim();
   const count = async () => Number((await text("transfer-requests")).replace(/,/g, ""));
+  // The active version as a short id, the whole id in its title.
   await page.waitForFunction(
-    () => document.querySelector("#active").textContent.trim().length === 64,
+    () => (document.querySelector("#active code")?.title || "").length === 64,
     null, { timeout: WAIT_MS });
   await page.waitForFunction(
     () => document.querySelectorAll("#dependency-rows td.up").length >= 4,
@@ -52,10 +55,19 @@ try {
     await page.waitForFunction(
       (n) => Number(document.querySelector("#transfer-requests").textContent.replace(/,/g, "")) > n,
       before, { timeout: WAIT_MS });
-    // A second reading gives a rate.
+    // The chart of the last 15 minutes draws the new requests' rate.
     await page.waitForFunction(
-      () => document.querySelector("#request-rate").textContent.trim() !== "—",
+      () => {
+        const figure = document.querySelector("#chart-requests");
+        const drawing = figure.querySelector("svg");
+        const points = Number(drawing?.dataset.points || 0);
+        return points >= 1 && Number(drawing.dataset.max) > 0 && figure.querySelector("polyline") !== null;
+      },
       null, { timeout: WAIT_MS });
+  } else if (mode === "held") {
+    await page.waitForFunction(
+      (held) => document.querySelector("#held").textContent.trim() === held,
+      after, { timeout: WAIT_MS });
   } else {
     await page.waitForFunction(
       () => /^[0-9,]+$/.test(document.querySelector("#transfer-requests").textContent.trim()),
@@ -65,11 +77,23 @@ try {
   const dependencies = await page.locator("#dependency-rows tr").evaluateAll(
     (rows) => rows.map((row) => [...row.cells].map((cell) => cell.textContent.trim())));
   if (errors.length) fail(`script errors: ${errors.join("; ")}`);
+  const charts = await page.locator("figure.chart").evaluateAll((figures) => Object.fromEntries(
+    figures.map((figure) => [figure.id, {
+      points: Number(figure.querySelector("svg")?.dataset.points || 0),
+      max: Number(figure.querySelector("svg")?.dataset.max || 0),
+      now: figure.querySelector(".now").textContent.trim(),
+    }])));
   console.log(JSON.stringify({
-    active: await text("active"),
+    active: await page.locator("#active code").textContent(),
+    active_title: await page.locator("#active code").getAttribute("title"),
+    copy_label: await page.locator("#active button.copy").getAttribute("aria-label"),
+    readiness: await text("readiness"),
+    worker: await text("worker-state"),
+    held: await text("held"),
+    quarantined: await text("quarantined"),
+    charts,
     candidate: await text("candidate"),
     transfer_requests: await count(),
-    request_rate: await text("request-rate"),
     settled: await text("settled"),
     holds: await text("holds"),
     lag_messages: await text("lag-messages"),

@@ -315,6 +315,15 @@ async fn a_trapping_guest_fails_only_its_own_request() -> anyhow::Result<()> {
 
 /// `GET /readyz`, polled until its readiness is `ready` (up to 15 s); the last answer.
 async fn readiness_becomes(host: &Host, ready: bool) -> anyhow::Result<serde_json::Value> {
+    readiness_until(host, |body| body["ready"] == ready).await
+}
+
+/// `GET /readyz`, polled until `wanted` holds of its body (up to 15 s); the last answer. Every
+/// answer is 200 exactly when it says ready.
+async fn readiness_until(
+    host: &Host,
+    wanted: impl Fn(&serde_json::Value) -> bool,
+) -> anyhow::Result<serde_json::Value> {
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     loop {
         let response = host
@@ -325,10 +334,21 @@ async fn readiness_becomes(host: &Host, ready: bool) -> anyhow::Result<serde_jso
         let status = response.status().as_u16();
         let body: serde_json::Value = response.json().await?;
         assert_eq!(status == 200, body["ready"] == true, "{status} {body}");
-        if body["ready"] == ready || std::time::Instant::now() > deadline {
+        if wanted(&body) || std::time::Instant::now() > deadline {
             return Ok(body);
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// What `/readyz` answers with one dependency down: PostgreSQL takes the replica out
+/// (nothing is read, deposited or settled without the ledger); Redis or the broker leave it
+/// ready but `degraded` (reads served, transfers refused with 503), as every replica sharing
+/// them would be, so one outage does not empty the load balancer.
+fn expected_readiness(dependency: &str) -> (bool, &'static str) {
+    match dependency {
+        "postgres" => (false, "unready"),
+        _ => (true, "degraded"),
     }
 }
 
@@ -344,8 +364,9 @@ async fn readyz_names_the_dependency_that_is_down_and_recovers() -> anyhow::Resu
     options.kafka_brokers = broker.brokers();
     let host = Host::start_with(&namespace, options).await?;
 
-    let ready = readiness_becomes(&host, true).await?;
+    let ready = readiness_until(&host, |body| body["status"] == "ok").await?;
     assert_eq!(ready["ready"], true, "{ready}");
+    assert_eq!(ready["status"], "ok", "{ready}");
     assert!(
         ready["checks"]["guest"]["detail"]
             .as_str()
@@ -358,9 +379,16 @@ async fn readyz_names_the_dependency_that_is_down_and_recovers() -> anyhow::Resu
             "postgres" => postgres_proxy.cut().await,
             _ => broker.cut().await,
         }
-        let down = readiness_becomes(&host, false).await?;
-        assert_eq!(down["ready"], false, "{dependency} cut: {down}");
+        let down =
+            readiness_until(&host, |body| body["checks"][dependency]["ready"] == false).await?;
+        let (ready, status) = expected_readiness(dependency);
+        assert_eq!(down["ready"], ready, "{dependency} cut: {down}");
+        assert_eq!(down["status"], status, "{dependency} cut: {down}");
         assert_eq!(down["checks"][dependency]["ready"], false, "{down}");
+        if ready {
+            let degraded = host.metric("transferd_ready_degraded", &[]).await?;
+            assert_eq!(degraded, 1.0, "{dependency} cut: the gauge says degraded");
+        }
         for other in ["redis", "postgres", "broker", "guest"] {
             if other != dependency {
                 assert_eq!(
@@ -381,8 +409,8 @@ async fn readyz_names_the_dependency_that_is_down_and_recovers() -> anyhow::Resu
             "postgres" => postgres_proxy.restore().await?,
             _ => broker.restore().await?,
         }
-        let back = readiness_becomes(&host, true).await?;
-        assert_eq!(back["ready"], true, "{dependency} restored: {back}");
+        let back = readiness_until(&host, |body| body["status"] == "ok").await?;
+        assert_eq!(back["status"], "ok", "{dependency} restored: {back}");
     }
     Ok(())
 }
@@ -426,19 +454,21 @@ async fn readiness_callers_share_one_probe_run_and_still_see_an_outage_at_once()
         after - before
     );
 
-    // Down: seen within a reuse and a probe's timeout, not a reuse later.
+    // Down: seen within a reuse and a probe's timeout, not a reuse later; Redis down leaves
+    // the replica ready, degraded.
     redis_proxy.cut().await;
     let cut = std::time::Instant::now();
-    let down = readiness_becomes(&host, false).await?;
+    let down = readiness_until(&host, |body| body["checks"]["redis"]["ready"] == false).await?;
     let noticed = cut.elapsed();
     assert_eq!(down["checks"]["redis"]["ready"], false, "{down}");
+    assert_eq!(down["status"], "degraded", "{down}");
     assert!(
         noticed < PROBE_REUSE + Duration::from_secs(2),
         "the outage showed after {noticed:?}"
     );
     redis_proxy.restore().await?;
-    let back = readiness_becomes(&host, true).await?;
-    assert_eq!(back["ready"], true, "{back}");
+    let back = readiness_until(&host, |body| body["status"] == "ok").await?;
+    assert_eq!(back["status"], "ok", "{back}");
     Ok(())
 }
 

@@ -126,6 +126,12 @@ async fn traps_and_swaps_are_counted() -> anyhow::Result<()> {
         assert!(Instant::now() < deadline, "no swap counted within 15 s");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    let serving = format!("guest_version=\"{version}\"");
+    assert_eq!(
+        host.metric("transferd_build_info", &[&serving]).await?,
+        1.0,
+        "the build info names the guest served after the swap"
+    );
     assert_eq!(host.transfer(transfer("1.00")).await?.status, 200);
     let accepted_by_new = [r#"outcome="accepted""#, version.as_str()];
     assert_eq!(
@@ -290,5 +296,80 @@ async fn admin_post(
         "POST {path}: {}",
         answered.status()
     );
+    Ok(())
+}
+
+/// With `TRANSFERD_ADMIN_LISTEN`, `/admin/*` and `/metrics` answer only on that address; the
+/// API's address serves the API and the probes, and answers them 404. The metrics name the
+/// build, the guest it serves and the process's own figures.
+#[tokio::test]
+async fn an_admin_address_takes_admin_and_metrics_off_the_api_address() -> anyhow::Result<()> {
+    let namespace = Namespace::new().await?;
+    let admin_port = transferd_e2e::free_port();
+    let mut options = HostOptions::new(&namespace);
+    options.extra_env.push((
+        "TRANSFERD_ADMIN_LISTEN".into(),
+        format!("127.0.0.1:{admin_port}"),
+    ));
+    let host = Host::start_with(&namespace, options).await?;
+    let admin = format!("http://127.0.0.1:{admin_port}");
+    let status = |base: &str, path: &str| {
+        let request = host
+            .client
+            .get(format!("{base}{path}"))
+            .bearer_auth(ADMIN_TOKEN);
+        async move { anyhow::Ok(request.send().await?.status().as_u16()) }
+    };
+    for path in ["/metrics", "/admin/guest", "/admin/status"] {
+        assert_eq!(
+            status(&host.base_url, path).await?,
+            404,
+            "API address {path}"
+        );
+        assert_eq!(status(&admin, path).await?, 200, "admin address {path}");
+    }
+    for path in ["/healthz", "/readyz", "/openapi.json"] {
+        assert_eq!(
+            status(&host.base_url, path).await?,
+            200,
+            "API address {path}"
+        );
+    }
+    assert_eq!(
+        status(&admin, "/openapi.json").await?,
+        404,
+        "no API on the admin address"
+    );
+    assert_eq!(
+        status(&admin, "/readyz").await?,
+        200,
+        "probes answer on both"
+    );
+
+    let metrics = host
+        .client
+        .get(format!("{admin}/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    let build_info = metrics
+        .lines()
+        .find(|line| line.starts_with("transferd_build_info{") && line.ends_with(" 1"))
+        .unwrap_or_default();
+    assert!(build_info.contains("version=\""), "{build_info}");
+    assert!(build_info.contains("commit=\""), "{build_info}");
+    assert!(
+        build_info.contains("guest_version=\"") && !build_info.contains("guest_version=\"none\""),
+        "the served guest: {build_info}"
+    );
+    for process in [
+        "process_cpu_seconds_total ",
+        "process_resident_memory_bytes ",
+        "process_open_fds ",
+        "process_start_time_seconds ",
+    ] {
+        assert!(metrics.contains(process), "{process} in {metrics}");
+    }
     Ok(())
 }

@@ -226,6 +226,19 @@ async fn foreign_messages_are_quarantined_and_every_transfer_behind_them_settles
         detail.starts_with(&format!("{} messages waiting", written.len())),
         "{detail}"
     );
+    // The status page's summary: the count and the latest entries, without their payloads.
+    let (status, history) = admin_get(&host, "/admin/status/history").await?;
+    assert_eq!(status, 200, "{history}");
+    let summary = &history["quarantine"];
+    assert_eq!(summary["open"], written.len(), "{summary}");
+    let latest = summary["latest"].as_array().cloned().unwrap_or_default();
+    assert_eq!(latest.len(), written.len().min(5), "{summary}");
+    assert!(
+        latest
+            .iter()
+            .all(|entry| entry["error"].is_string() && entry.get("payload").is_none()),
+        "{summary}"
+    );
     let check = namespace.check_ledger().await?;
     assert_eq!(check.completed_transfers, 3, "nothing foreign moved money");
     assert!(check.nonzero_currency_sums.is_empty());

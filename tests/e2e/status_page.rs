@@ -1,7 +1,8 @@
 //! The status page at `/admin/status`, in Debian's headless Chromium (driven by
 //! `tests/browser/status.mjs`, which `scripts/test.sh` installs): it asks a browser for
-//! credentials, shows the active version, the dependencies and the traffic, and refreshes
-//! itself as transfers arrive. With `TRANSFERD_STATUS_SCREENSHOT=path` it saves a screenshot
+//! credentials, shows the active version as a short id (the whole one in its title), the
+//! dependencies, the worker's role, charts of the last 15 minutes and money held as money, and
+//! refreshes itself as transfers arrive. With `TRANSFERD_STATUS_SCREENSHOT=path` it saves a screenshot
 //! (the one in `docs/` came from here).
 
 use std::path::PathBuf;
@@ -9,7 +10,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use transferd_e2e::{ADMIN_TOKEN, Host, Namespace, auth, strict_guest_file};
+use transferd_e2e::{ADMIN_TOKEN, Host, HostOptions, Namespace, auth, strict_guest_file};
 
 fn browser_script() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("browser/status.mjs")
@@ -104,7 +105,23 @@ async fn the_page_shows_the_service_and_refreshes_itself_in_chromium() -> anyhow
 
     let first = run_browser(&host, "", &["first"]).await?;
     let serving = host.get_json("/admin/guest").await?["serving"].clone();
-    assert_eq!(first["active"], serving, "the active version: {first}");
+    let serving = serving.as_str().unwrap_or_default();
+    assert_eq!(
+        first["active_title"], serving,
+        "the whole id on hover: {first}"
+    );
+    assert_eq!(
+        first["active"],
+        format!("{}…", &serving[..12]),
+        "the active version as a short id: {first}"
+    );
+    assert!(
+        first["copy_label"]
+            .as_str()
+            .is_some_and(|label| label.ends_with(serving)),
+        "a button copies the whole id: {first}"
+    );
+    assert_eq!(first["readiness"], "ok", "{first}");
     let transfers_seen = first["transfer_requests"].as_u64().unwrap_or(0);
     assert!(transfers_seen >= 2, "transfer requests counted: {first}");
     let dependencies = first["dependencies"].to_string();
@@ -139,6 +156,44 @@ async fn the_page_shows_the_service_and_refreshes_itself_in_chromium() -> anyhow
         seen["candidate"], "none",
         "the shadow candidate is shown: {seen}"
     );
+    assert_eq!(seen["worker"], "active", "serve's worker settles: {seen}");
+    assert_eq!(seen["quarantined"], "0", "the quarantine's count: {seen}");
+    let requests = &seen["charts"]["chart-requests"];
+    assert!(
+        requests["points"].as_u64().unwrap_or(0) >= 1
+            && requests["max"].as_f64().unwrap_or(0.0) > 0.0,
+        "the request chart draws the requests' rate: {seen}"
+    );
+    for chart in [
+        "chart-accepted",
+        "chart-settled",
+        "chart-lag",
+        "chart-refused",
+    ] {
+        assert!(
+            seen["charts"][chart]["points"].as_u64().unwrap_or(0) >= 1,
+            "{chart} is drawn: {seen}"
+        );
+    }
+    Ok(())
+}
+
+/// Money held shows as money in each currency's own decimals, and a replica that runs no
+/// worker says so (its holds stay: nothing settles them).
+#[tokio::test]
+async fn the_page_shows_money_held_as_money() -> anyhow::Result<()> {
+    let namespace = Namespace::new().await?;
+    let mut options = HostOptions::new(&namespace);
+    options.run_worker = false;
+    let host = Host::start_with(&namespace, options).await?;
+    host.deposit(1, "USD", "100.00").await?;
+    host.deposit(2, "USD", "1.00").await?;
+    for amount in ["10.00", "2.50"] {
+        assert_eq!(host.transfer(transfer(amount)).await?.status, 200);
+    }
+    let seen = run_browser(&host, "", &["held", "12.50 USD"]).await?;
+    assert_eq!(seen["held"], "12.50 USD", "{seen}");
+    assert_eq!(seen["worker"], "not run here", "{seen}");
     Ok(())
 }
 

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
 use serde_json::{Value, json};
-use transferd_e2e::{Host, Namespace};
+use transferd_e2e::{Host, HostOptions, Namespace, WorkerProcess, free_port};
 
 fn transfer() -> Value {
     json!({"sender_id": 1, "receiver_id": 2, "amount": "1.00", "currency": "USD"})
@@ -105,5 +105,94 @@ async fn a_killed_serve_takes_its_worker_process_with_it() -> anyhow::Result<()>
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    Ok(())
+}
+
+/// `GET path` on `base`: status and body text.
+async fn get(base: &str, path: &str) -> anyhow::Result<(u16, String)> {
+    let response = reqwest::get(format!("{base}{path}")).await?;
+    Ok((response.status().as_u16(), response.text().await?))
+}
+
+/// Polls `GET base/readyz` (15 s at most) until its worker check's detail starts with `role`.
+async fn worker_role_becomes(base: &str, role: &str) -> anyhow::Result<Value> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (status, body) = get(base, "/readyz").await.unwrap_or((0, String::new()));
+        let readiness: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+        let detail = readiness["checks"]["worker"]["detail"]
+            .as_str()
+            .unwrap_or("");
+        if status == 200 && detail.starts_with(role) {
+            return Ok(readiness);
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the worker at {base} is not {role}: {status} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A worker started by hand with `TRANSFERD_WORKER_LISTEN` serves its probes and metrics: the
+/// one holding the settlement lock is active, a second one is ready on standby, and takes over
+/// when the first goes.
+#[tokio::test]
+async fn a_worker_serves_its_probes_and_metrics_active_or_standby() -> anyhow::Result<()> {
+    let namespace = Namespace::new().await?;
+    let mut options = HostOptions::new(&namespace);
+    options.run_worker = false;
+    let _host = Host::start_with(&namespace, options.clone()).await?;
+    let listening = |port: u16| {
+        let mut options = options.clone();
+        options.extra_env.push((
+            "TRANSFERD_WORKER_LISTEN".into(),
+            format!("127.0.0.1:{port}"),
+        ));
+        options
+    };
+    let (first_port, second_port) = (free_port(), free_port());
+    let mut first = WorkerProcess::start(&namespace, &listening(first_port), "worker-a")?;
+    let first_url = format!("http://127.0.0.1:{first_port}");
+    let active = worker_role_becomes(&first_url, "active").await?;
+    assert_eq!(active["ready"], true, "{active}");
+    assert_eq!(active["checks"]["postgres"]["ready"], true, "{active}");
+    assert_eq!(active["checks"]["broker"]["ready"], true, "{active}");
+    let _second = WorkerProcess::start(&namespace, &listening(second_port), "worker-b")?;
+    let second_url = format!("http://127.0.0.1:{second_port}");
+    let standby = worker_role_becomes(&second_url, "standby").await?;
+    assert_eq!(
+        standby["ready"], true,
+        "a standby worker is ready: {standby}"
+    );
+
+    assert_eq!(get(&first_url, "/healthz").await?.0, 200);
+    assert_eq!(get(&first_url, "/transfers").await?.0, 404, "no API here");
+    assert_eq!(
+        get(&first_url, "/admin/status").await?.0,
+        404,
+        "no admin here"
+    );
+    let (status, metrics) = get(&first_url, "/metrics").await?;
+    assert_eq!(status, 200);
+    for series in [
+        "transferd_worker_active 1",
+        "process_resident_memory_bytes ",
+        "process_cpu_seconds_total ",
+        "process_open_fds ",
+        "process_start_time_seconds ",
+        "guest_version=\"none\"",
+    ] {
+        assert!(metrics.contains(series), "{series} in {metrics}");
+    }
+    assert!(metrics.contains("transferd_build_info{"), "{metrics}");
+    let (_, standby_metrics) = get(&second_url, "/metrics").await?;
+    assert!(
+        standby_metrics.contains("transferd_worker_active 0"),
+        "{standby_metrics}"
+    );
+
+    first.kill();
+    worker_role_becomes(&second_url, "active").await?;
     Ok(())
 }

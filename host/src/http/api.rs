@@ -666,11 +666,32 @@ pub enum TransferUnavailable {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Readiness {
     pub ready: bool,
+    pub status: ReadyStatus,
     pub checks: ReadinessChecks,
 }
 
-/// One entry per dependency. An entry is a field here; whether it gates readiness is said
-/// once, in [`ReadinessChecks::ready`] (an entry that only informs stays out of it).
+/// How well a replica serves: `degraded` is ready with a dependency down that it serves
+/// around (transfers refused with 503, reads from PostgreSQL).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ReadyStatus {
+    Ok,
+    Degraded,
+    Unready,
+}
+
+impl ReadyStatus {
+    pub fn of(ready: bool, degraded: bool) -> ReadyStatus {
+        match (ready, degraded) {
+            (false, _) => ReadyStatus::Unready,
+            (true, true) => ReadyStatus::Degraded,
+            (true, false) => ReadyStatus::Ok,
+        }
+    }
+}
+
+/// One entry per dependency. An entry is a field here; which ones gate readiness is said once,
+/// in `health::Dependencies::serviceable` (the rest inform, or mark the replica degraded).
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ReadinessChecks {
     /// Reachable, with every migration of this binary applied.
@@ -683,15 +704,6 @@ pub struct ReadinessChecks {
     /// Transfer-log messages settlement set aside and an operator has not re-driven: always
     /// ready (informs only).
     pub quarantine: Check,
-}
-
-impl ReadinessChecks {
-    /// Whether every entry that gates readiness is ready.
-    pub fn ready(&self) -> bool {
-        [&self.postgres, &self.redis, &self.broker, &self.guest]
-            .iter()
-            .all(|check| check.ready)
-    }
 }
 
 #[derive(Debug, Serialize, ToSchema)]

@@ -24,8 +24,10 @@ mod ready;
 mod routes;
 mod service;
 mod status;
+pub mod status_history;
 mod transfers;
 mod two_phase;
+pub mod worker;
 
 use std::sync::Arc;
 
@@ -44,6 +46,7 @@ use crate::stores::Stores;
 use crate::stores::idempotency::IdempotencyKeys;
 use crate::trace::TraceContext;
 use error::{ApiError, Reply};
+pub use routes::Port;
 use routes::{AdminRoute, Endpoint, PathParams, ServiceRoute, UserRoute};
 
 /// Names the guest version that decided a response.
@@ -62,6 +65,8 @@ pub struct App {
     pub gate: Gate,
     /// The dependency probes `/readyz` answers from, shared with the gauges.
     pub probes: Arc<crate::health::Probes>,
+    /// The status page's last 15 minutes of samples.
+    pub history: Arc<status_history::History>,
     /// Transfer decisions, each its own task: shutdown waits for the ones whose client left.
     pub decisions: TaskTracker,
     /// `Idempotency-Key`s, and how long a request holds one.
@@ -102,6 +107,7 @@ impl App {
             violations: Arc::new(ViolationCounts::default()),
             gate: parts.gate,
             probes: parts.probes,
+            history: Arc::default(),
             decisions: TaskTracker::new(),
             idempotency: IdempotencyKeys::new(ledger_pool),
             idempotency_lease: idempotency::lease(
@@ -271,6 +277,7 @@ async fn admin_route(
         AdminRoute::Deposit => admin::deposit(app, admin, headers, body).await,
         AdminRoute::StatusPage => Ok(status::page()),
         AdminRoute::StatusScript => Ok(status::script()),
+        AdminRoute::StatusHistory => Ok(status_history::reply(app).await),
         AdminRoute::QuarantineList => admin_quarantine::list(app).await,
         AdminRoute::QuarantineRetry => {
             admin_quarantine::retry(app, params.get("partition"), params.get("offset")).await
@@ -280,8 +287,8 @@ async fn admin_route(
 
 /// Serves one request under its trace context: the caller's request id and trace, or minted
 /// ones, on every log line it writes, on the message it publishes, and (the request id) on
-/// the answer.
-pub async fn respond(app: &Arc<App>, request: Request<Incoming>) -> Reply {
+/// the answer. A route `port` does not serve is answered 404.
+pub async fn respond(app: &Arc<App>, port: Port, request: Request<Incoming>) -> Reply {
     let mut trace = TraceContext::of_request(request.headers());
     let span = tracing::info_span!(
         "request",
@@ -291,7 +298,7 @@ pub async fn respond(app: &Arc<App>, request: Request<Incoming>) -> Reply {
     crate::otel::adopt(&span, &mut trace);
     span.record("trace_id", tracing::field::display(trace.trace_id_hex()));
     let request_id = http::HeaderValue::from_str(&trace.request_id).ok();
-    let served = routed(app, request).instrument(span);
+    let served = routed(app, port, request).instrument(span);
     // The task-local is what the publish import reads: without it, no trace headers.
     let mut response = if app.kafka_trace_headers {
         crate::trace::scope(trace, served).await
@@ -306,11 +313,12 @@ pub async fn respond(app: &Arc<App>, request: Request<Incoming>) -> Reply {
     response
 }
 
-async fn routed(app: &Arc<App>, request: Request<Incoming>) -> Reply {
+async fn routed(app: &Arc<App>, port: Port, request: Request<Incoming>) -> Reply {
     let started = std::time::Instant::now();
     let (parts, body) = request.into_parts();
     let segments: Vec<&str> = parts.uri.path().trim_matches('/').split('/').collect();
     let (name, result) = match routes::resolve(&parts.method, &segments) {
+        Ok((endpoint, _)) if !port.serves(endpoint) => ("unrouted", Err(ApiError::NotFound)),
         Ok((endpoint, params)) => {
             let request = RoutedRequest {
                 params,

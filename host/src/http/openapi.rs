@@ -20,7 +20,7 @@ use crate::http::error::Reply;
 use crate::http::routes::ServiceRoute;
 use crate::http::{
     accounts, admin, admin_guest, admin_quarantine, batches, history, ready, service, status,
-    transfers, two_phase,
+    status_history, transfers, two_phase,
 };
 use crate::settlement::events::{TransferEvent, TransferEvents};
 
@@ -57,6 +57,7 @@ use crate::settlement::events::{TransferEvent, TransferEvents};
         admin_guest::end_candidate,
         status::page,
         status::script,
+        status_history::reply,
         admin_quarantine::list,
         admin_quarantine::retry,
     ),
@@ -219,6 +220,7 @@ mod tests {
         let status_page_reads = [
             "/admin/status",
             "/admin/status.js",
+            "/admin/status/history",
             "/admin/guest",
             "/admin/guest/{version}/shadow",
         ];

@@ -52,6 +52,7 @@ pub enum AdminRoute {
     GuestEndCandidate,
     StatusPage,
     StatusScript,
+    StatusHistory,
     QuarantineList,
     QuarantineRetry,
 }
@@ -105,7 +106,7 @@ impl Endpoint {
     /// Every endpoint, the order resolution tries them in. Two paths overlap only where a
     /// literal segment stands for a `{name}` one (`/transfers/batch`,
     /// `/transfers/{transaction_id}`); the literal one wins (a test checks it).
-    pub const ALL: [Endpoint; 25] = [
+    pub const ALL: [Endpoint; 26] = [
         Endpoint::Service(ServiceRoute::Health),
         Endpoint::Service(ServiceRoute::Ready),
         Endpoint::Service(ServiceRoute::Metrics),
@@ -129,6 +130,7 @@ impl Endpoint {
         Endpoint::Admin(AdminRoute::GuestEndCandidate),
         Endpoint::Admin(AdminRoute::StatusPage),
         Endpoint::Admin(AdminRoute::StatusScript),
+        Endpoint::Admin(AdminRoute::StatusHistory),
         Endpoint::Admin(AdminRoute::QuarantineList),
         Endpoint::Admin(AdminRoute::QuarantineRetry),
     ];
@@ -181,6 +183,9 @@ impl Endpoint {
             }
             Endpoint::Admin(A::StatusPage) => route(Get, "/admin/status", "admin_status"),
             Endpoint::Admin(A::StatusScript) => route(Get, "/admin/status.js", "admin_status"),
+            Endpoint::Admin(A::StatusHistory) => {
+                route(Get, "/admin/status/history", "admin_status")
+            }
             Endpoint::Admin(A::QuarantineList) => {
                 route(Get, "/admin/quarantine", "admin_quarantine")
             }
@@ -189,6 +194,38 @@ impl Endpoint {
                 "/admin/quarantine/{partition}/{offset}/retry",
                 "admin_quarantine",
             ),
+        }
+    }
+}
+
+/// Which of serve's addresses a connection came in on: with `TRANSFERD_ADMIN_LISTEN` set,
+/// `/admin/*` and `/metrics` are the admin address's only, the API the public one's only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Port {
+    /// The one address, serving everything (no admin address set).
+    All,
+    /// The API's address beside an admin address: the API and the probes.
+    Public,
+    /// The internal admin address: `/admin/*`, `/metrics` and the probes.
+    Admin,
+}
+
+impl Port {
+    /// Whether a connection on this port reaches `endpoint` (else it is answered 404, as an
+    /// unknown path is).
+    pub const fn serves(self, endpoint: Endpoint) -> bool {
+        let internal = matches!(
+            endpoint,
+            Endpoint::Admin(_) | Endpoint::Service(ServiceRoute::Metrics)
+        );
+        let probe = matches!(
+            endpoint,
+            Endpoint::Service(ServiceRoute::Health | ServiceRoute::Ready)
+        );
+        match self {
+            Port::All => true,
+            Port::Public => !internal,
+            Port::Admin => internal || probe,
         }
     }
 }
@@ -225,6 +262,7 @@ impl AdminRoute {
         match self {
             AdminRoute::StatusPage
             | AdminRoute::StatusScript
+            | AdminRoute::StatusHistory
             | AdminRoute::GuestStatus
             | AdminRoute::GuestShadowStats => AdminAccess::StatusPage,
             _ => AdminAccess::Read,
@@ -361,6 +399,22 @@ mod tests {
             resolved(Method::POST, "/transfers/batch/post").ok(),
             Some(Endpoint::User(UserRoute::PostTransfer))
         );
+    }
+
+    #[test]
+    fn an_admin_port_takes_the_admin_routes_and_metrics_off_the_public_one() {
+        for endpoint in Endpoint::ALL {
+            let internal =
+                endpoint.route().path.starts_with("/admin") || endpoint.route().path == "/metrics";
+            let probe = matches!(endpoint.route().path, "/healthz" | "/readyz");
+            assert!(Port::All.serves(endpoint));
+            assert_eq!(Port::Public.serves(endpoint), !internal, "{endpoint:?}");
+            assert_eq!(
+                Port::Admin.serves(endpoint),
+                internal || probe,
+                "{endpoint:?}"
+            );
+        }
     }
 
     #[test]

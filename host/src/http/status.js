@@ -1,11 +1,16 @@
-// The status page's one script: every 2 s it reads /admin/guest, /readyz and /metrics (the
-// browser resends the page's credentials with each same-origin request), and writes what it
-// read into the page. Rates are the difference between two readings of a counter over the
-// time between them. A figure the service does not report shows as "—".
+// The status page's one script: every 2 s it reads /admin/status/history (the last 15 minutes
+// of samples the process keeps, money held, the worker's role, the quarantine), /admin/guest,
+// /readyz and /metrics (the browser resends the page's credentials with each
+// same-origin request), and writes what it read into the page: charts drawn as inline SVG,
+// tables. A figure the service does not report shows as "—".
 "use strict";
 
 const REFRESH_MS = 2000;
-let previous = null; // { atMs, counters } of the last reading
+const WINDOW_MS = 15 * 60 * 1000;
+const SHORT_ID = 12;
+const SVG = "http://www.w3.org/2000/svg";
+const CHART_W = 300;
+const CHART_H = 80;
 
 // Prometheus text → [{ name, labels, value }].
 function parseMetrics(text) {
@@ -40,13 +45,163 @@ function show(id, value) {
 }
 
 function number(value, digits = 0) {
-  return value === null ? null : value.toLocaleString("en-US", { maximumFractionDigits: digits });
+  return value === null || value === undefined
+    ? null
+    : value.toLocaleString("en-US", { maximumFractionDigits: digits });
 }
 
-function rate(name, now, atMs) {
-  if (!previous || now[name] === null || previous.counters[name] === null) return null;
-  const seconds = (atMs - previous.atMs) / 1000;
-  return seconds > 0 ? Math.max(0, (now[name] - previous.counters[name]) / seconds) : null;
+// A version id as its first 12 characters, the whole id on hover and behind a copy button.
+function showVersion(id, version) {
+  const cell = document.getElementById(id);
+  if (!version) {
+    cell.textContent = id === "candidate" ? "none" : "—";
+    return;
+  }
+  if (cell.dataset.version === version) return;
+  cell.dataset.version = version;
+  const code = document.createElement("code");
+  code.textContent = version.length > SHORT_ID ? `${version.slice(0, SHORT_ID)}…` : version;
+  code.title = version;
+  const copy = document.createElement("button");
+  copy.type = "button";
+  copy.className = "copy";
+  copy.textContent = "copy";
+  copy.setAttribute("aria-label", `Copy the full version id ${version}`);
+  copy.addEventListener("click", () => copyText(version, copy));
+  cell.replaceChildren(code, copy);
+}
+
+// Every 64-hex-digit version id in `text` cut to its first 12 digits.
+function shortIds(text) {
+  return (text || "").replace(/\b([0-9a-f]{12})[0-9a-f]{52}\b/g, "$1…");
+}
+
+async function copyText(text, button) {
+  try {
+    await navigator.clipboard.writeText(text);
+    button.textContent = "copied";
+  } catch {
+    // No clipboard (an insecure origin): select the full id for the operator to copy.
+    const code = button.previousElementSibling;
+    code.textContent = text;
+    window.getSelection().selectAllChildren(code);
+  }
+}
+
+// One series from the samples: [{ fromMs, atMs, value }], a counter's rate per second over the
+// interval between neighbouring samples, or a gauge's value at the interval's end.
+function series(samples, pick) {
+  const points = [];
+  for (let i = 1; i < samples.length; i++) {
+    const [before, after] = [samples[i - 1], samples[i]];
+    const value = pick(before, after, (after.at_ms - before.at_ms) / 1000);
+    if (value !== null && Number.isFinite(value)) {
+      points.push({ fromMs: before.at_ms, atMs: after.at_ms, value });
+    }
+  }
+  return points;
+}
+
+// A counter's rate; a counter that went down (the process restarted) counts from zero.
+const rate = (field) => (before, after, seconds) => {
+  if (seconds <= 0) return null;
+  const delta = after[field] - before[field];
+  return (delta >= 0 ? delta : after[field]) / seconds;
+};
+
+const CHARTS = [
+  { id: "chart-requests", digits: 1, pick: rate("transfer_requests") },
+  { id: "chart-accepted", digits: 1, pick: rate("accepted") },
+  {
+    id: "chart-refused",
+    digits: 1,
+    pick: (b, a, s) => {
+      const decided = rate("decided")(b, a, s);
+      const accepted = rate("accepted")(b, a, s);
+      return decided === null || accepted === null ? null : Math.max(0, decided - accepted);
+    },
+  },
+  { id: "chart-settled", digits: 1, pick: rate("settled") },
+  { id: "chart-lag", digits: 3, pick: (_b, after) => after.lag_seconds },
+  {
+    id: "chart-guest",
+    digits: 2,
+    pick: (before, after) => {
+      const calls = after.guest_calls - before.guest_calls;
+      return calls > 0 ? ((after.guest_seconds_sum - before.guest_seconds_sum) / calls) * 1000 : null;
+    },
+  },
+];
+
+function svg(tag, attributes) {
+  const element = document.createElementNS(SVG, tag);
+  for (const [name, value] of Object.entries(attributes)) element.setAttribute(name, value);
+  return element;
+}
+
+// The span a chart shows: the last 15 minutes, or less when the process is younger.
+function span(points, nowMs) {
+  const startMs = Math.max(nowMs - WINDOW_MS, points.length ? points[0].fromMs : nowMs - WINDOW_MS);
+  const seconds = Math.max(1, Math.round((nowMs - startMs) / 1000));
+  return { startMs, label: seconds >= 120 ? `−${Math.round(seconds / 60)} min` : `−${seconds} s` };
+}
+
+// Draws `points` as steps (each value held over its interval) across `span`, scaled to their
+// largest value, in place of the figure's previous drawing.
+function drawChart(figure, points, digits, nowMs) {
+  const highest = Math.max(...points.map((p) => p.value), 0);
+  const top = highest || 1;
+  const { startMs, label } = span(points, nowMs);
+  const width = Math.max(1, nowMs - startMs);
+  const x = (atMs) => (((Math.max(atMs, startMs) - startMs) / width) * CHART_W).toFixed(1);
+  const y = (value) => (CHART_H - (value / top) * (CHART_H - 4)).toFixed(1);
+  const drawing = svg("svg", {
+    viewBox: `0 0 ${CHART_W} ${CHART_H}`,
+    preserveAspectRatio: "none",
+    role: "img",
+    "data-points": String(points.length),
+    "data-max": String(highest),
+  });
+  const caption = figure.querySelector("figcaption").firstChild.textContent.trim();
+  drawing.setAttribute("aria-label", `${caption} over the last ${label.slice(1)}, ${points.length} points`);
+  drawing.append(svg("line", { class: "axis", x1: 0, y1: CHART_H, x2: CHART_W, y2: CHART_H }));
+  const line = points.flatMap((p) => [`${x(p.fromMs)},${y(p.value)}`, `${x(p.atMs)},${y(p.value)}`]).join(" ");
+  if (points.length > 0) {
+    const first = x(points[0].fromMs);
+    const last = x(points[points.length - 1].atMs);
+    drawing.append(svg("polygon", { class: "area", points: `${first},${CHART_H} ${line} ${last},${CHART_H}` }));
+    drawing.append(svg("polyline", { class: "line", points: line }));
+  }
+  const scale = document.createElement("div");
+  scale.className = "scale";
+  const oldest = document.createElement("span");
+  oldest.textContent = label;
+  const peak = document.createElement("span");
+  peak.textContent = `max ${number(top, digits)}`;
+  scale.append(oldest, peak);
+  for (const old of figure.querySelectorAll("svg, .scale")) old.remove();
+  figure.append(drawing, scale);
+  const now = points.length ? points[points.length - 1].value : null;
+  figure.querySelector(".now").textContent = now === null ? "—" : number(now, digits);
+}
+
+function showHistory(history) {
+  const samples = history.samples || [];
+  const nowMs = samples.length ? samples[samples.length - 1].at_ms : Date.now();
+  for (const chart of CHARTS) {
+    drawChart(document.getElementById(chart.id), series(samples, chart.pick), chart.digits, nowMs);
+  }
+  const held = document.getElementById("held");
+  held.replaceChildren();
+  for (const money of history.held || []) {
+    const item = document.createElement("li");
+    item.textContent = `${money.amount} ${money.currency}`;
+    held.append(item);
+  }
+  if (held.children.length === 0) held.append(Object.assign(document.createElement("li"), { textContent: "none" }));
+  const worker = document.getElementById("worker-state");
+  worker.textContent = history.worker || "not run here";
+  worker.className = history.worker || "";
 }
 
 async function json(path) {
@@ -57,14 +212,14 @@ async function json(path) {
 }
 
 function showGuest(guest, samples) {
-  show("active", guest.active || guest.serving);
-  show("serving", guest.serving);
   const active = guest.active || guest.serving;
+  showVersion("active", active);
+  showVersion("serving", guest.serving);
   const live = (guest.history || []).find(
     (entry) => entry.version === active && ["activate", "rollback"].includes(entry.action));
   show("live-since", live ? new Date(live.activated_at).toISOString() : null);
   const candidate = guest.candidate;
-  show("candidate", candidate ? candidate.version : "none");
+  showVersion("candidate", candidate ? candidate.version : null);
   show("candidate-mode", candidate ? candidate.mode : null);
   const version = candidate ? { version: candidate.version } : null;
   const share = version ? sum(samples, "transferd_guest_canary_share", version) : null;
@@ -74,85 +229,78 @@ function showGuest(guest, samples) {
     version ? number(sum(samples, "transferd_shadow_differences_total", version)) : null);
 }
 
+// Rows of cells into a table body; `empty` when there are none.
+function fillRows(id, rows, empty) {
+  const body = document.getElementById(id);
+  body.replaceChildren();
+  for (const cells of rows) {
+    const row = body.insertRow();
+    for (const cell of cells) {
+      const element = row.insertCell();
+      element.textContent = typeof cell === "object" ? cell.text : cell;
+      if (typeof cell === "object" && cell.className) element.className = cell.className;
+      if (typeof cell === "object" && cell.title) element.title = cell.title;
+    }
+  }
+  if (rows.length === 0) body.insertRow().insertCell().textContent = empty;
+}
+
 function showDifferences(report) {
-  const rows = document.getElementById("difference-rows");
   const differences = (report && report.replica_stats && report.replica_stats.recent_differences) || [];
-  rows.replaceChildren();
-  if (differences.length === 0) {
-    const row = rows.insertRow();
-    row.insertCell().textContent = "none";
-    return;
-  }
-  for (const difference of differences.slice(-5).reverse()) {
-    const row = rows.insertRow();
-    row.insertCell().textContent = difference.transaction_id;
-    row.insertCell().textContent = `active ${JSON.stringify(difference.active)}`;
-    row.insertCell().textContent = `candidate ${JSON.stringify(difference.candidate)}`;
-  }
+  fillRows("difference-rows", differences.slice(-5).reverse().map((difference) => [
+    difference.transaction_id,
+    `active ${JSON.stringify(difference.active)}`,
+    `candidate ${JSON.stringify(difference.candidate)}`,
+  ]), "none");
+}
+
+function showQuarantine(quarantine) {
+  show("quarantined", quarantine ? number(quarantine.open) : null);
+  fillRows("quarantine-rows", ((quarantine && quarantine.latest) || []).map((message) => [
+    `${message.partition}/${message.offset}`,
+    message.quarantined_at,
+    message.error,
+  ]), "none");
 }
 
 function showDependencies(readiness) {
-  const rows = document.getElementById("dependency-rows");
-  rows.replaceChildren();
-  for (const [name, check] of Object.entries(readiness.checks || {})) {
-    const row = rows.insertRow();
-    row.insertCell().textContent = name;
-    const state = row.insertCell();
-    state.textContent = check.ready ? "up" : "down";
-    state.className = check.ready ? "up" : "down";
-    row.insertCell().textContent = check.detail;
-  }
-  if (rows.rows.length === 0) rows.insertRow().insertCell().textContent = "—";
+  const readinessText = document.getElementById("readiness");
+  readinessText.textContent = readiness.status || (readiness.ready ? "ok" : "unready");
+  readinessText.className = readiness.status === "ok" ? "up" : readiness.ready ? "degraded" : "down";
+  fillRows("dependency-rows", Object.entries(readiness.checks || {}).map(([name, check]) => [
+    name,
+    { text: check.ready ? "up" : "down", className: check.ready ? "up" : "down" },
+    { text: shortIds(check.detail), title: check.detail },
+  ]), "—");
 }
 
-function showTraffic(samples, atMs) {
-  const route = { route: "create_transfer" };
-  const counters = {
-    requests: sum(samples, "transferd_http_requests_total", route),
-    accepted: sum(samples, "transferd_guest_calls_total", { outcome: "accepted" }),
-    decided: sum(samples, "transferd_guest_calls_total"),
-    settled: sum(samples, "transferd_settled_transfers_total"),
-  };
-  show("transfer-requests", number(counters.requests));
-  show("request-rate", number(rate("requests", counters, atMs), 1));
-  show("accepted-rate", number(rate("accepted", counters, atMs), 1));
-  const decidedRate = rate("decided", counters, atMs);
-  const acceptedRate = rate("accepted", counters, atMs);
-  show("refused-rate",
-    decidedRate === null || acceptedRate === null ? null : number(decidedRate - acceptedRate, 1));
-  show("settled", number(counters.settled));
-  show("settled-rate", number(rate("settled", counters, atMs), 1));
+function showTotals(samples) {
+  show("transfer-requests", number(sum(samples, "transferd_http_requests_total", { route: "create_transfer" })));
+  show("settled", number(sum(samples, "transferd_settled_transfers_total")));
   show("in-doubt", number(sum(samples, "transferd_publishes_in_doubt_total")));
   show("lag-messages", number(sum(samples, "transferd_settlement_lag_messages")));
-  show("lag-seconds", number(sum(samples, "transferd_settlement_lag_seconds"), 3));
   show("holds", number(sum(samples, "transferd_holds_outstanding")));
-  const held = samples
-    .filter((s) => s.name === "transferd_holds_outstanding_minor" && s.value !== 0)
-    .map((s) => `${s.labels.currency} ${number(s.value)}`);
-  const holds = sum(samples, "transferd_holds_outstanding");
-  show("held-minor", held.length ? held.join(", ") : holds === null ? null : "0");
-  show("quarantined", number(sum(samples, "transferd_settlement_quarantine_open")));
-  return counters;
 }
 
 async function refresh() {
   try {
-    const [guest, readiness, metricsText] = await Promise.all([
+    const [history, guest, readiness, metricsText] = await Promise.all([
+      json("/admin/status/history"),
       json("/admin/guest"),
       json("/readyz"),
       fetch("/metrics", { cache: "no-store" }).then((r) => r.text()),
     ]);
     const samples = parseMetrics(metricsText);
-    const atMs = Date.now();
+    showHistory(history);
     showGuest(guest, samples);
     showDependencies(readiness);
-    const counters = showTraffic(samples, atMs);
-    previous = { atMs, counters };
+    showTotals(samples);
+    showQuarantine(history.quarantine);
     const candidate = guest.candidate;
     showDifferences(candidate && candidate.mode === "shadow"
       ? await json(`/admin/guest/${encodeURIComponent(candidate.version)}/shadow`)
       : null);
-    show("updated", new Date(atMs).toISOString());
+    show("updated", new Date().toISOString());
     show("error", "");
   } catch (error) {
     show("error", `(${error.message})`);

@@ -1,7 +1,7 @@
 //! `GET /admin/status`: the on-call engineer's page, and `GET /admin/status.js`, its script.
 //! Plain HTML and a little JavaScript, compiled into the binary (no build step, no files to
-//! deploy). The page reads what any admin client can (`/admin/guest`, `/readyz`, `/metrics`)
-//! and refreshes itself; it holds no data of its own.
+//! deploy). The page reads what any admin client can (`/admin/status/history`, `/admin/guest`,
+//! `/readyz`, `/metrics`), draws its charts itself and refreshes in place.
 //!
 //! A browser cannot send a bearer token, so the admin gate also takes HTTP Basic credentials
 //! whose password is an admin token, and a refusal of the page asks for them
@@ -33,7 +33,7 @@ const BASIC_CHALLENGE: &str = "Basic realm=\"transferd admin\", charset=\"UTF-8\
 #[utoipa::path(
     get, path = AdminRoute::StatusPage.path(), operation_id = "status_page", tag = "admin",
     summary = "The on-call status page (HTML, refreshes itself)",
-    description = "Besides a bearer token, takes HTTP Basic credentials whose password is an admin token (any user name), so a browser can open it; a refusal then carries a `Basic` challenge too. Basic credentials open only this page, its script and `GET /admin/guest`.",
+    description = "Besides a bearer token, takes HTTP Basic credentials whose password is an admin token (any user name), so a browser can open it; a refusal then carries a `Basic` challenge too. Basic credentials open only this page, its script and the read-only JSON it polls (`GET /admin/guest`, `/admin/status/history`).",
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The page", content_type = "text/html"),

@@ -8,6 +8,7 @@
 //! read from (`ledger.rs`), so even two workers that both believe they own the topic apply
 //! every transfer once. The lock only keeps them from doing the same work twice.
 
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
@@ -18,6 +19,36 @@ pub const RETRY: Duration = Duration::from_secs(1);
 
 /// Longest wait for the lock connection to connect or answer.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What this process's worker is doing about the lock, for its `/readyz` and
+/// `transferd_worker_active`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Not asked for the lock yet (starting, or no worker in this process).
+    Starting,
+    /// Waiting for the lock another worker holds.
+    Standby,
+    /// Holding the lock: this worker settles.
+    Active,
+}
+
+/// This process's [`Role`]: one worker per process.
+static ROLE: AtomicU8 = AtomicU8::new(Role::Starting as u8);
+
+/// This process's worker's role now.
+pub fn role() -> Role {
+    match ROLE.load(Ordering::Relaxed) {
+        r if r == Role::Active as u8 => Role::Active,
+        r if r == Role::Standby as u8 => Role::Standby,
+        _ => Role::Starting,
+    }
+}
+
+fn set_role(role: Role) {
+    ROLE.store(role as u8, Ordering::Relaxed);
+    let active = if role == Role::Active { 1.0 } else { 0.0 };
+    metrics::gauge!(crate::metrics::WORKER_ACTIVE).set(active);
+}
 
 pub struct Ownership {
     connection: PgConnection,
@@ -30,9 +61,11 @@ impl Ownership {
     pub async fn acquire(database_url: &str, topic: &str) -> Ownership {
         let key = lock_key(topic);
         let mut said = false;
+        set_role(Role::Standby);
         loop {
             match try_lock(database_url, key).await {
                 Ok(Some(connection)) => {
+                    set_role(Role::Active);
                     tracing::info!(topic, "this worker now settles the topic");
                     return Ownership {
                         connection,
@@ -70,6 +103,13 @@ impl Ownership {
                 false
             }
         }
+    }
+}
+
+/// Dropping the lock's connection frees the lock: the worker stands by again (or stops).
+impl Drop for Ownership {
+    fn drop(&mut self) {
+        set_role(Role::Standby);
     }
 }
 

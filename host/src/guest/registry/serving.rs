@@ -44,6 +44,7 @@ impl ServingGuest {
     pub fn new(guest: Guest) -> ServingGuest {
         metrics::gauge!(crate::metrics::GUEST_ACTIVE, "version" => guest.version().to_owned())
             .set(1.0);
+        crate::metrics::build_info(guest.version(), None);
         ServingGuest {
             current: RwLock::new(Arc::new(Serving {
                 active: Arc::new(guest),
@@ -79,6 +80,7 @@ fn gauge_versions(before: &Serving, after: &Serving) {
     use crate::metrics::{CANARY_SHARE, GUEST_ACTIVE};
     metrics::gauge!(GUEST_ACTIVE, "version" => before.active.version().to_owned()).set(0.0);
     metrics::gauge!(GUEST_ACTIVE, "version" => after.active.version().to_owned()).set(1.0);
+    crate::metrics::build_info(after.active.version(), Some(before.active.version()));
     if let Some((candidate, _)) = &before.candidate {
         metrics::gauge!(CANARY_SHARE, "version" => candidate.version().to_owned()).set(0.0);
     }
