@@ -268,9 +268,9 @@ fn read_guardrails(raw: Option<&RawValue>) -> Result<Option<Guardrails>, ApiErro
 #[utoipa::path(
     post, path = AdminRoute::GuestShadow.path(), operation_id = "guest_shadow", tag = "admin",
     summary = "Run a stored version beside the active one, deciding nothing",
-    description = "Without a body, the shadow is judged by the default guardrails.",
     params(("version" = String, Path)),
-    request_body(content = Option<ShadowStart>, content_type = "application/json"),
+    request_body(content = ShadowStart, content_type = "application/json",
+        description = "Optional: a request without a body starts the shadow with the default guardrails."),
     security(("bearer" = [])),
     responses(
         (status = 200, body = CandidateSet),
