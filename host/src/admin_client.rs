@@ -40,9 +40,22 @@ pub enum GuestCommand {
     /// Go back to the version active before the current one.
     Rollback,
     /// Serve a version to a share of requests.
-    Canary { version: String, percent: u8 },
+    Canary {
+        version: String,
+        percent: u8,
+        /// Draw the share by `transaction` (default) or by `sender` account (an account sees
+        /// one version while the canary runs).
+        #[arg(long, value_parser = ["transaction", "sender"])]
+        assign: Option<String>,
+        #[command(flatten)]
+        guardrails: GuardrailArgs,
+    },
     /// Run a version beside the active one, publishing nothing, and count differences.
-    Shadow { version: String },
+    Shadow {
+        version: String,
+        #[command(flatten)]
+        guardrails: GuardrailArgs,
+    },
     /// Stop the canary or shadow.
     EndCandidate,
     /// The active version, candidate, versions and history.
@@ -70,11 +83,32 @@ impl GuestCommand {
                     note: note.clone(),
                 });
             }
-            GuestCommand::Canary { version, percent } => {
-                let body = serde_json::to_vec(&serde_json::json!({"percent": percent}))?;
+            GuestCommand::Canary {
+                version,
+                percent,
+                assign,
+                guardrails,
+            } => {
+                let mut body = guardrails.body();
+                body.insert("percent".into(), (*percent).into());
+                if let Some(assign) = assign {
+                    body.insert("assign".into(), assign.as_str().into());
+                }
+                let body = serde_json::to_vec(&body)?;
                 return Ok(Call::json(
                     "POST",
                     format!("/admin/guest/{version}/canary"),
+                    body,
+                ));
+            }
+            GuestCommand::Shadow {
+                version,
+                guardrails,
+            } => {
+                let body = serde_json::to_vec(&guardrails.body())?;
+                return Ok(Call::json(
+                    "POST",
+                    format!("/admin/guest/{version}/shadow"),
                     body,
                 ));
             }
@@ -82,11 +116,74 @@ impl GuestCommand {
                 ("POST", format!("/admin/guest/{version}/activate"))
             }
             GuestCommand::Rollback => ("POST", "/admin/guest/rollback".to_string()),
-            GuestCommand::Shadow { version } => ("POST", format!("/admin/guest/{version}/shadow")),
             GuestCommand::EndCandidate => ("DELETE", "/admin/guest/candidate".to_string()),
             GuestCommand::Status => ("GET", "/admin/guest".to_string()),
         };
         Ok(Call::json(method, path, Vec::new()))
+    }
+}
+
+/// A canary's or shadow's guardrails. Without any of these flags the server's defaults apply;
+/// a flag sets that limit and leaves the others at their defaults.
+#[derive(Debug, Args)]
+pub struct GuardrailArgs {
+    /// End it when more than this fraction of its calls trap (timeouts, fuel included).
+    #[arg(long)]
+    max_trap_rate: Option<f64>,
+    /// End it when it breaks host checks more than this many times.
+    #[arg(long)]
+    max_violations: Option<u64>,
+    /// End it when more than this fraction of compared calls decide otherwise than the
+    /// active version.
+    #[arg(long)]
+    max_difference_rate: Option<f64>,
+    /// End it when its 99th-percentile guest time exceeds this many milliseconds.
+    #[arg(long)]
+    max_p99_guest_ms: Option<u64>,
+    /// Calls each replica must see before judging rates and the p99.
+    #[arg(long)]
+    min_calls: Option<u32>,
+    /// The window each replica judges: its last this many calls.
+    #[arg(long)]
+    window_calls: Option<u32>,
+    /// Start it without guardrails.
+    #[arg(long, conflicts_with_all = [
+        "max_trap_rate", "max_violations", "max_difference_rate", "max_p99_guest_ms",
+        "min_calls", "window_calls",
+    ])]
+    no_guardrails: bool,
+}
+
+impl GuardrailArgs {
+    /// The start's body with its `guardrails` field, if the flags give one.
+    fn body(&self) -> serde_json::Map<String, serde_json::Value> {
+        let mut body = serde_json::Map::new();
+        if self.no_guardrails {
+            body.insert("guardrails".into(), serde_json::Value::Null);
+            return body;
+        }
+        let given = [
+            (
+                "max_trap_rate",
+                self.max_trap_rate.map(serde_json::Value::from),
+            ),
+            ("max_violations", self.max_violations.map(Into::into)),
+            (
+                "max_difference_rate",
+                self.max_difference_rate.map(Into::into),
+            ),
+            ("max_p99_guest_ms", self.max_p99_guest_ms.map(Into::into)),
+            ("min_calls", self.min_calls.map(Into::into)),
+            ("window_calls", self.window_calls.map(Into::into)),
+        ];
+        let limits: serde_json::Map<String, serde_json::Value> = given
+            .into_iter()
+            .filter_map(|(name, value)| Some((name.to_string(), value?)))
+            .collect();
+        if !limits.is_empty() {
+            body.insert("guardrails".into(), limits.into());
+        }
+        body
     }
 }
 

@@ -35,6 +35,10 @@ pub const SHADOW_RUNS: &str = "transferd_shadow_runs_total";
 /// Shadow runs whose decision differed from the active version's (or that failed), by
 /// candidate `version`.
 pub const SHADOW_DIFFERENCES: &str = "transferd_shadow_differences_total";
+/// Canaries and shadows this replica ended because it saw a guardrail crossed, by
+/// `guardrail` (`trap_rate`, `violations`, `difference_rate`, `p99_guest_ms`). A replica that
+/// crossed one just after another replica ended the candidate does not count it again.
+pub const GUARDRAIL_TRIPS: &str = "transferd_guest_guardrail_trips_total";
 /// 1 for the guest version this replica serves as active, 0 for one it served before.
 pub const GUEST_ACTIVE: &str = "transferd_guest_active_info";
 /// The share of new transfers (0 to 1) a canary candidate decides, by candidate `version`;

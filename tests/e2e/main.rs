@@ -13,6 +13,7 @@ mod crash_points;
 mod dependencies;
 mod edge;
 mod guard;
+mod guardrails;
 mod guest_reuse;
 mod history;
 mod holds_trust;

@@ -209,6 +209,12 @@ impl<'a> Fields<'a> {
         items
     }
 
+    /// An optional field's raw JSON text, `null` included (a caller that tells absent from
+    /// `null` reads it itself); `None` when absent.
+    pub fn optional_raw(&mut self, name: &str) -> Option<&'a RawValue> {
+        self.given(name)
+    }
+
     /// An optional boolean: absent and `null` are both `None`.
     pub fn optional_bool(&mut self, name: &str) -> Option<bool> {
         let raw = self.given(name)?.get();

@@ -3,14 +3,17 @@
 
 use http::{HeaderMap, StatusCode};
 use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Incoming};
 
 use crate::auth::Admin;
-use crate::guest::registry::{self, CandidateMode, MAX_GUEST_BYTES};
+use serde_json::value::RawValue;
+
+use crate::guest::guardrails::{self, Guardrails};
+use crate::guest::registry::{self, Assign, CandidateMode, MAX_GUEST_BYTES};
 use crate::http::App;
 use crate::http::api::{
     CanaryShare, CandidateModeName, CandidateSet, ErrorBody, GuestActivated, GuestStatus,
-    GuestUploaded, ShadowReport,
+    GuestUploaded, ShadowReport, ShadowStart,
 };
 use crate::http::body::{Fields, read_json_body};
 use crate::http::error::{ApiError, Invalid, Reply, json_response};
@@ -169,6 +172,7 @@ pub async fn status(app: &App) -> Result<Reply, ApiError> {
             serving: app.serving().active.version().to_string(),
             serving_wit_package: app.serving().active.package().version().to_string(),
             candidate: to_json(&app.registry.candidate().await?)?,
+            serving_candidate: serving_candidate(app)?,
             versions: to_json(&versions)?,
             history: to_json(&history)?,
             replica_guard_violations: to_json(&app.violations.snapshot())?,
@@ -176,8 +180,9 @@ pub async fn status(app: &App) -> Result<Reply, ApiError> {
     ))
 }
 
-/// `POST /admin/guest/{version}/canary` `{"percent": 0..=100}`: that share of requests is
-/// served by `version` until the next activation or `DELETE /admin/guest/candidate`.
+/// `POST /admin/guest/{version}/canary` `{"percent": 0..=100, "assign"?, "guardrails"?}`: that
+/// share of requests is served by `version` until the next activation, `DELETE
+/// /admin/guest/candidate`, or a replica seeing one of its guardrails crossed.
 #[utoipa::path(
     post, path = AdminRoute::GuestCanary.path(), operation_id = "guest_canary", tag = "admin",
     summary = "Let a stored version decide a share of the transfers",
@@ -206,7 +211,20 @@ pub async fn canary(
     let bytes = read_json_body(headers, body, app.body_timeout).await?;
     let mut fields = Fields::parse(&bytes)?;
     let percent = fields.integer("percent");
+    let assign = fields.optional_string("assign");
+    let guardrails = fields.optional_raw("guardrails");
     fields.finish()?;
+    let guardrails = read_guardrails(guardrails)?;
+    let assign = match assign.as_deref() {
+        None => Assign::Transaction,
+        Some(text) => Assign::parse(text).ok_or_else(|| {
+            ApiError::Validation(vec![Invalid::body_field(
+                "assign",
+                "enum",
+                "assign must be \"transaction\" or \"sender\"",
+            )])
+        })?,
+    };
     let percent = match percent.map(u8::try_from) {
         Some(Ok(percent)) if percent <= 100 => percent,
         _ => {
@@ -217,9 +235,9 @@ pub async fn canary(
             )]));
         }
     };
-    let mode = CandidateMode::Canary { percent };
+    let mode = CandidateMode::Canary { percent, assign };
     app.registry
-        .set_candidate(version, mode, &admin.actor())
+        .set_candidate(version, mode, guardrails.as_ref(), &admin.actor())
         .await?;
     Ok(json_response(
         StatusCode::OK,
@@ -227,28 +245,78 @@ pub async fn canary(
             candidate: Some(version.to_string()),
             mode: Some(CandidateModeName::Canary),
             percent: Some(percent),
+            assign: Some(assign.as_str()),
+            guardrails: to_json(&guardrails)?,
         },
     ))
 }
 
-/// `POST /admin/guest/{version}/shadow`: `version` runs beside the active one on every request,
-/// publishing nothing, until the next activation or `DELETE /admin/guest/candidate`.
+/// A start's `guardrails`: left out, the defaults; `null`, none; else an object of limits.
+fn read_guardrails(raw: Option<&RawValue>) -> Result<Option<Guardrails>, ApiError> {
+    let invalid = |message: String| {
+        ApiError::Validation(vec![Invalid::body_field(
+            "guardrails",
+            "guardrails",
+            message,
+        )])
+    };
+    let Some(raw) = raw else {
+        return Ok(Some(guardrails::DEFAULT));
+    };
+    match serde_json::from_str::<serde_json::Value>(raw.get()) {
+        Ok(serde_json::Value::Null) => Ok(None),
+        Ok(serde_json::Value::Object(object)) => {
+            Guardrails::from_json(&object).map(Some).map_err(invalid)
+        }
+        _ => Err(invalid("guardrails must be an object or null".into())),
+    }
+}
+
+/// `POST /admin/guest/{version}/shadow` (`{"guardrails"?}`, or no body): `version` runs beside
+/// the active one on every request, publishing nothing, until the next activation, `DELETE
+/// /admin/guest/candidate`, or a replica seeing one of its guardrails crossed.
 #[utoipa::path(
     post, path = AdminRoute::GuestShadow.path(), operation_id = "guest_shadow", tag = "admin",
     summary = "Run a stored version beside the active one, deciding nothing",
     params(("version" = String, Path)),
+    request_body(content = ShadowStart, content_type = "application/json",
+        description = "Optional: a request without a body starts the shadow with the default guardrails."),
     security(("bearer" = [])),
     responses(
         (status = 200, body = CandidateSet),
         (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody),
+        (status = 408, body = ErrorBody),
+        (status = 413, body = ErrorBody),
+        (status = 415, body = ErrorBody),
+        (status = 422, body = ErrorBody),
         (status = 503, body = ErrorBody),
     ),
 )]
-pub async fn shadow(app: &App, admin: &Admin, version: &str) -> Result<Reply, ApiError> {
+pub async fn shadow(
+    app: &App,
+    admin: &Admin,
+    headers: &HeaderMap,
+    version: &str,
+    body: Incoming,
+) -> Result<Reply, ApiError> {
+    let guardrails = match optional_json_body(app, headers, body).await? {
+        None => Some(guardrails::DEFAULT),
+        Some(bytes) => {
+            let mut fields = Fields::parse(&bytes)?;
+            let guardrails = fields.optional_raw("guardrails");
+            fields.finish()?;
+            read_guardrails(guardrails)?
+        }
+    };
     app.registry
-        .set_candidate(version, CandidateMode::Shadow, &admin.actor())
+        .set_candidate(
+            version,
+            CandidateMode::Shadow,
+            guardrails.as_ref(),
+            &admin.actor(),
+        )
         .await?;
     Ok(json_response(
         StatusCode::OK,
@@ -256,8 +324,24 @@ pub async fn shadow(app: &App, admin: &Admin, version: &str) -> Result<Reply, Ap
             candidate: Some(version.to_string()),
             mode: Some(CandidateModeName::Shadow),
             percent: None,
+            assign: None,
+            guardrails: to_json(&guardrails)?,
         },
     ))
+}
+
+/// A JSON body, or `None` when the request has none (no content type, nothing in it).
+async fn optional_json_body(
+    app: &App,
+    headers: &HeaderMap,
+    body: Incoming,
+) -> Result<Option<bytes::Bytes>, ApiError> {
+    let untyped = headers.get(http::header::CONTENT_TYPE).is_none();
+    if untyped && body.is_end_stream() {
+        return Ok(None);
+    }
+    let bytes = read_json_body(headers, body, app.body_timeout).await?;
+    Ok((!bytes.is_empty()).then_some(bytes))
 }
 
 /// `GET /admin/guest/{version}/shadow`: this replica's shadow runs of `version`.
@@ -303,8 +387,24 @@ pub async fn end_candidate(app: &App, admin: &Admin) -> Result<Reply, ApiError> 
             candidate: None,
             mode: None,
             percent: None,
+            assign: None,
+            guardrails: serde_json::Value::Null,
         },
     ))
+}
+
+/// The candidate this replica serves, its guardrails and what it has seen of it.
+fn serving_candidate(app: &App) -> Result<serde_json::Value, ApiError> {
+    let Some(candidate) = app.serving().candidate.clone() else {
+        return Ok(serde_json::Value::Null);
+    };
+    to_json(&serde_json::json!({
+        "version": candidate.guest.version(),
+        "activation_id": candidate.started.activation_id,
+        "guardrails": candidate.guardrails(),
+        "observed": candidate.figures(),
+        "tripped": candidate.is_tripped(),
+    }))
 }
 
 /// A registry record as JSON for the admin views.

@@ -237,6 +237,61 @@ pub struct CanaryShare {
     /// The share of transfers the candidate decides, in percent.
     #[schema(minimum = 0, maximum = 100)]
     percent: i64,
+    /// How the share is drawn: by `transaction` (each transfer on its own, the default) or by
+    /// `sender` (an account sees one version for as long as the canary runs).
+    #[schema(nullable = false)]
+    assign: Option<CanaryAssign>,
+    /// Limits that end the canary on every replica when one replica sees one crossed. Left
+    /// out: the defaults; `null`: none.
+    #[schema(nullable = true)]
+    guardrails: Option<GuardrailLimits>,
+}
+
+/// How a canary's share of transfers is drawn.
+#[derive(ToSchema)]
+#[allow(dead_code)] // Documents the reading in `admin_guest::canary`.
+#[serde(rename_all = "lowercase")]
+pub enum CanaryAssign {
+    Transaction,
+    Sender,
+}
+
+/// `POST /admin/guest/{version}/shadow`'s optional body.
+#[derive(ToSchema)]
+#[allow(dead_code)] // Documents the reading in `admin_guest::shadow`.
+#[serde(deny_unknown_fields)]
+pub struct ShadowStart {
+    /// Limits that end the shadow on every replica when one replica sees one crossed. Left
+    /// out: the defaults; `null`: none.
+    #[schema(nullable = true)]
+    guardrails: Option<GuardrailLimits>,
+}
+
+/// A canary's or shadow's guardrails. A field left out takes its default; `null` turns that
+/// guardrail off. Rates and the p99 are judged over each replica's last `window_calls` calls,
+/// once it holds `min_calls`; violations count from the candidate's start on a replica.
+#[derive(ToSchema)]
+#[allow(dead_code)] // Documents `guest::guardrails::Guardrails::from_json`.
+#[serde(deny_unknown_fields)]
+pub struct GuardrailLimits {
+    /// Most traps (timeouts, fuel exhaustion) per call. Default 0.01.
+    #[schema(minimum = 0, maximum = 1, nullable = true)]
+    max_trap_rate: Option<f64>,
+    /// Most host-check violations. Default 0.
+    #[schema(minimum = 0, maximum = 1_000_000, nullable = true)]
+    max_violations: Option<u64>,
+    /// Most decisions differing from the active version's per compared call. Default: off.
+    #[schema(minimum = 0, maximum = 1, nullable = true)]
+    max_difference_rate: Option<f64>,
+    /// Longest 99th-percentile guest time, in milliseconds. Default: off.
+    #[schema(minimum = 1, maximum = 600_000, nullable = true)]
+    max_p99_guest_ms: Option<u64>,
+    /// Calls a window must hold before rates are judged. Default 50.
+    #[schema(minimum = 1, maximum = 10_000, nullable = false)]
+    min_calls: Option<u32>,
+    /// The window, in calls. Default 500; at least `min_calls`.
+    #[schema(minimum = 1, maximum = 10_000, nullable = false)]
+    window_calls: Option<u32>,
 }
 
 /// A decimal amount: a string of digits with an optional fraction, or a JSON number.
@@ -552,6 +607,12 @@ pub struct CandidateSet {
     pub mode: Option<CandidateModeName>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub percent: Option<u8>,
+    /// A canary's draw: `transaction` or `sender`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub assign: Option<&'static str>,
+    /// The limits it is judged by; `null`: none.
+    #[schema(value_type = Option<Object>)]
+    pub guardrails: serde_json::Value,
 }
 
 /// `GET /admin/guest`: the registry and what this replica serves.
@@ -564,9 +625,13 @@ pub struct GuestStatus {
     /// The `transferd:transfer` package it implements ("0.2.0", "0.1.0"); each of `versions`
     /// names its own as `wit_package`.
     pub serving_wit_package: String,
-    /// The canary or shadow candidate, if any.
+    /// The canary or shadow candidate, if any, with its guardrails.
     #[schema(value_type = Option<Object>)]
     pub candidate: serde_json::Value,
+    /// The candidate this replica serves, if any: its guardrails, what this replica has seen
+    /// of it (`observed`), and whether this replica saw a guardrail crossed (`tripped`).
+    #[schema(value_type = Option<Object>)]
+    pub serving_candidate: serde_json::Value,
     /// Every stored version.
     #[schema(value_type = Vec<Object>)]
     pub versions: serde_json::Value,

@@ -167,7 +167,13 @@ async fn answered_before(app: &App, batch: &Batch) -> Option<Reply> {
 
 /// Decides every item, holds and publishes the accepted ones, and answers each.
 async fn run_batch(app: &App, batch: &Batch, lease: Option<KeyLease>) -> Reply {
-    let (guest, _no_shadow) = app.serving().pick(&batch.id);
+    // A batch is drawn as one request, by its first transfer's sender; guardrails judge
+    // single transfers only.
+    let sender_id = batch
+        .requests
+        .first()
+        .map_or(0, |request| request.sender_id);
+    let (guest, _part) = app.serving().pick(&batch.id, sender_id);
     let ids = batch.ids();
     let received_at_ms = super::transfers::now_ms();
     let items: Vec<(RequestContext, TransferRequest)> = ids

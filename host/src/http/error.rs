@@ -112,6 +112,7 @@ impl From<RegistryError> for ApiError {
             RegistryError::UnknownVersion(_) => ApiError::NotFoundMessage(error.to_string()),
             RegistryError::NothingToRollBack => ApiError::Conflict(error.to_string()),
             RegistryError::Database(_) => ApiError::Unavailable(error.to_string()),
+            RegistryError::Corrupt(_) => ApiError::Internal(error.to_string()),
         }
     }
 }

@@ -14,6 +14,7 @@ mod admin_quarantine;
 mod api;
 mod batches;
 mod body;
+mod candidate_runs;
 mod error;
 mod history;
 mod idempotency;
@@ -271,7 +272,7 @@ async fn admin_route(
         AdminRoute::GuestRollback => admin_guest::rollback(app, admin).await,
         AdminRoute::GuestActivate => admin_guest::activate(app, admin, version).await,
         AdminRoute::GuestCanary => admin_guest::canary(app, admin, headers, version, body).await,
-        AdminRoute::GuestShadow => admin_guest::shadow(app, admin, version).await,
+        AdminRoute::GuestShadow => admin_guest::shadow(app, admin, headers, version, body).await,
         AdminRoute::GuestShadowStats => admin_guest::shadow_stats(app, version),
         AdminRoute::GuestEndCandidate => admin_guest::end_candidate(app, admin).await,
         AdminRoute::Deposit => admin::deposit(app, admin, headers, body).await,

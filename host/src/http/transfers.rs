@@ -10,7 +10,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use http::{HeaderMap, HeaderValue, StatusCode};
 use hyper::body::Incoming;
-use transferd_guest::logic::{Accepted, Rejection, RequestContext};
+use transferd_guest::logic::{Rejection, RequestContext};
 use transferd_guest::rules::TransferRequest;
 use transferd_wire::TransferFields;
 
@@ -20,16 +20,15 @@ use transferd_guest::money::{currency_exponent, format_minor};
 use std::sync::Arc;
 
 use crate::auth::Caller;
-use crate::capabilities::RecordedAnswers;
 use crate::capabilities::guard::Expected;
-use crate::guest::runtime::{Guest, GuestFailure};
-use crate::guest::shadow;
+use crate::guest::runtime::GuestFailure;
 use crate::guest::verdict::{Answer, verdict};
 use crate::http::api::{
     CreateTransfer, ErrorBody, IdempotencyKey, Phase, Reason, Success, TransferAccepted,
     TransferKind, TransferStatus, TransferUnavailable, TransferView,
 };
 use crate::http::body::read_json_body;
+use crate::http::candidate_runs::{self, Decision};
 use crate::http::error::{ApiError, Invalid, Reply, json_response};
 use crate::http::idempotency::{self, HeldKey, Start};
 use crate::http::routes::UserRoute;
@@ -137,7 +136,8 @@ async fn run_guest(
     request: TransferRequest,
     lease: Option<KeyLease>,
 ) -> Reply {
-    let (guest, shadow) = app.serving().pick(&transaction_id);
+    let serving = app.serving();
+    let (guest, part) = serving.pick(&transaction_id, request.sender_id);
     let context = RequestContext {
         transaction_id: transaction_id.to_string(),
         received_at_ms: now_ms(),
@@ -148,19 +148,10 @@ async fn run_guest(
     let decided = guest
         .initiate_transfer(app.stores.clone(), &context, &request, lease)
         .await;
+    let guest_time = started.elapsed();
     let version = guest.version();
     metrics::histogram!(crate::metrics::GUEST_DURATION, "version" => version.to_owned())
-        .record(started.elapsed().as_secs_f64());
-    if let (Some(candidate), Ok(decision)) = (shadow, &decided.decision) {
-        shadow_run(
-            app,
-            candidate,
-            &context,
-            &request,
-            decision,
-            &decided.answers,
-        );
-    }
+        .record(guest_time.as_secs_f64());
     let (answer, violation) = match Expected::of(&context, &request) {
         Ok(expected) => verdict(&expected, &decided),
         Err(broken) => (
@@ -178,6 +169,14 @@ async fn run_guest(
             "the guest broke a host check"
         );
     }
+    let decision = Decision {
+        context: &context,
+        request: &request,
+        decided: &decided,
+        violation: violation.as_ref(),
+        guest_time,
+    };
+    candidate_runs::follow_up(app, part, &serving.active, &decision);
     metrics::counter!(crate::metrics::GUEST_CALLS, "version" => version.to_owned(), "outcome" => outcome_name(&answer))
         .increment(1);
     let failed_after = decided.decision.as_ref().err();
@@ -476,32 +475,4 @@ fn pending_view(message: &[u8]) -> Result<TransferView, ApiError> {
         posted_amount_minor: None,
         resolved_at: None,
     })
-}
-
-/// Runs the shadow candidate on this request in the background, with the answers the active
-/// version got, and records whether it decided the same.
-fn shadow_run(
-    app: &App,
-    candidate: Arc<Guest>,
-    context: &RequestContext,
-    request: &TransferRequest,
-    decision: &Result<Accepted, Rejection>,
-    answers: &RecordedAnswers,
-) {
-    let book = Arc::clone(&app.shadow_book);
-    let replay = shadow::replay_of(answers);
-    let active = shadow::result_of(decision);
-    let mut context = context.clone();
-    context.guest_version = candidate.version().to_string();
-    let request = request.clone();
-    tokio::spawn(async move {
-        let outcome = candidate.run_replayed(&context, &request, replay).await;
-        let result = outcome.as_ref().ok().map(|outcome| &outcome["result"]);
-        book.record(
-            candidate.version(),
-            &context.transaction_id,
-            &active,
-            result,
-        );
-    });
 }

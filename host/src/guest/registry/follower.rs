@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use sqlx::postgres::PgListener;
 
-use super::{CHANNEL, Registry, RegistryError, SAFETY_NET_INTERVAL, Serving, ServingGuest};
+use super::{
+    CHANNEL, Registry, RegistryError, SAFETY_NET_INTERVAL, ServedCandidate, Serving, ServingGuest,
+};
 use crate::guest::runtime::{Guest, GuestEngine};
 
 /// Keeps `serving` on the registry's active version until the process ends.
@@ -61,16 +63,20 @@ pub async fn reconcile(registry: &Registry, engine: &Arc<GuestEngine>, serving: 
     };
     let candidate = match wanted.1 {
         None => None,
-        Some(candidate) => load(registry, engine, &current, &candidate.version)
-            .await
-            .map(|guest| (guest, candidate.mode)),
+        // The same row: keep what this replica has seen of it (and whether it tripped).
+        Some(started) => match &current.candidate {
+            Some(held) if held.started.activation_id == started.activation_id => {
+                Some(Arc::clone(held))
+            }
+            _ => load(registry, engine, &current, &started.version)
+                .await
+                .map(|guest| Arc::new(ServedCandidate::new(guest, started))),
+        },
     };
     let unchanged = Arc::ptr_eq(&active, &current.active)
         && match (&candidate, &current.candidate) {
             (None, None) => true,
-            (Some((new, new_mode)), Some((old, old_mode))) => {
-                Arc::ptr_eq(new, old) && new_mode == old_mode
-            }
+            (Some(new), Some(old)) => Arc::ptr_eq(new, old),
             _ => false,
         };
     if unchanged {
@@ -78,8 +84,8 @@ pub async fn reconcile(registry: &Registry, engine: &Arc<GuestEngine>, serving: 
     }
     tracing::info!(
         active = active.version(),
-        candidate = candidate.as_ref().map(|(guest, _)| guest.version()),
-        mode = ?candidate.as_ref().map(|(_, mode)| *mode),
+        candidate = candidate.as_ref().map(|candidate| candidate.guest.version()),
+        mode = ?candidate.as_ref().map(|candidate| candidate.started.mode),
         "now serving"
     );
     serving.replace(Serving { active, candidate });
@@ -92,8 +98,8 @@ async fn load(
     current: &Serving,
     version: &str,
 ) -> Option<Arc<Guest>> {
-    let held =
-        std::iter::once(&current.active).chain(current.candidate.as_ref().map(|(guest, _)| guest));
+    let held = std::iter::once(&current.active)
+        .chain(current.candidate.as_ref().map(|candidate| &candidate.guest));
     if let Some(guest) = held.into_iter().find(|guest| guest.version() == version) {
         return Some(Arc::clone(guest));
     }

@@ -1,6 +1,6 @@
 //! The guest registry: versions in PostgreSQL (`storage`), the upload check (`checks`), what
-//! this replica serves (`serving`), and the follower that keeps it on the active version
-//! (`follower`).
+//! this replica serves (`serving`), the follower that keeps it on the active version
+//! (`follower`), and the end of a candidate whose guardrail a replica saw crossed (`trips`).
 //!
 //! Activation is a row plus `NOTIFY transferd_guest`; every replica listens, and also checks
 //! every few seconds in case a notification was missed (a dropped connection). A replica
@@ -11,6 +11,7 @@ mod checks;
 mod follower;
 mod serving;
 mod storage;
+mod trips;
 
 use std::time::Duration;
 
@@ -18,8 +19,11 @@ use crate::guest::runtime::LoadError;
 
 pub use checks::{Checked, MAX_GUEST_BYTES, check, invariant_vectors};
 pub use follower::{follow, reconcile};
-pub use serving::{Serving, ServingGuest};
-pub use storage::{Activation, Candidate, CandidateMode, Registry, RegistryAction, VersionInfo};
+pub use serving::{Observation, Part, ServedCandidate, Serving, ServingGuest, sender_bucket};
+pub use storage::{
+    Activation, Assign, Candidate, CandidateMode, Registry, RegistryAction, VersionInfo,
+};
+pub use trips::end_on_trip;
 
 /// The channel activations are announced on.
 pub const CHANNEL: &str = "transferd_guest";
@@ -52,6 +56,8 @@ pub enum RegistryError {
     UnknownVersion(String),
     #[error("there is no earlier active version to roll back to")]
     NothingToRollBack,
+    #[error("the registry holds what this binary cannot read: {0}")]
+    Corrupt(String),
     #[error("the registry database is unavailable: {0}")]
     Database(#[from] sqlx::Error),
 }

@@ -9,9 +9,14 @@ use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
 use super::{CHANNEL, RegistryError, STARTUP};
+use crate::guest::guardrails::Guardrails;
 
 /// Serialises start-up adoption across replicas (`pg_advisory_xact_lock` key).
 const ADOPT_LOCK: i64 = 0x7472_616e_7366_6572; // "transfer"
+
+/// Serialises registry changes, so a guardrail's end of a candidate sees whether it is still
+/// the candidate (`pg_advisory_xact_lock` key).
+const CHANGE_LOCK: i64 = 0x6775_6172_6472_6169; // "guardrai"
 
 /// What one row of `guest_activations` did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -84,27 +89,56 @@ async fn insert_version<'e>(
     Ok(())
 }
 
+/// One row of `guest_activations` to append.
+struct Change<'a> {
+    version: &'a str,
+    action: RegistryAction,
+    percent: Option<i16>,
+    assign: Option<Assign>,
+    guardrails: Option<&'a Guardrails>,
+    reason: Option<&'a serde_json::Value>,
+    activated_by: &'a str,
+}
+
+impl<'a> Change<'a> {
+    fn plain(version: &'a str, action: RegistryAction, activated_by: &'a str) -> Change<'a> {
+        Change {
+            version,
+            action,
+            percent: None,
+            assign: None,
+            guardrails: None,
+            reason: None,
+            activated_by,
+        }
+    }
+}
+
 /// Appends a registry change and announces it. The notification is delivered at commit, so
 /// no replica reads the registry before the row is there.
 async fn append_activation(
     transaction: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-    version: &str,
-    action: RegistryAction,
-    percent: Option<i16>,
-    activated_by: &str,
+    change: &Change<'_>,
 ) -> Result<(), RegistryError> {
+    let as_text = |value: &serde_json::Value| value.to_string();
+    let guardrails = change.guardrails.map(serde_json::to_value).transpose();
+    let guardrails = guardrails.map_err(|error| RegistryError::Corrupt(error.to_string()))?;
     sqlx::query(
-        "INSERT INTO guest_activations (version, action, percent, activated_by) VALUES ($1, $2, $3, $4)",
+        "INSERT INTO guest_activations (version, action, percent, assign, guardrails, reason, activated_by)
+         VALUES ($1, $2, $3, $4, $5::jsonb, $6::jsonb, $7)",
     )
-    .bind(version)
-    .bind(action.as_str())
-    .bind(percent)
-    .bind(activated_by)
+    .bind(change.version)
+    .bind(change.action.as_str())
+    .bind(change.percent)
+    .bind(change.assign.map(Assign::as_str))
+    .bind(guardrails.as_ref().map(as_text))
+    .bind(change.reason.map(as_text))
+    .bind(change.activated_by)
     .execute(&mut **transaction)
     .await?;
     sqlx::query("SELECT pg_notify($1, $2)")
         .bind(CHANNEL)
-        .bind(version)
+        .bind(change.version)
         .execute(&mut **transaction)
         .await?;
     Ok(())
@@ -131,22 +165,52 @@ pub struct VersionInfo {
     pub wit_package: Option<String>,
 }
 
+/// How a canary's share of requests is drawn.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Assign {
+    /// By transaction id: each transfer is drawn on its own.
+    #[default]
+    Transaction,
+    /// By sender account: an account sees one version for as long as the canary runs.
+    Sender,
+}
+
+impl Assign {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Assign::Transaction => "transaction",
+            Assign::Sender => "sender",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Assign> {
+        [Assign::Transaction, Assign::Sender]
+            .into_iter()
+            .find(|assign| assign.as_str() == text)
+    }
+}
+
 /// How a candidate version takes part in serving.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case", tag = "mode")]
 pub enum CandidateMode {
-    /// Serves this share of requests (by transaction id) instead of the active version.
-    Canary { percent: u8 },
+    /// Serves this share of requests, drawn as `assign` says, instead of the active version.
+    Canary { percent: u8, assign: Assign },
     /// Runs on every request beside the active version, publishing nothing; its decisions
     /// are compared with the active version's.
     Shadow,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Candidate {
+    /// The row that started it: a new canary of the same version is judged afresh.
+    pub activation_id: i64,
     pub version: String,
     #[serde(flatten)]
     pub mode: CandidateMode,
+    /// `None`: started without guardrails.
+    pub guardrails: Option<Guardrails>,
 }
 
 /// One activation.
@@ -157,8 +221,74 @@ pub struct Activation {
     #[sqlx(try_from = "String")]
     pub action: RegistryAction,
     pub percent: Option<i16>,
+    /// A canary's draw: `transaction` or `sender`.
+    pub assign: Option<String>,
+    /// A canary's or shadow's limits.
+    #[sqlx(try_from = "Option<String>")]
+    pub guardrails: JsonText,
+    /// Why a replica ended the candidate: the guardrail it crossed.
+    #[sqlx(try_from = "Option<String>")]
+    pub reason: JsonText,
     pub activated_by: String,
     pub activated_at: DateTime<Utc>,
+}
+
+/// A JSONB column read as text (`::text`), shown as the JSON it holds.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+#[serde(transparent)]
+pub struct JsonText(pub Option<serde_json::Value>);
+
+impl TryFrom<Option<String>> for JsonText {
+    type Error = serde_json::Error;
+
+    fn try_from(text: Option<String>) -> Result<Self, Self::Error> {
+        text.map(|text| serde_json::from_str(&text))
+            .transpose()
+            .map(JsonText)
+    }
+}
+
+/// The latest registry row, read to see whether it names a candidate.
+#[derive(sqlx::FromRow)]
+struct CandidateRow {
+    activation_id: i64,
+    version: String,
+    action: String,
+    percent: Option<i16>,
+    assign: Option<String>,
+    guardrails: Option<String>,
+}
+
+impl CandidateRow {
+    /// The candidate the row starts, if it starts one; an error when its guardrails cannot be
+    /// read (better no candidate than one judged by nothing).
+    fn candidate(self) -> Result<Option<Candidate>, RegistryError> {
+        let mode = match (RegistryAction::try_from(self.action), self.percent) {
+            (Ok(RegistryAction::Canary), Some(percent)) => CandidateMode::Canary {
+                percent: u8::try_from(percent).unwrap_or(0),
+                assign: self
+                    .assign
+                    .as_deref()
+                    .and_then(Assign::parse)
+                    .unwrap_or_default(),
+            },
+            (Ok(RegistryAction::Shadow), _) => CandidateMode::Shadow,
+            _ => return Ok(None),
+        };
+        let guardrails = self
+            .guardrails
+            .map(|text| serde_json::from_str::<Guardrails>(&text))
+            .transpose()
+            .map_err(|error| {
+                RegistryError::Corrupt(format!("a candidate's guardrails: {error}"))
+            })?;
+        Ok(Some(Candidate {
+            activation_id: self.activation_id,
+            version: self.version,
+            mode,
+            guardrails,
+        }))
+    }
 }
 
 #[derive(Clone)]
@@ -215,8 +345,8 @@ impl Registry {
         .fetch_optional(&mut *transaction)
         .await?;
         if active.is_none() {
-            let action = RegistryAction::Activate;
-            append_activation(&mut transaction, version, action, None, STARTUP).await?;
+            let change = Change::plain(version, RegistryAction::Activate, STARTUP);
+            append_activation(&mut transaction, &change).await?;
         }
         transaction.commit().await?;
         Ok(active.is_none())
@@ -224,30 +354,35 @@ impl Registry {
 
     /// Makes `version` the active one (which ends any candidate) and tells every replica.
     pub async fn activate(&self, version: &str, activated_by: &str) -> Result<(), RegistryError> {
-        self.record(version, RegistryAction::Activate, None, activated_by)
-            .await
+        let change = Change::plain(version, RegistryAction::Activate, activated_by);
+        self.record(&change).await
     }
 
     /// Serves `version` to a share of requests (canary) or beside the active one (shadow),
-    /// until the next activation or [`Registry::end_candidate`].
+    /// judged by `guardrails` on each replica, until the next activation or
+    /// [`Registry::end_candidate`].
     pub async fn set_candidate(
         &self,
         version: &str,
         mode: CandidateMode,
+        guardrails: Option<&Guardrails>,
         activated_by: &str,
     ) -> Result<(), RegistryError> {
-        match mode {
-            CandidateMode::Canary { percent } => {
+        let (action, percent, assign) = match mode {
+            CandidateMode::Canary { percent, assign } => {
                 assert!(percent <= 100, "a share of requests");
                 let percent = Some(i16::from(percent));
-                self.record(version, RegistryAction::Canary, percent, activated_by)
-                    .await
+                (RegistryAction::Canary, percent, Some(assign))
             }
-            CandidateMode::Shadow => {
-                self.record(version, RegistryAction::Shadow, None, activated_by)
-                    .await
-            }
-        }
+            CandidateMode::Shadow => (RegistryAction::Shadow, None, None),
+        };
+        self.record(&Change {
+            percent,
+            assign,
+            guardrails,
+            ..Change::plain(version, action, activated_by)
+        })
+        .await
     }
 
     /// Stops serving the current candidate, if there is one.
@@ -256,47 +391,71 @@ impl Registry {
             return Ok(());
         };
         let action = RegistryAction::EndCandidate;
-        self.record(&candidate.version, action, None, activated_by)
+        self.record(&Change::plain(&candidate.version, action, activated_by))
             .await
+    }
+
+    /// Ends the candidate started by row `activation_id` for `reason`, unless it has already
+    /// ended (another replica's guardrail, an operator): whether this call ended it. Replicas
+    /// crossing a guardrail at once take turns, so one row records it.
+    pub async fn end_tripped(
+        &self,
+        activation_id: i64,
+        version: &str,
+        reason: &serde_json::Value,
+        activated_by: &str,
+    ) -> Result<bool, RegistryError> {
+        let mut transaction = self.pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(CHANGE_LOCK)
+            .execute(&mut *transaction)
+            .await?;
+        let latest: Option<i64> =
+            sqlx::query_scalar("SELECT max(activation_id) FROM guest_activations")
+                .fetch_one(&mut *transaction)
+                .await?;
+        if latest != Some(activation_id) {
+            return Ok(false);
+        }
+        let change = Change {
+            reason: Some(reason),
+            ..Change::plain(version, RegistryAction::EndCandidate, activated_by)
+        };
+        append_activation(&mut transaction, &change).await?;
+        transaction.commit().await?;
+        Ok(true)
     }
 
     /// The candidate, if the latest registry change set one.
     pub async fn candidate(&self) -> Result<Option<Candidate>, RegistryError> {
-        let latest: Option<(String, String, Option<i16>)> = sqlx::query_as(
-            "SELECT version, action, percent FROM guest_activations ORDER BY activation_id DESC LIMIT 1",
+        let latest: Option<CandidateRow> = sqlx::query_as(
+            "SELECT activation_id, version, action, percent, assign, guardrails::text AS guardrails
+             FROM guest_activations ORDER BY activation_id DESC LIMIT 1",
         )
         .fetch_optional(&self.pool)
         .await?;
-        Ok(latest.and_then(|(version, action, percent)| {
-            let mode = match (RegistryAction::try_from(action).ok()?, percent) {
-                (RegistryAction::Canary, Some(percent)) => CandidateMode::Canary {
-                    percent: u8::try_from(percent).ok()?,
-                },
-                (RegistryAction::Shadow, _) => CandidateMode::Shadow,
-                _ => return None,
-            };
-            Some(Candidate { version, mode })
-        }))
+        latest
+            .map(CandidateRow::candidate)
+            .transpose()
+            .map(Option::flatten)
     }
 
     /// Appends a registry change and announces it to every replica.
-    async fn record(
-        &self,
-        version: &str,
-        action: RegistryAction,
-        percent: Option<i16>,
-        activated_by: &str,
-    ) -> Result<(), RegistryError> {
+    async fn record(&self, change: &Change<'_>) -> Result<(), RegistryError> {
         let mut transaction = self.pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(CHANGE_LOCK)
+            .execute(&mut *transaction)
+            .await?;
         let known: Option<String> =
             sqlx::query_scalar("SELECT version FROM guest_versions WHERE version = $1")
-                .bind(version)
+                .bind(change.version)
                 .fetch_optional(&mut *transaction)
                 .await?;
         if known.is_none() {
-            return Err(RegistryError::UnknownVersion(version.to_string()));
+            return Err(RegistryError::UnknownVersion(change.version.to_string()));
         }
-        append_activation(&mut transaction, version, action, percent, activated_by).await?;
+        append_activation(&mut transaction, change).await?;
         transaction.commit().await?;
         Ok(())
     }
@@ -313,8 +472,8 @@ impl Registry {
             .find(|version| *version != current)
             .ok_or(RegistryError::NothingToRollBack)?
             .to_string();
-        self.record(&previous, RegistryAction::Rollback, None, activated_by)
-            .await?;
+        let change = Change::plain(&previous, RegistryAction::Rollback, activated_by);
+        self.record(&change).await?;
         Ok(previous)
     }
 
@@ -340,7 +499,8 @@ impl Registry {
     /// The newest activations first, at most `limit`.
     pub async fn history(&self, limit: i64) -> Result<Vec<Activation>, RegistryError> {
         Ok(sqlx::query_as(
-            "SELECT activation_id, version, action, percent, activated_by, activated_at
+            "SELECT activation_id, version, action, percent, assign, guardrails::text AS guardrails,
+                    reason::text AS reason, activated_by, activated_at
              FROM guest_activations ORDER BY activation_id DESC LIMIT $1",
         )
         .bind(limit)

@@ -1,5 +1,7 @@
 //! The standard transfer logic with one rule changed: at most 100 in major units per
-//! transfer. Hot-swap tests activate it to see every replica apply the new rule.
+//! transfer. Hot-swap tests activate it to see every replica apply the new rule. It also traps
+//! on a transfer whose description is `strict:trap` (before looking anything up): guardrail
+//! tests canary it as a version that traps on some inputs.
 #![cfg(target_arch = "wasm32")]
 
 use transferd_guest::component::{Guest, handle, types};
@@ -11,6 +13,9 @@ const STRICT: Limits = Limits {
     ..STANDARD
 };
 
+/// The description it traps on.
+const TRAP: &str = "strict:trap";
+
 struct Strict;
 
 impl Guest for Strict {
@@ -18,6 +23,9 @@ impl Guest for Strict {
         ctx: types::RequestContext,
         request: types::TransferRequest,
     ) -> Result<types::Accepted, types::Rejection> {
+        if request.description.as_deref() == Some(TRAP) {
+            panic!("this guest traps on {TRAP:?}, on purpose");
+        }
         handle(&STRICT, ctx, request)
     }
 }
