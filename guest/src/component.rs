@@ -19,9 +19,9 @@ use crate::logic::{self, Imports};
 use crate::rules::{Limits, STANDARD, TransferRequest};
 pub use exports::transferd::transfer::handler::Guest;
 pub use transferd::transfer::types;
-use transferd::transfer::{balance_lookup, publish};
+use transferd::transfer::{account_info, balance_lookup, publish};
 
-crate::wit_glue!(types, balance_lookup, publish);
+crate::wit_glue!(types, balance_lookup, publish, account_info);
 
 /// This crate's guest: the standard limits.
 pub struct Standard;

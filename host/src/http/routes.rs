@@ -54,6 +54,7 @@ pub enum AdminRoute {
     StatusScript,
     QuarantineList,
     QuarantineRetry,
+    AccountLimits,
 }
 
 /// A method a route answers; [`Verb::Get`] answers HEAD too (hyper sends no body for HEAD).
@@ -105,7 +106,7 @@ impl Endpoint {
     /// Every endpoint, the order resolution tries them in. Two paths overlap only where a
     /// literal segment stands for a `{name}` one (`/transfers/batch`,
     /// `/transfers/{transaction_id}`); the literal one wins (a test checks it).
-    pub const ALL: [Endpoint; 25] = [
+    pub const ALL: [Endpoint; 26] = [
         Endpoint::Service(ServiceRoute::Health),
         Endpoint::Service(ServiceRoute::Ready),
         Endpoint::Service(ServiceRoute::Metrics),
@@ -131,6 +132,7 @@ impl Endpoint {
         Endpoint::Admin(AdminRoute::StatusScript),
         Endpoint::Admin(AdminRoute::QuarantineList),
         Endpoint::Admin(AdminRoute::QuarantineRetry),
+        Endpoint::Admin(AdminRoute::AccountLimits),
     ];
 
     /// The route table: each endpoint's method, path and metric name.
@@ -189,6 +191,9 @@ impl Endpoint {
                 "/admin/quarantine/{partition}/{offset}/retry",
                 "admin_quarantine",
             ),
+            Endpoint::Admin(A::AccountLimits) => {
+                route(Put, "/admin/accounts/{user_id}/limits", "admin_limits")
+            }
         }
     }
 }

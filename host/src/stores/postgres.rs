@@ -12,6 +12,7 @@ use uuid::Uuid;
 use crate::config::Services;
 use crate::stores::batch::BatchError;
 use crate::stores::journal_chain::{self, NewEntry};
+use crate::stores::limits::LimitsCache;
 use crate::stores::transfer_state::{Reason, TransferKind, TransferStatus};
 
 /// The system account's user id: it funds deposits and may go negative.
@@ -141,6 +142,7 @@ where
 #[derive(Clone)]
 pub struct Ledger {
     pool: PgPool,
+    limits: std::sync::Arc<LimitsCache>,
 }
 
 /// A pooled connection idle longer than this is pinged before it is used.
@@ -171,7 +173,15 @@ impl Ledger {
                 })
             })
             .connect_lazy_with(keyed_plans_only(services.database_url.parse()?));
-        Ok(Ledger { pool })
+        Ok(Ledger {
+            pool,
+            limits: Default::default(),
+        })
+    }
+
+    /// The cache of account limits (`stores::limits`).
+    pub(crate) fn limits_cache(&self) -> &LimitsCache {
+        &self.limits
     }
 
     /// The connection pool, for other tables in the same database (the guest registry).
@@ -371,8 +381,12 @@ impl Ledger {
     pub async fn balances(&self, user_id: i64) -> Result<Vec<AccountRow>, LedgerError> {
         Ok(again_if_lost(&self.pool, || {
             sqlx::query_as(
-                "SELECT currency, balance_minor, pending_debits_minor, pending_credits_minor, version
-                 FROM accounts WHERE user_id = $1 ORDER BY currency",
+                "SELECT a.currency, a.balance_minor, a.pending_debits_minor, a.pending_credits_minor,
+                        a.version, l.single_max_minor, l.daily_max_minor,
+                        coalesce(l.overdraft_minor, 0) AS overdraft_minor
+                 FROM accounts a LEFT JOIN account_limits l
+                     ON l.user_id = a.user_id AND l.currency = a.currency
+                 WHERE a.user_id = $1 ORDER BY a.currency",
             )
             .bind(user_id)
             .fetch_all(&self.pool)
@@ -391,6 +405,10 @@ pub struct AccountRow {
     /// What pending transfers to the account promise it.
     pub pending_credits_minor: i64,
     pub version: i64,
+    /// Its limits (`stores::limits`); none set: no limits.
+    pub single_max_minor: Option<i64>,
+    pub daily_max_minor: Option<i64>,
+    pub overdraft_minor: i64,
 }
 
 type Transaction = sqlx::Transaction<'static, sqlx::Postgres>;

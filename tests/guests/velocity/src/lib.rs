@@ -1,0 +1,60 @@
+//! The standard transfer logic plus one rule written with `account-info` (WIT 0.3.0): a sender
+//! makes at most [`MAX_PER_MINUTE`] transfers in any 60 seconds. The host only counts; the
+//! rule is this guest's, so a new rule is a new guest, not a host change.
+
+use transferd_guest::logic::Rejection;
+use transferd_guest::rules::ValidTransfer;
+use transferd_guest::spending::{self, Account, AccountRule};
+
+/// Transfers one sender may make in 60 seconds.
+pub const MAX_PER_MINUTE: u32 = 3;
+
+/// The standard account rules, then the velocity rule.
+pub const RULES: &[AccountRule] = &[spending::within_limits, at_most_per_minute];
+
+/// Refuses the transfer that would be the sender's `MAX_PER_MINUTE + 1`th within a minute.
+pub fn at_most_per_minute(account: &Account, transfer: &ValidTransfer) -> Result<(), Rejection> {
+    if account.today.last_minute_count >= MAX_PER_MINUTE {
+        return Err(Rejection::Forbidden(format!(
+            "account {} may make at most {MAX_PER_MINUTE} transfers a minute",
+            transfer.sender_id
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(target_arch = "wasm32")]
+mod component {
+    use transferd_guest::component::{Guest, HostImports, logic_context, types, wit_answer};
+    use transferd_guest::logic;
+    use transferd_guest::rules::{STANDARD, TransferRequest};
+
+    struct Velocity;
+
+    impl Guest for Velocity {
+        fn initiate_transfer(
+            ctx: types::RequestContext,
+            request: types::TransferRequest,
+        ) -> Result<types::Accepted, types::Rejection> {
+            let request = TransferRequest {
+                sender_id: request.sender_id,
+                receiver_id: request.receiver_id,
+                amount: request.amount,
+                currency: request.currency,
+                description: request.description,
+                phase: request.phase,
+                expires_in_s: request.expires_in_s,
+                metadata: request.metadata,
+            };
+            wit_answer(logic::initiate_transfer_ruled(
+                &STANDARD,
+                super::RULES,
+                &mut HostImports,
+                &logic_context(ctx),
+                &request,
+            ))
+        }
+    }
+
+    transferd_guest::component::export_transfer_logic!(Velocity with_types_in transferd_guest::component);
+}
