@@ -1195,7 +1195,9 @@ async fn holds_are_counted_once_and_a_released_one_is_taken_back() -> anyhow::Re
         amount_minor: 200,
         record: b"{}",
     };
-    cache.available_holding(&[2, 1], "USD", "t2", &ahead).await?;
+    cache
+        .available_holding(&[2, 1], "USD", "t2", &ahead)
+        .await?;
     let batch = [BatchHold {
         transaction_id: "t3",
         user_id: 1,

@@ -110,7 +110,7 @@ fn limit_minor(name: &str, text: &str, exponent: u32) -> Result<i64, Invalid> {
         Invalid::body_field(
             name,
             "decimal_parsing",
-            &format!("{name} must be a positive amount with at most {exponent} decimals, or null"),
+            format!("{name} must be a positive amount with at most {exponent} decimals, or null"),
         )
     })
 }

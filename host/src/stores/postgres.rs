@@ -7,12 +7,13 @@ use std::collections::HashSet;
 use chrono::{DateTime, Utc};
 use sqlx::Connection;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use transferd_guest::spending::AccountLimits;
 use uuid::Uuid;
 
 use crate::config::Services;
 use crate::stores::batch::BatchError;
 use crate::stores::journal_chain::{self, NewEntry};
-use crate::stores::limits::LimitsCache;
+use crate::stores::limits::{LIMITS_TTL, LimitsCache};
 use crate::stores::transfer_state::{Reason, TransferKind, TransferStatus};
 
 /// The system account's user id: it funds deposits and may go negative.
@@ -392,6 +393,69 @@ impl Ledger {
             .fetch_all(&self.pool)
         })
         .await?)
+    }
+}
+
+impl Ledger {
+    /// The account's limits in `currency` (none set: no limits), from the cache when read
+    /// within [`LIMITS_TTL`] (`stores::limits`).
+    pub async fn account_limits(
+        &self,
+        user_id: i64,
+        currency: &str,
+    ) -> Result<AccountLimits, LedgerError> {
+        let account = (user_id, currency.to_string());
+        if let Some(limits) = self.limits_cache().get(&account) {
+            return Ok(limits);
+        }
+        let row: Option<(Option<i64>, Option<i64>, i64)> = again_if_lost(self.pool(), || {
+            sqlx::query_as(
+                "SELECT single_max_minor, daily_max_minor, overdraft_minor FROM account_limits
+                 WHERE user_id = $1 AND currency = $2",
+            )
+            .bind(user_id)
+            .bind(currency)
+            .fetch_optional(self.pool())
+        })
+        .await?;
+        let limits = row.map_or_else(AccountLimits::default, |(single, daily, overdraft)| {
+            AccountLimits {
+                single_max_minor: single,
+                daily_max_minor: daily,
+                overdraft_minor: overdraft,
+            }
+        });
+        self.limits_cache().put(account, limits.clone());
+        Ok(limits)
+    }
+
+    /// Sets (replaces) the account's limits in `currency`; this replica's cache forgets the
+    /// old ones at once.
+    pub async fn set_account_limits(
+        &self,
+        user_id: i64,
+        currency: &str,
+        limits: &AccountLimits,
+    ) -> Result<(), LedgerError> {
+        sqlx::query(
+            "INSERT INTO account_limits
+                 (user_id, currency, single_max_minor, daily_max_minor, overdraft_minor)
+             VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (user_id, currency) DO UPDATE SET
+                 single_max_minor = EXCLUDED.single_max_minor,
+                 daily_max_minor = EXCLUDED.daily_max_minor,
+                 overdraft_minor = EXCLUDED.overdraft_minor,
+                 updated_at = now()",
+        )
+        .bind(user_id)
+        .bind(currency)
+        .bind(limits.single_max_minor)
+        .bind(limits.daily_max_minor)
+        .bind(limits.overdraft_minor)
+        .execute(self.pool())
+        .await?;
+        self.limits_cache().forget(&(user_id, currency.to_string()));
+        Ok(())
     }
 }
 

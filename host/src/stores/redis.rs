@@ -106,11 +106,12 @@ end
 /// balance is not cached (a Lua `false` in a table would cut the reply short).
 ///
 /// Holding as well (six ARGV): four more KEYS, the transaction's pending key, the hold's
-/// account's hold times, its last-minute set and `holds_trusted`; ARGV[2] the position (from
-/// 1) of the account to hold on, ARGV[3] the amount, ARGV[4] the pending record, ARGV[5] its
-/// time to live in seconds, ARGV[6] the account's counters' prefix (`count_out`). When the holds are trusted, every account read is cached, the transaction holds
-/// nothing on the hold's account yet and that account has the amount available, the hold, its
-/// time and the pending record are written as RESERVE writes them; one more number ends the
+/// account's hold times, its last-minute set and `holds_trusted`; ARGV[2] the position, from
+/// 1, of the account to hold on, ARGV[3] the amount, ARGV[4] the pending record, ARGV[5] its
+/// time to live in seconds, ARGV[6] the account's counters' prefix (`count_out`). When the
+/// holds are trusted, every account read is cached, the transaction holds nothing on the
+/// hold's account yet and that account has the amount available, the hold, its time and the
+/// pending record are written as RESERVE writes them (and counted); one more number ends the
 /// reply: 1 when the hold was taken now, else 0 (a transaction that held already, a retry,
 /// keeps its hold and record as they are).
 const AVAILABLE: &str = concat!(
