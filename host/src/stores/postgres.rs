@@ -13,7 +13,7 @@ use uuid::Uuid;
 use crate::config::Services;
 use crate::stores::batch::BatchError;
 use crate::stores::journal_chain::{self, NewEntry};
-use crate::stores::limits::{LIMITS_TTL, LimitsCache};
+use crate::stores::limits::LimitsCache;
 use crate::stores::transfer_state::{Reason, TransferKind, TransferStatus};
 
 /// The system account's user id: it funds deposits and may go negative.
@@ -398,7 +398,7 @@ impl Ledger {
 
 impl Ledger {
     /// The account's limits in `currency` (none set: no limits), from the cache when read
-    /// within [`LIMITS_TTL`] (`stores::limits`).
+    /// within [`LIMITS_TTL`](crate::stores::limits::LIMITS_TTL).
     pub async fn account_limits(
         &self,
         user_id: i64,
