@@ -25,9 +25,8 @@ pub fn at_most_per_minute(account: &Account, transfer: &ValidTransfer) -> Result
 
 #[cfg(target_arch = "wasm32")]
 mod component {
-    use transferd_guest::component::{Guest, HostImports, logic_context, types, wit_answer};
-    use transferd_guest::logic;
-    use transferd_guest::rules::{STANDARD, TransferRequest};
+    use transferd_guest::component::{Guest, HostImports, handle_ruled, types};
+    use transferd_guest::rules::STANDARD;
 
     struct Velocity;
 
@@ -36,23 +35,7 @@ mod component {
             ctx: types::RequestContext,
             request: types::TransferRequest,
         ) -> Result<types::Accepted, types::Rejection> {
-            let request = TransferRequest {
-                sender_id: request.sender_id,
-                receiver_id: request.receiver_id,
-                amount: request.amount,
-                currency: request.currency,
-                description: request.description,
-                phase: request.phase,
-                expires_in_s: request.expires_in_s,
-                metadata: request.metadata,
-            };
-            wit_answer(logic::initiate_transfer_ruled(
-                &STANDARD,
-                super::RULES,
-                &mut HostImports,
-                &logic_context(ctx),
-                &request,
-            ))
+            handle_ruled(&STANDARD, super::RULES, &mut HostImports, ctx, request)
         }
     }
 
