@@ -86,11 +86,17 @@ step "building the clock test guest" \
   env --chdir=tests/guests/clock CARGO_TARGET_DIR="$CARGO_TARGET_DIR/clock-guest" cargo build --release --target wasm32-wasip2 --quiet
 step "building the 0.1.0 test guest" \
   env --chdir=tests/guests/v0_1 CARGO_TARGET_DIR="$CARGO_TARGET_DIR/v0-1-guest" cargo build --release --target wasm32-wasip2 --quiet
+step "building the 0.2.0 test guest" \
+  env --chdir=tests/guests/v0_2 CARGO_TARGET_DIR="$CARGO_TARGET_DIR/v0-2-guest" cargo build --release --target wasm32-wasip2 --quiet
+step "building the velocity test guest" \
+  env --chdir=tests/guests/velocity CARGO_TARGET_DIR="$CARGO_TARGET_DIR/velocity-guest" cargo build --release --target wasm32-wasip2 --quiet
 export TRANSFERD_TEST_PANICKING_GUEST="$CARGO_TARGET_DIR/wasm32-wasip2/release/transferd_test_guest_panicking.wasm"
 export TRANSFERD_TEST_STRICT_GUEST="$CARGO_TARGET_DIR/strict-guest/wasm32-wasip2/release/transferd_test_guest_strict.wasm"
 export TRANSFERD_TEST_HOSTILE_GUEST="$CARGO_TARGET_DIR/hostile-guest/wasm32-wasip2/release/transferd_test_guest_hostile.wasm"
 export TRANSFERD_TEST_CLOCK_GUEST="$CARGO_TARGET_DIR/clock-guest/wasm32-wasip2/release/transferd_test_guest_clock.wasm"
 export TRANSFERD_TEST_V0_1_GUEST="$CARGO_TARGET_DIR/v0-1-guest/wasm32-wasip2/release/transferd_test_guest_v0_1.wasm"
+export TRANSFERD_TEST_V0_2_GUEST="$CARGO_TARGET_DIR/v0-2-guest/wasm32-wasip2/release/transferd_test_guest_v0_2.wasm"
+export TRANSFERD_TEST_VELOCITY_GUEST="$CARGO_TARGET_DIR/velocity-guest/wasm32-wasip2/release/transferd_test_guest_velocity.wasm"
 
 # From here on the workspace's crates are compiled by clippy's driver with warnings denied
 # (scripts/clippy-rustc.sh): each build below lints what it compiles, so the host with and
@@ -137,8 +143,10 @@ rm -rf "$scratch"
 
 log "checking the conformance vectors against the native guest logic and under jco"
 cargo run --release --quiet -p transferd-guest --example vectors -- tests/vectors
+cargo run --release --quiet -p transferd-test-guest-velocity --example vectors -- tests/guests/velocity/vectors
 "$TRANSFERD_ROOT/tests/jco/install.sh" >/dev/null
 node tests/jco/run.mjs
+TRANSFERD_GUEST="$TRANSFERD_TEST_VELOCITY_GUEST" node tests/jco/run.mjs tests/guests/velocity/vectors
 
 log "installing the browser tests' chromium and npm packages (the status page test)"
 "$TRANSFERD_ROOT/tests/browser/install.sh"

@@ -59,7 +59,7 @@ req = (f"{{sender-id: {r['sender_id']}, receiver-id: {r['receiver_id']}, amount:
        f"currency: {string(r['currency'])}, description: {option(r.get('description'), string)}, "
        f"phase: {option(r.get('phase'), string)}, expires-in-s: {option(r.get('expires_in_s'), str)}, "
        f"metadata: [{metadata}]}}")
-print(f"transferd:transfer/handler.initiate-transfer@0.2.0({ctx}, {req})")
+print(f"transferd:transfer/handler.initiate-transfer@0.3.0({ctx}, {req})")
 PY
 )"
 

@@ -17,11 +17,12 @@ wit_bindgen::generate!({
 
 use crate::logic::{self, Imports};
 use crate::rules::{Limits, STANDARD, TransferRequest};
+use crate::spending::{AccountRule, STANDARD_RULES};
 pub use exports::transferd::transfer::handler::Guest;
 pub use transferd::transfer::types;
-use transferd::transfer::{balance_lookup, publish};
+use transferd::transfer::{account_info, balance_lookup, publish};
 
-crate::wit_glue!(types, balance_lookup, publish);
+crate::wit_glue!(types, balance_lookup, publish, account_info);
 
 /// This crate's guest: the standard limits.
 pub struct Standard;
@@ -51,6 +52,18 @@ pub fn handle_with(
     ctx: types::RequestContext,
     request: types::TransferRequest,
 ) -> Result<types::Accepted, types::Rejection> {
+    handle_ruled(limits, STANDARD_RULES, imports, ctx, request)
+}
+
+/// [`handle_with`] checking `account_rules` on the sender's account instead of the standard
+/// ones (a guest that adds a rule, tests/guests/velocity).
+pub fn handle_ruled(
+    limits: &Limits,
+    account_rules: &[AccountRule],
+    imports: &mut impl Imports,
+    ctx: types::RequestContext,
+    request: types::TransferRequest,
+) -> Result<types::Accepted, types::Rejection> {
     let request = TransferRequest {
         sender_id: request.sender_id,
         receiver_id: request.receiver_id,
@@ -61,8 +74,9 @@ pub fn handle_with(
         expires_in_s: request.expires_in_s,
         metadata: request.metadata,
     };
-    wit_answer(logic::initiate_transfer_with(
+    wit_answer(logic::initiate_transfer_ruled(
         limits,
+        account_rules,
         imports,
         &logic_context(ctx),
         &request,

@@ -5,10 +5,40 @@
 
 /// Defines, in the calling module, `HostImports` (the package's imports as
 /// [`crate::logic::Imports`]), `logic_context` and `wit_answer`. `$types`, `$balance_lookup`
-/// and `$publish` name the package's generated modules, in scope where it is called.
+/// and `$publish` name the package's generated modules, in scope where it is called, and
+/// `$account_info` the 0.3.0 import, for a package that has it.
 #[macro_export]
 macro_rules! wit_glue {
+    ($types:ident, $balance_lookup:ident, $publish:ident, $account_info:ident) => {
+        $crate::wit_glue!(@common $types, $balance_lookup, $publish, {
+            fn account(
+                &mut self,
+                account_id: i64,
+                currency: &str,
+            ) -> Option<Result<$crate::spending::Account, String>> {
+                Some($account_info::lookup(account_id, currency).map(|account| {
+                    $crate::spending::Account {
+                        available: account.available,
+                        limits: $crate::spending::AccountLimits {
+                            single_max_minor: account.limits.single_max_minor,
+                            daily_max_minor: account.limits.daily_max_minor,
+                            overdraft_minor: account.limits.overdraft_minor,
+                        },
+                        metadata: account.metadata,
+                        today: $crate::spending::RecentOutgoing {
+                            outgoing_minor: account.today.outgoing_minor,
+                            outgoing_count: account.today.outgoing_count,
+                            last_minute_count: account.today.last_minute_count,
+                        },
+                    }
+                }))
+            }
+        });
+    };
     ($types:ident, $balance_lookup:ident, $publish:ident) => {
+        $crate::wit_glue!(@common $types, $balance_lookup, $publish, {});
+    };
+    (@common $types:ident, $balance_lookup:ident, $publish:ident, { $($account:tt)* }) => {
         /// The imports as the host provides them through the canonical ABI. Public so a test
         /// guest can wrap them (tests/guests/hostile changes what it publishes).
         pub struct HostImports;
@@ -46,6 +76,8 @@ macro_rules! wit_glue {
                     }
                 })
             }
+
+            $($account)*
         }
 
         /// The WIT context as the logic's.

@@ -13,6 +13,7 @@ pub mod logic;
 pub mod message;
 pub mod money;
 pub mod rules;
+pub mod spending;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod vectors;
 

@@ -5,6 +5,7 @@
 
 use crate::message;
 use crate::rules::{self, FieldError, TransferRequest};
+use crate::spending::{self, Account, AccountRule};
 
 /// Everything non-deterministic, from the host (the WIT `request-context`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,10 +57,16 @@ pub enum PublishError {
     Unavailable(String),
 }
 
-/// The guest's imports: `balance-lookup.available` and `publish.send`.
+/// The guest's imports: `balance-lookup.available`, `publish.send` and (0.3.0)
+/// `account-info.lookup`.
 pub trait Imports {
     fn available(&mut self, account_id: i64, currency: &str) -> Result<Option<i64>, String>;
     fn send(&mut self, message: Outgoing) -> Result<(), PublishError>;
+    /// `account-info.lookup`; `None` when the guest's package has no such import (before
+    /// 0.3.0): its account rules are then not checked.
+    fn account(&mut self, _account_id: i64, _currency: &str) -> Option<Result<Account, String>> {
+        None
+    }
 }
 
 /// Decides one transfer under the standard limits.
@@ -71,9 +78,22 @@ pub fn initiate_transfer(
     initiate_transfer_with(&rules::STANDARD, imports, context, request)
 }
 
-/// Decides one transfer. Returns `Accepted` only after `send` succeeded.
+/// Decides one transfer with the standard account rules (spending limits).
 pub fn initiate_transfer_with(
     limits: &rules::Limits,
+    imports: &mut impl Imports,
+    context: &RequestContext,
+    request: &TransferRequest,
+) -> Result<Accepted, Rejection> {
+    initiate_transfer_ruled(limits, spending::STANDARD_RULES, imports, context, request)
+}
+
+/// Decides one transfer: the request's rules under `limits`, the balances, then (when the
+/// imports answer `account-info`) each of `account_rules` on the sender's account. Returns
+/// `Accepted` only after `send` succeeded.
+pub fn initiate_transfer_ruled(
+    limits: &rules::Limits,
+    account_rules: &[AccountRule],
     imports: &mut impl Imports,
     context: &RequestContext,
     request: &TransferRequest,
@@ -101,6 +121,12 @@ pub fn initiate_transfer_with(
         .unwrap_or(0);
     if sender_available < transfer.amount_minor {
         return Err(Rejection::InsufficientFunds);
+    }
+    if let Some(account) = imports.account(transfer.sender_id, &transfer.currency) {
+        let account = account.map_err(Rejection::Unavailable)?;
+        for rule in account_rules {
+            rule(&account, &transfer)?;
+        }
     }
 
     let payload = message::transfer_message(
@@ -143,6 +169,8 @@ mod tests {
         publish_error: Option<PublishError>,
         asked: Vec<(i64, String)>,
         sent: Vec<Outgoing>,
+        /// What `account-info` answers; `None`: a package without it.
+        sender_account: Option<Account>,
     }
 
     impl Imports for Recorded {
@@ -162,6 +190,13 @@ mod tests {
                 Some(error) => Err(error.clone()),
                 None => Ok(()),
             }
+        }
+        fn account(
+            &mut self,
+            _account_id: i64,
+            _currency: &str,
+        ) -> Option<Result<Account, String>> {
+            self.sender_account.clone().map(Ok)
         }
     }
 
@@ -302,6 +337,38 @@ mod tests {
         assert_eq!(
             initiate_transfer(&mut hold_refused, &context(), &request("1")),
             Err(Rejection::InsufficientFunds)
+        );
+    }
+
+    #[test]
+    fn a_sender_over_its_limits_is_refused_and_nothing_is_sent() {
+        let mut imports = funded(1_000_000);
+        imports.sender_account = Some(Account {
+            available: Some(1_000_000),
+            limits: spending::AccountLimits {
+                single_max_minor: Some(10_000),
+                daily_max_minor: Some(15_000),
+                overdraft_minor: 0,
+            },
+            ..Account::default()
+        });
+        assert!(initiate_transfer(&mut imports, &context(), &request("100")).is_ok());
+        assert!(matches!(
+            initiate_transfer(&mut imports, &context(), &request("100.01")),
+            Err(Rejection::Forbidden(reason)) if reason.contains("in one transfer")
+        ));
+        if let Some(account) = &mut imports.sender_account {
+            account.today.outgoing_minor = 10_000;
+        }
+        assert!(initiate_transfer(&mut imports, &context(), &request("50")).is_ok());
+        assert!(matches!(
+            initiate_transfer(&mut imports, &context(), &request("50.01")),
+            Err(Rejection::Forbidden(reason)) if reason.contains("a day")
+        ));
+        assert_eq!(
+            imports.sent.len(),
+            2,
+            "only the transfers within the limits were sent"
         );
     }
 

@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 
 use crate::logic::{Accepted, Imports, Outgoing, PublishError, Rejection, RequestContext};
 use crate::rules::TransferRequest;
+use crate::spending::{Account, AccountLimits, RecentOutgoing};
 
 /// One case.
 #[derive(Debug, Clone)]
@@ -166,6 +167,9 @@ impl<'de> Deserialize<'de> for Pairs {
 pub struct Replay {
     balances: HashMap<(i64, String), Option<i64>>,
     lookup_error: Option<String>,
+    /// `account-info` answers beyond the balance: limits, metadata and counters.
+    accounts: HashMap<(i64, String), Account>,
+    account_error: Option<String>,
     publish: Result<(), PublishError>,
     pub calls: Vec<Value>,
 }
@@ -201,10 +205,74 @@ impl Replay {
         Replay {
             balances,
             lookup_error: imports["lookup_error"].as_str().map(str::to_string),
+            accounts: recorded_accounts(imports),
+            account_error: imports["account_error"].as_str().map(str::to_string),
             publish,
             calls: Vec::new(),
         }
     }
+}
+
+/// An `account-info` answer as an entry of `imports.accounts` (its `available` is the
+/// `balances` entry's).
+pub fn account_json(account_id: i64, currency: &str, account: &Account) -> Value {
+    let limits = &account.limits;
+    let today = &account.today;
+    json!({
+        "account_id": account_id,
+        "currency": currency,
+        "limits": {
+            "single_max_minor": limits.single_max_minor,
+            "daily_max_minor": limits.daily_max_minor,
+            "overdraft_minor": limits.overdraft_minor,
+        },
+        "metadata": account.metadata.iter().map(|(key, value)| json!([key, value])).collect::<Vec<_>>(),
+        "today": {
+            "outgoing_minor": today.outgoing_minor,
+            "outgoing_count": today.outgoing_count,
+            "last_minute_count": today.last_minute_count,
+        },
+    })
+}
+
+/// `imports.accounts`: per (account, currency) its limits, metadata and counters; what is
+/// left out is empty (no limits, nothing sent).
+fn recorded_accounts(imports: &Value) -> HashMap<(i64, String), Account> {
+    let number = |value: &Value, name: &str| value[name].as_i64();
+    let count = |value: &Value, name: &str| {
+        value[name]
+            .as_u64()
+            .and_then(|count| u32::try_from(count).ok())
+            .unwrap_or(0)
+    };
+    let entries = imports["accounts"].as_array().into_iter().flatten();
+    entries
+        .filter_map(|entry| {
+            let account = entry["account_id"].as_i64()?;
+            let currency = entry["currency"].as_str()?.to_string();
+            let (limits, today) = (&entry["limits"], &entry["today"]);
+            let metadata = entry["metadata"].as_array().into_iter().flatten();
+            let recorded = Account {
+                available: None,
+                limits: AccountLimits {
+                    single_max_minor: number(limits, "single_max_minor"),
+                    daily_max_minor: number(limits, "daily_max_minor"),
+                    overdraft_minor: number(limits, "overdraft_minor").unwrap_or(0),
+                },
+                metadata: metadata
+                    .filter_map(|pair| {
+                        Some((pair[0].as_str()?.to_string(), pair[1].as_str()?.to_string()))
+                    })
+                    .collect(),
+                today: RecentOutgoing {
+                    outgoing_minor: number(today, "outgoing_minor").unwrap_or(0),
+                    outgoing_count: count(today, "outgoing_count"),
+                    last_minute_count: count(today, "last_minute_count"),
+                },
+            };
+            Some(((account, currency), recorded))
+        })
+        .collect()
 }
 
 impl Imports for Replay {
@@ -221,6 +289,18 @@ impl Imports for Replay {
             .flatten())
     }
 
+    fn account(&mut self, account_id: i64, currency: &str) -> Option<Result<Account, String>> {
+        self.calls
+            .push(json!({"account": {"account_id": account_id, "currency": currency}}));
+        if let Some(error) = &self.account_error {
+            return Some(Err(error.clone()));
+        }
+        let key = (account_id, currency.to_string());
+        let mut account = self.accounts.get(&key).cloned().unwrap_or_default();
+        account.available = self.balances.get(&key).copied().flatten();
+        Some(Ok(account))
+    }
+
     fn send(&mut self, message: Outgoing) -> Result<(), PublishError> {
         let hold = message.hold.as_ref().map(|hold| {
             json!({"account_id": hold.account_id, "currency": hold.currency, "amount_minor": hold.amount_minor})
@@ -232,6 +312,58 @@ impl Imports for Replay {
             "hold": hold,
         }}));
         self.publish.clone()
+    }
+}
+
+/// The command line of a native vectors checker (guest/examples/vectors.rs): `DIR`, `--write`,
+/// `--print`, with `decide` as the guest's logic over the replayed imports.
+pub fn run_cli(
+    decide: impl Fn(&mut Replay, &Vector) -> Result<Accepted, Rejection>,
+) -> std::process::ExitCode {
+    use std::path::PathBuf;
+    use std::process::ExitCode;
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let write = args.iter().any(|arg| arg == "--write");
+    let print = args.iter().any(|arg| arg == "--print");
+    let directory = args
+        .iter()
+        .find(|arg| !arg.starts_with("--"))
+        .map(PathBuf::from)
+        .unwrap_or_else(|| "tests/vectors".into());
+    let vectors = match Vector::load_dir(&directory) {
+        Ok(vectors) => vectors,
+        Err(error) => {
+            eprintln!("{error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut failures = 0;
+    for vector in &vectors {
+        let mut replay = vector.replay();
+        let result = decide(&mut replay, vector);
+        let actual = outcome(&result, &replay.calls);
+        if print {
+            println!("{} {}", vector.name, canonical(&actual));
+        }
+        if write {
+            let mut document = vector.document.clone();
+            document["expected"] = actual;
+            let text = serde_json::to_string_pretty(&document).expect("a vector serialises") + "\n";
+            let path = directory.join(format!("{}.json", vector.name));
+            if let Err(error) = std::fs::write(&path, text) {
+                eprintln!("{}: {error}", path.display());
+                failures += 1;
+            }
+        } else if vector.expected.as_ref().map(canonical) != Some(canonical(&actual)) {
+            eprintln!("FAIL {}: got {}", vector.name, canonical(&actual));
+            failures += 1;
+        }
+    }
+    eprintln!("{} vectors, {} failed", vectors.len(), failures);
+    if failures == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 

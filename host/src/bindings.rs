@@ -8,10 +8,11 @@
 //! that is the guest's fault (publishing to a topic it may not use) traps the guest instead of
 //! being reported to it as an ordinary answer.
 //!
-//! The host serves two packages: `transferd:transfer@0.2.0` (this module's top level, what the
-//! imports implement) and the released 0.1.0 ([`legacy`]), whose imports delegate to the
-//! 0.2.0 ones: their types are the same but for the request. One linker carries both sets of
-//! imports; [`LogicPre::new`] picks the package a component exports.
+//! The host serves three packages: `transferd:transfer@0.3.0` (this module's top level, what
+//! the imports implement) and the released 0.2.0 ([`v0_2`]) and 0.1.0 ([`legacy`]), whose
+//! imports delegate to the 0.3.0 ones: their types are the same but for the request (0.1.0)
+//! and 0.3.0's `account-info`, which they lack. One linker carries every set of imports;
+//! [`LogicPre::new`] picks the package a component exports.
 //!
 //! Every conversion between the WIT types and the guest crate's plain types (which the guard,
 //! the vectors and the HTTP answers read) is here, once.
@@ -22,6 +23,18 @@ wasmtime::component::bindgen!({
     imports: { default: async | trappable },
     exports: { default: async },
 });
+
+/// The released `transferd:transfer@0.2.0` package, for guests built against it.
+pub mod v0_2 {
+    wasmtime::component::bindgen!({
+        world: "transfer-logic",
+        path: "../wit/0.2.0",
+        imports: { default: async | trappable },
+        exports: { default: async },
+        // The delegating impls below cover `&mut T` as well.
+        skip_mut_forwarding_impls: true,
+    });
+}
 
 /// The released `transferd:transfer@0.1.0` package, for guests built against it.
 pub mod legacy {
@@ -36,17 +49,20 @@ pub mod legacy {
 }
 
 use legacy::transferd::transfer as legacy_wit;
-use transferd::transfer::{balance_lookup, publish, types};
+use transferd::transfer::{account_info, balance_lookup, publish, types};
 use transferd_guest::logic::{Accepted, Rejection, RequestContext};
 use transferd_guest::rules::{FieldError, TransferRequest};
+use v0_2::transferd::transfer as v0_2_wit;
 use wasmtime::AsContextMut;
 use wasmtime::component::InstancePre;
 
 /// The WIT package a guest implements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Package {
-    /// `transferd:transfer@0.2.0`: every request field.
+    /// `transferd:transfer@0.3.0`: every request field and `account-info`.
     Current,
+    /// `transferd:transfer@0.2.0`: every request field.
+    V0_2,
     /// `transferd:transfer@0.1.0`: the original five fields.
     Legacy,
 }
@@ -55,7 +71,8 @@ impl Package {
     /// The package's version, as `GET /admin/guest` shows it.
     pub fn version(self) -> &'static str {
         match self {
-            Package::Current => "0.2.0",
+            Package::Current => "0.3.0",
+            Package::V0_2 => "0.2.0",
             Package::Legacy => "0.1.0",
         }
     }
@@ -63,7 +80,7 @@ impl Package {
     /// The refusal of a request this package cannot carry, made by the host before the guest
     /// runs: one field error per field the package does not have.
     pub fn refusal(self, request: &TransferRequest) -> Option<Rejection> {
-        if self == Package::Current || !request.has_extensions() {
+        if self != Package::Legacy || !request.has_extensions() {
             return None;
         }
         let given = [
@@ -87,7 +104,7 @@ impl Package {
     }
 }
 
-/// The version of the `transferd:transfer` handler a component exports ("0.2.0"; the newest
+/// The version of the `transferd:transfer` handler a component exports ("0.3.0"; the newest
 /// when it exports several), read from its bytes without compiling them; `None` when it
 /// exports none or the bytes are no component.
 pub fn wit_package(bytes: &[u8]) -> Option<String> {
@@ -117,34 +134,39 @@ pub fn wit_package(bytes: &[u8]) -> Option<String> {
 /// A compiled guest ready to instantiate, of whichever package it exports.
 pub enum LogicPre<T: 'static> {
     Current(TransferLogicPre<T>),
+    V0_2(v0_2::TransferLogicPre<T>),
     Legacy(legacy::TransferLogicPre<T>),
 }
 
 /// An instance of a guest.
 pub enum Logic {
     Current(TransferLogic),
+    V0_2(v0_2::TransferLogic),
     Legacy(legacy::TransferLogic),
 }
 
 impl<T: Send + 'static> LogicPre<T> {
-    /// The guest for the package its component exports: 0.2.0 when it exports that handler,
-    /// else 0.1.0; the error says what is missing when it exports neither.
+    /// The guest for the newest package its component exports the handler of (0.3.0, 0.2.0,
+    /// 0.1.0); the error says what is missing when it exports none.
     pub fn new(instance_pre: InstancePre<T>) -> wasmtime::Result<LogicPre<T>> {
-        match TransferLogicPre::new(instance_pre.clone()) {
-            Ok(pre) => Ok(LogicPre::Current(pre)),
-            Err(current) => {
-                match legacy::TransferLogicPre::new(instance_pre) {
-                    Ok(pre) => Ok(LogicPre::Legacy(pre)),
-                    Err(_) => Err(current
-                        .context("exports neither transferd:transfer/handler@0.2.0 nor @0.1.0")),
-                }
-            }
+        let current = match TransferLogicPre::new(instance_pre.clone()) {
+            Ok(pre) => return Ok(LogicPre::Current(pre)),
+            Err(current) => current,
+        };
+        if let Ok(pre) = v0_2::TransferLogicPre::new(instance_pre.clone()) {
+            return Ok(LogicPre::V0_2(pre));
+        }
+        match legacy::TransferLogicPre::new(instance_pre) {
+            Ok(pre) => Ok(LogicPre::Legacy(pre)),
+            Err(_) => Err(current
+                .context("exports none of transferd:transfer/handler@0.3.0, @0.2.0 and @0.1.0")),
         }
     }
 
     pub fn package(&self) -> Package {
         match self {
             LogicPre::Current(_) => Package::Current,
+            LogicPre::V0_2(_) => Package::V0_2,
             LogicPre::Legacy(_) => Package::Legacy,
         }
     }
@@ -155,6 +177,7 @@ impl<T: Send + 'static> LogicPre<T> {
     ) -> wasmtime::Result<Logic> {
         Ok(match self {
             LogicPre::Current(pre) => Logic::Current(pre.instantiate_async(store).await?),
+            LogicPre::V0_2(pre) => Logic::V0_2(pre.instantiate_async(store).await?),
             LogicPre::Legacy(pre) => Logic::Legacy(pre.instantiate_async(store).await?),
         })
     }
@@ -183,6 +206,16 @@ impl Logic {
                     .await?;
                 Ok(decision.map(Accepted::from).map_err(Rejection::from))
             }
+            Logic::V0_2(logic) => {
+                let (context, request) = v0_2_arguments(wit_context, request);
+                let decision = logic
+                    .transferd_transfer_handler()
+                    .call_initiate_transfer(store, &context, &request)
+                    .await?;
+                Ok(decision
+                    .map(|accepted| Accepted::from(types::Accepted::from(accepted)))
+                    .map_err(|rejection| Rejection::from(types::Rejection::from(rejection))))
+            }
             Logic::Legacy(logic) => {
                 let (context, request) = legacy_arguments(wit_context, request);
                 let decision = logic
@@ -208,6 +241,34 @@ fn wit_request(request: &TransferRequest) -> types::TransferRequest {
         expires_in_s: request.expires_in_s,
         metadata: request.metadata.clone(),
     }
+}
+
+/// The 0.2.0 forms of a context and a request: every field.
+fn v0_2_arguments(
+    context: types::RequestContext,
+    request: &TransferRequest,
+) -> (
+    v0_2_wit::types::RequestContext,
+    v0_2_wit::types::TransferRequest,
+) {
+    (
+        v0_2_wit::types::RequestContext {
+            transaction_id: context.transaction_id,
+            received_at_ms: context.received_at_ms,
+            principal: context.principal,
+            guest_version: context.guest_version,
+        },
+        v0_2_wit::types::TransferRequest {
+            sender_id: request.sender_id,
+            receiver_id: request.receiver_id,
+            amount: request.amount.clone(),
+            currency: request.currency.clone(),
+            description: request.description.clone(),
+            phase: request.phase.clone(),
+            expires_in_s: request.expires_in_s,
+            metadata: request.metadata.clone(),
+        },
+    )
 }
 
 /// The 0.1.0 forms of a context and a request: the request's original five fields.
@@ -281,85 +342,111 @@ impl From<publish::Outgoing> for transferd_guest::logic::Outgoing {
     }
 }
 
-// The 0.1.0 types that are the same in 0.2.0, converted field by field.
-
-impl From<legacy_wit::types::Accepted> for types::Accepted {
-    fn from(accepted: legacy_wit::types::Accepted) -> Self {
-        types::Accepted {
-            transaction_id: accepted.transaction_id,
-            amount_minor: accepted.amount_minor,
+/// The conversions and delegating imports of an older package (`$wit`, its generated
+/// `transferd::transfer`) whose types and imports are the current ones less `account-info`:
+/// its types converted field by field, and whatever store data implements the current
+/// imports implements its.
+macro_rules! older_package {
+    ($wit:ident) => {
+        impl From<$wit::types::Accepted> for types::Accepted {
+            fn from(accepted: $wit::types::Accepted) -> Self {
+                types::Accepted {
+                    transaction_id: accepted.transaction_id,
+                    amount_minor: accepted.amount_minor,
+                }
+            }
         }
-    }
-}
 
-impl From<legacy_wit::types::Rejection> for types::Rejection {
-    fn from(rejection: legacy_wit::types::Rejection) -> Self {
-        use legacy_wit::types::Rejection as Legacy;
-        match rejection {
-            Legacy::Invalid(errors) => types::Rejection::Invalid(
-                errors
-                    .into_iter()
-                    .map(|error| types::FieldError {
-                        field: error.field,
-                        message: error.message,
-                        code: error.code,
-                    })
-                    .collect(),
-            ),
-            Legacy::InsufficientFunds => types::Rejection::InsufficientFunds,
-            Legacy::ReceiverNotFound => types::Rejection::ReceiverNotFound,
-            Legacy::Forbidden(reason) => types::Rejection::Forbidden(reason),
-            Legacy::Unavailable(reason) => types::Rejection::Unavailable(reason),
+        impl From<$wit::types::Rejection> for types::Rejection {
+            fn from(rejection: $wit::types::Rejection) -> Self {
+                use $wit::types::Rejection as Older;
+                match rejection {
+                    Older::Invalid(errors) => types::Rejection::Invalid(
+                        errors
+                            .into_iter()
+                            .map(|error| types::FieldError {
+                                field: error.field,
+                                message: error.message,
+                                code: error.code,
+                            })
+                            .collect(),
+                    ),
+                    Older::InsufficientFunds => types::Rejection::InsufficientFunds,
+                    Older::ReceiverNotFound => types::Rejection::ReceiverNotFound,
+                    Older::Forbidden(reason) => types::Rejection::Forbidden(reason),
+                    Older::Unavailable(reason) => types::Rejection::Unavailable(reason),
+                }
+            }
         }
-    }
-}
 
-impl From<legacy_wit::publish::Outgoing> for publish::Outgoing {
-    fn from(message: legacy_wit::publish::Outgoing) -> Self {
-        publish::Outgoing {
-            topic: message.topic,
-            key: message.key,
-            payload: message.payload,
-            hold: message.hold.map(|hold| publish::Hold {
-                account_id: hold.account_id,
-                currency: hold.currency,
-                amount_minor: hold.amount_minor,
-            }),
+        impl From<$wit::publish::Outgoing> for publish::Outgoing {
+            fn from(message: $wit::publish::Outgoing) -> Self {
+                publish::Outgoing {
+                    topic: message.topic,
+                    key: message.key,
+                    payload: message.payload,
+                    hold: message.hold.map(|hold| publish::Hold {
+                        account_id: hold.account_id,
+                        currency: hold.currency,
+                        amount_minor: hold.amount_minor,
+                    }),
+                }
+            }
         }
-    }
-}
 
-impl From<publish::PublishError> for legacy_wit::publish::PublishError {
-    fn from(error: publish::PublishError) -> Self {
-        match error {
-            publish::PublishError::InsufficientFunds => Self::InsufficientFunds,
-            publish::PublishError::Unavailable(reason) => Self::Unavailable(reason),
+        impl From<publish::PublishError> for $wit::publish::PublishError {
+            fn from(error: publish::PublishError) -> Self {
+                match error {
+                    publish::PublishError::InsufficientFunds => Self::InsufficientFunds,
+                    publish::PublishError::Unavailable(reason) => Self::Unavailable(reason),
+                }
+            }
         }
-    }
+
+        impl<T: types::Host> $wit::types::Host for T {}
+
+        impl<T: balance_lookup::Host + Send> $wit::balance_lookup::Host for T {
+            async fn available(
+                &mut self,
+                account_id: i64,
+                currency: String,
+            ) -> wasmtime::Result<Result<Option<i64>, String>> {
+                balance_lookup::Host::available(self, account_id, currency).await
+            }
+        }
+
+        impl<T: publish::Host + Send> $wit::publish::Host for T {
+            async fn send(
+                &mut self,
+                message: $wit::publish::Outgoing,
+            ) -> wasmtime::Result<Result<(), $wit::publish::PublishError>> {
+                let answer = publish::Host::send(self, message.into()).await?;
+                Ok(answer.map_err(Into::into))
+            }
+        }
+    };
 }
 
-// A 0.1.0 guest's imports are the 0.2.0 ones: whatever store data implements those
-// implements these.
+older_package!(v0_2_wit);
+older_package!(legacy_wit);
 
-impl<T: types::Host> legacy_wit::types::Host for T {}
-
-impl<T: balance_lookup::Host + Send> legacy_wit::balance_lookup::Host for T {
-    async fn available(
-        &mut self,
-        account_id: i64,
-        currency: String,
-    ) -> wasmtime::Result<Result<Option<i64>, String>> {
-        balance_lookup::Host::available(self, account_id, currency).await
-    }
-}
-
-impl<T: publish::Host + Send> legacy_wit::publish::Host for T {
-    async fn send(
-        &mut self,
-        message: legacy_wit::publish::Outgoing,
-    ) -> wasmtime::Result<Result<(), legacy_wit::publish::PublishError>> {
-        let answer = publish::Host::send(self, message.into()).await?;
-        Ok(answer.map_err(Into::into))
+/// What the host knows of an account, in the guest crate's plain type, as the WIT record.
+impl From<transferd_guest::spending::Account> for account_info::Account {
+    fn from(account: transferd_guest::spending::Account) -> Self {
+        account_info::Account {
+            available: account.available,
+            limits: account_info::AccountLimits {
+                single_max_minor: account.limits.single_max_minor,
+                daily_max_minor: account.limits.daily_max_minor,
+                overdraft_minor: account.limits.overdraft_minor,
+            },
+            metadata: account.metadata,
+            today: account_info::RecentOutgoing {
+                outgoing_minor: account.today.outgoing_minor,
+                outgoing_count: account.today.outgoing_count,
+                last_minute_count: account.today.last_minute_count,
+            },
+        }
     }
 }
 
@@ -383,6 +470,7 @@ mod tests {
             ..plain.clone()
         };
         assert_eq!(Package::Current.refusal(&extended), None);
+        assert_eq!(Package::V0_2.refusal(&extended), None);
         let Some(Rejection::Invalid(errors)) = Package::Legacy.refusal(&extended) else {
             panic!("refused as invalid");
         };

@@ -14,6 +14,7 @@ use transferd::stores::postgres::Ledger;
 use transferd::stores::redis::{
     BalanceCache, BatchHold, HoldOutcome, HoldRequest, SettledBalance, SettledHold, TrustClaim,
 };
+use transferd_guest::spending::RecentOutgoing;
 use uuid::Uuid;
 
 /// A cache on a fresh prefix whose holds are trusted, as the keeper marks a new Redis whose
@@ -1168,6 +1169,61 @@ async fn a_lookup_holds_ahead_only_what_is_available_among_cached_accounts() -> 
     cache.release_hold("t1", 1, "USD").await?;
     assert_eq!(cache.held(1, "USD").await?, 100);
     assert_eq!(cache.pending("t1").await?, None);
+    Ok(())
+}
+
+/// The outgoing counters (`account-info`'s `today`) against Redis: every script that takes a
+/// hold counts it once, a released hold is taken back out, a settled one stays, and a
+/// transaction is never told about its own hold.
+#[tokio::test]
+async fn holds_are_counted_once_and_a_released_one_is_taken_back() -> anyhow::Result<()> {
+    let prefix = format!("storetest{}:", Uuid::now_v7().simple());
+    let cache = trusted_cache(&prefix).await?;
+    assert!(cache.store_balance(1, "USD", 10_000, 1).await?);
+    assert!(cache.store_balance(2, "USD", 0, 1).await?);
+    let counted = |minor, count, last_minute| RecentOutgoing {
+        outgoing_minor: minor,
+        outgoing_count: count,
+        last_minute_count: last_minute,
+    };
+    assert_eq!(cache.outgoing("", 1, "USD").await?, counted(0, 0, 0));
+    cache.reserve_hold("t1", 1, "USD", 100, b"{}").await?;
+    // A retry's hold is not counted twice.
+    cache.reserve_hold("t1", 1, "USD", 100, b"{}").await?;
+    let ahead = HoldRequest {
+        hold_on: 1,
+        amount_minor: 200,
+        record: b"{}",
+    };
+    cache
+        .available_holding(&[2, 1], "USD", "t2", &ahead)
+        .await?;
+    let batch = [BatchHold {
+        transaction_id: "t3",
+        user_id: 1,
+        currency: "USD",
+        amount_minor: 300,
+        record: b"{}",
+        credits: None,
+    }];
+    cache.reserve_batch(&batch, false).await?;
+    assert_eq!(cache.outgoing("", 1, "USD").await?, counted(600, 3, 3));
+    // A transaction is told the counters without its own hold.
+    assert_eq!(cache.outgoing("t2", 1, "USD").await?, counted(400, 2, 2));
+    assert_eq!(cache.outgoing("", 2, "USD").await?, counted(0, 0, 0));
+    // A released hold did not happen; releasing twice takes it back once.
+    cache.release_hold("t2", 1, "USD").await?;
+    cache.release_hold("t2", 1, "USD").await?;
+    assert_eq!(cache.outgoing("", 1, "USD").await?, counted(400, 2, 2));
+    // A settled transfer happened: its hold goes, the counters keep it.
+    let settled = SettledHold {
+        transaction_id: "t1".into(),
+        user_id: 1,
+        currency: "USD".into(),
+    };
+    cache.settle(&[], &[settled]).await?;
+    assert_eq!(cache.held(1, "USD").await?, 300);
+    assert_eq!(cache.outgoing("", 1, "USD").await?, counted(400, 2, 2));
     Ok(())
 }
 

@@ -43,6 +43,22 @@ fn v0_1_guest_file() -> PathBuf {
     )
 }
 
+/// The standard logic built against the released 0.2.0 package (tests/guests/v0_2).
+fn v0_2_guest_file() -> PathBuf {
+    built(
+        "TRANSFERD_TEST_V0_2_GUEST",
+        "v0-2-guest/wasm32-wasip2/release/transferd_test_guest_v0_2.wasm",
+    )
+}
+
+/// The standard logic plus a velocity rule (tests/guests/velocity).
+fn velocity_guest_file() -> PathBuf {
+    built(
+        "TRANSFERD_TEST_VELOCITY_GUEST",
+        "velocity-guest/wasm32-wasip2/release/transferd_test_guest_velocity.wasm",
+    )
+}
+
 fn load_guest() -> anyhow::Result<Guest> {
     load_guest_with(4, 1)
 }
@@ -109,18 +125,56 @@ async fn every_vector_passes_under_wasmtime() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A vector's expected outcome as a guest without `account-info` (before 0.3.0) gives it:
+/// the same, less the `account` calls it cannot make. `None` for a vector whose decision
+/// depends on an account's limits or counters, which such a guest does not check.
+fn without_account_info(vector: &Vector) -> Option<String> {
+    if vector.imports.get("accounts").is_some() || vector.imports.get("account_error").is_some() {
+        return None;
+    }
+    let mut expected = vector.expected.clone()?;
+    if let Some(calls) = expected["calls"].as_array_mut() {
+        calls.retain(|call| call.get("account").is_none());
+    }
+    Some(canonical(&expected))
+}
+
+/// A 0.2.0 guest (no `account-info`) decides every vector that needs no account's limits as
+/// the current guest does, less the `account` calls, and passes the invariant cases.
+#[tokio::test]
+async fn a_0_2_guest_decides_every_vector_but_the_limits_ones() -> anyhow::Result<()> {
+    let older = engine(2, 1)?.load_file(&v0_2_guest_file())?;
+    assert_eq!(older.package().version(), "0.2.0");
+    let package_of = |file: PathBuf| std::fs::read(file).map(|bytes| wit_package(&bytes));
+    assert_eq!(package_of(v0_2_guest_file())?.as_deref(), Some("0.2.0"));
+    let mut decided = 0;
+    for vector in &vectors()? {
+        let actual = older.run_vector(vector).await?;
+        if vector.invariant {
+            check_invariant(vector, &actual).map_err(anyhow::Error::msg)?;
+        }
+        if let Some(expected) = without_account_info(vector) {
+            decided += 1;
+            assert_eq!(canonical(&actual), expected, "{}", vector.name);
+        }
+    }
+    assert!(decided >= 50, "{decided} vectors without limits");
+    Ok(())
+}
+
 /// A 0.1.0 guest decides every vector of the original five fields exactly as the current
-/// guest does, and is never given one with more: the host refuses it first, naming each
-/// field, having called nothing. It passes the invariant cases, as the upload check demands.
+/// guest does (less the `account` calls), and is never given one with more: the host refuses
+/// it first, naming each field, having called nothing. It passes the invariant cases, as the
+/// upload check demands.
 #[tokio::test]
 async fn a_0_1_guest_decides_what_it_can_carry_and_is_spared_the_rest() -> anyhow::Result<()> {
     let legacy = engine(2, 1)?.load_file(&v0_1_guest_file())?;
     assert_eq!(legacy.package().version(), "0.1.0");
-    assert_eq!(load_guest()?.package().version(), "0.2.0");
+    assert_eq!(load_guest()?.package().version(), "0.3.0");
     // What the registry reads from the bytes alone says the same.
     let package_of = |file: PathBuf| std::fs::read(file).map(|bytes| wit_package(&bytes));
     assert_eq!(package_of(v0_1_guest_file())?.as_deref(), Some("0.1.0"));
-    assert_eq!(package_of(guest_file())?.as_deref(), Some("0.2.0"));
+    assert_eq!(package_of(guest_file())?.as_deref(), Some("0.3.0"));
     let mut carried = 0;
     for vector in &vectors()? {
         let actual = legacy.run_vector(vector).await?;
@@ -128,13 +182,11 @@ async fn a_0_1_guest_decides_what_it_can_carry_and_is_spared_the_rest() -> anyho
             check_invariant(vector, &actual).map_err(anyhow::Error::msg)?;
         }
         if !vector.request.has_extensions() {
+            let Some(expected) = without_account_info(vector) else {
+                continue;
+            };
             carried += 1;
-            assert_eq!(
-                Some(canonical(&actual)),
-                vector.expected.as_ref().map(canonical),
-                "{}",
-                vector.name
-            );
+            assert_eq!(canonical(&actual), expected, "{}", vector.name);
             continue;
         }
         assert_eq!(actual["calls"], serde_json::json!([]), "{}", vector.name);
@@ -171,12 +223,44 @@ async fn a_changed_expectation_fails() -> anyhow::Result<()> {
 
 /// The Node.js harness's command: `node tests/jco/run.mjs ARGS` (scripts/test.sh installs it).
 fn jco(arguments: &[&str]) -> anyhow::Result<std::process::Output> {
+    jco_with(&guest_file(), arguments)
+}
+
+fn jco_with(guest: &Path, arguments: &[&str]) -> anyhow::Result<std::process::Output> {
     let output = std::process::Command::new("node")
         .arg(workspace_root().join("tests/jco/run.mjs"))
         .args(arguments)
-        .env("TRANSFERD_GUEST", guest_file())
+        .env("TRANSFERD_GUEST", guest)
         .output()?;
     Ok(output)
+}
+
+/// The velocity guest (tests/guests/velocity, a rule written with `account-info`) passes its
+/// own vectors under wasmtime, and jco prints byte for byte what wasmtime does.
+#[tokio::test]
+async fn the_velocity_guest_passes_its_vectors_under_wasmtime_and_jco() -> anyhow::Result<()> {
+    let guest = engine(2, 1)?.load_file(&velocity_guest_file())?;
+    assert_eq!(guest.package().version(), "0.3.0");
+    let directory = workspace_root().join("tests/guests/velocity/vectors");
+    let vectors = Vector::load_dir(&directory)?;
+    anyhow::ensure!(vectors.len() >= 3, "the velocity vectors are there");
+    let lines = wasmtime_lines(&guest, &vectors).await?;
+    for (vector, line) in vectors.iter().zip(&lines) {
+        let expected = vector.expected.as_ref().map(canonical).unwrap_or_default();
+        assert_eq!(line, &format!("{} {expected}", vector.name));
+    }
+    let output = jco_with(
+        &velocity_guest_file(),
+        &["--print", directory.to_str().unwrap_or_default()],
+    )?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "jco: {stderr}");
+    let jco_lines: Vec<String> = String::from_utf8(output.stdout)?
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(jco_lines, lines, "wasmtime and jco differ");
+    Ok(())
 }
 
 #[tokio::test]

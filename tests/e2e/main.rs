@@ -20,6 +20,7 @@ mod holds_trust;
 mod hot_swap;
 mod idempotency;
 mod journal_chain;
+mod limits;
 mod metrics;
 mod outcomes;
 mod quarantine;

@@ -233,7 +233,7 @@ async fn a_0_1_guest_serves_plain_transfers_and_is_spared_fields_it_lacks() -> a
     let namespace = Namespace::new().await?;
     let host = funded_host(&namespace).await?;
     let status = host.get_json("/admin/guest").await?;
-    assert_eq!(status["serving_wit_package"], "0.2.0", "{status}");
+    assert_eq!(status["serving_wit_package"], "0.3.0", "{status}");
     let version = host.upload_guest(&v0_1_guest_file()).await?;
     host.activate_guest(&version).await?;
     let started = std::time::Instant::now();

@@ -6,7 +6,8 @@
 //   node tests/jco/run.mjs [--print] [vectors-dir]
 //
 // The guest is $TRANSFERD_GUEST, or the release build under $CARGO_TARGET_DIR
-// (default ~/.cache/transferd-target). It is transpiled into tests/jco/out/ when it changed.
+// (default ~/.cache/transferd-target). It is transpiled into tests/jco/out/NAME/ (NAME: the
+// file's name) when it changed, so several guests (tests/guests/velocity) keep their own.
 import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { existsSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
@@ -23,12 +24,14 @@ const targetDir = process.env.CARGO_TARGET_DIR || join(homedir(), '.cache', 'tra
 const wasmPath =
   process.env.TRANSFERD_GUEST || join(targetDir, 'wasm32-wasip2', 'release', 'transferd_guest.wasm');
 
+const outDir = join(here, 'out', wasmPath.split(/[\\/]/).pop().replace(/\.wasm$/, ''));
+
 /** Transpiles the guest into out/ unless out/ already holds this guest from this jco. */
 function transpile(wasm) {
   if (!existsSync(wasm)) {
     throw new Error(`${wasm} is missing; build it with: cd guest && cargo build --release --target wasm32-wasip2`);
   }
-  const out = join(here, 'out');
+  const out = outDir;
   const jco = JSON.parse(readFileSync(join(here, 'node_modules/@bytecodealliance/jco/package.json'), 'utf8'));
   const stamp = `${createHash('sha256').update(readFileSync(wasm)).digest('hex')} jco ${jco.version}\n`;
   const stampPath = join(out, 'stamp');
@@ -67,6 +70,8 @@ function replay(imports) {
   const key = (accountId, currency) => `${accountId} ${currency}`;
   const balances = new Map((imports.balances ?? []).map((entry) => [key(entry.account_id, entry.currency), entry.available]));
   const lookupError = typeof imports.lookup_error === 'string' ? imports.lookup_error : null;
+  const accounts = new Map((imports.accounts ?? []).map((entry) => [key(entry.account_id, entry.currency), entry]));
+  const accountError = typeof imports.account_error === 'string' ? imports.account_error : null;
   // jco takes a returned {tag: 'ok' | 'err', val} as the import's result (a plain value means ok).
   let sent = { tag: 'ok', val: undefined };
   if (imports.publish === 'insufficient-funds') sent = { tag: 'err', val: { tag: 'insufficient-funds' } };
@@ -83,6 +88,34 @@ function replay(imports) {
           if (lookupError !== null) return { tag: 'err', val: lookupError };
           const available = balances.get(key(accountId, currency));
           return { tag: 'ok', val: available == null ? undefined : BigInt(available) };
+        },
+      },
+      'transferd:transfer/account-info': {
+        lookup(accountId, currency) {
+          calls.push({ account: { account_id: number(accountId), currency } });
+          if (accountError !== null) return { tag: 'err', val: accountError };
+          const recorded = accounts.get(key(accountId, currency)) ?? {};
+          const limits = recorded.limits ?? {};
+          const today = recorded.today ?? {};
+          const available = balances.get(key(accountId, currency));
+          const optional = (value) => (value == null ? undefined : BigInt(value));
+          return {
+            tag: 'ok',
+            val: {
+              available: optional(available),
+              limits: {
+                singleMaxMinor: optional(limits.single_max_minor),
+                dailyMaxMinor: optional(limits.daily_max_minor),
+                overdraftMinor: BigInt(limits.overdraft_minor ?? 0),
+              },
+              metadata: (recorded.metadata ?? []).map(([name, value]) => [name, value]),
+              today: {
+                outgoingMinor: BigInt(today.outgoing_minor ?? 0),
+                outgoingCount: today.outgoing_count ?? 0,
+                lastMinuteCount: today.last_minute_count ?? 0,
+              },
+            },
+          };
         },
       },
       'transferd:transfer/publish': {
@@ -163,7 +196,7 @@ async function run(instantiate, getCoreModule, vector) {
 const { instantiate } = await import(pathToFileURL(join(transpile(wasmPath), 'guest.js')));
 const compiled = new Map(); // each core module is compiled once and instantiated per case
 const getCoreModule = (name) => {
-  if (!compiled.has(name)) compiled.set(name, WebAssembly.compile(readFileSync(join(here, 'out', name))));
+  if (!compiled.has(name)) compiled.set(name, WebAssembly.compile(readFileSync(join(outDir, name))));
   return compiled.get(name);
 };
 

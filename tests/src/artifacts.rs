@@ -69,6 +69,14 @@ pub fn v0_1_guest_file() -> PathBuf {
     )
 }
 
+/// The standard logic plus a velocity rule written with `account-info` (tests/guests/velocity).
+pub fn velocity_guest_file() -> PathBuf {
+    artifact(
+        "TRANSFERD_TEST_VELOCITY_GUEST",
+        "velocity-guest/wasm32-wasip2/release/transferd_test_guest_velocity.wasm",
+    )
+}
+
 pub fn panicking_guest_file() -> PathBuf {
     artifact(
         "TRANSFERD_TEST_PANICKING_GUEST",

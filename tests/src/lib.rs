@@ -28,7 +28,7 @@ mod redis_state;
 
 pub use artifacts::{
     clock_guest_file, crash_binary, guest_file, hostile_guest_file, panicking_guest_file,
-    strict_guest_file, transferd_binary, v0_1_guest_file,
+    strict_guest_file, transferd_binary, v0_1_guest_file, velocity_guest_file,
 };
 pub use broker::{
     Broker, BrokerStorage, TansuProcess, delete_topics, produce_raw, spawn_tansu, tansu_binary,

@@ -32,6 +32,9 @@ pub struct BatchBook {
     snapshot: HashMap<Account, Result<Option<i64>, String>>,
     /// What the staged items change: minus what they hold, plus (atomic) what they credit.
     staged: HashMap<Account, i64>,
+    /// What the staged items send, per sender: amount and count, which `account-info` adds
+    /// to the sender's counters (the batch's holds are taken after its last item).
+    sent: HashMap<Account, (i64, u32)>,
     /// The current item's staged message, taken by the host after its call.
     pub current: Option<Staged>,
 }
@@ -50,6 +53,7 @@ impl BatchBook {
             atomic,
             snapshot,
             staged: HashMap::new(),
+            sent: HashMap::new(),
             current: None,
         }
     }
@@ -81,6 +85,11 @@ impl BatchBook {
             Err(reason) => return Err(PublishError::Unavailable(reason)),
         }
         let sender = (expected.sender_id, currency.to_string());
+        let sent = self.sent.entry(sender.clone()).or_default();
+        *sent = (
+            sent.0.saturating_add(amount_minor),
+            sent.1.saturating_add(1),
+        );
         *self.staged.entry(sender).or_default() -= amount_minor;
         if self.atomic {
             let receiver = (expected.receiver_id, currency.to_string());
@@ -95,16 +104,25 @@ impl BatchBook {
 }
 
 impl BatchBook {
+    /// What the batch's staged items send from the account: amount and count.
+    pub fn sent(&self, account_id: i64, currency: &str) -> (i64, u32) {
+        let key = (account_id, currency.to_string());
+        self.sent.get(&key).copied().unwrap_or_default()
+    }
+
     /// Takes back what the current item staged: its guest did not accept it after all.
     pub fn unstage(&mut self, expected: &Expected) {
         let Some(staged) = self.current.take() else {
             return;
         };
         let currency = expected.currency.as_str();
-        *self
-            .staged
-            .entry((expected.sender_id, currency.to_string()))
-            .or_default() += staged.amount_minor;
+        let sender = (expected.sender_id, currency.to_string());
+        let sent = self.sent.entry(sender.clone()).or_default();
+        *sent = (
+            sent.0.saturating_sub(staged.amount_minor),
+            sent.1.saturating_sub(1),
+        );
+        *self.staged.entry(sender).or_default() += staged.amount_minor;
         if self.atomic {
             *self
                 .staged
@@ -286,8 +304,11 @@ mod tests {
         assert_eq!(book.available(2, "USD"), Ok(Some(100)));
         let second = expected(2, 1);
         assert!(book.stage(&second, outgoing(2, 80), 80).is_ok());
+        assert_eq!(book.sent(2, "USD"), (80, 1));
         // Its guest did not accept it: taken back, both ways.
         book.unstage(&second);
+        assert_eq!(book.sent(2, "USD"), (0, 0));
+        assert_eq!(book.sent(1, "USD"), (100, 1));
         assert_eq!(book.available(2, "USD"), Ok(Some(100)));
         assert_eq!(book.available(1, "USD"), Ok(Some(50)));
     }

@@ -7,6 +7,7 @@
 //! request may act on (its transaction id names the holds it takes, its request is what a
 //! publish must match) and what its publish did.
 
+pub mod account_info;
 pub mod backend;
 pub mod balance_lookup;
 pub mod batch;
@@ -156,6 +157,12 @@ impl WasiView for RequestState {
 pub struct RecordedAnswers {
     /// (account, currency, answer) per `available` call.
     pub lookups: Vec<(i64, String, Result<Option<i64>, String>)>,
+    /// (account, currency, answer) per `account-info.lookup` call.
+    pub accounts: Vec<(
+        i64,
+        String,
+        Result<transferd_guest::spending::Account, String>,
+    )>,
     /// `"ok"`, `"insufficient-funds"` or `{"unavailable": reason}`, once `send` answered.
     pub publish: Option<serde_json::Value>,
 }

@@ -13,8 +13,9 @@ use wasmtime::StoreLimits;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use crate::bindings::transferd::transfer::{publish, types};
-use crate::capabilities::balance_lookup;
+use crate::bindings::transferd::transfer::{account_info, publish, types};
+use crate::capabilities::balance_lookup::{self, Party};
+use transferd_guest::spending::Account;
 
 /// Store data of a replayed call.
 pub struct ReplayState {
@@ -76,6 +77,33 @@ impl crate::bindings::transferd::transfer::balance_lookup::Host for ReplayState 
         let party = balance_lookup::party(&self.expected, account_id, &currency)
             .map_err(|broken| guard::trap(&mut self.violation, broken))?;
         Ok(party.reveal(self.replay.available(account_id, &currency)))
+    }
+}
+
+impl crate::bindings::transferd::transfer::account_info::Host for ReplayState {
+    async fn lookup(
+        &mut self,
+        account_id: i64,
+        currency: String,
+    ) -> wasmtime::Result<Result<account_info::Account, String>> {
+        // The live import's rule: only the request's parties, the receiver's existence only.
+        let party = balance_lookup::party(&self.expected, account_id, &currency)
+            .map_err(|broken| guard::trap(&mut self.violation, broken))?;
+        let answer = self
+            .replay
+            .account(account_id, &currency)
+            .unwrap_or_else(|| Err("the replay has no account-info".into()));
+        let answer = match party {
+            Party::Sender => answer,
+            Party::Receiver => answer.and_then(|account| {
+                let available = party.reveal(Ok(account.available))?;
+                Ok(Account {
+                    available,
+                    ..Account::default()
+                })
+            }),
+        };
+        Ok(answer.map(Into::into))
     }
 }
 

@@ -927,16 +927,19 @@ impl Guest {
     }
 }
 
-/// Both packages' imports: a guest of either instantiates from the same linker.
+/// Every package's imports: a guest of any instantiates from the same linker.
 fn add_transfer_imports<T>(linker: &mut Linker<T>) -> Result<(), LoadError>
 where
     T: bindings::transferd::transfer::balance_lookup::Host
+        + bindings::transferd::transfer::account_info::Host
         + bindings::transferd::transfer::publish::Host
         + bindings::transferd::transfer::types::Host
         + Send
         + 'static,
 {
     bindings::TransferLogic::add_to_linker::<_, HasSelf<_>>(linker, |state| state)
+        .map_err(LoadError::Invalid)?;
+    bindings::v0_2::TransferLogic::add_to_linker::<_, HasSelf<_>>(linker, |state| state)
         .map_err(LoadError::Invalid)?;
     bindings::legacy::TransferLogic::add_to_linker::<_, HasSelf<_>>(linker, |state| state)
         .map_err(LoadError::Invalid)

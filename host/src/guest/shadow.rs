@@ -8,7 +8,7 @@ use std::sync::{Mutex, PoisonError};
 
 use serde_json::{Value, json};
 use transferd_guest::logic::{Accepted, Rejection};
-use transferd_guest::vectors::{Replay, outcome};
+use transferd_guest::vectors::{Replay, account_json, outcome};
 
 use crate::capabilities::RecordedAnswers;
 
@@ -30,9 +30,22 @@ pub fn replay_of(answers: &RecordedAnswers) -> Replay {
         .lookups
         .iter()
         .find_map(|(_, _, answer)| answer.as_ref().err().cloned());
+    let accounts: Vec<Value> = answers
+        .accounts
+        .iter()
+        .filter_map(|(account_id, currency, answer)| {
+            Some(account_json(*account_id, currency, answer.as_ref().ok()?))
+        })
+        .collect();
+    let account_error = answers
+        .accounts
+        .iter()
+        .find_map(|(_, _, answer)| answer.as_ref().err().cloned());
     Replay::new(&json!({
         "balances": balances,
         "lookup_error": lookup_error,
+        "accounts": accounts,
+        "account_error": account_error,
         "publish": answers.publish.clone().unwrap_or(json!("ok")),
     }))
 }

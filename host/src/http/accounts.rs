@@ -10,10 +10,12 @@ use crate::auth::Caller;
 use crate::http::App;
 use crate::http::api::{
     AccountBalances, Balance, BalanceThen, BalancesAnswer, BalancesAt, BalancesQuery, ErrorBody,
+    LimitsShown, TodayShown,
 };
 use crate::http::error::{ApiError, Invalid, Reply, json_response};
 use crate::http::query::Params;
 use crate::http::routes::UserRoute;
+use transferd_guest::spending::AccountLimits;
 
 /// The query parameters the route reads (documented by [`BalancesQuery`]).
 pub const BALANCES_PARAMS: [&str; 1] = ["at"];
@@ -87,6 +89,12 @@ async fn balances_now(app: &App, user_id: i64) -> Result<Reply, ApiError> {
             }
         };
         let available_minor = account.balance_minor - account.pending_debits_minor - held;
+        let limits = AccountLimits {
+            single_max_minor: account.single_max_minor,
+            daily_max_minor: account.daily_max_minor,
+            overdraft_minor: account.overdraft_minor,
+        };
+        let today = today(app, user_id, &currency, exponent).await;
         balances.push(Balance {
             currency,
             balance: format_minor(account.balance_minor, exponent),
@@ -98,12 +106,44 @@ async fn balances_now(app: &App, user_id: i64) -> Result<Reply, ApiError> {
             pending_credits: format_minor(account.pending_credits_minor, exponent),
             pending_credits_minor: account.pending_credits_minor,
             version: account.version,
+            limits: shown(&limits, exponent),
+            today,
         });
     }
     Ok(json_response(
         StatusCode::OK,
         &AccountBalances { user_id, balances },
     ))
+}
+
+/// Limits as the API shows them: decimal text beside minor units.
+pub fn shown(limits: &AccountLimits, exponent: u32) -> LimitsShown {
+    let text = |minor: Option<i64>| minor.map(|minor| format_minor(minor, exponent));
+    LimitsShown {
+        single_max: text(limits.single_max_minor),
+        single_max_minor: limits.single_max_minor,
+        daily_max: text(limits.daily_max_minor),
+        daily_max_minor: limits.daily_max_minor,
+        overdraft: format_minor(limits.overdraft_minor, exponent),
+        overdraft_minor: limits.overdraft_minor,
+    }
+}
+
+/// What the account sent today, from the counters the holds keep in Redis; `None` while
+/// Redis cannot say (never a guess).
+async fn today(app: &App, user_id: i64, currency: &str, exponent: u32) -> Option<TodayShown> {
+    match app.stores.cache.outgoing("", user_id, currency).await {
+        Ok(today) => Some(TodayShown {
+            outgoing: format_minor(today.outgoing_minor, exponent),
+            outgoing_minor: today.outgoing_minor,
+            outgoing_count: today.outgoing_count,
+            last_minute_count: today.last_minute_count,
+        }),
+        Err(error) => {
+            tracing::warn!(%error, user_id, currency, "outgoing counters unknown");
+            None
+        }
+    }
 }
 
 async fn balances_at(app: &App, user_id: i64, at: DateTime<Utc>) -> Result<Reply, ApiError> {

@@ -396,6 +396,68 @@ pub struct Balance {
     pub pending_credits_minor: i64,
     /// Grows with every settled change of the account.
     pub version: i64,
+    /// The account's limits (`PUT /admin/accounts/{user_id}/limits`), which the transfer
+    /// rules enforce.
+    pub limits: LimitsShown,
+    /// What the account sent today (UTC), as the rules see it; `null` while Redis, which
+    /// keeps the counters, cannot say.
+    pub today: Option<TodayShown>,
+}
+
+/// An account's limits in one currency; a `null` limit is no limit.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct LimitsShown {
+    /// The most one transfer may move.
+    #[schema(example = "500.00")]
+    pub single_max: Option<String>,
+    pub single_max_minor: Option<i64>,
+    /// The most the account may send in one UTC day.
+    #[schema(example = "2000.00")]
+    pub daily_max: Option<String>,
+    pub daily_max_minor: Option<i64>,
+    /// How far below zero the account may go: always 0 (the ledger allows no overdraft).
+    #[schema(example = "0.00")]
+    pub overdraft: String,
+    pub overdraft_minor: i64,
+}
+
+/// What an account sent in the current UTC day: accepted transfers, counted when their money
+/// was held; one whose hold was released without it happening does not count.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct TodayShown {
+    #[schema(example = "120.00")]
+    pub outgoing: String,
+    pub outgoing_minor: i64,
+    pub outgoing_count: u32,
+    /// Transfers accepted in the last 60 seconds.
+    pub last_minute_count: u32,
+}
+
+/// `PUT /admin/accounts/{user_id}/limits`'s body: the account's limits in one currency, each
+/// replacing the one set before; a limit left out or `null` is no limit.
+#[derive(ToSchema)]
+#[schema(example = json!({"currency": "USD", "single_max": "500.00", "daily_max": "2000.00"}))]
+#[allow(dead_code)] // Documents the reading in `admin_limits::read_limits`.
+#[serde(deny_unknown_fields)] // `additionalProperties: false`: the reader refuses other keys.
+pub struct SetLimits {
+    #[schema(example = "USD", pattern = "^[A-Z]{3}$")]
+    currency: String,
+    #[schema(schema_with = decimal_schema)]
+    single_max: Option<String>,
+    #[schema(schema_with = decimal_schema)]
+    daily_max: Option<String>,
+    /// Only 0: the ledger lets no balance go below zero.
+    #[schema(schema_with = decimal_schema)]
+    overdraft: Option<String>,
+}
+
+/// `PUT /admin/accounts/{user_id}/limits` answered: the limits now set.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LimitsSet {
+    pub status: Success,
+    pub user_id: i64,
+    pub currency: String,
+    pub limits: LimitsShown,
 }
 
 /// `GET /accounts/{user_id}/balances?at=…`: the user's accounts as they were at a moment,

@@ -10,6 +10,7 @@
 mod accounts;
 mod admin;
 mod admin_guest;
+mod admin_limits;
 mod admin_quarantine;
 mod api;
 mod batches;
@@ -282,6 +283,9 @@ async fn admin_route(
         AdminRoute::QuarantineList => admin_quarantine::list(app).await,
         AdminRoute::QuarantineRetry => {
             admin_quarantine::retry(app, params.get("partition"), params.get("offset")).await
+        }
+        AdminRoute::AccountLimits => {
+            admin_limits::set_limits(app, admin, headers, params.get("user_id"), body).await
         }
     }
 }

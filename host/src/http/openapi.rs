@@ -19,8 +19,8 @@ use crate::http::error::Reply;
 // The messages on `transfer_events`: not an HTTP answer, documented here for their consumers.
 use crate::http::routes::ServiceRoute;
 use crate::http::{
-    accounts, admin, admin_guest, admin_quarantine, batches, history, ready, service, status,
-    status_history, transfers, two_phase,
+    accounts, admin, admin_guest, admin_limits, admin_quarantine, batches, history, ready, service,
+    status, status_history, transfers, two_phase,
 };
 use crate::settlement::events::{TransferEvent, TransferEvents};
 
@@ -60,12 +60,13 @@ use crate::settlement::events::{TransferEvent, TransferEvents};
         status_history::reply,
         admin_quarantine::list,
         admin_quarantine::retry,
+        admin_limits::set_limits,
     ),
     components(schemas(ErrorBody, OutcomeUnknown, Problem, ErrorCode, TransferEvents, TransferEvent)),
     modifiers(&BearerScheme),
     tags(
         (name = "transfers", description = "A user's own money"),
-        (name = "admin", description = "Deposits, the guest logic's versions and the settlement quarantine; admin role"),
+        (name = "admin", description = "Deposits, account limits, the guest logic's versions and the settlement quarantine; admin role"),
         (name = "service", description = "Liveness and this document"),
     ),
 )]

@@ -55,6 +55,7 @@ pub enum AdminRoute {
     StatusHistory,
     QuarantineList,
     QuarantineRetry,
+    AccountLimits,
 }
 
 /// A method a route answers; [`Verb::Get`] answers HEAD too (hyper sends no body for HEAD).
@@ -133,6 +134,7 @@ impl Endpoint {
         Endpoint::Admin(AdminRoute::StatusHistory),
         Endpoint::Admin(AdminRoute::QuarantineList),
         Endpoint::Admin(AdminRoute::QuarantineRetry),
+        Endpoint::Admin(AdminRoute::AccountLimits),
     ];
 
     /// The route table: each endpoint's method, path and metric name.
@@ -194,6 +196,9 @@ impl Endpoint {
                 "/admin/quarantine/{partition}/{offset}/retry",
                 "admin_quarantine",
             ),
+            Endpoint::Admin(A::AccountLimits) => {
+                route(Put, "/admin/accounts/{user_id}/limits", "admin_limits")
+            }
         }
     }
 }

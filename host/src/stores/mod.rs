@@ -8,6 +8,7 @@ pub mod idempotency;
 pub mod journal_chain;
 pub mod journal_verify;
 pub mod kafka;
+pub mod limits;
 pub mod log_position;
 pub mod postgres;
 pub mod redis;

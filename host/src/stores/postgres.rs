@@ -7,11 +7,13 @@ use std::collections::HashSet;
 use chrono::{DateTime, Utc};
 use sqlx::Connection;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use transferd_guest::spending::AccountLimits;
 use uuid::Uuid;
 
 use crate::config::Services;
 use crate::stores::batch::BatchError;
 use crate::stores::journal_chain::{self, NewEntry};
+use crate::stores::limits::LimitsCache;
 use crate::stores::transfer_state::{Reason, TransferKind, TransferStatus};
 
 /// The system account's user id: it funds deposits and may go negative.
@@ -141,6 +143,7 @@ where
 #[derive(Clone)]
 pub struct Ledger {
     pool: PgPool,
+    limits: std::sync::Arc<LimitsCache>,
 }
 
 /// A pooled connection idle longer than this is pinged before it is used.
@@ -171,7 +174,15 @@ impl Ledger {
                 })
             })
             .connect_lazy_with(keyed_plans_only(services.database_url.parse()?));
-        Ok(Ledger { pool })
+        Ok(Ledger {
+            pool,
+            limits: Default::default(),
+        })
+    }
+
+    /// The cache of account limits (`stores::limits`).
+    pub(crate) fn limits_cache(&self) -> &LimitsCache {
+        &self.limits
     }
 
     /// The connection pool, for other tables in the same database (the guest registry).
@@ -371,13 +382,80 @@ impl Ledger {
     pub async fn balances(&self, user_id: i64) -> Result<Vec<AccountRow>, LedgerError> {
         Ok(again_if_lost(&self.pool, || {
             sqlx::query_as(
-                "SELECT currency, balance_minor, pending_debits_minor, pending_credits_minor, version
-                 FROM accounts WHERE user_id = $1 ORDER BY currency",
+                "SELECT a.currency, a.balance_minor, a.pending_debits_minor, a.pending_credits_minor,
+                        a.version, l.single_max_minor, l.daily_max_minor,
+                        coalesce(l.overdraft_minor, 0) AS overdraft_minor
+                 FROM accounts a LEFT JOIN account_limits l
+                     ON l.user_id = a.user_id AND l.currency = a.currency
+                 WHERE a.user_id = $1 ORDER BY a.currency",
             )
             .bind(user_id)
             .fetch_all(&self.pool)
         })
         .await?)
+    }
+}
+
+impl Ledger {
+    /// The account's limits in `currency` (none set: no limits), from the cache when read
+    /// within [`LIMITS_TTL`](crate::stores::limits::LIMITS_TTL).
+    pub async fn account_limits(
+        &self,
+        user_id: i64,
+        currency: &str,
+    ) -> Result<AccountLimits, LedgerError> {
+        let account = (user_id, currency.to_string());
+        if let Some(limits) = self.limits_cache().get(&account) {
+            return Ok(limits);
+        }
+        let row: Option<(Option<i64>, Option<i64>, i64)> = again_if_lost(self.pool(), || {
+            sqlx::query_as(
+                "SELECT single_max_minor, daily_max_minor, overdraft_minor FROM account_limits
+                 WHERE user_id = $1 AND currency = $2",
+            )
+            .bind(user_id)
+            .bind(currency)
+            .fetch_optional(self.pool())
+        })
+        .await?;
+        let limits = row.map_or_else(AccountLimits::default, |(single, daily, overdraft)| {
+            AccountLimits {
+                single_max_minor: single,
+                daily_max_minor: daily,
+                overdraft_minor: overdraft,
+            }
+        });
+        self.limits_cache().put(account, limits.clone());
+        Ok(limits)
+    }
+
+    /// Sets (replaces) the account's limits in `currency`; this replica's cache forgets the
+    /// old ones at once.
+    pub async fn set_account_limits(
+        &self,
+        user_id: i64,
+        currency: &str,
+        limits: &AccountLimits,
+    ) -> Result<(), LedgerError> {
+        sqlx::query(
+            "INSERT INTO account_limits
+                 (user_id, currency, single_max_minor, daily_max_minor, overdraft_minor)
+             VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (user_id, currency) DO UPDATE SET
+                 single_max_minor = EXCLUDED.single_max_minor,
+                 daily_max_minor = EXCLUDED.daily_max_minor,
+                 overdraft_minor = EXCLUDED.overdraft_minor,
+                 updated_at = now()",
+        )
+        .bind(user_id)
+        .bind(currency)
+        .bind(limits.single_max_minor)
+        .bind(limits.daily_max_minor)
+        .bind(limits.overdraft_minor)
+        .execute(self.pool())
+        .await?;
+        self.limits_cache().forget(&(user_id, currency.to_string()));
+        Ok(())
     }
 }
 
@@ -391,6 +469,10 @@ pub struct AccountRow {
     /// What pending transfers to the account promise it.
     pub pending_credits_minor: i64,
     pub version: i64,
+    /// Its limits (`stores::limits`); none set: no limits.
+    pub single_max_minor: Option<i64>,
+    pub daily_max_minor: Option<i64>,
+    pub overdraft_minor: i64,
 }
 
 type Transaction = sqlx::Transaction<'static, sqlx::Postgres>;

@@ -36,6 +36,7 @@ use std::time::{Duration, Instant};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, FromRedisValue, Script};
 use tokio::sync::Mutex;
+use transferd_guest::spending::RecentOutgoing;
 
 use crate::config::Services;
 
@@ -77,22 +78,48 @@ pub enum TrustClaim {
 /// waiting for a connect timeout.
 const RECONNECT_BACKOFF: Duration = Duration::from_secs(1);
 
+/// The Lua that counts an accepted hold in its sender's outgoing counters, prepended to every
+/// script that takes holds: `count_out(prefix, recent, id, amount, now)` adds the amount and
+/// one to the day's counters (`prefix .. day`, a hash of `minor` and `count` that expires a
+/// day after its day ends; the day is Redis's clock's UTC day) and the transaction to the
+/// sender's last-minute set (`recent`, scored by milliseconds, trimmed to the last minute).
+macro_rules! count_out_lua {
+    () => {
+        r"
+local function count_out(prefix, recent, id, amount, now)
+  local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+  local day = math.floor(tonumber(now[1]) / 86400)
+  local key = prefix .. day
+  redis.call('HINCRBY', key, 'minor', amount)
+  redis.call('HINCRBY', key, 'count', 1)
+  redis.call('EXPIREAT', key, (day + 2) * 86400)
+  redis.call('ZREMRANGEBYSCORE', recent, '-inf', ms - 60000)
+  redis.call('ZADD', recent, ms, id)
+  redis.call('PEXPIRE', recent, 60000)
+end
+"
+    };
+}
+
 /// Per account, KEYS (balance, holds); ARGV[1]: a transaction id whose own hold does not count
 /// (empty: none). Per account, two numbers: 1 and the available balance, or 0 and 0 when the
 /// balance is not cached (a Lua `false` in a table would cut the reply short).
 ///
-/// Holding as well (five ARGV): three more KEYS, the transaction's pending key, the hold's
-/// account's hold times and `holds_trusted`; ARGV[2] the position (from 1) of the account to
-/// hold on, ARGV[3] the amount, ARGV[4] the pending record, ARGV[5] its time to live in
-/// seconds. When the holds are trusted, every account read is cached, the transaction holds
-/// nothing on the hold's account yet and that account has the amount available, the hold, its
-/// time and the pending record are written as RESERVE writes them; one more number ends the
+/// Holding as well (six ARGV): four more KEYS, the transaction's pending key, the hold's
+/// account's hold times, its last-minute set and `holds_trusted`; ARGV[2] the position, from
+/// 1, of the account to hold on, ARGV[3] the amount, ARGV[4] the pending record, ARGV[5] its
+/// time to live in seconds, ARGV[6] the account's counters' prefix (`count_out`). When the
+/// holds are trusted, every account read is cached, the transaction holds nothing on the
+/// hold's account yet and that account has the amount available, the hold, its time and the
+/// pending record are written as RESERVE writes them (and counted); one more number ends the
 /// reply: 1 when the hold was taken now, else 0 (a transaction that held already, a retry,
 /// keeps its hold and record as they are).
-const AVAILABLE: &str = r"
+const AVAILABLE: &str = concat!(
+    count_out_lua!(),
+    r"
 local holding = #ARGV > 1
 local accounts = #KEYS / 2
-if holding then accounts = (#KEYS - 3) / 2 end
+if holding then accounts = (#KEYS - 4) / 2 end
 local reply = {}
 local own = {}
 local all_cached = true
@@ -118,14 +145,16 @@ if holding then
     local now = redis.call('TIME')
     redis.call('HSET', holds, ARGV[1], ARGV[3])
     redis.call('HINCRBY', holds, 'total', ARGV[3])
-    redis.call('HSET', KEYS[#KEYS - 1], ARGV[1], now[1] .. string.format('%03d', math.floor(now[2] / 1000)))
-    redis.call('SET', KEYS[#KEYS - 2], ARGV[4], 'EX', ARGV[5])
+    redis.call('HSET', KEYS[#KEYS - 2], ARGV[1], now[1] .. string.format('%03d', math.floor(now[2] / 1000)))
+    redis.call('SET', KEYS[#KEYS - 3], ARGV[4], 'EX', ARGV[5])
+    count_out(ARGV[6], KEYS[#KEYS - 1], ARGV[1], ARGV[3], now)
     held = 1
   end
   reply[2 * accounts + 1] = held
 end
 return reply
-";
+"
+);
 
 /// Most accounts one availability call reads.
 pub const MAX_ACCOUNTS_PER_LOOKUP: usize = 16;
@@ -134,10 +163,13 @@ pub const MAX_ACCOUNTS_PER_LOOKUP: usize = 16;
 /// settlement delay, short enough that a lost one does not stay forever.
 pub const PENDING_TTL_SECONDS: u64 = 7 * 24 * 3600;
 
-/// KEYS: balance, holds, pending, hold times, `holds_trusted`. ARGV: transaction id, amount,
-/// pending record, its time to live. 1 reserved (now or before), 0 insufficient, -1 balance
-/// not cached, -2 holds not trusted. The hold's time is Redis's clock, in milliseconds.
-const RESERVE: &str = r"
+/// KEYS: balance, holds, pending, hold times, `holds_trusted`, last-minute set. ARGV:
+/// transaction id, amount, pending record, its time to live, the counters' prefix. 1 reserved
+/// (now or before), 0 insufficient, -1 balance not cached, -2 holds not trusted. The hold's
+/// time is Redis's clock, in milliseconds; a hold taken now is counted (`count_out`).
+const RESERVE: &str = concat!(
+    count_out_lua!(),
+    r"
 if redis.call('EXISTS', KEYS[5]) == 0 then return -2 end
 if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then return 1 end
 local balance = redis.call('GET', KEYS[1])
@@ -149,8 +181,10 @@ redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 redis.call('HINCRBY', KEYS[2], 'total', ARGV[2])
 redis.call('HSET', KEYS[4], ARGV[1], now[1] .. string.format('%03d', math.floor(now[2] / 1000)))
 redis.call('SET', KEYS[3], ARGV[3], 'EX', ARGV[4])
+count_out(ARGV[5], KEYS[6], ARGV[1], ARGV[2], now)
 return 1
-";
+"
+);
 
 /// A batch's one read of every party's available balance. Per account, KEYS (balance, holds);
 /// ARGV per account: how many of the batch's own transaction ids follow, then those ids
@@ -178,24 +212,27 @@ return reply
 ";
 
 /// A batch's holds, in one step, in order. KEYS[1] `holds_trusted`, then per item: the
-/// sender's balance, holds and hold times, the item's pending key. ARGV[1] `1` for an atomic
-/// batch, ARGV[2] the pending records' time to live, then per item: transaction id, amount,
-/// pending record, and (atomic) the receiver's balance key, whose credit later items may
-/// spend. Each item fits when the sender's balance minus its holds and what earlier items
+/// sender's balance, holds and hold times, the item's pending key, the sender's last-minute
+/// set. ARGV[1] `1` for an atomic batch, ARGV[2] the pending records' time to live, then per
+/// item: transaction id, amount, pending record, (atomic) the receiver's balance key, whose
+/// credit later items may spend, and the sender's counters' prefix. Each hold written is
+/// counted (`count_out`). Each item fits when the sender's balance minus its holds and what earlier items
 /// of the batch hold covers it (an item that holds already, a retry's, fits as it is).
 /// Per item 1 held, 0 insufficient, -1 balance not cached; `{-2}` holds not trusted.
 /// Atomic: nothing is written unless every item fits.
-const RESERVE_BATCH: &str = r"
+const RESERVE_BATCH: &str = concat!(
+    count_out_lua!(),
+    r"
 if redis.call('EXISTS', KEYS[1]) == 0 then return {-2} end
 local atomic = ARGV[1] == '1'
-local items = (#KEYS - 1) / 4
+local items = (#KEYS - 1) / 5
 local extra = {}
 local reply = {}
 local write = {}
 local all = true
 for i = 1, items do
-  local k = 1 + 4 * (i - 1)
-  local a = 2 + 4 * (i - 1)
+  local k = 1 + 5 * (i - 1)
+  local a = 2 + 5 * (i - 1)
   local id, amount = ARGV[a + 1], tonumber(ARGV[a + 2])
   local fits = false
   if redis.call('HEXISTS', KEYS[k + 2], id) == 1 then
@@ -229,26 +266,64 @@ local now = redis.call('TIME')
 local at = now[1] .. string.format('%03d', math.floor(now[2] / 1000))
 for i = 1, items do
   if write[i] then
-    local k = 1 + 4 * (i - 1)
-    local a = 2 + 4 * (i - 1)
+    local k = 1 + 5 * (i - 1)
+    local a = 2 + 5 * (i - 1)
     redis.call('HSET', KEYS[k + 2], ARGV[a + 1], ARGV[a + 2])
     redis.call('HINCRBY', KEYS[k + 2], 'total', ARGV[a + 2])
     redis.call('HSET', KEYS[k + 3], ARGV[a + 1], at)
     redis.call('SET', KEYS[k + 4], ARGV[a + 3], 'EX', ARGV[2])
+    count_out(ARGV[a + 5], KEYS[k + 5], ARGV[a + 1], ARGV[a + 2], now)
   end
 end
 return reply
-";
+"
+);
 
-/// KEYS: holds, pending, hold times. ARGV: transaction id.
+/// KEYS: holds, pending, hold times, last-minute set. ARGV: transaction id, the counters'
+/// prefix. A released hold is a transfer that did not happen: it stops counting, in the
+/// counters of the day it was held in (when they are still there) and in the last minute.
 const RELEASE: &str = r"
 redis.call('DEL', KEYS[2])
+local at = redis.call('HGET', KEYS[3], ARGV[1])
 redis.call('HDEL', KEYS[3], ARGV[1])
+redis.call('ZREM', KEYS[4], ARGV[1])
 local amount = redis.call('HGET', KEYS[1], ARGV[1])
 if not amount then return 0 end
 redis.call('HDEL', KEYS[1], ARGV[1])
 redis.call('HINCRBY', KEYS[1], 'total', -tonumber(amount))
+if at then
+  local day = ARGV[2] .. math.floor(tonumber(at) / 86400000)
+  if redis.call('EXISTS', day) == 1 then
+    redis.call('HINCRBY', day, 'minor', -tonumber(amount))
+    redis.call('HINCRBY', day, 'count', -1)
+  end
+end
 return 1
+";
+
+/// KEYS: holds, hold times, last-minute set. ARGV: transaction id, the counters' prefix. The
+/// account's outgoing counters as the transaction sees them (its own hold, when it holds
+/// already, does not count): the UTC day's amount and count, and the last minute's count,
+/// by Redis's clock.
+const OUTGOING: &str = r"
+local now = redis.call('TIME')
+local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local day = math.floor(tonumber(now[1]) / 86400)
+local counts = redis.call('HMGET', ARGV[2] .. day, 'minor', 'count')
+local minor = tonumber(counts[1] or '0')
+local count = tonumber(counts[2] or '0')
+local recent = redis.call('ZCOUNT', KEYS[3], '(' .. (ms - 60000), '+inf')
+local own = redis.call('HGET', KEYS[1], ARGV[1])
+if own then
+  local at = redis.call('HGET', KEYS[2], ARGV[1])
+  if at and math.floor(tonumber(at) / 86400000) == day then
+    minor = minor - tonumber(own)
+    count = count - 1
+  end
+  local score = redis.call('ZSCORE', KEYS[3], ARGV[1])
+  if score and tonumber(score) > ms - 60000 then recent = recent - 1 end
+end
+return {minor, count, recent}
 ";
 
 /// KEYS: `holds_trusted`, this attempt's claim. ARGV: the claim's time to live in seconds.
@@ -323,6 +398,7 @@ pub struct BalanceCache {
     snapshot: Script,
     reserve_batch: Script,
     release: Script,
+    outgoing: Script,
     store_balance: Script,
     settle: Script,
     claim_trust: Script,
@@ -430,6 +506,7 @@ impl BalanceCache {
             snapshot: Script::new(SNAPSHOT),
             reserve_batch: Script::new(RESERVE_BATCH),
             release: Script::new(RELEASE),
+            outgoing: Script::new(OUTGOING),
             store_balance: Script::new(STORE_BALANCE),
             settle: Script::new(SETTLE),
             claim_trust: Script::new(CLAIM_TRUST),
@@ -510,8 +587,10 @@ impl BalanceCache {
         );
         assert!(ahead.amount_minor > 0, "a hold sets money aside");
         let mut keys = self.availability_keys(user_ids, currency);
+        let hold_on = user_ids[ahead.hold_on];
         keys.push(self.pending_key(transaction_id));
-        keys.push(self.hold_times_key(user_ids[ahead.hold_on], currency));
+        keys.push(self.hold_times_key(hold_on, currency));
+        keys.push(self.recent_key(hold_on, currency));
         keys.push(self.trusted_key());
         let args = [
             transaction_id.as_bytes().to_vec(),
@@ -519,6 +598,7 @@ impl BalanceCache {
             ahead.amount_minor.to_string().into_bytes(),
             ahead.record.to_vec(),
             PENDING_TTL_SECONDS.to_string().into_bytes(),
+            self.outgoing_prefix(hold_on, currency).into_bytes(),
         ];
         let mut reply: Vec<i64> = self.run(&self.available, &keys, &args).await?;
         let held = reply.pop() == Some(1);
@@ -542,12 +622,14 @@ impl BalanceCache {
             self.pending_key(transaction_id),
             self.hold_times_key(user_id, currency),
             self.trusted_key(),
+            self.recent_key(user_id, currency),
         ];
         let args = [
             transaction_id.as_bytes().to_vec(),
             amount_minor.to_string().into_bytes(),
             message.to_vec(),
             PENDING_TTL_SECONDS.to_string().into_bytes(),
+            self.outgoing_prefix(user_id, currency).into_bytes(),
         ];
         let outcome: i64 = self.run(&self.reserve, &keys, &args).await?;
         Ok(match outcome {
@@ -595,6 +677,7 @@ impl BalanceCache {
             keys.push(self.holds_key(hold.user_id, hold.currency));
             keys.push(self.hold_times_key(hold.user_id, hold.currency));
             keys.push(self.pending_key(hold.transaction_id));
+            keys.push(self.recent_key(hold.user_id, hold.currency));
             args.push(hold.transaction_id.as_bytes().to_vec());
             args.push(hold.amount_minor.to_string().into_bytes());
             args.push(hold.record.to_vec());
@@ -602,6 +685,10 @@ impl BalanceCache {
                 hold.credits
                     .map(|receiver| self.balance_key(receiver, hold.currency))
                     .unwrap_or_default()
+                    .into_bytes(),
+            );
+            args.push(
+                self.outgoing_prefix(hold.user_id, hold.currency)
                     .into_bytes(),
             );
         }
@@ -655,10 +742,47 @@ impl BalanceCache {
             self.holds_key(user_id, currency),
             self.pending_key(transaction_id),
             self.hold_times_key(user_id, currency),
+            self.recent_key(user_id, currency),
         ];
-        let args = [transaction_id.as_bytes().to_vec()];
+        let args = [
+            transaction_id.as_bytes().to_vec(),
+            self.outgoing_prefix(user_id, currency).into_bytes(),
+        ];
         let _released: i64 = self.run(&self.release, &keys, &args).await?;
         Ok(())
+    }
+
+    /// The account's outgoing counters as `transaction_id` sees them (`OUTGOING`): what the
+    /// transfers accepted in the current UTC day move and how many they are, and how many were
+    /// accepted in the last minute. Never guessed: an error when Redis cannot say.
+    pub async fn outgoing(
+        &self,
+        transaction_id: &str,
+        user_id: i64,
+        currency: &str,
+    ) -> Result<RecentOutgoing, CacheError> {
+        let keys = [
+            self.holds_key(user_id, currency),
+            self.hold_times_key(user_id, currency),
+            self.recent_key(user_id, currency),
+        ];
+        let args = [
+            transaction_id.as_bytes().to_vec(),
+            self.outgoing_prefix(user_id, currency).into_bytes(),
+        ];
+        let reply: Vec<i64> = self.run(&self.outgoing, &keys, &args).await?;
+        let count = |value: i64| u32::try_from(value.max(0)).unwrap_or(u32::MAX);
+        match reply[..] {
+            [minor, day_count, last_minute] => Ok(RecentOutgoing {
+                outgoing_minor: minor.max(0),
+                outgoing_count: count(day_count),
+                last_minute_count: count(last_minute),
+            }),
+            _ => Err(CacheError::Unavailable(format!(
+                "the outgoing counters script answered {} numbers",
+                reply.len()
+            ))),
+        }
     }
 
     /// Whether the holds can be trusted; when they cannot, records a claim named `token` for
@@ -832,6 +956,13 @@ impl BalanceCache {
     }
     fn hold_times_key(&self, user_id: i64, currency: &str) -> String {
         format!("{}hold_times:{user_id}:{currency}", self.prefix)
+    }
+    /// The day's counters are this and the UTC day's number (days since the epoch).
+    fn outgoing_prefix(&self, user_id: i64, currency: &str) -> String {
+        format!("{}outgoing:{user_id}:{currency}:", self.prefix)
+    }
+    fn recent_key(&self, user_id: i64, currency: &str) -> String {
+        format!("{}outgoing_recent:{user_id}:{currency}", self.prefix)
     }
     fn trusted_key(&self) -> String {
         format!("{}holds_trusted", self.prefix)
