@@ -414,11 +414,42 @@ pub struct SettledHold {
     pub currency: String,
 }
 
+/// The Redis client of `TRANSFERD_REDIS_URL`: over TLS for `rediss://`, checking the server
+/// against the CA file when one is set (else the system's roots), and showing the client
+/// certificate when one is set.
+fn client(services: &Services) -> Result<Client, CacheError> {
+    let url = services.redis_url.as_str();
+    if services.redis_ca_file.is_none() && services.redis_client_cert_file.is_none() {
+        return Ok(Client::open(url)?);
+    }
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).map_err(|error| {
+            CacheError::Unavailable(format!("cannot read {}: {error}", path.display()))
+        })
+    };
+    let root_cert = services.redis_ca_file.as_deref().map(read).transpose()?;
+    let client_tls = match (
+        &services.redis_client_cert_file,
+        &services.redis_client_key_file,
+    ) {
+        (Some(cert), Some(key)) => Some(redis::ClientTlsConfig {
+            client_cert: read(cert)?,
+            client_key: read(key)?,
+        }),
+        _ => None,
+    };
+    let certificates = redis::TlsCertificates {
+        client_tls,
+        root_cert,
+    };
+    Ok(Client::build_with_tls(url, certificates)?)
+}
+
 impl BalanceCache {
     /// Creates the cache without connecting; the first command connects.
     pub fn new(services: &Services) -> Result<Arc<BalanceCache>, CacheError> {
         Ok(Arc::new(BalanceCache {
-            client: Client::open(services.redis_url.as_str())?,
+            client: client(services)?,
             connection: Mutex::new(Connection {
                 manager: None,
                 last_failure: None,
