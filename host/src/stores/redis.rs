@@ -310,7 +310,9 @@ return 1
 
 struct Connection {
     manager: Option<ConnectionManager>,
-    last_failure: Option<Instant>,
+    /// When the last attempt failed, and why (a refused certificate, a timeout): the answer
+    /// until the next attempt.
+    last_failure: Option<(Instant, String)>,
 }
 
 pub struct BalanceCache {
@@ -910,12 +912,12 @@ impl BalanceCache {
         if let Some(manager) = &connection.manager {
             return Ok(manager.clone());
         }
-        if let Some(failed_at) = connection.last_failure
+        if let Some((failed_at, reason)) = &connection.last_failure
             && failed_at.elapsed() < RECONNECT_BACKOFF
         {
-            return Err(CacheError::Unavailable(
-                "redis connection failed less than a second ago".into(),
-            ));
+            return Err(CacheError::Unavailable(format!(
+                "redis connection failed less than a second ago: {reason}"
+            )));
         }
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(self.timeout)
@@ -934,12 +936,13 @@ impl BalanceCache {
                 Ok(manager)
             }
             Ok(Err(error)) => {
-                connection.last_failure = Some(Instant::now());
+                connection.last_failure = Some((Instant::now(), error.to_string()));
                 Err(error.into())
             }
             Err(_) => {
-                connection.last_failure = Some(Instant::now());
-                Err(CacheError::Unavailable("connecting timed out".into()))
+                let reason = "connecting timed out";
+                connection.last_failure = Some((Instant::now(), reason.to_string()));
+                Err(CacheError::Unavailable(reason.into()))
             }
         }
     }
