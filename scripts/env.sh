@@ -19,6 +19,13 @@ export TRANSFERD_TANSU="${TRANSFERD_TANSU:-$TANSU_BIN}"
 # transaction at a time anyway, and on a small machine a second worker only adds wake-ups,
 # which cost the broker CPU for every transfer.
 export TANSU_WORKER_THREADS="${TANSU_WORKER_THREADS:-1}"
+# The development broker cannot take an idempotent producer: Tansu 0.6's SQLite engine panics
+# in its idempotent-producer check after a timed-out request, and the whole broker goes down.
+# transferd's default is on, for a real Kafka cluster (docs/operations.md).
+export TRANSFERD_KAFKA_IDEMPOTENCE="${TRANSFERD_KAFKA_IDEMPOTENCE:-false}"
+# Nor a replication factor of -1 (the broker's default): Tansu 0.6 stores it as given and
+# describes such a topic with no replicas.
+export TRANSFERD_TOPIC_REPLICATION_FACTOR="${TRANSFERD_TOPIC_REPLICATION_FACTOR:-1}"
 
 TRANSFERD_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export TRANSFERD_ROOT

@@ -3,24 +3,44 @@
 //! CLI and curl behave the same.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context;
-use bytes::Bytes;
 use clap::{Args, Subcommand};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 
+/// The replica the CLI talks to, and how.
 #[derive(Debug, Args)]
-pub struct GuestCli {
-    /// Base URL of a transferd replica: its admin address when it sets
-    /// `TRANSFERD_ADMIN_LISTEN`, else its API address.
+pub struct Target {
+    /// Base URL of a transferd replica, `http://` or `https://`: its admin address when it sets
+    /// `TRANSFERD_ADMIN_LISTEN`, else its API address (the server's certificate is checked,
+    /// against `TRANSFERD_URL_CA_FILE` when set, else the system's roots).
     #[arg(long, env = "TRANSFERD_URL", default_value = "http://127.0.0.1:8080")]
     pub url: String,
+
+    /// PEM file of the certificate authority that signed the replica's certificate; when
+    /// set, only it is trusted.
+    #[arg(long, env = "TRANSFERD_URL_CA_FILE")]
+    pub url_ca_file: Option<PathBuf>,
+
+    /// Longest a command waits for the replica's whole answer, in milliseconds (an upload
+    /// includes the server's checks of the component).
+    #[arg(
+        long,
+        env = "TRANSFERD_URL_TIMEOUT_MS",
+        default_value_t = 60_000,
+        value_parser = clap::value_parser!(u64).range(100..=3_600_000)
+    )]
+    pub url_timeout_ms: u64,
 
     /// The admin bearer token.
     #[arg(long, env = "TRANSFERD_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: String,
+}
+
+#[derive(Debug, Args)]
+pub struct GuestCli {
+    #[command(flatten)]
+    pub target: Target,
 
     #[command(subcommand)]
     pub command: GuestCommand,
@@ -65,7 +85,7 @@ pub enum GuestCommand {
 /// Sends the command's request and prints the answer; fails on any non-2xx status.
 pub async fn run(cli: GuestCli) -> anyhow::Result<()> {
     let call = cli.command.call()?;
-    send(&cli.url, &cli.admin_token, call).await
+    send(&cli.target, call).await
 }
 
 impl GuestCommand {
@@ -189,14 +209,8 @@ impl GuardrailArgs {
 
 #[derive(Debug, Args)]
 pub struct QuarantineCli {
-    /// Base URL of a transferd replica: its admin address when it sets
-    /// `TRANSFERD_ADMIN_LISTEN`, else its API address.
-    #[arg(long, env = "TRANSFERD_URL", default_value = "http://127.0.0.1:8080")]
-    pub url: String,
-
-    /// The admin bearer token.
-    #[arg(long, env = "TRANSFERD_ADMIN_TOKEN", hide_env_values = true)]
-    pub admin_token: String,
+    #[command(flatten)]
+    pub target: Target,
 
     #[command(subcommand)]
     pub command: QuarantineCommand,
@@ -224,12 +238,7 @@ pub async fn run_quarantine(cli: QuarantineCli) -> anyhow::Result<()> {
             )
         }
     };
-    send(
-        &cli.url,
-        &cli.admin_token,
-        Call::json(method, path, Vec::new()),
-    )
-    .await
+    send(&cli.target, Call::json(method, path, Vec::new())).await
 }
 
 /// One request to the admin API.
@@ -254,8 +263,21 @@ impl Call {
     }
 }
 
-async fn send(url: &str, admin_token: &str, call: Call) -> anyhow::Result<()> {
-    let base = url.trim_end_matches('/');
+/// The HTTP client for `target`: its CA file alone trusted when given, and its timeout.
+fn client(target: &Target) -> anyhow::Result<reqwest::Client> {
+    let mut builder =
+        reqwest::Client::builder().timeout(Duration::from_millis(target.url_timeout_ms));
+    if let Some(file) = &target.url_ca_file {
+        let pem = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+        let certificates = reqwest::Certificate::from_pem_bundle(&pem)
+            .with_context(|| format!("reading certificates from {}", file.display()))?;
+        builder = builder.tls_certs_only(certificates);
+    }
+    builder.build().context("building the HTTP client")
+}
+
+async fn send(target: &Target, call: Call) -> anyhow::Result<()> {
+    let base = target.url.trim_end_matches('/');
     let Call {
         method,
         path,
@@ -263,22 +285,24 @@ async fn send(url: &str, admin_token: &str, call: Call) -> anyhow::Result<()> {
         content_type,
         note,
     } = call;
-    let mut request = hyper::Request::builder()
-        .method(method)
-        .uri(format!("{base}{path}"))
-        .header("authorization", format!("Bearer {admin_token}"))
-        .header("content-type", content_type);
+    let method_name = reqwest::Method::from_bytes(method.as_bytes())?;
+    let mut request = client(target)?
+        .request(method_name, format!("{base}{path}"))
+        .bearer_auth(&target.admin_token)
+        .header("content-type", content_type)
+        .body(body);
     if let Some(note) = note {
         request = request.header("x-guest-note", note);
     }
-    let request = request.body(Full::new(Bytes::from(body)))?;
-    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-    let response = client
-        .request(request)
+    let response = request
+        .send()
         .await
         .with_context(|| format!("reaching {base}"))?;
     let status = response.status();
-    let body = response.into_body().collect().await?.to_bytes();
+    let body = response
+        .bytes()
+        .await
+        .with_context(|| format!("reading the answer of {base}"))?;
     let text = match serde_json::from_slice::<serde_json::Value>(&body) {
         Ok(json) => serde_json::to_string_pretty(&json)?,
         Err(_) => String::from_utf8_lossy(&body).into_owned(),

@@ -10,6 +10,9 @@ use std::time::Duration;
 
 use clap::{Arg, Args, ValueEnum};
 
+pub mod kafka_properties;
+pub use kafka_properties::{KafkaProperties, KafkaRole, PropertiesError};
+
 /// The name a setting is known by in messages: its environment variable (else its flag), read
 /// from its clap argument so that no message spells it by hand. Naming the field makes the
 /// compiler check that it exists; clap's id for a field is the field's name.
@@ -18,28 +21,51 @@ macro_rules! setting {
         let _field_exists = |settings: &$settings| {
             let _ = &settings.$field;
         };
-        setting_name::<$settings>(stringify!($field))
+        $crate::config::setting_name::<$settings>(stringify!($field))
     }};
 }
+pub(crate) use setting;
 
 /// Where the service's dependencies are and how long it waits for each.
 #[derive(Debug, Clone, Args, serde::Serialize)]
 pub struct Services {
-    /// PostgreSQL connection URL (the ledger).
+    /// PostgreSQL connection URL (the ledger). TLS is set by the URL's own parameters, as
+    /// libpq reads them: `sslmode` (`disable`, `prefer`, `require`, `verify-ca`,
+    /// `verify-full`), `sslrootcert` (the CA file), `sslcert` and `sslkey` (a client
+    /// certificate). Its password is never printed.
     #[arg(
         long,
         env = "TRANSFERD_DATABASE_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/transferd"
+        default_value = "postgres://postgres@127.0.0.1:5432/transferd",
+        hide_env_values = true
     )]
     pub database_url: String,
 
-    /// Redis connection URL (balance cache and holds).
+    /// Redis connection URL (balance cache and holds): `redis://` in the clear, `rediss://`
+    /// over TLS (the server's certificate checked against the system's roots, or against
+    /// `TRANSFERD_REDIS_CA_FILE`), with an ACL user and password as
+    /// `rediss://user:password@host:port`. Its password is never printed.
     #[arg(
         long,
         env = "TRANSFERD_REDIS_URL",
-        default_value = "redis://127.0.0.1:6379"
+        default_value = "redis://127.0.0.1:6379",
+        hide_env_values = true
     )]
     pub redis_url: String,
+
+    /// PEM file of the certificate authority that signed the Redis server's certificate
+    /// (`rediss://` only); unset, the system's roots are trusted.
+    #[arg(long, env = "TRANSFERD_REDIS_CA_FILE")]
+    pub redis_ca_file: Option<PathBuf>,
+
+    /// PEM file of the client certificate transferd shows Redis (`rediss://` only), with
+    /// `TRANSFERD_REDIS_CLIENT_KEY_FILE`.
+    #[arg(long, env = "TRANSFERD_REDIS_CLIENT_CERT_FILE")]
+    pub redis_client_cert_file: Option<PathBuf>,
+
+    /// PEM file of the client certificate's private key.
+    #[arg(long, env = "TRANSFERD_REDIS_CLIENT_KEY_FILE")]
+    pub redis_client_key_file: Option<PathBuf>,
 
     /// Prefix for every Redis key (empty keeps the original `balance:{user_id}:{currency}`).
     #[arg(long, env = "TRANSFERD_REDIS_PREFIX", default_value = "")]
@@ -52,6 +78,60 @@ pub struct Services {
         default_value = "127.0.0.1:9092"
     )]
     pub kafka_brokers: String,
+
+    /// A file of librdkafka properties (`name=value` lines, `#` comments) for every Kafka
+    /// client transferd makes: the producer, the consumers and the admin client. The
+    /// environment adds to it and wins over it: `TRANSFERD_KAFKA_CLIENT_<NAME>` for every
+    /// client, `TRANSFERD_KAFKA_PRODUCER_<NAME>` and `TRANSFERD_KAFKA_CONSUMER_<NAME>` for one
+    /// kind, `<NAME>` being the property upper-cased with `_` for `.`
+    /// (`TRANSFERD_KAFKA_CLIENT_SECURITY_PROTOCOL=SASL_SSL`). The properties transferd sets for
+    /// correctness (`acks`, `enable.idempotence`, `enable.auto.commit`, …) are refused at start.
+    #[arg(long, env = "TRANSFERD_KAFKA_PROPERTIES_FILE")]
+    pub kafka_properties_file: Option<PathBuf>,
+
+    /// Whether the producer is idempotent (`enable.idempotence`): a send retried after a lost
+    /// acknowledgement is not written twice, and messages keep their order. `false` only for a
+    /// broker that cannot take it, such as the local development broker (Tansu).
+    #[arg(
+        long,
+        env = "TRANSFERD_KAFKA_IDEMPOTENCE",
+        default_value_t = true,
+        action = clap::ArgAction::Set
+    )]
+    pub kafka_idempotence: bool,
+
+    /// Whether transferd creates its topics when they are missing (at start, and again when
+    /// one vanishes). `false` leaves them to the operator: transferd then only checks they
+    /// exist, and names those that do not in its log and readiness.
+    #[arg(
+        long,
+        env = "TRANSFERD_CREATE_TOPICS",
+        default_value_t = true,
+        action = clap::ArgAction::Set
+    )]
+    pub create_topics: bool,
+
+    /// Replicas of each partition of a topic transferd creates; -1 takes the broker's
+    /// `default.replication.factor`. A cluster that must survive the loss of a broker needs 3.
+    #[arg(
+        long,
+        env = "TRANSFERD_TOPIC_REPLICATION_FACTOR",
+        default_value_t = -1,
+        allow_negative_numbers = true,
+        value_parser = clap::value_parser!(i32).range(-1..=32_767)
+    )]
+    pub topic_replication_factor: i32,
+
+    /// `min.insync.replicas` of each topic transferd creates: how many replicas must have a
+    /// message before the broker acknowledges it (transferd produces with `acks=all`).
+    /// Unset, the broker's own default applies; 2 with a replication factor of 3 survives the
+    /// loss of one broker without losing an acknowledged transfer.
+    #[arg(
+        long,
+        env = "TRANSFERD_TOPIC_MIN_INSYNC_REPLICAS",
+        value_parser = clap::value_parser!(u32).range(1..=32_767)
+    )]
+    pub topic_min_insync_replicas: Option<u32>,
 
     /// Prefix for every Kafka topic name (empty keeps the original `transfer_topic`).
     #[arg(long, env = "TRANSFERD_TOPIC_PREFIX", default_value = "")]
@@ -135,7 +215,9 @@ impl Services {
         Duration::from_millis(self.drain_timeout_ms)
     }
 
-    /// What clap cannot check alone: the characters of the topic prefix.
+    /// What clap cannot check alone: the characters of the topic prefix, the replication
+    /// factor's forbidden 0, the Redis TLS files against the URL's scheme, and the Kafka
+    /// properties (readable, none that transferd sets itself).
     pub fn validate(&self) -> anyhow::Result<()> {
         let topic_safe = |c: char| c.is_ascii_alphanumeric() || "._-".contains(c);
         anyhow::ensure!(
@@ -143,7 +225,51 @@ impl Services {
             "{} may hold only letters, digits, '.', '_' and '-'",
             setting!(Services, topic_prefix)
         );
+        anyhow::ensure!(
+            self.topic_replication_factor != 0,
+            "{} must be -1 (the broker's default) or 1 or more",
+            setting!(Services, topic_replication_factor)
+        );
+        self.validate_redis_tls()?;
+        self.kafka_properties()?;
         Ok(())
+    }
+
+    /// The Redis certificate files make sense only over TLS, and a client certificate needs
+    /// its key.
+    fn validate_redis_tls(&self) -> anyhow::Result<()> {
+        let files = [
+            (setting!(Services, redis_ca_file), &self.redis_ca_file),
+            (
+                setting!(Services, redis_client_cert_file),
+                &self.redis_client_cert_file,
+            ),
+            (
+                setting!(Services, redis_client_key_file),
+                &self.redis_client_key_file,
+            ),
+        ];
+        let tls = self.redis_url.starts_with("rediss://");
+        for (name, file) in files {
+            anyhow::ensure!(
+                tls || file.is_none(),
+                "{name} needs a rediss:// {}",
+                setting!(Services, redis_url)
+            );
+        }
+        anyhow::ensure!(
+            self.redis_client_cert_file.is_some() == self.redis_client_key_file.is_some(),
+            "set both {} and {}, or neither",
+            setting!(Services, redis_client_cert_file),
+            setting!(Services, redis_client_key_file)
+        );
+        Ok(())
+    }
+
+    /// The operator's librdkafka properties, from `TRANSFERD_KAFKA_PROPERTIES_FILE` and the
+    /// environment; read again for each client made, so they are checked at start too.
+    pub fn kafka_properties(&self) -> Result<KafkaProperties, PropertiesError> {
+        KafkaProperties::read(std::env::vars_os(), self.kafka_properties_file.as_deref())
     }
 }
 
@@ -675,7 +801,7 @@ pub fn parse_ttl(text: &str) -> Result<Duration, String> {
 }
 
 /// See [`setting!`]: the environment variable of the argument `id` of `T`, else its flag.
-fn setting_name<T: Args>(id: &str) -> String {
+pub fn setting_name<T: Args>(id: &str) -> String {
     let command = T::augment_args(clap::Command::new("transferd"));
     let name = command
         .get_arguments()
@@ -723,6 +849,8 @@ pub fn worker_environment(
             Some(serde_json::Value::String(text)) => text.clone(),
             Some(serde_json::Value::Number(number)) => number.to_string(),
             Some(serde_json::Value::Bool(flag)) => flag.to_string(),
+            // An optional setting left unset stays unset in the child.
+            Some(serde_json::Value::Null) => continue,
             _ => return Err(ChildEnvError::Missing(name)),
         };
         environment.push((name, value));
@@ -758,13 +886,45 @@ pub const LOG_FORMAT: EnvironmentSetting = EnvironmentSetting {
 pub const OTLP_ENDPOINT: EnvironmentSetting = EnvironmentSetting {
     name: "TRANSFERD_OTLP_ENDPOINT",
     default: "",
-    accepted: "a URL",
-    help: "The collector's full traces URL (`http://collector:4318/v1/traces`): request and \
-           settlement spans are exported there over OTLP/HTTP (protobuf). Unset or empty, \
-           nothing is exported.",
+    accepted: "an `http://` or `https://` URL",
+    help: "The collector's full traces URL (`https://collector:4318/v1/traces`): request and \
+           settlement spans are exported there over OTLP/HTTP (protobuf). Wins over the \
+           standard `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` and `OTEL_EXPORTER_OTLP_ENDPOINT`; \
+           when none of the three is set (or all are empty), nothing is exported.",
 };
 
-const ENVIRONMENT_ONLY: [&EnvironmentSetting; 3] = [&LOG_FILTER, &LOG_FORMAT, &OTLP_ENDPOINT];
+pub const OTEL_TRACES_ENDPOINT: EnvironmentSetting = EnvironmentSetting {
+    name: "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    default: "",
+    accepted: "an `http://` or `https://` URL",
+    help: "OpenTelemetry's standard full traces URL, used as is; `TRANSFERD_OTLP_ENDPOINT` \
+           wins over it.",
+};
+
+pub const OTEL_ENDPOINT: EnvironmentSetting = EnvironmentSetting {
+    name: "OTEL_EXPORTER_OTLP_ENDPOINT",
+    default: "",
+    accepted: "an `http://` or `https://` URL",
+    help: "OpenTelemetry's standard base URL of the collector (`https://collector:4318`): \
+           spans go to its `/v1/traces`, over OTLP/HTTP (protobuf; \
+           `OTEL_EXPORTER_OTLP_PROTOCOL` is not read). The two settings above win over it.",
+};
+
+pub const OTEL_SERVICE_NAME: EnvironmentSetting = EnvironmentSetting {
+    name: "OTEL_SERVICE_NAME",
+    default: "transferd",
+    accepted: "a name",
+    help: "The `service.name` exported spans carry. Empty means the default.",
+};
+
+const ENVIRONMENT_ONLY: [&EnvironmentSetting; 6] = [
+    &LOG_FILTER,
+    &LOG_FORMAT,
+    &OTLP_ENDPOINT,
+    &OTEL_TRACES_ENDPOINT,
+    &OTEL_ENDPOINT,
+    &OTEL_SERVICE_NAME,
+];
 
 /// The command that regenerates docs/configuration.md; the page and its test both name it.
 pub const WRITE_PAGE_COMMAND: &str =
@@ -1013,6 +1173,15 @@ mod tests {
         Line::try_parse_from(args).map(|line| line.settings)
     }
 
+    /// Whether `arg` alone takes `value`.
+    fn accepts(arg: &Arg, value: &str) -> bool {
+        let long = arg.get_long().unwrap_or_default();
+        clap::Command::new("probe")
+            .arg(arg.clone())
+            .try_get_matches_from(["probe".to_string(), format!("--{long}={value}")])
+            .is_ok()
+    }
+
     fn parse_worker(args: &[&str]) -> WorkerOnly {
         try_parse_worker(args).expect("every flag parses")
     }
@@ -1029,8 +1198,14 @@ mod tests {
             let (Some(long), Some(env)) = (arg.get_long(), arg.get_env()) else {
                 continue;
             };
+            let possible = arg.get_possible_values();
             let value = match accepted_range(arg) {
                 Some((lowest, _)) => (lowest + 3 * index as i128 + 1).to_string(),
+                None if !possible.is_empty() => {
+                    possible[index % possible.len()].get_name().to_string()
+                }
+                // A number without a default (so without a range the page reads).
+                None if !accepts(arg, "value") => (index + 1).to_string(),
                 None => format!("value-{index}"),
             };
             args.push(format!("--{long}={value}"));
@@ -1053,10 +1228,17 @@ mod tests {
         let parsed = parse_worker(&["worker"]);
         let child = worker_environment(&parsed.services, &parsed.worker).expect("values");
         let command = WorkerOnly::augment_args(clap::Command::new("worker"));
-        let named = command
-            .get_arguments()
-            .filter(|arg| arg.get_env().is_some());
+        let named = command.get_arguments().filter(|arg| {
+            let optional = arg.get_default_values().is_empty();
+            arg.get_env().is_some() && !optional
+        });
         assert_eq!(child.len(), named.count());
+        assert!(
+            !child
+                .iter()
+                .any(|(name, _)| name == "TRANSFERD_REDIS_CA_FILE"),
+            "an unset optional setting stays unset"
+        );
         assert!(child.contains(&("TRANSFERD_SETTLEMENT_BATCH".into(), "1000".into())));
         assert!(child.contains(&("TRANSFERD_TOPIC_PREFIX".into(), String::new())));
     }

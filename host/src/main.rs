@@ -66,6 +66,12 @@ enum LedgerCommand {
 const LEDGER_BROKEN: i32 = 2;
 
 fn main() -> ExitCode {
+    // Every TLS client of the process (PostgreSQL, Redis, OTLP, the admin CLI) uses rustls
+    // with ring; reqwest needs it installed before the exporter in `init_logging` is built.
+    // rustls deprecates ring's provider for lacking post-quantum key exchange; aws-lc-rs,
+    // which has it, would add a second C crypto library to the build beside OpenSSL's.
+    #[allow(deprecated)]
+    let _ = rustls::crypto::ring::default_provider().install_default();
     init_logging();
     log_panics();
     let cli = Cli::parse();

@@ -1,7 +1,8 @@
-//! Optional OpenTelemetry export. With `TRANSFERD_OTLP_ENDPOINT` set (the collector's full
-//! traces URL, e.g. `http://collector:4318/v1/traces`), the request spans and the settlement
-//! spans go there over OTLP/HTTP (protobuf), batched on a thread of their own, never on the
-//! request path. Unset, nothing is exported and nothing here costs anything.
+//! Optional OpenTelemetry export. With an endpoint set (`TRANSFERD_OTLP_ENDPOINT` or the
+//! standard `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` / `OTEL_EXPORTER_OTLP_ENDPOINT`, `http://` or
+//! `https://`), the request spans and the settlement spans go there over OTLP/HTTP
+//! (protobuf), batched on a thread of their own, never on the request path. Unset, nothing is
+//! exported and nothing here costs anything.
 //!
 //! A request's span continues the caller's `traceparent` when it sent one; the ids the span
 //! gets are the ones the request's Kafka message carries (`trace::TraceContext`), so a
@@ -21,8 +22,30 @@ use tracing_subscriber::registry::LookupSpan;
 
 use crate::trace::TraceContext;
 
-/// The setting that turns export on.
-pub const ENDPOINT_SETTING: &str = crate::config::OTLP_ENDPOINT.name;
+use crate::config::{OTEL_ENDPOINT, OTEL_SERVICE_NAME, OTEL_TRACES_ENDPOINT, OTLP_ENDPOINT};
+
+/// Where spans go, by the first of these set and not empty: transferd's own full traces URL,
+/// OpenTelemetry's full traces URL, OpenTelemetry's base URL with the traces path appended (as
+/// the specification says for OTLP/HTTP). `variable` reads the environment.
+pub fn endpoint(variable: impl Fn(&str) -> Option<String>) -> Option<String> {
+    let set = |name: &str| variable(name).filter(|value| !value.is_empty());
+    set(OTLP_ENDPOINT.name)
+        .or_else(|| set(OTEL_TRACES_ENDPOINT.name))
+        .or_else(|| {
+            set(OTEL_ENDPOINT.name).map(|base| format!("{}/v1/traces", base.trim_end_matches('/')))
+        })
+}
+
+/// The `service.name` of exported spans: `OTEL_SERVICE_NAME`, else `transferd`.
+pub fn service_name(variable: impl Fn(&str) -> Option<String>) -> String {
+    variable(OTEL_SERVICE_NAME.name)
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| OTEL_SERVICE_NAME.default.to_string())
+}
+
+fn environment(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
 
 static PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
 
@@ -38,10 +61,9 @@ pub fn layer<S>() -> Result<Option<impl tracing_subscriber::Layer<S>>, ExportErr
 where
     S: tracing::Subscriber + for<'span> LookupSpan<'span>,
 {
-    let endpoint = std::env::var(ENDPOINT_SETTING).unwrap_or_default();
-    if endpoint.is_empty() {
+    let Some(endpoint) = endpoint(environment) else {
         return Ok(None);
-    }
+    };
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
         .with_protocol(Protocol::HttpBinary)
@@ -53,7 +75,11 @@ where
         })?;
     let provider = SdkTracerProvider::builder()
         .with_batch_exporter(exporter)
-        .with_resource(Resource::builder().with_service_name("transferd").build())
+        .with_resource(
+            Resource::builder()
+                .with_service_name(service_name(environment))
+                .build(),
+        )
         .build();
     let tracer = provider.tracer("transferd");
     let _ = PROVIDER.set(provider);
@@ -109,4 +135,66 @@ fn remote(trace_id: [u8; 16], span_id: [u8; 8], flags: u8) -> opentelemetry::Con
         true,
         TraceState::default(),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn variables(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let pairs: Vec<(String, String)> = pairs
+            .iter()
+            .map(|(name, value)| (name.to_string(), value.to_string()))
+            .collect();
+        move |name| {
+            pairs
+                .iter()
+                .find(|(known, _)| known == name)
+                .map(|(_, value)| value.clone())
+        }
+    }
+
+    #[test]
+    fn transferd_s_endpoint_wins_then_the_standard_full_url_then_the_base() {
+        let all = [
+            ("TRANSFERD_OTLP_ENDPOINT", "https://own:4318/v1/traces"),
+            (
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                "https://full:4318/v1/traces",
+            ),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://base:4318/"),
+        ];
+        assert_eq!(
+            endpoint(variables(&all)).as_deref(),
+            Some("https://own:4318/v1/traces")
+        );
+        assert_eq!(
+            endpoint(variables(&all[1..])).as_deref(),
+            Some("https://full:4318/v1/traces")
+        );
+        assert_eq!(
+            endpoint(variables(&all[2..])).as_deref(),
+            Some("https://base:4318/v1/traces")
+        );
+        let empty_own = [("TRANSFERD_OTLP_ENDPOINT", ""), all[2]];
+        assert_eq!(
+            endpoint(variables(&empty_own)).as_deref(),
+            Some("https://base:4318/v1/traces"),
+            "an empty setting counts as unset"
+        );
+        assert_eq!(endpoint(variables(&[])), None);
+    }
+
+    #[test]
+    fn the_service_name_is_otel_s_else_transferd() {
+        assert_eq!(
+            service_name(variables(&[("OTEL_SERVICE_NAME", "payments-eu")])),
+            "payments-eu"
+        );
+        assert_eq!(
+            service_name(variables(&[("OTEL_SERVICE_NAME", "")])),
+            "transferd"
+        );
+        assert_eq!(service_name(variables(&[])), "transferd");
+    }
 }

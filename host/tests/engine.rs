@@ -58,6 +58,16 @@ async fn slow_stores(database_timeout_ms: u64) -> anyhow::Result<Arc<Stores>> {
         database_connections: 4,
         redis_timeout_ms: 100,
         drain_timeout_ms: 10_000,
+        redis_ca_file: None,
+        redis_client_cert_file: None,
+        redis_client_key_file: None,
+        kafka_properties_file: None,
+        // The local broker (Tansu) takes neither an idempotent producer nor a replication
+        // factor of -1 (docs/operations.md).
+        kafka_idempotence: false,
+        create_topics: true,
+        topic_replication_factor: 1,
+        topic_min_insync_replicas: None,
     };
     let ledger = Ledger::connect(&services).await?;
     let positions = KeptPositions {

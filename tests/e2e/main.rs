@@ -30,6 +30,7 @@ mod settlement;
 mod shutdown;
 mod soak;
 mod status_page;
+mod tls;
 mod trace_context;
 mod transfers;
 mod two_phase;

@@ -64,6 +64,10 @@ fn transferd_command(
         .env("TRANSFERD_REDIS_URL", &options.redis_url)
         .env("TRANSFERD_REDIS_PREFIX", namespace.redis_prefix())
         .env("TRANSFERD_KAFKA_BROKERS", &options.kafka_brokers)
+        // Tansu, the test broker, cannot take an idempotent producer nor a replication factor
+        // of -1 (docs/operations.md).
+        .env("TRANSFERD_KAFKA_IDEMPOTENCE", "false")
+        .env("TRANSFERD_TOPIC_REPLICATION_FACTOR", "1")
         .env("TRANSFERD_TOPIC_PREFIX", namespace.topic_prefix())
         .env(
             "TRANSFERD_KAFKA_TIMEOUT_MS",

@@ -7,13 +7,15 @@
 //! One job per module: `artifacts` (the files under test), `namespace` (a test's private
 //! names), `host` (the transferd process), `client` (HTTP to it), `process` (child-process
 //! plumbing), `consumers` (reading the log), `broker` (private brokers and topics), `ledger` and
-//! `redis_state` (what a test's stores hold), `random` (reproducible load).
+//! `redis_state` (what a test's stores hold), `random` (reproducible load), `tls_services`
+//! (a private PostgreSQL and Redis that speak only TLS).
 
 pub mod auth;
 pub mod load;
 pub mod proxy;
 pub mod services;
 pub mod stale;
+pub mod tls_services;
 
 mod artifacts;
 mod broker;

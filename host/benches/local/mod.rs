@@ -17,5 +17,15 @@ pub fn services(database: &str, connections: u32) -> Services {
         database_connections: connections,
         redis_timeout_ms: 1_000,
         drain_timeout_ms: 10_000,
+        redis_ca_file: None,
+        redis_client_cert_file: None,
+        redis_client_key_file: None,
+        kafka_properties_file: None,
+        // The local broker (Tansu) takes neither an idempotent producer nor a replication
+        // factor of -1 (docs/operations.md).
+        kafka_idempotence: false,
+        create_topics: true,
+        topic_replication_factor: 1,
+        topic_min_insync_replicas: None,
     }
 }

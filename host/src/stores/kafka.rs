@@ -16,7 +16,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::types::{RDKafkaErrorCode, RDKafkaRespErr};
 use sqlx::PgPool;
 
-use crate::config::Services;
+use crate::config::{KafkaProperties, KafkaRole, PropertiesError, Services};
 
 /// Topics a guest may publish to, by their logical (unprefixed) names.
 pub const GUEST_TOPICS: &[&str] = &[TRANSFER_TOPIC];
@@ -58,8 +58,33 @@ pub fn settlement_consumer(
     services: &Services,
     fetch_wait_ms: u64,
 ) -> Result<StreamConsumer, LogError> {
-    Ok(ClientConfig::new()
-        .set("bootstrap.servers", &services.kafka_brokers)
+    let properties = services.kafka_properties()?;
+    Ok(settlement_consumer_config(services, &properties, fetch_wait_ms).create()?)
+}
+
+/// A client of `role`: the brokers, transferd's `own` properties, then the operator's
+/// (`TRANSFERD_KAFKA_*`), which may tune anything but what [`KafkaProperties`] refuses.
+pub fn client_config(
+    services: &Services,
+    properties: &KafkaProperties,
+    role: KafkaRole,
+    mut own: ClientConfig,
+) -> ClientConfig {
+    own.set("bootstrap.servers", &services.kafka_brokers);
+    for (name, value) in properties.for_role(role) {
+        own.set(name, value);
+    }
+    own
+}
+
+/// The settlement consumer's configuration (see [`settlement_consumer`]).
+pub fn settlement_consumer_config(
+    services: &Services,
+    properties: &KafkaProperties,
+    fetch_wait_ms: u64,
+) -> ClientConfig {
+    let mut own = ClientConfig::new();
+    own
         // Never joined: the worker assigns itself partitions at the ledger's positions and
         // commits nothing to the broker. librdkafka still wants a group name for a consumer.
         .set(
@@ -87,8 +112,8 @@ pub fn settlement_consumer(
         .set("reconnect.backoff.max.ms", "1000")
         // A topic deleted and created again (a broker restarted without its log) is seen
         // within seconds instead of librdkafka's default five minutes.
-        .set("topic.metadata.refresh.interval.ms", "5000")
-        .create()?)
+        .set("topic.metadata.refresh.interval.ms", "5000");
+    client_config(services, properties, KafkaRole::Consumer, own)
 }
 
 /// The broker does not know the topic (or partition): nothing was written, and creating the
@@ -117,6 +142,8 @@ pub enum LogError {
     InDoubt(String),
     #[error("kafka client error: {0}")]
     Client(#[from] KafkaError),
+    #[error(transparent)]
+    Settings(#[from] PropertiesError),
 }
 
 impl LogError {
@@ -173,14 +200,20 @@ fn producer_is_stuck(error: &KafkaError) -> bool {
 }
 
 fn new_producer(services: &Services) -> Result<FutureProducer, LogError> {
-    Ok(ClientConfig::new()
-        .set("bootstrap.servers", &services.kafka_brokers)
-        // Not idempotent: Tansu 0.6's SQLite engine panics in its idempotent-producer check
-        // ("more or less than one row") after a timed-out request, and that panic takes its
-        // storage, so the whole broker, down for every client until the producer goes away.
-        // A retried send may therefore write a message twice; settlement applies a
-        // transaction id once, and the order of two transfers does not change what each holds.
-        .set("enable.idempotence", "false")
+    let properties = services.kafka_properties()?;
+    Ok(producer_config(services, &properties).create()?)
+}
+
+/// The producer's configuration (see [`new_producer`]).
+pub fn producer_config(services: &Services, properties: &KafkaProperties) -> ClientConfig {
+    let mut own = ClientConfig::new();
+    own
+        // Idempotent unless the broker cannot take it (TRANSFERD_KAFKA_IDEMPOTENCE): Tansu
+        // 0.6's SQLite engine panics in its idempotent-producer check ("more or less than one
+        // row") after a timed-out request, taking the whole broker down. Without it a retried
+        // send may write a message twice; settlement applies a transaction id once, and the
+        // order of two transfers does not change what each holds.
+        .set("enable.idempotence", services.kafka_idempotence.to_string())
         .set("acks", "all")
         // The delivery report is final within this time: acknowledged or failed, never
         // delivered after the request was told it failed.
@@ -190,8 +223,8 @@ fn new_producer(services: &Services) -> Result<FutureProducer, LogError> {
         // A topic missing from the broker fails the message at once (UnknownTopic, which
         // `produce` repairs) instead of waiting out librdkafka's 30 s propagation allowance
         // and timing out as if the broker were down.
-        .set("topic.metadata.propagation.max.ms", "1000")
-        .create()?)
+        .set("topic.metadata.propagation.max.ms", "1000");
+    client_config(services, properties, KafkaRole::Producer, own)
 }
 
 /// Why one send failed; an unknown topic is worth creating and sending again, and a message
@@ -287,10 +320,11 @@ impl TransferLog {
     }
 
     /// Whether the broker answers a metadata request for the transfer topic within `timeout`,
-    /// and has the topic. librdkafka's blocking call runs off the async threads and ends by
-    /// itself after `timeout`, whether or not anyone still waits for it; while one runs no
-    /// other starts (the answer is then that it has not ended), so callers that stopped
-    /// waiting cannot pile up blocking threads.
+    /// and has it; with `TRANSFERD_CREATE_TOPICS=false`, every one of [`HOST_TOPICS`], since
+    /// none is created when missing (the error names those the broker lacks). librdkafka's
+    /// blocking call runs off the async threads and ends by itself after `timeout`, whether or
+    /// not anyone still waits for it; while one runs no other starts (the answer is then that
+    /// it has not ended), so callers that stopped waiting cannot pile up blocking threads.
     pub async fn reachable(&self, timeout: Duration) -> Result<(), LogError> {
         let Some(in_flight) = InFlight::begin(&self.metadata_in_flight) else {
             return Err(LogError::NotSent(
@@ -303,19 +337,34 @@ impl TransferLog {
             .unwrap_or_else(PoisonError::into_inner)
             .1
             .clone();
-        let topic = self.physical_topic(TRANSFER_TOPIC);
+        let needed = if self.services.create_topics {
+            &[TRANSFER_TOPIC][..]
+        } else {
+            HOST_TOPICS
+        };
+        let topics: Vec<String> = needed
+            .iter()
+            .map(|topic| self.physical_topic(topic))
+            .collect();
         let asked = tokio::task::spawn_blocking(move || {
             let _in_flight = in_flight;
-            let metadata = producer.client().fetch_metadata(Some(&topic), timeout)?;
-            let known = metadata
-                .topics()
-                .iter()
-                .any(|found| found.name() == topic && found.error().is_none());
-            if known {
+            let mut missing = Vec::new();
+            for topic in topics {
+                let metadata = producer.client().fetch_metadata(Some(&topic), timeout)?;
+                let known = metadata
+                    .topics()
+                    .iter()
+                    .any(|found| found.name() == topic && found.error().is_none());
+                if !known {
+                    missing.push(topic);
+                }
+            }
+            if missing.is_empty() {
                 Ok(())
             } else {
                 Err(LogError::NotSent(format!(
-                    "the broker has no topic {topic}"
+                    "the broker has no topic {}",
+                    missing.join(", ")
                 )))
             }
         });
@@ -511,10 +560,9 @@ impl TransferLog {
         positions: &KeptPositions,
         logical_topics: &[&str],
     ) -> Result<(), LogError> {
+        let properties = services.kafka_properties()?;
         let admin: Arc<AdminClient<DefaultClientContext>> = Arc::new(
-            ClientConfig::new()
-                .set("bootstrap.servers", &services.kafka_brokers)
-                .create()?,
+            client_config(services, &properties, KafkaRole::Admin, ClientConfig::new()).create()?,
         );
         let timeout = services.kafka_timeout();
         let names: Vec<String> = logical_topics
@@ -524,6 +572,13 @@ impl TransferLog {
         let missing = missing_topics(&admin, &names, timeout).await?;
         if missing.is_empty() {
             return Ok(());
+        }
+        if !services.create_topics {
+            return Err(LogError::NotSent(format!(
+                "the broker has no topic {}; create it ({} is false)",
+                missing.join(", "),
+                crate::config::setting!(Services, create_topics)
+            )));
         }
         for name in &missing {
             let forgotten = (positions.forget)(&positions.ledger, name)
@@ -541,9 +596,10 @@ impl TransferLog {
                 );
             }
         }
+        let min_insync = services.topic_min_insync_replicas.map(|n| n.to_string());
         let new_topics: Vec<NewTopic<'_>> = missing
             .iter()
-            .map(|name| NewTopic::new(name, services.topic_partitions, TopicReplication::Fixed(1)))
+            .map(|name| new_topic(services, name, min_insync.as_deref()))
             .collect();
         let options = AdminOptions::new()
             .operation_timeout(Some(timeout))
@@ -559,6 +615,17 @@ impl TransferLog {
             }
         }
         Ok(())
+    }
+}
+
+/// A topic as transferd creates it: its partitions and replicas, and `min.insync.replicas`
+/// when set (else the broker's default).
+fn new_topic<'a>(services: &Services, name: &'a str, min_insync: Option<&'a str>) -> NewTopic<'a> {
+    let replication = TopicReplication::Fixed(services.topic_replication_factor);
+    let topic = NewTopic::new(name, services.topic_partitions, replication);
+    match min_insync {
+        Some(replicas) => topic.set("min.insync.replicas", replicas),
+        None => topic,
     }
 }
 
@@ -598,6 +665,112 @@ async fn missing_topics(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::ffi::OsString;
+
+    fn services(args: &[&str]) -> Services {
+        use clap::Parser;
+
+        #[derive(Parser)]
+        struct Line {
+            #[command(flatten)]
+            services: Services,
+        }
+        let args = std::iter::once("transferd").chain(args.iter().copied());
+        Line::try_parse_from(args)
+            .expect("the flags parse")
+            .services
+    }
+
+    fn properties(pairs: &[(&str, &str)]) -> KafkaProperties {
+        let environment = pairs
+            .iter()
+            .map(|(name, value)| (OsString::from(name), OsString::from(value)))
+            .collect::<Vec<_>>();
+        KafkaProperties::read(environment, None).expect("valid properties")
+    }
+
+    /// What librdkafka itself holds once it took a configuration.
+    fn native(config: &ClientConfig, name: &str) -> String {
+        config
+            .create_native_config()
+            .expect("librdkafka takes every property")
+            .get(name)
+            .expect("a known property")
+    }
+
+    /// A cluster's security settings, given as variables, are what librdkafka holds for the
+    /// producer and the consumer, beside the properties transferd sets itself.
+    #[test]
+    fn a_cluster_s_security_settings_reach_librdkafka() {
+        let properties = properties(&[
+            ("TRANSFERD_KAFKA_CLIENT_SECURITY_PROTOCOL", "SASL_SSL"),
+            ("TRANSFERD_KAFKA_CLIENT_SASL_MECHANISM", "SCRAM-SHA-512"),
+            ("TRANSFERD_KAFKA_CLIENT_SASL_USERNAME", "transferd"),
+            ("TRANSFERD_KAFKA_CLIENT_SASL_PASSWORD", "not-printed"),
+            (
+                "TRANSFERD_KAFKA_CLIENT_SSL_CA_LOCATION",
+                "/etc/kafka/ca.pem",
+            ),
+            ("TRANSFERD_KAFKA_PRODUCER_COMPRESSION_TYPE", "gzip"),
+            ("TRANSFERD_KAFKA_CONSUMER_FETCH_MIN_BYTES", "10"),
+        ]);
+        let services = services(&["--kafka-brokers=broker-1:9093"]);
+        let producer = producer_config(&services, &properties);
+        let consumer = settlement_consumer_config(&services, &properties, 30);
+        for config in [&producer, &consumer] {
+            assert_eq!(native(config, "security.protocol"), "sasl_ssl");
+            assert_eq!(native(config, "sasl.mechanisms"), "SCRAM-SHA-512");
+            assert_eq!(native(config, "sasl.username"), "transferd");
+            assert_eq!(native(config, "ssl.ca.location"), "/etc/kafka/ca.pem");
+            assert_eq!(native(config, "bootstrap.servers"), "broker-1:9093");
+        }
+        assert_eq!(native(&producer, "enable.idempotence"), "true");
+        assert_eq!(native(&producer, "compression.codec"), "gzip");
+        assert_eq!(native(&consumer, "fetch.min.bytes"), "10");
+        assert_eq!(
+            native(&producer, "fetch.min.bytes"),
+            "1",
+            "a consumer's only"
+        );
+        assert_eq!(native(&consumer, "enable.auto.commit"), "false");
+        let development = services_for_tansu();
+        assert_eq!(
+            native(
+                &producer_config(&development, &properties),
+                "enable.idempotence"
+            ),
+            "false"
+        );
+    }
+
+    fn services_for_tansu() -> Services {
+        services(&["--kafka-idempotence=false"])
+    }
+
+    /// This build's librdkafka has TLS and SCRAM (OpenSSL): a SASL_SSL producer is made (it
+    /// connects only when used). GSSAPI needs libsasl2, which the build leaves out.
+    #[test]
+    fn this_librdkafka_speaks_tls_and_scram_but_not_gssapi() {
+        let services = services(&["--kafka-brokers=127.0.0.1:1"]);
+        for mechanism in ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] {
+            let properties = properties(&[
+                ("TRANSFERD_KAFKA_CLIENT_SECURITY_PROTOCOL", "SASL_SSL"),
+                ("TRANSFERD_KAFKA_CLIENT_SASL_MECHANISM", mechanism),
+                ("TRANSFERD_KAFKA_CLIENT_SASL_USERNAME", "transferd"),
+                ("TRANSFERD_KAFKA_CLIENT_SASL_PASSWORD", "secret"),
+            ]);
+            let made: Result<FutureProducer, KafkaError> =
+                producer_config(&services, &properties).create();
+            assert!(made.is_ok(), "{mechanism}: {:?}", made.err());
+        }
+        let kerberos = properties(&[
+            ("TRANSFERD_KAFKA_CLIENT_SECURITY_PROTOCOL", "SASL_SSL"),
+            ("TRANSFERD_KAFKA_CLIENT_SASL_MECHANISM", "GSSAPI"),
+        ]);
+        let made: Result<FutureProducer, KafkaError> =
+            producer_config(&services, &kerberos).create();
+        assert!(made.is_err(), "GSSAPI is not in this build");
+    }
 
     #[test]
     fn a_blocking_call_in_flight_keeps_the_next_one_from_starting_until_it_ends() {

@@ -11,8 +11,8 @@ use std::time::Duration;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
-use crate::config::Services;
-use crate::stores::kafka::LogError;
+use crate::config::{KafkaRole, Services};
+use crate::stores::kafka::{LogError, client_config};
 
 /// Offsets per partition of one topic.
 pub type Offsets = BTreeMap<i32, i64>;
@@ -26,9 +26,14 @@ pub struct LogPosition {
 impl LogPosition {
     /// For `topic` (physical name).
     pub fn new(services: &Services, topic: String) -> Result<LogPosition, LogError> {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &services.kafka_brokers)
-            .create()?;
+        let properties = services.kafka_properties()?;
+        let consumer: BaseConsumer = client_config(
+            services,
+            &properties,
+            KafkaRole::Consumer,
+            ClientConfig::new(),
+        )
+        .create()?;
         Ok(LogPosition {
             consumer: Arc::new(consumer),
             topic,

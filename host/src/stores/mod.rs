@@ -50,13 +50,14 @@ impl Stores {
     }
 }
 
-/// The database may still be starting (scripts start it just before us): retry for a while.
+/// The database may still be starting (scripts start it just before us): retry for a while;
+/// a certificate refused is not retried, it will be refused again.
 async fn migrate_with_retry(ledger: &Ledger) -> anyhow::Result<()> {
     const ATTEMPTS: u32 = 30;
     for attempt in 1..=ATTEMPTS {
         match ledger.migrate().await {
             Ok(()) => return Ok(()),
-            Err(error) if attempt < ATTEMPTS => {
+            Err(error) if attempt < ATTEMPTS && !error.is_tls_failure() => {
                 tracing::warn!(%error, attempt, "database not ready; retrying");
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
@@ -78,7 +79,7 @@ fn ensure_topics_in_background(services: Services, positions: KeptPositions) {
                     return;
                 }
                 Err(error) => {
-                    tracing::warn!(%error, "cannot create topics yet; retrying");
+                    tracing::warn!(%error, "the topics are not ready; trying again");
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(5));
                 }

@@ -66,6 +66,17 @@ impl LedgerError {
     }
 }
 
+impl LedgerError {
+    /// The server's certificate (or ours) was refused: waiting does not change that.
+    pub fn is_tls_failure(&self) -> bool {
+        matches!(
+            self,
+            LedgerError::Unavailable(sqlx::Error::Tls(_))
+                | LedgerError::Migration(sqlx::migrate::MigrateError::Execute(sqlx::Error::Tls(_)))
+        )
+    }
+}
+
 impl From<sqlx::Error> for LedgerError {
     fn from(error: sqlx::Error) -> Self {
         // 22003: numeric_value_out_of_range, what BIGINT overflow raises.

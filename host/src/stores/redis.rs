@@ -385,7 +385,9 @@ return 1
 
 struct Connection {
     manager: Option<ConnectionManager>,
-    last_failure: Option<Instant>,
+    /// When the last attempt failed, and why (a refused certificate, a timeout): the answer
+    /// until the next attempt.
+    last_failure: Option<(Instant, String)>,
 }
 
 pub struct BalanceCache {
@@ -490,11 +492,42 @@ pub struct SettledHold {
     pub currency: String,
 }
 
+/// The Redis client of `TRANSFERD_REDIS_URL`: over TLS for `rediss://`, checking the server
+/// against the CA file when one is set (else the system's roots), and showing the client
+/// certificate when one is set.
+fn client(services: &Services) -> Result<Client, CacheError> {
+    let url = services.redis_url.as_str();
+    if services.redis_ca_file.is_none() && services.redis_client_cert_file.is_none() {
+        return Ok(Client::open(url)?);
+    }
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).map_err(|error| {
+            CacheError::Unavailable(format!("cannot read {}: {error}", path.display()))
+        })
+    };
+    let root_cert = services.redis_ca_file.as_deref().map(read).transpose()?;
+    let client_tls = match (
+        &services.redis_client_cert_file,
+        &services.redis_client_key_file,
+    ) {
+        (Some(cert), Some(key)) => Some(redis::ClientTlsConfig {
+            client_cert: read(cert)?,
+            client_key: read(key)?,
+        }),
+        _ => None,
+    };
+    let certificates = redis::TlsCertificates {
+        client_tls,
+        root_cert,
+    };
+    Ok(Client::build_with_tls(url, certificates)?)
+}
+
 impl BalanceCache {
     /// Creates the cache without connecting; the first command connects.
     pub fn new(services: &Services) -> Result<Arc<BalanceCache>, CacheError> {
         Ok(Arc::new(BalanceCache {
-            client: Client::open(services.redis_url.as_str())?,
+            client: client(services)?,
             connection: Mutex::new(Connection {
                 manager: None,
                 last_failure: None,
@@ -1010,12 +1043,12 @@ impl BalanceCache {
         if let Some(manager) = &connection.manager {
             return Ok(manager.clone());
         }
-        if let Some(failed_at) = connection.last_failure
+        if let Some((failed_at, reason)) = &connection.last_failure
             && failed_at.elapsed() < RECONNECT_BACKOFF
         {
-            return Err(CacheError::Unavailable(
-                "redis connection failed less than a second ago".into(),
-            ));
+            return Err(CacheError::Unavailable(format!(
+                "redis connection failed less than a second ago: {reason}"
+            )));
         }
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(self.timeout)
@@ -1034,12 +1067,13 @@ impl BalanceCache {
                 Ok(manager)
             }
             Ok(Err(error)) => {
-                connection.last_failure = Some(Instant::now());
+                connection.last_failure = Some((Instant::now(), error.to_string()));
                 Err(error.into())
             }
             Err(_) => {
-                connection.last_failure = Some(Instant::now());
-                Err(CacheError::Unavailable("connecting timed out".into()))
+                let reason = "connecting timed out";
+                connection.last_failure = Some((Instant::now(), reason.to_string()));
+                Err(CacheError::Unavailable(reason.into()))
             }
         }
     }
