@@ -117,4 +117,29 @@ else
   log "Dockerfile: hadolint passed"
 fi
 
+# Every setting the deployment files give transferd is one transferd reads: docs/configuration.md
+# is generated from the code (a test keeps it current), so a name missing there is a typo or a
+# setting that was renamed, which transferd would silently ignore.
+python3 - docs/configuration.md compose.yaml compose.sasl-ssl.yaml deploy <<'EOF'
+import pathlib
+import re
+import sys
+
+known = set(re.findall(r"^### `((?:TRANSFERD|OTEL)_[A-Z0-9_]+)`", open(sys.argv[1]).read(), re.M))
+families = ("TRANSFERD_KAFKA_CLIENT_", "TRANSFERD_KAFKA_PRODUCER_", "TRANSFERD_KAFKA_CONSUMER_")
+paths = []
+for name in sys.argv[2:]:
+    path = pathlib.Path(name)
+    paths += sorted(path.rglob("*.yaml")) + sorted(path.rglob("*.example")) if path.is_dir() else [path]
+problems = []
+for path in paths:
+    for setting in sorted(set(re.findall(r"\b((?:TRANSFERD|OTEL)_[A-Z0-9_]+)", path.read_text()))):
+        if setting not in known and not setting.startswith(families):
+            problems.append(f"{path}: {setting} is not a setting transferd reads (docs/configuration.md)")
+for problem in problems:
+    print(problem, file=sys.stderr)
+sys.exit(1 if problems else 0)
+EOF
+log "deployment files: every setting they name is one transferd reads"
+
 "$TRANSFERD_ROOT/scripts/check-manifests.sh"
