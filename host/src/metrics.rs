@@ -34,6 +34,9 @@ pub const SHADOW_RUNS: &str = "transferd_shadow_runs_total";
 /// Shadow runs whose decision differed from the active version's (or that failed), by
 /// candidate `version`.
 pub const SHADOW_DIFFERENCES: &str = "transferd_shadow_differences_total";
+/// Decisions whose provenance was not recorded, by `reason`: `queue_full` (the writer fell
+/// behind) or `write_failed` (PostgreSQL refused the batch).
+pub const PROVENANCE_DROPPED: &str = "transferd_provenance_dropped_total";
 /// 1 for the guest version this replica serves as active, 0 for one it served before.
 pub const GUEST_ACTIVE: &str = "transferd_guest_active_info";
 /// The share of new transfers (0 to 1) a canary candidate decides, by candidate `version`;

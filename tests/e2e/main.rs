@@ -21,6 +21,7 @@ mod idempotency;
 mod journal_chain;
 mod metrics;
 mod outcomes;
+mod provenance;
 mod quarantine;
 mod reconcile;
 mod request_fields;

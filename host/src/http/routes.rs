@@ -49,6 +49,7 @@ pub enum AdminRoute {
     GuestCanary,
     GuestShadow,
     GuestShadowStats,
+    GuestBacktest,
     GuestEndCandidate,
     StatusPage,
     StatusScript,
@@ -105,7 +106,7 @@ impl Endpoint {
     /// Every endpoint, the order resolution tries them in. Two paths overlap only where a
     /// literal segment stands for a `{name}` one (`/transfers/batch`,
     /// `/transfers/{transaction_id}`); the literal one wins (a test checks it).
-    pub const ALL: [Endpoint; 25] = [
+    pub const ALL: [Endpoint; 26] = [
         Endpoint::Service(ServiceRoute::Health),
         Endpoint::Service(ServiceRoute::Ready),
         Endpoint::Service(ServiceRoute::Metrics),
@@ -126,6 +127,7 @@ impl Endpoint {
         Endpoint::Admin(AdminRoute::GuestCanary),
         Endpoint::Admin(AdminRoute::GuestShadow),
         Endpoint::Admin(AdminRoute::GuestShadowStats),
+        Endpoint::Admin(AdminRoute::GuestBacktest),
         Endpoint::Admin(AdminRoute::GuestEndCandidate),
         Endpoint::Admin(AdminRoute::StatusPage),
         Endpoint::Admin(AdminRoute::StatusScript),
@@ -175,6 +177,9 @@ impl Endpoint {
             }
             Endpoint::Admin(A::GuestShadowStats) => {
                 route(Get, "/admin/guest/{version}/shadow", "admin_guest")
+            }
+            Endpoint::Admin(A::GuestBacktest) => {
+                route(Post, "/admin/guest/{version}/backtest", "admin_guest")
             }
             Endpoint::Admin(A::GuestEndCandidate) => {
                 route(Delete, "/admin/guest/candidate", "admin_guest")

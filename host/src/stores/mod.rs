@@ -10,6 +10,7 @@ pub mod journal_verify;
 pub mod kafka;
 pub mod log_position;
 pub mod postgres;
+pub mod provenance;
 pub mod redis;
 pub mod transfer_state;
 
