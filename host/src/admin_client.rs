@@ -54,6 +54,21 @@ pub enum GuestCommand {
         /// A note kept with the version.
         #[arg(long)]
         note: Option<String>,
+        /// Backtest it on this many of the newest recorded transfers first; a version that
+        /// fails on any of them is not stored.
+        #[arg(long)]
+        backtest_last: Option<u32>,
+    },
+    /// Run a stored version over recorded transfers, offline, and report how its decisions
+    /// differ from those made then.
+    Backtest {
+        version: String,
+        /// The newest this many recorded transfers.
+        #[arg(long, conflicts_with = "since", required_unless_present = "since")]
+        last: Option<u32>,
+        /// The recorded transfers decided at or after this moment (RFC 3339).
+        #[arg(long)]
+        since: Option<String>,
     },
     /// Make a version the active one on every replica.
     Activate { version: String },
@@ -92,12 +107,19 @@ impl GuestCommand {
     /// The admin API request that carries out the command.
     fn call(&self) -> anyhow::Result<Call> {
         let (method, path) = match self {
-            GuestCommand::Upload { file, note } => {
+            GuestCommand::Upload {
+                file,
+                note,
+                backtest_last,
+            } => {
                 let bytes =
                     std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+                let query = backtest_last
+                    .map(|last| format!("?backtest_last={last}"))
+                    .unwrap_or_default();
                 return Ok(Call {
                     method: "PUT",
-                    path: "/admin/guest".to_string(),
+                    path: format!("/admin/guest{query}"),
                     body: bytes,
                     content_type: "application/wasm",
                     note: note.clone(),
@@ -130,6 +152,21 @@ impl GuestCommand {
                     "POST",
                     format!("/admin/guest/{version}/shadow"),
                     body,
+                ));
+            }
+            GuestCommand::Backtest {
+                version,
+                last,
+                since,
+            } => {
+                let window = match (last, since) {
+                    (Some(last), _) => serde_json::json!({"last": last}),
+                    (None, since) => serde_json::json!({"since": since}),
+                };
+                return Ok(Call::json(
+                    "POST",
+                    format!("/admin/guest/{version}/backtest"),
+                    serde_json::to_vec(&window)?,
                 ));
             }
             GuestCommand::Activate { version } => {

@@ -556,9 +556,23 @@ pub struct Serve {
         value_parser = clap::value_parser!(u32).range(1..=1_000_000)
     )]
     pub guest_reuse_count: u32,
+
+    /// How long each decided transfer's provenance (`transferd replay`, backtests) is kept,
+    /// in hours; 0 records none.
+    #[arg(
+        long,
+        env = "TRANSFERD_PROVENANCE_RETENTION_HOURS",
+        default_value_t = 168,
+        value_parser = clap::value_parser!(u64).range(..=8_760)
+    )]
+    pub provenance_retention_hours: u64,
 }
 
 impl Serve {
+    pub fn provenance_retention(&self) -> Duration {
+        Duration::from_secs(self.provenance_retention_hours * 3_600)
+    }
+
     pub fn guest_timeout(&self) -> Duration {
         Duration::from_millis(self.guest_timeout_ms)
     }

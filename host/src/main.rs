@@ -8,9 +8,13 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use tracing_subscriber::EnvFilter;
 
+use transferd::guest::provenance;
+use transferd::guest::registry::Registry;
+use transferd::guest::runtime::GuestEngine;
 use transferd::shutdown::{self, Signals};
 use transferd::stores::Stores;
 use transferd::{admin_client, auth, config, server, settlement, stores};
+use transferd_guest::vectors::canonical;
 
 /// mimalloc instead of glibc's malloc: under load, glibc's malloc, free and their arena work
 /// (tasks and buffers freed on another thread than the one that allocated them, aligned task
@@ -41,6 +45,10 @@ enum Command {
     Migrate(config::Services),
     /// Check the ledger's journal.
     Ledger(LedgerCli),
+    /// Decide a recorded transfer again under the guest version that decided it, with the
+    /// answers its imports gave then; print both outcomes and the message bytes, and exit 0
+    /// when they are identical.
+    Replay(ReplayCli),
     /// Manage guest versions through a replica's admin API.
     Guest(admin_client::GuestCli),
     /// Look at and re-drive the transfer-log messages settlement could not apply.
@@ -60,6 +68,21 @@ enum LedgerCommand {
     /// Walk the journal's hash chain and recompute every balance from its entries; print a
     /// summary and exit 0 when all holds, or print the first break and exit 2.
     Verify(config::Services),
+}
+
+#[derive(clap::Args)]
+struct ReplayCli {
+    #[command(flatten)]
+    services: config::Services,
+    /// The transfer's transaction id.
+    transaction_id: uuid::Uuid,
+    /// Print the recorded decision as a conformance vector file (tests/vectors/README.md),
+    /// `expected` being the recorded outcome, instead of replaying it.
+    #[arg(long)]
+    vector: bool,
+    /// Also write the component of the version that decided to this file.
+    #[arg(long)]
+    guest_out: Option<std::path::PathBuf>,
 }
 
 /// The exit status of a check that found the ledger broken (1: it could not check).
@@ -154,7 +177,50 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Ledger(LedgerCli {
             command: LedgerCommand::Verify(services),
         }) => ledger_verify(services).await,
+        Command::Replay(cli) => replay(cli).await,
     }
+}
+
+/// `transferd replay`: reads the database, writes nothing to it.
+async fn replay(cli: ReplayCli) -> anyhow::Result<()> {
+    cli.services.validate()?;
+    let ledger = stores::postgres::Ledger::connect(&cli.services).await?;
+    let pool = ledger.pool();
+    let (stored, _) = provenance::recorded(pool, cli.transaction_id).await?;
+    if let Some(path) = &cli.guest_out {
+        let bytes = Registry::new(pool.clone())
+            .bytes(&stored.guest_version)
+            .await?;
+        std::fs::write(path, bytes)?;
+    }
+    if cli.vector {
+        println!("{}", stored.vector);
+        return Ok(());
+    }
+    let engine = Arc::new(GuestEngine::new(provenance::replay_limits())?);
+    let replayed = provenance::replay(pool, &engine, cli.transaction_id).await?;
+    println!("transaction {}", stored.transaction_id);
+    println!(
+        "decided at {} by guest version {} (WIT {})",
+        stored.decided_at.to_rfc3339(),
+        stored.guest_version,
+        stored.wit_package
+    );
+    println!("recorded: {}", canonical(&replayed.recorded));
+    match &replayed.replayed {
+        Ok(outcome) => println!("replayed: {}", canonical(outcome)),
+        Err(failure) => println!("replayed: failed: {failure}"),
+    }
+    match provenance::message_of(&replayed.recorded) {
+        Some(message) => println!("message: {message}"),
+        None => println!("message: none"),
+    }
+    anyhow::ensure!(
+        replayed.identical(),
+        "different: the replay does not match the recorded decision"
+    );
+    println!("identical");
+    Ok(())
 }
 
 /// `transferd ledger verify`: a read-only check; it applies no migration, so it refuses a

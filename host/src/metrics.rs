@@ -39,6 +39,10 @@ pub const SHADOW_DIFFERENCES: &str = "transferd_shadow_differences_total";
 /// `guardrail` (`trap_rate`, `violations`, `difference_rate`, `p99_guest_ms`). A replica that
 /// crossed one just after another replica ended the candidate does not count it again.
 pub const GUARDRAIL_TRIPS: &str = "transferd_guest_guardrail_trips_total";
+
+/// Decisions whose provenance was not recorded, by `reason`: `queue_full` (the writer fell
+/// behind) or `write_failed` (PostgreSQL refused the batch).
+pub const PROVENANCE_DROPPED: &str = "transferd_provenance_dropped_total";
 /// 1 for the guest version this replica serves as active, 0 for one it served before.
 pub const GUEST_ACTIVE: &str = "transferd_guest_active_info";
 /// The share of new transfers (0 to 1) a canary candidate decides, by candidate `version`;

@@ -23,6 +23,7 @@ mod journal_chain;
 mod limits;
 mod metrics;
 mod outcomes;
+mod provenance;
 mod quarantine;
 mod reconcile;
 mod request_fields;

@@ -165,6 +165,9 @@ pub struct RecordedAnswers {
     )>,
     /// `"ok"`, `"insufficient-funds"` or `{"unavailable": reason}`, once `send` answered.
     pub publish: Option<serde_json::Value>,
+    /// The message the guard admitted, with how many lookups came before it: the call order
+    /// and the exact bytes a recorded decision keeps (`guest::provenance`).
+    pub send: Option<(usize, transferd_guest::logic::Outgoing)>,
 }
 
 /// `types` has no functions; the trait is required by the generated linker code.

@@ -18,6 +18,11 @@ pub const RECENT_DIFFERENCES: usize = 20;
 /// The import answers of the active run, as a vector's `imports`: a lookup the active version
 /// did not make answers "no account"; publishing answers what the active publish answered.
 pub fn replay_of(answers: &RecordedAnswers) -> Replay {
+    Replay::new(&imports_of(answers))
+}
+
+/// The import answers of a live call in the vectors' `imports` format.
+pub fn imports_of(answers: &RecordedAnswers) -> Value {
     let balances: Vec<Value> = answers
         .lookups
         .iter()
@@ -41,13 +46,13 @@ pub fn replay_of(answers: &RecordedAnswers) -> Replay {
         .accounts
         .iter()
         .find_map(|(_, _, answer)| answer.as_ref().err().cloned());
-    Replay::new(&json!({
+    json!({
         "balances": balances,
         "lookup_error": lookup_error,
         "accounts": accounts,
         "account_error": account_error,
         "publish": answers.publish.clone().unwrap_or(json!("ok")),
-    }))
+    })
 }
 
 /// The result part of an outcome, for comparing decisions.

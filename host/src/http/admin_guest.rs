@@ -1,4 +1,4 @@
-//! `/admin/guest`: upload, activate, roll back and inspect guest versions. The router lets
+//! `/admin/guest`: upload, activate, roll back, backtest and inspect guest versions. The router lets
 //! only admins reach these; the registry's history names which admin did what.
 
 use http::{HeaderMap, StatusCode};
@@ -8,16 +8,20 @@ use hyper::body::{Body as _, Incoming};
 use crate::auth::Admin;
 use serde_json::value::RawValue;
 
+use crate::guest::backtest;
 use crate::guest::guardrails::{self, Guardrails};
 use crate::guest::registry::{self, Assign, CandidateMode, MAX_GUEST_BYTES};
+use crate::guest::runtime::Guest;
 use crate::http::App;
 use crate::http::api::{
-    CanaryShare, CandidateModeName, CandidateSet, ErrorBody, GuestActivated, GuestStatus,
-    GuestUploaded, ShadowReport, ShadowStart,
+    BacktestWindow, CanaryShare, CandidateModeName, CandidateSet, ErrorBody, GuestActivated,
+    GuestBacktest, GuestStatus, GuestUploaded, ShadowReport, ShadowStart,
 };
 use crate::http::body::{Fields, read_json_body};
 use crate::http::error::{ApiError, Invalid, Reply, json_response};
+use crate::http::query::Params;
 use crate::http::routes::AdminRoute;
+use crate::stores::provenance::Selection;
 
 /// Longest note kept with an upload (`x-guest-note` header), in characters.
 const MAX_NOTE_CHARS: usize = 500;
@@ -29,7 +33,12 @@ const MAX_NOTE_CHARS: usize = 500;
     summary = "Upload a guest component (checked, stored, not yet serving)",
     description = "The body is the component's bytes (`application/wasm`, or any type), at most 32 MiB.",
     request_body(content = Vec<u8>, content_type = "application/octet-stream"),
-    params(("x-guest-note" = Option<String>, Header, max_length = 500)),
+    params(
+        ("x-guest-note" = Option<String>, Header, max_length = 500),
+        ("backtest_last" = Option<i64>, Query, minimum = 1, maximum = 100_000,
+            description = "Backtest the version on this many of the newest recorded transfers \
+            before storing it; a version that fails on any of them is refused (422)"),
+    ),
     security(("bearer" = [])),
     responses(
         (status = 201, body = GuestUploaded),
@@ -38,7 +47,9 @@ const MAX_NOTE_CHARS: usize = 500;
         (status = 403, body = ErrorBody),
         (status = 408, body = ErrorBody),
         (status = 413, body = ErrorBody),
-        (status = 422, description = "Not a component of the world, an invariant broke, or an invariant case needs more fuel than the budget", body = ErrorBody),
+        (status = 422, description = "Not a component of the world, an invariant broke, an \
+            invariant case needs more fuel than the budget, or the version failed on a recorded \
+            transfer", body = ErrorBody),
         (status = 503, body = ErrorBody),
     ),
 )]
@@ -46,8 +57,12 @@ pub async fn upload(
     app: &App,
     admin: &Admin,
     headers: &HeaderMap,
+    query: Option<&str>,
     body: Incoming,
 ) -> Result<Reply, ApiError> {
+    let mut params = Params::read(query, &["backtest_last"]);
+    let backtest_last = params.integer("backtest_last", 1..=backtest::MAX_CASES);
+    params.finish()?;
     // A component is up to 32 MiB, not a JSON body: six body timeouts to arrive.
     let reading = Limited::new(body, MAX_GUEST_BYTES).collect();
     let Ok(read) = tokio::time::timeout(app.body_timeout * 6, reading).await else {
@@ -75,6 +90,10 @@ pub async fn upload(
         )));
     }
     let checked = registry::check(&app.engine, &bytes).await?;
+    let backtest = match backtest_last {
+        Some(last) => Some(backtest_before_upload(app, &checked.guest, last).await?),
+        None => None,
+    };
     let version = checked.guest.version();
     let actor = admin.actor();
     app.registry
@@ -94,8 +113,131 @@ pub async fn upload(
             invariant_cases_passed: checked.invariant_cases as u64,
             max_vector_fuel: checked.max_vector_fuel,
             fuel_budget: app.engine.limits().fuel_budget,
+            backtest,
         },
     ))
+}
+
+/// The backtest an upload asked for: its report, or a 422 when the version failed (trapped,
+/// ran out of time, broke a host check) on any recorded transfer.
+async fn backtest_before_upload(
+    app: &App,
+    guest: &Guest,
+    last: i64,
+) -> Result<serde_json::Value, ApiError> {
+    let report = backtest::backtest(app.stores.ledger.pool(), guest, Selection::Last(last))
+        .await
+        .map_err(unreadable_decisions)?;
+    if report.failures > 0 {
+        let example = report
+            .samples
+            .iter()
+            .find(|sample| report.failures_by_kind.contains_key(&sample.kind))
+            .map(|sample| {
+                format!(
+                    "; transaction {}: {}",
+                    sample.transaction_id, sample.candidate
+                )
+            })
+            .unwrap_or_default();
+        return Err(ApiError::Unprocessable(format!(
+            "the version failed on {} of {} recorded transfers ({}){example}; not stored",
+            report.failures,
+            report.cases,
+            to_json(&report.failures_by_kind)?,
+        )));
+    }
+    to_json(&report)
+}
+
+fn unreadable_decisions(error: sqlx::Error) -> ApiError {
+    ApiError::Unavailable(format!("cannot read the recorded decisions: {error}"))
+}
+
+/// `POST /admin/guest/{version}/backtest` `{"last": N}` or `{"since": T}`: the version decides
+/// recorded transfers again, offline, and the report says how it decides differently.
+#[utoipa::path(
+    post, path = AdminRoute::GuestBacktest.path(), operation_id = "guest_backtest", tag = "admin",
+    summary = "Run a stored version over recorded transfers and report its differences",
+    description = "Each recorded decision is made again by the version with the answers its \
+        imports gave at the time: nothing is held, published or settled. At most 100,000 \
+        decisions, within the request time limit.",
+    params(("version" = String, Path)),
+    request_body = BacktestWindow,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, body = GuestBacktest),
+        (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody),
+        (status = 404, description = "No such version", body = ErrorBody),
+        (status = 408, body = ErrorBody),
+        (status = 413, body = ErrorBody),
+        (status = 415, body = ErrorBody),
+        (status = 422, body = ErrorBody),
+        (status = 503, body = ErrorBody),
+    ),
+)]
+pub async fn backtest(
+    app: &App,
+    headers: &HeaderMap,
+    version: &str,
+    body: Incoming,
+) -> Result<Reply, ApiError> {
+    let bytes = read_json_body(headers, body, app.body_timeout).await?;
+    let selection = backtest_window(&bytes)?;
+    let stored = app.registry.bytes(version).await?;
+    let guest = app.engine.load(&stored).map_err(|error| {
+        ApiError::Internal(format!(
+            "the stored version {version} does not load: {error}"
+        ))
+    })?;
+    let report = backtest::backtest(app.stores.ledger.pool(), &guest, selection)
+        .await
+        .map_err(unreadable_decisions)?;
+    Ok(json_response(
+        StatusCode::OK,
+        &GuestBacktest {
+            version: version.to_string(),
+            report: to_json(&report)?,
+        },
+    ))
+}
+
+/// The recorded decisions a backtest's body names: exactly one of `last` and `since`.
+fn backtest_window(bytes: &[u8]) -> Result<Selection, ApiError> {
+    let mut fields = Fields::parse(bytes)?;
+    let last = fields.optional_integer("last");
+    let since = fields.optional_string("since");
+    fields.finish()?;
+    let refused = |field: &str, kind: &str, message: &str| {
+        ApiError::Validation(vec![Invalid::body_field(field, kind, message)])
+    };
+    match (last, since) {
+        (Some(last), None) if (1..=backtest::MAX_CASES).contains(&last) => {
+            Ok(Selection::Last(last))
+        }
+        (Some(_), None) => Err(refused(
+            "last",
+            "less_than_equal",
+            "last must be an integer from 1 to 100000",
+        )),
+        (None, Some(since)) => match chrono::DateTime::parse_from_rfc3339(&since) {
+            Ok(at) => Ok(Selection::Since {
+                at: at.with_timezone(&chrono::Utc),
+                limit: backtest::MAX_CASES,
+            }),
+            Err(_) => Err(refused(
+                "since",
+                "datetime_parsing",
+                "since must be an RFC 3339 date and time",
+            )),
+        },
+        _ => Err(refused(
+            "last",
+            "missing",
+            "give exactly one of last and since",
+        )),
+    }
 }
 
 /// `POST /admin/guest/{version}/activate`.

@@ -601,6 +601,35 @@ pub struct GuestUploaded {
     pub max_vector_fuel: u64,
     /// The fuel one call may use on this replica (`max_vector_fuel` is within it).
     pub fuel_budget: u64,
+    /// The backtest's report, when the upload asked for one (`backtest_last`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub backtest: Option<serde_json::Value>,
+}
+
+/// `POST /admin/guest/{version}/backtest`'s body: exactly one of `last` and `since`.
+#[derive(ToSchema)]
+#[allow(dead_code)] // Documents the reading in `admin_guest::backtest`.
+#[serde(deny_unknown_fields)] // `additionalProperties: false`: the reader refuses other keys.
+pub struct BacktestWindow {
+    /// The newest recorded decisions, this many.
+    #[schema(minimum = 1, maximum = 100_000)]
+    last: Option<i64>,
+    /// The recorded decisions made at or after this moment (RFC 3339), oldest first, at most
+    /// 100,000.
+    #[schema(format = DateTime)]
+    since: Option<String>,
+}
+
+/// `POST /admin/guest/{version}/backtest` answered: how the version decides the recorded
+/// transfers compared with the decisions made then.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct GuestBacktest {
+    pub version: String,
+    /// `cases`, `identical`, `different`, `different_by_kind`, `message_fields`, `failures`,
+    /// `failures_by_kind`, `unreadable`, `fuel_used` (when metered) and `samples`.
+    #[schema(value_type = Object)]
+    pub report: serde_json::Value,
 }
 
 /// The version serving after an activation or a rollback.

@@ -41,6 +41,7 @@ use tracing::Instrument;
 use crate::auth::{Admin, Caller, Gate};
 use crate::capabilities::guard::ViolationCounts;
 use crate::config::Serve;
+use crate::guest::provenance::Recorder;
 use crate::guest::registry::{Registry, Serving, ServingGuest};
 use crate::guest::runtime::GuestEngine;
 use crate::guest::shadow::ShadowBook;
@@ -61,6 +62,8 @@ pub struct App {
     pub engine: Arc<GuestEngine>,
     pub registry: Registry,
     pub shadow_book: Arc<ShadowBook>,
+    /// Where each decision's provenance goes to be recorded.
+    pub provenance: Recorder,
     /// Host checks the guests broke on this replica, by version.
     pub violations: Arc<ViolationCounts>,
     /// Authenticates callers: bearer JWTs, the static admin token.
@@ -106,6 +109,7 @@ impl App {
             engine: parts.engine,
             registry: parts.registry,
             shadow_book: Arc::new(ShadowBook::default()),
+            provenance: Recorder::start(&ledger_pool, settings.provenance_retention()),
             violations: Arc::new(ViolationCounts::default()),
             gate: parts.gate,
             probes: parts.probes,
@@ -262,19 +266,21 @@ async fn admin_route(
 ) -> Result<Reply, ApiError> {
     let RoutedRequest {
         params,
+        query,
         headers,
         body,
         ..
     } = request;
     let version = params.get("version");
     match route {
-        AdminRoute::GuestUpload => admin_guest::upload(app, admin, headers, body).await,
+        AdminRoute::GuestUpload => admin_guest::upload(app, admin, headers, query, body).await,
         AdminRoute::GuestStatus => admin_guest::status(app).await,
         AdminRoute::GuestRollback => admin_guest::rollback(app, admin).await,
         AdminRoute::GuestActivate => admin_guest::activate(app, admin, version).await,
         AdminRoute::GuestCanary => admin_guest::canary(app, admin, headers, version, body).await,
         AdminRoute::GuestShadow => admin_guest::shadow(app, admin, headers, version, body).await,
         AdminRoute::GuestShadowStats => admin_guest::shadow_stats(app, version),
+        AdminRoute::GuestBacktest => admin_guest::backtest(app, headers, version, body).await,
         AdminRoute::GuestEndCandidate => admin_guest::end_candidate(app, admin).await,
         AdminRoute::Deposit => admin::deposit(app, admin, headers, body).await,
         AdminRoute::StatusPage => Ok(status::page()),

@@ -54,6 +54,7 @@ use crate::settlement::events::{TransferEvent, TransferEvents};
         admin_guest::canary,
         admin_guest::shadow,
         admin_guest::shadow_stats,
+        admin_guest::backtest,
         admin_guest::end_candidate,
         status::page,
         status::script,

@@ -49,6 +49,7 @@ pub enum AdminRoute {
     GuestCanary,
     GuestShadow,
     GuestShadowStats,
+    GuestBacktest,
     GuestEndCandidate,
     StatusPage,
     StatusScript,
@@ -128,6 +129,7 @@ impl Endpoint {
         Endpoint::Admin(AdminRoute::GuestCanary),
         Endpoint::Admin(AdminRoute::GuestShadow),
         Endpoint::Admin(AdminRoute::GuestShadowStats),
+        Endpoint::Admin(AdminRoute::GuestBacktest),
         Endpoint::Admin(AdminRoute::GuestEndCandidate),
         Endpoint::Admin(AdminRoute::StatusPage),
         Endpoint::Admin(AdminRoute::StatusScript),
@@ -179,6 +181,9 @@ impl Endpoint {
             }
             Endpoint::Admin(A::GuestShadowStats) => {
                 route(Get, "/admin/guest/{version}/shadow", "admin_guest")
+            }
+            Endpoint::Admin(A::GuestBacktest) => {
+                route(Post, "/admin/guest/{version}/backtest", "admin_guest")
             }
             Endpoint::Admin(A::GuestEndCandidate) => {
                 route(Delete, "/admin/guest/candidate", "admin_guest")

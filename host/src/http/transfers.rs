@@ -21,7 +21,8 @@ use std::sync::Arc;
 
 use crate::auth::Caller;
 use crate::capabilities::guard::Expected;
-use crate::guest::runtime::GuestFailure;
+use crate::guest::provenance;
+use crate::guest::runtime::{Decided, Guest, GuestFailure};
 use crate::guest::verdict::{Answer, verdict};
 use crate::http::api::{
     CreateTransfer, ErrorBody, IdempotencyKey, Phase, Reason, Success, TransferAccepted,
@@ -152,6 +153,7 @@ async fn run_guest(
     let version = guest.version();
     metrics::histogram!(crate::metrics::GUEST_DURATION, "version" => version.to_owned())
         .record(guest_time.as_secs_f64());
+    record_provenance(app, guest, &context, &request, &decided);
     let (answer, violation) = match Expected::of(&context, &request) {
         Ok(expected) => verdict(&expected, &decided),
         Err(broken) => (
@@ -475,4 +477,29 @@ fn pending_view(message: &[u8]) -> Result<TransferView, ApiError> {
         posted_amount_minor: None,
         resolved_at: None,
     })
+}
+
+/// Hands the guest's decision to the provenance recorder: accepted and rejected alike, not a
+/// call that failed, nor a request its WIT package could not carry (refused before it ran).
+fn record_provenance(
+    app: &App,
+    guest: &Guest,
+    context: &RequestContext,
+    request: &TransferRequest,
+    decided: &Decided,
+) {
+    let Ok(result) = &decided.decision else {
+        return;
+    };
+    if !app.provenance.is_on() || guest.package().refusal(request).is_some() {
+        return;
+    }
+    app.provenance.record(provenance::Decision {
+        context: context.clone(),
+        request: request.clone(),
+        wit_package: guest.package().version(),
+        result: result.clone(),
+        answers: decided.answers.clone(),
+        decided_at: chrono::Utc::now(),
+    });
 }

@@ -11,6 +11,7 @@ pub mod kafka;
 pub mod limits;
 pub mod log_position;
 pub mod postgres;
+pub mod provenance;
 pub mod redis;
 pub mod transfer_state;
 
