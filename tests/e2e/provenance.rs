@@ -277,6 +277,12 @@ async fn backtests_report_what_a_candidate_would_have_decided() -> anyhow::Resul
         "{report}"
     );
     assert_eq!(report["failures"], json!(0));
+    // Fuel is metered on every replayed call: the figures are there and ordered.
+    let (fuel_max, fuel_p99) = (
+        report["fuel_used"]["max"].as_u64().unwrap_or(0),
+        report["fuel_used"]["p99"].as_u64().unwrap_or(0),
+    );
+    assert!(fuel_p99 > 0 && fuel_p99 <= fuel_max, "{report}");
 
     // A stricter rule: the large transfer would have been refused.
     let (status, strict) = upload(&host, std::fs::read(strict_guest_file())?, "").await?;

@@ -237,11 +237,6 @@ pub fn p99(sorted: &[u64]) -> Option<u64> {
     sorted.get(rank.checked_sub(1)?).copied()
 }
 
-/// The fuel a replayed call used, once the runtime meters it; `None` until then.
-fn fuel_used(_outcome: &Result<Value, GuestFailure>) -> Option<u64> {
-    None
-}
-
 /// Runs `candidate` over the recorded decisions `selection` names, as many at once as there
 /// are CPUs (the calls share the engine's instance pool with live requests).
 pub async fn backtest(
@@ -276,14 +271,14 @@ async fn run_case(candidate: &Guest, row: StoredDecision) -> Case {
     };
     let mut context = vector.context.clone();
     context.guest_version = candidate.version().to_string();
-    let outcome = candidate
-        .run_replayed(&context, &vector.request, vector.replay())
+    let measured = candidate
+        .run_replayed_measured(&context, &vector.request, vector.replay())
         .await;
     Case {
         transaction_id,
         recorded: vector.expected,
-        fuel_used: fuel_used(&outcome),
-        candidate: outcome,
+        fuel_used: measured.as_ref().ok().map(|measured| measured.fuel_used),
+        candidate: measured.map(|measured| measured.outcome),
     }
 }
 
