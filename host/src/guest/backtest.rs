@@ -157,6 +157,7 @@ fn failure_kind(failure: &GuestFailure) -> &'static str {
         GuestFailure::Trap(_) => "trap",
         GuestFailure::Timeout(_) => "timeout",
         GuestFailure::Violation(_) => "violation",
+        GuestFailure::OutOfFuel(_) => "out_of_fuel",
         GuestFailure::Busy => "busy",
     }
 }

@@ -304,6 +304,7 @@ pub fn replay_limits() -> GuestLimits {
         concurrency: 1,
         reuse_count: 1,
         compiled_cache: None,
+        fuel_budget: crate::config::DEFAULT_GUEST_FUEL_BUDGET,
     }
 }
 

@@ -108,7 +108,7 @@ impl Endpoint {
     /// Every endpoint, the order resolution tries them in. Two paths overlap only where a
     /// literal segment stands for a `{name}` one (`/transfers/batch`,
     /// `/transfers/{transaction_id}`); the literal one wins (a test checks it).
-    pub const ALL: [Endpoint; 26] = [
+    pub const ALL: [Endpoint; 28] = [
         Endpoint::Service(ServiceRoute::Health),
         Endpoint::Service(ServiceRoute::Ready),
         Endpoint::Service(ServiceRoute::Metrics),

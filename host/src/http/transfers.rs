@@ -153,7 +153,7 @@ async fn run_guest(
     let version = guest.version();
     metrics::histogram!(crate::metrics::GUEST_DURATION, "version" => version.to_owned())
         .record(guest_time.as_secs_f64());
-    record_provenance(app, guest, &context, &request, &decided);
+    record_provenance(app, &guest, &context, &request, &decided);
     let (answer, violation) = match Expected::of(&context, &request) {
         Ok(expected) => verdict(&expected, &decided),
         Err(broken) => (
