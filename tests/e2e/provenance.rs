@@ -389,3 +389,47 @@ async fn backtests_report_what_a_candidate_would_have_decided() -> anyhow::Resul
     assert_eq!(printed["report"]["identical"], json!(2), "{printed}");
     Ok(())
 }
+
+/// The upload's backtest is what refuses a version that passes every invariant case but traps
+/// on recorded traffic: the strict guest traps on a description no invariant case has.
+#[tokio::test]
+async fn an_upload_that_would_trap_on_recorded_traffic_is_refused() -> anyhow::Result<()> {
+    let namespace = Namespace::new().await?;
+    let host = Host::start(&namespace).await?;
+    host.deposit(1, "USD", "100.00").await?;
+    host.deposit(2, "USD", "1.00").await?;
+    for description in ["lunch", "strict:trap", "rent"] {
+        let reply = host
+            .transfer(json!({"sender_id": 1, "receiver_id": 2, "amount": "1.00",
+                "currency": "USD", "description": description}))
+            .await?;
+        assert_eq!(
+            reply.status, 200,
+            "the active version accepts {description}"
+        );
+    }
+    let decisions = recorded(&namespace, 3).await?;
+    let trapping = decisions
+        .iter()
+        .find(|(_, vector)| vector["request"]["description"] == json!("strict:trap"))
+        .map(|(id, _)| id.clone())
+        .unwrap_or_default();
+    let strict = std::fs::read(strict_guest_file())?;
+    let (_, before) = admin(&host, reqwest::Method::GET, "/admin/guest", None).await?;
+
+    let (status, refused) = upload(&host, strict.clone(), "?backtest_last=3").await?;
+    assert_eq!(status, 422, "{refused}");
+    let detail = refused["detail"].to_string();
+    assert!(
+        detail.contains(&trapping),
+        "names the failing transfer: {refused}"
+    );
+    let (_, after) = admin(&host, reqwest::Method::GET, "/admin/guest", None).await?;
+    assert_eq!(before["versions"], after["versions"], "nothing stored");
+
+    // Without the trapping transfer in its window, the same bytes upload.
+    let (status, stored) = upload(&host, strict, "?backtest_last=1").await?;
+    assert_eq!(status, 201, "{stored}");
+    assert_eq!(stored["backtest"]["failures"], json!(0), "{stored}");
+    Ok(())
+}

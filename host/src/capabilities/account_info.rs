@@ -55,9 +55,7 @@ impl account_info::Host for RequestState {
                 sender(&stores, asked, self.batch.as_ref()).await
             }
         };
-        self.answers
-            .accounts
-            .push((account_id, currency, answer.clone()));
+        self.answers.account(account_id, currency, answer.clone());
         Ok(answer.map(Into::into))
     }
 }

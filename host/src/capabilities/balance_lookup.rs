@@ -33,9 +33,7 @@ impl balance_lookup::Host for RequestState {
             .map_err(|broken| guard::trap(&mut self.violation, broken))?;
         if let Some(book) = &self.batch {
             let answer = party.reveal(book.available(account_id, &currency));
-            self.answers
-                .lookups
-                .push((account_id, currency, answer.clone()));
+            self.answers.lookup(account_id, currency, answer.clone());
             return Ok(answer);
         }
         let answer = match self.prefetched.take(account_id, &currency) {
@@ -72,9 +70,7 @@ impl balance_lookup::Host for RequestState {
             }
         };
         let answer = party.reveal(answer);
-        self.answers
-            .lookups
-            .push((account_id, currency, answer.clone()));
+        self.answers.lookup(account_id, currency, answer.clone());
         Ok(answer)
     }
 }

@@ -165,9 +165,47 @@ pub struct RecordedAnswers {
     )>,
     /// `"ok"`, `"insufficient-funds"` or `{"unavailable": reason}`, once `send` answered.
     pub publish: Option<serde_json::Value>,
-    /// The message the guard admitted, with how many lookups came before it: the call order
-    /// and the exact bytes a recorded decision keeps (`guest::provenance`).
-    pub send: Option<(usize, transferd_guest::logic::Outgoing)>,
+    /// The message the guard admitted: the exact bytes a recorded decision keeps
+    /// (`guest::provenance`).
+    pub send: Option<transferd_guest::logic::Outgoing>,
+    /// Which import each call went to, in the order they were made: with the lists above, the
+    /// whole call sequence a recorded decision replays.
+    pub order: Vec<ImportCall>,
+}
+
+/// One import call, in [`RecordedAnswers::order`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImportCall {
+    Available,
+    Account,
+    Send,
+}
+
+impl RecordedAnswers {
+    pub fn lookup(
+        &mut self,
+        account_id: i64,
+        currency: String,
+        answer: Result<Option<i64>, String>,
+    ) {
+        self.lookups.push((account_id, currency, answer));
+        self.order.push(ImportCall::Available);
+    }
+
+    pub fn account(
+        &mut self,
+        account_id: i64,
+        currency: String,
+        answer: Result<transferd_guest::spending::Account, String>,
+    ) {
+        self.accounts.push((account_id, currency, answer));
+        self.order.push(ImportCall::Account);
+    }
+
+    pub fn sent(&mut self, message: transferd_guest::logic::Outgoing) {
+        self.send = Some(message);
+        self.order.push(ImportCall::Send);
+    }
 }
 
 /// `types` has no functions; the trait is required by the generated linker code.

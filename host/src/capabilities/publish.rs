@@ -33,7 +33,7 @@ impl publish::Host for RequestState {
             &mut self.violation,
             &outgoing,
         )?;
-        self.answers.send = Some((self.answers.lookups.len(), outgoing.clone()));
+        self.answers.sent(outgoing.clone());
         if let Some(book) = &mut self.batch {
             // A batch's item: staged, held and produced with the batch after its last item.
             let answer = book.stage(&self.expected, outgoing, amount_minor);

@@ -21,7 +21,7 @@ use transferd_guest::rules::TransferRequest;
 use transferd_guest::vectors::{Replay, Vector, VectorError, canonical, outcome};
 use uuid::Uuid;
 
-use crate::capabilities::RecordedAnswers;
+use crate::capabilities::{ImportCall, RecordedAnswers};
 use crate::guest::registry::{Registry, RegistryError};
 use crate::guest::runtime::{GuestEngine, GuestFailure, GuestLimits, LoadError};
 use crate::guest::shadow;
@@ -130,20 +130,25 @@ fn vector_text(decision: &Decision) -> serde_json::Result<String> {
 /// again on a [`Replay`] of its answers, so they are written exactly as a replay writes them.
 fn calls_of(answers: &RecordedAnswers, imports: &Value) -> Vec<Value> {
     let mut replay = Replay::new(imports);
-    let send = |replay: &mut Replay| {
-        if let Some((_, message)) = &answers.send {
-            let _answer = replay.send(message.clone());
+    let (mut lookups, mut accounts) = (answers.lookups.iter(), answers.accounts.iter());
+    for call in &answers.order {
+        match call {
+            ImportCall::Available => {
+                if let Some((account_id, currency, _)) = lookups.next() {
+                    let _answer = replay.available(*account_id, currency);
+                }
+            }
+            ImportCall::Account => {
+                if let Some((account_id, currency, _)) = accounts.next() {
+                    let _answer = replay.account(*account_id, currency);
+                }
+            }
+            ImportCall::Send => {
+                if let Some(message) = &answers.send {
+                    let _answer = replay.send(message.clone());
+                }
+            }
         }
-    };
-    let send_at = answers.send.as_ref().map(|(at, _)| *at);
-    for (index, (account_id, currency, _)) in answers.lookups.iter().enumerate() {
-        if send_at == Some(index) {
-            send(&mut replay);
-        }
-        let _answer = replay.available(*account_id, currency);
-    }
-    if send_at.is_some_and(|at| at >= answers.lookups.len()) {
-        send(&mut replay);
     }
     replay.calls
 }
@@ -359,14 +364,26 @@ mod tests {
                 amount_minor: 100,
             }),
         };
+        let account = transferd_guest::spending::Account {
+            available: Some(500),
+            ..Default::default()
+        };
         let answers = RecordedAnswers {
             lookups: vec![
                 (2, "USD".into(), Ok(Some(0))),
                 (1, "USD".into(), Ok(Some(500))),
             ],
+            accounts: vec![(1, "USD".into(), Ok(account))],
             publish: Some(json!("ok")),
-            // Between the lookups: the order is the live call's, not lookups first.
-            send: Some((1, message)),
+            send: Some(message),
+            // The send between the lookups, the account after them: the order is the live
+            // call's, not each import's calls together.
+            order: vec![
+                ImportCall::Available,
+                ImportCall::Send,
+                ImportCall::Available,
+                ImportCall::Account,
+            ],
         };
         let text = vector_text(&decision(answers)).expect("a vector");
         let vector = Vector::parse("recorded", &text).expect("readable as a vector");
@@ -381,7 +398,7 @@ mod tests {
             .iter()
             .filter_map(|call| call.as_object()?.keys().next().map(String::as_str))
             .collect();
-        assert_eq!(calls, ["available", "send", "available"]);
+        assert_eq!(calls, ["available", "send", "available", "account"]);
         assert_eq!(message_of(&expected), Some(r#"{"amount_minor":100}"#));
         assert_eq!(expected["result"]["ok"]["amount_minor"], json!(100));
         assert_eq!(
