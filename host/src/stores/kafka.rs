@@ -714,7 +714,9 @@ mod tests {
             ("TRANSFERD_KAFKA_PRODUCER_COMPRESSION_TYPE", "gzip"),
             ("TRANSFERD_KAFKA_CONSUMER_FETCH_MIN_BYTES", "10"),
         ]);
-        let services = services(&["--kafka-brokers=broker-1:9093"]);
+        // Idempotence named: the scripts turn it off for the development broker in the
+        // environment this test runs in.
+        let services = services(&["--kafka-brokers=broker-1:9093", "--kafka-idempotence=true"]);
         let producer = producer_config(&services, &properties);
         let consumer = settlement_consumer_config(&services, &properties, 30);
         for config in [&producer, &consumer] {
