@@ -2,7 +2,7 @@
 //! from the command line. A thin client: every check and change happens in the server, so the
 //! CLI and curl behave the same.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -111,38 +111,13 @@ impl GuestCommand {
                 file,
                 note,
                 backtest_last,
-            } => {
-                let bytes =
-                    std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
-                let query = backtest_last
-                    .map(|last| format!("?backtest_last={last}"))
-                    .unwrap_or_default();
-                return Ok(Call {
-                    method: "PUT",
-                    path: format!("/admin/guest{query}"),
-                    body: bytes,
-                    content_type: "application/wasm",
-                    note: note.clone(),
-                });
-            }
+            } => return upload_call(file, note.clone(), *backtest_last),
             GuestCommand::Canary {
                 version,
                 percent,
                 assign,
                 guardrails,
-            } => {
-                let mut body = guardrails.body();
-                body.insert("percent".into(), (*percent).into());
-                if let Some(assign) = assign {
-                    body.insert("assign".into(), assign.as_str().into());
-                }
-                let body = serde_json::to_vec(&body)?;
-                return Ok(Call::json(
-                    "POST",
-                    format!("/admin/guest/{version}/canary"),
-                    body,
-                ));
-            }
+            } => return canary_call(version, *percent, assign.as_deref(), guardrails),
             GuestCommand::Shadow {
                 version,
                 guardrails,
@@ -178,6 +153,44 @@ impl GuestCommand {
         };
         Ok(Call::json(method, path, Vec::new()))
     }
+}
+
+/// `guest upload`: the component's bytes, with the backtest to run first when asked.
+fn upload_call(
+    file: &Path,
+    note: Option<String>,
+    backtest_last: Option<u32>,
+) -> anyhow::Result<Call> {
+    let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let query = backtest_last
+        .map(|last| format!("?backtest_last={last}"))
+        .unwrap_or_default();
+    Ok(Call {
+        method: "PUT",
+        path: format!("/admin/guest{query}"),
+        body: bytes,
+        content_type: "application/wasm",
+        note,
+    })
+}
+
+/// `guest canary`: the share, how it is drawn, and the guardrails.
+fn canary_call(
+    version: &str,
+    percent: u8,
+    assign: Option<&str>,
+    guardrails: &GuardrailArgs,
+) -> anyhow::Result<Call> {
+    let mut body = guardrails.body();
+    body.insert("percent".into(), percent.into());
+    if let Some(assign) = assign {
+        body.insert("assign".into(), assign.into());
+    }
+    Ok(Call::json(
+        "POST",
+        format!("/admin/guest/{version}/canary"),
+        serde_json::to_vec(&body)?,
+    ))
 }
 
 /// A canary's or shadow's guardrails. Without any of these flags the server's defaults apply;
