@@ -313,6 +313,36 @@ fn decimal_schema() -> utoipa::openapi::schema::Schema {
     Schema::OneOf(one_of)
 }
 
+/// A decimal amount as [`decimal_schema`], or `null`.
+fn nullable_decimal_schema() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Schema, Type};
+    let one_of = OneOfBuilder::new()
+        .item(decimal_schema())
+        .item(ObjectBuilder::new().schema_type(Type::Null))
+        .build();
+    Schema::OneOf(one_of)
+}
+
+/// A zero amount ("0", "0.00" or 0), or `null`: the only overdraft the ledger takes.
+fn zero_amount_schema() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Schema, Type};
+    let one_of = OneOfBuilder::new()
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some(r"^0+(\.0+)?$")),
+        )
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::Number)
+                .minimum(Some(0.0))
+                .maximum(Some(0.0)),
+        )
+        .item(ObjectBuilder::new().schema_type(Type::Null))
+        .build();
+    Schema::OneOf(one_of)
+}
+
 /// `POST /transfers` answered 200: the transfer is in the log and will settle exactly once.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct TransferAccepted {
@@ -442,12 +472,12 @@ pub struct TodayShown {
 pub struct SetLimits {
     #[schema(example = "USD", pattern = "^[A-Z]{3}$")]
     currency: String,
-    #[schema(schema_with = decimal_schema)]
+    #[schema(schema_with = nullable_decimal_schema)]
     single_max: Option<String>,
-    #[schema(schema_with = decimal_schema)]
+    #[schema(schema_with = nullable_decimal_schema)]
     daily_max: Option<String>,
     /// Only 0: the ledger lets no balance go below zero.
-    #[schema(schema_with = decimal_schema)]
+    #[schema(schema_with = zero_amount_schema)]
     overdraft: Option<String>,
 }
 
